@@ -1,0 +1,1 @@
+"""Everything that talks to or tracks ComfyUI: HTTP client, websocket listener, poller, job store."""

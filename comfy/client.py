@@ -1,0 +1,155 @@
+"""HTTP to one ComfyUI: only the calls the contract needs, always with a timeout."""
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import requests
+from urllib3.exceptions import NewConnectionError
+
+from comfy.errors import ComfyBadResponse, ComfyRejected, ComfyTimeout, ComfyUnreachable
+from comfy.queue import QueueSnapshot
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "Cylindria"
+
+
+class ComfyClient:
+    """Calls ComfyUI's unprefixed paths; one requests.Session per calling thread."""
+
+    def __init__(self, base_url: str, gpu_id: int = 0, connect_timeout: float = 2.0,
+                 read_timeout: float = 10.0, submit_timeout: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.gpu_id = gpu_id
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.submit_timeout = submit_timeout
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        """The calling thread's own session (requests.Session is not thread-safe)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            # Never send anything a client gave us; a browser Origin makes ComfyUI answer 403.
+            session.headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+            session.trust_env = False  # ComfyUI is on loopback: no proxy may sit in between
+            self._local.session = session
+        return session
+
+    def _request(self, method: str, path: str, read_timeout: float | None = None,
+                 **kwargs) -> requests.Response:
+        """One HTTP call with a timeout; requests' failures become comfy.errors."""
+        url = self.base_url + path
+        timeout = (self.connect_timeout, read_timeout or self.read_timeout)
+        try:
+            return self._session().request(method, url, timeout=timeout, **kwargs)
+        except requests.ConnectTimeout as exc:
+            raise ComfyTimeout(f"ComfyUI at {self.base_url} did not accept the connection in time",
+                               self.gpu_id) from exc
+        except requests.Timeout as exc:
+            raise ComfyTimeout(f"ComfyUI at {self.base_url} did not answer in time",
+                               self.gpu_id, may_have_run=True) from exc
+        except requests.ConnectionError as exc:
+            raise ComfyUnreachable(f"ComfyUI at {self.base_url} cannot be reached", self.gpu_id,
+                                   may_have_run=not _refused(exc)) from exc
+        except requests.RequestException as exc:
+            raise ComfyBadResponse(f"ComfyUI at {self.base_url} failed: {exc}", self.gpu_id,
+                                   may_have_run=True) from exc
+
+    def _json(self, response: requests.Response, path: str) -> Any:
+        """The body as JSON, or ComfyBadResponse when it is not a 200 JSON answer."""
+        if response.status_code != 200:
+            raise ComfyBadResponse(
+                f"ComfyUI answered {response.status_code} to {path}", self.gpu_id)
+        try:
+            return response.json()
+        except ValueError as exc:
+            # A 200 was sent, so ComfyUI did what was asked; only its answer is broken.
+            raise ComfyBadResponse(f"ComfyUI answered {path} with invalid JSON", self.gpu_id,
+                                   may_have_run=True) from exc
+
+    def submit(self, payload: dict) -> dict:
+        """POST /prompt; returns ComfyUI's answer ({"prompt_id", "number", "node_errors"})."""
+        response = self._request("POST", "/prompt", read_timeout=self.submit_timeout, json=payload)
+        if response.status_code == 400:
+            body = _json_or_none(response)
+            if isinstance(body, dict) and "error" in body:
+                raise ComfyRejected("ComfyUI refused the prompt", body.get("error"),
+                                    body.get("node_errors") or {}, self.gpu_id)
+        answer = self._json(response, "/prompt")
+        if not isinstance(answer, dict) or not isinstance(answer.get("prompt_id"), str):
+            raise ComfyBadResponse("ComfyUI's answer to /prompt has no prompt_id", self.gpu_id,
+                                   may_have_run=True)
+        return answer
+
+    def queue(self, timeout: float | None = None) -> QueueSnapshot:
+        """GET /queue, parsed."""
+        body = self._json(self._request("GET", "/queue", read_timeout=timeout), "/queue")
+        try:
+            return QueueSnapshot.from_json(body)
+        except (TypeError, ValueError, KeyError, IndexError) as exc:
+            raise ComfyBadResponse("ComfyUI's /queue answer has an unknown shape", self.gpu_id) from exc
+
+    def history(self, prompt_id: str) -> dict | None:
+        """GET /history/<id>: the prompt's entry, or None while queued, running or unknown."""
+        body = self._json(self._request("GET", f"/history/{prompt_id}"), "/history")
+        if not isinstance(body, dict):
+            raise ComfyBadResponse("ComfyUI's /history answer is not an object", self.gpu_id)
+        entry = body.get(prompt_id)
+        return entry if isinstance(entry, dict) else None
+
+    def system_stats(self, timeout: float | None = None) -> dict:
+        """GET /system_stats (expensive for ComfyUI: callers cache it)."""
+        body = self._json(self._request("GET", "/system_stats", read_timeout=timeout),
+                          "/system_stats")
+        if not isinstance(body, dict):
+            raise ComfyBadResponse("ComfyUI's /system_stats answer is not an object", self.gpu_id)
+        return body
+
+    def delete_queued(self, prompt_ids: list[str]) -> None:
+        """POST /queue {"delete": [...]}: removes pending prompts (running ones need interrupt)."""
+        response = self._request("POST", "/queue", json={"delete": list(prompt_ids)})
+        if response.status_code != 200:
+            raise ComfyBadResponse(f"ComfyUI answered {response.status_code} to /queue delete",
+                                   self.gpu_id)
+
+    def interrupt(self, prompt_id: str) -> None:
+        """POST /interrupt naming the prompt, so another prompt is never interrupted by mistake."""
+        response = self._request("POST", "/interrupt", json={"prompt_id": prompt_id})
+        if response.status_code != 200:
+            raise ComfyBadResponse(f"ComfyUI answered {response.status_code} to /interrupt",
+                                   self.gpu_id)
+
+    def view(self, filename: str, subfolder: str, kind: str) -> requests.Response:
+        """GET /view as a stream; the caller must close the response."""
+        params = {"filename": filename, "subfolder": subfolder, "type": kind}
+        response = self._request("GET", "/view", params=params, stream=True)
+        if response.status_code != 200:
+            response.close()
+            raise ComfyBadResponse(f"ComfyUI answered {response.status_code} to /view",
+                                   self.gpu_id)
+        return response
+
+    def close(self) -> None:
+        """Close the calling thread's session."""
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+
+def _refused(exc: requests.ConnectionError) -> bool:
+    """True when the connection was never made, so ComfyUI cannot have seen the request."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
+
+
+def _json_or_none(response: requests.Response) -> Any:
+    """The body as JSON, or None."""
+    try:
+        return response.json()
+    except ValueError:
+        return None

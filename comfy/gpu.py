@@ -1,0 +1,107 @@
+"""One GPU's ComfyUI: its addresses, its client, and what Cylindria last learnt about it."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+from comfy.client import ComfyClient
+from comfy.errors import ComfyError
+from comfy.queue import QueueSnapshot
+
+logger = logging.getLogger(__name__)
+
+STATS_MAX_AGE = 1.0  # seconds: /system_stats is expensive for ComfyUI
+
+
+def gpu_base_url(base_url: str, index: int) -> str:
+    """GPU n's ComfyUI: the base URL with its port plus n."""
+    parts = urlsplit(base_url)
+    port = (parts.port or (443 if parts.scheme == "https" else 80)) + index
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+class Gpu:
+    """A GPU slot. Its live facts are guarded by its own small lock."""
+
+    def __init__(self, index: int, base_url: str, client_id: str, client: ComfyClient | None = None):
+        self.index = index
+        self.base_url = base_url
+        self.client_id = client_id
+        self.client = client or ComfyClient(base_url, gpu_id=index)
+        scheme = "wss" if base_url.startswith("https") else "ws"
+        self.ws_url = f"{scheme}{base_url[base_url.index(':'):]}/ws?clientId={client_id}"
+        self._lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        self._stats: dict | None = None
+        self._stats_at = float("-inf")
+        self.reachable: bool | None = None  # None until first asked
+        self.websocket_connected = False
+        self.running = 0
+        self.pending = 0
+        self.foreign_ahead: dict[str, float] = {}  # queue items not Cylindria's: id -> number
+        self.lost_in_outage: set[str] = set()  # job ids marked lost while refusing connections
+
+    def system_stats(self) -> dict | None:
+        """ComfyUI's /system_stats, asked at most once a second however many callers ask."""
+        with self._stats_lock:
+            if time.monotonic() - self._stats_at < STATS_MAX_AGE:
+                return self._stats
+            self._stats_at = time.monotonic()
+            try:
+                self._stats = self.client.system_stats(timeout=2.0)
+            except ComfyError as exc:
+                logger.debug("GPU %d /system_stats failed: %s", self.index, exc)
+                self._stats = None
+            return self._stats
+
+    def saw_queue(self, snapshot: QueueSnapshot, ours: set[str]) -> bool:
+        """Record a /queue answer; True if the GPU had been unreachable until now."""
+        with self._lock:
+            came_back = self.reachable is False
+            self.reachable = True
+            self.running, self.pending = len(snapshot.running), len(snapshot.pending)
+            self.foreign_ahead = {item.prompt_id: item.number
+                                  for item in snapshot.running + snapshot.pending
+                                  if item.prompt_id not in ours}
+        if came_back:
+            logger.info("GPU %d: ComfyUI at %s is reachable again", self.index, self.base_url)
+        return came_back
+
+    def saw_failure(self, refused: bool) -> None:
+        """Record a failed call; a refused connection means ComfyUI's process is gone."""
+        with self._lock:
+            was = self.reachable
+            self.reachable = False if refused else self.reachable
+        if refused and was is not False:
+            logger.warning("GPU %d: ComfyUI at %s refuses connections", self.index, self.base_url)
+
+    def set_websocket(self, connected: bool) -> None:
+        """Record the websocket's state."""
+        with self._lock:
+            changed = self.websocket_connected != connected
+            self.websocket_connected = connected
+        if changed:
+            logger.info("GPU %d: websocket %s", self.index,
+                        "connected" if connected else "disconnected")
+
+    def load(self) -> int:
+        """Prompts running or waiting, as last seen: what GpuId=auto compares."""
+        with self._lock:
+            return self.running + self.pending
+
+    def foreign_before(self, number: float | None) -> int:
+        """How many prompts not Cylindria's run before a prompt with this number."""
+        with self._lock:
+            if number is None:
+                return len(self.foreign_ahead)
+            return sum(1 for n in self.foreign_ahead.values() if n < number)
+
+
+def build_gpus(base_url: str, count: int, instance_id: str) -> list[Gpu]:
+    """GPU 0..count-1 on consecutive ports, each with its own stable websocket client id."""
+    return [Gpu(n, gpu_base_url(base_url, n), f"cylindria-{instance_id}-gpu{n}")
+            for n in range(count)]

@@ -1,0 +1,129 @@
+"""One GPU's ComfyUI websocket: a daemon thread that keeps it open and feeds the store."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import socket
+import threading
+from typing import Callable
+
+import websocket
+
+from comfy.events import handle_message
+from comfy.gpu import Gpu
+from comfy.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class Listener:
+    """Reads `ws://<gpu>/ws?clientId=<id>` for as long as Cylindria runs, reconnecting by itself."""
+
+    def __init__(self, gpu: Gpu, store: JobStore, on_change: Callable[[int], None],
+                 ping_interval: float = 10.0, ping_timeout: float = 5.0,
+                 backoff_initial: float = 0.5, backoff_max: float = 10.0):
+        self.gpu = gpu
+        self.store = store
+        self.on_change = on_change  # asks for a reconciliation of this GPU
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.reconnects = 0
+        self._backoff = backoff_initial
+        self._stop = threading.Event()
+        self._ws: websocket.WebSocketApp | None = None
+        self._thread = threading.Thread(target=self.run, name=f"cylindria-ws-gpu{gpu.index}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        """Start the thread."""
+        self._thread.start()
+
+    def signal_stop(self) -> None:
+        """Ask the loop to end and close the socket, without waiting."""
+        self._stop.set()
+        ws = self._ws
+        if ws is None:
+            return
+        ws.keep_running = False
+        raw = getattr(getattr(ws, "sock", None), "sock", None)
+        try:
+            # Shutting the TCP socket wakes the reading thread at once; a polite close
+            # handshake would wait for the peer (and for websocket-client's select timeout).
+            if raw is not None:
+                raw.shutdown(socket.SHUT_RDWR)
+        except OSError:  # already closed or half-open: the loop ends either way
+            logger.debug("closing GPU %d websocket failed", self.gpu.index, exc_info=True)
+
+    def join(self, timeout: float) -> None:
+        """Wait for the thread; log it if it would not stop."""
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("websocket thread of GPU %d did not stop in %.1fs", self.gpu.index, timeout)
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Ask the loop to end, close the socket, and wait for the thread."""
+        self.signal_stop()
+        self.join(timeout)
+
+    def run(self) -> None:
+        """Connect, read until the socket drops, wait a backoff, and again until stopped."""
+        while not self._stop.is_set():
+            try:
+                self._ws = self._connect()
+                self._ws.run_forever(ping_interval=self.ping_interval,
+                                     ping_timeout=self.ping_timeout, suppress_origin=True)
+            except Exception:
+                logger.exception("websocket loop of GPU %d failed", self.gpu.index)
+            self._stop.wait(self._next_backoff())
+
+    def _connect(self) -> websocket.WebSocketApp:
+        """A new socket with its callbacks."""
+        return websocket.WebSocketApp(
+            self.gpu.ws_url, on_open=self.handle_open, on_message=self.handle_frame,
+            on_close=self.handle_close, on_error=self.handle_error)
+
+    def handle_open(self, ws=None) -> None:
+        """Connected: ComfyUI replays nothing it sent while the socket was down, so reconcile."""
+        if self._ws is not None and ws is not None and ws is not self._ws:
+            return
+        self._backoff = self.backoff_initial
+        self.gpu.set_websocket(True)
+        self.reconnects += 1
+        self.on_change(self.gpu.index)
+
+    def handle_frame(self, ws, frame) -> None:
+        """One frame: binary previews are dropped at once; text messages go to the store."""
+        if not isinstance(frame, str):
+            return
+        self.handle_message(frame)
+
+    def handle_message(self, text: str) -> None:
+        """Decode and apply one text message."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            logger.warning("GPU %d sent a websocket message that is not JSON", self.gpu.index)
+            return
+        if isinstance(message, dict):
+            handle_message(self.store, self.gpu.index, message)
+
+    def handle_close(self, ws=None, status=None, reason=None) -> None:
+        """Disconnected: tracking goes on through the poller until the socket is back."""
+        was_connected = self.gpu.websocket_connected
+        self.gpu.set_websocket(False)
+        if was_connected and not self._stop.is_set():
+            self.on_change(self.gpu.index)
+
+    def handle_error(self, ws, error) -> None:
+        """Log a socket error once at debug level: the close handler does the work."""
+        logger.debug("GPU %d websocket error: %s", self.gpu.index, error)
+
+    def _next_backoff(self) -> float:
+        """Capped exponential backoff with jitter, so 8 GPUs do not reconnect in lockstep."""
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, self.backoff_max)
+        return delay * random.uniform(0.5, 1.0)

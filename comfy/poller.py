@@ -1,0 +1,101 @@
+"""The scheduler: every poll interval, reconcile every GPU's jobs with its /queue and /history."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from comfy.gpu import Gpu
+from comfy.reconcile import reconcile_gpu
+from comfy.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class Poller:
+    """One scheduler thread; each GPU's poll runs on a small pool so a slow GPU delays no other."""
+
+    def __init__(self, gpus: list[Gpu], store: JobStore, interval: float = 5.0):
+        self.gpus = gpus
+        self.store = store
+        self.interval = interval
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._wanted: set[int] = set()
+        self._running: dict[int, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(gpus)),
+                                        thread_name_prefix="cylindria-poll")
+        self._thread = threading.Thread(target=self.run, name="cylindria-poller", daemon=True)
+
+    def start(self) -> None:
+        """Start the scheduler thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop scheduling, and wait for the thread; polls under way end by their own timeouts."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("poller thread did not stop in %.1fs", timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def request(self, gpu_index: int) -> None:
+        """Reconcile this GPU now (after a websocket connect or drop), not at the next tick."""
+        with self._lock:
+            self._wanted.add(gpu_index)
+        self._wake.set()
+
+    def run(self) -> None:
+        """Poll all GPUs each interval; between ticks, serve requests for single GPUs."""
+        next_tick = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            if now >= next_tick:
+                self.poll_once()
+                next_tick = now + self.interval
+            else:
+                self._poll_wanted()
+            self._wake.wait(max(0.0, next_tick - time.monotonic()))
+            self._wake.clear()
+
+    def poll_once(self) -> None:
+        """Start one reconciliation of every GPU that is not still busy with the last one."""
+        with self._lock:
+            self._wanted.clear()
+        for gpu in self.gpus:
+            self._launch(gpu)
+
+    def _poll_wanted(self) -> None:
+        """Start the reconciliations asked for since the last tick."""
+        with self._lock:
+            wanted, self._wanted = self._wanted, set()
+        for gpu in self.gpus:
+            if gpu.index in wanted:
+                self._launch(gpu)
+
+    def _launch(self, gpu: Gpu) -> None:
+        """Reconcile one GPU on the pool, unless its previous poll is still running."""
+        future = self._running.get(gpu.index)
+        if future is not None and not future.done():
+            with self._lock:
+                self._wanted.add(gpu.index)  # run again once the slow one is over
+            return
+        if self._stop.is_set():
+            return
+        self._running[gpu.index] = self._pool.submit(self._reconcile, gpu)
+
+    def _reconcile(self, gpu: Gpu) -> None:
+        """One GPU's poll; never lets an exception kill the pool worker silently."""
+        try:
+            reconcile_gpu(gpu, self.store)
+        except Exception:
+            logger.exception("poll of GPU %d failed", gpu.index)
+        finally:
+            with self._lock:
+                again = gpu.index in self._wanted
+            if again:
+                self._wake.set()

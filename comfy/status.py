@@ -1,0 +1,39 @@
+"""A GPU's live status, as /serverstatus reports it."""
+from __future__ import annotations
+
+import time
+
+from comfy.errors import ComfyError, ComfyUnreachable
+from comfy.gpu import Gpu
+from comfy.store import JobStore
+
+STATUS_TIMEOUT = 2.0  # seconds: a status page must answer even when ComfyUI does not
+
+
+def gpu_status(gpu: Gpu, store: JobStore) -> dict:
+    """Ask the GPU's ComfyUI now (queue live, system stats at most a second old)."""
+    running_job_id, queue = None, {"running": 0, "pending": 0}
+    try:
+        snapshot = gpu.client.queue(timeout=STATUS_TIMEOUT)
+    except ComfyError as exc:
+        gpu.saw_failure(refused=isinstance(exc, ComfyUnreachable) and exc.refused)
+        reachable, system = False, None
+    else:
+        reachable = True
+        queue = {"running": len(snapshot.running), "pending": len(snapshot.pending)}
+        for item in snapshot.running:
+            job = store.job_for_prompt(gpu.index, item.prompt_id)
+            running_job_id = job.job_id if job else running_job_id
+        system = gpu.system_stats()
+    return {"gpu_id": gpu.index, "comfy_url": gpu.base_url, "reachable": reachable,
+            "status": "ok" if reachable else "unreachable",
+            "websocket": "connected" if gpu.websocket_connected else "disconnected",
+            "queue": queue, "running_job_id": running_job_id, "system": system,
+            "checked_at": iso_time(time.time())}
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """ISO-8601 UTC with milliseconds and a Z."""
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"

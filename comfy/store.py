@@ -1,0 +1,178 @@
+"""The job store: one lock, an in-memory dict as the read path, SQLite written through."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable, Iterable
+
+from comfy.database import COLUMNS, Database
+from comfy.jobs import Job, JobStatus, may_move
+
+logger = logging.getLogger(__name__)
+
+DURABLE = tuple(name for name in COLUMNS if name != "job_id")
+
+
+class JobStore:
+    """Every job Cylindria accepted. Public methods take the lock and return copies.
+
+    A change to a durable field is committed to SQLite before the new record is
+    published, so nothing a client was told can be lost by a crash.
+    """
+
+    def __init__(self, db: Database):
+        self._db = db
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._jobs: dict[str, Job] = {}
+        self._active: dict[str, str] = {}  # prompt_id -> job_id, unfinished jobs only
+        self._in_flight: set[str] = set()  # job ids whose POST /prompt is under way
+        for job in db.load():
+            self._publish(job)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return job.copy() if job else None
+
+    def active(self, gpu_id: int | None = None) -> list[Job]:
+        """Unfinished jobs (of one GPU, or all), oldest first."""
+        with self._lock:
+            jobs = (self._jobs[j] for j in self._active.values())
+            return sorted((j.copy() for j in jobs if gpu_id is None or j.gpu_id == gpu_id),
+                          key=lambda j: j.seq)
+
+    def settled_active(self, gpu_id: int) -> list[Job]:
+        """Unfinished jobs of a GPU whose POST is not under way: the ones safe to judge."""
+        with self._lock:
+            jobs = (self._jobs[j] for j in self._active.values() if j not in self._in_flight)
+            return sorted((j.copy() for j in jobs if j.gpu_id == gpu_id), key=lambda j: j.seq)
+
+    def job_for_prompt(self, gpu_id: int, prompt_id: str) -> Job | None:
+        """The unfinished job that owns this prompt on this GPU, or None."""
+        with self._lock:
+            job_id = self._active.get(prompt_id)
+            job = self._jobs.get(job_id) if job_id else None
+            return job.copy() if job and job.gpu_id == gpu_id else None
+
+    def ahead_of(self, gpu_id: int, number: float | None) -> int:
+        """How many of Cylindria's unfinished prompts on a GPU come before this number."""
+        with self._lock:
+            jobs = (self._jobs[j] for j in self._active.values())
+            return sum(1 for j in jobs if j.gpu_id == gpu_id and j.number is not None
+                       and (number is None or j.number < number))
+
+    def in_flight(self, job_id: str) -> bool:
+        """True while the job's POST /prompt is under way."""
+        with self._lock:
+            return job_id in self._in_flight
+
+    def reserve(self, job: Job) -> tuple[Job, bool]:
+        """Record a new job as submitting (durably), or return the one already under its id."""
+        with self._lock:
+            existing = self._jobs.get(job.job_id)
+            if existing is not None:
+                return existing.copy(), False
+            job = job.copy()
+            job.status = JobStatus.SUBMITTING
+            job.submitted_at = job.submitted_at or time.time()
+            job.seq = self._db.insert(job)
+            self._in_flight.add(job.job_id)
+            self._publish(job)
+            return job.copy(), True
+
+    def wait_settled(self, job_id: str, timeout: float) -> Job | None:
+        """Wait until nobody is submitting this job any more; the job then, or None if dropped."""
+        with self._settled:
+            self._settled.wait_for(lambda: job_id not in self._in_flight, timeout)
+            job = self._jobs.get(job_id)
+            return job.copy() if job else None
+
+    def release(self, job_id: str) -> None:
+        """The POST for this job is over, whatever its outcome."""
+        with self._settled:
+            self._in_flight.discard(job_id)
+            self._settled.notify_all()
+
+    def discard(self, job_id: str) -> None:
+        """Forget a submission ComfyUI never got, so the client's retry goes through."""
+        with self._settled:
+            job = self._jobs.get(job_id)
+            if job is None or job.status != JobStatus.SUBMITTING:
+                return
+            self._db.delete(job_id)
+            del self._jobs[job_id]
+            self._active.pop(job.prompt_id, None)
+            self._in_flight.discard(job_id)
+            self._settled.notify_all()
+
+    def change(self, job_id: str, edit: Callable[[Job], None],
+               allow_finished: bool = False) -> Job | None:
+        """Apply `edit` to a copy of the job and publish it if it is a legal move.
+
+        A finished job is left alone (late messages must not touch it) unless
+        `allow_finished`; a status change that would move backwards is refused whole.
+        """
+        with self._lock:
+            current = self._jobs.get(job_id)
+            if current is None:
+                return None
+            if current.status.finished and not allow_finished:
+                return current.copy()
+            new = current.copy()
+            edit(new)
+            if new.status != current.status and not may_move(current.status, new.status):
+                return current.copy()
+            self._persist(current, new)
+            self._publish(new, previous=current)
+            return new.copy()
+
+    def change_by_prompt(self, gpu_id: int, prompt_id: str,
+                         edit: Callable[[Job], None]) -> Job | None:
+        """`change` for the unfinished job that owns this prompt on this GPU; None if not ours."""
+        with self._lock:
+            job_id = self._active.get(prompt_id)
+            if job_id is None or self._jobs[job_id].gpu_id != gpu_id:
+                return None
+        return self.change(job_id, edit)
+
+    def jobs(self, newest_first: bool = True) -> Iterable[Job]:
+        """A snapshot of every job (copies), newest first by default."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        ordered = reversed(jobs) if newest_first else iter(jobs)
+        return [job.copy() for job in ordered]
+
+    def instance_id(self, default: str) -> str:
+        """This data dir's stable Cylindria id (used to name its websocket clients)."""
+        with self._lock:
+            return self._db.meta("instance_id", default)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def _persist(self, current: Job, new: Job) -> None:
+        """Commit the durable fields that changed, before anyone can see them."""
+        changed = [name for name in DURABLE if getattr(new, name) != getattr(current, name)]
+        if changed:
+            self._db.update(new, changed)
+        if new.status != current.status:
+            logger.info("job %s on GPU %d: %s -> %s", new.job_id, new.gpu_id,
+                        current.status.value, new.status.value)
+
+    def _publish(self, job: Job, previous: Job | None = None) -> None:
+        """Make `job` the current record and keep the prompt index to unfinished jobs."""
+        self._jobs[job.job_id] = job
+        if previous is not None and previous.prompt_id != job.prompt_id:
+            self._active.pop(previous.prompt_id, None)
+        if job.status.finished:
+            self._active.pop(job.prompt_id, None)
+        else:
+            self._active[job.prompt_id] = job.job_id

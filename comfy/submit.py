@@ -1,0 +1,139 @@
+"""Submitting exactly once: record the job, POST it, record the outcome, settle any doubt."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from comfy.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyTimeout, ComfyUnreachable
+from comfy.events import finish, start_running
+from comfy.gpu import Gpu
+from comfy.jobs import Job, JobStatus
+from comfy.outcome import outcome_from_history
+from comfy.store import JobStore
+from comfy.workflow import Workflow
+
+logger = logging.getLogger(__name__)
+
+
+class JobIdConflict(Exception):
+    """The job id is taken by a different workflow."""
+
+    def __init__(self, job: Job):
+        super().__init__(f"job id {job.job_id} is already used for a different workflow")
+        self.job = job
+
+
+class SubmissionUnsettled(ComfyTimeout):
+    """An earlier attempt's fate is still unknown because ComfyUI does not answer."""
+
+
+def submit_job(store: JobStore, gpu: Gpu, job_id: str, workflow: Workflow,
+               wait: float = 90.0) -> tuple[Job, bool]:
+    """Run the job at most once; returns (job, created). A refused submission leaves nothing."""
+    for _ in range(3):
+        job = Job(job_id=job_id, gpu_id=gpu.index, prompt_id=str(uuid.uuid4()),
+                  fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
+                  submitted_at=time.time())
+        existing, created = store.reserve(job)
+        if created:
+            return _post(store, gpu, existing, workflow), True
+        if existing.fingerprint != workflow.fingerprint:
+            raise JobIdConflict(existing)
+        if existing.status != JobStatus.SUBMITTING:
+            return existing, False
+        settled = _settle_earlier(store, gpu, existing, wait)
+        if settled is not None:
+            return settled, False
+    raise SubmissionUnsettled("the job's earlier submission is still being settled", gpu.index)
+
+
+def _settle_earlier(store: JobStore, gpu: Gpu, job: Job, wait: float) -> Job | None:
+    """A retry met a job still `submitting`: wait for its POST, or settle it with ComfyUI now."""
+    if store.in_flight(job.job_id):
+        job = store.wait_settled(job.job_id, wait)
+    elif job.gpu_id == gpu.index:
+        job = settle_submission(store, gpu, job, None)
+    if job is not None and job.status == JobStatus.SUBMITTING:
+        raise SubmissionUnsettled("the job's earlier submission is still being settled", gpu.index)
+    return job
+
+
+def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
+    """POST the prompt and record what happened; raise what the client must be told."""
+    try:
+        answer = gpu.client.submit(workflow.payload(gpu.client_id, job.prompt_id))
+    except ComfyRejected:
+        store.discard(job.job_id)
+        raise
+    except ComfyError as exc:
+        if isinstance(exc, ComfyUnreachable):
+            gpu.saw_failure(refused=exc.refused)
+        if exc.may_have_run:
+            settle_submission(store, gpu, job, exc)
+        else:
+            store.discard(job.job_id)
+        raise
+    else:
+        # Recorded before the job leaves in-flight, so the poller never judges it half-done.
+        return accept(store, gpu, job.job_id, answer)
+    finally:
+        store.release(job.job_id)
+
+
+def accept(store: JobStore, gpu: Gpu, job_id: str, answer: dict) -> Job:
+    """Record ComfyUI's 200 answer; the websocket may already have moved the job further."""
+    number = answer.get("number")
+    number = float(number) if isinstance(number, (int, float)) else None
+    ahead = store.ahead_of(gpu.index, number) + gpu.foreign_before(number)
+
+    def edit(job: Job) -> None:
+        job.prompt_id = str(answer["prompt_id"])  # older ComfyUI ignores ours and picks its own
+        job.number = number
+        job.warnings = answer.get("node_errors") or None
+        if job.status == JobStatus.SUBMITTING:
+            job.status = JobStatus.QUEUED
+            job.queue_position = ahead
+    return store.change(job_id, edit)
+
+
+def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | None) -> Job | None:
+    """Decide a submission whose POST had no clear answer: adopt it if ComfyUI has the prompt,
+    drop it if ComfyUI does not, keep it `submitting` while ComfyUI cannot say."""
+    try:
+        snapshot = gpu.client.queue()
+        item = snapshot.items().get(job.prompt_id)
+        if item is not None:
+            running = item in snapshot.running
+            return _adopt(store, job, item.number, running)
+        entry = gpu.client.history(job.prompt_id)
+    except ComfyTimeout:
+        logger.warning("job %s: ComfyUI on GPU %d does not answer; submission left to settle",
+                       job.job_id, gpu.index)
+        return store.get(job.job_id)
+    except ComfyUnreachable as exc:
+        if not exc.refused:
+            return store.get(job.job_id)
+        entry = None  # refused: the process is gone, and any prompt it had with it
+    except ComfyBadResponse:
+        return store.get(job.job_id)
+    if entry is not None:
+        _adopt(store, job, None, False)
+        status, error, outputs = outcome_from_history(entry)
+        return store.change(job.job_id, finish(status, error, outputs))
+    logger.info("job %s: ComfyUI on GPU %d never got the prompt (%s); dropped",
+                job.job_id, gpu.index, cause or "found at settlement")
+    store.discard(job.job_id)
+    return None
+
+
+def _adopt(store: JobStore, job: Job, number: float | None, running: bool) -> Job:
+    """ComfyUI has the prompt: the job is accepted after all."""
+    def edit(current: Job) -> None:
+        current.number = number if number is not None else current.number
+        if running:
+            start_running(current)
+        elif current.status == JobStatus.SUBMITTING:
+            current.status = JobStatus.QUEUED
+    logger.info("job %s: ComfyUI on GPU %d has the prompt; adopted", job.job_id, job.gpu_id)
+    return store.change(job.job_id, edit)

@@ -1,0 +1,55 @@
+"""The tracker: reconciles at start, then keeps every job true with websockets and the poller."""
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from comfy.gpu import Gpu
+from comfy.listener import Listener
+from comfy.poller import Poller
+from comfy.reconcile import reconcile_gpu
+from comfy.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class Tracker:
+    """Owns the poller thread and one websocket listener thread per GPU."""
+
+    def __init__(self, gpus: list[Gpu], store: JobStore, poll_interval: float = 5.0,
+                 websocket: bool = True):
+        self.gpus = gpus
+        self.store = store
+        self.poller = Poller(gpus, store, poll_interval)
+        self.listeners = [Listener(gpu, store, self.poller.request) for gpu in gpus] \
+            if websocket else []
+        self.started = False
+
+    def start(self) -> None:
+        """Settle what happened while Cylindria was down, then start tracking."""
+        self.reconcile_all()
+        self.poller.start()
+        for listener in self.listeners:
+            listener.start()
+        self.started = True
+
+    def reconcile_all(self) -> None:
+        """One reconciliation of every GPU at once; each is bounded by the client's timeouts."""
+        with ThreadPoolExecutor(max_workers=len(self.gpus),
+                                thread_name_prefix="cylindria-reconcile") as pool:
+            for future in [pool.submit(reconcile_gpu, gpu, self.store) for gpu in self.gpus]:
+                try:
+                    future.result()
+                except Exception:
+                    logger.exception("start-up reconciliation failed")
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop every thread: all are told at once, then waited for within `timeout` together."""
+        deadline = time.monotonic() + timeout
+        for listener in self.listeners:
+            listener.signal_stop()
+        self.poller.stop(timeout=timeout)
+        for listener in self.listeners:
+            listener.join(max(0.0, deadline - time.monotonic()))
+        self.started = False

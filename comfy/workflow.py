@@ -1,0 +1,104 @@
+"""Turn a request body into the prompt ComfyUI runs, refusing what it could never run."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+
+class WorkflowError(ValueError):
+    """A body that is not an API-format workflow; `code` is the contract's error code."""
+
+    def __init__(self, code: str, message: str, details=None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """The nodes to run, the extra_data to pass along, and a fingerprint for idempotent retries."""
+
+    prompt: dict
+    extra_data: dict
+    fingerprint: str
+
+    def payload(self, client_id: str, prompt_id: str) -> dict:
+        """The body of POST /prompt: nothing but what ComfyUI needs to run and target it."""
+        return {"prompt": self.prompt, "client_id": client_id, "prompt_id": prompt_id,
+                "extra_data": self.extra_data}
+
+
+def parse_workflow(body: bytes) -> Workflow:
+    """Parse and check a startjob body: bare nodes, or {"prompt": ..., "extra_data": ...}."""
+    document = _load_json(body)
+    if not isinstance(document, dict):
+        raise WorkflowError("invalid_workflow", "the workflow must be a JSON object of nodes")
+    if isinstance(document.get("nodes"), list) and isinstance(document.get("links"), list):
+        raise WorkflowError(
+            "ui_format_workflow",
+            'this is a UI-format workflow (nodes/links); in ComfyUI enable the dev mode '
+            'options and export it with "Save (API)", then send that file')
+    prompt, extra_data = _unwrap(document)
+    _check_nodes(prompt)
+    return Workflow(prompt, extra_data, fingerprint(prompt))
+
+
+def fingerprint(prompt: dict) -> str:
+    """A stable hash of the nodes: the same workflow gives the same fingerprint."""
+    canonical = json.dumps(prompt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+
+
+def _load_json(body: bytes):
+    """JSON from bytes, refusing invalid UTF-8, duplicate keys and absurd nesting."""
+    if not body or not body.strip():
+        raise WorkflowError("invalid_json", "the request body is empty; send the workflow as JSON")
+    try:
+        text = body.decode("utf-8-sig")
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except UnicodeDecodeError as exc:
+        raise WorkflowError("invalid_json", "the request body is not valid UTF-8") from exc
+    except RecursionError as exc:
+        raise WorkflowError("invalid_json", "the request body is nested too deeply") from exc
+    except ValueError as exc:
+        raise WorkflowError("invalid_json", f"the request body is not valid JSON: {exc}") from exc
+
+
+def _no_duplicates(pairs: list) -> dict:
+    """Refuse an object with a key twice: which node wins would be a guess."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"duplicate key {key!r}")
+        result[key] = value
+    return result
+
+
+def _unwrap(document: dict) -> tuple[dict, dict]:
+    """The nodes and extra_data of a wrapped body, or the body itself as the nodes."""
+    if "prompt" not in document:
+        return document, {}
+    prompt, extra_data = document["prompt"], document.get("extra_data", {})
+    if not isinstance(prompt, dict):
+        raise WorkflowError("invalid_workflow", '"prompt" must be an object of nodes')
+    if not isinstance(extra_data, dict):
+        raise WorkflowError("invalid_workflow", '"extra_data" must be an object')
+    return prompt, extra_data
+
+
+def _check_nodes(prompt: dict) -> None:
+    """Every node needs a class_type string and an inputs object."""
+    if not prompt:
+        raise WorkflowError("invalid_workflow", "the workflow has no nodes")
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict):
+            raise WorkflowError("invalid_workflow", f"node {node_id} is not an object",
+                                {"node_id": node_id})
+        if not isinstance(node.get("class_type"), str) or not node["class_type"]:
+            raise WorkflowError("invalid_workflow", f"node {node_id} has no class_type",
+                                {"node_id": node_id})
+        if not isinstance(node.get("inputs"), dict):
+            raise WorkflowError("invalid_workflow", f"node {node_id} has no inputs object",
+                                {"node_id": node_id})

@@ -1,0 +1,80 @@
+"""Fixtures: fake ComfyUI GPUs on consecutive loopback ports, and a real Cylindria server."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import pytest
+
+from tests.fake_comfy import FakeComfy
+from tests.helpers import API_KEY, Api, free_ports
+from web.config import Config
+from web.server import Service
+
+TIME_SCALE = 0.05  # the fake's node sleeps shrink to 5 %: a 4 s "slow" node takes 0.2 s
+
+
+def start_fakes(count: int, time_scale: float = TIME_SCALE) -> list[FakeComfy]:
+    """`count` fake ComfyUIs on consecutive ports, like a host's GPUs."""
+    for _ in range(20):
+        base = free_ports(count)
+        fakes = []
+        try:
+            for n in range(count):
+                fake = FakeComfy(port=base + n, time_scale=time_scale)
+                fake.start()
+                fakes.append(fake)
+            return fakes
+        except OSError:
+            for fake in fakes:
+                fake.close()
+    raise RuntimeError("could not start the fake GPUs")
+
+
+@pytest.fixture
+def fakes():
+    """Two fake ComfyUI instances (GPU 0 and GPU 1)."""
+    fakes = start_fakes(2)
+    yield fakes
+    for fake in fakes:
+        fake.close()
+
+
+@pytest.fixture
+def fake(fakes):
+    """GPU 0's fake ComfyUI."""
+    return fakes[0]
+
+
+def make_config(fakes, tmp_path, **overrides) -> Config:
+    """A Config for a test server on a free loopback port in front of `fakes`."""
+    values = dict(host="127.0.0.1", port=0, gpus=len(fakes), comfy_base_url=fakes[0].url,
+                  api_keys=(API_KEY,), data_dir=tmp_path / "data", poll_interval=0.5, threads=8,
+                  dev_save_dir=tmp_path / "dev")
+    values.update(overrides)
+    return dataclasses.replace(Config(), **values)
+
+
+@pytest.fixture
+def config(fakes, tmp_path):
+    return make_config(fakes, tmp_path)
+
+
+@pytest.fixture
+def service(config):
+    """A real Cylindria: waitress on a free port, tracker running."""
+    with Service(config) as service:
+        yield service
+
+
+@pytest.fixture
+def api(service):
+    """A client of `service` that sends the key."""
+    return Api(service.url)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_third_party_logs():
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+    logging.getLogger("websocket").setLevel(logging.CRITICAL)
+    yield

@@ -1,0 +1,74 @@
+"""Keys: both headers, several keys, the generated key file, --no-auth, throttling."""
+import os
+import stat
+import sys
+
+import pytest
+
+from tests.conftest import make_config
+from tests.helpers import API_KEY, Api
+from web.server import Service
+
+PROTECTED = [("GET", "/serverstatus"), ("GET", "/jobstatus/x"), ("PUT", "/startjob/x"),
+             ("GET", "/no-such-endpoint")]
+
+
+@pytest.mark.parametrize("method,path", PROTECTED)
+def test_missing_or_wrong_key_is_401_json_with_www_authenticate(service, method, path):
+    for key in (None, "wrong-key-123456"):
+        response = Api(service.url, key).request(method, path)
+        assert response.status_code == 401
+        assert response.json()["code"] == "unauthorized"
+        assert "Bearer" in response.headers["WWW-Authenticate"]
+
+
+def test_both_headers_work(service):
+    assert Api(service.url).get("/serverstatus").status_code == 200
+    bearer = Api(service.url, None)
+    bearer.session.headers["Authorization"] = f"Bearer {API_KEY}"
+    assert bearer.get("/serverstatus").status_code == 200
+    basic = Api(service.url, None)
+    basic.session.headers["Authorization"] = f"Basic {API_KEY}"
+    assert basic.get("/serverstatus").status_code == 401
+
+
+def test_health_needs_no_key(service):
+    assert Api(service.url, None).get("/health").status_code == 200
+
+
+def test_several_keys(fakes, tmp_path):
+    config = make_config(fakes, tmp_path, api_keys=("first-key-000000", "second-key-11111"))
+    with Service(config) as service:
+        for key in config.api_keys:
+            assert Api(service.url, key).get("/serverstatus").status_code == 200
+        assert Api(service.url, "first-key-00000").get("/serverstatus").status_code == 401
+
+
+def test_generated_key_is_stored_privately_and_reused(fakes, tmp_path):
+    config = make_config(fakes, tmp_path, api_keys=())
+    with Service(config) as service:
+        keys = service.context.keys
+        assert keys.generated and keys.key_file == config.data_dir / "api_key"
+        key = keys.keys[0]
+        assert len(key) >= 32 and Api(service.url, key).get("/serverstatus").status_code == 200
+    if sys.platform != "win32":
+        assert stat.S_IMODE(os.stat(config.data_dir / "api_key").st_mode) == 0o600
+    with Service(config) as again:
+        assert not again.context.keys.generated and again.context.keys.keys == (key,)
+
+
+def test_no_auth_opens_everything(fakes, tmp_path):
+    config = make_config(fakes, tmp_path, api_keys=(), no_auth=True)
+    with Service(config) as service:
+        assert Api(service.url, None).get("/serverstatus").status_code == 200
+    assert not (config.data_dir / "api_key").exists()
+
+
+def test_repeated_failures_are_throttled_and_the_key_then_waits_too(service):
+    wrong = Api(service.url, "wrong-key-123456")
+    codes = [wrong.get("/serverstatus").status_code for _ in range(12)]
+    assert codes[:10] == [401] * 10 and codes[10:] == [429, 429]
+    response = Api(service.url).get("/serverstatus")
+    assert response.status_code == 429 and int(response.headers["Retry-After"]) > 0
+    assert response.json()["code"] == "too_many_requests"
+    assert Api(service.url, None).get("/health").status_code == 200

@@ -1,0 +1,106 @@
+"""The job store: write-through persistence, forward-only states, the submit handshake."""
+import threading
+
+import pytest
+
+from comfy.database import Database
+from comfy.events import finish
+from comfy.jobs import Job, JobStatus
+from comfy.store import JobStore
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "jobs.sqlite3"
+
+
+@pytest.fixture
+def store(db_path):
+    store = JobStore(Database(db_path))
+    yield store
+    store.close()
+
+
+def new_job(job_id="job-1", gpu_id=0, prompt_id="p-1") -> Job:
+    return Job(job_id=job_id, gpu_id=gpu_id, prompt_id=prompt_id, fingerprint="f")
+
+
+def queued(job: Job) -> None:
+    job.status = JobStatus.QUEUED
+
+
+def test_reserve_records_submitting_and_a_second_reserve_returns_it(store):
+    job, created = store.reserve(new_job())
+    assert created and job.status == JobStatus.SUBMITTING and store.in_flight("job-1")
+    again, created = store.reserve(new_job(prompt_id="p-other"))
+    assert not created and again.prompt_id == "p-1"
+
+
+def test_every_state_change_survives_a_reopen(store, db_path):
+    store.reserve(new_job())
+    store.release("job-1")
+    store.change("job-1", queued)
+    store.change("job-1", finish(JobStatus.COMPLETED, outputs=[{"node_id": "3", "filename": "a.png",
+                                                                "subfolder": "", "type": "output"}]))
+    reopened = JobStore(Database(db_path))
+    job = reopened.get("job-1")
+    assert job.status == JobStatus.COMPLETED and job.outputs[0]["filename"] == "a.png"
+    assert job.finished_at is not None and reopened.active() == []
+    reopened.close()
+
+
+def test_states_never_move_backwards(store):
+    store.reserve(new_job())
+    store.change("job-1", lambda j: setattr(j, "status", JobStatus.RUNNING))
+    job = store.change("job-1", queued)
+    assert job.status == JobStatus.RUNNING
+    store.change("job-1", finish(JobStatus.FAILED, error={"type": "x"}))
+    assert store.change("job-1", finish(JobStatus.COMPLETED)).status == JobStatus.FAILED
+
+
+def test_lost_can_still_learn_its_true_outcome(store):
+    store.reserve(new_job())
+    store.change("job-1", finish(JobStatus.LOST))
+    job = store.change("job-1", finish(JobStatus.COMPLETED), allow_finished=True)
+    assert job.status == JobStatus.COMPLETED and job.error is None
+
+
+def test_discard_leaves_nothing_so_a_retry_can_reserve_again(store, db_path):
+    store.reserve(new_job())
+    store.discard("job-1")
+    assert store.get("job-1") is None and not store.in_flight("job-1")
+    assert JobStore(Database(db_path)).get("job-1") is None
+    assert store.reserve(new_job())[1]
+
+
+def test_discard_never_removes_an_accepted_job(store):
+    store.reserve(new_job())
+    store.change("job-1", queued)
+    store.discard("job-1")
+    assert store.get("job-1").status == JobStatus.QUEUED
+
+
+def test_wait_settled_returns_when_the_post_is_over(store):
+    store.reserve(new_job())
+    threading.Timer(0.05, lambda: (store.change("job-1", queued), store.release("job-1"))).start()
+    assert store.wait_settled("job-1", timeout=10).status == JobStatus.QUEUED
+
+
+def test_prompt_index_only_covers_unfinished_jobs_of_that_gpu(store):
+    store.reserve(new_job(gpu_id=1))
+    assert store.change_by_prompt(0, "p-1", queued) is None
+    assert store.change_by_prompt(1, "p-1", queued).status == JobStatus.QUEUED
+    store.change("job-1", finish(JobStatus.COMPLETED))
+    assert store.change_by_prompt(1, "p-1", queued) is None
+
+
+def test_settled_active_leaves_out_jobs_whose_post_is_under_way(store):
+    store.reserve(new_job("a", prompt_id="pa"))
+    store.reserve(new_job("b", prompt_id="pb"))
+    store.release("b")
+    assert [j.job_id for j in store.settled_active(0)] == ["b"]
+
+
+def test_instance_id_is_stable(store, db_path):
+    first = store.instance_id("abcd")
+    assert store.instance_id("zzzz") == first == "abcd"

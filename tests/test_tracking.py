@@ -1,0 +1,124 @@
+"""Live tracking against fake GPUs with real sockets: websocket, poller, reconciliation."""
+import threading
+import time
+
+import pytest
+import requests
+
+from tests import workflows
+from tests.conftest import make_config
+from tests.helpers import Api, wait_for
+from web.server import Service
+
+
+def watch(api, job_id, until=("completed", "failed", "cancelled", "lost"), timeout=30):
+    """Every answer /jobstatus gave while the job ran."""
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.status(job_id)
+        seen.append(job)
+        if job["status"] in until:
+            return seen
+        time.sleep(0.01)
+    raise AssertionError(f"{job_id} did not end: {seen[-1]}")
+
+
+def test_job_walks_queued_running_completed_with_real_progress(api, fake):
+    fake.hold = True
+    api.put("/startjob/walk", json=workflows.slow(seconds=30, steps=8))  # 1.5 s at time_scale
+    assert api.status("walk")["status"] == "queued"
+    fake.hold = False
+    seen = watch(api, "walk")
+    statuses = [s["status"] for s in seen]
+    assert statuses[0] == "queued" and "running" in statuses and statuses[-1] == "completed"
+    steps = [s["progress"] for s in seen if s["status"] == "running" and s["progress"]["max"] == 8]
+    assert steps and all(1 <= p["value"] <= 8 and p["node"] == "2" for p in steps if p["value"])
+    percents = [s["progress"]["percent"] for s in seen]
+    assert percents == sorted(percents) and percents[-1] == 100
+    assert seen[-1]["outputs"][0]["filename"].startswith("cyl_slow")
+
+
+def test_interrupt_from_comfy_ends_cancelled(api, fake):
+    api.put("/startjob/stopped", json=workflows.slow(seconds=200))
+    api.wait_status("stopped", "running")
+    requests.post(fake.url + "/interrupt", timeout=10)
+    assert api.wait_status("stopped", "cancelled")["error"] is None
+
+
+def test_cached_rerun_completes(api):
+    api.put("/startjob/first", json=workflows.core("again"))
+    api.wait_status("first", "completed")
+    api.put("/startjob/second", json=workflows.core("again"))
+    job = api.wait_status("second", "completed")
+    assert job["progress"]["nodes_done"] == 3 and job["outputs"]
+
+
+def test_cut_websocket_poller_finishes_the_job_and_socket_comes_back(api, service, fake):
+    client_id = service.context.gpus[0].client_id
+    wait_for(lambda: client_id in fake.ws_client_ids())
+    api.put("/startjob/cut", json=workflows.slow(seconds=20))
+    api.wait_status("cut", "running")
+    fake.ws_silent = True
+    fake.drop_websockets()
+    job = api.wait_status("cut", "completed", timeout=20)
+    assert job["outputs"]
+    fake.ws_silent = False
+    wait_for(lambda: client_id in fake.ws_client_ids(), message="websocket to reconnect")
+    wait_for(lambda: api.get("/serverstatus").json()["websocket"] == "connected")
+
+
+def test_silent_websocket_poll_alone_reaches_the_true_end(api, fake):
+    fake.ws_silent = True
+    fake.drop_websockets()
+    api.put("/startjob/silent-ok", json=workflows.core("silent"))
+    api.put("/startjob/silent-fail", json=workflows.fail())
+    assert api.wait_status("silent-ok", "completed")["outputs"]
+    assert api.wait_status("silent-fail", "failed")["error"]["node_type"] == "CylFail"
+
+
+def test_poll_only_mode_tracks_everything(fakes, tmp_path):
+    config = make_config(fakes, tmp_path, websocket=False)
+    with Service(config) as service:
+        api = Api(service.url)
+        api.put("/startjob/p1", json=workflows.slow(seconds=10))
+        assert api.wait_status("p1", "completed")["progress"]["percent"] == 100
+
+
+def test_stopped_comfy_loses_its_jobs_and_the_other_gpu_is_untouched(api, fakes):
+    api.put("/startjob/doomed?GpuId=0", json=workflows.slow(seconds=200))
+    api.put("/startjob/fine?GpuId=1", json=workflows.slow(seconds=20))
+    api.wait_status("doomed", "running")
+    fakes[0].stop()
+    job = api.wait_status("doomed", "lost", timeout=10)
+    assert job["error"]["type"] == "lost"
+    assert api.get("/serverstatus?GpuId=0").json()["reachable"] is False
+    assert api.wait_status("fine", "completed")["outputs"]
+    fakes[0].restart()
+    assert api.status("doomed")["status"] == "lost"
+    api.put("/startjob/after?GpuId=0", json=workflows.core("after"))
+    assert api.wait_status("after", "completed")
+
+
+def test_lost_job_gets_its_true_end_when_comfy_returns_with_history(fakes, tmp_path):
+    config = make_config(fakes, tmp_path, poll_interval=3600, websocket=False)
+    with Service(config) as service:
+        api = Api(service.url)
+        api.put("/startjob/back", json=workflows.core("back"))
+        wait_for(lambda: fakes[0].prompts_received() and requests.get(
+            f"{fakes[0].url}/history/{fakes[0].prompts_received()[0]}", timeout=5).json())
+        fakes[0].stop()
+        service.context.tracker.poller.request(0)
+        api.wait_status("back", "lost")
+        fakes[0].restart(keep_state=True)
+        service.context.tracker.poller.request(0)
+        assert api.wait_status("back", "completed")["outputs"]
+
+
+def test_stop_ends_every_thread_within_its_timeout(fakes, tmp_path):
+    service = Service(make_config(fakes, tmp_path)).serve_in_thread()
+    Api(service.url).put("/startjob/x", json=workflows.slow(seconds=100))
+    wait_for(lambda: service.context.gpus[0].websocket_connected)
+    assert service.stop() is True
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("cylindria-") and t.is_alive()]
+    assert alive == []

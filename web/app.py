@@ -1,0 +1,59 @@
+"""The Flask app factory."""
+from __future__ import annotations
+
+import logging
+import secrets
+
+from flask import Flask
+
+from comfy.database import Database
+from comfy.gpu import build_gpus
+from comfy.store import JobStore
+from comfy.tracker import Tracker
+from web import auth, errors, routes
+from web.config import Config
+from web.context import Context
+
+logger = logging.getLogger(__name__)
+
+DB_FILE_NAME = "jobs.sqlite3"
+
+
+class PathNormalizer:
+    """WSGI wrapper: endpoint names are case-insensitive and the trailing slash is optional.
+
+    Only the first path segment (the endpoint name) is lowered; job ids keep their case.
+    """
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        environ["PATH_INFO"] = normalize_path(environ.get("PATH_INFO", ""))
+        return self.wsgi_app(environ, start_response)
+
+
+def normalize_path(path: str) -> str:
+    """'/StartJob/MyJob/' -> '/startjob/MyJob'."""
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    head, sep, rest = path[1:].partition("/")
+    return "/" + head.lower() + sep + rest
+
+
+def create_app(config: Config) -> Flask:
+    """Build the app and its state; starts no thread and opens no socket."""
+    app = Flask("cylindria")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.json.sort_keys = False
+    app.url_map.strict_slashes = False
+    app.wsgi_app = PathNormalizer(app.wsgi_app)
+    store = JobStore(Database(config.data_dir / DB_FILE_NAME))
+    gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
+    tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket)
+    keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
+    app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys)
+    errors.init_app(app)
+    auth.init_app(app, keys, config.no_auth)
+    app.register_blueprint(routes.bp)
+    return app

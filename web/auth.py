@@ -1,0 +1,108 @@
+"""API keys: X-API-Key or Authorization: Bearer, compared in constant time, never logged."""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from flask import Flask, request
+from flask_httpauth import HTTPTokenAuth
+from werkzeug.datastructures import Authorization
+
+from web.errors import error_response
+from web.throttle import FailureThrottle
+
+logger = logging.getLogger(__name__)
+
+KEY_FILE_NAME = "api_key"
+PUBLIC_ENDPOINTS = frozenset({"api.health", "api.ready"})
+
+
+@dataclass(frozen=True)
+class KeySetup:
+    """The keys in force and where a generated one lives."""
+
+    keys: tuple
+    key_file: Path | None = None
+    generated: bool = False
+
+
+def resolve_keys(configured: tuple, no_auth: bool, data_dir: Path) -> KeySetup:
+    """Configured keys, or the data dir's generated key (made on first start)."""
+    if no_auth:
+        return KeySetup(())
+    if configured:
+        return KeySetup(tuple(configured))
+    path = Path(data_dir) / KEY_FILE_NAME
+    if path.exists():
+        key = path.read_text(encoding="utf-8").strip()
+        if key:
+            return KeySetup((key,), path, False)
+    key = secrets.token_urlsafe(32)
+    _write_private(path, key)
+    return KeySetup((key,), path, True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only (where the OS has such permissions)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    try:
+        os.chmod(path, 0o600)
+    except OSError:  # Windows has no POSIX modes; the per-user data dir is already private
+        pass
+
+
+class ApiKeyAuth(HTTPTokenAuth):
+    """A token auth that also reads the key from `X-API-Key`."""
+
+    def get_auth(self):
+        """The key from X-API-Key, else from `Authorization: Bearer`."""
+        key = request.headers.get("X-API-Key")
+        if key is not None:
+            return Authorization("bearer", token=key.strip())
+        return super().get_auth()
+
+
+def key_matches(candidate: str | None, keys: tuple) -> bool:
+    """Constant-time comparison against every key (no early exit that would leak which)."""
+    if not candidate:
+        return False
+    given = candidate.encode("utf-8", "surrogateescape")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given, key.encode("utf-8"))
+    return matched
+
+
+def init_app(app: Flask, setup: KeySetup, no_auth: bool) -> None:
+    """Guard every endpoint but /health and /ready."""
+    throttle = FailureThrottle()
+    auth = ApiKeyAuth(scheme="Bearer", realm="Cylindria")
+    app.extensions["cylindria_throttle"] = throttle
+
+    @auth.verify_token
+    def verify(token):
+        return "client" if key_matches(token, setup.keys) else None
+
+    @auth.error_handler
+    def unauthorized(status):
+        throttle.record_failure(request.remote_addr or "?")
+        return error_response(401, "unauthorized",
+                              "missing or wrong API key: send it as X-API-Key or Authorization: Bearer")
+
+    @app.before_request
+    def require_key():
+        if no_auth or request.endpoint in PUBLIC_ENDPOINTS:
+            return None
+        wait = throttle.retry_after(request.remote_addr or "?")
+        if wait is not None:
+            return error_response(429, "too_many_requests",
+                                  "too many failed authentication attempts; try again later",
+                                  headers={"Retry-After": str(wait)})
+        return auth.login_required(lambda: None)()

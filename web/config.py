@@ -1,0 +1,194 @@
+"""All settings from one table: flag, environment variable, converter, default."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+import platformdirs
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message is the one line shown to the operator."""
+
+
+def _integer(text: str) -> int:
+    """A whole number, with a message an operator understands."""
+    try:
+        return int(str(text).strip())
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def integer_in(low: int, high: int) -> Callable[[str], int]:
+    """A converter for whole numbers from `low` to `high`."""
+    def convert(text: str) -> int:
+        value = _integer(text)
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+    return convert
+
+
+port = integer_in(0, 65535)  # 0 lets the OS choose (tests)
+gpu_count = integer_in(1, 8)
+thread_count = integer_in(1, 256)
+
+
+def comfy_url(text: str) -> str:
+    """An http(s) URL with a host."""
+    parts = urlsplit(text.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host, like http://127.0.0.1:8188")
+    parts.port  # raises ValueError for a bad port
+    return text.strip().rstrip("/")
+
+
+def api_keys(text: str) -> tuple:
+    """Comma-separated keys, each at least 8 characters."""
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    if not keys or any(len(k) < 8 for k in keys):
+        raise ValueError("needs one or more comma-separated keys of at least 8 characters")
+    return keys
+
+
+def positive_float(text: str) -> float:
+    """A number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if not value > 0:
+        raise ValueError("must be a number above 0")
+    return value
+
+
+def log_level(text: str) -> str:
+    """A logging level name."""
+    name = text.strip().upper()
+    if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return name
+
+
+def flag_bool(text: str) -> bool:
+    """1/true/yes/on or 0/false/no/off."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be 1 or 0")
+
+
+def default_data_dir() -> Path:
+    """The per-user data dir (platformdirs knows Windows, macOS and Linux conventions)."""
+    return Path(platformdirs.user_data_dir("Cylindria", appauthor=False))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the table."""
+
+    flag: str
+    dest: str
+    env: str | None
+    convert: Callable
+    default: object
+    help: str
+
+
+OPTIONS = (
+    Option("--port", "port", "CYLINDRIA_PORT", port, 8000, "port Cylindria listens on"),
+    Option("--host", "host", "CYLINDRIA_HOST", str, "0.0.0.0", "address Cylindria listens on"),
+    Option("--numberOfGpus", "gpus", "CYLINDRIA_NUM_GPUS", gpu_count, 1,
+           "GPUs (ComfyUI instances) on consecutive ports, 1..8"),
+    Option("--comfy-base-url", "comfy_base_url", "COMFYUI_BASE_URL", comfy_url,
+           "http://127.0.0.1:8188", "GPU 0's ComfyUI; GPU n is this URL with port + n"),
+    Option("--api-key", "api_keys", "CYLINDRIA_API_KEY", api_keys, (),
+           "API key(s), comma separated; default: a generated key kept in the data dir"),
+    Option("--data-dir", "data_dir", "CYLINDRIA_DATA_DIR", Path, None,
+           "where the job database and the generated key live"),
+    Option("--poll-interval", "poll_interval", None, positive_float, 5.0,
+           "seconds between /queue polls"),
+    Option("--threads", "threads", "CYLINDRIA_THREADS", thread_count, 16,
+           "waitress worker threads"),
+    Option("--dev-save-dir", "dev_save_dir", "CYLINDRIA_DEV_SAVE_DIR", Path,
+           Path("workflows_dev"), "where --dev saves incoming workflows"),
+    Option("--log-level", "log_level", "CYLINDRIA_LOG_LEVEL", log_level, "INFO", "log level"),
+)
+SWITCHES = (
+    Option("--no-auth", "no_auth", None, flag_bool, False, "serve without API keys (warned at start)"),
+    Option("--dev", "dev", "CYLINDRIA_DEV_MODE", flag_bool, False,
+           "save each incoming workflow to --dev-save-dir"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Cylindria's settings, validated."""
+
+    port: int = 8000
+    host: str = "0.0.0.0"
+    gpus: int = 1
+    comfy_base_url: str = "http://127.0.0.1:8188"
+    api_keys: tuple = ()
+    no_auth: bool = False
+    data_dir: Path = field(default_factory=default_data_dir)
+    poll_interval: float = 5.0
+    threads: int = 16
+    dev: bool = False
+    dev_save_dir: Path = Path("workflows_dev")
+    log_level: str = "INFO"
+    max_body_bytes: int = 32 * 1024 * 1024
+    websocket: bool = True  # off only in benchmarks that measure poll-only tracking
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, from the table."""
+    parser = argparse.ArgumentParser(
+        prog="cylindria", description="Authenticated REST API in front of ComfyUI GPU instances.")
+    for option in OPTIONS:
+        env = f" (env {option.env})" if option.env else ""
+        parser.add_argument(option.flag, dest=option.dest, default=None,
+                            help=f"{option.help}{env}; default {option.default}")
+    for option in SWITCHES:
+        env = f" (env {option.env}=1)" if option.env else ""
+        parser.add_argument(option.flag, dest=option.dest, action="store_true", default=None,
+                            help=f"{option.help}{env}")
+    return parser
+
+
+def load_config(argv: list[str] | None = None, environ: dict | None = None) -> Config:
+    """Flags win over environment variables, which win over defaults; bad values raise ConfigError."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values = {}
+    for option in OPTIONS + SWITCHES:
+        raw, source = getattr(args, option.dest), option.flag
+        if raw is None and option.env and environ.get(option.env) not in (None, ""):
+            raw, source = environ[option.env], option.env
+        if raw is None or raw is True:
+            values[option.dest] = option.default if raw is None else True
+            continue
+        try:
+            values[option.dest] = option.convert(raw)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: invalid value {_shown(option, raw)}: {exc}") from None
+    values["data_dir"] = values["data_dir"] or default_data_dir()
+    return Config(**values)
+
+
+def _shown(option: Option, raw: str) -> str:
+    """The value as an error may show it: never an API key."""
+    return "(hidden)" if option.dest == "api_keys" else repr(raw)
+
+
+def configure_logging(level: str) -> None:
+    """Plain lines on the console at the chosen level."""
+    logging.basicConfig(level=getattr(logging, level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
