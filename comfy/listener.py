@@ -30,7 +30,7 @@ class Listener:
         self.ping_timeout = ping_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.reconnects = 0
+        self.connects = 0
         self._backoff = backoff_initial
         self._stop = threading.Event()
         self._ws: websocket.WebSocketApp | None = None
@@ -92,7 +92,7 @@ class Listener:
             return
         self._backoff = self.backoff_initial
         self.gpu.set_websocket(True)
-        self.reconnects += 1
+        self.connects += 1
         self.on_change(self.gpu.index)
 
     def handle_frame(self, ws, frame) -> None:

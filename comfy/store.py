@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from typing import Callable, Iterable
 
 from comfy.database import COLUMNS, Database
@@ -28,6 +29,8 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._active: dict[str, str] = {}  # prompt_id -> job_id, unfinished jobs only
         self._in_flight: set[str] = set()  # job ids whose POST /prompt is under way
+        self._counts: Counter = Counter()  # (gpu_id, status) -> jobs, kept as jobs move
+        self._observers: list[Callable[[Job | None, Job], None]] = []
         for job in db.load():
             self._publish(job)
 
@@ -72,19 +75,51 @@ class JobStore:
         with self._lock:
             return job_id in self._in_flight
 
-    def reserve(self, job: Job) -> tuple[Job, bool]:
-        """Record a new job as submitting (durably), or return the one already under its id."""
+    def observe(self, observer: Callable[[Job | None, Job], None]) -> None:
+        """Call `observer(old, new)` after every status change (old is None for a new job)."""
+        self._observers.append(observer)
+
+    def counts(self) -> dict[tuple[int, JobStatus], int]:
+        """How many jobs each GPU has in each status."""
+        with self._lock:
+            return {key: n for key, n in self._counts.items() if n}
+
+    def reserve(self, job: Job, choose_gpu: Callable[[dict], int] | None = None) -> tuple[Job, bool]:
+        """Record a new job as submitting (durably), or return the one already under its id.
+
+        `choose_gpu(unfinished_per_gpu)` picks the GPU under the same lock as the insert, so
+        concurrent GpuId=auto submissions each see the ones before them.
+        """
         with self._lock:
             existing = self._jobs.get(job.job_id)
             if existing is not None:
                 return existing.copy(), False
             job = job.copy()
+            if choose_gpu is not None:
+                job.gpu_id = choose_gpu(self._unfinished_per_gpu())
             job.status = JobStatus.SUBMITTING
             job.submitted_at = job.submitted_at or time.time()
             job.seq = self._db.insert(job)
             self._in_flight.add(job.job_id)
             self._publish(job)
-            return job.copy(), True
+        self._notify(None, job)
+        return job.copy(), True
+
+    def page(self, statuses: set | None, gpu_id: int | None, limit: int,
+             before: int | None) -> tuple[list[Job], int | None]:
+        """Newest-first jobs matching the filters, older than `before` (a seq); and the next cursor."""
+        found: list[Job] = []
+        with self._lock:
+            for job in reversed(self._jobs.values()):
+                if before is not None and job.seq >= before:
+                    continue
+                if (statuses and job.status not in statuses) or \
+                        (gpu_id is not None and job.gpu_id != gpu_id):
+                    continue
+                if len(found) == limit:
+                    return found, found[-1].seq
+                found.append(job.copy())
+        return found, None
 
     def wait_settled(self, job_id: str, timeout: float) -> Job | None:
         """Wait until nobody is submitting this job any more; the job then, or None if dropped."""
@@ -108,6 +143,7 @@ class JobStore:
             self._db.delete(job_id)
             del self._jobs[job_id]
             self._active.pop(job.prompt_id, None)
+            self._counts[(job.gpu_id, job.status)] -= 1
             self._in_flight.discard(job_id)
             self._settled.notify_all()
 
@@ -130,7 +166,10 @@ class JobStore:
                 return current.copy()
             self._persist(current, new)
             self._publish(new, previous=current)
-            return new.copy()
+            result = new.copy()
+        if result.status != current.status:
+            self._notify(current, result)
+        return result
 
     def change_by_prompt(self, gpu_id: int, prompt_id: str,
                          edit: Callable[[Job], None]) -> Job | None:
@@ -167,9 +206,24 @@ class JobStore:
             logger.info("job %s on GPU %d: %s -> %s", new.job_id, new.gpu_id,
                         current.status.value, new.status.value)
 
+    def _unfinished_per_gpu(self) -> Counter:
+        """gpu_id -> unfinished jobs (caller holds the lock)."""
+        return Counter(self._jobs[j].gpu_id for j in self._active.values())
+
+    def _notify(self, old: Job | None, new: Job) -> None:
+        """Tell the observers (metrics) about a status change; never let one break the store."""
+        for observer in self._observers:
+            try:
+                observer(old, new)
+            except Exception:
+                logger.exception("job observer failed")
+
     def _publish(self, job: Job, previous: Job | None = None) -> None:
         """Make `job` the current record and keep the prompt index to unfinished jobs."""
         self._jobs[job.job_id] = job
+        if previous is not None:
+            self._counts[(previous.gpu_id, previous.status)] -= 1
+        self._counts[(job.gpu_id, job.status)] += 1
         if previous is not None and previous.prompt_id != job.prompt_id:
             self._active.pop(previous.prompt_id, None)
         if job.status.finished:

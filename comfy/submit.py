@@ -24,28 +24,68 @@ class JobIdConflict(Exception):
         self.job = job
 
 
+class NoGpuReachable(ComfyUnreachable):
+    """GpuId=auto found every GPU's ComfyUI refusing connections."""
+
+
 class SubmissionUnsettled(ComfyTimeout):
     """An earlier attempt's fate is still unknown because ComfyUI does not answer."""
 
 
-def submit_job(store: JobStore, gpu: Gpu, job_id: str, workflow: Workflow,
-               wait: float = 90.0) -> tuple[Job, bool]:
-    """Run the job at most once; returns (job, created). A refused submission leaves nothing."""
-    for _ in range(3):
-        job = Job(job_id=job_id, gpu_id=gpu.index, prompt_id=str(uuid.uuid4()),
-                  fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
-                  submitted_at=time.time())
-        existing, created = store.reserve(job)
-        if created:
-            return _post(store, gpu, existing, workflow), True
-        if existing.fingerprint != workflow.fingerprint:
-            raise JobIdConflict(existing)
-        if existing.status != JobStatus.SUBMITTING:
-            return existing, False
-        settled = _settle_earlier(store, gpu, existing, wait)
-        if settled is not None:
-            return settled, False
-    raise SubmissionUnsettled("the job's earlier submission is still being settled", gpu.index)
+def submit_job(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
+               gpu_id: int | None, wait: float = 90.0) -> tuple[Job, bool]:
+    """Run the job at most once on GPU `gpu_id` (None: the least-loaded reachable one).
+
+    Returns (job, created). A refused submission leaves nothing behind. With GPU auto,
+    a GPU found refusing connections is skipped and the next least-loaded one tried.
+    """
+    for _ in range(len(gpus) + 2):
+        try:
+            result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait)
+        except ComfyUnreachable as exc:
+            if gpu_id is not None or not exc.refused or isinstance(exc, NoGpuReachable):
+                raise
+            continue  # that GPU is now marked unreachable: the chooser skips it
+        if result is not None:
+            return result
+    raise SubmissionUnsettled("the job's earlier submission is still being settled")
+
+
+def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
+                 gpu_id: int | None, wait: float) -> tuple[Job, bool] | None:
+    """One attempt: reserve the id (choosing the GPU if asked), then POST or settle."""
+    job = Job(job_id=job_id, gpu_id=gpu_id or 0, prompt_id=str(uuid.uuid4()),
+              fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
+              submitted_at=time.time())
+    choose = least_loaded(gpus) if gpu_id is None else None
+    existing, created = store.reserve(job, choose)
+    gpu = gpus[existing.gpu_id]
+    if created:
+        return _post(store, gpu, existing, workflow), True
+    if existing.fingerprint != workflow.fingerprint:
+        raise JobIdConflict(existing)
+    if existing.status != JobStatus.SUBMITTING:
+        return existing, False
+    settled = _settle_earlier(store, gpu, existing, wait)
+    if settled is None:
+        return None  # the earlier attempt was dropped: try again, this one goes through as new
+    return settled, False
+
+
+def least_loaded(gpus: list[Gpu]):
+    """A chooser for store.reserve: the reachable GPU with the fewest prompts, lowest id on ties.
+
+    Load is the other clients' prompts from the last /queue plus Cylindria's own unfinished
+    jobs counted live, so a burst of submissions spreads before the next poll.
+    """
+    def choose(unfinished: dict) -> int:
+        candidates = [gpu for gpu in gpus if gpu.reachable is not False]
+        if not candidates:
+            raise NoGpuReachable("no GPU's ComfyUI is reachable")
+        return min(candidates,
+                   key=lambda gpu: (gpu.foreign_before(None) + unfinished.get(gpu.index, 0),
+                                    gpu.index)).index
+    return choose
 
 
 def _settle_earlier(store: JobStore, gpu: Gpu, job: Job, wait: float) -> Job | None:

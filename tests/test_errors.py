@@ -41,7 +41,7 @@ def test_unexpected_exception_is_500_without_traceback(api, service, caplog):
         raise RuntimeError("boom-secret-detail")
     service.context.store.get = explode
     response = api.get("/jobstatus/anything")
-    body = assert_json_error(response, 500, "internal_error")
+    assert_json_error(response, 500, "internal_error")
     assert "boom" not in response.text and "Traceback" not in response.text
     assert "boom-secret-detail" in caplog.text
 

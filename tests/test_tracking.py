@@ -2,7 +2,6 @@
 import threading
 import time
 
-import pytest
 import requests
 
 from tests import workflows

@@ -10,7 +10,7 @@ from comfy.database import Database
 from comfy.gpu import build_gpus
 from comfy.store import JobStore
 from comfy.tracker import Tracker
-from web import auth, errors, routes
+from web import auth, errors, metrics, openapi, results, routes, status
 from web.config import Config
 from web.context import Context
 
@@ -52,8 +52,11 @@ def create_app(config: Config) -> Flask:
     gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
     tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket)
     keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
-    app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys)
+    context = app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys)
     errors.init_app(app)
+    metrics.init_app(app, context)  # before auth, so refused requests are timed too
     auth.init_app(app, keys, config.no_auth)
-    app.register_blueprint(routes.bp)
+    openapi.init_app(app)
+    for blueprint in (routes.bp, results.bp, status.bp):
+        app.register_blueprint(blueprint)
     return app

@@ -18,7 +18,7 @@ from web.throttle import FailureThrottle
 logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "api_key"
-PUBLIC_ENDPOINTS = frozenset({"api.health", "api.ready"})
+PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready"})
 
 
 @dataclass(frozen=True)

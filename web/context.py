@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flask import current_app
+
 from comfy.gpu import Gpu
 from comfy.store import JobStore
 from comfy.tracker import Tracker
@@ -24,3 +26,8 @@ class Context:
         """Stop tracking and close the store."""
         self.tracker.stop()
         self.store.close()
+
+
+def ctx() -> Context:
+    """The current app's shared state (inside a request)."""
+    return current_app.extensions["cylindria"]

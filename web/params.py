@@ -5,10 +5,12 @@ import re
 
 from flask import request
 
+from comfy.jobs import JobStatus
 from web.errors import ApiError
 
 JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 GPU_PARAM_NAMES = ("gpuid", "gpu_id")
+MAX_PAGE = 1000
 
 
 def job_id_param(job_id: str) -> str:
@@ -28,13 +30,46 @@ def raw_gpu_param() -> str | None:
     return None
 
 
-def gpu_id_param(gpu_count: int, raw: str | None) -> int:
-    """The GPU index (default 0), or 400 invalid_gpu_id."""
+def gpu_id_param(gpu_count: int, raw: str | None, word: str | None = None) -> int | None:
+    """The GPU index (default 0); None when `word` ("auto", "all") is allowed and given."""
     if raw is None:
         return 0
     text = raw.strip()
+    if word is not None and text.lower() == word:
+        return None
     if not re.fullmatch(r"\d{1,3}", text) or int(text) >= gpu_count:
+        also = f", or {word}" if word else ""
         raise ApiError(400, "invalid_gpu_id",
-                       f"GpuId must be an integer from 0 to {gpu_count - 1}",
+                       f"GpuId must be an integer from 0 to {gpu_count - 1}{also}",
                        {"gpu_id": raw[:50], "number_of_gpus": gpu_count})
     return int(text)
+
+
+def list_params(gpu_count: int) -> tuple[set | None, int | None, int, int | None]:
+    """/jobs filters: (statuses, gpu, limit, before), or 400 invalid_parameter."""
+    statuses = None
+    if request.args.get("status"):
+        try:
+            statuses = {JobStatus(s.strip().lower()) for s in request.args["status"].split(",")}
+        except ValueError:
+            _bad("status", "one or more of " + ", ".join(s.value for s in JobStatus))
+    gpu = _whole("gpu", 0, gpu_count - 1)
+    limit = _whole("limit", 1, MAX_PAGE)
+    before = _whole("before", 1, 2 ** 62)
+    return statuses, gpu, 100 if limit is None else limit, before
+
+
+def _whole(name: str, low: int, high: int) -> int | None:
+    """An optional whole-number query parameter within [low, high]."""
+    text = request.args.get(name)
+    if text in (None, ""):
+        return None
+    if not re.fullmatch(r"\d{1,19}", text.strip()) or not low <= int(text) <= high:
+        _bad(name, f"a whole number from {low} to {high}")
+    return int(text)
+
+
+def _bad(name: str, expected: str):
+    """400 invalid_parameter naming the parameter."""
+    raise ApiError(400, "invalid_parameter", f"query parameter {name!r} must be {expected}",
+                   {"parameter": name})

@@ -1,51 +1,42 @@
-"""The contract's endpoints: serverstatus, startjob, jobstatus, health and ready."""
+"""Job endpoints: startjob, jobstatus, cancel, and the job list."""
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, jsonify, request
 
-from comfy.status import gpu_status
+from comfy.cancel import JobFinished, cancel_job
+from comfy.jobs import JobStatus
 from comfy.submit import JobIdConflict, submit_job
 from comfy.workflow import parse_workflow
-from web.context import Context
-from web.errors import ApiError, error_response
-from web.params import gpu_id_param, job_id_param, raw_gpu_param
+from web.context import ctx
+from web.errors import ApiError
+from web.params import gpu_id_param, job_id_param, list_params, raw_gpu_param
 from web.views import accepted_view, job_view
 
 logger = logging.getLogger(__name__)
 
-bp = Blueprint("api", __name__)
+bp = Blueprint("jobs", __name__)
 
+SETTLE_WAIT = 90.0  # seconds a retry or cancel waits for a submission still under way
 
-def ctx() -> Context:
-    """This app's shared state."""
-    return current_app.extensions["cylindria"]
-
-
-@bp.get("/serverstatus")
-def serverstatus():
-    """Live status of one GPU's ComfyUI."""
-    context = ctx()
-    gpu = context.gpus[gpu_id_param(len(context.gpus), raw_gpu_param())]
-    return jsonify(gpu_status(gpu, context.store))
 
 
 @bp.put("/startjob", defaults={"job_id": ""})
 @bp.put("/startjob/<path:job_id>")
 def startjob(job_id: str):
-    """Submit a workflow to a GPU, exactly once per job id."""
+    """Submit a workflow to a GPU (or GpuId=auto), exactly once per job id."""
     context = ctx()
     job_id = job_id_param(job_id)
-    gpu = context.gpus[gpu_id_param(len(context.gpus), raw_gpu_param())]
+    gpu_id = gpu_id_param(len(context.gpus), raw_gpu_param(), word="auto")
     body = request.get_data(cache=False)
     if context.config.dev:
         save_dev_copy(context.config.dev_save_dir, job_id, body)
     workflow = parse_workflow(body)
     try:
-        job, created = submit_job(context.store, gpu, job_id, workflow)
+        job, created = submit_job(context.store, context.gpus, job_id, workflow, gpu_id, SETTLE_WAIT)
     except JobIdConflict as exc:
         raise ApiError(409, "job_id_conflict",
                        f"job id {job_id} is already used for a different workflow",
@@ -57,16 +48,44 @@ def startjob(job_id: str):
 @bp.get("/jobstatus/<path:job_id>")
 def jobstatus(job_id: str):
     """Where a job stands."""
+    return jsonify(job_view(known_job(job_id)))
+
+
+@bp.delete("/job", defaults={"job_id": ""})
+@bp.delete("/job/<path:job_id>")
+def cancel(job_id: str):
+    """Cancel a job: 200 once cancelled, 202 while ComfyUI is interrupting it, 409 if it ended."""
+    context = ctx()
+    job = known_job(job_id)
+    if job.status == JobStatus.SUBMITTING:
+        job = context.store.wait_settled(job.job_id, SETTLE_WAIT) or job
+    try:
+        if job.status.finished:
+            raise JobFinished(job)
+        job, confirmed = cancel_job(context.store, context.gpus[job.gpu_id], job)
+    except JobFinished as exc:
+        status = exc.job.status.value
+        raise ApiError(409, "job_finished", f"job {job_id} already ended: {status}",
+                       {"status": status}) from None
+    return jsonify(job_view(job)), 200 if confirmed else 202
+
+
+@bp.get("/jobs")
+def jobs():
+    """Jobs newest first, filtered by status and GPU, paginated with `before`."""
+    context = ctx()
+    statuses, gpu, limit, before = list_params(len(context.gpus))
+    page, next_before = context.store.page(statuses, gpu, limit, before)
+    return jsonify({"jobs": [job_view(job) for job in page],
+                    "next_before": str(next_before) if next_before else None})
+
+
+def known_job(job_id: str):
+    """The job under a valid id, or the contract's 400/404."""
     job = ctx().store.get(job_id_param(job_id))
     if job is None:
-        return error_response(404, "job_not_found", "job not found")
-    return jsonify(job_view(job))
-
-
-@bp.get("/health")
-def health():
-    """The process is alive (no key needed)."""
-    return jsonify({"status": "ok"})
+        raise ApiError(404, "job_not_found", "job not found")
+    return job
 
 
 def save_dev_copy(folder: Path, job_id: str, body: bytes) -> None:

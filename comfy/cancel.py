@@ -1,0 +1,64 @@
+"""Cancelling a job: a queued prompt is deleted from ComfyUI's queue, a running one interrupted."""
+from __future__ import annotations
+
+import logging
+
+from comfy.errors import ComfyBadResponse
+from comfy.events import finish
+from comfy.gpu import Gpu
+from comfy.jobs import Job, JobStatus
+from comfy.reconcile import settle_gone
+from comfy.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class JobFinished(Exception):
+    """The job had already ended (perhaps just now); nothing was cancelled."""
+
+    def __init__(self, job: Job):
+        super().__init__(f"job {job.job_id} already ended: {job.status.value}")
+        self.job = job
+
+
+def cancel_job(store: JobStore, gpu: Gpu, job: Job) -> tuple[Job, bool]:
+    """Cancel an unfinished job; returns (job, confirmed).
+
+    confirmed is True when the job is cancelled now (it was waiting), False when a running
+    prompt was asked to stop and ComfyUI's confirmation is still to come.
+    """
+    snapshot = gpu.client.queue()
+    pending = {item.prompt_id for item in snapshot.pending}
+    if job.prompt_id in pending:
+        gpu.client.delete_queued([job.prompt_id])
+        snapshot = gpu.client.queue()  # it may have started between the two calls
+    running = {item.prompt_id for item in snapshot.running}
+    if job.prompt_id in running:
+        return _interrupt(store, gpu, job), False
+    if job.prompt_id in {item.prompt_id for item in snapshot.pending}:
+        raise ComfyBadResponse("ComfyUI kept a prompt it was asked to delete", gpu.index)
+    if job.prompt_id in pending:
+        # Deleted while waiting: ComfyUI never writes history for it, so nothing else will tell.
+        logger.info("job %s: removed from GPU %d's queue", job.job_id, gpu.index)
+        return _confirm(store, job), True
+    settle_gone(gpu, store, job)  # it ended before the cancel arrived
+    raise JobFinished(store.get(job.job_id) or job)
+
+
+def _interrupt(store: JobStore, gpu: Gpu, job: Job) -> Job:
+    """Mark the request (durably) and interrupt that prompt only."""
+    job = store.change(job.job_id, lambda j: setattr(j, "cancel_requested", True))
+    gpu.client.interrupt(job.prompt_id)
+    logger.info("job %s: interrupt sent to GPU %d", job.job_id, gpu.index)
+    return job
+
+
+def _confirm(store: JobStore, job: Job) -> Job:
+    """The job is cancelled now; a job that ended meanwhile keeps its true end."""
+    def edit(current: Job) -> None:
+        current.cancel_requested = True
+        finish(JobStatus.CANCELLED)(current)
+    current = store.change(job.job_id, edit)
+    if current.status != JobStatus.CANCELLED:
+        raise JobFinished(current)
+    return current

@@ -1,0 +1,114 @@
+"""Prometheus metrics: jobs by GPU and status, durations, GPU health, HTTP traffic."""
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from comfy.jobs import FINISHED, Job, JobStatus
+
+bp = Blueprint("meta", __name__)
+
+DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, float("inf"))
+
+
+class StateCollector:
+    """Figures read from the live state at scrape time, so they cannot drift from it."""
+
+    def __init__(self, context):
+        self.context = context
+
+    def collect(self):
+        """Jobs per GPU and status (durable, so totals survive restarts), and GPU health."""
+        counts = self.context.store.counts()
+        submitted = CounterMetricFamily("cylindria_jobs_submitted", "Jobs accepted, by GPU",
+                                        labels=["gpu"])
+        finished = CounterMetricFamily("cylindria_jobs_finished", "Jobs ended, by GPU and status",
+                                       labels=["gpu", "status"])
+        current = GaugeMetricFamily("cylindria_jobs", "Jobs now in each status", labels=["gpu", "status"])
+        for gpu in self.context.gpus:
+            label = str(gpu.index)
+            submitted.add_metric([label], sum(n for (i, _), n in counts.items() if i == gpu.index))
+            for status in JobStatus:
+                n = counts.get((gpu.index, status), 0)
+                current.add_metric([label, status.value], n)
+                if status in FINISHED:
+                    finished.add_metric([label, status.value], n)
+        yield from (submitted, finished, current)
+        yield from self._gpu_families()
+
+    def _gpu_families(self):
+        """Queue length, reachability, websocket state and reconnects per GPU."""
+        queue = GaugeMetricFamily("cylindria_queue_length", "Prompts in ComfyUI's queue (last poll)",
+                                  labels=["gpu", "state"])
+        reachable = GaugeMetricFamily("cylindria_gpu_reachable", "1 if the GPU's ComfyUI answers",
+                                      labels=["gpu"])
+        socket = GaugeMetricFamily("cylindria_websocket_connected", "1 while the websocket is open",
+                                   labels=["gpu"])
+        reconnects = CounterMetricFamily("cylindria_websocket_reconnects",
+                                         "Websocket connections after the first", labels=["gpu"])
+        listeners = {listener.gpu.index: listener for listener in self.context.tracker.listeners}
+        for gpu in self.context.gpus:
+            label = str(gpu.index)
+            queue.add_metric([label, "running"], gpu.running)
+            queue.add_metric([label, "pending"], gpu.pending)
+            reachable.add_metric([label], 1 if gpu.reachable else 0)
+            socket.add_metric([label], 1 if gpu.websocket_connected else 0)
+            listener = listeners.get(gpu.index)
+            reconnects.add_metric([label], max(0, listener.connects - 1) if listener else 0)
+        yield from (queue, reachable, socket, reconnects)
+
+
+class Metrics:
+    """One registry per app (never the global one), with the event-driven metrics."""
+
+    def __init__(self, context):
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(StateCollector(context))
+        self.job_duration = Histogram(
+            "cylindria_job_duration_seconds", "Submission to end of a job, by GPU and final status",
+            ["gpu", "status"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.requests = Counter("cylindria_http_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "method", "status"], registry=self.registry)
+        self.latency = Histogram("cylindria_http_request_duration_seconds",
+                                 "Time to answer, by endpoint", ["endpoint"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        context.store.observe(self.job_changed)
+
+    def job_changed(self, old: Job | None, new: Job) -> None:
+        """Store observer: time every job that just ended."""
+        if new.status.finished and (old is None or not old.status.finished) and new.finished_at:
+            self.job_duration.labels(str(new.gpu_id), new.status.value).observe(
+                max(0.0, new.finished_at - new.submitted_at))
+
+
+def init_app(app: Flask, context) -> Metrics:
+    """Count every request and serve /metrics."""
+    metrics = Metrics(context)
+    app.extensions["cylindria_metrics"] = metrics
+
+    @app.before_request
+    def start_clock():
+        g.cylindria_started = time.perf_counter()
+
+    @app.after_request
+    def count(response):
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
+        started = g.get("cylindria_started")
+        if started is not None:
+            metrics.latency.labels(rule).observe(time.perf_counter() - started)
+        return response
+
+    app.register_blueprint(bp)
+    return metrics
+
+
+@bp.get("/metrics")
+def metrics():
+    """The Prometheus text format."""
+    registry = current_app.extensions["cylindria_metrics"].registry
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

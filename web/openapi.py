@@ -1,0 +1,182 @@
+"""The OpenAPI 3 document of every endpoint, served at /openapi.json."""
+from __future__ import annotations
+
+from flask import Blueprint, Flask, jsonify
+
+from comfy.jobs import JobStatus
+
+bp = Blueprint("openapi", __name__)
+
+NULLABLE_STR = {"type": "string", "nullable": True}
+ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_workflow",
+               "ui_format_workflow", "comfy_rejected", "unauthorized", "job_not_found",
+               "job_id_conflict", "job_finished", "job_not_finished", "payload_too_large",
+               "too_many_requests", "comfy_bad_response", "comfy_unreachable", "invalid_parameter",
+               "output_not_found", "not_found", "method_not_allowed", "bad_request",
+               "headers_too_large", "internal_error"]
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+def _errors(*statuses: int) -> dict:
+    """The error responses an operation can give (every one has the Error shape)."""
+    text = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
+            405: "Method not allowed", 409: "Conflict with the job's state", 413: "Body too large",
+            429: "Too many failed authentications", 502: "ComfyUI answered something unusable",
+            503: "ComfyUI cannot be reached"}
+    return {str(s): _json("Error", text[s]) for s in statuses + (401, 429)}
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True,
+          "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}
+
+
+def _gpu_param(word: str) -> dict:
+    return {"name": "GpuId", "in": "query", "required": False,
+            "description": f"GPU index (default 0), or {word}; also spelled gpuid / gpu_id",
+            "schema": {"type": "string", "pattern": f"^([0-9]{{1,3}}|{word})$"}}
+
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error", "code"], "properties": {
+        "error": {"type": "string"}, "code": {"type": "string", "enum": ERROR_CODES},
+        "details": {}}},
+    "Progress": {"type": "object", "required": ["value", "max", "node", "nodes_done",
+                                                "nodes_total", "percent"], "properties": {
+        "value": {"type": "number"}, "max": {"type": "number"}, "node": NULLABLE_STR,
+        "nodes_done": {"type": "integer"}, "nodes_total": {"type": "integer"},
+        "percent": {"type": "number", "minimum": 0, "maximum": 100}}},
+    "JobError": {"type": "object", "nullable": True, "required": ["type", "message"], "properties": {
+        "type": {"type": "string"}, "message": {"type": "string"},
+        "node_id": NULLABLE_STR, "node_type": NULLABLE_STR}},
+    "Output": {"type": "object", "required": ["node_id", "filename", "subfolder", "type"],
+               "properties": {"node_id": {"type": "string"}, "filename": {"type": "string"},
+                              "subfolder": {"type": "string"}, "type": {"type": "string"}}},
+    "Job": {"type": "object", "required": [
+        "job_id", "gpu_id", "prompt_id", "status", "queue_position", "progress", "submitted_at",
+        "started_at", "finished_at", "error", "outputs", "cancel_requested"], "properties": {
+        "job_id": {"type": "string"}, "gpu_id": {"type": "integer", "minimum": 0},
+        "prompt_id": {"type": "string"},
+        "status": {"type": "string", "enum": [s.value for s in JobStatus]},
+        "queue_position": {"type": "integer", "nullable": True, "minimum": 0},
+        "progress": _ref("Progress"), "submitted_at": {"type": "string", "format": "date-time"},
+        "started_at": {"type": "string", "format": "date-time", "nullable": True},
+        "finished_at": {"type": "string", "format": "date-time", "nullable": True},
+        "error": _ref("JobError"), "outputs": {"type": "array", "items": _ref("Output")},
+        "cancel_requested": {"type": "boolean"},
+        "warnings": {"type": "object", "description": "ComfyUI's node_errors for a partly refused prompt"}}},
+    "Accepted": {"allOf": [_ref("Job"), {"type": "object", "required": ["accepted", "detail"],
+                                         "properties": {"accepted": {"type": "boolean"},
+                                                        "detail": {"type": "string"}}}]},
+    "JobList": {"type": "object", "required": ["jobs", "next_before"], "properties": {
+        "jobs": {"type": "array", "items": _ref("Job")}, "next_before": NULLABLE_STR}},
+    "ResultList": {"type": "object", "required": ["job_id", "outputs"], "properties": {
+        "job_id": {"type": "string"}, "outputs": {"type": "array", "items": {"allOf": [
+            _ref("Output"), {"type": "object", "required": ["index", "url"], "properties": {
+                "index": {"type": "integer"}, "url": {"type": "string"}}}]}}}},
+    "GpuStatus": {"type": "object", "required": [
+        "gpu_id", "comfy_url", "reachable", "status", "websocket", "queue", "running_job_id",
+        "system", "checked_at"], "properties": {
+        "gpu_id": {"type": "integer"}, "comfy_url": {"type": "string"},
+        "reachable": {"type": "boolean"}, "status": {"type": "string", "enum": ["ok", "unreachable"]},
+        "websocket": {"type": "string", "enum": ["connected", "disconnected"]},
+        "queue": {"type": "object", "required": ["running", "pending"], "properties": {
+            "running": {"type": "integer"}, "pending": {"type": "integer"}}},
+        "running_job_id": NULLABLE_STR,
+        "system": {"type": "object", "nullable": True, "description": "ComfyUI's /system_stats"},
+        "checked_at": {"type": "string", "format": "date-time"}}},
+    "GpuStatusOneOrAll": {"oneOf": [_ref("GpuStatus"), {
+        "type": "object", "required": ["gpus"],
+        "properties": {"gpus": {"type": "array", "items": _ref("GpuStatus")}}}]},
+    "Ready": {"type": "object", "required": ["ready", "gpus"], "properties": {
+        "ready": {"type": "boolean"}, "gpus": {"type": "array", "items": {
+            "type": "object", "required": ["gpu_id", "reachable", "websocket"], "properties": {
+                "gpu_id": {"type": "integer"}, "reachable": {"type": "boolean"},
+                "websocket": {"type": "string"}}}}}},
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    "Workflow": {"type": "object", "minProperties": 1, "description":
+                 "API-format nodes {id: {class_type, inputs}}, or {prompt: nodes, extra_data}",
+                 "additionalProperties": True},
+}
+
+PATHS = {
+    "/serverstatus": {"get": {
+        "summary": "Live status of a GPU's ComfyUI (GpuId=all: every GPU)",
+        "parameters": [_gpu_param("all")],
+        "responses": {"200": _json("GpuStatusOneOrAll", "Status"), **_errors(400)}}},
+    "/startjob/{job_id}": {"put": {
+        "summary": "Submit a workflow to a GPU, exactly once per job id",
+        "parameters": [JOB_ID, _gpu_param("auto")],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Workflow")}}},
+        "responses": {"201": _json("Accepted", "Accepted"),
+                      "200": _json("Accepted", "The same job id and workflow again: the existing job"),
+                      **_errors(400, 409, 413, 502, 503)}}},
+    "/jobstatus/{job_id}": {"get": {
+        "summary": "Where a job stands", "parameters": [JOB_ID],
+        "responses": {"200": _json("Job", "The job"), **_errors(400, 404)}}},
+    "/job/{job_id}": {"delete": {
+        "summary": "Cancel a job", "parameters": [JOB_ID],
+        "responses": {"200": _json("Job", "Cancelled (it was waiting)"),
+                      "202": _json("Job", "Running: interrupt sent, cancel_requested true"),
+                      **_errors(400, 404, 409, 502, 503)}}},
+    "/jobresult/{job_id}": {"get": {
+        "summary": "A completed job's output files", "parameters": [JOB_ID],
+        "responses": {"200": _json("ResultList", "Outputs"), **_errors(400, 404, 409)}}},
+    "/jobresult/{job_id}/{index}": {"get": {
+        "summary": "Download one output file (streamed from ComfyUI)",
+        "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True,
+                                "schema": {"type": "integer", "minimum": 0}}],
+        "responses": {"200": {"description": "The file", "content": {
+            "*/*": {"schema": {"type": "string", "format": "binary"}}}},
+            **_errors(400, 404, 409, 502, 503)}}},
+    "/jobs": {"get": {
+        "summary": "Jobs, newest first",
+        "parameters": [
+            {"name": "status", "in": "query", "schema": {"type": "string"},
+             "description": "comma-separated statuses"},
+            {"name": "gpu", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+            {"name": "before", "in": "query", "schema": {"type": "string"},
+             "description": "next_before of the previous page"}],
+        "responses": {"200": _json("JobList", "A page of jobs"), **_errors(400)}}},
+    "/health": {"get": {"summary": "The process is alive", "security": [],
+                        "responses": {"200": _json("Health", "Alive")}}},
+    "/ready": {"get": {"summary": "At least one GPU reachable", "security": [],
+                       "responses": {"200": _json("Ready", "Ready"), "503": _json("Ready", "No GPU")}}},
+    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+        "200": {"description": "Text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+        **_errors()}}},
+    "/openapi.json": {"get": {"summary": "This document", "responses": {
+        "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}},
+        **_errors()}}},
+}
+
+
+def document() -> dict:
+    """The whole OpenAPI document."""
+    return {"openapi": "3.0.3",
+            "info": {"title": "Cylindria", "version": "0.1.0",
+                     "description": "Authenticated REST API in front of a GPU host's ComfyUI instances"},
+            "security": [{"ApiKey": []}, {"Bearer": []}],
+            "components": {"securitySchemes": {
+                "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "Bearer": {"type": "http", "scheme": "bearer"}},
+                "schemas": SCHEMAS},
+            "paths": PATHS}
+
+
+@bp.get("/openapi.json")
+def openapi_json():
+    """Serve the document."""
+    return jsonify(document())
+
+
+def init_app(app: Flask) -> None:
+    """Serve /openapi.json."""
+    app.register_blueprint(bp)

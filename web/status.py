@@ -1,0 +1,42 @@
+"""Status endpoints: serverstatus (one GPU or all), health and ready."""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from flask import Blueprint, jsonify
+
+from comfy.status import gpu_status
+from web.context import ctx
+from web.params import gpu_id_param, raw_gpu_param
+
+bp = Blueprint("status", __name__)
+
+
+
+@bp.get("/serverstatus")
+def serverstatus():
+    """Live status of one GPU's ComfyUI, or of all with GpuId=all (asked in parallel)."""
+    context = ctx()
+    gpu_id = gpu_id_param(len(context.gpus), raw_gpu_param(), word="all")
+    if gpu_id is not None:
+        return jsonify(gpu_status(context.gpus[gpu_id], context.store))
+    # A pool per call: GpuId=all is a monitoring call, and this keeps no thread between calls.
+    with ThreadPoolExecutor(max_workers=len(context.gpus), thread_name_prefix="cylindria-ask") as pool:
+        answers = list(pool.map(lambda gpu: gpu_status(gpu, context.store), context.gpus))
+    return jsonify({"gpus": answers})
+
+
+@bp.get("/health")
+def health():
+    """The process is alive (no key needed)."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready():
+    """200 when at least one GPU's ComfyUI is reachable (as the tracker last saw it), else 503."""
+    gpus = [{"gpu_id": gpu.index, "reachable": gpu.reachable is True,
+             "websocket": "connected" if gpu.websocket_connected else "disconnected"}
+            for gpu in ctx().gpus]
+    ok = any(gpu["reachable"] for gpu in gpus)
+    return jsonify({"ready": ok, "gpus": gpus}), 200 if ok else 503
