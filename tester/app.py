@@ -1,0 +1,368 @@
+"""The Cylindria Tester window: fields, one button per endpoint and a text window of results."""
+
+import argparse
+import itertools
+import logging
+import os
+import queue
+import threading
+import tkinter as tk
+from collections.abc import Callable
+from pathlib import Path
+from tkinter import filedialog, simpledialog, ttk
+from tkinter.scrolledtext import ScrolledText
+
+from tester import format as fmt
+from tester import settings as settings_mod
+from tester.client import Client, Result, build_base_url
+from tester.jobid import new_job_id
+from tester.settings import Settings
+from tester.watch import Watch
+from tester.workflow import WorkflowError, load_workflow
+
+logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "CYLINDRIA_API_KEY"
+TAG_COLOURS = {fmt.HEADER: "#1f4e9c", fmt.OK: "#1b7a1b", fmt.ERROR: "#b00020", fmt.INFO: "#555555"}
+
+Done = Callable[[str, Result], None]
+
+
+class App:
+    """One tester window; HTTP runs in worker threads whose Results are drained with ``after()``."""
+
+    DRAIN_MS = 50
+    WATCH_MS = 1000
+
+    def __init__(self, root: tk.Tk, settings: Settings | None = None, api_key: str = ""):
+        self.root = root
+        self.settings = settings or settings_mod.load()
+        self._saved: Settings | None = None  # what this window last wrote to disk
+        self.results: queue.Queue[tuple[int, str, Result]] = queue.Queue()
+        self._callbacks: dict[int, Done] = {}
+        self._tokens = itertools.count()
+        self.pending = 0
+        self.last_job_id = ""
+        self.watch: Watch | None = None
+        self._watch_after: str | None = None
+        self._tail: object = None  # who wrote the last entry, so a watch's lines stay together
+        self.url_var = tk.StringVar(root, self.settings.url)
+        self.port_var = tk.StringVar(root, self.settings.port)
+        self.gpu_var = tk.StringVar(root, self.settings.gpu_id)
+        self.key_var = tk.StringVar(root, api_key)
+        self.show_key_var = tk.BooleanVar(root, False)
+        self.watch_var = tk.StringVar(root, "No job watched")
+        self.busy_var = tk.StringVar(root, "Ready")
+        self.create_widgets()
+        root.protocol("WM_DELETE_WINDOW", self.close)
+        self._drain_after = root.after(self.DRAIN_MS, self.drain_results)
+
+    # ---- layout -------------------------------------------------------------------------
+    def create_widgets(self) -> None:
+        """Lay out the window; no logic here."""
+        self.root.title("Cylindria Tester")
+        style = ttk.Style(self.root)
+        if style.theme_use() == "default" and "clam" in style.theme_names():
+            style.theme_use("clam")  # X11's default theme looks dated; Windows/macOS keep theirs
+            style.configure("Horizontal.TProgressbar", background="#3a6fc4")
+        self.root.minsize(760, 480)
+        self.root.columnconfigure(0, weight=1)
+        self.root.rowconfigure(3, weight=1)
+
+        fields = ttk.Frame(self.root, padding=(8, 8, 8, 4))
+        fields.grid(row=0, column=0, sticky="ew")
+        fields.columnconfigure(1, weight=1)
+        ttk.Label(fields, text="URL").grid(row=0, column=0, sticky="w")
+        self.url_entry = ttk.Entry(fields, textvariable=self.url_var, width=32)
+        self.url_entry.grid(row=0, column=1, sticky="ew", padx=(4, 12))
+        ttk.Label(fields, text="Port").grid(row=0, column=2, sticky="w")
+        self.port_entry = ttk.Entry(fields, textvariable=self.port_var, width=7)
+        self.port_entry.grid(row=0, column=3, padx=(4, 12))
+        ttk.Label(fields, text="GpuId").grid(row=0, column=4, sticky="w")
+        self.gpu_entry = ttk.Entry(fields, textvariable=self.gpu_var, width=5)
+        self.gpu_entry.grid(row=0, column=5, padx=(4, 12))
+        ttk.Label(fields, text="API key").grid(row=0, column=6, sticky="w")
+        self.key_entry = ttk.Entry(fields, textvariable=self.key_var, width=24, show="•")
+        self.key_entry.grid(row=0, column=7, padx=(4, 4))
+        self.show_key_check = ttk.Checkbutton(fields, text="show", variable=self.show_key_var,
+                                              command=self.on_toggle_key)
+        self.show_key_check.grid(row=0, column=8)
+
+        buttons = ttk.Frame(self.root, padding=(8, 4))
+        buttons.grid(row=1, column=0, sticky="ew")
+        self.status_button = ttk.Button(buttons, text="Server status", command=self.on_server_status)
+        self.start_button = ttk.Button(buttons, text="Start job…", command=self.on_start_job)
+        self.job_button = ttk.Button(buttons, text="Job status…", command=self.on_job_status)
+        self.watch_button = ttk.Button(buttons, text="Watch job…", command=self.on_watch_job)
+        self.clear_button = ttk.Button(buttons, text="Clear", command=self.on_clear)
+        for i, button in enumerate((self.status_button, self.start_button, self.job_button,
+                                    self.watch_button)):
+            button.grid(row=0, column=i, padx=(0, 6))
+        buttons.columnconfigure(4, weight=1)
+        self.clear_button.grid(row=0, column=5, sticky="e")
+
+        watch = ttk.Frame(self.root, padding=(8, 4))
+        watch.grid(row=2, column=0, sticky="ew")
+        watch.columnconfigure(0, weight=1)
+        self.progress = ttk.Progressbar(watch, mode="determinate", maximum=100)
+        self.progress.grid(row=0, column=0, sticky="ew", padx=(0, 8))
+        self.watch_label = ttk.Label(watch, textvariable=self.watch_var, width=48)
+        self.watch_label.grid(row=0, column=1, sticky="w")
+
+        self.text = ScrolledText(self.root, wrap="word", height=24, font="TkFixedFont",
+                                 state="disabled", padx=6, pady=4)
+        self.text.grid(row=3, column=0, sticky="nsew", padx=8, pady=4)
+        for tag, colour in TAG_COLOURS.items():
+            self.text.tag_configure(tag, foreground=colour)
+        self.text.tag_configure(fmt.HEADER, font="TkHeadingFont")
+
+        ttk.Label(self.root, textvariable=self.busy_var, anchor="w", padding=(8, 0, 8, 6)).grid(
+            row=4, column=0, sticky="ew")
+
+    # ---- dialogs (tests replace these) --------------------------------------------------
+    def ask_workflow_file(self) -> str | None:
+        """Ask for a ComfyUI API-format workflow file; None when cancelled."""
+        path = filedialog.askopenfilename(
+            parent=self.root, title="ComfyUI workflow (API format)",
+            filetypes=[("JSON workflow", "*.json"), ("All files", "*")])
+        return path or None
+
+    def ask_job_id(self, title: str) -> str | None:
+        """Ask for a job id, prefilled with the last one sent; None when cancelled."""
+        return simpledialog.askstring(title, "Job ID:", parent=self.root,
+                                      initialvalue=self.last_job_id)
+
+    # ---- handlers (thin) ----------------------------------------------------------------
+    def on_server_status(self) -> None:
+        """Send ServerStatus for the GpuId field."""
+        client, gpu = self.make_client("Server status"), self.gpu_id()
+        if client:
+            self.run_in_background("Server status", lambda: client.server_status(gpu), self.show_result)
+
+    def on_start_job(self) -> None:
+        """Pick a workflow file and send it under a new job id."""
+        path = self.ask_workflow_file()
+        if path:
+            self.start_job(path)
+
+    def on_job_status(self) -> None:
+        """Ask for a job id and send JobStatus."""
+        job_id = self.clean_job_id(self.ask_job_id("Job status"))
+        if job_id:
+            self.job_status(job_id)
+
+    def on_watch_job(self) -> None:
+        """Start watching a job, or stop the current watch."""
+        if self.watch:
+            self.stop_watch("stopped by the operator")
+            return
+        job_id = self.clean_job_id(self.ask_job_id("Watch job"))
+        if job_id:
+            self.start_watch(job_id)
+
+    def on_clear(self) -> None:
+        """Empty the text window."""
+        self.text.configure(state="normal")
+        self.text.delete("1.0", "end")
+        self.text.configure(state="disabled")
+
+    def on_toggle_key(self) -> None:
+        """Show or mask the API key."""
+        self.key_entry.configure(show="" if self.show_key_var.get() else "•")
+
+    # ---- commands -----------------------------------------------------------------------
+    def start_job(self, path: str) -> None:
+        """Send the workflow at ``path`` with a fresh job id; an invalid file is refused here."""
+        title = f"Start job ({Path(path).name})"
+        try:
+            body = load_workflow(path)
+        except WorkflowError as exc:
+            self.append(fmt.format_note(title, f"Refused: {exc}. Nothing was sent."))
+            return
+        client, gpu = self.make_client(title), self.gpu_id()
+        if client:
+            job_id = new_job_id()
+            self.last_job_id = job_id
+            self.run_in_background(f"{title} as {job_id}",
+                                   lambda: client.start_job(job_id, body, gpu), self.show_result)
+
+    def job_status(self, job_id: str) -> None:
+        """Send JobStatus for ``job_id``."""
+        client = self.make_client("Job status")
+        if client:
+            self.last_job_id = job_id
+            self.run_in_background(f"Job status {job_id}", lambda: client.job_status(job_id),
+                                   self.show_result)
+
+    def start_watch(self, job_id: str) -> None:
+        """Poll ``job_id`` every second until it ends."""
+        self.stop_watch(None)
+        self.last_job_id = job_id
+        self.watch = Watch(job_id)
+        self.progress.configure(value=0)
+        self.watch_var.set(f"{job_id}: …")
+        self.watch_button.configure(text="Stop watching")
+        self.append(fmt.format_note(f"Watch job {job_id}", "polling every second", fmt.INFO),
+                    source=self.watch)
+        self.poll_watch()
+
+    def poll_watch(self) -> None:
+        """Send one JobStatus for the watched job."""
+        self._watch_after = None
+        if not self.watch:
+            return
+        client = self.make_client(f"Watch job {self.watch.job_id}")
+        if not client:
+            self.stop_watch("stopped: fix the fields and watch again")
+            return
+        watch = self.watch
+        self.run_in_background(f"Watch job {watch.job_id}", lambda: client.job_status(watch.job_id),
+                               lambda title, result: self.on_watch_result(watch, result))
+
+    def on_watch_result(self, watch: Watch, result: Result) -> None:
+        """Apply one poll's Result to the bar and label; schedule the next poll or stop."""
+        if watch is not self.watch:
+            return  # a late answer for a watch that was stopped or replaced
+        update = watch.step(result)
+        if update.percent is not None:
+            self.progress.configure(value=update.percent)
+        self.watch_var.set(f"{watch.job_id}: {update.status}")
+        if update.lines:
+            self.append(update.lines, source=watch)
+        if update.done:
+            self.stop_watch(None)
+        else:
+            self._watch_after = self.root.after(self.WATCH_MS, self.poll_watch)
+
+    def stop_watch(self, reason: str | None) -> None:
+        """Stop polling; ``reason`` is shown when given."""
+        if self._watch_after:
+            self.root.after_cancel(self._watch_after)
+            self._watch_after = None
+        if self.watch and reason:
+            self.append([(f"watch {self.watch.job_id}: {reason}", fmt.INFO)])
+        self.watch = None
+        self.watch_button.configure(text="Watch job…")
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def gpu_id(self) -> str:
+        """The GpuId field as sent (default 0); the server judges its validity."""
+        return self.gpu_var.get().strip() or "0"
+
+    @staticmethod
+    def clean_job_id(job_id: str | None) -> str | None:
+        """Strip the dialog's answer; empty means cancelled."""
+        return (job_id or "").strip() or None
+
+    def make_client(self, title: str) -> Client | None:
+        """A Client for the current fields (and remember them), or None after showing why not."""
+        try:
+            base_url = build_base_url(self.url_var.get(), self.port_var.get())
+        except ValueError as exc:
+            self.append(fmt.format_note(title, f"Not sent: {exc}."))
+            return None
+        self.remember()
+        return Client(base_url, api_key=self.key_var.get().strip())
+
+    def remember(self) -> None:
+        """Save URL, port and GpuId for the next run (never the API key)."""
+        current = Settings(url=self.url_var.get().strip(), port=self.port_var.get().strip(),
+                           gpu_id=self.gpu_var.get().strip())
+        if current == self._saved:
+            return
+        try:
+            settings_mod.save(current)
+        except OSError as exc:
+            logger.warning("could not save settings: %s", exc)
+        self.settings = self._saved = current
+
+    def run_in_background(self, title: str, call: Callable[[], Result], on_done: Done) -> None:
+        """Run ``call`` in a worker thread; ``on_done(title, result)`` runs later on the Tk thread."""
+        token = next(self._tokens)
+        self._callbacks[token] = on_done
+        self.pending += 1
+        self.busy_var.set(f"Waiting for {self.pending} answer(s)…")
+        # The worker must hold nothing of Tk: a Tk object released on another thread breaks Tcl.
+        threading.Thread(target=_work, args=(self.results, token, title, call),
+                         name=f"tester: {title}", daemon=True).start()
+
+    def drain_results(self) -> None:
+        """Hand finished Results to their callbacks; runs every DRAIN_MS on the Tk thread."""
+        while True:
+            try:
+                token, title, result = self.results.get_nowait()
+            except queue.Empty:
+                break
+            self.pending -= 1
+            try:
+                self._callbacks.pop(token)(title, result)
+            except Exception:
+                logger.exception("showing the result of %s failed", title)
+        self.busy_var.set(f"Waiting for {self.pending} answer(s)…" if self.pending else "Ready")
+        self._drain_after = self.root.after(self.DRAIN_MS, self.drain_results)
+
+    def show_result(self, title: str, result: Result) -> None:
+        """Append one formatted Result to the text window."""
+        self.append(fmt.format_lines(title, result))
+
+    def append(self, lines: fmt.Lines, source: object = None) -> None:
+        """Add lines at the bottom of the text window and scroll to them.
+
+        A blank line starts each entry, except for more lines from the ``source`` that wrote last.
+        """
+        self.text.configure(state="normal")
+        if (source is None or source is not self._tail) and self.text.index("end-1c") != "1.0":
+            self.text.insert("end", "\n")
+        self._tail = source
+        for text, tag in lines:
+            self.text.insert("end", text + "\n", tag)
+        self.text.configure(state="disabled")
+        self.text.see("end")
+
+    def output(self) -> str:
+        """Everything in the text window, as plain text."""
+        return self.text.get("1.0", "end-1c")
+
+    def close(self) -> None:
+        """Remember the fields, stop the timers and close the window."""
+        self.stop_watch(None)
+        self.remember()
+        self.root.after_cancel(self._drain_after)
+        self.root.destroy()
+
+
+def _work(results: queue.Queue, token: int, title: str, call: Callable[[], Result]) -> None:
+    """Body of a worker thread: run one request and queue its Result for the Tk thread."""
+    try:
+        result = call()
+    except Exception as exc:  # the client never raises; this is a last guard
+        logger.exception("request failed: %s", title)
+        result = Result("", "", None, 0.0, error_text=f"internal error: {exc!r}")
+    results.put((token, title, result))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command line: optional overrides of the remembered fields."""
+    parser = argparse.ArgumentParser(
+        prog="cylindria-tester", description="Desktop tester for a Cylindria server.",
+        epilog=f"The API key field starts with ${API_KEY_ENV} when set; it is never saved. "
+               f"Settings live in {settings_mod.settings_path()} "
+               f"(directory overridable with ${settings_mod.CONFIG_DIR_ENV}).")
+    parser.add_argument("--url", help="Cylindria's URL, e.g. http://127.0.0.1")
+    parser.add_argument("--port", help="Cylindria's port")
+    parser.add_argument("--gpu-id", help="GpuId to send")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m tester`` and the ``cylindria-tester`` script."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = settings_mod.load()
+    for field, value in (("url", args.url), ("port", args.port), ("gpu_id", args.gpu_id)):
+        if value is not None:
+            setattr(settings, field, value)
+    root = tk.Tk()
+    App(root, settings=settings, api_key=os.environ.get(API_KEY_ENV, ""))
+    root.mainloop()
+    return 0

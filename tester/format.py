@@ -1,0 +1,77 @@
+"""Turning Results into the lines shown in the tester's text window."""
+
+import json
+from datetime import datetime
+from typing import Any
+
+from tester.client import Result
+
+MAX_BODY_CHARS = 4000  # a non-JSON body (an HTML error page, say) is cut here
+
+# Tags the text window knows how to colour.
+HEADER, OK, ERROR, INFO, BODY = "header", "ok", "error", "info", "body"
+
+Lines = list[tuple[str, str]]
+
+
+def pretty_json(data: Any) -> str:
+    """Indent JSON data for reading, keeping non-ASCII characters as they are."""
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def header(title: str, now: datetime | None = None) -> tuple[str, str]:
+    """The first line of every entry: the local time and what was done."""
+    now = now or datetime.now()
+    return f"── {now:%H:%M:%S}  {title} ──", HEADER
+
+
+def status_line(result: Result) -> tuple[str, str]:
+    """One line: ``HTTP 201 CREATED · 12 ms``, or the connection error and its time."""
+    ms = f"{result.elapsed_ms:.0f} ms"
+    if result.status is None:
+        return f"{result.error_text} · {ms}", ERROR
+    reason = f" {result.reason}" if result.reason else ""
+    return f"HTTP {result.status}{reason} · {ms}", OK if result.ok else ERROR
+
+
+def error_summary(result: Result) -> str | None:
+    """For an error answer in the contract's shape, ``code: sentence``; otherwise None."""
+    data = result.data
+    if result.ok or not isinstance(data, dict) or "error" not in data:
+        return None
+    code = data.get("code")
+    return f"{code}: {data['error']}" if code else str(data["error"])
+
+
+def body_lines(result: Result) -> Lines:
+    """The answer's body: pretty JSON, or the text cut to MAX_BODY_CHARS."""
+    if result.status is None:
+        return []
+    if result.is_json:
+        return [(pretty_json(result.data), BODY)]
+    if not result.body:
+        return [("(empty body)", INFO)]
+    text = result.body
+    note = f"(not JSON, {len(text)} characters)"
+    if len(text) > MAX_BODY_CHARS:
+        text = text[:MAX_BODY_CHARS] + " …"
+    return [(note, INFO), (text, BODY)]
+
+
+def format_lines(title: str, result: Result, now: datetime | None = None) -> Lines:
+    """Every line of one result as (text, tag) pairs, in display order."""
+    lines = [header(title, now), (f"{result.method} {result.url}", INFO), status_line(result)]
+    summary = error_summary(result)
+    if summary:
+        lines.append((summary, ERROR))
+    return lines + body_lines(result)
+
+
+def format_note(title: str, message: str, tag: str = ERROR, now: datetime | None = None) -> Lines:
+    """An entry that is only a message, e.g. a file refused before sending."""
+    return [header(title, now), (message, tag)]
+
+
+def as_text(lines: Lines) -> str:
+    """Join (text, tag) pairs into plain text, one per line."""
+    return "\n".join(text for text, _ in lines)

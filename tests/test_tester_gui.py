@@ -1,0 +1,304 @@
+"""The tester's real window under Xvfb, driving a real Cylindria served with the fake ComfyUI.
+
+Needs the Debian packages xvfb and xdotool (``apt-get install -y xvfb xdotool``).
+"""
+
+import gc
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+import tkinter as tk
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from tester import settings as settings_mod
+from tester.app import App
+from tests import workflows
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "tester-gui-key-0123456789"
+WAIT_S = 20  # upper bound of every wait; never asserted on
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop one process we started, by its PID."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def log_tail(path: Path, chars: int = 3000) -> str:
+    """The end of a subprocess's log, for failure messages."""
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+@contextmanager
+def xvfb():
+    """Start Xvfb on a display it picks itself (-displayfd), yield ':N', stop it."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write_fd)
+    try:
+        number = b""
+        deadline = time.monotonic() + WAIT_S
+        while not number.endswith(b"\n") and time.monotonic() < deadline:
+            ready, _, _ = select.select([read_fd], [], [], 0.2)
+            if ready:
+                chunk = os.read(read_fd, 16)
+                if not chunk:
+                    break
+                number += chunk
+        assert number.strip().isdigit(), f"Xvfb did not report its display (exit {proc.poll()})"
+        yield f":{number.decode().strip()}"
+    finally:
+        os.close(read_fd)
+        stop(proc)
+
+
+def start(args: list[str], log: Path) -> subprocess.Popen:
+    """Start a Python module or script from the repo root, logging to ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def wait_until_up(proc: subprocess.Popen, log: Path, check) -> None:
+    """Wait (bounded) until ``check()`` is true, failing early if the process died."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"{proc.args} exited {proc.returncode}:\n{log_tail(log)}"
+        try:
+            if check():
+                return
+        except (OSError, requests.RequestException):
+            pass
+        time.sleep(0.1)
+    pytest.fail(f"{proc.args} did not come up:\n{log_tail(log)}")
+
+
+@contextmanager
+def cylindria_with_fake_comfy(work: Path):
+    """Run the fake ComfyUI and a real Cylindria in front of it; yield Cylindria's port."""
+    comfy_port, port = free_port(), free_port()
+    comfy_log, cyl_log = work / "fake_comfy.log", work / "cylindria.log"
+    comfy = start(["-m", "tests.fake_comfy", "--port", str(comfy_port), "--count", "1",
+                   "--time-scale", "0.05"], comfy_log)
+    procs = [comfy]
+    try:
+        wait_until_up(comfy, comfy_log,
+                      lambda: socket.create_connection(("127.0.0.1", comfy_port), 1).close() or True)
+        cyl = start(["cylindria.py", "--host", "127.0.0.1", "--port", str(port),
+                     "--comfy-base-url", f"http://127.0.0.1:{comfy_port}", "--numberOfGpus", "1",
+                     "--api-key", KEY, "--data-dir", str(work / "data"), "--poll-interval", "0.5"],
+                    cyl_log)
+        procs.append(cyl)
+        url = f"http://127.0.0.1:{port}/health"
+        wait_until_up(cyl, cyl_log, lambda: requests.get(url, timeout=1).status_code == 200)
+        yield port
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+@pytest.fixture(scope="module")
+def display():
+    with xvfb() as name, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISPLAY", name)
+        yield name
+
+
+@pytest.fixture(scope="module")
+def servers_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="module")
+def cylindria_port(servers_dir):
+    with cylindria_with_fake_comfy(servers_dir) as port:
+        yield port
+
+
+@pytest.fixture
+def config_dir(tmp_path, monkeypatch):
+    path = tmp_path / "config"
+    monkeypatch.setenv(settings_mod.CONFIG_DIR_ENV, str(path))
+    return path
+
+
+@pytest.fixture
+def app(display, config_dir, cylindria_port, servers_dir):
+    """The real App in a Tk root on the Xvfb display, with its fields filled in."""
+    app = App(tk.Tk(screenName=display))
+    app.root.geometry("1000x700+0+0")
+    fill(app.url_entry, "http://127.0.0.1")
+    fill(app.port_entry, str(cylindria_port))
+    fill(app.gpu_entry, "0")
+    fill(app.key_entry, KEY)
+    wait_for(app, lambda: app.root.winfo_viewable(), "the window to show")
+    yield app
+    discard(app)
+    for log in ("cylindria.log", "fake_comfy.log"):  # pytest shows this only for a failed test
+        print(f"---- end of {log} ----\n{log_tail(servers_dir / log)}")
+
+
+def discard(app: App) -> None:
+    """Destroy the window and free every Tk object now, on this (the Tk) thread.
+
+    Left to the cyclic GC, they could be freed on a worker thread, which Tcl does not survive.
+    """
+    try:
+        app.root.destroy()
+    except tk.TclError:  # the test closed it already
+        pass
+    app.__dict__.clear()
+    gc.collect()
+
+
+def fill(entry, text: str) -> None:
+    """Replace an entry's text as typing would."""
+    entry.delete(0, "end")
+    entry.insert(0, text)
+
+
+def wait_for(app: App, predicate, what: str) -> None:
+    """Pump Tk events until ``predicate()`` holds (bounded wait, not a timing assertion)."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        app.root.update()
+        if predicate():
+            return
+        time.sleep(0.02)
+    pytest.fail(f"gave up waiting for {what}; text window:\n{app.output()}")
+
+
+def wait_for_text(app: App, *parts: str) -> None:
+    """Wait until the text window contains every one of ``parts``."""
+    wait_for(app, lambda: all(p in app.output() for p in parts), f"text {parts!r}")
+
+
+def click(display: str, widget) -> None:
+    """A real mouse click on ``widget`` through the X server."""
+    widget.update_idletasks()
+    x = widget.winfo_rootx() + widget.winfo_width() // 2
+    y = widget.winfo_rooty() + widget.winfo_height() // 2
+    subprocess.run(["xdotool", "mousemove", "--sync", str(x), str(y), "click", "1"],
+                   env={**os.environ, "DISPLAY": display}, check=True, timeout=WAIT_S)
+
+
+def run_job(app: App, tmp_path: Path) -> str:
+    """Start a job from a workflow file and watch it to its end; return the job id."""
+    workflow = tmp_path / "workflow.json"
+    # About 2 s at the fake's time scale: long enough for the watch to see it running.
+    workflow.write_text(json.dumps(workflows.slow(seconds=40, steps=4), indent=1))
+    app.ask_workflow_file = lambda: str(workflow)
+    app.start_button.invoke()
+    wait_for_text(app, "HTTP 201")
+    job_id = app.last_job_id
+    assert f"/startjob/{job_id}/?GpuId=0" in app.output()
+    assert f'"job_id": "{job_id}"' in app.output()
+
+    prefills = []
+    app.ask_job_id = lambda title: prefills.append(app.last_job_id) or app.last_job_id
+    app.job_button.invoke()
+    wait_for_text(app, f"GET http://127.0.0.1:{app.port_var.get()}/jobstatus/{job_id}/")
+    app.watch_button.invoke()
+    wait_for_text(app, f"watch {job_id}: ended completed")
+    assert prefills == [job_id, job_id]
+    return job_id
+
+
+def test_server_status_by_real_click(app, display):
+    click(display, app.status_button)
+    wait_for_text(app, "Server status", "HTTP 200", '"gpu_id": 0')
+    assert "Traceback" not in app.output()
+
+
+def test_start_job_then_watch_until_completed(app, tmp_path):
+    job_id = run_job(app, tmp_path)
+    out = app.output()
+    assert out.rstrip().endswith("}")  # the finished job's JSON is the newest entry
+    assert '"status": "completed"' in out.split("ended completed")[-1]
+    assert app.progress["value"] == 100
+    assert app.watch_var.get() == f"{job_id}: completed 100%"
+    assert app.watch is None and app.watch_button["text"] == "Watch job…"
+
+
+def test_watch_can_be_stopped(app):
+    app.ask_job_id = lambda title: "job-that-is-not-there"
+    app.watch_button.invoke()
+    assert app.watch_button["text"] == "Stop watching"
+    app.watch_button.invoke()  # before any answer is drained: the watch is still on
+    assert app.watch is None and app.watch_button["text"] == "Watch job…"
+    wait_for(app, lambda: app.pending == 0, "the late answer")
+    assert "watch job-that-is-not-there: stopped by the operator" in app.output()
+    assert "job_not_found" not in app.output()  # the late answer was dropped
+
+
+def test_wrong_key_shows_401(app):
+    fill(app.key_entry, "not-the-key")
+    app.status_button.invoke()
+    wait_for_text(app, "HTTP 401")
+    assert '"code": "unauthorized"' in app.output()
+    assert "Traceback" not in app.output()
+
+
+def test_invalid_json_file_is_refused_before_sending(app, tmp_path):
+    bad = tmp_path / "broken.json"
+    bad.write_text('{"1": {"class_type": "EmptyImage",')
+    app.ask_workflow_file = lambda: str(bad)
+    app.start_button.invoke()
+    wait_for_text(app, "Refused: broken.json is not valid JSON")
+    assert "Nothing was sent." in app.output()
+    assert app.pending == 0 and app.last_job_id == ""
+    assert "startjob" not in app.output()
+
+
+def test_dead_port_shows_connection_error(app):
+    fill(app.port_entry, str(free_port()))
+    app.status_button.invoke()
+    wait_for_text(app, "connection error:")
+    assert "Traceback" not in app.output()
+
+
+def test_clear_empties_the_text_window(app):
+    app.status_button.invoke()
+    wait_for_text(app, "HTTP 200")
+    app.clear_button.invoke()
+    assert app.output() == ""
+
+
+def test_fields_are_remembered_but_never_the_key(app, config_dir, cylindria_port):
+    app.close()
+    saved = (config_dir / settings_mod.FILE_NAME).read_text()
+    assert json.loads(saved) == {"url": "http://127.0.0.1", "port": str(cylindria_port),
+                                 "gpu_id": "0"}
+    assert KEY not in saved
+    again = App(tk.Tk(screenName=os.environ["DISPLAY"]))
+    try:
+        assert (again.url_var.get(), again.port_var.get()) == ("http://127.0.0.1",
+                                                               str(cylindria_port))
+        assert again.key_var.get() == ""
+    finally:
+        discard(again)
