@@ -14,6 +14,17 @@ from web.server import Service
 TIME_SCALE = 0.05  # the fake's node sleeps shrink to 5 %: a 4 s "slow" node takes 0.2 s
 
 
+def pytest_addoption(parser):
+    parser.addoption("--soak", action="store_true", default=False,
+                     help="run the long load/fault runs (60 s and more) instead of their short form")
+
+
+@pytest.fixture
+def soak(request) -> bool:
+    """True when the long runs were asked for with --soak."""
+    return request.config.getoption("--soak")
+
+
 def start_fakes(count: int, time_scale: float = TIME_SCALE) -> list[FakeComfy]:
     """`count` fake ComfyUIs on consecutive ports, like a host's GPUs."""
     for _ in range(20):
