@@ -1,0 +1,81 @@
+"""Test controls and instrumentation shared by every part of one fake instance."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Knobs:
+    """Behaviour switches a test flips from its own thread (plain attribute reads are atomic)."""
+
+    time_scale: float = 1.0
+    hold: bool = False
+    ws_silent: bool = False
+    http_delay: float = 0.0
+    ignore_prompt_id: bool = False
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One HTTP request as the fake received it."""
+
+    method: str
+    path: str
+    query: str
+    body: bytes
+    headers: dict[str, str]
+    json: Any = field(default=None)
+
+
+def _parse_json(body: bytes) -> Any:
+    """The body as JSON, or None when it is empty or not JSON."""
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None
+
+
+class Recorder:
+    """Thread-safe log of what the fake saw; cumulative across stop()/restart()."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._prompt_ids: list[str] = []
+        self._system_stats_calls = 0
+
+    def add_request(self, method: str, path: str, query: str, body: bytes, headers: dict) -> None:
+        """Remember one request (called on arrival, before any http_delay)."""
+        entry = RecordedRequest(method, path, query, body, dict(headers), _parse_json(body))
+        with self._lock:
+            self._requests.append(entry)
+
+    def add_prompt(self, prompt_id: str) -> None:
+        """Remember a prompt accepted by POST /prompt."""
+        with self._lock:
+            self._prompt_ids.append(prompt_id)
+
+    def count_system_stats(self) -> None:
+        """Count one GET /system_stats answered."""
+        with self._lock:
+            self._system_stats_calls += 1
+
+    def requests(self) -> list[RecordedRequest]:
+        """A copy of every request so far."""
+        with self._lock:
+            return list(self._requests)
+
+    def prompt_ids(self) -> list[str]:
+        """A copy of the accepted prompt ids, in order."""
+        with self._lock:
+            return list(self._prompt_ids)
+
+    @property
+    def system_stats_calls(self) -> int:
+        """How many GET /system_stats were answered."""
+        with self._lock:
+            return self._system_stats_calls

@@ -1,0 +1,138 @@
+"""POST /prompt validation, following ComfyUI 0.3.64's execution.validate_prompt."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from .nodes import LIBRARY, NodeDef
+
+Result = tuple[bool, dict | None, list[str], dict]  # (ok, error, outputs to run, node_errors)
+NO_PROMPT = {"type": "no_prompt", "message": "No prompt provided",
+             "details": "No prompt provided", "extra_info": {}}
+_CONVERT = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
+
+
+def _error(kind: str, message: str, details: str, extra: dict | None = None) -> dict:
+    """One error object in ComfyUI's shape."""
+    return {"type": kind, "message": message, "details": details,
+            "extra_info": extra or {}}
+
+
+def _check_classes(prompt: dict) -> dict | None:
+    """invalid_prompt for a node without class_type or of an unknown class."""
+    for node_id, node in prompt.items():
+        if "class_type" not in node:
+            return _error("invalid_prompt",
+                          "Cannot execute because a node is missing the class_type property.",
+                          f"Node ID '#{node_id}'")
+        if node["class_type"] not in LIBRARY:
+            return _error("invalid_prompt",
+                          f"Cannot execute because node {node['class_type']} does not exist.",
+                          f"Node ID '#{node_id}'")
+    return None
+
+
+def _check_link(prompt: dict, name: str, config: list, value: list, validated: dict) -> tuple:
+    """(errors, upstream_ok) for a linked input."""
+    info = [config[0], config[1] if len(config) > 1 else {}]
+    if len(value) != 2:
+        extra = {"input_name": name, "input_config": info, "received_value": value}
+        return [_error("bad_linked_input",
+                       "Bad linked input, must be a length-2 list of [node_id, slot_index]",
+                       name, extra)], True
+    received = LIBRARY[prompt[value[0]]["class_type"]].outputs[value[1]]
+    if received != config[0] and "*" not in (received, config[0]):
+        details = f"{name}, received_type({received}) mismatch input_type({config[0]})"
+        return [_error("return_type_mismatch", "Return type mismatch between linked nodes",
+                       details, {"input_name": name, "input_config": info,
+                                 "received_type": received, "linked_node": value})], True
+    return [], _validate_node(prompt, value[0], validated)[0]
+
+
+def _check_value(inputs: dict, name: str, config: list) -> list[dict]:
+    """Convert a constant like ComfyUI does (in place) and check min/max."""
+    kind, options = config[0], (config[1] if len(config) > 1 else {})
+    info, value = [kind, options], inputs[name]
+    try:
+        if kind in _CONVERT:
+            value = inputs[name] = _CONVERT[kind](value)
+    except Exception as ex:  # noqa: BLE001 - ComfyUI reports any conversion failure
+        return [_error("invalid_input_type", f"Failed to convert an input value to a {kind} value",
+                       f"{name}, {value}, {ex}", {"input_name": name, "input_config": info,
+                                                  "received_value": value,
+                                                  "exception_message": str(ex)})]
+    extra = {"input_name": name, "input_config": info, "received_value": value}
+    if "min" in options and value < options["min"]:
+        return [_error("value_smaller_than_min", f"Value {value} smaller than min of "
+                       f"{options['min']}", name, extra)]
+    if "max" in options and value > options["max"]:
+        return [_error("value_bigger_than_max", f"Value {value} bigger than max of "
+                       f"{options['max']}", name, extra)]
+    return []
+
+
+def _validate_node(prompt: dict, node_id: str, validated: dict) -> tuple[bool, list]:
+    """validate_inputs: (ok, errors) for one node, memoised in `validated`."""
+    if node_id in validated:
+        return validated[node_id]
+    inputs = prompt[node_id]["inputs"]
+    definition: NodeDef = LIBRARY[prompt[node_id]["class_type"]]
+    errors: list[dict] = []
+    upstream_ok = True
+    for name, config, required in definition.inputs():
+        if name not in inputs:
+            if required:
+                errors.append(_error("required_input_missing", "Required input is missing",
+                                     name, {"input_name": name}))
+        elif isinstance(inputs[name], list):
+            link_errors, ok = _check_link(prompt, name, config, inputs[name], validated)
+            errors, upstream_ok = errors + link_errors, upstream_ok and ok
+        else:
+            errors += _check_value(inputs, name, config)
+    validated[node_id] = (not errors and upstream_ok, errors)
+    return validated[node_id]
+
+
+def _validate_output(prompt: dict, output: str, validated: dict) -> tuple[bool, list]:
+    """One output's validity; an exception becomes exception_during_validation."""
+    try:
+        return _validate_node(prompt, output, validated)
+    except Exception as ex:  # noqa: BLE001 - ComfyUI turns any exception into a reason
+        reasons = [_error("exception_during_validation", "Exception when validating node",
+                          str(ex), {"exception_type": type(ex).__name__,
+                                    "traceback": traceback.format_tb(ex.__traceback__)})]
+        validated[output] = (False, reasons)
+        return validated[output]
+
+
+def _collect(prompt: dict, output: str, validated: dict, node_errors: dict) -> None:
+    """Attach a failed output to every failing node with reasons (ComfyUI's quirk included)."""
+    for node_id, (ok, reasons) in validated.items():
+        if not ok and reasons:
+            entry = node_errors.setdefault(node_id, {
+                "errors": reasons, "dependent_outputs": [],
+                "class_type": prompt[node_id]["class_type"]})
+            entry["dependent_outputs"].append(output)
+
+
+def validate_prompt(prompt: Any, partial_targets: list | None = None) -> Result:
+    """Validate like ComfyUI; converts constants in place as ComfyUI does."""
+    error = _check_classes(prompt)
+    if error:
+        return False, error, [], {}
+    outputs = [n for n, node in prompt.items() if LIBRARY[node["class_type"]].output_node
+               and (partial_targets is None or n in partial_targets)]
+    if not outputs:
+        return False, _error("prompt_no_outputs", "Prompt has no outputs", ""), [], {}
+    validated: dict = {}
+    good, node_errors = [], {}
+    for output in outputs:
+        if _validate_output(prompt, output, validated)[0]:
+            good.append(output)
+        else:
+            _collect(prompt, output, validated, node_errors)
+    if not good:
+        error = _error("prompt_outputs_failed_validation", "Prompt outputs failed validation", "")
+        return False, error, [], node_errors
+    return True, None, good, node_errors

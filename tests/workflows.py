@@ -1,0 +1,60 @@
+"""API-format workflows for tests, derived from the recorded tests/recordings/workflow-*.json.
+
+Every helper returns a fresh dict, so a test may change it freely.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RECORDINGS = Path(__file__).resolve().parent / "recordings"
+
+
+def load(name: str) -> dict:
+    """A recorded workflow by name: core, slow, fail or invalid."""
+    return json.loads((RECORDINGS / f"workflow-{name}.json").read_text(encoding="utf-8"))
+
+
+def core(prefix: str = "cyl") -> dict:
+    """EmptyImage 512x512 -> ImageInvert -> SaveImage(prefix): core nodes only."""
+    workflow = load("core")
+    workflow["3"]["inputs"]["filename_prefix"] = prefix
+    return workflow
+
+
+def slow(seconds: float = 4.0, steps: int = 8, prefix: str = "cyl_slow",
+         send_preview: bool = False) -> dict:
+    """EmptyImage -> CylSleepProgress(seconds, steps) -> SaveImage(prefix)."""
+    workflow = load("slow")
+    workflow["2"]["inputs"].update(seconds=seconds, steps=steps)
+    if send_preview:
+        workflow["2"]["inputs"]["send_preview"] = True
+    workflow["3"]["inputs"]["filename_prefix"] = prefix
+    return workflow
+
+
+def fail(message: str = "CylFail: intentional failure") -> dict:
+    """EmptyImage -> CylFail(message) -> SaveImage: fails at run time (POST /prompt is 200)."""
+    workflow = load("fail")
+    workflow["2"]["inputs"]["message"] = message
+    return workflow
+
+
+def invalid() -> dict:
+    """ImageInvert without its required `image`: POST /prompt answers 400."""
+    return load("invalid")
+
+
+def chain(n_nodes: int = 60) -> dict:
+    """A valid workflow of n nodes: EmptyImage -> ImageInvert x (n-2) -> SaveImage."""
+    if n_nodes < 2:
+        raise ValueError("a chain needs at least EmptyImage and SaveImage")
+    base = core(prefix="cyl_chain")
+    workflow = {"1": base["1"]}
+    for index in range(2, n_nodes):
+        workflow[str(index)] = {"class_type": "ImageInvert",
+                                "inputs": {"image": [str(index - 1), 0]}}
+    workflow[str(n_nodes)] = {"class_type": "SaveImage", "inputs": {
+        "images": [str(n_nodes - 1), 0], "filename_prefix": "cyl_chain"}}
+    return workflow
