@@ -1,41 +1,50 @@
 """Cylindria: the authenticated door to a host's ComfyUI instances.
 
 Run: python cylindria.py --port 8000 --numberOfGpus 2
+As a service: python cylindria.py service install|remove|start|stop|status [flags]
 """
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
-from web.config import ConfigError, configure_logging, load_config
+from web.config import ConfigError, load_config
+from web.logs import setup_logging
+from web.winservice import CylindriaService  # noqa: F401  (pythonservice.exe loads it from here)
 
 logger = logging.getLogger("cylindria")
 
 
-def announce_keys(service) -> None:
-    """Tell the operator where the key is; print a newly generated key exactly once."""
-    config, keys = service.config, service.context.keys
-    if config.no_auth:
-        logger.warning("AUTHENTICATION IS OFF (--no-auth): anyone who can reach port %d can "
-                       "run workflows on these GPUs", config.port)
-    elif keys.generated:
-        print(f"Generated API key (shown once; stored in {keys.key_file}):\n  {keys.keys[0]}",
-              flush=True)
-    elif keys.key_file is not None:
-        logger.info("API key: read from %s", keys.key_file)
-    else:
-        logger.info("API keys: %d configured", len(keys.keys))
+def _interrupt(signum, frame) -> None:
+    """SIGTERM (systemd's stop, `kill`) stops Cylindria the way Ctrl+C does."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, build the service, serve until Ctrl+C, stop everything in `finally`."""
+    """Parse flags (or run a `service` command), set up logging, then serve."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["service"]:
+        from web.service_cli import main as service_main
+        return service_main(argv[1:])
     try:
         config = load_config(argv)
     except ConfigError as exc:
         print(f"cylindria: error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(config.log_level)
-    from web.server import Service  # after logging is set up, so import-time logs are formatted
+    try:
+        setup_logging(config.log_level, config.log_file)
+    except OSError as exc:
+        print(f"cylindria: error: cannot write the log file {config.log_file}: {exc}",
+              file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    return run(config)
+
+
+def run(config) -> int:
+    """Build the service, serve until Ctrl+C or SIGTERM, stop everything in `finally`."""
+    from web.server import Service, announce_keys  # after logging is set up (import-time logs)
 
     try:
         service = Service(config)
@@ -44,16 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     announce_keys(service)
     try:
-        service.start()
+        service.start()  # on failure it has stopped what it started
     except OSError as exc:
         print(f"cylindria: error: cannot listen on {config.host}:{config.port}: {exc}",
               file=sys.stderr)
-        service.context.close()
         return 2
+    except KeyboardInterrupt:  # during start-up's reconciliation: nothing serves yet
+        service.context.close()
+        logger.info("stopped on Ctrl+C or SIGTERM during start-up")
+        return 0
     try:
         service.serve()
     except KeyboardInterrupt:
-        logger.info("Ctrl+C: stopping")
+        logger.info("stopped on Ctrl+C or SIGTERM")
     finally:
         service.stop()
     return 0

@@ -50,3 +50,12 @@ def test_websocket_reconnects_are_counted(api, fake, service):
 
 def test_metrics_need_the_key(service):
     assert Api(service.url, None).get("/metrics").status_code == 401
+
+
+def test_metrics_can_be_made_public(fakes, tmp_path):
+    from tests.conftest import make_config
+    from web.server import Service
+    with Service(make_config(fakes, tmp_path, metrics_public=True)) as service:
+        public = Api(service.url, None)
+        assert public.get("/metrics").status_code == 200
+        assert public.get("/jobs").status_code == 401

@@ -55,7 +55,7 @@ def create_app(config: Config) -> Flask:
     context = app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys)
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
-    auth.init_app(app, keys, config.no_auth)
+    auth.init_app(app, keys, config.no_auth, config.metrics_public)
     openapi.init_app(app)
     for blueprint in (routes.bp, results.bp, status.bp):
         app.register_blueprint(blueprint)

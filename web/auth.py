@@ -38,15 +38,17 @@ def resolve_keys(configured: tuple, no_auth: bool, data_dir: Path) -> KeySetup:
         return KeySetup(tuple(configured))
     path = Path(data_dir) / KEY_FILE_NAME
     if path.exists():
-        key = path.read_text(encoding="utf-8").strip()
-        if key:
-            return KeySetup((key,), path, False)
+        # One key per line (or comma separated), so a service can be given several.
+        text = path.read_text(encoding="utf-8").replace("\n", ",")
+        keys = tuple(k.strip() for k in text.split(",") if k.strip())
+        if keys:
+            return KeySetup(keys, path, False)
     key = secrets.token_urlsafe(32)
-    _write_private(path, key)
+    write_private(path, key)
     return KeySetup((key,), path, True)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only (where the OS has such permissions)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -80,8 +82,9 @@ def key_matches(candidate: str | None, keys: tuple) -> bool:
     return matched
 
 
-def init_app(app: Flask, setup: KeySetup, no_auth: bool) -> None:
-    """Guard every endpoint but /health and /ready."""
+def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = False) -> None:
+    """Guard every endpoint but /health and /ready (and /metrics, if made public)."""
+    public = PUBLIC_ENDPOINTS | ({"meta.metrics"} if metrics_public else set())
     throttle = FailureThrottle()
     auth = ApiKeyAuth(scheme="Bearer", realm="Cylindria")
     app.extensions["cylindria_throttle"] = throttle
@@ -98,7 +101,7 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool) -> None:
 
     @app.before_request
     def require_key():
-        if no_auth or request.endpoint in PUBLIC_ENDPOINTS:
+        if no_auth or request.endpoint in public:
             return None
         wait = throttle.retry_after(request.remote_addr or "?")
         if wait is not None:

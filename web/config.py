@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,6 +85,14 @@ def flag_bool(text: str) -> bool:
     raise ValueError("must be 1 or 0")
 
 
+def ip_address(text: str) -> str:
+    """One IP address, written as a client's address is (127.0.0.1, ::1)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise ValueError("must be one IP address, like 127.0.0.1") from None
+
+
 def default_data_dir() -> Path:
     """The per-user data dir (platformdirs knows Windows, macOS and Linux conventions)."""
     return Path(platformdirs.user_data_dir("Cylindria", appauthor=False))
@@ -120,9 +128,16 @@ OPTIONS = (
     Option("--dev-save-dir", "dev_save_dir", "CYLINDRIA_DEV_SAVE_DIR", Path,
            Path("workflows_dev"), "where --dev saves incoming workflows"),
     Option("--log-level", "log_level", "CYLINDRIA_LOG_LEVEL", log_level, "INFO", "log level"),
+    Option("--log-file", "log_file", "CYLINDRIA_LOG_FILE", Path, None,
+           "also write the log to this file, rotated at 10 MiB, 5 old files kept"),
+    Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
+           "address of the reverse proxy (TLS) in front: client addresses come from its "
+           "X-Forwarded-For (for the failure throttle and the log)"),
 )
 SWITCHES = (
     Option("--no-auth", "no_auth", None, flag_bool, False, "serve without API keys (warned at start)"),
+    Option("--metrics-public", "metrics_public", "CYLINDRIA_METRICS_PUBLIC", flag_bool, False,
+           "serve GET /metrics without a key (for a Prometheus scraper on a trusted network)"),
     Option("--dev", "dev", "CYLINDRIA_DEV_MODE", flag_bool, False,
            "save each incoming workflow to --dev-save-dir"),
 )
@@ -138,12 +153,15 @@ class Config:
     comfy_base_url: str = "http://127.0.0.1:8188"
     api_keys: tuple = ()
     no_auth: bool = False
+    metrics_public: bool = False
     data_dir: Path = field(default_factory=default_data_dir)
     poll_interval: float = 5.0
     threads: int = 16
     dev: bool = False
     dev_save_dir: Path = Path("workflows_dev")
     log_level: str = "INFO"
+    log_file: Path | None = None
+    trusted_proxy: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     websocket: bool = True  # off only in benchmarks that measure poll-only tracking
 
@@ -151,7 +169,9 @@ class Config:
 def build_parser() -> argparse.ArgumentParser:
     """The command line, from the table."""
     parser = argparse.ArgumentParser(
-        prog="cylindria", description="Authenticated REST API in front of ComfyUI GPU instances.")
+        prog="cylindria", description="Authenticated REST API in front of ComfyUI GPU instances.",
+        epilog="As a service: cylindria service install|remove|start|stop|status "
+               "(install takes the flags above; see 'Deploying' in README.md).")
     for option in OPTIONS:
         env = f" (env {option.env})" if option.env else ""
         parser.add_argument(option.flag, dest=option.dest, default=None,
@@ -188,7 +208,7 @@ def _shown(option: Option, raw: str) -> str:
     return "(hidden)" if option.dest == "api_keys" else repr(raw)
 
 
-def configure_logging(level: str) -> None:
-    """Plain lines on the console at the chosen level."""
-    logging.basicConfig(level=getattr(logging, level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def configure_logging(level: str, log_file: Path | None = None) -> None:
+    """Plain lines on the console at the chosen level (kept for callers; see web.logs)."""
+    from web.logs import setup_logging
+    setup_logging(level, log_file)

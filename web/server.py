@@ -10,6 +10,7 @@ from waitress import create_server, utilities, wasyncore
 
 from web.app import create_app
 from web.config import Config
+from web.logs import AccessLog
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +29,13 @@ class Service:
         self._server = None
         self._stop = threading.Event()
         self._done = threading.Event()
+        self.ready = threading.Event()  # set once listening (service hosts and tests wait on it)
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         """The port actually listened on (useful with port 0)."""
-        return self._server.effective_port
+        return int(self._server.effective_port)
 
     @property
     def url(self) -> str:
@@ -42,18 +44,34 @@ class Service:
         return f"http://{host}:{self.port}"
 
     def start(self) -> None:
-        """Reconcile and start tracking, then bind the listening socket."""
+        """Reconcile and start tracking, then bind the listening socket.
+
+        When the socket cannot be had (OSError), tracking is stopped and the store closed
+        before the error goes up: nothing is left running.
+        """
         self.context.tracker.start()
-        self._server = create_server(
-            self.app, map=self._map, host=self.config.host, port=self.config.port,
-            threads=self.config.threads, ident="Cylindria",
-            # waitress refuses larger bodies from Content-Length without reading them; its
-            # limit sits just above Flask's so that Flask's JSON 413 is what clients see.
-            max_request_body_size=self.config.max_body_bytes + 65536,
-            channel_timeout=30, asyncore_loop_timeout=LOOP_TIMEOUT)
+        try:
+            self._server = create_server(
+                AccessLog(self.app), map=self._map, host=self.config.host, port=self.config.port,
+                threads=self.config.threads, ident="Cylindria",
+                # waitress refuses larger bodies from Content-Length without reading them; its
+                # limit sits just above Flask's so that Flask's JSON 413 is what clients see.
+                max_request_body_size=self.config.max_body_bytes + 65536,
+                channel_timeout=30, asyncore_loop_timeout=LOOP_TIMEOUT, **self._proxy())
+        except OSError:
+            self.context.close()
+            raise
+        self.ready.set()
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
                     self.config.host, self.port, self.config.threads, len(self.context.gpus),
                     self.config.comfy_base_url)
+
+    def _proxy(self) -> dict:
+        """waitress settings that take the client's address from a trusted proxy's header."""
+        if not self.config.trusted_proxy:
+            return {}
+        return dict(trusted_proxy=self.config.trusted_proxy, trusted_proxy_count=1,
+                    trusted_proxy_headers={"x-forwarded-for"}, clear_untrusted_proxy_headers=True)
 
     def serve(self) -> None:
         """Serve until stop() (from any thread) or Ctrl+C, then shut everything down."""
@@ -95,6 +113,23 @@ class Service:
         finally:
             self._done.set()
             logger.info("Cylindria stopped in %.2fs", time.monotonic() - started)
+
+
+def announce_keys(service) -> None:
+    """Tell the operator where the key is; print a newly generated key exactly once."""
+    config, keys = service.config, service.context.keys
+    if config.no_auth:
+        logger.warning("AUTHENTICATION IS OFF (--no-auth): anyone who can reach port %d can "
+                       "run workflows on these GPUs", config.port)
+    elif keys.generated:
+        print(f"Generated API key (shown once; stored in {keys.key_file}):\n  {keys.keys[0]}",
+              flush=True)
+        # A service has no console to print to: its log says where to read the new key.
+        logger.info("API key: generated and stored in %s", keys.key_file)
+    elif keys.key_file is not None:
+        logger.info("API key: read from %s", keys.key_file)
+    else:
+        logger.info("API keys: %d configured", len(keys.keys))
 
 
 class RateLimitFilter(logging.Filter):

@@ -1,0 +1,83 @@
+"""`pip install .` from a clean copy of the checkout gives working `cylindria` commands."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = "Scripts" if sys.platform == "win32" else "bin"
+
+
+def clean_copy(target: Path) -> Path:
+    """The files git would check out (tracked, plus new ones not ignored): no build leftovers."""
+    listing = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
+    for name in filter(None, listing.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, target / name)
+    return target
+
+
+@pytest.fixture(scope="module")
+def venv(tmp_path_factory):
+    """A fresh venv with the checkout pip-installed; dependencies come from this Python's
+    site-packages (--system-site-packages, --no-deps) so that only the build runs."""
+    base = tmp_path_factory.mktemp("packaging")
+    source = clean_copy(base / "src")
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(base / "venv")],
+                   check=True, timeout=300)
+    python = base / "venv" / BIN / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(source)],
+                   check=True, timeout=600, cwd=base)
+    shutil.rmtree(source)  # the installed commands must not need the source tree
+    return base / "venv"
+
+
+def run(venv: Path, *command: str) -> subprocess.CompletedProcess:
+    """A command from the venv's bin dir, away from the checkout (so nothing imports from it)."""
+    return subprocess.run([str(venv / BIN / command[0]), *command[1:]], cwd=venv.parent,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cylindria_command_runs_from_the_venv(venv):
+    result = run(venv, "cylindria", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: cylindria")
+    assert "--numberOfGpus" in result.stdout and "--log-file" in result.stdout
+
+
+def test_cylindria_tester_command_runs_from_the_venv(venv):
+    result = run(venv, "cylindria-tester", "--help")
+    assert result.returncode == 0 and result.stdout.startswith("usage: cylindria-tester")
+
+
+def test_installed_code_is_the_venvs_own(venv):
+    result = run(venv, "python", "-c", "import cylindria, web.server, comfy.store, tester.app; "
+                 "print(cylindria.__file__)")
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(venv)
+
+
+def test_installed_service_runs_the_installed_entry_point(venv, tmp_path):
+    result = run(venv, "cylindria", "service", "install", "--print", "--no-auth",
+                 "--data-dir", str(tmp_path))
+    exec_start = next(line for line in result.stdout.splitlines() if line.startswith("ExecStart="))
+    python, entry = exec_start.removeprefix("ExecStart=").split()[:2]
+    assert Path(python).is_relative_to(venv) and Path(entry).is_relative_to(venv)
+    assert Path(entry).name == "cylindria.py"
+
+
+def test_pywin32_is_required_on_windows_only(venv):
+    result = run(venv, "python", "-c", "import importlib.metadata as m; "
+                 "print('\\n'.join(m.requires('cylindria')))")
+    pywin32 = [line for line in result.stdout.splitlines() if line.startswith("pywin32")]
+    assert pywin32 and 'sys_platform == "win32"' in pywin32[0]
+
+
+def test_the_checkout_runs_without_installing():
+    result = subprocess.run([sys.executable, "cylindria.py", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("usage: cylindria")

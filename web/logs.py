@@ -1,0 +1,123 @@
+"""Logging: plain lines on the console, the same in a rotating file, one line per request."""
+from __future__ import annotations
+
+import logging
+import time
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+FILE_BYTES = 10 * 1024 * 1024  # rotate at 10 MiB...
+FILE_COUNT = 5  # ...and keep 5 old files: at most 60 MiB of logs on the GPU host
+LOG_FILE_NAME = "cylindria.log"  # in the data dir, for the Windows service
+
+# Query parameters whose values are shown; any other pair is hidden whole, since a client may
+# put its key in a query string (even as a bare name) and keys must never reach a log.
+SHOWN_PARAMS = frozenset({"gpuid", "gpu_id", "gpu", "status", "limit", "before"})
+
+access_logger = logging.getLogger("cylindria.access")
+
+
+def setup_logging(level: str, log_file: Path | None = None,
+                  console: bool = True) -> list[logging.Handler]:
+    """Send every record at `level` or above to the console and/or a rotating file."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()] if console else []
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(RotatingFileHandler(log_file, maxBytes=FILE_BYTES,
+                                            backupCount=FILE_COUNT, encoding="utf-8"))
+    root = logging.getLogger()
+    formatter = logging.Formatter(FORMAT)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    root.setLevel(getattr(logging, level))
+    # websocket-client logs each connect at INFO, which Cylindria already says per GPU.
+    logging.getLogger("websocket").setLevel(max(logging.WARNING, root.level))
+    return handlers
+
+
+def remove_handlers(handlers: list[logging.Handler]) -> None:
+    """Detach and close handlers that setup_logging() added."""
+    root = logging.getLogger()
+    for handler in handlers:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def safe_query(query: str) -> str:
+    """The query string with every pair not known to be harmless replaced by '***'."""
+    pairs = query.split("&")
+    return "&".join(pair if pair.partition("=")[0].lower() in SHOWN_PARAMS else "***"
+                    for pair in pairs)
+
+
+class AccessLog:
+    """WSGI wrapper: one line per request once its body has been sent.
+
+    The line has the method, the path (with only harmless query values), the status, the
+    milliseconds until the server closed the body, and the client address; never a header.
+    """
+
+    def __init__(self, wsgi_app, logger: logging.Logger = access_logger):
+        self.wsgi_app = wsgi_app
+        self.logger = logger
+
+    def __call__(self, environ, start_response):
+        if not self.logger.isEnabledFor(logging.INFO):
+            return self.wsgi_app(environ, start_response)  # the hot path pays one cached check
+        request = _Request(self.logger, environ, start_response)
+        try:
+            request.body = self.wsgi_app(environ, request.start_response)
+        except BaseException:
+            request.status = "500"
+            request.log()
+            raise
+        # The wrapper has no len(): waitress would use len() == 1 to set Content-Length, but
+        # Flask's bodies have none either and Flask sets Content-Length itself.
+        return request
+
+
+class _Request:
+    """One request in flight: records its status and logs once the server closes the body."""
+
+    __slots__ = ("logger", "environ", "path", "server_start_response", "started", "status",
+                 "body")
+
+    def __init__(self, logger, environ, start_response):
+        self.logger = logger
+        self.environ = environ
+        self.path = environ.get("PATH_INFO", "")  # as sent: the app normalises it in place
+        self.server_start_response = start_response
+        self.started = time.perf_counter()
+        self.status = "-"
+        self.body = ()
+
+    def start_response(self, status, headers, exc_info=None):
+        """The app's start_response: note the status, pass everything on."""
+        self.status = status
+        return self.server_start_response(status, headers, exc_info)
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        """Called by the server after the last byte (PEP 3333): close the body, then log."""
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.log()
+
+    def log(self):
+        """The access line: values only, no headers, no hidden query values."""
+        environ, path = self.environ, self.path
+        if not path.isprintable():  # a decoded %0A must not forge a second log line
+            path = repr(path)
+        query = environ.get("QUERY_STRING")
+        if query:
+            path = f"{path}?{safe_query(query)}"
+        self.logger.info("%s %s %s %.1fms %s", environ.get("REQUEST_METHOD", "-"), path,
+                         self.status[:3], (time.perf_counter() - self.started) * 1000.0,
+                         environ.get("REMOTE_ADDR", "-"))
