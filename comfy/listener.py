@@ -16,6 +16,9 @@ from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
 
+# ComfyUI sends json.dumps({"type": ..., "data": ...}), so the type is at the start of the text.
+IGNORED_PREFIXES = tuple(f'{{"type": "{kind}"' for kind in ("progress_state", "status", "feature_flags"))
+
 
 class Listener:
     """Reads `ws://<gpu>/ws?clientId=<id>` for as long as Cylindria runs, reconnecting by itself."""
@@ -74,8 +77,11 @@ class Listener:
         while not self._stop.is_set():
             try:
                 self._ws = self._connect()
+                # UTF-8 is checked anyway when the text is decoded; websocket-client's own
+                # check runs in pure Python for every frame and costs more than the message.
                 self._ws.run_forever(ping_interval=self.ping_interval,
-                                     ping_timeout=self.ping_timeout, suppress_origin=True)
+                                     ping_timeout=self.ping_timeout, suppress_origin=True,
+                                     skip_utf8_validation=True)
             except Exception:
                 logger.exception("websocket loop of GPU %d failed", self.gpu.index)
             self._stop.wait(self._next_backoff())
@@ -83,7 +89,7 @@ class Listener:
     def _connect(self) -> websocket.WebSocketApp:
         """A new socket with its callbacks."""
         return websocket.WebSocketApp(
-            self.gpu.ws_url, on_open=self.handle_open, on_message=self.handle_frame,
+            self.gpu.ws_url, on_open=self.handle_open, on_data=self.handle_frame,
             on_close=self.handle_close, on_error=self.handle_error)
 
     def handle_open(self, ws=None) -> None:
@@ -95,14 +101,22 @@ class Listener:
         self.connects += 1
         self.on_change(self.gpu.index)
 
-    def handle_frame(self, ws, frame) -> None:
+    def handle_frame(self, ws, data, opcode=websocket.ABNF.OPCODE_TEXT, fin=True) -> None:
         """One frame: binary previews are dropped at once; text messages go to the store."""
-        if not isinstance(frame, str):
+        if opcode != websocket.ABNF.OPCODE_TEXT:
             return
-        self.handle_message(frame)
+        if isinstance(data, bytes):
+            try:
+                data = data.decode("utf-8")  # in C, and it is the UTF-8 check as well
+            except UnicodeDecodeError:
+                logger.warning("GPU %d sent a text frame that is not UTF-8", self.gpu.index)
+                return
+        self.handle_message(data)
 
     def handle_message(self, text: str) -> None:
         """Decode and apply one text message."""
+        if text.startswith(IGNORED_PREFIXES):
+            return  # never parsed: progress_state repeats every node's state (O(nodes) per message)
         try:
             message = json.loads(text)
         except ValueError:

@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from operator import attrgetter
 from typing import Callable, Iterable
 
 from comfy.database import COLUMNS, Database
@@ -13,11 +14,15 @@ from comfy.jobs import Job, JobStatus, may_move
 logger = logging.getLogger(__name__)
 
 DURABLE = tuple(name for name in COLUMNS if name != "job_id")
+_durable = attrgetter(*DURABLE)  # the durable fields as one tuple, compared in C
 
 
 class JobStore:
-    """Every job Cylindria accepted. Public methods take the lock and return copies.
+    """Every job Cylindria accepted. Public methods take the lock.
 
+    Records are copy-on-write snapshots: change() edits a copy and publishes it in place
+    of the old record, which is never modified again, so a record handed out stays a
+    consistent picture without copying it on every read (callers must not modify one).
     A change to a durable field is committed to SQLite before the new record is
     published, so nothing a client was told can be lost by a crash.
     """
@@ -40,28 +45,27 @@ class JobStore:
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""
         with self._lock:
-            job = self._jobs.get(job_id)
-            return job.copy() if job else None
+            return self._jobs.get(job_id)
 
     def active(self, gpu_id: int | None = None) -> list[Job]:
         """Unfinished jobs (of one GPU, or all), oldest first."""
         with self._lock:
             jobs = (self._jobs[j] for j in self._active.values())
-            return sorted((j.copy() for j in jobs if gpu_id is None or j.gpu_id == gpu_id),
+            return sorted((j for j in jobs if gpu_id is None or j.gpu_id == gpu_id),
                           key=lambda j: j.seq)
 
     def settled_active(self, gpu_id: int) -> list[Job]:
         """Unfinished jobs of a GPU whose POST is not under way: the ones safe to judge."""
         with self._lock:
             jobs = (self._jobs[j] for j in self._active.values() if j not in self._in_flight)
-            return sorted((j.copy() for j in jobs if j.gpu_id == gpu_id), key=lambda j: j.seq)
+            return sorted((j for j in jobs if j.gpu_id == gpu_id), key=lambda j: j.seq)
 
     def job_for_prompt(self, gpu_id: int, prompt_id: str) -> Job | None:
         """The unfinished job that owns this prompt on this GPU, or None."""
         with self._lock:
             job_id = self._active.get(prompt_id)
             job = self._jobs.get(job_id) if job_id else None
-            return job.copy() if job and job.gpu_id == gpu_id else None
+            return job if job and job.gpu_id == gpu_id else None
 
     def ahead_of(self, gpu_id: int, number: float | None) -> int:
         """How many of Cylindria's unfinished prompts on a GPU come before this number."""
@@ -93,7 +97,7 @@ class JobStore:
         with self._lock:
             existing = self._jobs.get(job.job_id)
             if existing is not None:
-                return existing.copy(), False
+                return existing, False
             job = job.copy()
             if choose_gpu is not None:
                 job.gpu_id = choose_gpu(self._unfinished_per_gpu())
@@ -103,7 +107,7 @@ class JobStore:
             self._in_flight.add(job.job_id)
             self._publish(job)
         self._notify(None, job)
-        return job.copy(), True
+        return job, True
 
     def page(self, statuses: set | None, gpu_id: int | None, limit: int,
              before: int | None) -> tuple[list[Job], int | None]:
@@ -118,15 +122,14 @@ class JobStore:
                     continue
                 if len(found) == limit:
                     return found, found[-1].seq
-                found.append(job.copy())
+                found.append(job)
         return found, None
 
     def wait_settled(self, job_id: str, timeout: float) -> Job | None:
         """Wait until nobody is submitting this job any more; the job then, or None if dropped."""
         with self._settled:
             self._settled.wait_for(lambda: job_id not in self._in_flight, timeout)
-            job = self._jobs.get(job_id)
-            return job.copy() if job else None
+            return self._jobs.get(job_id)
 
     def release(self, job_id: str) -> None:
         """The POST for this job is over, whatever its outcome."""
@@ -159,17 +162,16 @@ class JobStore:
             if current is None:
                 return None
             if current.status.finished and not allow_finished:
-                return current.copy()
+                return current
             new = current.copy()
             edit(new)
             if new.status != current.status and not may_move(current.status, new.status):
-                return current.copy()
+                return current
             self._persist(current, new)
             self._publish(new, previous=current)
-            result = new.copy()
-        if result.status != current.status:
-            self._notify(current, result)
-        return result
+        if new.status != current.status:
+            self._notify(current, new)
+        return new
 
     def change_by_prompt(self, gpu_id: int, prompt_id: str,
                          edit: Callable[[Job], None]) -> Job | None:
@@ -181,11 +183,10 @@ class JobStore:
         return self.change(job_id, edit)
 
     def jobs(self, newest_first: bool = True) -> Iterable[Job]:
-        """A snapshot of every job (copies), newest first by default."""
+        """A snapshot of every job, newest first by default."""
         with self._lock:
             jobs = list(self._jobs.values())
-        ordered = reversed(jobs) if newest_first else iter(jobs)
-        return [job.copy() for job in ordered]
+        return jobs[::-1] if newest_first else jobs
 
     def instance_id(self, default: str) -> str:
         """This data dir's stable Cylindria id (used to name its websocket clients)."""
@@ -199,6 +200,8 @@ class JobStore:
 
     def _persist(self, current: Job, new: Job) -> None:
         """Commit the durable fields that changed, before anyone can see them."""
+        if _durable(new) == _durable(current):
+            return
         changed = [name for name in DURABLE if getattr(new, name) != getattr(current, name)]
         if changed:
             self._db.update(new, changed)

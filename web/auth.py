@@ -10,7 +10,6 @@ from pathlib import Path
 
 from flask import Flask, request
 from flask_httpauth import HTTPTokenAuth
-from werkzeug.datastructures import Authorization
 
 from web.errors import error_response
 from web.throttle import FailureThrottle
@@ -60,15 +59,29 @@ def write_private(path: Path, text: str) -> None:
         pass
 
 
+class PresentedKey:
+    """What a client presented, in the shape flask-httpauth reads (lighter than werkzeug's
+    Authorization, which costs more than the rest of a /jobstatus answer to build)."""
+
+    __slots__ = ("token",)
+    username = None
+    type = "bearer"
+
+    def __init__(self, token: str):
+        self.token = token
+
+
 class ApiKeyAuth(HTTPTokenAuth):
-    """A token auth that also reads the key from `X-API-Key`."""
+    """A token auth that reads the key from `X-API-Key` or `Authorization: Bearer`."""
 
     def get_auth(self):
-        """The key from X-API-Key, else from `Authorization: Bearer`."""
+        """The presented key, or None."""
         key = request.headers.get("X-API-Key")
-        if key is not None:
-            return Authorization("bearer", token=key.strip())
-        return super().get_auth()
+        if key is None:
+            scheme, _, key = request.headers.get("Authorization", "").strip().partition(" ")
+            if scheme.lower() != "bearer":
+                return None
+        return PresentedKey(key.strip())
 
 
 def key_matches(candidate: str | None, keys: tuple) -> bool:
@@ -99,6 +112,8 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
         return error_response(401, "unauthorized",
                               "missing or wrong API key: send it as X-API-Key or Authorization: Bearer")
 
+    guard = auth.login_required(lambda: None)  # built once: flask-httpauth's check, then nothing
+
     @app.before_request
     def require_key():
         if no_auth or request.endpoint in public:
@@ -108,4 +123,4 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
             return error_response(429, "too_many_requests",
                                   "too many failed authentication attempts; try again later",
                                   headers={"Retry-After": str(wait)})
-        return auth.login_required(lambda: None)()
+        return guard()

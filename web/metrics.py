@@ -12,6 +12,7 @@ from comfy.jobs import FINISHED, Job, JobStatus
 bp = Blueprint("meta", __name__)
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, float("inf"))
 
 
@@ -77,6 +78,20 @@ class Metrics:
                                  "Time to answer, by endpoint", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
         context.store.observe(self.job_changed)
+        self._children: dict = {}  # (rule, method, status) -> (counter, histogram): labels() once
+
+    def count_request(self, rule: str, method: str, status: int, seconds: float | None) -> None:
+        """Count one answered request (on the hot path: label lookups are cached)."""
+        if method not in KNOWN_METHODS:
+            method = "other"  # a client can send any token as a method: keep labels bounded
+        key = (rule, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(rule, method, str(status)),
+                                               self.latency.labels(rule))
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
 
     def job_changed(self, old: Job | None, new: Job) -> None:
         """Store observer: time every job that just ended."""
@@ -96,11 +111,11 @@ def init_app(app: Flask, context) -> Metrics:
 
     @app.after_request
     def count(response):
-        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
         started = g.get("cylindria_started")
-        if started is not None:
-            metrics.latency.labels(rule).observe(time.perf_counter() - started)
+        url_rule = request.url_rule
+        metrics.count_request(url_rule.rule if url_rule is not None else "unmatched",
+                              request.method, response.status_code,
+                              None if started is None else time.perf_counter() - started)
         return response
 
     app.register_blueprint(bp)

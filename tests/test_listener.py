@@ -1,0 +1,47 @@
+"""The websocket listener's one step: frames in, store changes out (no socket needed)."""
+import json
+
+from comfy.database import Database
+from comfy.gpu import Gpu
+from comfy.jobs import Job, JobStatus
+from comfy.listener import Listener
+from comfy.store import JobStore
+
+
+def make_listener(tmp_path):
+    store = JobStore(Database(tmp_path / "jobs.sqlite3"))
+    store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f"))
+    store.release("j")
+    asked = []
+    return Listener(Gpu(0, "http://127.0.0.1:1", "cid"), store, asked.append), store, asked
+
+
+def test_text_messages_reach_the_store_and_noise_is_never_parsed(tmp_path):
+    listener, store, _ = make_listener(tmp_path)
+    listener.handle_frame(None, json.dumps({"type": "progress_state", "data": "not even an object"}))
+    listener.handle_frame(None, b"\x00\x00\x00\x01\x00\x00\x00\x01\xff\xd8", 2)  # a preview
+    listener.handle_frame(None, b"\xff\xfe not utf-8", 1)
+    listener.handle_frame(None, "not json")
+    assert store.get("j").status == JobStatus.SUBMITTING
+    listener.handle_frame(None, json.dumps({"type": "execution_success",
+                                            "data": {"prompt_id": "p"}}).encode(), 1, True)
+    assert store.get("j").status == JobStatus.COMPLETED
+
+
+def test_connect_and_drop_ask_for_a_reconciliation(tmp_path):
+    listener, _, asked = make_listener(tmp_path)
+    listener.handle_open()
+    assert asked == [0] and listener.gpu.websocket_connected
+    listener.handle_close()
+    assert asked == [0, 0] and not listener.gpu.websocket_connected
+    listener.handle_close()  # already down: no second request
+    assert asked == [0, 0]
+
+
+def test_backoff_grows_to_its_cap_with_jitter(tmp_path):
+    listener, _, _ = make_listener(tmp_path)
+    delays = [listener._next_backoff() for _ in range(8)]
+    assert all(0 < d <= listener.backoff_max for d in delays)
+    assert max(delays[5:]) > max(delays[:2])
+    listener.handle_open()
+    assert listener._next_backoff() <= listener.backoff_initial
