@@ -126,14 +126,14 @@ def test_a_decoded_newline_in_the_path_cannot_forge_a_second_line(caplog):
 
 def test_log_file_rotates_and_has_the_console_fields(tmp_path):
     path = tmp_path / "logs" / "cylindria.log"
-    handlers = setup_logging("INFO", path, console=False)
+    pipeline = setup_logging("INFO", path, console=False)
     try:
-        (handler,) = handlers
+        (handler,) = pipeline.handlers
         assert isinstance(handler, RotatingFileHandler)
         assert (handler.maxBytes, handler.backupCount) == (FILE_BYTES, FILE_COUNT)
         logging.getLogger("cylindria.test").info("hello %s", "file")
     finally:
-        remove_handlers(handlers)
+        remove_handlers(pipeline)  # writes what is still queued before closing
     assert re.fullmatch(r"\S+ \S+ INFO cylindria\.test: hello file\n", path.read_text())
 
 

@@ -1,9 +1,11 @@
 """Logging: plain lines on the console, the same in a rotating file, one line per request."""
 from __future__ import annotations
 
+import atexit
 import logging
+import queue
 import time
-from logging.handlers import RotatingFileHandler
+from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -18,9 +20,47 @@ SHOWN_PARAMS = frozenset({"gpuid", "gpu_id", "gpu", "status", "limit", "before"}
 access_logger = logging.getLogger("cylindria.access")
 
 
-def setup_logging(level: str, log_file: Path | None = None,
-                  console: bool = True) -> list[logging.Handler]:
-    """Send every record at `level` or above to the console and/or a rotating file."""
+class _Enqueue(QueueHandler):
+    """Hands records to the writer thread as they are: formatting and writing happen there.
+
+    The stock QueueHandler formats in the caller, which is exactly the cost this moves off
+    the request threads; Cylindria logs only immutable values, so nothing changes meanwhile.
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+
+class LogPipeline:
+    """The console/file handlers, fed by one writer thread through a queue."""
+
+    def __init__(self, handlers: list[logging.Handler]):
+        self.handlers = handlers
+        self.enqueue = _Enqueue(queue.SimpleQueue())
+        self.listener = QueueListener(self.enqueue.queue, *handlers, respect_handler_level=True)
+
+    def start(self) -> None:
+        """Attach to the root logger and start writing."""
+        logging.getLogger().addHandler(self.enqueue)
+        self.listener.start()
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        """Detach, write what is still queued, close the handlers; idempotent."""
+        logging.getLogger().removeHandler(self.enqueue)
+        if self.listener._thread is not None:
+            self.listener.stop()
+        for handler in self.handlers:
+            handler.close()
+        atexit.unregister(self.stop)
+
+
+def setup_logging(level: str, log_file: Path | None = None, console: bool = True) -> LogPipeline:
+    """Send every record at `level` or above to the console and/or a rotating file.
+
+    Request threads only queue records: one writer thread formats and writes them, so a
+    slow console or disk never holds a request, and the handlers' locks are never contended.
+    """
     handlers: list[logging.Handler] = [logging.StreamHandler()] if console else []
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
@@ -31,23 +71,21 @@ def setup_logging(level: str, log_file: Path | None = None,
     logging._srcfile = None
     logging.logMultiprocessing = False
     logging.logProcesses = False
-    root = logging.getLogger()
     formatter = logging.Formatter(FORMAT)
     for handler in handlers:
         handler.setFormatter(formatter)
-        root.addHandler(handler)
+    pipeline = LogPipeline(handlers)
+    pipeline.start()
+    root = logging.getLogger()
     root.setLevel(getattr(logging, level))
     # websocket-client logs each connect at INFO, which Cylindria already says per GPU.
     logging.getLogger("websocket").setLevel(max(logging.WARNING, root.level))
-    return handlers
+    return pipeline
 
 
-def remove_handlers(handlers: list[logging.Handler]) -> None:
-    """Detach and close handlers that setup_logging() added."""
-    root = logging.getLogger()
-    for handler in handlers:
-        root.removeHandler(handler)
-        handler.close()
+def remove_handlers(pipeline: LogPipeline) -> None:
+    """Detach and close what setup_logging() added."""
+    pipeline.stop()
 
 
 def safe_query(query: str) -> str:

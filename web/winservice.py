@@ -50,7 +50,7 @@ class ServiceRunner:
 
         config = load_config(argv)
         log_file = config.log_file or config.data_dir / LOG_FILE_NAME
-        handlers = setup_logging(config.log_level, log_file, console=False)  # no console here
+        logs = setup_logging(config.log_level, log_file, console=False)  # no console here
         try:
             with self._lock:
                 if self._stopping.is_set():
@@ -63,7 +63,7 @@ class ServiceRunner:
             logger.exception("Cylindria service failed")
             raise
         finally:
-            remove_handlers(handlers)
+            remove_handlers(logs)
 
     def stop(self) -> bool:
         """Stop serving and tracking and close the store; True once all of it is down."""
