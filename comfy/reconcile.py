@@ -56,11 +56,18 @@ def _judge(gpu: Gpu, store: JobStore, jobs: list[Job], snapshot: QueueSnapshot) 
     running = {item.prompt_id for item in snapshot.running}
     for job in jobs:
         item = items.get(job.prompt_id)
-        if item is not None:
+        if item is None:
+            settle_gone(gpu, store, job)
+        elif not _unchanged(job, item, job.prompt_id in running, positions.get(job.prompt_id)):
             store.change(job.job_id, _in_queue(item, job.prompt_id in running,
                                                positions.get(job.prompt_id)))
-        else:
-            settle_gone(gpu, store, job)
+
+
+def _unchanged(job: Job, item: QueueItem, is_running: bool, position: int | None) -> bool:
+    """True when the queue says nothing new about a waiting job (the common case of a poll,
+    skipped so a deep queue costs no store writes)."""
+    return (not is_running and job.status == JobStatus.QUEUED and job.number == item.number
+            and job.queue_position == position and job.nodes_total == item.nodes_to_run())
 
 
 def _in_queue(item: QueueItem, is_running: bool, position: int | None):

@@ -67,12 +67,14 @@ class JobStore:
             job = self._jobs.get(job_id) if job_id else None
             return job if job and job.gpu_id == gpu_id else None
 
-    def ahead_of(self, gpu_id: int, number: float | None) -> int:
-        """How many of Cylindria's unfinished prompts on a GPU come before this number."""
+    def ahead_of(self, gpu_id: int) -> int:
+        """Cylindria's prompts waiting or running on a GPU (O(1): from the status counts).
+
+        ComfyUI numbers prompts in arrival order, so for a prompt just accepted these all
+        run before it.
+        """
         with self._lock:
-            jobs = (self._jobs[j] for j in self._active.values())
-            return sum(1 for j in jobs if j.gpu_id == gpu_id and j.number is not None
-                       and (number is None or j.number < number))
+            return self._counts[(gpu_id, JobStatus.QUEUED)] + self._counts[(gpu_id, JobStatus.RUNNING)]
 
     def in_flight(self, job_id: str) -> bool:
         """True while the job's POST /prompt is under way."""
@@ -210,8 +212,12 @@ class JobStore:
                         current.status.value, new.status.value)
 
     def _unfinished_per_gpu(self) -> Counter:
-        """gpu_id -> unfinished jobs (caller holds the lock)."""
-        return Counter(self._jobs[j].gpu_id for j in self._active.values())
+        """gpu_id -> unfinished jobs (caller holds the lock), from the status counts."""
+        unfinished = Counter()
+        for (gpu_id, status), n in self._counts.items():
+            if not status.finished:
+                unfinished[gpu_id] += n
+        return unfinished
 
     def _notify(self, old: Job | None, new: Job) -> None:
         """Tell the observers (metrics) about a status change; never let one break the store."""

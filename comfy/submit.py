@@ -125,7 +125,7 @@ def accept(store: JobStore, gpu: Gpu, job_id: str, answer: dict) -> Job:
     """Record ComfyUI's 200 answer; the websocket may already have moved the job further."""
     number = answer.get("number")
     number = float(number) if isinstance(number, (int, float)) else None
-    ahead = store.ahead_of(gpu.index, number) + gpu.foreign_before(number)
+    ahead = store.ahead_of(gpu.index) + gpu.foreign_before(number)
 
     def edit(job: Job) -> None:
         job.prompt_id = str(answer["prompt_id"])  # older ComfyUI ignores ours and picks its own
