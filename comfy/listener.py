@@ -6,6 +6,7 @@ import logging
 import random
 import socket
 import threading
+import time
 from typing import Callable
 
 import websocket
@@ -15,6 +16,8 @@ from comfy.gpu import Gpu
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
+
+DEAF_AFTER = 3.0  # seconds of websocket silence after an accepted submission that mean "deaf"
 
 # ComfyUI sends json.dumps({"type": ..., "data": ...}), so the type is at the start of the text.
 IGNORED_PREFIXES = tuple(f'{{"type": "{kind}"' for kind in ("progress_state", "status", "feature_flags"))
@@ -47,10 +50,15 @@ class Listener:
     def signal_stop(self) -> None:
         """Ask the loop to end and close the socket, without waiting."""
         self._stop.set()
+        if self._ws is not None:
+            self._ws.keep_running = False
+        self._shutdown_socket()
+
+    def _shutdown_socket(self) -> None:
+        """End the current connection now (the loop then reconnects, unless stopped)."""
         ws = self._ws
         if ws is None:
             return
-        ws.keep_running = False
         raw = getattr(getattr(ws, "sock", None), "sock", None)
         try:
             # Shutting the TCP socket wakes the reading thread at once; a polite close
@@ -103,6 +111,7 @@ class Listener:
 
     def handle_frame(self, ws, data, opcode=websocket.ABNF.OPCODE_TEXT, fin=True) -> None:
         """One frame: binary previews are dropped at once; text messages go to the store."""
+        self.gpu.last_frame_at = time.monotonic()
         if opcode != websocket.ABNF.OPCODE_TEXT:
             return
         if isinstance(data, bytes):
@@ -124,6 +133,24 @@ class Listener:
             return
         if isinstance(message, dict):
             handle_message(self.store, self.gpu.index, message)
+
+    def check_deaf(self, now: float) -> bool:
+        """Reopen a socket ComfyUI has stopped sending to; True if it did.
+
+        ComfyUI drops a clientId from its table when any socket under that id closes, so a
+        reconnect that beat the old socket's clean-up stays open (pings still answered) but
+        receives nothing. Every enqueue is broadcast as `status`, so silence for DEAF_AFTER
+        seconds after an accepted submission gives it away.
+        """
+        gpu = self.gpu
+        if not gpu.websocket_connected or gpu.last_frame_at >= gpu.last_submit_at \
+                or now - gpu.last_submit_at < DEAF_AFTER:
+            return False
+        logger.warning("GPU %d: websocket silent since a submission %.1fs ago; reconnecting",
+                       gpu.index, now - gpu.last_submit_at)
+        gpu.last_frame_at = now  # once per silence, not at every check
+        self._shutdown_socket()
+        return True
 
     def handle_close(self, ws=None, status=None, reason=None) -> None:
         """Disconnected: tracking goes on through the poller until the socket is back."""

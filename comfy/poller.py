@@ -5,6 +5,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
 
 from comfy.gpu import Gpu
 from comfy.reconcile import reconcile_gpu
@@ -16,10 +17,14 @@ logger = logging.getLogger(__name__)
 class Poller:
     """One scheduler thread; each GPU's poll runs on a small pool so a slow GPU delays no other."""
 
-    def __init__(self, gpus: list[Gpu], store: JobStore, interval: float = 5.0):
+    WATCH_INTERVAL = 1.0  # seconds between calls of `watch` (cheap checks, no I/O)
+
+    def __init__(self, gpus: list[Gpu], store: JobStore, interval: float = 5.0,
+                 watch: Callable[[float], None] | None = None):
         self.gpus = gpus
         self.store = store
         self.interval = interval
+        self.watch = watch
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -51,7 +56,7 @@ class Poller:
 
     def run(self) -> None:
         """Poll all GPUs each interval; between ticks, serve requests for single GPUs."""
-        next_tick = 0.0
+        next_tick = next_watch = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
             if now >= next_tick:
@@ -59,8 +64,18 @@ class Poller:
                 next_tick = now + self.interval
             else:
                 self._poll_wanted()
-            self._wake.wait(max(0.0, next_tick - time.monotonic()))
+            if self.watch is not None and now >= next_watch:
+                self._watch(now)
+                next_watch = now + self.WATCH_INTERVAL
+            self._wake.wait(max(0.0, min(next_tick, next_watch) - time.monotonic()))
             self._wake.clear()
+
+    def _watch(self, now: float) -> None:
+        """Run the watch callback; a failure is logged, never fatal to the scheduler."""
+        try:
+            self.watch(now)
+        except Exception:
+            logger.exception("watchdog failed")
 
     def poll_once(self) -> None:
         """Start one reconciliation of every GPU that is not still busy with the last one."""

@@ -114,6 +114,11 @@ def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
         else:
             store.discard(job.job_id)
         raise
+    except Exception:
+        # Not one of ComfyUI's failures: requests failed to build the request, so nothing
+        # was sent; the job must not stay behind as `submitting`.
+        store.discard(job.job_id)
+        raise
     else:
         # Recorded before the job leaves in-flight, so the poller never judges it half-done.
         return accept(store, gpu, job.job_id, answer)
@@ -123,6 +128,7 @@ def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
 
 def accept(store: JobStore, gpu: Gpu, job_id: str, answer: dict) -> Job:
     """Record ComfyUI's 200 answer; the websocket may already have moved the job further."""
+    gpu.last_submit_at = time.monotonic()
     number = answer.get("number")
     number = float(number) if isinstance(number, (int, float)) else None
     ahead = store.ahead_of(gpu.index) + gpu.foreign_before(number)

@@ -21,7 +21,7 @@ class Tracker:
                  websocket: bool = True):
         self.gpus = gpus
         self.store = store
-        self.poller = Poller(gpus, store, poll_interval)
+        self.poller = Poller(gpus, store, poll_interval, watch=self.watch)
         self.listeners = [Listener(gpu, store, self.poller.request) for gpu in gpus] \
             if websocket else []
         self.started = False
@@ -33,6 +33,11 @@ class Tracker:
         for listener in self.listeners:
             listener.start()
         self.started = True
+
+    def watch(self, now: float) -> None:
+        """The scheduler's one-second check: reopen any websocket ComfyUI stopped sending to."""
+        for listener in self.listeners:
+            listener.check_deaf(now)
 
     def reconcile_all(self) -> None:
         """One reconciliation of every GPU at once; each is bounded by the client's timeouts."""

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
+
+
+MAX_DEPTH = 100  # workflows nest a few levels; far deeper only breaks encoders further on
 
 
 class WorkflowError(ValueError):
@@ -57,13 +61,44 @@ def _load_json(body: bytes):
         raise WorkflowError("invalid_json", "the request body is empty; send the workflow as JSON")
     try:
         text = body.decode("utf-8-sig")
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        document = json.loads(text, object_pairs_hook=_no_duplicates,
+                              parse_constant=_no_constant, parse_float=_finite_float)
     except UnicodeDecodeError as exc:
         raise WorkflowError("invalid_json", "the request body is not valid UTF-8") from exc
     except RecursionError as exc:
         raise WorkflowError("invalid_json", "the request body is nested too deeply") from exc
     except ValueError as exc:
         raise WorkflowError("invalid_json", f"the request body is not valid JSON: {exc}") from exc
+    if _too_deep(document, MAX_DEPTH):
+        raise WorkflowError("invalid_json", f"the request body is nested deeper than {MAX_DEPTH} levels")
+    return document
+
+
+def _no_constant(name: str):
+    """NaN and Infinity are not JSON, and ComfyUI could not be sent them."""
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    """A float that fits (1e400 would become infinity)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _too_deep(document, limit: int) -> bool:
+    """True when objects and arrays nest deeper than `limit` (checked without recursion)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 def _no_duplicates(pairs: list) -> dict:

@@ -45,3 +45,15 @@ def test_backoff_grows_to_its_cap_with_jitter(tmp_path):
     assert max(delays[5:]) > max(delays[:2])
     listener.handle_open()
     assert listener._next_backoff() <= listener.backoff_initial
+
+
+def test_silence_after_a_submission_reopens_the_socket(tmp_path):
+    listener, _, _ = make_listener(tmp_path)
+    listener.handle_open()
+    gpu = listener.gpu
+    gpu.last_frame_at, gpu.last_submit_at = 10.0, 20.0
+    assert not listener.check_deaf(21.0)  # ComfyUI's status broadcast may still be on its way
+    assert listener.check_deaf(24.0)  # nothing since the submission: ComfyUI forgot the socket
+    assert not listener.check_deaf(25.0)  # once per silence
+    gpu.last_submit_at, gpu.last_frame_at = 30.0, 30.5
+    assert not listener.check_deaf(40.0)  # a frame came after the submission: alive

@@ -33,12 +33,12 @@ def test_counters_match_the_jobs_run(api, fakes):
     assert samples[("cylindria_gpu_reachable", (("gpu", "0"),))] == 1
     assert samples[("cylindria_websocket_connected", (("gpu", "1"),))] == 1
     assert ("cylindria_queue_length", (("gpu", "0"), ("state", "pending"))) in samples
-    assert samples[("cylindria_http_requests_total", (("endpoint", "/startjob/<path:job_id>"),
+    assert samples[("cylindria_http_requests_total", (("endpoint", "/startjob/<anypath:job_id>"),
                                                       ("method", "PUT"), ("status", "201")))] == 4
-    assert samples[("cylindria_http_requests_total", (("endpoint", "/jobstatus/<path:job_id>"),
+    assert samples[("cylindria_http_requests_total", (("endpoint", "/jobstatus/<anypath:job_id>"),
                                                       ("method", "GET"), ("status", "404")))] == 1
     assert samples[("cylindria_http_request_duration_seconds_count",
-                    (("endpoint", "/startjob/<path:job_id>"),))] == 4
+                    (("endpoint", "/startjob/<anypath:job_id>"),))] == 4
 
 
 def test_websocket_reconnects_are_counted(api, fake, service):

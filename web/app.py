@@ -5,6 +5,7 @@ import logging
 import secrets
 
 from flask import Flask
+from werkzeug.routing import PathConverter
 
 from comfy.database import Database
 from comfy.gpu import build_gpus
@@ -33,6 +34,13 @@ class PathNormalizer:
         return self.wsgi_app(environ, start_response)
 
 
+class AnyPath(PathConverter):
+    """The rest of the path, newlines included, so a bad job id gets its 400 from
+    job_id_param instead of matching no rule (werkzeug's path stops at a newline)."""
+
+    regex = "[^/](?s:.*?)"
+
+
 def normalize_path(path: str) -> str:
     """'/StartJob/MyJob/' -> '/startjob/MyJob'."""
     if len(path) > 1 and path.endswith("/"):
@@ -47,6 +55,7 @@ def create_app(config: Config) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.json.sort_keys = False
     app.url_map.strict_slashes = False
+    app.url_map.converters["anypath"] = AnyPath
     app.wsgi_app = PathNormalizer(app.wsgi_app)
     store = JobStore(Database(config.data_dir / DB_FILE_NAME))
     gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))

@@ -128,6 +128,8 @@ OPTIONS = (
     Option("--dev-save-dir", "dev_save_dir", "CYLINDRIA_DEV_SAVE_DIR", Path,
            Path("workflows_dev"), "where --dev saves incoming workflows"),
     Option("--log-level", "log_level", "CYLINDRIA_LOG_LEVEL", log_level, "INFO", "log level"),
+    Option("--connection-limit", "connection_limit", "CYLINDRIA_CONNECTION_LIMIT",
+           integer_in(10, 10000), 100, "most client connections open at once"),
     Option("--log-file", "log_file", "CYLINDRIA_LOG_FILE", Path, None,
            "also write the log to this file, rotated at 10 MiB, 5 old files kept"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
@@ -162,6 +164,9 @@ class Config:
     log_level: str = "INFO"
     log_file: Path | None = None
     trusted_proxy: str | None = None
+    connection_limit: int = 100
+    header_timeout: float = 10.0  # seconds a client gets to send a request's headers
+    idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
     max_body_bytes: int = 32 * 1024 * 1024
     websocket: bool = True  # off only in benchmarks that measure poll-only tracking
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, Flask, jsonify
 
 from comfy.jobs import JobStatus
+from web.context import ctx
 
 bp = Blueprint("openapi", __name__)
 
@@ -37,10 +38,16 @@ JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}
 
 
-def _gpu_param(word: str) -> dict:
+def _gpu_param(word: str, gpus: int) -> dict:
+    """GpuId: one of this host's GPU indexes, or the word (any case)."""
+    any_case = "".join(f"[{c.upper()}{c}]" for c in word)
     return {"name": "GpuId", "in": "query", "required": False,
-            "description": f"GPU index (default 0), or {word}; also spelled gpuid / gpu_id",
-            "schema": {"type": "string", "pattern": f"^([0-9]{{1,3}}|{word})$"}}
+            "description": f"GPU index 0..{gpus - 1} (default 0), or {word}; "
+                           "also spelled gpuid / gpu_id",
+            "schema": {"type": "string", "pattern": f"^([0-{gpus - 1}]|{any_case})$"}}
+
+
+STATUS_LIST = "(" + "|".join(s.value for s in JobStatus) + ")"
 
 
 SCHEMAS = {
@@ -105,61 +112,64 @@ SCHEMAS = {
                  "additionalProperties": True},
 }
 
-PATHS = {
-    "/serverstatus": {"get": {
-        "summary": "Live status of a GPU's ComfyUI (GpuId=all: every GPU)",
-        "parameters": [_gpu_param("all")],
-        "responses": {"200": _json("GpuStatusOneOrAll", "Status"), **_errors(400)}}},
-    "/startjob/{job_id}": {"put": {
-        "summary": "Submit a workflow to a GPU, exactly once per job id",
-        "parameters": [JOB_ID, _gpu_param("auto")],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Workflow")}}},
-        "responses": {"201": _json("Accepted", "Accepted"),
-                      "200": _json("Accepted", "The same job id and workflow again: the existing job"),
-                      **_errors(400, 409, 413, 502, 503)}}},
-    "/jobstatus/{job_id}": {"get": {
-        "summary": "Where a job stands", "parameters": [JOB_ID],
-        "responses": {"200": _json("Job", "The job"), **_errors(400, 404)}}},
-    "/job/{job_id}": {"delete": {
-        "summary": "Cancel a job", "parameters": [JOB_ID],
-        "responses": {"200": _json("Job", "Cancelled (it was waiting)"),
-                      "202": _json("Job", "Running: interrupt sent, cancel_requested true"),
-                      **_errors(400, 404, 409, 502, 503)}}},
-    "/jobresult/{job_id}": {"get": {
-        "summary": "A completed job's output files", "parameters": [JOB_ID],
-        "responses": {"200": _json("ResultList", "Outputs"), **_errors(400, 404, 409)}}},
-    "/jobresult/{job_id}/{index}": {"get": {
-        "summary": "Download one output file (streamed from ComfyUI)",
-        "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True,
-                                "schema": {"type": "integer", "minimum": 0}}],
-        "responses": {"200": {"description": "The file", "content": {
-            "*/*": {"schema": {"type": "string", "format": "binary"}}}},
-            **_errors(400, 404, 409, 502, 503)}}},
-    "/jobs": {"get": {
-        "summary": "Jobs, newest first",
-        "parameters": [
-            {"name": "status", "in": "query", "schema": {"type": "string"},
-             "description": "comma-separated statuses"},
-            {"name": "gpu", "in": "query", "schema": {"type": "integer", "minimum": 0}},
-            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-            {"name": "before", "in": "query", "schema": {"type": "string"},
-             "description": "next_before of the previous page"}],
-        "responses": {"200": _json("JobList", "A page of jobs"), **_errors(400)}}},
-    "/health": {"get": {"summary": "The process is alive", "security": [],
-                        "responses": {"200": _json("Health", "Alive")}}},
-    "/ready": {"get": {"summary": "At least one GPU reachable", "security": [],
-                       "responses": {"200": _json("Ready", "Ready"), "503": _json("Ready", "No GPU")}}},
-    "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
-        "200": {"description": "Text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
-        **_errors()}}},
-    "/openapi.json": {"get": {"summary": "This document", "responses": {
-        "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}},
-        **_errors()}}},
-}
+def _paths(gpus: int) -> dict:
+    """Every operation, with the parameters this host accepts."""
+    return {
+        "/serverstatus": {"get": {
+            "summary": "Live status of a GPU's ComfyUI (GpuId=all: every GPU)",
+            "parameters": [_gpu_param("all", gpus)],
+            "responses": {"200": _json("GpuStatusOneOrAll", "Status"), **_errors(400)}}},
+        "/startjob/{job_id}": {"put": {
+            "summary": "Submit a workflow to a GPU, exactly once per job id",
+            "parameters": [JOB_ID, _gpu_param("auto", gpus)],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Workflow")}}},
+            "responses": {"201": _json("Accepted", "Accepted"),
+                          "200": _json("Accepted", "The same job id and workflow again: the existing job"),
+                          **_errors(400, 409, 413, 502, 503)}}},
+        "/jobstatus/{job_id}": {"get": {
+            "summary": "Where a job stands", "parameters": [JOB_ID],
+            "responses": {"200": _json("Job", "The job"), **_errors(400, 404)}}},
+        "/job/{job_id}": {"delete": {
+            "summary": "Cancel a job", "parameters": [JOB_ID],
+            "responses": {"200": _json("Job", "Cancelled (it was waiting)"),
+                          "202": _json("Job", "Running: interrupt sent, cancel_requested true"),
+                          **_errors(400, 404, 409, 502, 503)}}},
+        "/jobresult/{job_id}": {"get": {
+            "summary": "A completed job's output files", "parameters": [JOB_ID],
+            "responses": {"200": _json("ResultList", "Outputs"), **_errors(400, 404, 409)}}},
+        "/jobresult/{job_id}/{index}": {"get": {
+            "summary": "Download one output file (streamed from ComfyUI)",
+            "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True,
+                                    "schema": {"type": "integer", "minimum": 0}}],
+            "responses": {"200": {"description": "The file", "content": {
+                "*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                **_errors(400, 404, 409, 502, 503)}}},
+        "/jobs": {"get": {
+            "summary": "Jobs, newest first",
+            "parameters": [
+                {"name": "status", "in": "query", "description": "comma-separated statuses",
+                 "schema": {"type": "string", "pattern": f"^{STATUS_LIST}(,{STATUS_LIST})*$"}},
+                {"name": "gpu", "in": "query",
+                 "schema": {"type": "integer", "minimum": 0, "maximum": gpus - 1}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                {"name": "before", "in": "query", "description": "next_before of the previous page",
+                 "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}}],
+            "responses": {"200": _json("JobList", "A page of jobs"), **_errors(400)}}},
+        "/health": {"get": {"summary": "The process is alive", "security": [],
+                            "responses": {"200": _json("Health", "Alive")}}},
+        "/ready": {"get": {"summary": "At least one GPU reachable", "security": [],
+                           "responses": {"200": _json("Ready", "Ready"), "503": _json("Ready", "No GPU")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "Text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            **_errors()}}},
+        "/openapi.json": {"get": {"summary": "This document", "responses": {
+            "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}},
+            **_errors()}}},
+    }
 
 
-def document() -> dict:
-    """The whole OpenAPI document."""
+def document(gpus: int) -> dict:
+    """The whole OpenAPI document, for a host with `gpus` GPUs."""
     return {"openapi": "3.0.3",
             "info": {"title": "Cylindria", "version": "0.1.0",
                      "description": "Authenticated REST API in front of a GPU host's ComfyUI instances"},
@@ -168,13 +178,13 @@ def document() -> dict:
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "Bearer": {"type": "http", "scheme": "bearer"}},
                 "schemas": SCHEMAS},
-            "paths": PATHS}
+            "paths": _paths(gpus)}
 
 
 @bp.get("/openapi.json")
 def openapi_json():
     """Serve the document."""
-    return jsonify(document())
+    return jsonify(document(ctx().config.gpus))
 
 
 def init_app(app: Flask) -> None:

@@ -23,21 +23,22 @@ def job_id_param(job_id: str) -> str:
 
 
 def raw_gpu_param() -> str | None:
-    """The GpuId query value (also spelled gpuid or gpu_id), or None."""
-    for name, value in request.args.items(multi=True):
-        if name.lower() in GPU_PARAM_NAMES:
-            return value
-    return None
+    """The GpuId query value (also spelled gpuid or gpu_id), or None; given twice is an error."""
+    values = [v for name, v in request.args.items(multi=True) if name.lower() in GPU_PARAM_NAMES]
+    if len(values) > 1:
+        raise ApiError(400, "invalid_gpu_id", "GpuId is given more than once",
+                       {"gpu_id": [v[:50] for v in values[:8]]})
+    return values[0] if values else None
 
 
 def gpu_id_param(gpu_count: int, raw: str | None, word: str | None = None) -> int | None:
     """The GPU index (default 0); None when `word` ("auto", "all") is allowed and given."""
     if raw is None:
         return 0
-    text = raw.strip()
+    text = raw
     if word is not None and text.lower() == word:
         return None
-    if not re.fullmatch(r"\d{1,3}", text) or int(text) >= gpu_count:
+    if not re.fullmatch(r"[0-9]", text) or int(text) >= gpu_count:
         also = f", or {word}" if word else ""
         raise ApiError(400, "invalid_gpu_id",
                        f"GpuId must be an integer from 0 to {gpu_count - 1}{also}",
@@ -47,24 +48,27 @@ def gpu_id_param(gpu_count: int, raw: str | None, word: str | None = None) -> in
 
 def list_params(gpu_count: int) -> tuple[set | None, int | None, int, int | None]:
     """/jobs filters: (statuses, gpu, limit, before), or 400 invalid_parameter."""
+    for name in ("status", "gpu", "limit", "before"):
+        if len(request.args.getlist(name)) > 1:
+            _bad(name, "given once")
     statuses = None
-    if request.args.get("status"):
+    if request.args.get("status") is not None:
         try:
-            statuses = {JobStatus(s.strip().lower()) for s in request.args["status"].split(",")}
+            statuses = {JobStatus(s) for s in request.args["status"].split(",")}
         except ValueError:
-            _bad("status", "one or more of " + ", ".join(s.value for s in JobStatus))
+            _bad("status", "one or more of " + ",".join(s.value for s in JobStatus))
     gpu = _whole("gpu", 0, gpu_count - 1)
     limit = _whole("limit", 1, MAX_PAGE)
-    before = _whole("before", 1, 2 ** 62)
+    before = _whole("before", 1, 10 ** 19 - 1)
     return statuses, gpu, 100 if limit is None else limit, before
 
 
 def _whole(name: str, low: int, high: int) -> int | None:
     """An optional whole-number query parameter within [low, high]."""
     text = request.args.get(name)
-    if text in (None, ""):
+    if text is None:
         return None
-    if not re.fullmatch(r"\d{1,19}", text.strip()) or not low <= int(text) <= high:
+    if not re.fullmatch(r"[0-9]{1,19}", text) or not low <= int(text) <= high:
         _bad(name, f"a whole number from {low} to {high}")
     return int(text)
 

@@ -34,7 +34,7 @@ def jobresult(job_id: str):
 def jobresult_file(job_id: str, index: str):
     """Stream output `index` from ComfyUI without holding it in memory."""
     job = completed_job(job_id)
-    if not re.fullmatch(r"\d{1,6}", index) or int(index) >= len(job.outputs):
+    if not re.fullmatch(r"[0-9]{1,6}", index) or int(index) >= len(job.outputs):
         raise ApiError(404, "output_not_found", f"job {job_id} has no output {index[:20]}",
                        {"outputs": len(job.outputs)})
     output = job.outputs[int(index)]

@@ -25,7 +25,7 @@ SETTLE_WAIT = 90.0  # seconds a retry or cancel waits for a submission still und
 
 
 @bp.put("/startjob", defaults={"job_id": ""})
-@bp.put("/startjob/<path:job_id>")
+@bp.put("/startjob/<anypath:job_id>")
 def startjob(job_id: str):
     """Submit a workflow to a GPU (or GpuId=auto), exactly once per job id."""
     context = ctx()
@@ -45,14 +45,14 @@ def startjob(job_id: str):
 
 
 @bp.get("/jobstatus", defaults={"job_id": ""})
-@bp.get("/jobstatus/<path:job_id>")
+@bp.get("/jobstatus/<anypath:job_id>")
 def jobstatus(job_id: str):
     """Where a job stands."""
     return jsonify(job_view(known_job(job_id)))
 
 
 @bp.delete("/job", defaults={"job_id": ""})
-@bp.delete("/job/<path:job_id>")
+@bp.delete("/job/<anypath:job_id>")
 def cancel(job_id: str):
     """Cancel a job: 200 once cancelled, 202 while ComfyUI is interrupting it, 409 if it ended."""
     context = ctx()

@@ -57,7 +57,10 @@ class Service:
                 # waitress refuses larger bodies from Content-Length without reading them; its
                 # limit sits just above Flask's so that Flask's JSON 413 is what clients see.
                 max_request_body_size=self.config.max_body_bytes + 65536,
-                channel_timeout=30, asyncore_loop_timeout=LOOP_TIMEOUT, **self._proxy())
+                connection_limit=self.config.connection_limit,
+                channel_timeout=max(1, int(self.config.idle_timeout)),
+                cleanup_interval=max(1, int(self.config.idle_timeout / 4)),
+                asyncore_loop_timeout=LOOP_TIMEOUT, **self._proxy())
         except OSError:
             self.context.close()
             raise
@@ -75,11 +78,33 @@ class Service:
 
     def serve(self) -> None:
         """Serve until stop() (from any thread) or Ctrl+C, then shut everything down."""
+        next_sweep = 0.0
         try:
             while not self._stop.is_set():
                 wasyncore.loop(timeout=LOOP_TIMEOUT, map=self._map, count=1)
+                if time.monotonic() >= next_sweep:
+                    self.sweep_slow_clients(time.monotonic())
+                    next_sweep = time.monotonic() + 1.0
         finally:
             self._shutdown()
+
+    def sweep_slow_clients(self, now: float) -> int:
+        """Close connections whose request headers are not complete `header_timeout` seconds
+        after they began. waitress only drops *idle* connections, so a client trickling a
+        byte now and then would otherwise hold its slot for ever. Runs on the loop thread."""
+        closed = 0
+        for channel in list(self._map.values()):
+            request = getattr(channel, "request", None)
+            if request is None or getattr(request, "headers_finished", True):
+                continue
+            began = request.__dict__.setdefault("cylindria_began", now)
+            if now - began > self.config.header_timeout:
+                channel.handle_close()
+                closed += 1
+        if closed:
+            logger.info("closed %d connection(s) that sent no complete headers in %.0fs",
+                        closed, self.config.header_timeout)
+        return closed
 
     def serve_in_thread(self) -> "Service":
         """start() and serve() on a named background thread (tests, the Windows service)."""
