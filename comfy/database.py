@@ -100,12 +100,18 @@ def _to_db(name: str, value):
 
 
 def _row_to_job(row) -> Job:
-    """A jobs row as a Job."""
-    seq, *values = row
-    fields = dict(zip(COLUMNS, values))
-    for name in JSON_COLUMNS:
-        fields[name] = json.loads(fields[name]) if fields[name] is not None else None
-    fields["outputs"] = tuple(fields["outputs"] or ())
-    fields["status"] = JobStatus(fields["status"])
-    fields["cancel_requested"] = bool(fields["cancel_requested"])
-    return Job(seq=seq, **fields)
+    """A jobs row as a Job (positionally: start-up loads every row through here)."""
+    (seq, job_id, gpu_id, prompt_id, fingerprint, status, number, submitted_at, started_at,
+     finished_at, error, outputs, warnings, cancel_requested, nodes_done, nodes_total) = row
+    return Job(job_id, gpu_id, prompt_id, fingerprint, _STATUS[status], number, submitted_at,
+               started_at, finished_at, _json_or_none(error),
+               tuple(json.loads(outputs)) if outputs else (), _json_or_none(warnings),
+               bool(cancel_requested), nodes_done, nodes_total, seq)
+
+
+_STATUS = {status.value: status for status in JobStatus}
+
+
+def _json_or_none(text: str | None):
+    """A JSON column's value."""
+    return None if text is None else json.loads(text)

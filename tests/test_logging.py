@@ -90,7 +90,7 @@ def app_with(body):
 
 
 def test_the_line_is_written_when_the_server_closes_the_body(caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     inner = Body()
     body, sent = run(app_with(inner), logging.getLogger("cylindria.access"))
     assert sent == b"onetwo" and access_lines(caplog) == []
@@ -106,6 +106,17 @@ def test_below_info_the_app_is_called_as_if_unwrapped(caplog):
     assert body is inner and access_lines(caplog) == []
 
 
+def test_successful_reads_are_debug_and_everything_else_info(service, api, caplog):
+    caplog.set_level(logging.DEBUG)
+    api.get("/health")
+    api.get("/jobstatus/nope")
+    api.put("/startjob/bad", data=b"{")
+    records = wait_for(lambda: (lambda r: r if len(r) >= 3 else None)(
+        [r for r in caplog.records if r.name == "cylindria.access"]))
+    assert [(r.levelname, r.getMessage().split()[1]) for r in records] == [
+        ("DEBUG", "/health"), ("INFO", "/jobstatus/nope"), ("INFO", "/startjob/bad")]
+
+
 def test_a_crashing_app_is_logged_as_500_and_the_error_goes_on(caplog):
     caplog.set_level(logging.INFO)
 
@@ -117,7 +128,7 @@ def test_a_crashing_app_is_logged_as_500_and_the_error_goes_on(caplog):
 
 
 def test_a_decoded_newline_in_the_path_cannot_forge_a_second_line(caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     body, _ = run(app_with(Body()), logging.getLogger("cylindria.access"),
                   path="/x\nGET /forged 200 1.0ms 10.0.0.1")
     body.close()

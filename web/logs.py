@@ -17,6 +17,8 @@ LOG_FILE_NAME = "cylindria.log"  # in the data dir, for the Windows service
 # put its key in a query string (even as a bare name) and keys must never reach a log.
 SHOWN_PARAMS = frozenset({"gpuid", "gpu_id", "gpu", "status", "limit", "before"})
 
+QUIET_METHODS = frozenset({"GET", "HEAD"})  # successful ones are logged at DEBUG
+
 access_logger = logging.getLogger("cylindria.access")
 
 
@@ -155,12 +157,20 @@ class _Request:
 
     def log(self):
         """The access line: values only, no headers, no hidden query values."""
+        if not self.logger.isEnabledFor(logging.INFO if self.environ.get("REQUEST_METHOD")
+                                        not in QUIET_METHODS else logging.DEBUG) \
+                and self.status[:3] < "400":
+            return  # a successful read below the logger's level: skip building the line
         environ, path = self.environ, self.path
         if not path.isprintable():  # a decoded %0A must not forge a second log line
             path = repr(path)
         query = environ.get("QUERY_STRING")
         if query:
             path = f"{path}?{safe_query(query)}"
-        self.logger.info("%s %s %s %.1fms %s", environ.get("REQUEST_METHOD", "-"), path,
-                         self.status[:3], (time.perf_counter() - self.started) * 1000.0,
-                         environ.get("REMOTE_ADDR", "-"))
+        method, status = environ.get("REQUEST_METHOD", "-"), self.status[:3]
+        # Reads that succeed are the bulk (clients poll /jobstatus): at INFO they would
+        # rotate the job and error lines out of the log within minutes, so they are DEBUG.
+        level = logging.DEBUG if method in QUIET_METHODS and status < "400" else logging.INFO
+        self.logger.log(level, "%s %s %s %.1fms %s", method, path, status,
+                        (time.perf_counter() - self.started) * 1000.0,
+                        environ.get("REMOTE_ADDR", "-"))

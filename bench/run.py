@@ -1,0 +1,113 @@
+"""Run the benchmarks, print one table, write bench/results.json.
+
+python -m bench            the full run (a few minutes)
+python -m bench --quick    a few seconds, for CI: proves the benchmark still runs; no targets
+python bench/run.py ...    the same
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.core import FULL, QUICK, Bench, Figure  # noqa: E402
+from bench.figures import GROUPS, ORDER  # noqa: E402
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny samples: checks that everything runs (CI); targets not judged")
+    parser.add_argument("--only", action="append", choices=sorted(GROUPS),
+                        help="run only this group of figures (repeatable)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data dirs)")
+    return parser.parse_args(argv)
+
+
+def machine() -> dict:
+    """What the figures were measured on."""
+    return {"cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "machine": platform.machine()}
+
+
+def format_table(figures: list[Figure], quick: bool) -> str:
+    """The figures as a plain-text table."""
+    header = ("figure", "baseline", "Cylindria", "result", "target", "met", "stack floor")
+    rows = [(f.title, f.baseline, f.measured, _value(f), f.target, _met(f, quick),
+             f"{f.details['floor_ratio']:.2f}x" if "floor_ratio" in f.details else "")
+            for f in figures]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(row) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _met(figure: Figure, quick: bool) -> str:
+    """yes / NO (and why), or (quick) when targets are not judged."""
+    verdict = "(quick)" if quick else "yes" if figure.met else "NO"
+    return verdict + (f" ({figure.also})" if figure.also else "")
+
+
+def _value(figure: Figure) -> str:
+    """The figure's value with its unit."""
+    if figure.unit == "x":
+        return f"{figure.value:.2f}x"
+    return f"{figure.value:.2f} {figure.unit}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen groups, print the table and write the JSON."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    profile = QUICK if args.quick else FULL
+    groups = args.only or list(GROUPS)
+    work_dir = Path(tempfile.mkdtemp(prefix="cylindria-bench-"))
+    started = time.perf_counter()
+    figures: list[Figure] = []
+    print(f"Cylindria benchmark ({profile.name}), {os.cpu_count()} cores; work dir {work_dir}",
+          flush=True)
+    try:
+        with ExitStack() as stack:
+            bench = Bench(profile, work_dir, stack)
+            for name in groups:
+                began = time.perf_counter()
+                figures += GROUPS[name](bench)
+                print(f"  {name}: {time.perf_counter() - began:.1f} s", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    figures.sort(key=lambda f: ORDER.index(f.key))
+    elapsed = time.perf_counter() - started
+    met = sum(f.met for f in figures)
+    print()
+    print(format_table(figures, args.quick))
+    print(f"\n{len(figures)} figures in {elapsed:.0f} s on {os.cpu_count()} cores"
+          + ("" if args.quick else f"; {met} of {len(figures)} targets met"))
+    result = {"mode": profile.name, "machine": machine(), "seconds": elapsed,
+              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "targets_judged": not args.quick,
+              "figures": {f.key: f.as_json() for f in figures}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
