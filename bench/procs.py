@@ -12,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from tests.helpers import API_KEY, free_ports
 from tests.processes import terminate
 
