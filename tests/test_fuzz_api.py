@@ -1,0 +1,70 @@
+"""Schemathesis against /openapi.json of a live Cylindria: every operation, with a valid key.
+
+The server runs for real (waitress, tracker, two fake GPUs) and holds a completed, a failed
+and a running job under ids the generator likes to pick ("0", "A", "_"), so the 200 paths of
+jobstatus, jobresult and cancel are fuzzed too, not only their 404s. Examples are bounded:
+40 per operation in the normal suite (well under a minute on 2 cores), 300 with --soak.
+"""
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
+
+from tests import workflows
+from tests.helpers import API_KEY, Api
+from web.server import Service
+
+KEY = {"X-API-Key": API_KEY}
+SHORT_EXAMPLES, SOAK_EXAMPLES = 40, 300
+SETTINGS = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
+# ComfyUI, not the document, decides which nodes run: a schema-valid workflow may be refused.
+COMFY_DECIDES = "PUT /startjob/{job_id}"
+
+
+def seed_jobs(api: Api) -> None:
+    """Jobs in each kind of state under ids the generator tries early."""
+    api.put("/startjob/0", json=workflows.core("fuzz0"))
+    api.put("/startjob/A", json=workflows.fail())
+    api.put("/startjob/_", json=workflows.slow(seconds=2000))  # 100 s at the fakes' time scale
+    api.wait_status("0", "completed")
+    api.wait_status("A", "failed")
+    api.wait_status("_", "running")
+
+
+@pytest.fixture
+def api_schema(config, soak):
+    """The live document, loaded over HTTP from a real server in front of two fake GPUs."""
+    with Service(config) as service:
+        # Schemathesis also checks that the key is enforced (requests without it); those 401s
+        # must not get this test client throttled, or every later answer would be a 429.
+        service.app.extensions["cylindria_throttle"].limit = 10 ** 9
+        seed_jobs(Api(service.url))
+        examples = SOAK_EXAMPLES if soak else SHORT_EXAMPLES
+        fuzz_config = schemathesis.Config.from_dict({"generation": {"max-examples": examples}})
+        yield schemathesis.openapi.from_url(service.url + "/openapi.json", headers=KEY,
+                                            config=fuzz_config)
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@schema.parametrize()
+@SETTINGS
+def test_every_answer_matches_the_document(case):
+    """No 5xx; status, content type, headers and body as /openapi.json says; the key enforced.
+
+    Whether the document's request schemas are exact (all they allow is accepted, all they
+    forbid refused) is the next test's question.
+    """
+    case.call_and_validate(headers=KEY,
+                           excluded_checks=[positive_data_acceptance, negative_data_rejection])
+
+
+@schema.parametrize()
+@SETTINGS
+def test_the_document_allows_exactly_what_the_app_accepts(case):
+    """A request the document allows is not refused with 400, one it forbids is not served."""
+    excluded = [positive_data_acceptance] if case.operation.label == COMFY_DECIDES else []
+    case.call_and_validate(headers=KEY, excluded_checks=excluded)
