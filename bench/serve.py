@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from web.config import configure_logging, load_config
+from web.config import load_config
+from web.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     websocket = "--no-websocket" not in argv
     argv = [a for a in argv if a != "--no-websocket"]
     config = dataclasses.replace(load_config(argv), websocket=websocket)
-    configure_logging(config.log_level)
+    setup_logging(config.log_level, config.log_file)
     from web.server import Service
 
     service = Service(config)

@@ -211,9 +211,3 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
 def _shown(option: Option, raw: str) -> str:
     """The value as an error may show it: never an API key."""
     return "(hidden)" if option.dest == "api_keys" else repr(raw)
-
-
-def configure_logging(level: str, log_file: Path | None = None) -> None:
-    """Plain lines on the console at the chosen level (kept for callers; see web.logs)."""
-    from web.logs import setup_logging
-    setup_logging(level, log_file)
