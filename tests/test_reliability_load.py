@@ -65,10 +65,11 @@ class Target:
 class LoadRun:
     """The clients' shared bookkeeping, and the client loop each thread runs."""
 
-    def __init__(self, target: Target, faults: bool = False, seed: int = 8):
+    def __init__(self, target: Target, faults: bool = False, seed: int = 8, pause: float = 0.0):
         self.target = target
         self.faults = faults  # with faults, 503 comfy_unreachable and `lost` are legitimate
         self.seed = seed
+        self.pause = pause  # seconds each client waits between two operations
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
         self.counts: Counter = Counter()
@@ -103,7 +104,7 @@ class LoadRun:
         session = requests.Session()
         session.trust_env = False
         session.headers.update(KEY)
-        while not self.stop_event.is_set():
+        while not self.stop_event.wait(self.pause):
             try:
                 self.step(rng, session)
             except Exception as exc:  # a crash of the test's own client is a finding too
