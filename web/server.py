@@ -179,8 +179,11 @@ def _waitress_error_as_json(self, ident=None):
     limit) in the contract's JSON error shape instead of plain text."""
     codes = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large",
              500: "internal_error"}
-    body = json.dumps({"error": f"{self.reason.lower()}: {self.body}",
-                       "code": codes.get(self.code, "bad_request")}).encode("utf-8")
+    # waitress's own text names its internal limits: the client gets the reason only.
+    messages = {413: "request body is larger than the limit",
+                431: "request headers are larger than the limit"}
+    message = messages.get(self.code, f"{self.reason.lower()}: {self.body}")
+    body = json.dumps({"error": message, "code": codes.get(self.code, "bad_request")}).encode("utf-8")
     return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
 
 
