@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -25,14 +26,34 @@ class Tracker:
         self.listeners = [Listener(gpu, store, self.poller.request) for gpu in gpus] \
             if websocket else []
         self.started = False
+        self.reconciled = threading.Event()  # set once start-up reconciliation is over
+        self._stopping = threading.Event()
+        self._starter = threading.Thread(target=self._start_tracking, name="cylindria-start",
+                                         daemon=True)
 
     def start(self) -> None:
-        """Settle what happened while Cylindria was down, then start tracking."""
-        self.reconcile_all()
-        self.poller.start()
-        for listener in self.listeners:
-            listener.start()
+        """Reconcile and start tracking on a thread of its own, so the server answers
+        /health and /ready meanwhile (a slow ComfyUI can make reconciliation take a while)."""
+        self._starter.start()
         self.started = True
+
+    def wait_reconciled(self, timeout: float) -> bool:
+        """False while start-up reconciliation runs longer than `timeout` seconds; True once it
+        is over, or when tracking was never started (an app built without a server)."""
+        return not self.started or self.reconciled.wait(timeout)
+
+    def _start_tracking(self) -> None:
+        """Settle what happened while Cylindria was down, then start the poller and listeners."""
+        try:
+            self.reconcile_all()
+        finally:
+            if not self._stopping.is_set():
+                self.poller.start()
+                for listener in self.listeners:
+                    listener.start()
+            self.reconciled.set()
+            logger.info("start-up reconciliation done; tracking %d unfinished job(s)",
+                        len(self.store.active()))
 
     def watch(self, now: float) -> None:
         """The scheduler's one-second check: reopen any websocket ComfyUI stopped sending to."""
@@ -52,6 +73,9 @@ class Tracker:
     def stop(self, timeout: float = 1.0) -> None:
         """Stop every thread: all are told at once, then waited for within `timeout` together."""
         deadline = time.monotonic() + timeout
+        self._stopping.set()
+        if self._starter.ident is not None:
+            self._starter.join(max(0.0, deadline - time.monotonic()))
         for listener in self.listeners:
             listener.signal_stop()
         self.poller.stop(timeout=timeout)

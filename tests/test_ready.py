@@ -15,3 +15,19 @@ def test_ready_flips_to_503_and_back(service, fakes):
     fakes[1].restart()
     wait_for(lambda: public.get("/ready").status_code == 200)
     assert [g["reachable"] for g in public.get("/ready").json()["gpus"]] == [False, True]
+
+
+def test_health_answers_while_a_slow_comfy_is_reconciled_and_jobs_wait(fakes, tmp_path):
+    from tests.conftest import make_config
+    from web.server import Service
+    fakes[0].http_delay = 1.5  # alive but slow: start-up reconciliation takes a while
+    with Service(make_config(fakes, tmp_path)) as service:
+        public = Api(service.url, key=None)
+        assert public.get("/health").status_code == 200
+        first = public.get("/ready")
+        assert first.status_code == 503 and first.json()["reconciling"] is True
+        assert Api(service.url).get("/jobstatus/none-yet").status_code == 404  # waited, then answered
+        assert service.context.tracker.reconciled.is_set()
+        fakes[0].http_delay = 0
+        wait_for(lambda: public.get("/ready").status_code == 200)
+        assert public.get("/ready").json()["reconciling"] is False

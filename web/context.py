@@ -10,6 +10,7 @@ from comfy.store import JobStore
 from comfy.tracker import Tracker
 from web.auth import KeySetup
 from web.config import Config
+from web.errors import error_response
 
 
 @dataclass
@@ -31,3 +32,15 @@ class Context:
 def ctx() -> Context:
     """The current app's shared state (inside a request)."""
     return current_app.extensions["cylindria"]
+
+
+START_WAIT = 30.0  # seconds a job request waits for start-up reconciliation before a 503
+
+
+def wait_until_reconciled():
+    """Blueprint hook: job state is answered only once it has been reconciled with ComfyUI."""
+    if not ctx().tracker.wait_reconciled(START_WAIT):
+        return error_response(503, "starting",
+                              "Cylindria is reconciling its jobs with ComfyUI after a start; "
+                              "try again shortly", headers={"Retry-After": "5"})
+    return None

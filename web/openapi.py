@@ -14,7 +14,7 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "job_id_conflict", "job_finished", "job_not_finished", "payload_too_large",
                "too_many_requests", "comfy_bad_response", "comfy_unreachable", "invalid_parameter",
                "output_not_found", "not_found", "method_not_allowed", "bad_request",
-               "headers_too_large", "internal_error"]
+               "headers_too_large", "internal_error", "starting"]
 
 
 def _ref(name: str) -> dict:
@@ -30,7 +30,7 @@ def _errors(*statuses: int) -> dict:
     text = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
             405: "Method not allowed", 409: "Conflict with the job's state", 413: "Body too large",
             429: "Too many failed authentications", 502: "ComfyUI answered something unusable",
-            503: "ComfyUI cannot be reached"}
+            503: "ComfyUI cannot be reached, or Cylindria is still reconciling after a start"}
     return {str(s): _json("Error", text[s]) for s in statuses + (401, 429)}
 
 
@@ -101,8 +101,8 @@ SCHEMAS = {
     "GpuStatusOneOrAll": {"oneOf": [_ref("GpuStatus"), {
         "type": "object", "required": ["gpus"],
         "properties": {"gpus": {"type": "array", "items": _ref("GpuStatus")}}}]},
-    "Ready": {"type": "object", "required": ["ready", "gpus"], "properties": {
-        "ready": {"type": "boolean"}, "gpus": {"type": "array", "items": {
+    "Ready": {"type": "object", "required": ["ready", "reconciling", "gpus"], "properties": {
+        "ready": {"type": "boolean"}, "reconciling": {"type": "boolean"}, "gpus": {"type": "array", "items": {
             "type": "object", "required": ["gpu_id", "reachable", "websocket"], "properties": {
                 "gpu_id": {"type": "integer"}, "reachable": {"type": "boolean"},
                 "websocket": {"type": "string"}}}}}},
@@ -128,7 +128,7 @@ def _paths(gpus: int) -> dict:
                           **_errors(400, 409, 413, 502, 503)}}},
         "/jobstatus/{job_id}": {"get": {
             "summary": "Where a job stands", "parameters": [JOB_ID],
-            "responses": {"200": _json("Job", "The job"), **_errors(400, 404)}}},
+            "responses": {"200": _json("Job", "The job"), **_errors(400, 404, 503)}}},
         "/job/{job_id}": {"delete": {
             "summary": "Cancel a job", "parameters": [JOB_ID],
             "responses": {"200": _json("Job", "Cancelled (it was waiting)"),
@@ -136,7 +136,7 @@ def _paths(gpus: int) -> dict:
                           **_errors(400, 404, 409, 502, 503)}}},
         "/jobresult/{job_id}": {"get": {
             "summary": "A completed job's output files", "parameters": [JOB_ID],
-            "responses": {"200": _json("ResultList", "Outputs"), **_errors(400, 404, 409)}}},
+            "responses": {"200": _json("ResultList", "Outputs"), **_errors(400, 404, 409, 503)}}},
         "/jobresult/{job_id}/{index}": {"get": {
             "summary": "Download one output file (streamed from ComfyUI)",
             "parameters": [JOB_ID, {"name": "index", "in": "path", "required": True,
@@ -154,7 +154,7 @@ def _paths(gpus: int) -> dict:
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                 {"name": "before", "in": "query", "description": "next_before of the previous page",
                  "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}}],
-            "responses": {"200": _json("JobList", "A page of jobs"), **_errors(400)}}},
+            "responses": {"200": _json("JobList", "A page of jobs"), **_errors(400, 503)}}},
         "/health": {"get": {"summary": "The process is alive", "security": [],
                             "responses": {"200": _json("Health", "Alive")}}},
         "/ready": {"get": {"summary": "At least one GPU reachable", "security": [],

@@ -8,13 +8,14 @@ from urllib.parse import quote
 from flask import Blueprint, Response, jsonify
 
 from comfy.jobs import Job, JobStatus
-from web.context import ctx
+from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
 from web.params import job_id_param
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("results", __name__)
+bp.before_request(wait_until_reconciled)
 
 CHUNK = 64 * 1024
 

@@ -12,7 +12,7 @@ from comfy.cancel import JobFinished, cancel_job
 from comfy.jobs import JobStatus
 from comfy.submit import JobIdConflict, submit_job
 from comfy.workflow import parse_workflow
-from web.context import ctx
+from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
 from web.params import gpu_id_param, job_id_param, list_params, raw_gpu_param
 from web.views import accepted_view, job_view
@@ -20,6 +20,7 @@ from web.views import accepted_view, job_view
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("jobs", __name__)
+bp.before_request(wait_until_reconciled)
 
 SETTLE_WAIT = 90.0  # seconds a retry or cancel waits for a submission still under way
 

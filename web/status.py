@@ -38,5 +38,6 @@ def ready():
     gpus = [{"gpu_id": gpu.index, "reachable": gpu.reachable is True,
              "websocket": "connected" if gpu.websocket_connected else "disconnected"}
             for gpu in ctx().gpus]
-    ok = any(gpu["reachable"] for gpu in gpus)
-    return jsonify({"ready": ok, "gpus": gpus}), 200 if ok else 503
+    reconciled = ctx().tracker.reconciled.is_set()
+    ok = reconciled and any(gpu["reachable"] for gpu in gpus)
+    return jsonify({"ready": ok, "reconciling": not reconciled, "gpus": gpus}), 200 if ok else 503
