@@ -39,9 +39,6 @@ class JobStore:
         for job in db.load():
             self._publish(job)
 
-    def __len__(self) -> int:
-        return len(self._jobs)
-
     def get(self, job_id: str) -> Job | None:
         """The job, or None."""
         with self._lock:
