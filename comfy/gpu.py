@@ -44,9 +44,9 @@ class Gpu:
         self.pending = 0
         self.foreign_ahead: dict[str, float] = {}  # queue items not Cylindria's: id -> number
         self.lost_in_outage: set[str] = set()  # job ids marked lost while refusing connections
-        # Monotonic times of the last websocket frame and the last accepted submission: ComfyUI
-        # broadcasts `status` on every enqueue, so a submission followed by silence means
-        # ComfyUI no longer sends to this socket (see Listener.check_deaf).
+        # Monotonic times of the last websocket frame and of sending the last accepted
+        # submission: ComfyUI broadcasts `status` on every enqueue, so no frame since a
+        # submission was sent means ComfyUI no longer sends to this socket (Listener.check_deaf).
         self.last_frame_at = float("-inf")
         self.last_submit_at = float("-inf")
 

@@ -101,6 +101,7 @@ def _settle_earlier(store: JobStore, gpu: Gpu, job: Job, wait: float) -> Job | N
 
 def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
     """POST the prompt and record what happened; raise what the client must be told."""
+    sent_at = time.monotonic()  # ComfyUI's enqueue broadcast may arrive before its answer
     try:
         answer = gpu.client.submit(workflow.payload(gpu.client_id, job.prompt_id))
     except ComfyRejected:
@@ -121,6 +122,7 @@ def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
         raise
     else:
         # Recorded before the job leaves in-flight, so the poller never judges it half-done.
+        gpu.last_submit_at = max(gpu.last_submit_at, sent_at)
         return accept(store, gpu, job.job_id, answer)
     finally:
         store.release(job.job_id)
@@ -128,7 +130,6 @@ def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
 
 def accept(store: JobStore, gpu: Gpu, job_id: str, answer: dict) -> Job:
     """Record ComfyUI's 200 answer; the websocket may already have moved the job further."""
-    gpu.last_submit_at = time.monotonic()
     number = answer.get("number")
     number = float(number) if isinstance(number, (int, float)) else None
     ahead = store.ahead_of(gpu.index) + gpu.foreign_before(number)

@@ -121,3 +121,13 @@ def test_stop_ends_every_thread_within_its_timeout(fakes, tmp_path):
     assert service.stop() is True
     alive = [t.name for t in threading.enumerate() if t.name.startswith("cylindria-") and t.is_alive()]
     assert alive == []
+
+
+def test_a_job_waiting_in_a_quiet_queue_does_not_look_like_a_deaf_socket(api, service, fake):
+    listener = service.context.tracker.listeners[0]
+    wait_for(lambda: listener.gpu.websocket_connected)
+    connects = listener.connects
+    fake.hold = True  # it waits: after ComfyUI's enqueue broadcast, nothing more is sent
+    api.put("/startjob/quiet", json=workflows.core("quiet"))
+    time.sleep(4.0)  # past DEAF_AFTER and a few watchdog rounds
+    assert listener.connects == connects and listener.gpu.websocket_connected
