@@ -58,7 +58,7 @@ def run(config) -> int:
         print(f"cylindria: error: cannot listen on {config.host}:{config.port}: {exc}",
               file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # during start-up's reconciliation: nothing serves yet
+    except KeyboardInterrupt:  # a signal during start-up: nothing serves yet
         service.context.close()
         logger.info("stopped on Ctrl+C or SIGTERM during start-up")
         return 0

@@ -5,7 +5,7 @@ from tests.helpers import Api, wait_for
 def test_ready_flips_to_503_and_back(service, fakes):
     public = Api(service.url, key=None)
     assert public.get("/health").json() == {"status": "ok"}
-    assert public.get("/ready").status_code == 200
+    wait_for(lambda: public.get("/ready").status_code == 200)  # once start-up reconciliation is over
     for fake in fakes:
         fake.stop()
     wait_for(lambda: public.get("/ready").status_code == 503)

@@ -44,12 +44,12 @@ class Service:
         return f"http://{host}:{self.port}"
 
     def start(self) -> None:
-        """Reconcile and start tracking, then bind the listening socket.
+        """Bind the listening socket, then start tracking (its start-up reconciliation runs on
+        a thread of its own while the server already answers /health and /ready).
 
-        When the socket cannot be had (OSError), tracking is stopped and the store closed
-        before the error goes up: nothing is left running.
+        When the socket cannot be had (OSError), the store is closed before the error goes
+        up: nothing was started, nothing is left running.
         """
-        self.context.tracker.start()
         try:
             self._server = create_server(
                 AccessLog(self.app), map=self._map, host=self.config.host, port=self.config.port,
@@ -64,6 +64,7 @@ class Service:
         except OSError:
             self.context.close()
             raise
+        self.context.tracker.start()
         self.ready.set()
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
                     self.config.host, self.port, self.config.threads, len(self.context.gpus),
