@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
 from comfy.gpu import Gpu
@@ -40,6 +40,7 @@ class Poller:
 
     def stop(self, timeout: float = 1.0) -> None:
         """Stop scheduling, and wait for the thread; polls under way end by their own timeouts."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
         self._wake.set()
         if self._thread.ident is not None:
@@ -47,6 +48,12 @@ class Poller:
         if self._thread.is_alive():
             logger.warning("poller thread did not stop in %.1fs", timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        # A poll under way ends with its HTTP call (bounded by the client's timeouts).
+        _, late = wait(list(self._running.values()), max(0.0, deadline - time.monotonic()))
+        if late:
+            logger.warning("%d GPU poll(s) still waiting for ComfyUI at stop", len(late))
+        else:
+            self._pool.shutdown(wait=True)  # every poll is over: the workers exit at once
 
     def request(self, gpu_index: int) -> None:
         """Reconcile this GPU now (after a websocket connect or drop), not at the next tick."""
