@@ -93,11 +93,6 @@ class Gpu:
             logger.info("GPU %d: websocket %s", self.index,
                         "connected" if connected else "disconnected")
 
-    def load(self) -> int:
-        """Prompts running or waiting, as last seen: what GpuId=auto compares."""
-        with self._lock:
-            return self.running + self.pending
-
     def foreign_before(self, number: float | None) -> int:
         """How many prompts not Cylindria's run before a prompt with this number."""
         with self._lock:

@@ -8,7 +8,7 @@ from comfy.events import finish, start_running
 from comfy.gpu import Gpu
 from comfy.jobs import Job, JobStatus
 from comfy.outcome import outcome_from_history
-from comfy.queue import QueueItem, QueueSnapshot
+from comfy.queue import QueueSnapshot
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -58,23 +58,26 @@ def _judge(gpu: Gpu, store: JobStore, jobs: list[Job], snapshot: QueueSnapshot) 
         item = items.get(job.prompt_id)
         if item is None:
             settle_gone(gpu, store, job)
-        elif not _unchanged(job, item, job.prompt_id in running, positions.get(job.prompt_id)):
-            store.change(job.job_id, _in_queue(item, job.prompt_id in running,
-                                               positions.get(job.prompt_id)))
+        else:
+            is_running, position = job.prompt_id in running, positions.get(job.prompt_id)
+            nodes_total = item.nodes_to_run()
+            if not _unchanged(job, item.number, is_running, position, nodes_total):
+                store.change(job.job_id, _in_queue(item.number, is_running, position, nodes_total))
 
 
-def _unchanged(job: Job, item: QueueItem, is_running: bool, position: int | None) -> bool:
+def _unchanged(job: Job, number: float, is_running: bool, position: int | None,
+               nodes_total: int) -> bool:
     """True when the queue says nothing new about a waiting job (the common case of a poll,
     skipped so a deep queue costs no store writes)."""
-    return (not is_running and job.status == JobStatus.QUEUED and job.number == item.number
-            and job.queue_position == position and job.nodes_total == item.nodes_to_run())
+    return (not is_running and job.status == JobStatus.QUEUED and job.number == number
+            and job.queue_position == position and job.nodes_total == nodes_total)
 
 
-def _in_queue(item: QueueItem, is_running: bool, position: int | None):
+def _in_queue(number: float, is_running: bool, position: int | None, nodes_total: int):
     """An edit for a job whose prompt is in ComfyUI's queue."""
     def edit(job: Job) -> None:
-        job.number = item.number
-        job.nodes_total = item.nodes_to_run()
+        job.number = number
+        job.nodes_total = nodes_total
         if is_running:
             start_running(job)
         elif job.status in (JobStatus.SUBMITTING, JobStatus.QUEUED):
