@@ -8,12 +8,14 @@ from typing import Any
 import requests
 from urllib3.exceptions import NewConnectionError
 
+from comfy.encoding import to_json
 from comfy.errors import ComfyBadResponse, ComfyRejected, ComfyTimeout, ComfyUnreachable
 from comfy.queue import QueueSnapshot
 
 logger = logging.getLogger(__name__)
 
 USER_AGENT = "Cylindria"
+JSON_BODY = {"Content-Type": "application/json"}
 
 
 class ComfyClient:
@@ -73,7 +75,8 @@ class ComfyClient:
 
     def submit(self, payload: dict) -> dict:
         """POST /prompt; returns ComfyUI's answer ({"prompt_id", "number", "node_errors"})."""
-        response = self._request("POST", "/prompt", read_timeout=self.submit_timeout, json=payload)
+        response = self._request("POST", "/prompt", read_timeout=self.submit_timeout,
+                                 data=to_json(payload), headers=JSON_BODY)
         if response.status_code == 400:
             body = _json_or_none(response)
             if isinstance(body, dict) and "error" in body:

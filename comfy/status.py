@@ -1,6 +1,7 @@
 """A GPU's live status, as /serverstatus reports it."""
 from __future__ import annotations
 
+import functools
 import time
 
 from comfy.errors import ComfyError, ComfyUnreachable
@@ -36,4 +37,11 @@ def iso_time(epoch: float | None) -> str | None:
     """ISO-8601 UTC with milliseconds and a Z."""
     if epoch is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+    return f"{_iso_seconds(int(epoch))}.{int(epoch % 1 * 1000):03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_seconds(seconds: int) -> str:
+    """The date and time to the second: formatting it is most of iso_time's cost, and one job's
+    three times (and the jobs polled together) fall on few distinct seconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))

@@ -40,7 +40,7 @@ class Tracker:
     def wait_reconciled(self, timeout: float) -> bool:
         """False while start-up reconciliation runs longer than `timeout` seconds; True once it
         is over, or when tracking was never started (an app built without a server)."""
-        return not self.started or self.reconciled.wait(timeout)
+        return not self.started or self.reconciled.is_set() or self.reconciled.wait(timeout)
 
     def _start_tracking(self) -> None:
         """Settle what happened while Cylindria was down, then start the poller and listeners."""

@@ -52,7 +52,14 @@ def parse_workflow(body: bytes) -> Workflow:
 def fingerprint(prompt: dict) -> str:
     """A stable hash of the nodes: the same workflow gives the same fingerprint."""
     canonical = json.dumps(prompt, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+    try:
+        encoded = canonical.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        # JSON lets "\ud800" through, but a lone surrogate is no character: ComfyUI could
+        # neither save nor show it.
+        raise WorkflowError("invalid_json", "the workflow holds a \\u escape of a lone "
+                            "surrogate (\\ud800-\\udfff), which is not a character") from exc
+    return hashlib.blake2b(encoded, digest_size=16).hexdigest()
 
 
 def _load_json(body: bytes):
@@ -88,17 +95,19 @@ def _finite_float(text: str) -> float:
 
 
 def _too_deep(document, limit: int) -> bool:
-    """True when objects and arrays nest deeper than `limit` (checked without recursion)."""
-    stack = [(document, 1)]
-    while stack:
-        value, depth = stack.pop()
-        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        for child in children:
-            if isinstance(child, (dict, list)):
-                if depth + 1 > limit:
-                    return True
-                stack.append((child, depth + 1))
-    return False
+    """True when objects and arrays nest deeper than `limit`: checked level by level, without
+    recursion, one comprehension per level (a 60-node workflow is 5 levels)."""
+    level = [document] if document.__class__ in _CONTAINERS else []
+    for _ in range(limit):
+        level = [child for value in level
+                 for child in (value.values() if value.__class__ is dict else value)
+                 if child.__class__ in _CONTAINERS]
+        if not level:
+            return False
+    return True
+
+
+_CONTAINERS = (dict, list)  # json.loads builds only these (our object hook returns a dict)
 
 
 def _no_duplicates(pairs: list) -> dict:

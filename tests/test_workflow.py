@@ -58,3 +58,22 @@ def test_ui_format_is_refused_with_the_export_hint():
         parse_workflow(body({"nodes": [], "links": [], "version": 0.4}))
     assert info.value.code == "ui_format_workflow"
     assert "Save (API)" in info.value.message
+
+
+def test_a_lone_surrogate_escape_is_invalid_json_and_a_pair_is_a_character():
+    lone = b'{"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "a\\ud800b"}}}'
+    assert error_code(lone) == "invalid_json"
+    pair = b'{"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "a\\ud83d\\ude00"}}}'
+    assert parse_workflow(pair).prompt["1"]["inputs"]["filename_prefix"] == "a\U0001F600"
+
+
+@pytest.mark.parametrize("depth, refused", [(100, False), (101, True)])
+def test_nesting_is_counted_to_the_limit(depth, refused):
+    value = 0
+    for _ in range(depth - 3):  # the document, the node and its inputs are 3 levels
+        value = [value]
+    raw = body({"1": {"class_type": "X", "inputs": {"v": value}}})
+    if refused:
+        assert error_code(raw) == "invalid_json"
+    else:
+        parse_workflow(raw)

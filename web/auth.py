@@ -84,14 +84,14 @@ class ApiKeyAuth(HTTPTokenAuth):
         return PresentedKey(key.strip())
 
 
-def key_matches(candidate: str | None, keys: tuple) -> bool:
-    """Constant-time comparison against every key (no early exit that would leak which)."""
+def key_matches(candidate: str | None, keys: tuple[bytes, ...]) -> bool:
+    """Constant-time comparison against every (encoded) key: no early exit that would leak which."""
     if not candidate:
         return False
     given = candidate.encode("utf-8", "surrogateescape")
     matched = False
     for key in keys:
-        matched |= hmac.compare_digest(given, key.encode("utf-8"))
+        matched |= hmac.compare_digest(given, key)
     return matched
 
 
@@ -101,10 +101,11 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
     throttle = FailureThrottle()
     auth = ApiKeyAuth(scheme="Bearer", realm="Cylindria")
     app.extensions["cylindria_throttle"] = throttle
+    encoded_keys = tuple(key.encode("utf-8") for key in setup.keys)
 
     @auth.verify_token
     def verify(token):
-        return "client" if key_matches(token, setup.keys) else None
+        return "client" if key_matches(token, encoded_keys) else None
 
     @auth.error_handler
     def unauthorized(status):
@@ -116,9 +117,10 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
 
     @app.before_request
     def require_key():
-        if no_auth or request.endpoint in public:
+        current = request._get_current_object()  # one proxy lookup instead of two
+        if no_auth or current.endpoint in public:
             return None
-        wait = throttle.retry_after(request.remote_addr or "?")
+        wait = throttle.retry_after(current.remote_addr or "?")
         if wait is not None:
             return error_response(429, "too_many_requests",
                                   "too many failed authentication attempts; try again later",

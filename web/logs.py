@@ -118,6 +118,8 @@ class AccessLog:
             request.status = "500"
             request.log()
             raise
+        if not request.wanted():
+            return request.body  # a successful read below the logger's level: nothing to log
         # The wrapper has no len(): waitress would use len() == 1 to set Content-Length, but
         # Flask's bodies have none either and Flask sets Content-Length itself.
         return request
@@ -155,12 +157,18 @@ class _Request:
         finally:
             self.log()
 
+    def wanted(self) -> bool:
+        """Whether this request gets a line: always for writes and failures, and for
+        successful reads (GET, HEAD) only at DEBUG. Known once the app has started its answer."""
+        if self.status == "-" or self.status[:3] >= "400" \
+                or self.environ.get("REQUEST_METHOD") not in QUIET_METHODS:
+            return self.logger.isEnabledFor(logging.INFO)
+        return self.logger.isEnabledFor(logging.DEBUG)
+
     def log(self):
         """The access line: values only, no headers, no hidden query values."""
-        if not self.logger.isEnabledFor(logging.INFO if self.environ.get("REQUEST_METHOD")
-                                        not in QUIET_METHODS else logging.DEBUG) \
-                and self.status[:3] < "400":
-            return  # a successful read below the logger's level: skip building the line
+        if not self.wanted():
+            return
         environ, path = self.environ, self.path
         if not path.isprintable():  # a decoded %0A must not forge a second log line
             path = repr(path)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -100,21 +100,33 @@ class Metrics:
                 max(0.0, new.finished_at - new.submitted_at))
 
 
+ARRIVED = "cylindria.arrived"  # WSGI environ key: when the request reached the app
+
+
+class ArrivalClock:
+    """WSGI wrapper noting when a request arrived (cheaper than a before_request hook, and it
+    also times Flask's own work before the hooks)."""
+
+    def __init__(self, wsgi_app):
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ, start_response):
+        environ[ARRIVED] = time.perf_counter()
+        return self.wsgi_app(environ, start_response)
+
+
 def init_app(app: Flask, context) -> Metrics:
     """Count every request and serve /metrics."""
     metrics = Metrics(context)
     app.extensions["cylindria_metrics"] = metrics
-
-    @app.before_request
-    def start_clock():
-        g.cylindria_started = time.perf_counter()
+    app.wsgi_app = ArrivalClock(app.wsgi_app)
 
     @app.after_request
     def count(response):
-        started = g.get("cylindria_started")
-        url_rule = request.url_rule
+        current = request._get_current_object()  # one proxy lookup instead of four
+        url_rule, started = current.url_rule, current.environ.get(ARRIVED)
         metrics.count_request(url_rule.rule if url_rule is not None else "unmatched",
-                              request.method, response.status_code,
+                              current.method, response.status_code,
                               None if started is None else time.perf_counter() - started)
         return response
 

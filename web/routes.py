@@ -1,7 +1,6 @@
 """Job endpoints: startjob, jobstatus, cancel, and the job list."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -9,6 +8,7 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, request
 
 from comfy.cancel import JobFinished, cancel_job
+from comfy.encoding import to_json
 from comfy.jobs import JobStatus
 from comfy.submit import JobIdConflict, submit_job
 from comfy.workflow import parse_workflow
@@ -50,8 +50,7 @@ def startjob(job_id: str):
 @bp.get("/jobstatus/<anypath:job_id>")
 def jobstatus(job_id: str):
     """Where a job stands (the most frequent call: encoded directly, without jsonify's extras)."""
-    return Response(json.dumps(job_view(known_job(job_id)), separators=(",", ":")),
-                    mimetype="application/json")
+    return Response(to_json(job_view(known_job(job_id))), mimetype="application/json")
 
 
 @bp.delete("/job", defaults={"job_id": ""})

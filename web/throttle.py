@@ -18,6 +18,8 @@ class FailureThrottle:
 
     def retry_after(self, address: str) -> int | None:
         """Seconds until this address may try again, or None if it is not throttled."""
+        if address not in self._failures:
+            return None  # the common case, answered without the lock (a dict lookup is atomic)
         with self._lock:
             failures = self._recent(address)
             if failures is None or len(failures) < self.limit:
