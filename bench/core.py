@@ -12,6 +12,7 @@ from bench import procs, store
 from bench.fakes import TimedFake, close_all, start_fakes
 from bench.procs import LoadClient, key_headers
 from bench.stats import percentile, pooled, spread
+from tests.fake_comfy.costs import recorded_costs
 
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -39,6 +40,49 @@ QUICK = Profile("quick", rounds=1, latency_samples=8, warmup=2, duration=0.4, bi
                 small_store=100, startups=1, ws_samples=4, poll_samples=2, poll_interval=0.2)
 
 
+@dataclass(frozen=True)
+class Backend:
+    """What the fake ComfyUIs cost: nothing (`instant`, the stack's fixed cost shows) or what
+    the recorded ComfyUI 0.3.64 cost per route (`recorded-cost`, what Cylindria adds on top
+    of a real ComfyUI shows). See bench/README.md, "Two backends"."""
+
+    name: str  # "instant" | "recorded-cost", as results.json has it
+    costs: dict | None = None  # route key -> seconds (tests.fake_comfy.costs), None: instant
+    key_suffix: str = ""  # a figure's key in this mode: base key + suffix
+    title_suffix: str = ""  # and its title
+
+    def key(self, base: str) -> str:
+        """The figure's key in this mode, e.g. startjob_latency_recorded."""
+        return base + self.key_suffix
+
+    def title(self, base: str) -> str:
+        """The figure's title in this mode: instant titles stay as they always were."""
+        return base + self.title_suffix
+
+    def costs_ms(self, *keys: str) -> dict:
+        """The named routes' costs in ms, for a figure's JSON ({} when instant)."""
+        if not self.costs:
+            return {}
+        return {"fake_costs_ms": {key: self.costs.get(key, 0.0) * 1000 for key in keys}}
+
+    def heading(self) -> str:
+        """The line above this mode's rows in the table."""
+        if not self.costs:
+            return "against the instant fake (answers in well under 1 ms)"
+        shown = ", ".join(f"{key} {self.costs[key] * 1000:.2f} ms" for key in PROXIED
+                          if key in self.costs)
+        return f"against ComfyUI's recorded costs (one request at a time per fake: {shown})"
+
+
+PROXIED = ("POST /prompt 200", "GET /queue", "GET /system_stats")  # what the figures call
+INSTANT = Backend("instant")
+
+
+def recorded_backend() -> Backend:
+    """Fakes that cost what tests/recordings' ComfyUI cost, read from the recordings now."""
+    return Backend("recorded-cost", recorded_costs(), "_recorded", ", fake at recorded cost")
+
+
 @dataclass
 class Figure:
     """One row of the table."""
@@ -54,6 +98,7 @@ class Figure:
     details: dict = field(default_factory=dict)
     condition: str = ""  # a further part of the target, e.g. ", zero errors"
     also: str | None = None  # that further part, when it failed (e.g. "3 failed submissions")
+    backend: str = "instant"  # what the fakes cost: Backend.name
 
     @property
     def met(self) -> bool:
@@ -69,8 +114,9 @@ class Figure:
 
     def as_json(self) -> dict:
         """The row as results.json has it: the figure, its target, and the numbers behind it."""
-        return {"title": self.title, "value": self.value, "unit": self.unit, "target": self.target,
-                "met": self.met, "failed_condition": self.also, "baseline": self.baseline,
+        return {"title": self.title, "backend": self.backend, "value": self.value,
+                "unit": self.unit, "target": self.target, "met": self.met,
+                "failed_condition": self.also, "baseline": self.baseline,
                 "measured": self.measured, **self.details}
 
 

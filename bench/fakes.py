@@ -32,14 +32,16 @@ class TimedFake(FakeComfy):
         return instance
 
 
-def start_fakes(count: int, time_scale: float = 1.0, cls: type = FakeComfy) -> list[FakeComfy]:
-    """`count` fakes on consecutive loopback ports, like a host's GPUs."""
+def start_fakes(count: int, time_scale: float = 1.0, cls: type = FakeComfy,
+                costs: dict | None = None) -> list[FakeComfy]:
+    """`count` fakes on consecutive loopback ports, like a host's GPUs; `costs` (route ->
+    seconds, tests.fake_comfy.costs) makes each as slow as the recorded ComfyUI."""
     for _ in range(20):
         base = free_ports(count)
         fakes = []
         try:
             for n in range(count):
-                fakes.append(cls(port=base + n, time_scale=time_scale).start())
+                fakes.append(cls(port=base + n, time_scale=time_scale, costs=costs).start())
             return fakes
         except OSError:
             close_all(fakes)

@@ -9,9 +9,9 @@ import time
 import uuid
 
 from bench import procs, store
-from bench.core import (JSON_HEADERS, Bench, Figure, FreshCylindria, clear_queues, latency_job,
-                        p50_ratio, step, throughput_job, throughput_ratio, check_errors,
-                        wait_websockets)
+from bench.core import (INSTANT, JSON_HEADERS, Backend, Bench, Figure, FreshCylindria,
+                        clear_queues, latency_job, p50_ratio, step, throughput_job,
+                        throughput_ratio, check_errors, wait_websockets)
 from bench.fakes import TimedFake
 from bench.procs import key_headers
 from bench.stats import median, percentile, pooled
@@ -20,13 +20,14 @@ from tests import workflows
 
 # -- group: one GPU, held queue: /serverstatus and /startjob against direct calls -----------------
 
-def proxy_latency(bench: Bench) -> list[Figure]:
+def proxy_latency(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
     """GET /serverstatus and PUT /startjob p50 against the same fake called directly.
 
     A third side, the "floor", is a pass-through proxy on the same stack doing nothing else
-    (bench.minimal): it shows what Flask + waitress + requests cost by themselves.
+    (bench.minimal): it shows what Flask + waitress + requests cost by themselves. With the
+    recorded-cost backend the fake (hence all three sides) waits what ComfyUI took.
     """
-    fake = bench.fakes(1)[0]
+    fake = bench.fakes(1, costs=backend.costs)[0]
     fake.hold = True  # the GPU is busy: prompts queue up, so only the submit path is timed
     key = key_headers()
     floor = bench.server(procs.minimal_app(bench.work_dir, comfy_url=fake.url))
@@ -51,8 +52,19 @@ def proxy_latency(bench: Bench) -> list[Figure]:
     }, before=lambda side: side == "cylindria" and fresh.start(),
        after=lambda side: (fresh.stop(), clear_queues([fake])))
     floor.stop()
-    return [p50_ratio("startjob_latency", "PUT /startjob p50, 60-node workflow", start, 1.5),
-            p50_ratio("serverstatus_latency", "GET /serverstatus p50", status, 1.5)]
+    return [mark(p50_ratio(backend.key("startjob_latency"),
+                           backend.title("PUT /startjob p50, 60-node workflow"), start, 1.5),
+                 backend, "POST /prompt 200"),
+            mark(p50_ratio(backend.key("serverstatus_latency"),
+                           backend.title("GET /serverstatus p50"), status, 1.5),
+                 backend, "GET /system_stats", "GET /queue")]
+
+
+def mark(figure: Figure, backend: Backend, *routes: str) -> Figure:
+    """Note the backend on a figure, and the costs of the routes its baseline calls."""
+    figure.backend = backend.name
+    figure.details.update(backend.costs_ms(*routes))
+    return figure
 
 
 # -- group: stores of 0, 100 and 100,000 finished jobs ---------------------------------------------
@@ -180,8 +192,23 @@ def completion_latencies(cyl: procs.ServerProcess, fake: TimedFake, samples: int
         watcher.join()
         if watcher.failure:
             raise RuntimeError(watcher.failure)
-        latencies.append(watcher.seen_at - fake.success_at[body["prompt_id"]])
+        latencies.append(watcher.seen_at - success_time(fake, body["prompt_id"]))
     return latencies
+
+
+def success_time(fake: TimedFake, prompt_id: str, timeout: float = 10.0) -> float:
+    """When the fake sent the prompt's execution_success.
+
+    The fake's loop thread writes the stamp just after the frame went out, so on busy cores
+    Cylindria and the watcher can see the end before the stamp exists: wait for it instead
+    of failing the run on a KeyError.
+    """
+    deadline = time.monotonic() + timeout
+    while prompt_id not in fake.success_at:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the fake never sent execution_success for {prompt_id}")
+        time.sleep(0.001)
+    return fake.success_at[prompt_id]
 
 
 def completion(bench: Bench) -> list[Figure]:
@@ -216,9 +243,13 @@ def completion(bench: Bench) -> list[Figure]:
 
 # -- group: eight GPUs, 32 submitting clients ---------------------------------------------------
 
-def submit_throughput(bench: Bench) -> list[Figure]:
-    """PUT /startjob spread over 8 GPUs against POST /prompt spread over the 8 fakes."""
-    fakes = bench.fakes(8)
+def submit_throughput(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
+    """PUT /startjob spread over 8 GPUs against POST /prompt spread over the 8 fakes.
+
+    With the recorded-cost backend each fake answers one POST /prompt at a time in what the
+    recorded ComfyUI took, so the baseline is 8 GPUs' worth of real submission capacity.
+    """
+    fakes = bench.fakes(8, costs=backend.costs)
     for fake in fakes:
         fake.hold = True  # every GPU busy: submissions queue, none runs
     fresh = FreshCylindria(bench, fakes[0].url, gpus=8)
@@ -238,8 +269,9 @@ def submit_throughput(bench: Bench) -> list[Figure]:
     }, before=lambda side: side == "cylindria" and fresh.start(),
        after=lambda side: (fresh.stop(), clear_queues(fakes)))
     floor.stop()
-    figure = throughput_ratio("submit_throughput", "submit throughput, 8 GPUs, 32 clients",
-                              results, 0.7)
+    figure = throughput_ratio(backend.key("submit_throughput"),
+                              backend.title("submit throughput, 8 GPUs, 32 clients"), results, 0.7)
+    mark(figure, backend, "POST /prompt 200")
     figure.condition = ", zero errors"
     errors = figure.details["cylindria_errors"] + figure.details["baseline_errors"]
     if errors:  # the target is "zero errors" too: a failed submission fails the figure
@@ -249,6 +281,9 @@ def submit_throughput(bench: Bench) -> list[Figure]:
 
 GROUPS = {"proxy": proxy_latency, "store": store_figures, "completion": completion,
           "submit": submit_throughput}
+COSTED = ("proxy", "submit")  # the groups that also run against the recorded-cost fakes
 ORDER = ("startjob_latency", "serverstatus_latency", "jobstatus_throughput",
          "jobstatus_latency_big_store", "memory_per_job", "startup", "completion_ws",
-         "completion_poll", "submit_throughput")
+         "completion_poll", "submit_throughput",
+         "startjob_latency_recorded", "serverstatus_latency_recorded",
+         "submit_throughput_recorded")

@@ -3,6 +3,9 @@
 python -m bench            the full run (a few minutes)
 python -m bench --quick    a few seconds, for CI: proves the benchmark still runs; no targets
 python bench/run.py ...    the same
+
+The proxy and submit groups run twice by default: against the instant fake, and against
+fakes that cost what the recorded ComfyUI cost (--backend picks one).
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.core import FULL, QUICK, Bench, Figure  # noqa: E402
-from bench.figures import GROUPS, ORDER  # noqa: E402
+from bench.core import FULL, INSTANT, QUICK, Backend, Bench, Figure, recorded_backend  # noqa: E402
+from bench.figures import COSTED, GROUPS, ORDER  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results.json"
 
@@ -36,7 +39,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="run only this group of figures (repeatable)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data dirs)")
+    parser.add_argument("--backend", choices=("instant", "recorded", "both"), default="both",
+                        help="what the fakes cost in the proxy and submit groups: nothing, "
+                             "ComfyUI's recorded costs, or both, one after the other (default)")
     return parser.parse_args(argv)
+
+
+def plan(groups: list[str], backend: str) -> list[tuple[str, Backend]]:
+    """(group, backend) in the order they run: each group against the instant fake, then, if
+    it has that mode, against the recorded-cost fakes. The other groups (store, completion)
+    do not call ComfyUI on the timed path: they have no recorded-cost mode, and
+    `--backend recorded` leaves them out."""
+    recorded = recorded_backend() if backend != "instant" else None
+    runs = []
+    for name in groups:
+        if backend != "recorded":
+            runs.append((name, INSTANT))
+        if recorded is not None and name in COSTED:
+            runs.append((name, recorded))
+    return runs
 
 
 def machine() -> dict:
@@ -45,8 +66,9 @@ def machine() -> dict:
             "platform": platform.platform(), "machine": platform.machine()}
 
 
-def format_table(figures: list[Figure], quick: bool) -> str:
-    """The figures as a plain-text table."""
+def format_table(figures: list[Figure], quick: bool, headings: dict[str, str] | None = None) -> str:
+    """The figures as a plain-text table; the rows of each backend but the instant one under
+    a line of their own (`headings`: backend name -> that line)."""
     header = ("figure", "baseline", "Cylindria", "result", "target", "met", "stack floor")
     rows = [(f.title, f.baseline, f.measured, _value(f), f.target, _met(f, quick),
              f"{f.details['floor_ratio']:.2f}x" if "floor_ratio" in f.details else "")
@@ -55,7 +77,23 @@ def format_table(figures: list[Figure], quick: bool) -> str:
 
     def line(row) -> str:
         return "  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+    lines = [line(header), line(["-" * w for w in widths])]
+    shown = INSTANT.name
+    for figure, row in zip(figures, rows):
+        if figure.backend != shown:
+            shown = figure.backend
+            lines += ["", (headings or {}).get(shown, shown)]
+        lines.append(line(row))
+    return "\n".join(lines)
+
+
+def _cost_table(backends) -> dict:
+    """The recorded costs the costed fakes used, in ms per route key, for results.json."""
+    for backend in backends:
+        if backend.costs:
+            return {"recorded_costs_ms": {k: v * 1000 for k, v in backend.costs.items()},
+                    "recorded_costs_source": "tests/recordings (tests.fake_comfy.costs)"}
+    return {}
 
 
 def _met(figure: Figure, quick: bool) -> str:
@@ -76,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     profile = QUICK if args.quick else FULL
-    groups = args.only or list(GROUPS)
+    runs = plan(args.only or list(GROUPS), args.backend)
+    if not runs:
+        print(f"nothing to run: groups {', '.join(COSTED)} are the ones with a recorded-cost mode")
+        return 2
+    backends = {backend.name: backend for _, backend in runs}
     work_dir = Path(tempfile.mkdtemp(prefix="cylindria-bench-"))
     started = time.perf_counter()
     figures: list[Figure] = []
@@ -85,10 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with ExitStack() as stack:
             bench = Bench(profile, work_dir, stack)
-            for name in groups:
+            for name, backend in runs:
                 began = time.perf_counter()
-                figures += GROUPS[name](bench)
-                print(f"  {name}: {time.perf_counter() - began:.1f} s", flush=True)
+                group = GROUPS[name]
+                figures += group(bench) if backend is INSTANT else group(bench, backend)
+                print(f"  {name} ({backend.name}): {time.perf_counter() - began:.1f} s",
+                      flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -96,12 +140,13 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     met = sum(f.met for f in figures)
     print()
-    print(format_table(figures, args.quick))
+    print(format_table(figures, args.quick, {n: b.heading() for n, b in backends.items()}))
     print(f"\n{len(figures)} figures in {elapsed:.0f} s on {os.cpu_count()} cores"
           + ("" if args.quick else f"; {met} of {len(figures)} targets met"))
     result = {"mode": profile.name, "machine": machine(), "seconds": elapsed,
               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "targets_judged": not args.quick,
+              "targets_judged": not args.quick, "backends": sorted(backends),
+              **_cost_table(backends.values()),
               "figures": {f.key: f.as_json() for f in figures}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

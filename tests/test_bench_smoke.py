@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.figures import ORDER
+from bench.figures import COSTED, ORDER
+from bench.run import plan
 
 ROOT = Path(__file__).resolve().parents[1]
+RECORDED = {"startjob_latency_recorded", "serverstatus_latency_recorded",
+            "submit_throughput_recorded"}
 
 
 def test_quick_benchmark_runs_and_writes_every_figure(tmp_path):
@@ -22,7 +25,27 @@ def test_quick_benchmark_runs_and_writes_every_figure(tmp_path):
     assert result["targets_judged"] is False
     assert result["machine"]["cores"] >= 1
     assert set(result["figures"]) == set(ORDER)
+    assert RECORDED <= set(ORDER)
     for key, figure in result["figures"].items():
         assert isinstance(figure["value"], (int, float)) and math.isfinite(figure["value"]), key
         assert figure["target"] and isinstance(figure["met"], bool), key
+        assert figure["backend"] == ("recorded-cost" if key in RECORDED else "instant"), key
+        if key in RECORDED:  # the same figure as the instant one, against the costed fakes
+            instant = result["figures"][key.removesuffix("_recorded")]
+            assert figure["target"] == instant["target"], key
+            assert all(cost > 0 for cost in figure["fake_costs_ms"].values()), key
+    assert result["backends"] == ["instant", "recorded-cost"]
+    costs = result["recorded_costs_ms"]
+    assert costs["POST /prompt 200"] > 0 and costs["GET /queue"] > 0
     assert "submit throughput" in run.stdout  # the table was printed
+    assert "recorded costs" in run.stdout  # with the costed section
+
+
+def test_a_group_selection_runs_both_backends():
+    assert [(g, b.name) for g, b in plan(["proxy", "store", "submit"], "both")] == [
+        ("proxy", "instant"), ("proxy", "recorded-cost"), ("store", "instant"),
+        ("submit", "instant"), ("submit", "recorded-cost")]
+    assert [(g, b.name) for g, b in plan(["proxy", "store"], "recorded")] == [
+        ("proxy", "recorded-cost")]
+    assert [(g, b.name) for g, b in plan(list(COSTED), "instant")] == [
+        ("proxy", "instant"), ("submit", "instant")]

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from .costs import recorded_costs
 from .fake import FakeComfy
 
 
@@ -19,6 +20,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="multiplier for node sleeps (0.1 = ten times faster)")
+    parser.add_argument("--costs", choices=("none", "recorded"), default="none",
+                        help="recorded: each HTTP request costs what it cost the recorded "
+                             "ComfyUI (tests/recordings), one at a time per instance")
     return parser.parse_args(argv)
 
 
@@ -29,10 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     # SIGTERM ends the wait like Ctrl+C does (signal handlers run on the main thread).
     signal.signal(signal.SIGTERM, lambda *_: done.set())
+    costs = recorded_costs() if args.costs == "recorded" else None
     fakes = []
     try:
         for index in range(args.count):
-            fake = FakeComfy(port=args.port + index, host=args.host, time_scale=args.time_scale)
+            fake = FakeComfy(port=args.port + index, host=args.host, time_scale=args.time_scale,
+                             costs=costs)
             fakes.append(fake.start())
             print(f"fake ComfyUI {index} listening on {fake.url}", flush=True)
         while not done.wait(0.5):

@@ -10,7 +10,7 @@ from typing import Any, Callable, Coroutine
 
 from .files import FileStore
 from .instance import Instance
-from .knobs import Knobs, RecordedRequest, Recorder
+from .knobs import CostedSection, Knobs, RecordedRequest, Recorder
 
 logger = logging.getLogger(__name__)
 CALL_TIMEOUT = 10.0  # seconds a public method waits for the loop thread
@@ -22,13 +22,20 @@ def _check_loopback(host: str) -> None:
         raise ValueError(f"FakeComfy only binds loopback addresses, not {host!r}")
 
 
+def _costs(costs: dict[str, float] | None) -> dict[str, float] | None:
+    """A copy of a cost table (route key -> seconds, see costs.py), so the caller's dict can
+    change without the loop seeing it half-changed; None (no cost) stays None."""
+    return None if costs is None else {str(k): float(v) for k, v in costs.items()}
+
+
 class FakeComfy:
     """A fake ComfyUI server; every public method is safe to call from any thread."""
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", time_scale: float = 1.0) -> None:
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", time_scale: float = 1.0,
+                 costs: dict[str, float] | None = None) -> None:
         _check_loopback(host)
         self.host, self.port = host, port
-        self.knobs = Knobs(time_scale=time_scale)
+        self.knobs = Knobs(time_scale=time_scale, costs=_costs(costs))
         self._recorder = Recorder()
         self._files = FileStore()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -47,6 +54,8 @@ class FakeComfy:
                                 lambda self, v: setattr(self.knobs, "ignore_prompt_id", bool(v)))
     time_scale = property(lambda self: self.knobs.time_scale,
                           lambda self, v: setattr(self.knobs, "time_scale", float(v)))
+    costs = property(lambda self: self.knobs.costs,
+                     lambda self, v: setattr(self.knobs, "costs", _costs(v)))
 
     @property
     def url(self) -> str:
@@ -113,6 +122,10 @@ class FakeComfy:
     def requests(self) -> list[RecordedRequest]:
         """Every HTTP request received so far (websocket upgrades included)."""
         return self._recorder.requests()
+
+    def costed_sections(self) -> list[CostedSection]:
+        """Every costed section so far (with `costs` set): route key, cost, entered, left."""
+        return self._recorder.sections()
 
     def prompts_received(self) -> list[str]:
         """prompt_ids accepted by POST /prompt, in order."""

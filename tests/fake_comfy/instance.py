@@ -29,6 +29,9 @@ class Instance:
         self.executor = Executor(self.queue, self.hub, files, knobs)
         self.number = number
         self.port = 0
+        # ComfyUI answers HTTP on one event loop: with knobs.costs set, costed requests take
+        # this lock for their handler + cost, so one instance serves one at a time (server.py).
+        self.http_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._tasks: list[asyncio.Task] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass
@@ -17,6 +17,7 @@ class Knobs:
     ws_silent: bool = False
     http_delay: float = 0.0
     ignore_prompt_id: bool = False
+    costs: dict[str, float] | None = None  # route key -> seconds (costs.py); None: no cost
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,15 @@ class RecordedRequest:
     body: bytes
     headers: dict[str, str]
     json: Any = field(default=None)
+
+
+class CostedSection(NamedTuple):
+    """One request's stay in the costed section (handler + recorded cost, under the lock)."""
+
+    key: str  # e.g. "POST /prompt 200"
+    cost: float  # the route's cost in seconds: the section lasts this, within a timer tick
+    entered: float  # time.perf_counter() after taking the instance's lock
+    left: float  # time.perf_counter() before releasing it
 
 
 def _parse_json(body: bytes) -> Any:
@@ -47,6 +57,7 @@ class Recorder:
         self._requests: list[RecordedRequest] = []
         self._prompt_ids: list[str] = []
         self._system_stats_calls = 0
+        self._sections: list[CostedSection] = []
 
     def add_request(self, method: str, path: str, query: str, body: bytes, headers: dict) -> None:
         """Remember one request (called on arrival, before any http_delay)."""
@@ -63,6 +74,16 @@ class Recorder:
         """Count one GET /system_stats answered."""
         with self._lock:
             self._system_stats_calls += 1
+
+    def add_section(self, section: CostedSection) -> None:
+        """Remember one costed section, so tests can check that sections never overlap."""
+        with self._lock:
+            self._sections.append(section)
+
+    def sections(self) -> list[CostedSection]:
+        """A copy of the costed sections so far, in the order they were left."""
+        with self._lock:
+            return list(self._sections)
 
     def requests(self) -> list[RecordedRequest]:
         """A copy of every request so far."""

@@ -6,6 +6,7 @@ import asyncio
 import ipaddress
 import mimetypes
 import posixpath
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import urlparse, urlsplit
@@ -13,8 +14,10 @@ from urllib.parse import urlparse, urlsplit
 from aiohttp import web
 
 from . import multipart
+from .costs import cost_of, is_costed, route_key
 from .files import KINDS, PathError, clean_subfolder
 from .hub import SERVER_FEATURES
+from .knobs import CostedSection
 from .nodes import LIBRARY, object_info
 from .validation import NO_PROMPT, validate_prompt
 
@@ -28,6 +31,10 @@ MODEL_FOLDERS = ["checkpoints", "configs", "loras", "vae", "text_encoders", "dif
                  "controlnet", "gligen", "upscale_models", "custom_nodes", "hypernetworks",
                  "photomaker", "classifiers", "model_patches", "audio_encoders"]
 RAM = {"total": 25276510208, "free": 24057278464}  # the recording machine's numbers
+# asyncio's timers wake on whole milliseconds on Linux (epoll_wait; selectors rounds the wait
+# up), so a sleep of x lasts x to x + 1 ms: a costed section asks for half a tick less, which
+# makes it last its cost on average instead of half a millisecond more.
+TIMER_TICK = 0.001
 UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript",
                 "text/css"}
 
@@ -85,7 +92,7 @@ async def origin_only(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def observer(instance: "Instance") -> Callable:
-    """Middleware logging every request, then waiting out http_delay."""
+    """Middleware logging every request, waiting out http_delay, then charging its cost."""
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -94,9 +101,47 @@ def observer(instance: "Instance") -> Callable:
         instance.recorder.add_request(request.method, request.path, request.query_string,
                                       body, dict(request.headers))
         await _delay(instance)
-        return await handler(request)
+        costs = instance.knobs.costs
+        if not is_costed(costs, request.method, request.path):
+            return await handler(request)  # costs None: exactly the uncosted fake, no lock
+        return await _costed(instance, costs, request, handler)
 
     return observe
+
+
+async def _costed(instance: "Instance", costs: dict[str, float], request: web.Request,
+                  handler: Handler) -> web.StreamResponse:
+    """Run the handler, then wait out the route's recorded cost, both under the instance's lock.
+
+    Real ComfyUI handles HTTP on one event loop, so a client sees the recorded latency and
+    one instance answers at most 1/cost requests per second. The cost is an asyncio.sleep,
+    not CPU burnt: the bench runs the fakes on the same 2 cores as Cylindria, while on a
+    real host each ComfyUI has cores of its own. It is charged after the handler because
+    POST /prompt's cost depends on its answer (a refused prompt costs less), and the sleep
+    ends `cost` after the section was entered: the recorded time already includes the
+    server's own work, so the fake's handler time is not added on top of it.
+    """
+    async with instance.http_lock:
+        entered = time.perf_counter()
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            await _charge(instance, costs, request, exc.status, entered)
+            raise
+        await _charge(instance, costs, request, response.status, entered)
+        return response
+
+
+async def _charge(instance: "Instance", costs: dict[str, float], request: web.Request,
+                  status: int, entered: float) -> None:
+    """Sleep until `cost` after `entered` (to within a timer tick) and note the section; a
+    cancelled handler pays nothing."""
+    cost = cost_of(costs, request.method, request.path, status)
+    left = cost - (time.perf_counter() - entered) - TIMER_TICK / 2
+    if left > 0:
+        await asyncio.sleep(left)
+    instance.recorder.add_section(CostedSection(
+        route_key(request.method, request.path, status), cost, entered, time.perf_counter()))
 
 
 async def _delay(instance: "Instance") -> None:
