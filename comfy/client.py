@@ -8,7 +8,7 @@ from typing import Any
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from comfy.encoding import to_json
+from comfy.encoding import from_json, to_json
 from comfy.errors import ComfyBadResponse, ComfyRejected, ComfyTimeout, ComfyUnreachable
 from comfy.queue import QueueSnapshot
 
@@ -94,7 +94,7 @@ class ComfyClient:
             raise ComfyBadResponse(
                 f"ComfyUI answered {response.status_code} to {path}", self.gpu_id)
         try:
-            return response.json()
+            return from_json(response.content)
         except ValueError as exc:
             # A 200 was sent, so ComfyUI did what was asked; only its answer is broken.
             raise ComfyBadResponse(f"ComfyUI answered {path} with invalid JSON", self.gpu_id,

@@ -205,8 +205,11 @@ class JobStore:
         if changed:
             self._db.update(new, changed)
         if new.status != current.status:
-            logger.info("job %s on GPU %d: %s -> %s", new.job_id, new.gpu_id,
-                        current.status.value, new.status.value)
+            # Acceptance is already the access log's `PUT /startjob/<id> 201` line: at INFO it
+            # would double the log's volume under a burst of submissions (and its cost).
+            level = logging.DEBUG if new.status == JobStatus.QUEUED else logging.INFO
+            logger.log(level, "job %s on GPU %d: %s -> %s", new.job_id, new.gpu_id,
+                       current.status.value, new.status.value)
 
     def _unfinished_per_gpu(self) -> Counter:
         """gpu_id -> unfinished jobs (caller holds the lock), from the status counts."""
