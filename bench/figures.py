@@ -168,9 +168,10 @@ class StatusWatcher(threading.Thread):
             conn.close()
 
 
-def completion_latencies(cyl: procs.ServerProcess, fake: TimedFake, samples: int,
+def completion_latencies(cyl: procs.ServerProcess, fakes: list[TimedFake], samples: int,
                          pause: float, jitter: float = 0.0) -> list[float]:
-    """Seconds from the fake's execution_success to /jobstatus saying completed, per job.
+    """Seconds from the fake's execution_success to /jobstatus saying completed, per job;
+    the jobs take turns on the GPUs, so every GPU's tracking is timed.
 
     `jitter`: a random wait before each job may run, so that jobs end at every phase of
     Cylindria's poll cycle instead of in lockstep with it.
@@ -178,9 +179,11 @@ def completion_latencies(cyl: procs.ServerProcess, fake: TimedFake, samples: int
     latencies = []
     chance = random.Random(11)
     for n in range(samples):
+        gpu = n % len(fakes)
+        fake = fakes[gpu]
         fake.hold = True  # queued until the watcher polls, so its first look is before the end
         job_id = f"done-{uuid.uuid4().hex[:12]}"
-        status, body = procs.request_json(cyl.port, "PUT", f"/startjob/{job_id}?GpuId=0",
+        status, body = procs.request_json(cyl.port, "PUT", f"/startjob/{job_id}?GpuId={gpu}",
                                           workflows.core(), key_headers())
         if status != 201:
             raise RuntimeError(f"startjob answered {status}: {body}")
@@ -211,21 +214,24 @@ def success_time(fake: TimedFake, prompt_id: str, timeout: float = 10.0) -> floa
     return fake.success_at[prompt_id]
 
 
+COMPLETION_GPUS = 2  # a host has several GPUs: each has its own listener thread to time
+
+
 def completion(bench: Bench) -> list[Figure]:
     """p99 completion latency with the websocket, and poll-only."""
     profile = bench.profile
-    fake = bench.fakes(1)[0]
+    fakes = bench.fakes(COMPLETION_GPUS)
     figures = []
     for websocket, samples, pause in ((True, profile.ws_samples, 0.001),
                                       (False, profile.poll_samples, 0.01)):
-        process = procs.cylindria(fake.url, bench.data_dir(f"done-{websocket}"),
-                                  websocket=websocket,
+        process = procs.cylindria(fakes[0].url, bench.data_dir(f"done-{websocket}"),
+                                  gpus=len(fakes), websocket=websocket,
                                   poll_interval=profile.poll_interval)
         with process:
             if websocket:
-                wait_websockets(process)
+                wait_websockets(process, gpus=len(fakes))
             jitter = 0.0 if websocket else profile.poll_interval
-            latencies = completion_latencies(process, fake, samples, pause, jitter)
+            latencies = completion_latencies(process, fakes, samples, pause, jitter)
         p99 = percentile(latencies, 99)
         details = {"p50_ms": percentile(latencies, 50) * 1000, "p99_ms": p99 * 1000,
                    "max_ms": max(latencies) * 1000, "samples": len(latencies)}
