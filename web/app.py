@@ -37,7 +37,7 @@ class PathNormalizer:
 
 class CylindriaFlask(Flask):
     """Flask with hooks resolved once: Flask asks `inspect` on every call of every hook and
-    view whether it is a coroutine (7 times per request here, a tenth of a /jobstatus)."""
+    view whether it is a coroutine (about 4 us of the 98 us a /jobstatus took in-process)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
