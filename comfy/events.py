@@ -6,7 +6,7 @@ import time
 from typing import Callable
 
 from comfy.jobs import Job, JobStatus
-from comfy.outcome import error_from_message, files_from_output
+from comfy.outcome import error_from_message, files_from_output, outcome_from_history, times_from_history
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,21 @@ def finish(status: JobStatus, error: dict | None = None, outputs: list | None = 
         job.queue_position = None
         job.progress_node = None
         job.done_nodes = frozenset()
+    return edit
+
+
+def finish_from_history(entry: dict) -> Callable[[Job], None]:
+    """An edit that ends a job as ComfyUI's history entry records it, with its true times:
+    a job whose websocket messages were missed (socket down, Cylindria restarted) still gets
+    when it started and ended, not when Cylindria happened to look."""
+    status, error, outputs = outcome_from_history(entry)
+    started, ended = times_from_history(entry)
+    end = finish(status, error, outputs, when=ended)
+
+    def edit(job: Job) -> None:
+        if job.started_at is None and started is not None:
+            job.started_at = started
+        end(job)
     return edit
 
 

@@ -1,6 +1,8 @@
 """Read a prompt's outputs and final outcome from what ComfyUI reports."""
 from __future__ import annotations
 
+import math
+
 from comfy.jobs import JobStatus
 
 
@@ -51,6 +53,27 @@ def outcome_from_history(entry: dict) -> tuple[JobStatus, dict | None, list[dict
         return JobStatus.FAILED, error_from_message(last_data), []
     return JobStatus.FAILED, {"type": "unknown", "node_id": None, "node_type": None,
                               "message": "ComfyUI recorded the prompt as not successful"}, []
+
+
+def times_from_history(entry: dict) -> tuple[float | None, float | None]:
+    """(started, ended) in epoch seconds, from the timestamps (epoch ms) ComfyUI put on the
+    entry's execution_start and on its final message; None where absent or not a time."""
+    status = entry.get("status") if isinstance(entry.get("status"), dict) else {}
+    messages = status.get("messages")
+    started = None
+    for message in messages if isinstance(messages, list) else []:
+        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_start":
+            started = _seconds(message[1])
+            break
+    return started, _seconds(_last_execution_message(messages)[1])
+
+
+def _seconds(data) -> float | None:
+    """A message's `timestamp` (epoch ms) in seconds, if it is a plausible time."""
+    stamp = data.get("timestamp") if isinstance(data, dict) else None
+    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp):
+        return None
+    return stamp / 1000.0 if stamp > 0 else None
 
 
 def _last_execution_message(messages) -> tuple[str | None, dict]:

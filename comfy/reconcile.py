@@ -4,10 +4,9 @@ from __future__ import annotations
 import logging
 
 from comfy.errors import ComfyError, ComfyTimeout, ComfyUnreachable
-from comfy.events import finish, start_running
+from comfy.events import finish, finish_from_history, start_running
 from comfy.gpu import Gpu
 from comfy.jobs import Job, JobStatus
-from comfy.outcome import outcome_from_history
 from comfy.queue import QueueSnapshot
 from comfy.store import JobStore
 
@@ -90,8 +89,7 @@ def settle_gone(gpu: Gpu, store: JobStore, job: Job, allow_finished: bool = Fals
     """A prompt no longer in the queue: finished (history says how), or unknown to ComfyUI."""
     entry = gpu.client.history(job.prompt_id)
     if entry is not None:
-        status, error, outputs = outcome_from_history(entry)
-        store.change(job.job_id, finish(status, error, outputs), allow_finished=allow_finished)
+        store.change(job.job_id, finish_from_history(entry), allow_finished=allow_finished)
     elif job.status == JobStatus.SUBMITTING:
         logger.info("job %s: ComfyUI on GPU %d never got it; dropped so a retry can go through",
                     job.job_id, gpu.index)

@@ -6,10 +6,9 @@ import time
 import uuid
 
 from comfy.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyTimeout, ComfyUnreachable
-from comfy.events import finish, start_running
+from comfy.events import finish_from_history, start_running
 from comfy.gpu import Gpu
 from comfy.jobs import Job, JobStatus
-from comfy.outcome import outcome_from_history
 from comfy.store import JobStore
 from comfy.workflow import Workflow
 
@@ -166,8 +165,7 @@ def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | No
         return store.get(job.job_id)
     if entry is not None:
         _adopt(store, job, None, False)
-        status, error, outputs = outcome_from_history(entry)
-        return store.change(job.job_id, finish(status, error, outputs))
+        return store.change(job.job_id, finish_from_history(entry))
     logger.info("job %s: ComfyUI on GPU %d never got the prompt (%s); dropped",
                 job.job_id, gpu.index, cause or "found at settlement")
     store.discard(job.job_id)

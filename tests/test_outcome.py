@@ -2,8 +2,9 @@
 import json
 from pathlib import Path
 
-from comfy.jobs import JobStatus
-from comfy.outcome import files_from_output, outcome_from_history
+from comfy.events import finish_from_history
+from comfy.jobs import Job, JobStatus
+from comfy.outcome import files_from_output, outcome_from_history, times_from_history
 
 RECORDINGS = Path(__file__).parent / "recordings"
 
@@ -46,3 +47,34 @@ def test_every_output_key_is_read_and_temp_files_left_out():
               "text": ["not a file"]}
     names = [f["filename"] for f in files_from_output("9", output)]
     assert names == ["a.png", "b.webp", "c.flac"]
+
+
+def test_history_gives_the_recorded_start_and_end_in_seconds():
+    entry = recorded_history("success")
+    messages = dict(entry["status"]["messages"])
+    started, ended = times_from_history(entry)
+    assert started == messages["execution_start"]["timestamp"] / 1000
+    assert ended == messages["execution_success"]["timestamp"] / 1000
+    assert times_from_history(recorded_history("interrupt"))[1] == \
+        dict(recorded_history("interrupt")["status"]["messages"])["execution_interrupted"]["timestamp"] / 1000
+
+
+def test_missing_or_absurd_timestamps_give_no_time():
+    for stamp in (None, "1795386940970", True, float("nan"), -5, 0):
+        entry = {"status": {"status_str": "success", "messages": [
+            ["execution_start", {"timestamp": stamp}], ["execution_success", {"timestamp": stamp}]]}}
+        assert times_from_history(entry) == (None, None)
+    assert times_from_history({}) == (None, None)
+
+
+def test_a_job_finished_from_history_gets_the_recorded_times_but_keeps_a_seen_start():
+    entry = recorded_history("success")
+    started, ended = times_from_history(entry)
+    missed = Job(job_id="a", gpu_id=0, prompt_id="p", fingerprint="f", status=JobStatus.QUEUED)
+    finish_from_history(entry)(missed)
+    assert (missed.status, missed.started_at, missed.finished_at) == \
+        (JobStatus.COMPLETED, started, ended)
+    seen = Job(job_id="b", gpu_id=0, prompt_id="p", fingerprint="f", status=JobStatus.RUNNING,
+               started_at=123.0)
+    finish_from_history(entry)(seen)
+    assert seen.started_at == 123.0 and seen.finished_at == ended

@@ -4,6 +4,7 @@ import time
 
 import requests
 
+from comfy.status import iso_time
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
@@ -72,8 +73,15 @@ def test_silent_websocket_poll_alone_reaches_the_true_end(api, fake):
     fake.drop_websockets()
     api.put("/startjob/silent-ok", json=workflows.core("silent"))
     api.put("/startjob/silent-fail", json=workflows.fail())
-    assert api.wait_status("silent-ok", "completed")["outputs"]
+    done = api.wait_status("silent-ok", "completed")
+    assert done["outputs"]
     assert api.wait_status("silent-fail", "failed")["error"]["node_type"] == "CylFail"
+    # No message was seen: the times are the ones ComfyUI's history recorded.
+    prompt_id = done["prompt_id"]
+    entry = requests.get(f"{fake.url}/history/{prompt_id}", timeout=5).json()[prompt_id]
+    messages = dict(entry["status"]["messages"])
+    assert done["started_at"] == iso_time(messages["execution_start"]["timestamp"] / 1000)
+    assert done["finished_at"] == iso_time(messages["execution_success"]["timestamp"] / 1000)
 
 
 def test_poll_only_mode_tracks_everything(fakes, tmp_path):
