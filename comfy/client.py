@@ -180,6 +180,6 @@ def _refused(exc: requests.ConnectionError) -> bool:
 def _json_or_none(response: requests.Response) -> Any:
     """The body as JSON, or None."""
     try:
-        return response.json()
+        return from_json(response.content)
     except ValueError:
         return None

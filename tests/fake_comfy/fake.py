@@ -22,6 +22,12 @@ def _check_loopback(host: str) -> None:
         raise ValueError(f"FakeComfy only binds loopback addresses, not {host!r}")
 
 
+def _knob(name: str, convert: Callable[[Any], Any]) -> property:
+    """A FakeComfy attribute that reads and writes one of its Knobs (converted on the way in)."""
+    return property(lambda self: getattr(self.knobs, name),
+                    lambda self, value: setattr(self.knobs, name, convert(value)))
+
+
 def _costs(costs: dict[str, float] | None) -> dict[str, float] | None:
     """A copy of a cost table (route key -> seconds, see costs.py), so the caller's dict can
     change without the loop seeing it half-changed; None (no cost) stays None."""
@@ -44,18 +50,12 @@ class FakeComfy:
         self._saved: tuple[dict, int] | None = None  # (history, number) of the last stopped one
 
     # -- knobs, as plain attributes -----------------------------------------------------
-    hold = property(lambda self: self.knobs.hold,
-                    lambda self, v: setattr(self.knobs, "hold", bool(v)))
-    ws_silent = property(lambda self: self.knobs.ws_silent,
-                         lambda self, v: setattr(self.knobs, "ws_silent", bool(v)))
-    http_delay = property(lambda self: self.knobs.http_delay,
-                          lambda self, v: setattr(self.knobs, "http_delay", float(v)))
-    ignore_prompt_id = property(lambda self: self.knobs.ignore_prompt_id,
-                                lambda self, v: setattr(self.knobs, "ignore_prompt_id", bool(v)))
-    time_scale = property(lambda self: self.knobs.time_scale,
-                          lambda self, v: setattr(self.knobs, "time_scale", float(v)))
-    costs = property(lambda self: self.knobs.costs,
-                     lambda self, v: setattr(self.knobs, "costs", _costs(v)))
+    hold = _knob("hold", bool)
+    ws_silent = _knob("ws_silent", bool)
+    http_delay = _knob("http_delay", float)
+    ignore_prompt_id = _knob("ignore_prompt_id", bool)
+    time_scale = _knob("time_scale", float)
+    costs = _knob("costs", _costs)
 
     @property
     def url(self) -> str:
