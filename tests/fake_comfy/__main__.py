@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -11,10 +12,12 @@ import threading
 from .costs import recorded_costs
 from .fake import FakeComfy
 
+PROG = "python -m tests.fake_comfy"
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m tests.fake_comfy", description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--port", type=int, default=8188, help="port of the first instance")
     parser.add_argument("--count", type=int, default=1, help="instances on consecutive ports")
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
@@ -39,7 +42,13 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(args.count):
             fake = FakeComfy(port=args.port + index, host=args.host, time_scale=args.time_scale,
                              costs=costs)
-            fakes.append(fake.start())
+            try:
+                fakes.append(fake.start())
+            except OSError as exc:  # port taken, or an address not on this machine
+                reason = os.strerror(exc.errno) if exc.errno else str(exc)
+                print(f"{PROG}: error: cannot listen on {args.host}:{args.port + index}: {reason}",
+                      file=sys.stderr)
+                return 2
             print(f"fake ComfyUI {index} listening on {fake.url}", flush=True)
         while not done.wait(0.5):
             pass
