@@ -61,7 +61,8 @@ def _judge(gpu: Gpu, store: JobStore, jobs: list[Job], snapshot: QueueSnapshot) 
             is_running, position = job.prompt_id in running, positions.get(job.prompt_id)
             nodes_total = item.nodes_to_run()
             if not _unchanged(job, item.number, is_running, position, nodes_total):
-                store.change(job.job_id, _in_queue(item.number, is_running, position, nodes_total))
+                store.change(job.job_id, _in_queue(item.number, is_running, position, nodes_total),
+                             prompt_id=job.prompt_id)
 
 
 def _unchanged(job: Job, number: float, is_running: bool, position: int | None,
@@ -89,24 +90,27 @@ def settle_gone(gpu: Gpu, store: JobStore, job: Job, allow_finished: bool = Fals
     """A prompt no longer in the queue: finished (history says how), or unknown to ComfyUI."""
     entry = gpu.client.history(job.prompt_id)
     if entry is not None:
-        store.change(job.job_id, finish_from_history(entry), allow_finished=allow_finished)
+        store.change(job.job_id, finish_from_history(entry), allow_finished=allow_finished,
+                     prompt_id=job.prompt_id)
     elif job.status == JobStatus.SUBMITTING:
-        logger.info("job %s: ComfyUI on GPU %d never got it; dropped so a retry can go through",
-                    job.job_id, gpu.index)
-        store.discard(job.job_id)
+        if store.discard(job.job_id, job.prompt_id):
+            logger.info("job %s: ComfyUI on GPU %d never got it; dropped so a retry can go "
+                        "through", job.job_id, gpu.index)
     elif not job.status.finished:
         store.change(job.job_id, finish(
-            JobStatus.LOST, lost_error(gpu, "no longer knows this prompt (restarted or cleared)")))
+            JobStatus.LOST, lost_error(gpu, "no longer knows this prompt (restarted or cleared)")),
+            prompt_id=job.prompt_id)
 
 
 def _lose_all(gpu: Gpu, store: JobStore, jobs: list[Job]) -> None:
     """ComfyUI refuses connections: its process, queue and history are gone with it."""
     for job in jobs:
         if job.status == JobStatus.SUBMITTING:
-            store.discard(job.job_id)
+            store.discard(job.job_id, job.prompt_id)
             continue
         store.change(job.job_id, finish(
-            JobStatus.LOST, lost_error(gpu, "stopped (connection refused) before the job ended")))
+            JobStatus.LOST, lost_error(gpu, "stopped (connection refused) before the job ended")),
+            prompt_id=job.prompt_id)
         gpu.lost_in_outage.add(job.job_id)
 
 

@@ -33,7 +33,9 @@ class JobStore:
         self._settled = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
         self._active: dict[str, str] = {}  # prompt_id -> job_id, unfinished jobs only
-        self._in_flight: set[str] = set()  # job ids whose POST /prompt is under way
+        # job id -> the prompt_id whose POST /prompt is under way. Keyed by prompt as well, so
+        # the end of one submission's POST never clears the flag of a newer one under its id.
+        self._in_flight: dict[str, str] = {}
         self._counts: Counter = Counter()  # (gpu_id, status) -> jobs, kept as jobs move
         self._observers: list[Callable[[Job | None, Job], None]] = []
         for job in db.load():
@@ -103,7 +105,7 @@ class JobStore:
             job.status = JobStatus.SUBMITTING
             job.submitted_at = job.submitted_at or time.time()
             job.seq = self._db.insert(job)
-            self._in_flight.add(job.job_id)
+            self._in_flight[job.job_id] = job.prompt_id
             self._publish(job)
         self._notify(None, job)
         return job, True
@@ -130,35 +132,45 @@ class JobStore:
             self._settled.wait_for(lambda: job_id not in self._in_flight, timeout)
             return self._jobs.get(job_id)
 
-    def release(self, job_id: str) -> None:
-        """The POST for this job is over, whatever its outcome."""
+    def release(self, job_id: str, prompt_id: str) -> None:
+        """The POST of this submission (job id and prompt) is over, whatever its outcome."""
         with self._settled:
-            self._in_flight.discard(job_id)
-            self._settled.notify_all()
+            if self._in_flight.get(job_id) == prompt_id:
+                del self._in_flight[job_id]
+                self._settled.notify_all()
 
-    def discard(self, job_id: str) -> None:
-        """Forget a submission ComfyUI never got, so the client's retry goes through."""
+    def discard(self, job_id: str, prompt_id: str) -> bool:
+        """Forget a submission ComfyUI never got, so the client's retry goes through.
+
+        Only the exact submission that was judged (its prompt_id) is forgotten, and only
+        while it is still `submitting`: by the time a slow judgment lands, the id may belong
+        to a newer submission whose POST is under way, and that one must live on.
+        """
         with self._settled:
             job = self._jobs.get(job_id)
-            if job is None or job.status != JobStatus.SUBMITTING:
-                return
+            if job is None or job.prompt_id != prompt_id or job.status != JobStatus.SUBMITTING:
+                return False
             self._db.delete(job_id)
             del self._jobs[job_id]
             self._active.pop(job.prompt_id, None)
             self._counts[(job.gpu_id, job.status)] -= 1
-            self._in_flight.discard(job_id)
+            if self._in_flight.get(job_id) == prompt_id:
+                del self._in_flight[job_id]
             self._settled.notify_all()
+            return True
 
     def change(self, job_id: str, edit: Callable[[Job], None],
-               allow_finished: bool = False) -> Job | None:
+               allow_finished: bool = False, prompt_id: str | None = None) -> Job | None:
         """Apply `edit` to a copy of the job and publish it if it is a legal move.
 
         A finished job is left alone (late messages must not touch it) unless
         `allow_finished`; a status change that would move backwards is refused whole.
+        With `prompt_id`, only that submission is changed (None if the id now holds another):
+        what was learnt about one prompt never lands on a newer submission under the same id.
         """
         with self._lock:
             current = self._jobs.get(job_id)
-            if current is None:
+            if current is None or (prompt_id is not None and current.prompt_id != prompt_id):
                 return None
             if current.status.finished and not allow_finished:
                 return current
@@ -179,7 +191,7 @@ class JobStore:
             job_id = self._active.get(prompt_id)
             if job_id is None or self._jobs[job_id].gpu_id != gpu_id:
                 return None
-        return self.change(job_id, edit)
+        return self.change(job_id, edit, prompt_id=prompt_id)
 
     def jobs(self, newest_first: bool = True) -> Iterable[Job]:
         """A snapshot of every job, newest first by default."""

@@ -68,6 +68,8 @@ def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workfl
     settled = _settle_earlier(store, gpu, existing, wait)
     if settled is None:
         return None  # the earlier attempt was dropped: try again, this one goes through as new
+    if settled.fingerprint != workflow.fingerprint:
+        raise JobIdConflict(settled)  # dropped meanwhile, and the id taken by another workflow
     return settled, False
 
 
@@ -104,7 +106,7 @@ def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
     try:
         answer = gpu.client.submit(workflow.payload(gpu.client_id, job.prompt_id))
     except ComfyRejected:
-        store.discard(job.job_id)
+        store.discard(job.job_id, job.prompt_id)
         raise
     except ComfyError as exc:
         if isinstance(exc, ComfyUnreachable):
@@ -112,40 +114,45 @@ def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
         if exc.may_have_run:
             settle_submission(store, gpu, job, exc)
         else:
-            store.discard(job.job_id)
+            store.discard(job.job_id, job.prompt_id)
         raise
     except Exception:
         # Not one of ComfyUI's failures: requests failed to build the request, so nothing
         # was sent; the job must not stay behind as `submitting`.
-        store.discard(job.job_id)
+        store.discard(job.job_id, job.prompt_id)
         raise
     else:
         # Recorded before the job leaves in-flight, so the poller never judges it half-done.
         gpu.last_submit_at = max(gpu.last_submit_at, sent_at)
-        return accept(store, gpu, job.job_id, answer)
+        return accept(store, gpu, job, answer)
     finally:
-        store.release(job.job_id)
+        store.release(job.job_id, job.prompt_id)
 
 
-def accept(store: JobStore, gpu: Gpu, job_id: str, answer: dict) -> Job:
-    """Record ComfyUI's 200 answer; the websocket may already have moved the job further."""
+def accept(store: JobStore, gpu: Gpu, job: Job, answer: dict) -> Job:
+    """Record ComfyUI's 200 answer for this submission; the websocket may already have moved
+    the job further. Only the caller, whose POST this was, accepts it, while the submission
+    is in flight: no settler judges an in-flight submission, so none can have dropped it."""
     number = answer.get("number")
     number = float(number) if isinstance(number, (int, float)) else None
     ahead = store.ahead_of(gpu.index) + gpu.foreign_before(number)
 
-    def edit(job: Job) -> None:
-        job.prompt_id = str(answer["prompt_id"])  # older ComfyUI ignores ours and picks its own
-        job.number = number
-        job.warnings = answer.get("node_errors") or None
-        if job.status == JobStatus.SUBMITTING:
-            job.status = JobStatus.QUEUED
-            job.queue_position = ahead
-    return store.change(job_id, edit)
+    def edit(current: Job) -> None:
+        current.prompt_id = str(answer["prompt_id"])  # older ComfyUI ignores ours, picks its own
+        current.number = number
+        current.warnings = answer.get("node_errors") or None
+        if current.status == JobStatus.SUBMITTING:
+            current.status = JobStatus.QUEUED
+            current.queue_position = ahead
+    return store.change(job.job_id, edit, prompt_id=job.prompt_id)
 
 
 def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | None) -> Job | None:
     """Decide a submission whose POST had no clear answer: adopt it if ComfyUI has the prompt,
-    drop it if ComfyUI does not, keep it `submitting` while ComfyUI cannot say."""
+    drop it if ComfyUI does not, keep it `submitting` while ComfyUI cannot say.
+
+    Every decision lands on this submission only (its prompt_id). None when it was dropped,
+    here or meanwhile by another settler: the id may already hold a newer submission."""
     try:
         snapshot = gpu.client.queue()
         item = snapshot.items().get(job.prompt_id)
@@ -156,19 +163,19 @@ def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | No
     except ComfyTimeout:
         logger.warning("job %s: ComfyUI on GPU %d does not answer; submission left to settle",
                        job.job_id, gpu.index)
-        return store.get(job.job_id)
+        return _still(store, job)
     except ComfyUnreachable as exc:
         if not exc.refused:
-            return store.get(job.job_id)
+            return _still(store, job)
         entry = None  # refused: the process is gone, and any prompt it had with it
     except ComfyBadResponse:
-        return store.get(job.job_id)
+        return _still(store, job)
     if entry is not None:
         _adopt(store, job, None, False)
-        return store.change(job.job_id, finish_from_history(entry))
-    logger.info("job %s: ComfyUI on GPU %d never got the prompt (%s); dropped",
-                job.job_id, gpu.index, cause or "found at settlement")
-    store.discard(job.job_id)
+        return store.change(job.job_id, finish_from_history(entry), prompt_id=job.prompt_id)
+    if store.discard(job.job_id, job.prompt_id):
+        logger.info("job %s: ComfyUI on GPU %d never got prompt %s (%s); dropped",
+                    job.job_id, gpu.index, job.prompt_id, cause or "found at settlement")
     return None
 
 
@@ -180,5 +187,13 @@ def _adopt(store: JobStore, job: Job, number: float | None, running: bool) -> Jo
             start_running(current)
         elif current.status == JobStatus.SUBMITTING:
             current.status = JobStatus.QUEUED
-    logger.info("job %s: ComfyUI on GPU %d has the prompt; adopted", job.job_id, job.gpu_id)
-    return store.change(job.job_id, edit)
+    adopted = store.change(job.job_id, edit, prompt_id=job.prompt_id)
+    if adopted is not None:
+        logger.info("job %s: ComfyUI on GPU %d has the prompt; adopted", job.job_id, job.gpu_id)
+    return adopted
+
+
+def _still(store: JobStore, job: Job) -> Job | None:
+    """This submission as it stands now, or None if it is no longer the one under its id."""
+    current = store.get(job.job_id)
+    return current if current is not None and current.prompt_id == job.prompt_id else None

@@ -33,7 +33,7 @@ def track(store, messages, nodes_total=3) -> Job:
     prompt_id = first_prompt_id(messages)
     store.reserve(Job(job_id="j", gpu_id=0, prompt_id=prompt_id, fingerprint="f",
                       nodes_total=nodes_total))
-    store.release("j")
+    store.release("j", prompt_id)
     store.change("j", lambda job: setattr(job, "status", JobStatus.QUEUED))
     return prompt_id
 
