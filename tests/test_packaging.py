@@ -2,6 +2,7 @@
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,29 @@ def clean_copy(target: Path) -> Path:
     return target
 
 
+def see_running_site_packages(python: Path) -> None:
+    """Make a new venv import what this Python imports, after its own packages.
+
+    `venv --system-site-packages` run from a venv gives the *base* interpreter's site-packages,
+    not the running venv's, so the dependencies would be missing: a .pth file in the new venv's
+    site-packages names this interpreter's library dirs instead."""
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    found = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True,
+                           timeout=60)
+    ours = dict.fromkeys(sysconfig.get_paths()[key] for key in ("purelib", "platlib"))
+    (Path(found.stdout.strip()) / "running-python.pth").write_text("\n".join(ours) + "\n")
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory):
     """A fresh venv with the checkout pip-installed; dependencies come from this Python's
-    site-packages (--system-site-packages, --no-deps) so that only the build runs."""
+    site-packages (see_running_site_packages, --no-deps) so that only the build runs."""
     base = tmp_path_factory.mktemp("packaging")
     source = clean_copy(base / "src")
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(base / "venv")],
                    check=True, timeout=300)
     python = base / "venv" / BIN / "python"
+    see_running_site_packages(python)
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(source)],
                    check=True, timeout=600, cwd=base)
     shutil.rmtree(source)  # the installed commands must not need the source tree
