@@ -4,9 +4,12 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
+from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
-from comfy.jobs import Job, JobStatus
+from comfy.jobs import FINISHED, Job, JobStatus
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     nodes_total INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The retention sweep finds the oldest finished jobs without reading the table whole.
+CREATE INDEX IF NOT EXISTS jobs_finished_at ON jobs (finished_at) WHERE finished_at IS NOT NULL;
 """
 
 COLUMNS = ("job_id", "gpu_id", "prompt_id", "fingerprint", "status", "number", "submitted_at",
@@ -41,8 +46,9 @@ JSON_COLUMNS = frozenset({"error", "outputs", "warnings"})
 class Database:
     """Rows of jobs; the caller (JobStore) serialises access with its own lock."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, retention: float | None = None):
         self.path = Path(path)
+        self.retention = retention  # seconds a finished job is kept; None: for ever
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False,
                                      isolation_level=None)
@@ -53,17 +59,81 @@ class Database:
         self._conn.executescript(SCHEMA)
 
     def load(self) -> list[Job]:
-        """Every job, oldest first."""
-        cursor = self._conn.execute(f"SELECT seq, {', '.join(COLUMNS)} FROM jobs ORDER BY seq")
+        """Every job still within retention, oldest first (expired rows await the sweep)."""
+        cursor = self._conn.execute(
+            f"SELECT seq, {', '.join(COLUMNS)} FROM jobs "
+            "WHERE finished_at IS NULL OR finished_at >= ? ORDER BY seq", (self._cutoff(),))
         return [_row_to_job(row) for row in cursor]
 
     def insert(self, job: Job) -> int:
-        """Add a job; returns its sequence number."""
+        """Add a job; returns its sequence number.
+
+        An expired row the sweep has not deleted yet (the job is already gone from memory)
+        gives way to a new job under its id: it is deleted, and counted, in the same transaction.
+        """
         values = [_to_db(name, getattr(job, name)) for name in COLUMNS]
-        marks = ", ".join("?" * len(COLUMNS))
-        cursor = self._conn.execute(
-            f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({marks})", values)
-        return cursor.lastrowid
+        statement = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        try:
+            return self._conn.execute(statement, values).lastrowid
+        except sqlite3.IntegrityError:
+            with self._transaction():
+                expired = self._delete_expired("job_id = ?", [job.job_id], self._cutoff())
+                if not expired:
+                    raise
+                return self._conn.execute(statement, values).lastrowid
+
+    def expired(self, cutoff: float, limit: int) -> list[tuple[int, str]]:
+        """(seq, job_id) of up to `limit` finished jobs that ended before `cutoff`, oldest first."""
+        return self._conn.execute(
+            "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
+            f"AND status IN ({_FINISHED_MARKS}) ORDER BY finished_at LIMIT ?",
+            (cutoff, *_FINISHED_VALUES, limit)).fetchall()
+
+    def delete_expired(self, seqs: list[int], cutoff: float) -> Counter:
+        """Delete these rows if they are still finished before `cutoff`; (gpu, status) -> deleted."""
+        if not seqs:
+            return Counter()
+        with self._transaction():
+            return self._delete_expired(f"seq IN ({', '.join('?' * len(seqs))})", seqs, cutoff)
+
+    def retired(self) -> Counter:
+        """(gpu, status) -> jobs removed by retention so far, over every life of this data dir."""
+        rows = self._conn.execute("SELECT key, value FROM meta WHERE key LIKE 'retired:%'")
+        counts = Counter()
+        for key, value in rows:
+            _, gpu, status = key.split(":")
+            counts[(int(gpu), _STATUS[status])] = int(value)
+        return counts
+
+    def _delete_expired(self, where: str, values: list, cutoff: float) -> Counter:
+        """Delete the matching expired rows and add them to the durable retired counts
+        (inside the caller's transaction, so a count is never lost nor doubled)."""
+        deleted = Counter(
+            (gpu, _STATUS[status]) for gpu, status in self._conn.execute(
+                f"DELETE FROM jobs WHERE {where} AND finished_at IS NOT NULL AND finished_at < ? "
+                f"AND status IN ({_FINISHED_MARKS}) RETURNING gpu_id, status",
+                (*values, cutoff, *_FINISHED_VALUES)))
+        for (gpu, status), n in deleted.items():
+            self._conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
+                (f"retired:{gpu}:{status.value}", n))
+        return deleted
+
+    @contextmanager
+    def _transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the connection is in autocommit mode."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _cutoff(self) -> float:
+        """Finished jobs that ended before this are past retention (-inf: keep all)."""
+        return float("-inf") if self.retention is None else time.time() - self.retention
 
     def update(self, job: Job, names: list[str]) -> None:
         """Write the named fields of a job."""
@@ -110,6 +180,8 @@ def _row_to_job(row) -> Job:
 
 
 _STATUS = {status.value: status for status in JobStatus}
+_FINISHED_VALUES = tuple(status.value for status in FINISHED)
+_FINISHED_MARKS = ", ".join("?" * len(_FINISHED_VALUES))
 
 
 def _json_or_none(text: str | None):

@@ -32,6 +32,7 @@ class JobStore:
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
+        self._peak = 0  # most jobs the dict has held since it was last rebuilt
         self._active: dict[str, str] = {}  # prompt_id -> job_id, unfinished jobs only
         # job id -> the prompt_id whose POST /prompt is under way. Keyed by prompt as well, so
         # the end of one submission's POST never clears the flag of a newer one under its id.
@@ -193,6 +194,26 @@ class JobStore:
                 return None
         return self.change(job_id, edit, prompt_id=prompt_id)
 
+    def forget_finished(self, job_ids: Iterable[str], cutoff: float) -> int:
+        """Drop from memory those of these jobs that ended before `cutoff` (the retention
+        sweep's step; it deletes their rows itself). Unfinished jobs are never dropped."""
+        forgotten = 0
+        with self._lock:
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if job is None or not job.status.finished or job.finished_at is None \
+                        or job.finished_at >= cutoff:
+                    continue
+                del self._jobs[job_id]
+                self._counts[(job.gpu_id, job.status)] -= 1
+                forgotten += 1
+            if forgotten and len(self._jobs) < self._peak // 4:
+                # A dict never shrinks by deletion: rebuilt once it is mostly empty, so a
+                # store that once held a million jobs does not keep their table for ever.
+                self._jobs = dict(self._jobs)
+                self._peak = len(self._jobs)
+        return forgotten
+
     def jobs(self, newest_first: bool = True) -> Iterable[Job]:
         """A snapshot of every job, newest first by default."""
         with self._lock:
@@ -242,6 +263,7 @@ class JobStore:
     def _publish(self, job: Job, previous: Job | None = None) -> None:
         """Make `job` the current record and keep the prompt index to unfinished jobs."""
         self._jobs[job.job_id] = job
+        self._peak = max(self._peak, len(self._jobs))
         if previous is not None:
             self._counts[(previous.gpu_id, previous.status)] -= 1
         self._counts[(job.gpu_id, job.status)] += 1

@@ -9,6 +9,7 @@ from werkzeug.routing import PathConverter
 
 from comfy.database import Database
 from comfy.gpu import build_gpus
+from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from comfy.tracker import Tracker
 from web import auth, errors, metrics, openapi, results, routes, status
@@ -75,11 +76,12 @@ def create_app(config: Config) -> Flask:
     app.url_map.strict_slashes = False
     app.url_map.converters["anypath"] = AnyPath
     app.wsgi_app = PathNormalizer(app.wsgi_app)
-    store = JobStore(Database(config.data_dir / DB_FILE_NAME))
+    store = JobStore(Database(config.data_dir / DB_FILE_NAME, config.retention))
     gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
     tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket)
     keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
-    context = app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys)
+    retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention)
+    context = app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys, retention)
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
     auth.init_app(app, keys, config.no_auth, config.metrics_public)

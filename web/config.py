@@ -93,6 +93,22 @@ def ip_address(text: str) -> str:
         raise ValueError("must be one IP address, like 127.0.0.1") from None
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> float:
+    """A span of time as seconds: a number with a unit, like 90s, 45m, 12h or 30d."""
+    value = str(text).strip().lower()
+    unit = DURATION_UNITS.get(value[-1:]) if value else None
+    try:
+        amount = float(value[:-1]) if unit else None
+    except ValueError:
+        amount = None
+    if amount is None or not amount > 0 or amount != amount or amount == float("inf"):
+        raise ValueError("must be a number above 0 with a unit s, m, h or d, like 90s, 12h or 30d")
+    return amount * unit
+
+
 def default_data_dir() -> Path:
     """The per-user data dir (platformdirs knows Windows, macOS and Linux conventions)."""
     return Path(platformdirs.user_data_dir("Cylindria", appauthor=False))
@@ -132,6 +148,8 @@ OPTIONS = (
            integer_in(10, 10000), 100, "most client connections open at once"),
     Option("--log-file", "log_file", "CYLINDRIA_LOG_FILE", Path, None,
            "also write the log to this file, rotated at 10 MiB, 5 old files kept"),
+    Option("--retention", "retention", "CYLINDRIA_RETENTION", duration, 30 * 86400.0,
+           "how long finished jobs are kept before they are removed: 90s, 12h, 30d"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
            "address of the reverse proxy (TLS) in front: client addresses come from its "
            "X-Forwarded-For (for the failure throttle and the log)"),
@@ -165,6 +183,7 @@ class Config:
     log_file: Path | None = None
     trusted_proxy: str | None = None
     connection_limit: int = 100
+    retention: float = 30 * 86400.0  # seconds a finished job is kept
     header_timeout: float = 10.0  # seconds a client gets to send a request's headers
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
     max_body_bytes: int = 32 * 1024 * 1024

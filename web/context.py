@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from comfy.gpu import Gpu
+from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from comfy.tracker import Tracker
 from web.auth import KeySetup
@@ -22,10 +23,12 @@ class Context:
     gpus: list[Gpu]
     tracker: Tracker
     keys: KeySetup
+    retention: RetentionSweep
 
     def close(self) -> None:
-        """Stop tracking and close the store."""
+        """Stop tracking and the retention sweep, and close the store."""
         self.tracker.stop()
+        self.retention.stop()
         self.store.close()
 
 

@@ -23,22 +23,29 @@ class StateCollector:
         self.context = context
 
     def collect(self):
-        """Jobs per GPU and status (durable, so totals survive restarts), and GPU health."""
-        counts = self.context.store.counts()
+        """Jobs per GPU and status, and GPU health. The totals are durable (they survive
+        restarts): the jobs in the store plus those the retention sweep has removed."""
+        counts, retired = self.context.retention.counts()
         submitted = CounterMetricFamily("cylindria_jobs_submitted", "Jobs accepted, by GPU",
                                         labels=["gpu"])
         finished = CounterMetricFamily("cylindria_jobs_finished", "Jobs ended, by GPU and status",
                                        labels=["gpu", "status"])
         current = GaugeMetricFamily("cylindria_jobs", "Jobs now in each status", labels=["gpu", "status"])
+        removed = CounterMetricFamily("cylindria_jobs_removed",
+                                      "Finished jobs removed after --retention, by GPU and status",
+                                      labels=["gpu", "status"])
         for gpu in self.context.gpus:
             label = str(gpu.index)
-            submitted.add_metric([label], sum(n for (i, _), n in counts.items() if i == gpu.index))
+            submitted.add_metric([label], sum(n for (i, _), n in counts.items() if i == gpu.index)
+                                 + sum(n for (i, _), n in retired.items() if i == gpu.index))
             for status in JobStatus:
                 n = counts.get((gpu.index, status), 0)
                 current.add_metric([label, status.value], n)
                 if status in FINISHED:
-                    finished.add_metric([label, status.value], n)
-        yield from (submitted, finished, current)
+                    gone = retired.get((gpu.index, status), 0)
+                    finished.add_metric([label, status.value], n + gone)
+                    removed.add_metric([label, status.value], gone)
+        yield from (submitted, finished, current, removed)
         yield from self._gpu_families()
 
     def _gpu_families(self):
@@ -138,4 +145,5 @@ def init_app(app: Flask, context) -> Metrics:
 def metrics():
     """The Prometheus text format."""
     registry = current_app.extensions["cylindria_metrics"].registry
-    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would append a second "; charset=utf-8" to it.
+    return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -65,6 +65,7 @@ class Service:
             self.context.close()
             raise
         self.context.tracker.start()
+        self.context.retention.start()
         self.ready.set()
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
                     self.config.host, self.port, self.config.threads, len(self.context.gpus),
@@ -135,6 +136,7 @@ class Service:
                 wasyncore.close_all(self._map)
                 self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=STOP_TIMEOUT / 2)
             self.context.tracker.stop(timeout=STOP_TIMEOUT / 2)
+            self.context.retention.stop(timeout=STOP_TIMEOUT / 2)
             self.context.store.close()
         finally:
             self._done.set()

@@ -1,0 +1,86 @@
+"""The retention sweep: finished jobs older than --retention leave memory and the database."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from comfy.database import Database
+from comfy.jobs import JobStatus
+from comfy.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class RetentionSweep:
+    """One thread removing expired finished jobs in small batches.
+
+    Each batch holds the store's lock only to drop a few hundred dict entries; the rows are
+    deleted on the sweep's own database connection, outside that lock, so reads of the
+    store (every /jobstatus) never wait for the disk. Memory goes first: a job is never
+    visible without its row, and a row left behind by a crash is found again by the next
+    pass (or gives way to a new job under its id, see Database.insert).
+    """
+
+    BATCH = 200  # jobs per pass: one short store lock and one small transaction
+    PAUSE = 0.01  # seconds between full batches, so a backlog never monopolises the disk
+
+    def __init__(self, store: JobStore, db_path: Path, retention: float,
+                 clock: Callable[[], float] = time.time):
+        self.store = store
+        self.retention = retention
+        self.clock = clock
+        self.interval = min(max(retention / 10, 0.5), 60.0)  # seconds between idle passes
+        self._db = Database(db_path, retention)
+        self._lock = threading.Lock()
+        self._retired = self._db.retired()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, name="cylindria-retention", daemon=True)
+
+    def start(self) -> None:
+        """Start the sweep thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop after the batch under way, and close the sweep's connection."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("retention thread did not stop in %.1fs", timeout)
+            return
+        self._db.close()
+
+    def run(self) -> None:
+        """Sweep until stopped: batches back to back while a backlog lasts, then every interval."""
+        while not self._stop.is_set():
+            try:
+                removed = self.sweep_once()
+            except Exception:
+                logger.exception("retention sweep failed")
+                removed = 0
+            self._stop.wait(self.PAUSE if removed >= self.BATCH else self.interval)
+
+    def sweep_once(self) -> int:
+        """Remove one batch of finished jobs that ended more than `retention` ago; how many."""
+        cutoff = self.clock() - self.retention
+        rows = self._db.expired(cutoff, self.BATCH)
+        if not rows:
+            return 0
+        with self._lock:  # a scrape sees each job counted either live or retired, never both
+            self.store.forget_finished([job_id for _, job_id in rows], cutoff)
+            deleted = self._db.delete_expired([seq for seq, _ in rows], cutoff)
+            # Re-read, not added up: a new job under an expired id deletes that row too.
+            self._retired = self._db.retired()
+        removed = sum(deleted.values())
+        logger.debug("retention: removed %d finished job(s) that ended before %s", removed,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cutoff)))
+        return removed
+
+    def counts(self) -> tuple[dict[tuple[int, JobStatus], int], Counter]:
+        """The store's live counts and the retired ones, read together (for /metrics)."""
+        with self._lock:
+            return self.store.counts(), Counter(self._retired)

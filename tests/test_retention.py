@@ -1,0 +1,154 @@
+"""Retention: finished jobs older than --retention leave memory and the database; unfinished
+jobs never do; the removal counts survive restarts."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from comfy.database import Database
+from comfy.events import finish
+from comfy.jobs import Job, JobStatus
+from comfy.retention import RetentionSweep
+from comfy.store import JobStore
+from tests import workflows
+from tests.conftest import make_config
+from tests.helpers import Api, wait_for
+from web.config import ConfigError, duration, load_config
+from web.server import Service
+
+DAY = 86400.0
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def add_job(store: JobStore, job_id: str, status: JobStatus, ended_at: float | None) -> None:
+    """A job recorded, accepted and (unless `status` is unfinished) ended at `ended_at`."""
+    store.reserve(Job(job_id=job_id, gpu_id=0, prompt_id=f"p-{job_id}", fingerprint="f"))
+    store.release(job_id, f"p-{job_id}")
+    store.change(job_id, lambda job: setattr(job, "status", JobStatus.QUEUED))
+    if status.finished:
+        store.change(job_id, finish(status, when=ended_at))
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "jobs.sqlite3"
+
+
+def test_the_sweep_removes_only_finished_jobs_older_than_retention(db_path):
+    now = time.time()
+    store = JobStore(Database(db_path, 30 * DAY))
+    add_job(store, "old-done", JobStatus.COMPLETED, now - 40 * DAY)
+    add_job(store, "old-failed", JobStatus.FAILED, now - 31 * DAY)
+    add_job(store, "recent", JobStatus.COMPLETED, now - 29 * DAY)
+    add_job(store, "unfinished", JobStatus.QUEUED, None)
+    sweep = RetentionSweep(store, db_path, 30 * DAY, clock=Clock(now + 365 * DAY))
+    sweep.clock.now = now
+    assert sweep.sweep_once() == 2
+    assert store.get("old-done") is None and store.get("old-failed") is None
+    assert store.get("recent") is not None and store.get("unfinished").status == JobStatus.QUEUED
+    sweep.clock.now = now + 365 * DAY  # a year on: everything finished is past retention
+    assert sweep.sweep_once() == 1 and sweep.sweep_once() == 0
+    assert store.get("unfinished") is not None
+    live, retired = sweep.counts()
+    assert retired == {(0, JobStatus.COMPLETED): 2, (0, JobStatus.FAILED): 1}
+    assert live == {(0, JobStatus.QUEUED): 1}
+    sweep.stop()
+    store.close()
+
+    reopened = JobStore(Database(db_path, 30 * DAY))
+    assert [job.job_id for job in reopened.jobs()] == ["unfinished"]
+    assert Database(db_path).retired() == retired  # durable, for /metrics across restarts
+    reopened.close()
+
+
+def test_a_backlog_is_removed_in_bounded_batches(db_path):
+    store = JobStore(Database(db_path, DAY))
+    long_ago = time.time() - 10 * DAY
+    total = RetentionSweep.BATCH * 2 + 7
+    for n in range(total):
+        add_job(store, f"j{n}", JobStatus.COMPLETED, long_ago + n)
+    sweep = RetentionSweep(store, db_path, DAY)
+    passes = []
+    while (removed := sweep.sweep_once()):
+        passes.append(removed)
+    assert passes == [RetentionSweep.BATCH, RetentionSweep.BATCH, 7]
+    assert list(store.jobs()) == []
+    sweep.stop()
+    store.close()
+
+
+def test_expired_rows_are_not_loaded_and_their_ids_can_be_used_again(db_path):
+    store = JobStore(Database(db_path))  # no retention while these are written
+    add_job(store, "reused", JobStatus.COMPLETED, time.time() - 40 * DAY)
+    store.close()
+    store = JobStore(Database(db_path, 30 * DAY))  # a restart with --retention 30d
+    assert store.get("reused") is None  # expired: never loaded, though its row awaits the sweep
+    job, created = store.reserve(Job(job_id="reused", gpu_id=1, prompt_id="p-new", fingerprint="g"))
+    assert created and job.prompt_id == "p-new"
+    store.close()
+    reopened = JobStore(Database(db_path, 30 * DAY))
+    assert reopened.get("reused").prompt_id == "p-new"
+    assert Database(db_path).retired() == {(0, JobStatus.COMPLETED): 1}
+    reopened.close()
+
+
+def test_retention_is_a_duration_with_a_unit():
+    assert duration("90s") == 90 and duration("12h") == 12 * 3600 and duration("30d") == 30 * DAY
+    assert load_config([]).retention == 30 * DAY
+    assert load_config(["--retention", "2s"]).retention == 2
+    for bad in ("30", "0d", "-1h", "abc", "nanh", "infd", "d"):
+        with pytest.raises(ConfigError, match="--retention"):
+            load_config([f"--retention={bad}"])
+
+
+def test_a_server_removes_finished_jobs_after_retention_and_keeps_unfinished_ones(fakes, tmp_path):
+    """--retention 2s against real fakes: 404 afterwards, also after a restart; a job held in
+    ComfyUI's queue for longer than that stays."""
+    config = make_config(fakes, tmp_path, retention=2.0)
+    fakes[1].hold = True  # GPU 1 runs nothing: its job stays queued
+    try:
+        with Service(config) as service:
+            api = Api(service.url)
+            assert api.put("/startjob/waiting?GpuId=1", json=workflows.core("w")).status_code == 201
+            assert api.put("/startjob/done?GpuId=0", json=workflows.core("d")).status_code == 201
+            api.wait_status("done", "completed")
+            wait_for(lambda: api.get("/jobstatus/done").status_code == 404, timeout=20,
+                     message="the finished job to be removed")
+            assert api.get("/jobstatus/done").json() == {"error": "job not found",
+                                                         "code": "job_not_found"}
+            assert api.status("waiting")["status"] == "queued"
+            metrics = api.get("/metrics").text
+            assert 'cylindria_jobs_removed_total{gpu="0",status="completed"} 1.0' in metrics
+            assert 'cylindria_jobs_submitted_total{gpu="0"} 1.0' in metrics
+        with Service(config) as service:  # a restart on the same data dir
+            api = Api(service.url)
+            assert api.get("/jobstatus/done").status_code == 404
+            assert api.status("waiting")["status"] in ("queued", "running")
+            fakes[1].hold = False
+            api.wait_status("waiting", "completed")
+    finally:
+        fakes[1].hold = False
+
+
+def test_metrics_totals_do_not_drop_when_jobs_are_removed(fakes, tmp_path):
+    config = make_config(fakes, tmp_path, retention=1.0)
+    with Service(config) as service:
+        api = Api(service.url)
+        for n in range(3):
+            api.put(f"/startjob/m{n}", json=workflows.core(f"m{n}"))
+            api.wait_status(f"m{n}", "completed")
+        wait_for(lambda: api.get("/jobs").json()["jobs"] == [], timeout=20)
+        text = api.get("/metrics").text
+        assert 'cylindria_jobs_submitted_total{gpu="0"} 3.0' in text
+        assert 'cylindria_jobs_finished_total{gpu="0",status="completed"} 3.0' in text
+        assert 'cylindria_jobs{gpu="0",status="completed"} 0.0' in text
