@@ -1,4 +1,5 @@
 """GET /metrics: Prometheus text that parses, with counters matching the jobs run."""
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests import workflows
@@ -46,6 +47,12 @@ def test_websocket_reconnects_are_counted(api, fake, service):
     wait_for(lambda: service.context.gpus[0].websocket_connected)
     fake.drop_websockets()
     wait_for(lambda: scrape(api)[("cylindria_websocket_reconnects_total", (("gpu", "0"),))] >= 1)
+
+
+def test_the_content_type_is_prometheus_own_once(api):
+    response = api.get("/metrics")
+    assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
+    assert response.headers["Content-Type"].count("charset") == 1
 
 
 def test_metrics_need_the_key(service):
