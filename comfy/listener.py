@@ -19,6 +19,27 @@ logger = logging.getLogger(__name__)
 
 DEAF_AFTER = 3.0  # seconds of websocket silence after an accepted submission that mean "deaf"
 
+
+
+class LibraryNoise(logging.Filter):
+    """websocket-client's own records, demoted to DEBUG. It logs every failed connect at ERROR
+    ("[Errno 111] Connection refused - goodbye") without naming the GPU, at every reconnect for
+    as long as a ComfyUI is down; Cylindria says it once per outage, naming the GPU."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def quiet_library_logs() -> None:
+    """Demote websocket-client's records to DEBUG (idempotent)."""
+    library = logging.getLogger("websocket")
+    if not any(isinstance(f, LibraryNoise) for f in library.filters):
+        library.addFilter(LibraryNoise())
+
+
+quiet_library_logs()
+
 # ComfyUI sends json.dumps({"type": ..., "data": ...}), so the type is at the start of the text.
 IGNORED_PREFIXES = tuple(f'{{"type": "{kind}"' for kind in ("progress_state", "status", "feature_flags"))
 
@@ -160,8 +181,16 @@ class Listener:
             self.on_change(self.gpu.index)
 
     def handle_error(self, ws, error) -> None:
-        """Log a socket error once at debug level: the close handler does the work."""
+        """A socket error: a refused connect marks the GPU down (warned once per outage, by
+        Gpu.saw_failure); others are for the close handler. An exception from one of these
+        callbacks lands here too: that is a bug, logged with its traceback."""
+        if not isinstance(error, (OSError, websocket.WebSocketException)):
+            logger.error("GPU %d: websocket callback failed", self.gpu.index,
+                         exc_info=(type(error), error, error.__traceback__))
+            return
         logger.debug("GPU %d websocket error: %s", self.gpu.index, error)
+        if isinstance(error, ConnectionRefusedError):
+            self.gpu.saw_failure(refused=True)
 
     def _next_backoff(self) -> float:
         """Capped exponential backoff with jitter, so 8 GPUs do not reconnect in lockstep."""

@@ -1,6 +1,7 @@
 """Logging: one access line per request (never a key), a rotating log file, the same fields."""
 import logging
 import re
+import socket
 from logging.handlers import RotatingFileHandler
 
 import pytest
@@ -172,3 +173,51 @@ def test_the_command_line_logs_requests_to_its_log_file(fakes, tmp_path):
     text = log_file.read_text()
     assert "Cylindria listening on 127.0.0.1" in text and API_KEY not in text
     assert "Cylindria stopped" in text  # stop() is SIGTERM: a clean shutdown, logged
+
+
+def test_a_huge_path_without_a_key_gives_bounded_lines_also_when_throttled(service, caplog):
+    caplog.set_level(logging.INFO)
+    anonymous = Api(service.url, key=None)
+    path = "/jobstatus/" + "a" * 100_000
+    codes = {anonymous.get(path, params={"GpuId": "1" * 100_000}).status_code for _ in range(12)}
+    assert codes == {401, 429}  # the failure throttle answers the last ones
+    lines = wait_for(lambda: (lambda lines: lines if len(lines) >= 12 else None)(access_lines(caplog)))
+    for line in lines:
+        assert len(line) < 800 and line.count("...[cut ") == 2
+        assert line.startswith("GET /jobstatus/aaa") and re.search(r" (401|429) \d+\.\dms 127\.0\.0\.1$", line)
+
+
+def test_a_long_message_from_anywhere_is_clipped_in_the_file(tmp_path):
+    path = tmp_path / "cylindria.log"
+    pipeline = setup_logging("INFO", path, console=False)
+    try:
+        logging.getLogger("waitress").warning("Exception while serving %s", "/x" * 50_000)
+    finally:
+        remove_handlers(pipeline)
+    line = path.read_text()
+    assert len(line) < 4200 and line.rstrip().endswith("...[cut 96024 chars]")
+
+
+def test_both_kinds_of_413_are_logged_and_say_the_limit(fakes, tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    with Service(make_config(fakes, tmp_path, max_body_bytes=1000)) as service:
+        api = Api(service.url)
+        flask_413 = api.put("/startjob/big", data=b" " * 2000)  # Flask reads it, then refuses
+        waitress_413 = api.put("/startjob/bigger", data=b" " * 200_000)  # refused unread
+        lines = wait_for(lambda: (lambda l: l if len(l) >= 2 else None)(access_lines(caplog)))
+    for response in (flask_413, waitress_413):
+        assert response.status_code == 413
+        assert response.json() == {"error": "request body is larger than the limit",
+                                   "code": "payload_too_large", "details": {"limit_bytes": 1000}}
+    assert sorted(line.split()[:3] for line in lines) == [
+        ["PUT", "/startjob/big", "413"], ["PUT", "/startjob/bigger", "413"]]
+
+
+def test_waitress_own_answers_are_logged_with_the_client(service, caplog):
+    caplog.set_level(logging.INFO)
+    with socket.create_connection(("127.0.0.1", service.port), timeout=30) as raw:
+        raw.sendall(b"GET /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+        answer = b"".join(iter(lambda: raw.recv(65536), b""))  # waitress closes after it
+    assert answer.startswith(b"HTTP/1.1 400") and b'"code": "bad_request"' in answer
+    line = wait_for(lambda: access_lines(caplog))[0]
+    assert line.startswith("GET /jobs 400 - ") and line.endswith(" 127.0.0.1")

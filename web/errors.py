@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import re
 
-from flask import Flask, jsonify
+from flask import Flask, current_app, jsonify
 from werkzeug.exceptions import HTTPException
 
 from comfy.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyUnreachable
@@ -45,7 +45,8 @@ def _http_error(exc: HTTPException):
                413: "request body is larger than the limit"}.get(exc.code, exc.description)
     headers = {"Allow": exc.valid_methods and ", ".join(exc.valid_methods)} \
         if getattr(exc, "valid_methods", None) else None
-    return error_response(exc.code or 500, code, message, headers=headers)
+    details = {"limit_bytes": current_app.config["MAX_CONTENT_LENGTH"]} if exc.code == 413 else None
+    return error_response(exc.code or 500, code, message, details, headers)
 
 
 def _comfy_error(exc: ComfyError):

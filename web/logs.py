@@ -19,6 +19,11 @@ SHOWN_PARAMS = frozenset({"gpuid", "gpu_id", "gpu", "status", "limit", "before"}
 
 QUIET_METHODS = frozenset({"GET", "HEAD"})  # successful ones are logged at DEBUG
 
+# The most a log line takes from one value a client sent (its path, its query): anyone can
+# send a 100,000-character path, and its lines would rotate every job line out of the log.
+SHOWN_CHARS = 300
+MESSAGE_CHARS = 4000  # any record's message, whatever its source (tracebacks kept whole)
+
 access_logger = logging.getLogger("cylindria.access")
 
 
@@ -73,21 +78,36 @@ def setup_logging(level: str, log_file: Path | None = None, console: bool = True
     logging._srcfile = None
     logging.logMultiprocessing = False
     logging.logProcesses = False
-    formatter = logging.Formatter(FORMAT)
+    formatter = ClippingFormatter(FORMAT)
     for handler in handlers:
         handler.setFormatter(formatter)
     pipeline = LogPipeline(handlers)
     pipeline.start()
     root = logging.getLogger()
     root.setLevel(getattr(logging, level))
-    # websocket-client logs each connect at INFO, which Cylindria already says per GPU.
-    logging.getLogger("websocket").setLevel(max(logging.WARNING, root.level))
+    # websocket-client's own records come at DEBUG (comfy.listener demotes them).
     return pipeline
 
 
 def remove_handlers(pipeline: LogPipeline) -> None:
     """Detach and close what setup_logging() added."""
     pipeline.stop()
+
+
+def clip(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text`, or its first `limit` characters marked as cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[cut {len(text) - limit} chars]"
+
+
+class ClippingFormatter(logging.Formatter):
+    """The standard format with every message clipped to MESSAGE_CHARS: a safety net for
+    anything client-controlled that reaches a record some other way (a library's own line)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = clip(record.message, MESSAGE_CHARS)
+        return super().formatMessage(record)
 
 
 def safe_query(query: str) -> str:
@@ -169,16 +189,22 @@ class _Request:
         """The access line: values only, no headers, no hidden query values."""
         if not self.wanted():
             return
-        environ, path = self.environ, self.path
-        if not path.isprintable():  # a decoded %0A must not forge a second log line
-            path = repr(path)
-        query = environ.get("QUERY_STRING")
-        if query:
-            path = f"{path}?{safe_query(query)}"
-        method, status = environ.get("REQUEST_METHOD", "-"), self.status[:3]
-        # Reads that succeed are the bulk (clients poll /jobstatus): at INFO they would
-        # rotate the job and error lines out of the log within minutes, so they are DEBUG.
-        level = logging.DEBUG if method in QUIET_METHODS and status < "400" else logging.INFO
-        self.logger.log(level, "%s %s %s %.1fms %s", method, path, status,
-                        (time.perf_counter() - self.started) * 1000.0,
-                        environ.get("REMOTE_ADDR", "-"))
+        environ = self.environ
+        log_access(self.logger, environ.get("REQUEST_METHOD", "-"), self.path,
+                   environ.get("QUERY_STRING", ""), self.status[:3],
+                   (time.perf_counter() - self.started) * 1000.0, environ.get("REMOTE_ADDR", "-"))
+
+
+def log_access(logger: logging.Logger, method: str, path: str, query: str, status: str,
+               ms: float | None, client: str) -> None:
+    """One access line; what the client sent is shown printable, harmless and clipped."""
+    if not path.isprintable():  # a decoded %0A must not forge a second log line
+        path = repr(path)
+    path = clip(path)
+    if query:
+        path = f"{path}?{clip(safe_query(query))}"
+    # Reads that succeed are the bulk (clients poll /jobstatus): at INFO they would
+    # rotate the job and error lines out of the log within minutes, so they are DEBUG.
+    level = logging.DEBUG if method in QUIET_METHODS and status < "400" else logging.INFO
+    logger.log(level, "%s %s %s %s %s", clip(method, 20), path, status,
+               "-" if ms is None else f"{ms:.1f}ms", clip(client, 100))

@@ -7,15 +7,18 @@ import threading
 import time
 
 from waitress import create_server, utilities, wasyncore
+from waitress.channel import HTTPChannel
+from waitress.task import ErrorTask
 
 from web.app import create_app
 from web.config import Config
-from web.logs import AccessLog
+from web.logs import AccessLog, access_logger, log_access
 
 logger = logging.getLogger(__name__)
 
 LOOP_TIMEOUT = 0.2  # seconds: how soon the serving loop notices stop()
 STOP_TIMEOUT = 1.0  # seconds: everything is down within this of stop()
+BODY_MARGIN = 65536  # bytes waitress's body limit sits above Flask's (see Service.start)
 
 
 class Service:
@@ -56,7 +59,7 @@ class Service:
                 threads=self.config.threads, ident="Cylindria",
                 # waitress refuses larger bodies from Content-Length without reading them; its
                 # limit sits just above Flask's so that Flask's JSON 413 is what clients see.
-                max_request_body_size=self.config.max_body_bytes + 65536,
+                max_request_body_size=self.config.max_body_bytes + BODY_MARGIN,
                 connection_limit=self.config.connection_limit,
                 channel_timeout=max(1, int(self.config.idle_timeout)),
                 cleanup_interval=max(1, int(self.config.idle_timeout / 4)),
@@ -64,6 +67,7 @@ class Service:
         except OSError:
             self.context.close()
             raise
+        self._server.channel_class = Channel
         self.context.tracker.start()
         self.context.retention.start()
         self.ready.set()
@@ -177,7 +181,7 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
-def _waitress_error_as_json(self, ident=None):
+def _waitress_error_as_json(self, ident=None, limit_bytes=None):
     """waitress's own error answers (bad request line, headers too large, body over its
     limit) in the contract's JSON error shape instead of plain text."""
     codes = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large",
@@ -186,8 +190,36 @@ def _waitress_error_as_json(self, ident=None):
     messages = {413: "request body is larger than the limit",
                 431: "request headers are larger than the limit"}
     message = messages.get(self.code, f"{self.reason.lower()}: {self.body}")
-    body = json.dumps({"error": message, "code": codes.get(self.code, "bad_request")}).encode("utf-8")
+    answer = {"error": message, "code": codes.get(self.code, "bad_request")}
+    if self.code == 413 and limit_bytes is not None:
+        answer["details"] = {"limit_bytes": limit_bytes}
+    body = json.dumps(answer).encode("utf-8")
     return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+
+
+class LoggedErrorTask(ErrorTask):
+    """waitress's own error answer, which no WSGI wrapper sees: JSON with the limit a client
+    must keep to, and the access line every failed request gets."""
+
+    def execute(self):
+        request, adj = self.request, self.channel.adj
+        status, headers, body = _waitress_error_as_json(
+            request.error, limit_bytes=adj.max_request_body_size - BODY_MARGIN)
+        self.status = status
+        self.response_headers.extend(headers)
+        self.set_close_on_finish()
+        self.content_length = len(body)
+        self.write(body)
+        addr = self.channel.addr
+        log_access(access_logger, getattr(request, "command", None) or "-",
+                   getattr(request, "path", None) or "-", getattr(request, "query", None) or "",
+                   status[:3], None, addr[0] if isinstance(addr, tuple) else "-")
+
+
+class Channel(HTTPChannel):
+    """waitress's channel, answering its own errors through LoggedErrorTask."""
+
+    error_task_class = LoggedErrorTask
 
 
 def install_waitress_integration() -> None:
