@@ -44,16 +44,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(config) -> int:
     """Build the service, serve until Ctrl+C or SIGTERM, stop everything in `finally`."""
-    from web.server import Service, announce_keys  # after logging is set up (import-time logs)
+    from web.server import Service  # after logging is set up (import-time logs)
 
     try:
         service = Service(config)
     except OSError as exc:
         print(f"cylindria: error: cannot use data dir {config.data_dir}: {exc}", file=sys.stderr)
         return 2
-    announce_keys(service)
     try:
-        service.start()  # on failure it has stopped what it started
+        service.start()  # on failure it has stopped what it started; the key is shown once bound
     except OSError as exc:
         print(f"cylindria: error: cannot listen on {config.host}:{config.port}: {exc}",
               file=sys.stderr)

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from comfy.jobs import FINISHED, Job, JobStatus
+from comfy.private import private_dir, private_file, tighten
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Database:
     def __init__(self, path: Path, retention: float | None = None):
         self.path = Path(path)
         self.retention = retention  # seconds a finished job is kept; None: for ever
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._make_private()
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False,
                                      isolation_level=None)
         # WAL + NORMAL: a commit survives a crash or kill of Cylindria without an fsync per
@@ -57,6 +58,14 @@ class Database:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+
+    def _make_private(self) -> None:
+        """The data dir 0700 and the database 0600 before SQLite opens it: SQLite gives the
+        -wal and -shm files it creates the database file's mode (an older start's, tightened)."""
+        private_dir(self.path.parent)
+        private_file(self.path)
+        for suffix in ("-wal", "-shm"):
+            tighten(self.path.with_name(self.path.name + suffix))
 
     def load(self) -> list[Job]:
         """Every job still within retention, oldest first (expired rows await the sweep)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -207,3 +208,37 @@ def _healthy(port: int) -> bool:
         return requests.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
     except requests.RequestException:
         return False
+
+
+def test_a_generated_key_is_shown_by_the_first_start_that_gets_its_port(fakes, tmp_path):
+    """A first start whose port is taken fails before showing the key; the next start, on a
+    free port, shows that same key; the one after only says where it is."""
+    data_dir = tmp_path / "data"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CYLINDRIA_")}
+
+    def args(port: int) -> list[str]:
+        return [sys.executable, str(ROOT / "cylindria.py"), "--host", "127.0.0.1", "--port",
+                str(port), "--numberOfGpus", "1", "--comfy-base-url", fakes[0].url,
+                "--data-dir", str(data_dir)]
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        failed = subprocess.run(args(taken.getsockname()[1]), cwd=ROOT, env=environ,
+                                capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 2 and "cannot listen on" in failed.stderr
+    key = (data_dir / "api_key").read_text(encoding="utf-8").strip()
+    assert key not in failed.stdout + failed.stderr and "Generated API key" not in failed.stdout
+    outputs = []
+    for _ in range(2):
+        port = free_ports(1)
+        process = subprocess.Popen(args(port), cwd=ROOT, env=environ, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_for(lambda: _healthy(port), timeout=60)
+        finally:
+            process.terminate()
+            outputs.append(process.communicate(timeout=30)[0])
+    shown, later = outputs
+    assert f"Generated API key (shown once; stored in {data_dir / 'api_key'}):\n  {key}\n" in shown
+    assert key not in later and f"API key: read from {data_dir / 'api_key'}" in later

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +10,14 @@ from pathlib import Path
 from flask import Flask, request
 from flask_httpauth import HTTPTokenAuth
 
+from comfy.private import private_dir, private_file, tighten
 from web.errors import error_response
 from web.throttle import FailureThrottle
 
 logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "api_key"
+UNSHOWN_SUFFIX = ".unshown"  # beside the key file while no successful start has shown its key
 PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready"})
 
 
@@ -36,27 +37,33 @@ def resolve_keys(configured: tuple, no_auth: bool, data_dir: Path) -> KeySetup:
     if configured:
         return KeySetup(tuple(configured))
     path = Path(data_dir) / KEY_FILE_NAME
-    if path.exists():
+    if tighten(path).exists():
         # One key per line (or comma separated), so a service can be given several.
         text = path.read_text(encoding="utf-8").replace("\n", ",")
         keys = tuple(k.strip() for k in text.split(",") if k.strip())
-        if keys:
-            return KeySetup(keys, path, False)
+        if keys:  # a generated key whose start failed before showing it is shown by the next
+            return KeySetup(keys, path, _unshown(path).exists())
     key = secrets.token_urlsafe(32)
+    write_private(_unshown(path), "")  # first: a key is never kept without its mark
     write_private(path, key)
     return KeySetup((key,), path, True)
 
 
+def key_shown(setup: KeySetup) -> None:
+    """The generated key has been shown to the operator: later starts only say where it is."""
+    if setup.generated:
+        _unshown(setup.key_file).unlink(missing_ok=True)
+
+
+def _unshown(key_file: Path) -> Path:
+    """The mark of a generated key not shown yet."""
+    return key_file.with_name(key_file.name + UNSHOWN_SUFFIX)
+
+
 def write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only (where the OS has such permissions)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
-    try:
-        os.chmod(path, 0o600)
-    except OSError:  # Windows has no POSIX modes; the per-user data dir is already private
-        pass
+    """Write a file readable by its owner only, in a private dir (where the OS has modes)."""
+    private_dir(path.parent)
+    private_file(path).write_text(text + "\n", encoding="utf-8")
 
 
 class PresentedKey:

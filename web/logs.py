@@ -8,6 +8,8 @@ import time
 from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
 from pathlib import Path
 
+from comfy.private import private_file
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FILE_BYTES = 10 * 1024 * 1024  # rotate at 10 MiB...
 FILE_COUNT = 5  # ...and keep 5 old files: at most 60 MiB of logs on the GPU host
@@ -36,6 +38,14 @@ class _Enqueue(QueueHandler):
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         return record
+
+
+class PrivateRotatingFileHandler(RotatingFileHandler):
+    """A rotating log whose files only the service's user can read (where the OS has modes)."""
+
+    def _open(self):
+        private_file(Path(self.baseFilename))  # each new file, at start and at every rotation
+        return super()._open()
 
 
 class LogPipeline:
@@ -71,8 +81,8 @@ def setup_logging(level: str, log_file: Path | None = None, console: bool = True
     handlers: list[logging.Handler] = [logging.StreamHandler()] if console else []
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(RotatingFileHandler(log_file, maxBytes=FILE_BYTES,
-                                            backupCount=FILE_COUNT, encoding="utf-8"))
+        handlers.append(PrivateRotatingFileHandler(log_file, maxBytes=FILE_BYTES,
+                                                   backupCount=FILE_COUNT, encoding="utf-8"))
     # The format uses no caller, process or thread fields; not collecting them makes every
     # record (one per request) cheaper, as the logging HOWTO's "Optimization" section advises.
     logging._srcfile = None

@@ -11,6 +11,7 @@ from waitress.channel import HTTPChannel
 from waitress.task import ErrorTask
 
 from web.app import create_app
+from web.auth import key_shown
 from web.config import Config
 from web.logs import AccessLog, access_logger, log_access
 
@@ -47,8 +48,10 @@ class Service:
         return f"http://{host}:{self.port}"
 
     def start(self) -> None:
-        """Bind the listening socket, then start tracking (its start-up reconciliation runs on
-        a thread of its own while the server already answers /health and /ready).
+        """Bind the listening socket, tell the operator about the key (a generated one is
+        printed only now, so a start that cannot bind shows none), then start tracking (its
+        start-up reconciliation runs on a thread of its own while the server already answers
+        /health and /ready).
 
         When the socket cannot be had (OSError), the store is closed before the error goes
         up: nothing was started, nothing is left running.
@@ -68,6 +71,7 @@ class Service:
             self.context.close()
             raise
         self._server.channel_class = Channel
+        announce_keys(self)
         self.context.tracker.start()
         self.context.retention.start()
         self.ready.set()
@@ -148,16 +152,18 @@ class Service:
 
 
 def announce_keys(service) -> None:
-    """Tell the operator where the key is; print a newly generated key exactly once."""
+    """Tell the operator where the key is; print a newly generated key once, at the first
+    start that got its port."""
     config, keys = service.config, service.context.keys
     if config.no_auth:
         logger.warning("AUTHENTICATION IS OFF (--no-auth): anyone who can reach port %d can "
-                       "run workflows on these GPUs", config.port)
+                       "run workflows on these GPUs", service.port)
     elif keys.generated:
         print(f"Generated API key (shown once; stored in {keys.key_file}):\n  {keys.keys[0]}",
               flush=True)
         # A service has no console to print to: its log says where to read the new key.
         logger.info("API key: generated and stored in %s", keys.key_file)
+        key_shown(keys)
     elif keys.key_file is not None:
         logger.info("API key: read from %s", keys.key_file)
     else:

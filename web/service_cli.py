@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from web import systemd, winservice
-from web.auth import KEY_FILE_NAME, write_private, resolve_keys
+from web.auth import KEY_FILE_NAME, key_shown, resolve_keys, write_private
 from web.config import (OPTIONS, SWITCHES, Config, ConfigError, build_parser, default_data_dir,
                         load_config)
 from web.logs import LOG_FILE_NAME
@@ -134,6 +134,7 @@ def store_key(config: Config, user: str | None) -> None:
         setup = resolve_keys((), False, config.data_dir)
         if setup.generated:
             print(f"Generated API key (shown once; stored in {path}):\n  {setup.keys[0]}")
+            key_shown(setup)
         else:
             print(f"API key: kept in {path}")
     if user:  # the service's user must own its data, key included

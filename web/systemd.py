@@ -28,7 +28,8 @@ def render_unit(command: list[str], data_dir: Path, user: str | None = None) -> 
     """The unit: run `command` at boot, restart it when it fails, as `user` when given."""
     owner = [f"User={user}"] if user else []
     # The default data dir is systemd's StateDirectory: created, and handed to User=, by systemd.
-    state = [f"StateDirectory={STATE_DIRECTORY}"] if Path(data_dir) == DEFAULT_DATA_DIR else []
+    state = [f"StateDirectory={STATE_DIRECTORY}", "StateDirectoryMode=0700"] \
+        if Path(data_dir) == DEFAULT_DATA_DIR else []
     return "\n".join([
         "[Unit]",
         "Description=Cylindria: authenticated REST API in front of ComfyUI",

@@ -46,7 +46,7 @@ class ServiceRunner:
 
     def run(self, argv: list[str]) -> None:
         """Serve with these flags, logging to their log file (else the data dir's), until stop()."""
-        from web.server import Service, announce_keys  # after logging is set up, as in cylindria
+        from web.server import Service  # after logging is set up, as in cylindria
 
         config = load_config(argv)
         log_file = config.log_file or config.data_dir / LOG_FILE_NAME
@@ -56,7 +56,6 @@ class ServiceRunner:
                 if self._stopping.is_set():
                     return
                 self.service = Service(config)
-            announce_keys(self.service)
             self.service.start()
             self.service.serve()
         except Exception:

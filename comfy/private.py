@@ -1,0 +1,65 @@
+"""The data dir and the files Cylindria writes: private to the service's user.
+
+0700 for the dir and 0600 for the files where the OS has POSIX modes, whatever the umask,
+and tightened when an earlier version left them open. On Windows nothing is changed: the
+per-user data dir is already private to its user.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+POSIX = os.name == "posix"
+DIR_MODE = 0o700
+FILE_MODE = 0o600
+
+
+def private_dir(path: Path) -> Path:
+    """Create `path` (and its parents) if missing, and make it 0700."""
+    path = Path(path)
+    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    if not POSIX:
+        return path
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & stat.S_ISVTX:  # /tmp and the like: other users' files live there
+        logger.warning("data dir %s is shared with other users (mode %o): it is left as it is; "
+                       "give Cylindria a dir of its own", path, mode)
+    else:
+        _tighten(path, mode, DIR_MODE)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """Create `path` empty if missing, and make it 0600 (an existing file keeps its content)."""
+    path = Path(path)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, FILE_MODE))  # the umask may only narrow it
+    return tighten(path)
+
+
+def tighten(path: Path) -> Path:
+    """Make an existing file 0600; a missing one is left missing."""
+    path = Path(path)
+    if POSIX:
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except FileNotFoundError:
+            return path
+        _tighten(path, mode, FILE_MODE)
+    return path
+
+
+def _tighten(path: Path, mode: int, wanted: int) -> None:
+    """chmod `path` to `wanted` unless it already is; say so when it was open to others."""
+    if mode == wanted:
+        return
+    try:
+        os.chmod(path, wanted)
+    except OSError as exc:  # not its owner: say so, and go on
+        logger.warning("cannot make %s private (mode %o): %s", path, mode, exc.strerror or exc)
+        return
+    if mode & 0o077:
+        logger.info("%s was open to other users (mode %o): now %o", path, mode, wanted)
