@@ -124,6 +124,7 @@ class Option:
     convert: Callable
     default: object
     help: str
+    shown: str | None = None  # the default as --help says it ("": say nothing); None: `default`
 
 
 OPTIONS = (
@@ -134,9 +135,9 @@ OPTIONS = (
     Option("--comfy-base-url", "comfy_base_url", "COMFYUI_BASE_URL", comfy_url,
            "http://127.0.0.1:8188", "GPU 0's ComfyUI; GPU n is this URL with port + n"),
     Option("--api-key", "api_keys", "CYLINDRIA_API_KEY", api_keys, (),
-           "API key(s), comma separated; default: a generated key kept in the data dir"),
+           "API key(s), comma separated", shown="a generated key kept in the data dir"),
     Option("--data-dir", "data_dir", "CYLINDRIA_DATA_DIR", Path, None,
-           "where the job database and the generated key live"),
+           "where the job database and the generated key live", shown=str(default_data_dir())),
     Option("--poll-interval", "poll_interval", None, positive_float, 5.0,
            "seconds between /queue polls"),
     Option("--threads", "threads", "CYLINDRIA_THREADS", thread_count, 16,
@@ -149,7 +150,7 @@ OPTIONS = (
     Option("--log-file", "log_file", "CYLINDRIA_LOG_FILE", Path, None,
            "also write the log to this file, rotated at 10 MiB, 5 old files kept"),
     Option("--retention", "retention", "CYLINDRIA_RETENTION", duration, 30 * 86400.0,
-           "how long finished jobs are kept before they are removed: 90s, 12h, 30d"),
+           "how long finished jobs are kept before they are removed: 90s, 12h, 30d", shown="30d"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
            "address of the reverse proxy (TLS) in front: client addresses come from its "
            "X-Forwarded-For (for the failure throttle and the log)"),
@@ -199,12 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
     for option in OPTIONS:
         env = f" (env {option.env})" if option.env else ""
         parser.add_argument(option.flag, dest=option.dest, default=None,
-                            help=f"{option.help}{env}; default {option.default}")
+                            help=f"{option.help}{env}{_default_text(option)}".replace("%", "%%"))
     for option in SWITCHES:
         env = f" (env {option.env}=1)" if option.env else ""
         parser.add_argument(option.flag, dest=option.dest, action="store_true", default=None,
                             help=f"{option.help}{env}")
     return parser
+
+
+def _default_text(option: Option) -> str:
+    """'; default X' for --help, or nothing where there is no default worth showing."""
+    shown = option.default if option.shown is None else option.shown
+    return "" if shown in (None, "", ()) else f"; default {shown}"
 
 
 def load_config(argv: list[str] | None = None, environ: dict | None = None) -> Config:

@@ -11,6 +11,7 @@ import argparse
 import os
 import shutil
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,22 @@ def store_key(config: Config, user: str | None) -> None:
             shutil.chown(owned, user=user)
 
 
+def key_note(args: argparse.Namespace, config: Config) -> str:
+    """Where the printed unit's service finds its key (never in the unit), and what to do."""
+    key_file = config.data_dir / KEY_FILE_NAME
+    if config.no_auth:
+        return "the service runs without keys (--no-auth)"
+    if config.api_keys:
+        given = "--api-key" if args.api_keys is not None else KEY_ENV
+        return (f"the service reads its key from {key_file}: put the key(s) from {given} there, "
+                "one per line, readable by the service's user only; install without --print "
+                "does that")
+    if key_file.exists():
+        return f"the service reads its key from {key_file}, which holds one already"
+    return (f"at its first start the service generates a key in {key_file} and prints it "
+            "once (journalctl -u cylindria shows it)")
+
+
 def check_user(user: str) -> None:
     """A clear error before anything is written when --user names no account here."""
     import pwd  # POSIX only; --user is for systemd
@@ -175,10 +192,7 @@ def install(args: argparse.Namespace, windows: bool, systemctl) -> int:
     refuse_key(unit, planned.config.api_keys)
     if args.print_only:
         print(unit, end="")
-        key_file = planned.config.data_dir / KEY_FILE_NAME
-        print(f"(--print: nothing written; the service reads its key from {key_file}"
-              + (": put the --api-key there, readable by the service's user only)"
-                 if planned.config.api_keys else ")"), file=sys.stderr)
+        print(f"(--print: nothing written; {key_note(args, planned.config)})", file=sys.stderr)
         return 0
     if args.user:
         check_user(args.user)
@@ -203,13 +217,26 @@ def control(action: str, args: argparse.Namespace, windows: bool, systemctl) -> 
     return 0
 
 
+def usage(full: bool) -> str:
+    """The service command's usage line; `full` adds what each action does."""
+    text = (f"usage: cylindria service {{{','.join(ACTIONS)}}} [options]\n"
+            "  install takes the same flags as a normal start (see cylindria --help)\n")
+    if full:
+        text += "\nactions:\n" + "".join(
+            textwrap.fill(DESCRIPTIONS[action], 79, initial_indent=f"  {action:9}",
+                          subsequent_indent=" " * 11) + "\n" for action in ACTIONS)
+        text += "\n'cylindria service ACTION --help' shows an action's options.\n"
+    return text
+
+
 def main(argv: list[str], windows: bool = sys.platform == "win32",
          systemctl=systemd.systemctl) -> int:
     """Run one service action; 2 for a bad command line, 1 when the action failed."""
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage(full=True), end="")
+        return 0
     if not argv or argv[0] not in ACTIONS:
-        print(f"usage: cylindria service {{{','.join(ACTIONS)}}} [options]\n"
-              "  install takes the same flags as a normal start (see cylindria --help)",
-              file=sys.stderr)
+        print(usage(full=False), end="", file=sys.stderr)
         return 2
     action = argv[0]
     args = parser_for(action).parse_args(argv[1:])
