@@ -1,13 +1,16 @@
 """The service hosts' shared lifecycle: what the Windows service runs and stops, on Linux."""
 import logging
+import re
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
-from tests.conftest import make_config
-from tests.helpers import API_KEY, Api, wait_for
+from tests.conftest import TIME_SCALE, make_config
+from tests.fake_comfy import FakeComfy
+from tests.helpers import API_KEY, Api, free_ports, wait_for
 from tests.processes import CylindriaProcess
 from web import service_cli, winservice
 from web.config import load_config
@@ -89,3 +92,26 @@ def test_sigterm_stops_the_command_line_cleanly(fakes, tmp_path):
     finally:
         proc.stop()
     assert "stopped on Ctrl+C or SIGTERM" in proc.log() and "Cylindria stopped" in proc.log()
+
+
+@pytest.mark.parametrize("gpu0", ["silent", "refusing"])
+def test_sigterm_with_a_gpu_unreachable_exits_0_when_the_log_says(tmp_path, gpu0):
+    """GPU 0 accepts connections but never answers (its /queue call waits for a 10 s timeout on
+    a pool thread) or refuses them; GPU 1 is fine. The logged stop time is the real one."""
+    base = free_ports(2)
+    with socket.socket() as silent, FakeComfy(port=base + 1, time_scale=TIME_SCALE):
+        silent.bind(("127.0.0.1", base if gpu0 == "silent" else 0))
+        silent.listen(64)  # never accepted: the kernel completes the handshakes, nobody answers
+        proc = CylindriaProcess(f"http://127.0.0.1:{base}", tmp_path / "data").start()
+        try:
+            asked = time.monotonic()
+            proc.proc.terminate()
+            code = proc.proc.wait(timeout=30)
+            measured = time.monotonic() - asked
+        finally:
+            proc.stop()
+    assert code == 0
+    logged = float(re.search(r"Cylindria stopped in (\d+\.\d+)s", proc.log()).group(1))
+    # The figure is the stop's real length: the process ends right after it is written, and
+    # never waits for the silent GPU's timeout (generous bounds: the test host may be busy).
+    assert logged <= measured + 0.01 and measured - logged < 5.0, (logged, measured)

@@ -33,6 +33,7 @@ class Service:
         self._server = None
         self._stop = threading.Event()
         self._done = threading.Event()
+        self._stop_asked_at: float | None = None  # monotonic time of the first stop request
         self.ready = threading.Event()  # set once listening (service hosts and tests wait on it)
         self._thread: threading.Thread | None = None
 
@@ -125,10 +126,17 @@ class Service:
 
     def stop(self, timeout: float = STOP_TIMEOUT + 1.0) -> bool:
         """Ask the server to stop; True once everything is down."""
+        self.stop_asked()
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return self._done.wait(timeout)
+
+    def stop_asked(self) -> None:
+        """Note when the stop was asked for (stop(), or a signal's handler): the figure the
+        stop is logged with runs from then, not from when the serving loop noticed."""
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
 
     def __enter__(self) -> "Service":
         return self.serve_in_thread()
@@ -138,7 +146,7 @@ class Service:
 
     def _shutdown(self) -> None:
         """Close the sockets, let running requests finish (briefly), stop tracking, close the store."""
-        started = time.monotonic()
+        self.stop_asked()  # Ctrl+C: the loop ends with the signal
         try:
             if self._server is not None:
                 wasyncore.close_all(self._map)
@@ -148,7 +156,7 @@ class Service:
             self.context.store.close()
         finally:
             self._done.set()
-            logger.info("Cylindria stopped in %.2fs", time.monotonic() - started)
+            logger.info("Cylindria stopped in %.2fs", time.monotonic() - self._stop_asked_at)
 
 
 def announce_keys(service) -> None:
