@@ -44,6 +44,9 @@ class Gpu:
         self.pending = 0
         self.foreign_ahead: dict[str, float] = {}  # queue items not Cylindria's: id -> number
         self.lost_in_outage: set[str] = set()  # job ids marked lost while refusing connections
+        # Set when ComfyUI answers while the websocket is down: the listener then reconnects at
+        # once instead of at the end of a backoff that grew while ComfyUI was away.
+        self.wake = threading.Event()
         # Monotonic times of the last websocket frame and of sending the last accepted
         # submission: ComfyUI broadcasts `status` on every enqueue, so no frame since a
         # submission was sent means ComfyUI no longer sends to this socket (Listener.check_deaf).
@@ -74,7 +77,13 @@ class Gpu:
                                   if item.prompt_id not in ours}
         if came_back:
             logger.info("GPU %d: ComfyUI at %s is reachable again", self.index, self.base_url)
+        self.saw_answer()
         return came_back
+
+    def saw_answer(self) -> None:
+        """ComfyUI answered a call: a websocket that is down reconnects now."""
+        if not self.websocket_connected:
+            self.wake.set()
 
     def saw_failure(self, refused: bool) -> None:
         """Record a failed call; a refused connection means ComfyUI's process is gone."""

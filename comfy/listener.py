@@ -71,6 +71,7 @@ class Listener:
     def signal_stop(self) -> None:
         """Ask the loop to end and close the socket, without waiting."""
         self._stop.set()
+        self.gpu.wake.set()
         if self._ws is not None:
             self._ws.keep_running = False
         self._shutdown_socket()
@@ -113,7 +114,14 @@ class Listener:
                                      skip_utf8_validation=True)
             except Exception:
                 logger.exception("websocket loop of GPU %d failed", self.gpu.index)
-            self._stop.wait(self._next_backoff())
+            self._pause(self._next_backoff())
+
+    def _pause(self, delay: float) -> None:
+        """Wait out a backoff, cut short when ComfyUI is seen answering again (or at stop):
+        a job sent right after a restart is then followed by the websocket, not by the poll."""
+        if self.gpu.wake.wait(delay):
+            self._backoff = self.backoff_initial
+        self.gpu.wake.clear()
 
     def _connect(self) -> websocket.WebSocketApp:
         """A new socket with its callbacks."""

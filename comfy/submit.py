@@ -124,6 +124,7 @@ def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
     else:
         # Recorded before the job leaves in-flight, so the poller never judges it half-done.
         gpu.last_submit_at = max(gpu.last_submit_at, sent_at)
+        gpu.saw_answer()
         return accept(store, gpu, job, answer)
     finally:
         store.release(job.job_id, job.prompt_id)

@@ -139,3 +139,21 @@ def test_a_job_waiting_in_a_quiet_queue_does_not_look_like_a_deaf_socket(api, se
     api.put("/startjob/quiet", json=workflows.core("quiet"))
     time.sleep(4.0)  # past DEAF_AFTER and a few watchdog rounds
     assert listener.connects == connects and listener.gpu.websocket_connected
+
+
+def test_a_job_sent_right_after_comfy_came_back_is_followed_at_once(fakes, tmp_path):
+    """ComfyUI restarted while the websocket waits out a long backoff: the first answer from
+    ComfyUI (the accepted submission) reconnects it now, so the job's end is seen through the
+    socket, not at the end of the backoff nor at the next poll (both an hour away here)."""
+    with Service(make_config(fakes, tmp_path, poll_interval=3600.0)) as service:
+        api, gpu = Api(service.url), service.context.gpus[0]
+        wait_for(lambda: gpu.websocket_connected, timeout=10)
+        time.sleep(0.3)  # the start-up reconciliation is over; the next poll is an hour away
+        for listener in service.context.tracker.listeners:
+            listener.backoff_initial = listener._backoff = listener.backoff_max = 3600.0
+        fakes[0].stop()
+        wait_for(lambda: not gpu.websocket_connected, timeout=10)
+        fakes[0].restart(keep_state=False)
+        assert api.put("/startjob/after-restart", json=workflows.core("back")).status_code == 201
+        api.wait_status("after-restart", "completed", timeout=30)
+        assert gpu.websocket_connected
