@@ -6,6 +6,8 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = "Scripts" if sys.platform == "win32" else "bin"
@@ -96,3 +98,30 @@ def test_the_checkout_runs_without_installing():
     result = subprocess.run([sys.executable, "cylindria.py", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("usage: cylindria")
+
+
+def requirements_in(path: Path) -> list[Requirement]:
+    """The requirements a pip requirements file names, following its `-r` includes."""
+    found = []
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line.startswith("-r"):
+            found += requirements_in(path.parent / line[2:].strip())
+        elif line:
+            found.append(Requirement(line))
+    return found
+
+
+def test_the_lock_pins_every_requirement_within_its_range():
+    """constraints.txt was refreshed after the last change of a range (README: Pinned versions)."""
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in line and not line.startswith("#"))
+    pins = {canonicalize_name(name): version.strip() for name, version in pins.items()}
+    wanted = requirements_in(ROOT / "requirements-test.txt") + requirements_in(
+        ROOT / "bench" / "requirements.txt")
+    for requirement in wanted:
+        pin = pins.get(canonicalize_name(requirement.name))
+        if requirement.marker is None:  # platform-only ones (pywin32) may go unpinned
+            assert pin, f"{requirement.name} is not in constraints.txt"
+        assert pin is None or requirement.specifier.contains(pin, prereleases=True), \
+            f"constraints.txt pins {requirement.name}=={pin}, outside {requirement}"
