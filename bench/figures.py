@@ -14,6 +14,7 @@ from bench.core import (INSTANT, JSON_HEADERS, Backend, Bench, Figure, FreshCyli
                         throughput_ratio, check_errors, wait_websockets)
 from bench.fakes import TimedFake
 from bench.procs import key_headers
+from bench.retention import ORDER as RETENTION_ORDER, retention_figures
 from bench.stats import median, percentile, pooled
 from tests import workflows
 
@@ -286,10 +287,10 @@ def submit_throughput(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
 
 
 GROUPS = {"proxy": proxy_latency, "store": store_figures, "completion": completion,
-          "submit": submit_throughput}
+          "submit": submit_throughput, "retention": retention_figures}
 COSTED = ("proxy", "submit")  # the groups that also run against the recorded-cost fakes
 ORDER = ("startjob_latency", "serverstatus_latency", "jobstatus_throughput",
          "jobstatus_latency_big_store", "memory_per_job", "startup", "completion_ws",
-         "completion_poll", "submit_throughput",
+         "completion_poll", "submit_throughput", *RETENTION_ORDER,
          "startjob_latency_recorded", "serverstatus_latency_recorded",
          "submit_throughput_recorded")

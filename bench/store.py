@@ -6,7 +6,7 @@ import time
 import uuid
 from pathlib import Path
 
-from comfy.database import Database
+from comfy.database import COLUMNS, Database, _to_db
 from comfy.jobs import Job, JobStatus
 from web.app import DB_FILE_NAME
 
@@ -43,3 +43,44 @@ def fill(data_dir: Path, count: int) -> Path:
     finally:
         db.close()
     return data_dir
+
+
+def bulk_fill(data_dir: Path, count: int, ended_at: float, first: int = 0) -> Path:
+    """Add `count` finished jobs like `finished_job`'s (ids from `first` on) that ended from
+    `ended_at` on, 10 ms apart, to `data_dir`'s database; returns the dir.
+
+    One executemany in one transaction, with the rows built directly (the first is checked
+    against what Database.insert would write for `finished_job`): a million rows in 11-14 s
+    here, where building Job objects alone takes about 26 s.
+    """
+    data_dir = Path(data_dir)
+    db = Database(data_dir / DB_FILE_NAME)  # creates the dir (0700) and the schema
+    statement = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(COLUMNS))})")
+    now = ended_at - first * 0.01 + 3600  # finished_job(n, now) ends at now - 3600 + n * 0.01
+    rows = _finished_rows(first, count, now)
+    if count:
+        sample = finished_job(first, now)
+        expected = tuple(_to_db(name, getattr(sample, name)) for name in COLUMNS)
+        row = next(_finished_rows(first, 1, now))
+        if row[:2] + row[3:] != expected[:2] + expected[3:]:  # the prompt id is random
+            raise RuntimeError(f"bulk_fill's rows drifted from Database.insert's: {row} {expected}")
+    try:
+        db._conn.execute("BEGIN")
+        db._conn.executemany(statement, rows)
+        db._conn.execute("COMMIT")
+    finally:
+        db.close()
+    return data_dir
+
+
+def _finished_rows(first: int, count: int, now: float):
+    """finished_job(n, now) for n in first..first+count-1 as rows in Database.COLUMNS' order
+    (each with a new random prompt id, as finished_job gives it)."""
+    completed = JobStatus.COMPLETED.value
+    for n in range(first, first + count):
+        finished = now - 3600 + n * 0.01
+        yield (job_id(n), 0, str(uuid.uuid4()), hashlib.blake2b(str(n).encode(), digest_size=16)
+               .hexdigest(), completed, float(n), finished - 5.0, finished - 4.0, finished, None,
+               f'[{{"node_id": "3", "filename": "cyl_{n:05d}_.png", "subfolder": "", '
+               f'"type": "output"}}]', None, 0, 3, 3)
