@@ -39,8 +39,11 @@ def finish_from_history(entry: dict) -> Callable[[Job], None]:
 
     def edit(job: Job) -> None:
         if job.started_at is None and started is not None:
-            job.started_at = started
+            # ComfyUI's clock (ms, truncated) may read a little behind the one that stamped
+            # the submission: a job never shows as started before it was submitted.
+            job.started_at = max(started, job.submitted_at)
         end(job)
+        job.finished_at = max(job.finished_at, job.started_at or job.submitted_at)
     return edit
 
 

@@ -106,3 +106,17 @@ def test_messages_for_other_prompts_or_gpus_are_ignored(store):
     handle_message(store, 0, {"type": "status", "data": {"status": {}}})
     handle_message(store, 0, {"type": "executing", "data": "junk"})
     assert store.get("j").status == JobStatus.QUEUED
+
+
+def test_times_from_history_never_precede_the_submission(store):
+    """ComfyUI's history stamps (its own clock, truncated to ms) a few ms before Cylindria
+    stamped the submission: the job still reads submitted <= started <= finished."""
+    from comfy.events import finish_from_history
+    store.reserve(Job(job_id="h", gpu_id=0, prompt_id="ph", fingerprint="f", submitted_at=1000.0))
+    store.release("h", "ph")
+    entry = {"status": {"status_str": "success", "completed": True, "messages": [
+        ["execution_start", {"prompt_id": "ph", "timestamp": 999994}],
+        ["execution_success", {"prompt_id": "ph", "timestamp": 999996}]]}, "outputs": {}}
+    job = store.change("h", finish_from_history(entry))
+    assert job.status == JobStatus.COMPLETED
+    assert job.submitted_at <= job.started_at <= job.finished_at
