@@ -67,6 +67,27 @@ def test_serves_until_terminated():
         assert proc.returncode == 0
 
 
+def test_catalogue_flags_shape_each_instance():
+    base = free_ports(2)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fake_comfy", "--port", str(base),
+                             "--count", "2", "--custom-node", "1:CylCustomInvert",
+                             "--without-node", "0:CylFail", "--load-seconds", "0.5",
+                             "--costs", "real"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        infos = []
+        for port in (base, base + 1):
+            url = f"http://127.0.0.1:{port}/object_info"
+            wait_for(lambda: answers(url), timeout=60, message=f"the fake on port {port}")
+            infos.append(requests.get(url, timeout=10).json())
+    finally:
+        terminate(proc)
+    proc.communicate(timeout=10)
+    assert "CylCustomInvert" not in infos[0] and "CylCustomInvert" in infos[1]
+    assert "CylFail" not in infos[0] and "CylFail" in infos[1]
+    assert [info["CheckpointLoaderSimple"]["load_seconds"] for info in infos] == [0.5, 0.5]
+
+
 def answers(url: str) -> bool:
     """Whether `url` answers 200."""
     try:

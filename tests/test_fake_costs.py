@@ -7,6 +7,7 @@ were entered, and that the sections of one instance never overlap.
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,7 +17,8 @@ import websocket
 
 from tests import workflows
 from tests.fake_comfy import FakeComfy
-from tests.fake_comfy.costs import cost_of, is_costed, recorded_costs, route_key
+from tests.fake_comfy.costs import (LATER_SESSION, RECORDINGS, REAL_TIMINGS, cost_of, cost_table,
+                                    is_costed, real_costs, recorded_costs, route_key, timing_key)
 
 TIMEOUT = 15.0
 SMALL = 0.02  # seconds: a synthetic cost, small enough to keep the tests fast
@@ -86,6 +88,83 @@ def test_real_recordings_give_positive_costs_for_the_proxied_routes():
     for key in ("POST /prompt 200", "GET /queue", "GET /system_stats", "GET /history/{id}"):
         assert costs[key] > 0, key
     assert all(value > 0 for value in costs.values())
+
+
+def test_the_second_session_files_leave_recorded_costs_as_they_were(tmp_path):
+    """object-info.json and timings-real.json are no event lists, and the second session's
+    scenario is skipped: recorded_costs() is what the first session's files alone give."""
+    second = LATER_SESSION | {"object-info.json", REAL_TIMINGS}
+    for path in RECORDINGS.glob("*.json"):
+        if path.name not in second:
+            shutil.copy(path, tmp_path / path.name)
+    assert all((RECORDINGS / name).exists() for name in second)
+    assert recorded_costs() == recorded_costs(tmp_path)
+    # not skipped, the later scenario's samples would join the first session's medians
+    assert recorded_costs(skip=frozenset()) != recorded_costs()
+
+
+def test_dict_files_and_skipped_files_give_no_cost(tmp_path):
+    write(tmp_path, "scenario-a.json", [http("GET", "/queue", 4.0)])
+    write(tmp_path, "scenario-b.json", [http("GET", "/queue", 40.0)])
+    write(tmp_path, "timings.json", {"routes": {"GET /queue": {"p50_ms": 1.0}}})
+    assert recorded_costs(tmp_path, skip=frozenset({"scenario-b.json"})) == {"GET /queue": 0.004}
+
+
+# -- real costs ------------------------------------------------------------------------------
+def test_real_costs_of_a_synthetic_file(tmp_path):
+    write(tmp_path, "timings.json", {"date": "x", "routes": {
+        "POST /prompt (core workflow, accepted)": {"n": 50, "p50_ms": 2.0, "p90_ms": 9.0},
+        "POST /prompt (missing input, refused)": {"n": 50, "p50_ms": 1.0},
+        "GET /history/{id} (finished)": {"n": 50, "p50_ms": 3.0},
+        "GET /history/{id} (unknown)": {"n": 50, "p50_ms": 5.0},
+        "GET /api/queue?x=1": {"n": 50, "p50_ms": 7.0}}})
+    assert real_costs(tmp_path / "timings.json") == pytest.approx({
+        "POST /prompt 200": 0.002, "POST /prompt 400": 0.001,
+        "GET /history/{id}": 0.004,  # two situations of one route: the median of their p50s
+        "GET /queue": 0.007})
+
+
+def test_timing_names_become_route_keys():
+    assert timing_key("GET /object_info (full)") == "GET /object_info"
+    assert timing_key("POST /upload/image (32x32 PNG, overwrite)") == "POST /upload/image"
+    assert timing_key("GET /prompt") == "GET /prompt"
+    assert timing_key("POST /prompt (rejected: no outputs)") == "POST /prompt 400"
+    with pytest.raises(ValueError):
+        timing_key("the queue")
+
+
+def test_real_costs_come_from_timings_real_json():
+    routes = json.loads((RECORDINGS / REAL_TIMINGS).read_text(encoding="utf-8"))["routes"]
+    costs = real_costs()
+    assert set(costs) == {"POST /prompt 200", "GET /queue", "GET /history/{id}",
+                          "GET /system_stats", "GET /object_info", "POST /upload/image",
+                          "GET /prompt"}
+    for key, cost in costs.items():
+        p50s = [timing["p50_ms"] / 1000 for name, timing in routes.items()
+                if timing_key(name) == key]
+        assert min(p50s) <= cost <= max(p50s), key
+    recorded = recorded_costs()
+    for key in set(costs) & set(recorded):  # the second session measured a quieter ComfyUI
+        assert costs[key] < recorded[key], key
+
+
+def test_cost_tables_by_name():
+    assert cost_table("none") is None
+    assert cost_table("recorded") == recorded_costs()
+    assert cost_table("real") == real_costs()
+    with pytest.raises(ValueError, match="one of none, recorded, real"):
+        cost_table("cheap")
+
+
+def test_a_fake_at_real_costs_charges_the_measured_p50():
+    with FakeComfy(time_scale=0.02, costs="real") as fake:
+        assert fake.costs == real_costs()
+        assert call(fake, ("GET", "/queue", None)) == 200
+        assert call(fake, ("GET", "/features", None)) == 200  # not measured: not costed
+        assert [(s.key, s.cost) for s in fake.costed_sections()] == [
+            ("GET /queue", real_costs()["GET /queue"])]
+        fake.costs = "none"
+        assert fake.costs is None
 
 
 # -- the fake with costs -------------------------------------------------------------------
@@ -164,8 +243,11 @@ def test_without_costs_nothing_is_serialized_or_changed():
         assert len(fake.requests()) == 10
 
 
-def test_command_line_accepts_recorded_costs():
+def test_command_line_accepts_the_cost_tables():
     from tests.fake_comfy.__main__ import parse_args
 
     assert parse_args(["--costs", "recorded"]).costs == "recorded"
+    assert parse_args(["--costs", "real"]).costs == "real"
     assert parse_args([]).costs == "none"
+    with pytest.raises(SystemExit):
+        parse_args(["--costs", "cheap"])

@@ -58,3 +58,23 @@ def chain(n_nodes: int = 60) -> dict:
     workflow[str(n_nodes)] = {"class_type": "SaveImage", "inputs": {
         "images": [str(n_nodes - 1), 0], "filename_prefix": "cyl_chain"}}
     return workflow
+
+
+def checkpoint(ckpt: str, seconds: float = 0.2, steps: int = 2,
+               prefix: str = "cyl_ckpt") -> dict:
+    """CheckpointLoaderSimple(ckpt) -> CylSample(seconds, steps) -> SaveImage(prefix): a
+    checkpoint switch on an instance costs its load_seconds (tests/fake_comfy)."""
+    return {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
+        "2": {"class_type": "CylSample",
+              "inputs": {"model": ["1", 0], "seconds": seconds, "steps": steps}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }
+
+
+def custom_invert(prefix: str = "cyl_custom") -> dict:
+    """EmptyImage -> CylCustomInvert -> SaveImage(prefix): runs only on an instance with the
+    custom pack (FakeComfy(custom_nodes=("CylCustomInvert",))), others answer 400."""
+    workflow = core(prefix=prefix)
+    workflow["2"]["class_type"] = "CylCustomInvert"
+    return workflow

@@ -5,17 +5,24 @@
 
 Controls: hold, ws_silent, http_delay, ignore_prompt_id, costs, drop_websockets(), stop(),
 restart(keep_state). Observations: requests(), prompts_received(), system_stats_calls,
-ws_client_ids(), output_bytes(), costed_sections(). tests/test_fake_comfy.py checks it
-against the recordings.
+ws_client_ids(), output_bytes(), costed_sections(), model_loads, last_model.
+tests/test_fake_comfy.py checks it against the recordings.
 
-`costs=recorded_costs()` makes each instance as slow as the recorded ComfyUI: every costed
-HTTP request waits its route's recorded median under a per-instance lock (costs.py,
-server.py); the default None keeps the fake instant.
+`costs="recorded"` (or recorded_costs()) makes each instance as slow as the recorded ComfyUI:
+every costed HTTP request waits its route's recorded median under a per-instance lock
+(costs.py, server.py); `costs="real"` (real_costs()) uses timings-real.json's lower p50s; the
+default None keeps the fake instant.
+
+What an instance has installed is its own (catalogue.py): `custom_nodes=("CylCustomInvert",)`
+adds a custom pack's class, `without_nodes=(...)` hides default ones, `checkpoints=[...]`
+lists its model files, and `load_seconds` is what a checkpoint switch costs it
+(CheckpointLoaderSimple -> CylSample -> SaveImage, tests/workflows.checkpoint()).
 """
 
-from .costs import cost_of, recorded_costs, route_key
+from .catalogue import DEFAULT_CHECKPOINTS, Catalogue
+from .costs import cost_of, cost_table, real_costs, recorded_costs, route_key
 from .fake import FakeComfy
 from .knobs import CostedSection, RecordedRequest
 
-__all__ = ["CostedSection", "FakeComfy", "RecordedRequest", "cost_of", "recorded_costs",
-           "route_key"]
+__all__ = ["DEFAULT_CHECKPOINTS", "Catalogue", "CostedSection", "FakeComfy", "RecordedRequest",
+           "cost_of", "cost_table", "real_costs", "recorded_costs", "route_key"]

@@ -11,19 +11,38 @@ HTTP events, or, where http-samples.json's `timing` event measured the path 50 t
 median it gives (several timing paths of one key, e.g. /history and /history?max_items=1:
 the median of their medians). Nothing here is a hard-coded number: new recordings give new
 costs.
+
+    costs = real_costs()                          # {"POST /prompt 200": 0.0011, ...}
+
+`real_costs()` reads timings-real.json instead: ComfyUI measured again, one instance on a
+quiet machine, p50 per route, lower than the first session's medians (recorded with two
+instances busy on the same cores). A fake that claims to model ComfyUI should use these, so
+that Cylindria's own share is not flattered. A route it did not measure costs nothing there
+(a refused POST /prompt, /view, ...). `cost_table(name)` maps the names the CLI and
+FakeComfy(costs=...) accept ("none", "recorded", "real") onto these tables.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 RECORDINGS = Path(__file__).resolve().parents[1] / "recordings"
 STATUS_KEYED = frozenset({"POST /prompt"})  # routes whose cost depends on the answer's status
 PLACEHOLDERS = {"history": "{id}", "object_info": "{class}"}  # /history/<id> -> /history/{id}
+REAL_TIMINGS = "timings-real.json"
+# Recorded in the second session (2026-12-01, see README.md) on a quieter machine: its costs
+# are timings-real.json's (real_costs()); its single samples would move the first session's
+# medians, which recorded_costs() stands for (and the bench's published costed figures use).
+LATER_SESSION = frozenset({"scenario-upload-loadimage.json"})
+# "POST /prompt (core workflow, accepted)": method, path, optional note in parentheses
+ROUTE_NAME = re.compile(r"(?P<method>[A-Z]+) (?P<path>/\S*)(?: \((?P<note>[^)]*)\))?")
+REFUSED_WORDS = ("refused", "rejected", "invalid")  # a note saying the prompt was not queued
 
 
 def route_key(method: str, path: str, status: int | None = None) -> str:
@@ -42,11 +61,12 @@ def route_key(method: str, path: str, status: int | None = None) -> str:
     return f"{key} {status}" if key in STATUS_KEYED and status is not None else key
 
 
-def recorded_costs(folder: Path | str = RECORDINGS) -> dict[str, float]:
-    """Seconds per route key, from every recording file in `folder` (see the module doc)."""
+def recorded_costs(folder: Path | str = RECORDINGS,
+                   skip: frozenset[str] = LATER_SESSION) -> dict[str, float]:
+    """Seconds per route key, from every recording file in `folder` but `skip` (module doc)."""
     samples: dict[str, list[float]] = defaultdict(list)
     timed: dict[str, list[float]] = defaultdict(list)
-    for events in _recordings(Path(folder)):
+    for events in _recordings(Path(folder), skip):
         for event in events:
             if event.get("channel") == "http":
                 _add_http(samples, event)
@@ -57,10 +77,13 @@ def recorded_costs(folder: Path | str = RECORDINGS) -> dict[str, float]:
     return dict(sorted(costs.items()))
 
 
-def _recordings(folder: Path) -> list[list[dict]]:
-    """The event lists of the folder's *.json files (workflows, which are dicts, left out)."""
+def _recordings(folder: Path, skip: frozenset[str]) -> list[list[dict]]:
+    """The event lists of the folder's *.json files; dicts (workflows, object-info.json,
+    timings-real.json) are no event lists and are left out, as are the `skip` files."""
     lists = []
     for path in sorted(folder.glob("*.json")):
+        if path.name in skip:
+            continue
         events = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(events, list):
             lists.append(events)
@@ -81,6 +104,38 @@ def _add_timing(timed: dict[str, list[float]], event: dict) -> None:
     for result in event.get("data", {}).get("results", []):
         if "median_ms" in result and "path" in result:
             timed[route_key("GET", result["path"], 200)].append(float(result["median_ms"]))
+
+
+def real_costs(path: Path | str = RECORDINGS / REAL_TIMINGS) -> dict[str, float]:
+    """Seconds per route key from timings-real.json's p50s (routes measured in several
+    situations, e.g. a finished and an unknown /history/{id}: the median of their p50s)."""
+    routes = json.loads(Path(path).read_text(encoding="utf-8"))["routes"]
+    timed: dict[str, list[float]] = defaultdict(list)
+    for name, timing in routes.items():
+        timed[timing_key(name)].append(float(timing["p50_ms"]))
+    return dict(sorted((key, statistics.median(values) / 1000.0) for key, values in timed.items()))
+
+
+def timing_key(name: str) -> str:
+    """The route key of a timings-real.json name: "POST /prompt (core workflow, accepted)"
+    -> "POST /prompt 200", "GET /history/{id} (unknown)" -> "GET /history/{id}"."""
+    match = ROUTE_NAME.fullmatch(name.strip())
+    if match is None:
+        raise ValueError(f"not a route name: {name!r}")
+    note = (match["note"] or "").lower()
+    status = 400 if any(word in note for word in REFUSED_WORDS) else 200
+    return route_key(match["method"], match["path"], status)
+
+
+COST_TABLES: dict[str, Callable[[], dict[str, float] | None]] = {
+    "none": lambda: None, "recorded": recorded_costs, "real": real_costs}
+
+
+def cost_table(name: str) -> dict[str, float] | None:
+    """The cost table a name stands for: "none" (instant), "recorded" or "real"."""
+    if name not in COST_TABLES:
+        raise ValueError(f"unknown costs {name!r}: one of {', '.join(COST_TABLES)}")
+    return COST_TABLES[name]()
 
 
 def cost_of(costs: dict[str, float] | None, method: str, path: str,

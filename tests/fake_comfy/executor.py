@@ -9,17 +9,18 @@ import time
 import traceback
 from typing import Any
 
+from .catalogue import Catalogue
 from .files import FileStore
 from .graph import OutputCache, dependency_order, is_link
 from .hub import (PREVIEW_IMAGE, PREVIEW_IMAGE_WITH_METADATA, Hub, preview_frame,
                   preview_with_metadata_frame)
-from .knobs import Knobs
-from .nodes import LIBRARY, FakeImage
+from .knobs import Knobs, Recorder
+from .nodes import FakeImage, NodeDef
 from .progress import ProgressState
 from .prompt_queue import Item, PromptQueue
 
 logger = logging.getLogger(__name__)
-POLL = 0.02  # how often the idle worker re-reads `hold` and the free flag
+POLL = 0.02  # how often the idle worker re-reads `hold` and the free flags
 
 
 class Interrupted(Exception):
@@ -43,13 +44,17 @@ def _format_value(value: Any) -> Any:
 
 
 class Executor:
-    """The worker loop plus the flags HTTP handlers set (interrupt, free)."""
+    """The worker loop plus the flags HTTP handlers set (interrupt, free), and the model the
+    instance holds loaded (one at a time: a checkpoint switch costs a load)."""
 
-    def __init__(self, queue: PromptQueue, hub: Hub, files: FileStore, knobs: Knobs) -> None:
+    def __init__(self, queue: PromptQueue, hub: Hub, files: FileStore, knobs: Knobs,
+                 catalogue: Catalogue, recorder: Recorder) -> None:
         self.queue, self.hub, self.files, self.knobs = queue, hub, files, knobs
+        self.catalogue, self.recorder = catalogue, recorder
         self.cache = OutputCache()
         self.interrupt_requested = False
-        self.free_requested = False
+        self.free_flags: dict[str, bool] = {}  # POST /free's, applied between prompts
+        self.loaded_model: str | None = None
         self.wake = asyncio.Event()
 
     def interrupt(self, prompt_id: str | None = None) -> None:
@@ -85,11 +90,33 @@ class Executor:
         finally:
             alarm.cancel()
 
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        """POST /free: remember its flags (set ones only, as ComfyUI's set_flag) for the
+        worker's next pause."""
+        if unload_models:
+            self.free_flags["unload_models"] = True
+        if free_memory:
+            self.free_flags["free_memory"] = True
+        self.wake.set()
+
     def _apply_free(self) -> None:
-        """The worker honours POST /free between prompts, as ComfyUI's does."""
-        if self.free_requested:
-            self.free_requested = False
+        """The worker honours POST /free between prompts, as ComfyUI's prompt_worker does:
+        unload_models defaults to free_memory, which also empties the output cache."""
+        flags, self.free_flags = self.free_flags, {}
+        free_memory = flags.get("free_memory", False)
+        if flags.get("unload_models", free_memory):
+            self.loaded_model = None
+        if free_memory:
             self.cache.clear()
+
+    async def load_model(self, ckpt_name: str) -> None:
+        """Make ckpt_name the loaded model; a switch sleeps load_seconds (scaled) and counts
+        one load, the model already loaded costs nothing."""
+        if ckpt_name == self.loaded_model:
+            return
+        await asyncio.sleep(self.catalogue.load_seconds * self.knobs.time_scale)
+        self.loaded_model = ckpt_name
+        self.recorder.add_model_load(ckpt_name)
 
 
 class PromptRun:
@@ -167,7 +194,7 @@ class PromptRun:
         self.send_to_client("executing", {"node": node_id, "display_node": node_id,
                                           "prompt_id": self.prompt_id})
         self.check_interrupt()
-        definition = LIBRARY[self.prompt[node_id]["class_type"]]
+        definition = self._definition(node_id)
         outputs, ui = await definition.run(NodeRunContext(self, node_id), **self._inputs(node_id))
         self.executor.cache.store(self.sigs[node_id], outputs, ui)
         if ui is not None:
@@ -175,12 +202,15 @@ class PromptRun:
         self.progress.finish(node_id)
         self.executed.append(node_id)
 
+    def _definition(self, node_id: str) -> NodeDef:
+        """The node's class as this instance serves it (validation refused the others)."""
+        return self.executor.catalogue.nodes[self.prompt[node_id]["class_type"]]
+
     def _inputs(self, node_id: str) -> dict[str, Any]:
         """Declared inputs only; links read the producer's cached outputs."""
-        node = self.prompt[node_id]
-        declared = {name for name, _, _ in LIBRARY[node["class_type"]].inputs()}
+        declared = {name for name, _, _ in self._definition(node_id).inputs()}
         values = {}
-        for name, value in node["inputs"].items():
+        for name, value in self.prompt[node_id]["inputs"].items():
             if name in declared:
                 values[name] = self._resolve(value)
         return values
@@ -274,6 +304,10 @@ class NodeRunContext:
                               "node": self.node_id})
         if preview is not None and not metadata:
             run.send(PREVIEW_IMAGE, preview_frame(preview))
+
+    async def load_model(self, ckpt_name: str) -> None:
+        """The instance's model slot (the executor's: it outlives the prompt)."""
+        await self.run.executor.load_model(ckpt_name)
 
     def save_images(self, image: FakeImage, prefix: str, kind: str) -> list[dict]:
         """One PNG per batch item."""

@@ -6,8 +6,10 @@ import asyncio
 import ipaddress
 import logging
 import threading
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Iterable
 
+from .catalogue import DEFAULT_CHECKPOINTS, Catalogue
+from .costs import cost_table
 from .files import FileStore
 from .instance import Instance
 from .knobs import CostedSection, Knobs, RecordedRequest, Recorder
@@ -28,19 +30,30 @@ def _knob(name: str, convert: Callable[[Any], Any]) -> property:
                     lambda self, value: setattr(self.knobs, name, convert(value)))
 
 
-def _costs(costs: dict[str, float] | None) -> dict[str, float] | None:
+def _costs(costs: dict[str, float] | str | None) -> dict[str, float] | None:
     """A copy of a cost table (route key -> seconds, see costs.py), so the caller's dict can
-    change without the loop seeing it half-changed; None (no cost) stays None."""
+    change without the loop seeing it half-changed; a name ("none", "recorded", "real") is
+    its table; None (no cost) stays None."""
+    if isinstance(costs, str):
+        costs = cost_table(costs)
     return None if costs is None else {str(k): float(v) for k, v in costs.items()}
 
 
 class FakeComfy:
-    """A fake ComfyUI server; every public method is safe to call from any thread."""
+    """A fake ComfyUI server; every public method is safe to call from any thread.
+
+    custom_nodes / without_nodes / checkpoints / load_seconds make this instance's
+    Catalogue (catalogue.py): what it has installed, fixed for its lifetime.
+    """
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", time_scale: float = 1.0,
-                 costs: dict[str, float] | None = None) -> None:
+                 costs: dict[str, float] | str | None = None, *,
+                 custom_nodes: Iterable[str] = (), without_nodes: Iterable[str] = (),
+                 checkpoints: Iterable[str] = DEFAULT_CHECKPOINTS,
+                 load_seconds: float = 0.0) -> None:
         _check_loopback(host)
         self.host, self.port = host, port
+        self.catalogue = Catalogue(custom_nodes, without_nodes, checkpoints, load_seconds)
         self.knobs = Knobs(time_scale=time_scale, costs=_costs(costs))
         self._recorder = Recorder()
         self._files = FileStore()
@@ -136,6 +149,21 @@ class FakeComfy:
         """Number of GET /system_stats answered."""
         return self._recorder.system_stats_calls
 
+    @property
+    def model_loads(self) -> int:
+        """Checkpoint loads so far (a CheckpointLoaderSimple that switched the model; a
+        cached loader or the checkpoint already loaded does not count), across restarts."""
+        return len(self._recorder.model_loads())
+
+    @property
+    def last_model(self) -> str | None:
+        """The checkpoint the instance holds loaded: None before its first load, after a
+        POST /free that unloads models, and after stop() or restart() (a new process)."""
+        if self._instance is None:
+            return None
+        executor = self._instance.executor
+        return self._run(lambda: executor.loaded_model)
+
     def output_bytes(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         """What /view serves for that file; KeyError when there is none."""
         data = self._files.get(type, subfolder, filename)
@@ -159,7 +187,8 @@ class FakeComfy:
 
     async def _boot(self, history: dict | None, number: int) -> Instance:
         """Build the instance on the loop (its asyncio objects belong there) and listen."""
-        instance = Instance(self.knobs, self._recorder, self._files, history, number)
+        instance = Instance(self.knobs, self._recorder, self._files, self.catalogue, history,
+                            number)
         self.port = await instance.start(self.host, self.port)
         return instance
 

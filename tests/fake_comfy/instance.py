@@ -7,6 +7,7 @@ import logging
 
 from aiohttp import web
 
+from .catalogue import Catalogue
 from .executor import Executor
 from .files import FileStore
 from .hub import Hub
@@ -20,13 +21,13 @@ logger = logging.getLogger(__name__)
 class Instance:
     """Lives on the fake's event loop from start() until kill(); never reused after that."""
 
-    def __init__(self, knobs: Knobs, recorder: Recorder, files: FileStore,
+    def __init__(self, knobs: Knobs, recorder: Recorder, files: FileStore, catalogue: Catalogue,
                  history: dict | None = None, number: int = 0) -> None:
-        self.knobs, self.recorder, self.files = knobs, recorder, files
+        self.knobs, self.recorder, self.files, self.catalogue = knobs, recorder, files, catalogue
         self.hub = Hub(knobs)
         self.queue = PromptQueue(self.hub.emit_status, history)
         self.hub.status_source = self.queue.remaining
-        self.executor = Executor(self.queue, self.hub, files, knobs)
+        self.executor = Executor(self.queue, self.hub, files, knobs, catalogue, recorder)
         self.number = number
         self.port = 0
         # ComfyUI answers HTTP on one event loop: with knobs.costs set, costed requests take

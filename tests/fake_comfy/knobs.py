@@ -58,6 +58,7 @@ class Recorder:
         self._prompt_ids: list[str] = []
         self._system_stats_calls = 0
         self._sections: list[CostedSection] = []
+        self._model_loads: list[str] = []
 
     def add_request(self, method: str, path: str, query: str, body: bytes, headers: dict) -> None:
         """Remember one request (called on arrival, before any http_delay)."""
@@ -79,6 +80,16 @@ class Recorder:
         """Remember one costed section, so tests can check that sections never overlap."""
         with self._lock:
             self._sections.append(section)
+
+    def add_model_load(self, ckpt_name: str) -> None:
+        """Remember one checkpoint load (a switch of the instance's model)."""
+        with self._lock:
+            self._model_loads.append(ckpt_name)
+
+    def model_loads(self) -> list[str]:
+        """A copy of the checkpoints loaded so far, in order."""
+        with self._lock:
+            return list(self._model_loads)
 
     def sections(self) -> list[CostedSection]:
         """A copy of the costed sections so far, in the order they were left."""

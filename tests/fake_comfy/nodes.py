@@ -1,4 +1,9 @@
-"""The fake's node library: core image nodes plus the recordings' test-only custom nodes."""
+"""The fake's node library: core image nodes, a checkpoint loader, the recordings' test-only
+custom nodes, and a custom pack (CylCustomInvert) that an instance serves only when asked to.
+
+LIBRARY is every class the fake knows; what one instance serves is its Catalogue
+(catalogue.py): the `default` classes, plus its custom packs, minus the ones it hides.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ class NodeContext(Protocol):
     async def progress(self, value: int, total: int, preview: bytes | None = None) -> None:
         """Report progress (the interrupt point, like comfy.utils.ProgressBar)."""
 
+    async def load_model(self, ckpt_name: str) -> None:
+        """Load a checkpoint, paying the instance's load_seconds unless it is loaded already."""
+
     def save_images(self, image: "FakeImage", prefix: str, kind: str) -> list[dict]:
         """Write one PNG per batch item and return their references."""
 
@@ -42,6 +50,18 @@ class FakeImage:
 
 
 @dataclass(frozen=True)
+class FakeModel:
+    """Stands in for what CheckpointLoaderSimple returns (MODEL, CLIP and VAE alike)."""
+
+    kind: str
+    ckpt_name: str
+
+    def __str__(self) -> str:
+        """Like a model object's repr in execution_error's current_inputs."""
+        return f"<{self.kind} of {self.ckpt_name}>"
+
+
+@dataclass(frozen=True)
 class NodeDef:
     """One node class: its INPUT_TYPES, outputs and behaviour."""
 
@@ -56,6 +76,12 @@ class NodeDef:
     description: str = ""
     category: str = "image"
     python_module: str = "nodes"
+    output_tooltips: tuple[str, ...] = ()
+    default: bool = True  # False: a custom pack only some instances install (custom_nodes=)
+    extra: dict[str, Any] = field(default_factory=dict)  # fake-only info keys, after ComfyUI's
+    # Fills the instance's own values in (e.g. its checkpoint files) when a Catalogue adopts
+    # the class, as ComfyUI's INPUT_TYPES() reads its folders on every call.
+    adapt: Callable[["NodeDef", Any], "NodeDef"] | None = None
 
     def inputs(self) -> list[tuple[str, list, bool]]:
         """(name, config, required?) for every declared input."""
@@ -78,6 +104,8 @@ class NodeDef:
             "python_module": self.python_module,
             "category": self.category,
             "output_node": self.output_node,
+            **({"output_tooltips": list(self.output_tooltips)} if self.output_tooltips else {}),
+            **self.extra,
         }
 
 
@@ -104,14 +132,35 @@ async def _preview(ctx: NodeContext, images: FakeImage) -> NodeResult:
     return (), {"images": ctx.save_images(images, f"ComfyUI_temp_{suffix}", "temp")}
 
 
-async def _sleep_progress(ctx: NodeContext, image: FakeImage, seconds: float, steps: int,
-                          send_preview: bool = False) -> NodeResult:
-    """CylSleepProgress: sleep seconds/steps, then report a step (with a JPEG preview)."""
+async def _sleep_steps(ctx: NodeContext, seconds: float, steps: int,
+                       send_preview: bool = False) -> None:
+    """Sleep seconds/steps, then report a step (with a JPEG preview), `steps` times."""
     for step in range(1, steps + 1):
         await ctx.sleep(seconds / steps)
         preview = grey_jpeg(step * 255 // steps) if send_preview else None
         await ctx.progress(step, steps, preview)
+
+
+async def _sleep_progress(ctx: NodeContext, image: FakeImage, seconds: float, steps: int,
+                          send_preview: bool = False) -> NodeResult:
+    """CylSleepProgress: the image back after a sleep with progress."""
+    await _sleep_steps(ctx, seconds, steps, send_preview)
     return (image,), None
+
+
+async def _load_checkpoint(ctx: NodeContext, ckpt_name: str) -> NodeResult:
+    """CheckpointLoaderSimple: the instance's load cost when the checkpoint is not loaded."""
+    await ctx.load_model(ckpt_name)
+    return tuple(FakeModel(kind, ckpt_name) for kind in ("MODEL", "CLIP", "VAE")), None
+
+
+async def _sample(ctx: NodeContext, model: FakeModel, seconds: float, steps: int) -> NodeResult:
+    """CylSample: a sampler's sleep with progress, then a small image. Like ComfyUI's samplers
+    (load_models_gpu) it loads its model when that is no longer the loaded one: a cached
+    loader's model after POST /free unloaded it, or one of two loaders in one prompt."""
+    await ctx.load_model(model.ckpt_name)
+    await _sleep_steps(ctx, seconds, steps)
+    return (FakeImage(SAMPLE_SIZE, SAMPLE_SIZE, 1, 0),), None
 
 
 async def _fail(ctx: NodeContext, image: FakeImage, message: str) -> NodeResult:
@@ -119,8 +168,30 @@ async def _fail(ctx: NodeContext, image: FakeImage, message: str) -> NodeResult:
     raise RuntimeError(message)
 
 
+def _sleep_inputs() -> dict[str, list]:
+    """`seconds` and `steps` of the sleeping test nodes (fresh, so no two classes share one)."""
+    return {"seconds": ["FLOAT", {"default": 4.0, "min": 0.0, "max": 3600.0, "step": 0.1}],
+            "steps": ["INT", {"default": 8, "min": 1, "max": 10000}]}
+
+
+def _with_checkpoints(definition: NodeDef, catalogue: Any) -> NodeDef:
+    """The loader as one instance serves it: its checkpoint files as the ckpt_name COMBO,
+    and its load cost as the fake-only info key "load_seconds" (clients ignore unknown keys)."""
+    return replace(definition, required={"ckpt_name": [list(catalogue.checkpoints),
+                                                       dict(_CKPT_TOOLTIP)]},
+                   extra={"load_seconds": catalogue.load_seconds})
+
+
 _INT_SIZE = {"default": 512, "min": 1, "max": 16384, "step": 1}
 _TEST = {"category": "cyl_test", "python_module": "custom_nodes.cyl_test_nodes"}
+_CUSTOM_PACK = {"category": "cyl_custom", "python_module": "custom_nodes.cyl_custom_pack"}
+SAMPLE_SIZE = 64  # CylSample's image: small, its pixels are never looked at
+_CKPT_TOOLTIP = {"tooltip": "The name of the checkpoint (model) to load."}
+_CKPT_DESCRIPTION = ("Loads a diffusion model checkpoint, diffusion models are used to "
+                     "denoise latents.")
+_CKPT_OUTPUT_TOOLTIPS = (
+    "The model used for denoising latents.", "The CLIP model used for encoding text prompts.",
+    "The VAE model used for encoding and decoding images to and from latent space.")
 _HIDDEN = {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}
 _SAVE_DESCRIPTION = "Saves the input images to your ComfyUI output directory."
 _PREFIX_TOOLTIP = ("The prefix for the file to save. This may include formatting information "
@@ -142,18 +213,21 @@ LIBRARY: dict[str, NodeDef] = {d.name: d for d in (
         description=_SAVE_DESCRIPTION),
     NodeDef("PreviewImage", _preview, required={"images": ["IMAGE"]}, hidden=dict(_HIDDEN),
             output_node=True, display_name="Preview Image", description=_SAVE_DESCRIPTION),
-    NodeDef("CylSleepProgress", _sleep_progress, required={
-        "image": ["IMAGE"],
-        "seconds": ["FLOAT", {"default": 4.0, "min": 0.0, "max": 3600.0, "step": 0.1}],
-        "steps": ["INT", {"default": 8, "min": 1, "max": 10000}]},
+    NodeDef("CylSleepProgress", _sleep_progress,
+        required={"image": ["IMAGE"], **_sleep_inputs()},
         optional={"send_preview": ["BOOLEAN", {"default": False}]},
         outputs=("IMAGE",), display_name="Cyl Sleep Progress (test)", **_TEST),
-    NodeDef("CylFail", _fail, required={
-        "image": ["IMAGE"], "message": ["STRING", {"default": "CylFail: intentional failure"}]},
+    NodeDef("CylFail", _fail, required={  # the default as object-info.json has it
+        "image": ["IMAGE"], "message": ["STRING", {"default": "boom"}]},
         outputs=("IMAGE",), display_name="Cyl Fail (test)", **_TEST),
+    NodeDef("CheckpointLoaderSimple", _load_checkpoint,
+            required={"ckpt_name": [[], dict(_CKPT_TOOLTIP)]}, outputs=("MODEL", "CLIP", "VAE"),
+            display_name="Load Checkpoint", description=_CKPT_DESCRIPTION, category="loaders",
+            output_tooltips=_CKPT_OUTPUT_TOOLTIPS, adapt=_with_checkpoints),
+    NodeDef("CylSample", _sample, required={"model": ["MODEL"], **_sleep_inputs()},
+            outputs=("IMAGE",), display_name="Cyl Sample (test)", **_TEST),
+    NodeDef("CylCustomInvert", _invert, required={"image": ["IMAGE"]}, outputs=("IMAGE",),
+            display_name="Cyl Custom Invert (custom pack)", default=False, **_CUSTOM_PACK),
 )}
 
 
-def object_info() -> dict:
-    """GET /object_info: every node's info."""
-    return {name: definition.info() for name, definition in LIBRARY.items()}

@@ -18,7 +18,6 @@ from .costs import cost_of, is_costed, route_key
 from .files import KINDS, PathError, clean_subfolder
 from .hub import SERVER_FEATURES
 from .knobs import CostedSection
-from .nodes import LIBRARY, object_info
 from .validation import NO_PROMPT, validate_prompt
 
 if TYPE_CHECKING:
@@ -225,7 +224,7 @@ class Routes:
             return web.json_response({"error": dict(NO_PROMPT), "node_errors": {}}, status=400)
         prompt_id = self._prompt_id(body)
         ok, error, outputs, node_errors = validate_prompt(
-            body["prompt"], body.get("partial_execution_targets"))
+            body["prompt"], self.inst.catalogue.nodes, body.get("partial_execution_targets"))
         extra = self._extra_data(body)
         if not ok:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
@@ -280,11 +279,10 @@ class Routes:
         return web.Response(status=200)
 
     async def free(self, request: web.Request) -> web.Response:
-        """POST /free: free_memory empties the cache before the worker's next prompt."""
+        """POST /free: unload_models / free_memory, applied before the worker's next prompt."""
         body = await request.json()
-        if body.get("free_memory", False):
-            self.inst.executor.free_requested = True
-            self.inst.executor.wake.set()
+        self.inst.executor.request_free(bool(body.get("unload_models", False)),
+                                        bool(body.get("free_memory", False)))
         return web.Response(status=200)
 
     async def system_stats(self, request: web.Request) -> web.Response:
@@ -297,13 +295,13 @@ class Routes:
         return web.json_response(dict(SERVER_FEATURES))
 
     async def object_info(self, request: web.Request) -> web.Response:
-        """GET /object_info: the fake's node library."""
-        return web.json_response(object_info())
+        """GET /object_info: the classes this instance serves."""
+        return web.json_response(self.inst.catalogue.object_info())
 
     async def object_info_node(self, request: web.Request) -> web.Response:
-        """GET /object_info/{class}: {} for an unknown class."""
+        """GET /object_info/{class}: {} for a class this instance does not serve."""
         name = request.match_info["node_class"]
-        return web.json_response({name: LIBRARY[name].info()} if name in LIBRARY else {})
+        return web.json_response(self.inst.catalogue.object_info_node(name))
 
     async def embeddings(self, request: web.Request) -> web.Response:
         """GET /embeddings: none installed."""
