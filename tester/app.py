@@ -15,10 +15,11 @@ from tkinter.scrolledtext import ScrolledText
 from tester import format as fmt
 from tester import settings as settings_mod
 from tester.client import Client, Result, build_base_url
+from tester.fields import gpu_field, parse_priority, status_gpu
 from tester.jobid import new_job_id
 from tester.settings import Settings
 from tester.watch import Watch
-from tester.workflow import WorkflowError, load_workflow
+from tester.workflow import load_workflow
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class App:
         self.url_var = tk.StringVar(root, self.settings.url)
         self.port_var = tk.StringVar(root, self.settings.port)
         self.gpu_var = tk.StringVar(root, self.settings.gpu_id)
+        self.priority_var = tk.StringVar(root, self.settings.priority)
         self.key_var = tk.StringVar(root, api_key)
         self.show_key_var = tk.BooleanVar(root, False)
         self.watch_var = tk.StringVar(root, "No job watched")
@@ -72,21 +74,15 @@ class App:
         fields = ttk.Frame(self.root, padding=(8, 8, 8, 4))
         fields.grid(row=0, column=0, sticky="ew")
         fields.columnconfigure(1, weight=1)
-        ttk.Label(fields, text="URL").grid(row=0, column=0, sticky="w")
-        self.url_entry = ttk.Entry(fields, textvariable=self.url_var, width=32)
-        self.url_entry.grid(row=0, column=1, sticky="ew", padx=(4, 12))
-        ttk.Label(fields, text="Port").grid(row=0, column=2, sticky="w")
-        self.port_entry = ttk.Entry(fields, textvariable=self.port_var, width=7)
-        self.port_entry.grid(row=0, column=3, padx=(4, 12))
-        ttk.Label(fields, text="GpuId").grid(row=0, column=4, sticky="w")
-        self.gpu_entry = ttk.Entry(fields, textvariable=self.gpu_var, width=5)
-        self.gpu_entry.grid(row=0, column=5, padx=(4, 12))
-        ttk.Label(fields, text="API key").grid(row=0, column=6, sticky="w")
-        self.key_entry = ttk.Entry(fields, textvariable=self.key_var, width=24, show="•")
-        self.key_entry.grid(row=0, column=7, padx=(4, 4))
+        self.url_entry = labelled_entry(fields, 0, "URL", self.url_var, 32, sticky="ew")
+        self.port_entry = labelled_entry(fields, 2, "Port", self.port_var, 7)
+        self.gpu_entry = labelled_entry(fields, 4, "GpuId", self.gpu_var, 5)
+        self.priority_entry = labelled_entry(fields, 6, "Priority", self.priority_var, 5)
+        self.key_entry = labelled_entry(fields, 8, "API key", self.key_var, 24, padx=(4, 4))
+        self.key_entry.configure(show="•")
         self.show_key_check = ttk.Checkbutton(fields, text="show", variable=self.show_key_var,
                                               command=self.on_toggle_key)
-        self.show_key_check.grid(row=0, column=8)
+        self.show_key_check.grid(row=0, column=10)
 
         buttons = ttk.Frame(self.root, padding=(8, 4))
         buttons.grid(row=1, column=0, sticky="ew")
@@ -134,8 +130,8 @@ class App:
 
     # ---- handlers (thin) ----------------------------------------------------------------
     def on_server_status(self) -> None:
-        """Send ServerStatus for the GpuId field."""
-        client, gpu = self.make_client("Server status"), self.gpu_id()
+        """Send ServerStatus for the GpuId field (all GPUs for auto)."""
+        client, gpu = self.make_client("Server status"), status_gpu(self.gpu_id())
         if client:
             self.run_in_background("Server status", lambda: client.server_status(gpu), self.show_result)
 
@@ -172,11 +168,12 @@ class App:
 
     # ---- commands -----------------------------------------------------------------------
     def start_job(self, path: str) -> None:
-        """Send the workflow at ``path`` with a fresh job id; an invalid file is refused here."""
+        """Send the workflow at ``path`` under a fresh job id; refuse a bad file or priority here."""
         title = f"Start job ({Path(path).name})"
         try:
+            priority = parse_priority(self.priority_var.get())
             body = load_workflow(path)
-        except WorkflowError as exc:
+        except ValueError as exc:  # a WorkflowError too
             self.append(fmt.format_note(title, f"Refused: {exc}. Nothing was sent."))
             return
         client, gpu = self.make_client(title), self.gpu_id()
@@ -184,7 +181,8 @@ class App:
             job_id = new_job_id()
             self.last_job_id = job_id
             self.run_in_background(f"{title} as {job_id}",
-                                   lambda: client.start_job(job_id, body, gpu), self.show_result)
+                                   lambda: client.start_job(job_id, body, gpu, priority),
+                                   self.show_result)
 
     def job_status(self, job_id: str) -> None:
         """Send JobStatus for ``job_id``."""
@@ -246,8 +244,8 @@ class App:
 
     # ---- plumbing -----------------------------------------------------------------------
     def gpu_id(self) -> str:
-        """The GpuId field as sent (default 0); the server judges its validity."""
-        return self.gpu_var.get().strip() or "0"
+        """The GpuId field as sent: an index or auto (default 0); the server judges its validity."""
+        return gpu_field(self.gpu_var.get())
 
     @staticmethod
     def clean_job_id(job_id: str | None) -> str | None:
@@ -265,9 +263,10 @@ class App:
         return Client(base_url, api_key=self.key_var.get().strip())
 
     def remember(self) -> None:
-        """Save URL, port and GpuId for the next run (never the API key)."""
+        """Save URL, port, GpuId and priority for the next run (never the API key)."""
         current = Settings(url=self.url_var.get().strip(), port=self.port_var.get().strip(),
-                           gpu_id=self.gpu_var.get().strip())
+                           gpu_id=self.gpu_var.get().strip(),
+                           priority=self.priority_var.get().strip())
         if current == self._saved:
             return
         try:
@@ -331,6 +330,15 @@ class App:
         self.root.destroy()
 
 
+def labelled_entry(parent: ttk.Frame, column: int, text: str, variable: tk.StringVar, width: int,
+                   **grid) -> ttk.Entry:
+    """Lay out a label at ``column`` of row 0 and its entry right of it; return the entry."""
+    ttk.Label(parent, text=text).grid(row=0, column=column, sticky="w")
+    entry = ttk.Entry(parent, textvariable=variable, width=width)
+    entry.grid(row=0, column=column + 1, **{"padx": (4, 12), **grid})
+    return entry
+
+
 def _work(results: queue.Queue, token: int, title: str, call: Callable[[], Result]) -> None:
     """Body of a worker thread: run one request and queue its Result for the Tk thread."""
     try:
@@ -350,7 +358,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                f"(directory overridable with ${settings_mod.CONFIG_DIR_ENV}).")
     parser.add_argument("--url", help="Cylindria's URL, e.g. http://127.0.0.1")
     parser.add_argument("--port", help="Cylindria's port")
-    parser.add_argument("--gpu-id", help="GpuId to send")
+    parser.add_argument("--gpu-id", help="GpuId to send: an index, or auto for Cylindria's queue")
+    parser.add_argument("--priority", help="priority of started jobs, -100..100 (empty: not sent)")
     return parser.parse_args(argv)
 
 
@@ -359,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     settings = settings_mod.load()
-    for field, value in (("url", args.url), ("port", args.port), ("gpu_id", args.gpu_id)):
+    for field, value in (("url", args.url), ("port", args.port), ("gpu_id", args.gpu_id),
+                         ("priority", args.priority)):
         if value is not None:
             setattr(settings, field, value)
     root = tk.Tk()

@@ -102,10 +102,14 @@ class Client:
         """GET /serverstatus?GpuId=n."""
         return self.request("GET", "/serverstatus", params={"GpuId": gpu_id})
 
-    def start_job(self, job_id: str, workflow: bytes, gpu_id: str | int = 0) -> Result:
-        """PUT /startjob/<job_id>/?GpuId=n with the workflow JSON as body."""
+    def start_job(self, job_id: str, workflow: bytes, gpu_id: str | int = 0,
+                  priority: int | None = None) -> Result:
+        """PUT /startjob/<job_id>/?GpuId=n|auto[&priority=p] with the workflow JSON as body."""
         path = f"/startjob/{quote(job_id, safe='')}/"
-        return self.request("PUT", path, params={"GpuId": gpu_id}, body=workflow)
+        params: dict[str, Any] = {"GpuId": gpu_id}
+        if priority is not None:
+            params["priority"] = priority
+        return self.request("PUT", path, params=params, body=workflow)
 
     def job_status(self, job_id: str) -> Result:
         """GET /jobstatus/<job_id>/."""

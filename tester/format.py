@@ -43,6 +43,31 @@ def error_summary(result: Result) -> str | None:
     return f"{code}: {data['error']}" if code else str(data["error"])
 
 
+def gpu_text(gpu_id: Any) -> str:
+    """``GPU 1``, or ``GPU -`` for a job held in Cylindria's queue (GpuId=auto, not sent yet)."""
+    return "GPU -" if gpu_id is None else f"GPU {gpu_id}"
+
+
+def is_job(data: Any) -> bool:
+    """Tell whether an answer's data is a job view (startjob, jobstatus)."""
+    return isinstance(data, dict) and "job_id" in data and "status" in data
+
+
+def job_summary(job: dict, status: str | None = None) -> str:
+    """Where a job stands, e.g. ``queued · GPU - · queue position 2 · priority 5 · attempts 0``.
+
+    ``status`` replaces the job's own (the watch shows ``running 40%``); priority and attempts
+    appear when the server sends them.
+    """
+    parts = [status or str(job.get("status", "?")), gpu_text(job.get("gpu_id"))]
+    position = job.get("queue_position")
+    if job.get("status") == "queued" and position is not None:
+        parts.append(f"queue position {position}")
+    parts.extend(f"{name} {job[name]}" for name in ("priority", "attempts")
+                 if job.get(name) is not None)
+    return " · ".join(parts)
+
+
 def body_lines(result: Result) -> Lines:
     """The answer's body: pretty JSON, or the text cut to MAX_BODY_CHARS."""
     if result.status is None:
@@ -64,6 +89,8 @@ def format_lines(title: str, result: Result, now: datetime | None = None) -> Lin
     summary = error_summary(result)
     if summary:
         lines.append((summary, ERROR))
+    elif result.ok and is_job(result.data):
+        lines.append((job_summary(result.data), INFO))
     return lines + body_lines(result)
 
 

@@ -1,4 +1,4 @@
-"""The tester's remembered fields (URL, port, GpuId) in a small JSON file.
+"""The tester's remembered fields (URL, port, GpuId, priority) in a small JSON file.
 
 The API key is deliberately not part of ``Settings``: it is never written to disk.
 """
@@ -24,6 +24,7 @@ class Settings:
     url: str = "http://127.0.0.1"
     port: str = "8000"
     gpu_id: str = "0"
+    priority: str = ""  # empty: not sent, the server's default applies
 
 
 def config_dir() -> Path:

@@ -3,7 +3,8 @@
 from dataclasses import dataclass, field
 
 from tester.client import Result
-from tester.format import ERROR, INFO, Lines, OK, body_lines, error_summary, status_line
+from tester.format import (ERROR, INFO, Lines, OK, body_lines, error_summary, gpu_text, job_summary,
+                           status_line)
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "lost"})
 MAX_CONNECTION_ERRORS = 5  # a restarting server is waited for, a dead one is given up on
@@ -11,7 +12,7 @@ MAX_CONNECTION_ERRORS = 5  # a restarting server is waited for, a dead one is gi
 
 @dataclass
 class Update:
-    """What one poll changes: the bar, the status label, the lines to show and whether to stop."""
+    """What one poll changes: the bar, the label (status and GPU), the lines, whether to stop."""
 
     percent: float | None
     status: str
@@ -34,7 +35,7 @@ class Watch:
 
     def __init__(self, job_id: str):
         self.job_id = job_id
-        self.last_status: str | None = None
+        self.last_seen: tuple[str, object] | None = None  # (status, gpu_id) of the last answer
         self.connection_errors = 0
 
     def step(self, result: Result) -> Update:
@@ -49,9 +50,9 @@ class Watch:
         return self._job(result)
 
     def _job(self, result: Result) -> Update:
-        """A job answer: report status changes, stop at a terminal status with the whole job."""
+        """A job answer: report a new status or GPU; stop at a terminal status with the whole job."""
         job = result.data
-        status = str(job.get("status", "?"))
+        status, gpu_id = str(job.get("status", "?")), job.get("gpu_id")
         percent = progress_percent(job)
         if status == "completed":
             percent = 100.0
@@ -62,13 +63,11 @@ class Watch:
             tag = OK if status == "completed" else ERROR
             lines.append((f"watch {self.job_id}: ended {status}", tag))
             lines.extend(body_lines(result))
-        elif status != self.last_status:
-            position = job.get("queue_position")
-            where = f" (queue position {position})" if status == "queued" and position is not None else ""
+        elif (status, gpu_id) != self.last_seen:  # a held auto job stays queued when sent to a GPU
             shown = label if status == "running" else status
-            lines.append((f"watch {self.job_id}: {shown}{where}", INFO))
-        self.last_status = status
-        return Update(percent, label, done, lines)
+            lines.append((f"watch {self.job_id}: {job_summary(job, shown)}", INFO))
+        self.last_seen = (status, gpu_id)
+        return Update(percent, f"{label} · {gpu_text(gpu_id)}", done, lines)
 
     def _connection_error(self, result: Result) -> Update:
         """No answer: keep trying a few times, then give up."""

@@ -99,27 +99,34 @@ def wait_until_up(proc: subprocess.Popen, log: Path, check) -> None:
 
 
 @contextmanager
+def cylindria(work: Path, comfy_port: int, name: str = "cylindria"):
+    """Run a real Cylindria (one GPU) in front of the ComfyUI at ``comfy_port``; yield its port."""
+    port, log = free_port(), work / f"{name}.log"
+    proc = start(["cylindria.py", "--host", "127.0.0.1", "--port", str(port),
+                  "--comfy-base-url", f"http://127.0.0.1:{comfy_port}", "--numberOfGpus", "1",
+                  "--api-key", KEY, "--data-dir", str(work / f"{name}-data"),
+                  "--poll-interval", "0.5"], log)
+    try:
+        url = f"http://127.0.0.1:{port}/health"
+        wait_until_up(proc, log, lambda: requests.get(url, timeout=1).status_code == 200)
+        yield port
+    finally:
+        stop(proc)
+
+
+@contextmanager
 def cylindria_with_fake_comfy(work: Path):
     """Run the fake ComfyUI and a real Cylindria in front of it; yield Cylindria's port."""
-    comfy_port, port = free_port(), free_port()
-    comfy_log, cyl_log = work / "fake_comfy.log", work / "cylindria.log"
+    comfy_port, comfy_log = free_port(), work / "fake_comfy.log"
     comfy = start(["-m", "tests.fake_comfy", "--port", str(comfy_port), "--count", "1",
                    "--time-scale", "0.05"], comfy_log)
-    procs = [comfy]
     try:
         wait_until_up(comfy, comfy_log,
                       lambda: socket.create_connection(("127.0.0.1", comfy_port), 1).close() or True)
-        cyl = start(["cylindria.py", "--host", "127.0.0.1", "--port", str(port),
-                     "--comfy-base-url", f"http://127.0.0.1:{comfy_port}", "--numberOfGpus", "1",
-                     "--api-key", KEY, "--data-dir", str(work / "data"), "--poll-interval", "0.5"],
-                    cyl_log)
-        procs.append(cyl)
-        url = f"http://127.0.0.1:{port}/health"
-        wait_until_up(cyl, cyl_log, lambda: requests.get(url, timeout=1).status_code == 200)
-        yield port
+        with cylindria(work, comfy_port) as port:
+            yield port
     finally:
-        for proc in reversed(procs):
-            stop(proc)
+        stop(comfy)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +144,13 @@ def servers_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cylindria_port(servers_dir):
     with cylindria_with_fake_comfy(servers_dir) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def no_gpu_port(servers_dir):
+    """A Cylindria whose only ComfyUI is not there (nobody listens on its port)."""
+    with cylindria(servers_dir, free_port(), "cylindria-no-gpu") as port:
         yield port
 
 
@@ -159,7 +173,8 @@ def app(display, config_dir, cylindria_port, servers_dir):
     wait_for(app, lambda: app.root.winfo_viewable(), "the window to show")
     yield app
     discard(app)
-    for log in ("cylindria.log", "fake_comfy.log"):  # pytest shows this only for a failed test
+    # pytest shows this only for a failed test
+    for log in ("cylindria.log", "fake_comfy.log", "cylindria-no-gpu.log"):
         print(f"---- end of {log} ----\n{log_tail(servers_dir / log)}")
 
 
@@ -207,16 +222,21 @@ def click(display: str, widget) -> None:
                    env={**os.environ, "DISPLAY": display}, check=True, timeout=WAIT_S)
 
 
-def run_job(app: App, tmp_path: Path) -> str:
-    """Start a job from a workflow file and watch it to its end; return the job id."""
-    workflow = tmp_path / "workflow.json"
-    # About 2 s at the fake's time scale: long enough for the watch to see it running.
-    workflow.write_text(json.dumps(workflows.slow(seconds=40, steps=4), indent=1))
-    app.ask_workflow_file = lambda: str(workflow)
+def start_job(app: App, tmp_path: Path, workflow: dict) -> None:
+    """Press Start job and pick a file holding ``workflow`` in the dialog."""
+    path = tmp_path / "workflow.json"
+    path.write_text(json.dumps(workflow, indent=1))
+    app.ask_workflow_file = lambda: str(path)
     app.start_button.invoke()
+
+
+def run_job(app: App, tmp_path: Path, query: str = "GpuId=0") -> str:
+    """Start a job from a workflow file and watch it to its end; return the job id."""
+    # About 2 s at the fake's time scale: long enough for the watch to see it running.
+    start_job(app, tmp_path, workflows.slow(seconds=40, steps=4))
     wait_for_text(app, "HTTP 201")
     job_id = app.last_job_id
-    assert f"/startjob/{job_id}/?GpuId=0" in app.output()
+    assert f"/startjob/{job_id}/?{query}" in app.output()
     assert f'"job_id": "{job_id}"' in app.output()
 
     prefills = []
@@ -241,8 +261,52 @@ def test_start_job_then_watch_until_completed(app, tmp_path):
     assert out.rstrip().endswith("}")  # the finished job's JSON is the newest entry
     assert '"status": "completed"' in out.split("ended completed")[-1]
     assert app.progress["value"] == 100
-    assert app.watch_var.get() == f"{job_id}: completed 100%"
+    assert app.watch_var.get() == f"{job_id}: completed 100% · GPU 0"
     assert app.watch is None and app.watch_button["text"] == "Watch job…"
+
+
+def test_auto_job_is_held_then_runs_on_a_gpu(app, tmp_path):
+    fill(app.gpu_entry, "auto")
+    fill(app.priority_entry, "5")
+    job_id = run_job(app, tmp_path, "GpuId=auto&priority=5")
+    started = app.output().split(f"as {job_id} ──")[1].split("── ")[0]  # the 201 entry only
+    assert "queued · GPU - · queue position 0 · priority 5 · attempts 0" in started
+    assert app.watch_var.get() == f"{job_id}: completed 100% · GPU 0"
+    ended = app.output().split("ended completed")[-1]
+    assert '"gpu_id": 0' in ended and '"attempts": 1' in ended and '"priority": 5' in ended
+
+
+def test_held_auto_job_shows_no_gpu_while_none_is_reachable(app, no_gpu_port, tmp_path):
+    fill(app.port_entry, str(no_gpu_port))
+    fill(app.gpu_entry, "auto")
+    fill(app.priority_entry, "-3")
+    start_job(app, tmp_path, workflows.core())
+    wait_for_text(app, "HTTP 201")
+    job_id = app.last_job_id
+    assert f"/startjob/{job_id}/?GpuId=auto&priority=-3" in app.output()
+    assert "queued · GPU - · queue position 0 · priority -3 · attempts 0" in app.output()
+    app.ask_job_id = lambda title: job_id
+    app.watch_button.invoke()
+    wait_for_text(app, f"watch {job_id}: queued · GPU - · queue position 0")
+    label = app.watch_var.get  # "queued · GPU -", or "queued 0% · GPU -" when progress is sent
+    wait_for(app, lambda: label().startswith(f"{job_id}: queued") and label().endswith("· GPU -"),
+             "the watch label")
+    app.watch_button.invoke()
+    assert f"watch {job_id}: stopped by the operator" in app.output()
+
+
+def test_server_status_for_auto_asks_about_every_gpu(app):
+    fill(app.gpu_entry, "auto")
+    app.status_button.invoke()
+    wait_for_text(app, "/serverstatus?GpuId=all", "HTTP 200", '"gpus"')
+
+
+def test_bad_priority_is_refused_before_sending(app, tmp_path):
+    fill(app.priority_entry, "urgent")
+    start_job(app, tmp_path, workflows.core())
+    wait_for_text(app, "Refused: the priority must be an integer from -100 to 100")
+    assert "Nothing was sent." in app.output() and "startjob" not in app.output()
+    assert app.pending == 0 and app.last_job_id == ""
 
 
 def test_watch_can_be_stopped(app):
@@ -290,15 +354,18 @@ def test_clear_empties_the_text_window(app):
 
 
 def test_fields_are_remembered_but_never_the_key(app, config_dir, cylindria_port):
+    fill(app.gpu_entry, "auto")
+    fill(app.priority_entry, "-7")
     app.close()
     saved = (config_dir / settings_mod.FILE_NAME).read_text()
     assert json.loads(saved) == {"url": "http://127.0.0.1", "port": str(cylindria_port),
-                                 "gpu_id": "0"}
+                                 "gpu_id": "auto", "priority": "-7"}
     assert KEY not in saved
     again = App(tk.Tk(screenName=os.environ["DISPLAY"]))
     try:
         assert (again.url_var.get(), again.port_var.get()) == ("http://127.0.0.1",
                                                                str(cylindria_port))
+        assert (again.gpu_var.get(), again.priority_var.get()) == ("auto", "-7")
         assert again.key_var.get() == ""
     finally:
         discard(again)

@@ -13,6 +13,7 @@ import pytest
 from tester import format as fmt
 from tester import settings as settings_mod
 from tester.client import Client, Result, build_base_url
+from tester.fields import gpu_field, parse_priority, status_gpu
 from tester.jobid import is_valid_job_id, new_job_id
 from tester.settings import Settings
 from tester.watch import MAX_CONNECTION_ERRORS, Watch, progress_percent
@@ -128,6 +129,19 @@ def test_start_job_puts_body_under_job_id(server):
     got = server.received[-1]
     assert (got["method"], got["path"], got["body"]) == ("PUT", "/startjob/job-1/", body)
     assert got["headers"]["Content-Type"] == "application/json"
+
+
+def test_start_job_auto_with_priority_builds_the_query(server):
+    result = Client(server.base_url, api_key=KEY).start_job("job-2", b"{}", "auto", -5)
+    assert result.url == f"{server.base_url}/startjob/job-2/?GpuId=auto&priority=-5"
+    assert server.received[-1]["query"] == {"GpuId": ["auto"], "priority": ["-5"]}
+
+
+@pytest.mark.parametrize("priority", [None, 0])
+def test_start_job_sends_priority_only_when_given(server, priority):
+    Client(server.base_url, api_key=KEY).start_job("job-3", b"{}", "1", priority)
+    expected = {"GpuId": ["1"]} if priority is None else {"GpuId": ["1"], "priority": ["0"]}
+    assert server.received[-1]["query"] == expected
 
 
 def test_job_status_quotes_the_job_id(server):
@@ -255,8 +269,72 @@ def test_format_success():
     assert lines[0] == ("── 09:08:07  Start job ──", fmt.HEADER)
     assert lines[1] == ("PUT http://h:1/startjob/j/?GpuId=0", fmt.INFO)
     assert lines[2] == ("HTTP 201 CREATED · 12 ms", fmt.OK)
-    assert lines[3] == ('{\n  "job_id": "j",\n  "status": "queued"\n}', fmt.BODY)
-    assert len(lines) == 4
+    assert lines[3] == ("queued · GPU -", fmt.INFO)
+    assert lines[4] == ('{\n  "job_id": "j",\n  "status": "queued"\n}', fmt.BODY)
+    assert len(lines) == 5
+
+
+HELD = {"job_id": "j", "gpu_id": None, "prompt_id": None, "status": "queued", "queue_position": 2,
+        "priority": 5, "attempts": 0, "accepted": True}
+
+
+@pytest.mark.parametrize("gpu_id, expected", [(None, "GPU -"), (0, "GPU 0"), (3, "GPU 3")])
+def test_gpu_text(gpu_id, expected):
+    assert fmt.gpu_text(gpu_id) == expected
+
+
+@pytest.mark.parametrize("job, expected", [
+    (HELD, "queued · GPU - · queue position 2 · priority 5 · attempts 0"),
+    ({**HELD, "gpu_id": 1, "status": "running", "attempts": 2},
+     "running · GPU 1 · priority 5 · attempts 2"),
+    ({"job_id": "j", "gpu_id": 0, "status": "queued", "queue_position": None}, "queued · GPU 0"),
+])
+def test_job_summary(job, expected):
+    assert fmt.job_summary(job) == expected
+
+
+def test_format_held_auto_job():
+    result = Result("PUT", "u", 201, 3.0, "CREATED", data=HELD, is_json=True)
+    lines = fmt.format_lines("Start job", result)
+    assert lines[3] == ("queued · GPU - · queue position 2 · priority 5 · attempts 0", fmt.INFO)
+    assert '"gpu_id": null' in lines[4][0]
+
+
+@pytest.mark.parametrize("status, data", [
+    (200, {"gpu_id": 0, "reachable": True, "status": "ok"}),  # a GPU's status, not a job
+    (400, {"error": "bad priority", "code": "invalid_priority", "job_id": "j", "status": "x"}),
+])
+def test_format_summarizes_only_job_answers(status, data):
+    lines = fmt.format_lines("t", Result("GET", "u", status, 1.0, data=data, is_json=True))
+    assert not any("GPU" in text for text, tag in lines if tag != fmt.BODY)
+
+
+# ---- GpuId and priority fields -------------------------------------------------------------
+@pytest.mark.parametrize("text, expected", [
+    ("", "0"), ("  ", "0"), ("2", "2"), (" 7 ", "7"), ("auto", "auto"), (" AUTO ", "auto"),
+    ("9", "9"),  # the server says how many GPUs it has
+])
+def test_gpu_field(text, expected):
+    assert gpu_field(text) == expected
+
+
+def test_server_status_for_auto_asks_about_all_gpus():
+    assert (status_gpu("auto"), status_gpu("3")) == ("all", "3")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", None), ("   ", None), ("0", 0), ("5", 5), (" 42 ", 42), ("+7", 7), ("-100", -100),
+    ("100", 100), ("-0", 0),
+])
+def test_parse_priority(text, expected):
+    assert parse_priority(text) == expected
+
+
+@pytest.mark.parametrize("text", ["101", "-101", "1000", "abc", "1.5", "1e2", "--1", "0x10",
+                                  "٣", "5 5", "auto"])
+def test_parse_priority_refuses(text):
+    with pytest.raises(ValueError, match=r"integer from -100 to 100 \(or empty\), not"):
+        parse_priority(text)
 
 
 def test_format_connection_error():
@@ -278,26 +356,42 @@ def test_format_note():
 
 
 # ---- watching ----------------------------------------------------------------------------
-def job_result(status, percent=None, status_code=200):
-    data = {"job_id": "j", "status": status, "queue_position": 1 if status == "queued" else None,
-            "progress": {"percent": percent}}
+def job_result(status, percent=None, status_code=200, gpu_id=0, **extra):
+    data = {"job_id": "j", "gpu_id": gpu_id, "status": status,
+            "queue_position": 1 if status == "queued" else None,
+            "progress": {"percent": percent}, **extra}
     return Result("GET", "u", status_code, 1.0, "OK", data=data, is_json=True)
 
 
 def test_watch_follows_a_job_to_completion():
     watch = Watch("j")
     first = watch.step(job_result("queued"))
-    assert (first.status, first.done) == ("queued", False)
-    assert first.lines == [("watch j: queued (queue position 1)", fmt.INFO)]
+    assert (first.status, first.done) == ("queued · GPU 0", False)
+    assert first.lines == [("watch j: queued · GPU 0 · queue position 1", fmt.INFO)]
     running = watch.step(job_result("running", 40))
-    assert (running.percent, running.status, running.done) == (40.0, "running 40%", False)
-    assert running.lines == [("watch j: running 40%", fmt.INFO)]
+    assert (running.percent, running.status, running.done) == (40.0, "running 40% · GPU 0", False)
+    assert running.lines == [("watch j: running 40% · GPU 0", fmt.INFO)]
     again = watch.step(job_result("running", 60))
     assert again.lines == [] and again.percent == 60.0
     done = watch.step(job_result("completed", 60))
     assert done.done and done.percent == 100.0
     assert done.lines[0] == ("watch j: ended completed", fmt.OK)
     assert '"status": "completed"' in fmt.as_text(done.lines)
+
+
+def test_watch_follows_a_held_auto_job_to_its_gpu():
+    watch = Watch("j")
+    held = watch.step(job_result("queued", gpu_id=None, priority=5, attempts=0))
+    assert held.status == "queued · GPU -"
+    assert held.lines == [("watch j: queued · GPU - · queue position 1 · priority 5 · attempts 0",
+                           fmt.INFO)]
+    assert watch.step(job_result("queued", gpu_id=None, priority=5, attempts=0)).lines == []
+    sent = watch.step(job_result("queued", gpu_id=1, priority=5, attempts=1))
+    assert sent.status == "queued · GPU 1"
+    assert sent.lines == [("watch j: queued · GPU 1 · queue position 1 · priority 5 · attempts 1",
+                           fmt.INFO)]
+    requeued = watch.step(job_result("queued", gpu_id=None, priority=5, attempts=1))
+    assert requeued.status == "queued · GPU -" and len(requeued.lines) == 1
 
 
 @pytest.mark.parametrize("status", ["failed", "cancelled", "lost"])
@@ -354,11 +448,20 @@ def test_settings_default_when_missing(config_dir):
 
 
 def test_settings_round_trip(config_dir):
-    path = settings_mod.save(Settings(url="http://10.0.0.5", port="8123", gpu_id="2"))
+    saved = Settings(url="http://10.0.0.5", port="8123", gpu_id="auto", priority="-20")
+    path = settings_mod.save(saved)
     assert path.parent == config_dir
-    assert settings_mod.load() == Settings(url="http://10.0.0.5", port="8123", gpu_id="2")
+    assert settings_mod.load() == saved
     assert json.loads(path.read_text()) == {"url": "http://10.0.0.5", "port": "8123",
-                                            "gpu_id": "2"}
+                                            "gpu_id": "auto", "priority": "-20"}
+
+
+def test_settings_priority_is_optional(config_dir):
+    config_dir.mkdir()
+    (config_dir / settings_mod.FILE_NAME).write_text(json.dumps({"gpu_id": "1", "priority": 7}))
+    assert settings_mod.load() == Settings(gpu_id="1", priority="7")
+    (config_dir / settings_mod.FILE_NAME).write_text(json.dumps({"gpu_id": "1"}))
+    assert settings_mod.load().priority == ""
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", '"text"'])
