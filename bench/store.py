@@ -25,7 +25,7 @@ def finished_job(n: int, now: float) -> Job:
                started_at=finished - 4.0, finished_at=finished,
                outputs=({"node_id": "3", "filename": f"cyl_{n:05d}_.png", "subfolder": "",
                          "type": "output"},),
-               nodes_done=3, nodes_total=3)
+               nodes_done=3, nodes_total=3, attempts=1)
 
 
 def fill(data_dir: Path, count: int) -> Path:
@@ -34,11 +34,14 @@ def fill(data_dir: Path, count: int) -> Path:
     data_dir.mkdir(parents=True, exist_ok=True)
     db = Database(data_dir / DB_FILE_NAME)
     now = time.time()
+    statement = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(COLUMNS))})")
     try:
         # One transaction: Database.insert commits each row on its own, 100,000 commits is slow.
         db._conn.execute("BEGIN")
-        for n in range(count):
-            db.insert(finished_job(n, now))
+        db._conn.executemany(statement, (
+            [_to_db(name, getattr(finished_job(n, now), name)) for name in COLUMNS]
+            for n in range(count)))
         db._conn.execute("COMMIT")
     finally:
         db.close()
@@ -83,4 +86,4 @@ def _finished_rows(first: int, count: int, now: float):
         yield (job_id(n), 0, str(uuid.uuid4()), hashlib.blake2b(str(n).encode(), digest_size=16)
                .hexdigest(), completed, float(n), finished - 5.0, finished - 4.0, finished, None,
                f'[{{"node_id": "3", "filename": "cyl_{n:05d}_.png", "subfolder": "", '
-               f'"type": "output"}}]', None, 0, 3, 3)
+               f'"type": "output"}}]', None, 0, 3, 3, 0, 0, 1, None)

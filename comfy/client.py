@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 USER_AGENT = "Cylindria"
 HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json"}
 JSON_HEADERS = {**HEADERS, "Content-Type": "application/json"}
-FIXED_PATHS = frozenset({"/prompt", "/queue", "/system_stats", "/interrupt"})
+FIXED_PATHS = frozenset({"/prompt", "/queue", "/system_stats", "/interrupt", "/object_info"})
 
 
 class ComfyClient:
@@ -137,6 +137,14 @@ class ComfyClient:
                           "/system_stats")
         if not isinstance(body, dict):
             raise ComfyBadResponse("ComfyUI's /system_stats answer is not an object", self.gpu_id)
+        return body
+
+    def object_info(self) -> dict:
+        """GET /object_info: every node class installed (large: read once per connection)."""
+        body = self._json(self._request("GET", "/object_info", read_timeout=max(self.read_timeout, 30.0)),
+                          "/object_info")
+        if not isinstance(body, dict):
+            raise ComfyBadResponse("ComfyUI's /object_info answer is not an object", self.gpu_id)
         return body
 
     def delete_queued(self, prompt_ids: list[str]) -> None:

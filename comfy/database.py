@@ -14,12 +14,12 @@ from comfy.private import private_dir, private_file, tighten
 
 logger = logging.getLogger(__name__)
 
-SCHEMA = """
+JOBS_TABLE = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL UNIQUE,
-    gpu_id INTEGER NOT NULL,
-    prompt_id TEXT NOT NULL,
+    gpu_id INTEGER,
+    prompt_id TEXT,
     fingerprint TEXT NOT NULL,
     status TEXT NOT NULL,
     number REAL,
@@ -31,9 +31,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     warnings TEXT,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     nodes_done INTEGER NOT NULL DEFAULT 0,
-    nodes_total INTEGER NOT NULL DEFAULT 0
+    nodes_total INTEGER NOT NULL DEFAULT 0,
+    auto INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    held_at REAL
 );
+"""
+
+SCHEMA = JOBS_TABLE + """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The workflow of every unfinished job (the request body as received): a held job is sent
+-- from it, and a job whose ComfyUI died is sent again from it. Deleted when the job ends.
+CREATE TABLE IF NOT EXISTS workflows (job_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 -- By end time: the sweep finds the oldest finished jobs, and a start loads the unfinished and
 -- recent ones, without reading the table whole (a partial index serves only the first).
 DROP INDEX IF EXISTS jobs_finished_at;
@@ -42,7 +52,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_finished_at ON jobs (finished_at);
 
 COLUMNS = ("job_id", "gpu_id", "prompt_id", "fingerprint", "status", "number", "submitted_at",
            "started_at", "finished_at", "error", "outputs", "warnings", "cancel_requested",
-           "nodes_done", "nodes_total")
+           "nodes_done", "nodes_total", "auto", "priority", "attempts", "held_at")
+# The columns of the first schema (gpu_id and prompt_id NOT NULL, no queue fields): a data
+# dir written by an earlier Cylindria is moved to the new table once, at its first start.
+FIRST_COLUMNS = COLUMNS[:15]
 JSON_COLUMNS = frozenset({"error", "outputs", "warnings"})
 
 
@@ -59,7 +72,23 @@ class Database:
         # state change (only a power cut can lose the last commits).
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._migrate()
         self._conn.executescript(SCHEMA)
+
+    def _migrate(self) -> None:
+        """Move a jobs table of the first schema to the current one (gpu_id and prompt_id
+        may be null for a held job; the queue's columns added), rows and seqs kept."""
+        columns = {row[1]: row for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        if not columns or "held_at" in columns:
+            return
+        logger.info("moving the job database to the queue's schema (once)")
+        listed = ", ".join(("seq",) + FIRST_COLUMNS)
+        with self._transaction():
+            self._conn.execute("DROP INDEX IF EXISTS jobs_by_finished_at")
+            self._conn.execute("ALTER TABLE jobs RENAME TO jobs_first")
+            self._conn.execute(JOBS_TABLE)
+            self._conn.execute(f"INSERT INTO jobs ({listed}) SELECT {listed} FROM jobs_first")
+            self._conn.execute("DROP TABLE jobs_first")
 
     def _make_private(self) -> None:
         """The data dir 0700 and the database 0600 before SQLite opens it: SQLite gives the
@@ -79,22 +108,29 @@ class Database:
             "SELECT seq FROM jobs WHERE finished_at >= ?) ORDER BY seq", (self._cutoff(),))
         return [_row_to_job(row) for row in cursor]
 
-    def insert(self, job: Job) -> int:
-        """Add a job; returns its sequence number.
+    def insert(self, job: Job, workflow: bytes) -> int:
+        """Add a job and its workflow in one transaction; returns the job's sequence number.
 
         An expired row the sweep has not deleted yet (the job is already gone from memory)
         gives way to a new job under its id: it is deleted, and counted, in the same transaction.
         """
         values = [_to_db(name, getattr(job, name)) for name in COLUMNS]
         statement = f"INSERT INTO jobs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-        try:
-            return self._conn.execute(statement, values).lastrowid
-        except sqlite3.IntegrityError:
-            with self._transaction():
-                expired = self._delete_expired("job_id = ?", [job.job_id], self._cutoff())
-                if not expired:
+        with self._transaction():
+            try:
+                seq = self._conn.execute(statement, values).lastrowid
+            except sqlite3.IntegrityError:
+                if not self._delete_expired("job_id = ?", [job.job_id], self._cutoff()):
                     raise
-                return self._conn.execute(statement, values).lastrowid
+                seq = self._conn.execute(statement, values).lastrowid
+            self._conn.execute("INSERT OR REPLACE INTO workflows (job_id, body) VALUES (?, ?)",
+                               (job.job_id, workflow))
+        return seq
+
+    def workflow(self, job_id: str) -> bytes | None:
+        """The workflow of an unfinished job, as it was received."""
+        row = self._conn.execute("SELECT body FROM workflows WHERE job_id = ?", (job_id,)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def expired(self, cutoff: float, limit: int) -> list[tuple[int, str]]:
         """(seq, job_id) of up to `limit` finished jobs that ended before `cutoff`, oldest first."""
@@ -120,7 +156,7 @@ class Database:
         counts = Counter()
         for key, value in rows:
             _, gpu, status = key.split(":")
-            counts[(int(gpu), _STATUS[status])] = int(value)
+            counts[(None if gpu == NO_GPU else int(gpu), _STATUS[status])] = int(value)
         return counts
 
     def _delete_expired(self, where: str, values: list, cutoff: float) -> Counter:
@@ -135,7 +171,7 @@ class Database:
             self._conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) "
                 "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
-                (f"retired:{gpu}:{status.value}", n))
+                (f"retired:{NO_GPU if gpu is None else gpu}:{status.value}", n))
         return deleted
 
     @contextmanager
@@ -154,14 +190,23 @@ class Database:
         return float("-inf") if self.retention is None else time.time() - self.retention
 
     def update(self, job: Job, names: list[str]) -> None:
-        """Write the named fields of a job."""
+        """Write the named fields of a job; a job that has ended no longer needs its workflow
+        (deleted in the same transaction, so a crash never leaves one behind)."""
         assignments = ", ".join(f"{name} = ?" for name in names)
         values = [_to_db(name, getattr(job, name)) for name in names] + [job.job_id]
-        self._conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", values)
+        statement = f"UPDATE jobs SET {assignments} WHERE job_id = ?"
+        if "status" not in names or not job.status.finished:
+            self._conn.execute(statement, values)
+            return
+        with self._transaction():
+            self._conn.execute(statement, values)
+            self._conn.execute("DELETE FROM workflows WHERE job_id = ?", (job.job_id,))
 
     def delete(self, job_id: str) -> None:
-        """Remove a job (a submission ComfyUI never got)."""
-        self._conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+        """Remove a job and its workflow (a submission ComfyUI never got)."""
+        with self._transaction():
+            self._conn.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            self._conn.execute("DELETE FROM workflows WHERE job_id = ?", (job_id,))
 
     def meta(self, key: str, default: str) -> str:
         """A stored setting, written with `default` the first time it is asked for."""
@@ -182,7 +227,7 @@ def _to_db(name: str, value):
         return None if value is None else json.dumps(list(value) if name == "outputs" else value)
     if name == "status":
         return value.value
-    if name == "cancel_requested":
+    if name in ("cancel_requested", "auto"):
         return int(value)
     return value
 
@@ -190,14 +235,17 @@ def _to_db(name: str, value):
 def _row_to_job(row) -> Job:
     """A jobs row as a Job (positionally: start-up loads every row through here)."""
     (seq, job_id, gpu_id, prompt_id, fingerprint, status, number, submitted_at, started_at,
-     finished_at, error, outputs, warnings, cancel_requested, nodes_done, nodes_total) = row
+     finished_at, error, outputs, warnings, cancel_requested, nodes_done, nodes_total,
+     auto, priority, attempts, held_at) = row
     return Job(job_id, gpu_id, prompt_id, fingerprint, _STATUS[status], number, submitted_at,
                started_at, finished_at, _json_or_none(error),
                tuple(json.loads(outputs)) if outputs else (), _json_or_none(warnings),
-               bool(cancel_requested), nodes_done, nodes_total, seq)
+               bool(cancel_requested), nodes_done, nodes_total, bool(auto), priority, attempts,
+               held_at, seq)
 
 
 _STATUS = {status.value: status for status in JobStatus}
+NO_GPU = "none"  # the GPU of a job never sent to one (a held GpuId=auto job cancelled)
 _FINISHED_VALUES = tuple(status.value for status in FINISHED)
 _FINISHED_MARKS = ", ".join("?" * len(_FINISHED_VALUES))
 

@@ -52,6 +52,15 @@ class Gpu:
         # submission was sent means ComfyUI no longer sends to this socket (Listener.check_deaf).
         self.last_frame_at = float("-inf")
         self.last_submit_at = float("-inf")
+        # Cylindria's queue: the node classes this ComfyUI has (read from /object_info when its
+        # websocket connects), the model files of the last job sent to it (a job that uses
+        # the same ones goes here first), and until when it is not sent held jobs after an
+        # unusable answer.
+        self.catalogue = None
+        self.catalogue_wanted = True
+        self.last_models: frozenset = frozenset()
+        self.resting_until = float("-inf")
+        self._rest = 0.0
 
     def system_stats(self) -> dict | None:
         """ComfyUI's /system_stats, asked at most once a second however many callers ask."""
@@ -93,14 +102,38 @@ class Gpu:
         if refused and was is not False:
             logger.warning("GPU %d: ComfyUI at %s refuses connections", self.index, self.base_url)
 
+    def set_catalogue(self, catalogue) -> None:
+        """Record the node classes this ComfyUI has now."""
+        with self._lock:
+            self.catalogue = catalogue
+            self.catalogue_wanted = False
+
+    def rest(self) -> None:
+        """ComfyUI answered a held job's POST with something unusable: send it none for a
+        while (doubling, up to 30 s), so a broken ComfyUI is not hammered in a loop."""
+        with self._lock:
+            self._rest = min(max(0.5, self._rest * 2), 30.0)
+            self.resting_until = time.monotonic() + self._rest
+
+    def rested(self) -> None:
+        """ComfyUI accepted a prompt: the rest is over."""
+        self._rest = 0.0
+
     def set_websocket(self, connected: bool) -> None:
-        """Record the websocket's state."""
+        """Record the websocket's state; a new connection means ComfyUI may have restarted,
+        perhaps with other nodes, so its catalogue is read again."""
         with self._lock:
             changed = self.websocket_connected != connected
             self.websocket_connected = connected
+            if connected:
+                self.catalogue_wanted = True
         if changed:
             logger.info("GPU %d: websocket %s", self.index,
                         "connected" if connected else "disconnected")
+
+    def foreign(self) -> int:
+        """Prompts of other clients in this ComfyUI at the last /queue."""
+        return len(self.foreign_ahead)
 
     def foreign_before(self, number: float | None) -> int:
         """How many prompts not Cylindria's run before a prompt with this number."""

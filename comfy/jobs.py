@@ -7,8 +7,13 @@ from enum import Enum
 
 
 class JobStatus(str, Enum):
-    """Where a job is in its life; the last four are final."""
+    """Where a job is in its life; the last four are final.
 
+    HELD is Cylindria's own queue (GpuId=auto, or a job waiting to be sent again): no
+    ComfyUI has it. Clients see it as `queued` (with no GPU and no prompt yet).
+    """
+
+    HELD = "held"
     SUBMITTING = "submitting"
     QUEUED = "queued"
     RUNNING = "running"
@@ -23,6 +28,11 @@ class JobStatus(str, Enum):
         return self in FINISHED
 
     @property
+    def public(self) -> str:
+        """The status as the API shows it: a held job is `queued` (in Cylindria's queue)."""
+        return "queued" if self is JobStatus.HELD else self.value
+
+    @property
     def rank(self) -> int:
         """Order of the life cycle: a job only ever moves to a higher rank."""
         return _RANK[self]
@@ -30,19 +40,24 @@ class JobStatus(str, Enum):
 
 FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.LOST})
 UNFINISHED = frozenset(JobStatus) - FINISHED
-_RANK = {JobStatus.SUBMITTING: 0, JobStatus.QUEUED: 1, JobStatus.RUNNING: 2,
-         JobStatus.COMPLETED: 3, JobStatus.FAILED: 3, JobStatus.CANCELLED: 3, JobStatus.LOST: 3}
+_RANK = {JobStatus.HELD: 0, JobStatus.SUBMITTING: 1, JobStatus.QUEUED: 2, JobStatus.RUNNING: 3,
+         JobStatus.COMPLETED: 4, JobStatus.FAILED: 4, JobStatus.CANCELLED: 4, JobStatus.LOST: 4}
 
 
 def may_move(current: JobStatus, new: JobStatus) -> bool:
     """Whether a job may go from `current` to `new`.
 
     States only move forward, so a late or replayed message never undoes a newer fact.
-    The one way back: a job marked lost while its ComfyUI was unreachable gets its true
-    outcome if that ComfyUI comes back and its history knows the prompt.
+    Two ways back: a job marked lost while its ComfyUI was unreachable gets its true
+    outcome if that ComfyUI comes back and its history knows the prompt; and an unfinished
+    job goes back to Cylindria's queue (HELD) when its ComfyUI died under it or never got
+    it. Only comfy.held makes that move, and always for one named submission (its
+    prompt_id), so no late message about an earlier attempt can.
     """
     if current == JobStatus.LOST:
         return new.finished and new != JobStatus.LOST
+    if new == JobStatus.HELD:
+        return not current.finished and current != JobStatus.HELD
     return new.rank > current.rank
 
 
@@ -51,8 +66,8 @@ class Job:
     """One job: durable fields first, then what the tracker keeps only in memory."""
 
     job_id: str
-    gpu_id: int
-    prompt_id: str
+    gpu_id: int | None  # None while a GpuId=auto job is held: it may go to any GPU
+    prompt_id: str | None  # None while held: every attempt gets its own
     fingerprint: str
     status: JobStatus = JobStatus.SUBMITTING
     number: float | None = None
@@ -65,6 +80,10 @@ class Job:
     cancel_requested: bool = False
     nodes_done: int = 0
     nodes_total: int = 0
+    auto: bool = False  # sent with GpuId=auto: Cylindria chooses the GPU at each attempt
+    priority: int = 0
+    attempts: int = 0  # times sent to a ComfyUI (a POST ComfyUI never got does not count)
+    held_at: float | None = None  # when it last entered Cylindria's queue; None: never held
     seq: int = 0
     # Volatile: rebuilt from ComfyUI after a restart, so never written to disk.
     queue_position: int | None = None
@@ -77,13 +96,24 @@ class Job:
         """A shallow copy: callers get their own record, never the store's."""
         return dataclasses.replace(self)
 
+    @property
+    def owed(self) -> bool:
+        """True once the client was told the job exists: it may never vanish again.
+
+        A pinned job is owed from ComfyUI's acceptance; until then a submission ComfyUI
+        never got is dropped, so the client's retry goes through. A job held in
+        Cylindria's queue (GpuId=auto from the start, or a pinned one sent again) is owed
+        from its 201: a submission of it that ComfyUI never got puts it back in the queue.
+        """
+        return self.auto or self.held_at is not None or self.status != JobStatus.SUBMITTING
+
     def progress(self) -> dict:
         """Whole-job progress: nodes done out of nodes to run, plus the current node's steps."""
         fraction = self.progress_value / self.progress_max if self.progress_max else 0.0
         total = max(self.nodes_total, self.nodes_done, 1)
         if self.status == JobStatus.COMPLETED:
             percent = 100.0
-        elif self.status in (JobStatus.SUBMITTING, JobStatus.QUEUED):
+        elif self.status in (JobStatus.HELD, JobStatus.SUBMITTING, JobStatus.QUEUED):
             percent = 0.0
         else:
             step = min(max(fraction, 0.0), 1.0) if self.progress_node else 0.0

@@ -37,6 +37,24 @@ def error_from_message(data: dict) -> dict:
             "node_type": _str_or_none(data.get("node_type"))}
 
 
+def lost_error(gpu_index: int, why: str) -> dict:
+    """The error object of a lost job."""
+    return {"type": "lost", "node_id": None, "node_type": None,
+            "message": f"ComfyUI on GPU {gpu_index} {why}"}
+
+
+def rejected_error(message: str, error, node_errors: dict) -> dict:
+    """The error object of a job ComfyUI refused when it was sent (validation): its first
+    refused node named, ComfyUI's whole answer in `details`."""
+    node_id = next(iter(node_errors), None) if isinstance(node_errors, dict) else None
+    node = node_errors.get(node_id) if node_id is not None else None
+    reason = error.get("message") if isinstance(error, dict) else error
+    return {"type": "comfy_rejected", "message": f"{message}: {reason or 'invalid prompt'}",
+            "node_id": _str_or_none(node_id),
+            "node_type": _str_or_none(node.get("class_type")) if isinstance(node, dict) else None,
+            "details": {"error": error, "node_errors": node_errors}}
+
+
 def outcome_from_history(entry: dict) -> tuple[JobStatus, dict | None, list[dict]]:
     """(status, error, outputs) of a finished prompt's history entry.
 

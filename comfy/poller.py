@@ -7,8 +7,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
+from comfy.catalogue import refresh_catalogue
 from comfy.gpu import Gpu
-from comfy.reconcile import reconcile_gpu
+from comfy.reconcile import MAX_ATTEMPTS, reconcile_gpu
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -20,11 +21,14 @@ class Poller:
     WATCH_INTERVAL = 1.0  # seconds between calls of `watch` (cheap checks, no I/O)
 
     def __init__(self, gpus: list[Gpu], store: JobStore, interval: float = 5.0,
-                 watch: Callable[[float], None] | None = None):
+                 watch: Callable[[float], None] | None = None,
+                 max_attempts: int = MAX_ATTEMPTS, after_check: Callable[[], None] | None = None):
         self.gpus = gpus
         self.store = store
         self.interval = interval
         self.watch = watch
+        self.max_attempts = max_attempts
+        self.after_check = after_check  # told after every GPU check (the dispatcher's floor)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -110,10 +114,19 @@ class Poller:
             return
         self._running[gpu.index] = self._pool.submit(self._reconcile, gpu)
 
+    def check(self, gpu: Gpu) -> None:
+        """One GPU's check: reconcile its jobs, read its node classes if they are wanted,
+        and tell the dispatcher (a GPU may have come back, or room been made on it)."""
+        reconcile_gpu(gpu, self.store, self.max_attempts)
+        if gpu.reachable:
+            refresh_catalogue(gpu)
+        if self.after_check is not None:
+            self.after_check()
+
     def _reconcile(self, gpu: Gpu) -> None:
         """One GPU's poll; never lets an exception kill the pool worker silently."""
         try:
-            reconcile_gpu(gpu, self.store)
+            self.check(gpu)
         except Exception:
             logger.exception("poll of GPU %d failed", gpu.index)
         finally:

@@ -6,20 +6,18 @@ import logging
 from comfy.errors import ComfyError, ComfyTimeout, ComfyUnreachable
 from comfy.events import finish, finish_from_history, start_running
 from comfy.gpu import Gpu
+from comfy.held import died_under, unsent
 from comfy.jobs import Job, JobStatus
+from comfy.outcome import lost_error
 from comfy.queue import QueueSnapshot
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
 
-
-def lost_error(gpu: Gpu, why: str) -> dict:
-    """The error object of a lost job."""
-    return {"type": "lost", "node_id": None, "node_type": None,
-            "message": f"ComfyUI on GPU {gpu.index} {why}"}
+MAX_ATTEMPTS = 3  # the contract's default for --max-attempts
 
 
-def reconcile_gpu(gpu: Gpu, store: JobStore) -> None:
+def reconcile_gpu(gpu: Gpu, store: JobStore, max_attempts: int = MAX_ATTEMPTS) -> None:
     """One reconciliation of a GPU: the poller's step, also run on reconnect and at start.
 
     The jobs judged are taken before /queue is asked, and never one whose POST is still
@@ -36,7 +34,7 @@ def reconcile_gpu(gpu: Gpu, store: JobStore) -> None:
             logger.warning("GPU %d: /queue connection broke (%s); job states kept", gpu.index, exc)
             return
         gpu.saw_failure(refused=True)
-        _lose_all(gpu, store, jobs)
+        _died(gpu, store, jobs, max_attempts)
         return
     except ComfyError as exc:
         logger.warning("GPU %d: /queue failed: %s", gpu.index, exc)
@@ -93,25 +91,22 @@ def settle_gone(gpu: Gpu, store: JobStore, job: Job, allow_finished: bool = Fals
         store.change(job.job_id, finish_from_history(entry), allow_finished=allow_finished,
                      prompt_id=job.prompt_id)
     elif job.status == JobStatus.SUBMITTING:
-        if store.discard(job.job_id, job.prompt_id):
+        if unsent(store, job) is None:
             logger.info("job %s: ComfyUI on GPU %d never got it; dropped so a retry can go "
                         "through", job.job_id, gpu.index)
     elif not job.status.finished:
         store.change(job.job_id, finish(
-            JobStatus.LOST, lost_error(gpu, "no longer knows this prompt (restarted or cleared)")),
+            JobStatus.LOST, lost_error(gpu.index, "no longer knows this prompt (restarted or cleared)")),
             prompt_id=job.prompt_id)
 
 
-def _lose_all(gpu: Gpu, store: JobStore, jobs: list[Job]) -> None:
-    """ComfyUI refuses connections: its process, queue and history are gone with it."""
+def _died(gpu: Gpu, store: JobStore, jobs: list[Job], max_attempts: int) -> None:
+    """ComfyUI refuses connections: its process, queue and history are gone with it. Each
+    unfinished job is sent again while it has attempts left, else lost."""
     for job in jobs:
-        if job.status == JobStatus.SUBMITTING:
-            store.discard(job.job_id, job.prompt_id)
-            continue
-        store.change(job.job_id, finish(
-            JobStatus.LOST, lost_error(gpu, "stopped (connection refused) before the job ended")),
-            prompt_id=job.prompt_id)
-        gpu.lost_in_outage.add(job.job_id)
+        now = died_under(store, job, max_attempts)
+        if now is not None and now.status == JobStatus.LOST:
+            gpu.lost_in_outage.add(job.job_id)
 
 
 def _revive(gpu: Gpu, store: JobStore) -> None:

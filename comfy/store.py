@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 DURABLE = tuple(name for name in COLUMNS if name != "job_id")
 _durable = attrgetter(*DURABLE)  # the durable fields as one tuple, compared in C
+_IN_COMFY = frozenset({JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING})
 
 
 class JobStore:
@@ -90,26 +91,53 @@ class JobStore:
         with self._lock:
             return {key: n for key, n in self._counts.items() if n}
 
-    def reserve(self, job: Job, choose_gpu: Callable[[dict], int] | None = None) -> tuple[Job, bool]:
-        """Record a new job as submitting (durably), or return the one already under its id.
+    def reserve(self, job: Job, workflow: bytes,
+                admit: Callable[[int], None] | None = None) -> tuple[Job, bool]:
+        """Record a new job with its workflow (durably), or return the one already under its id.
 
-        `choose_gpu(unfinished_per_gpu)` picks the GPU under the same lock as the insert, so
-        concurrent GpuId=auto submissions each see the ones before them.
+        A job given as HELD enters Cylindria's queue; any other is recorded as submitting,
+        its POST under way. `admit(held_jobs)` runs under the same lock as the insert and
+        may refuse a new job by raising (a full queue), so concurrent submissions never
+        overshoot a limit; a retry of a known id is never refused.
         """
         with self._lock:
             existing = self._jobs.get(job.job_id)
             if existing is not None:
                 return existing, False
+            if admit is not None:
+                admit(self._held())
             job = job.copy()
-            if choose_gpu is not None:
-                job.gpu_id = choose_gpu(self._unfinished_per_gpu())
-            job.status = JobStatus.SUBMITTING
+            if job.status != JobStatus.HELD:
+                job.status = JobStatus.SUBMITTING
+                self._in_flight[job.job_id] = job.prompt_id
             job.submitted_at = job.submitted_at or time.time()
-            job.seq = self._db.insert(job)
-            self._in_flight[job.job_id] = job.prompt_id
+            try:
+                job.seq = self._db.insert(job, workflow)
+            except BaseException:
+                self._in_flight.pop(job.job_id, None)
+                raise
             self._publish(job)
         self._notify(None, job)
         return job, True
+
+    def workflow(self, job_id: str) -> bytes | None:
+        """The workflow an unfinished job was submitted with, as received."""
+        with self._lock:
+            return self._db.workflow(job_id)
+
+    def held(self) -> int:
+        """Jobs in Cylindria's own queue (O(GPUs): from the status counts)."""
+        with self._lock:
+            return self._held()
+
+    def unfinished_per_gpu(self) -> Counter:
+        """gpu_id -> Cylindria's prompts in that ComfyUI (submitting, queued or running)."""
+        with self._lock:
+            unfinished = Counter()
+            for (gpu_id, status), n in self._counts.items():
+                if n and gpu_id is not None and status in _IN_COMFY:
+                    unfinished[gpu_id] += n
+            return unfinished
 
     def page(self, statuses: set | None, gpu_id: int | None, limit: int,
              before: int | None) -> tuple[list[Job], int | None]:
@@ -161,13 +189,16 @@ class JobStore:
             return True
 
     def change(self, job_id: str, edit: Callable[[Job], None],
-               allow_finished: bool = False, prompt_id: str | None = None) -> Job | None:
+               allow_finished: bool = False, prompt_id: str | None = None,
+               sending: bool = False) -> Job | None:
         """Apply `edit` to a copy of the job and publish it if it is a legal move.
 
         A finished job is left alone (late messages must not touch it) unless
         `allow_finished`; a status change that would move backwards is refused whole.
         With `prompt_id`, only that submission is changed (None if the id now holds another):
         what was learnt about one prompt never lands on a newer submission under the same id.
+        With `sending`, an edit that starts a new submission (submitting, with a new
+        prompt_id) marks its POST as under way in the same step, so no poll judges it.
         """
         with self._lock:
             current = self._jobs.get(job_id)
@@ -181,6 +212,8 @@ class JobStore:
                 return current
             self._persist(current, new)
             self._publish(new, previous=current)
+            if sending and new.status == JobStatus.SUBMITTING and new.prompt_id != current.prompt_id:
+                self._in_flight[job_id] = new.prompt_id
         if new.status != current.status:
             self._notify(current, new)
         return new
@@ -241,16 +274,13 @@ class JobStore:
             # Acceptance is already the access log's `PUT /startjob/<id> 201` line: at INFO it
             # would double the log's volume under a burst of submissions (and its cost).
             level = logging.DEBUG if new.status == JobStatus.QUEUED else logging.INFO
-            logger.log(level, "job %s on GPU %d: %s -> %s", new.job_id, new.gpu_id,
+            where = "held" if new.gpu_id is None else f"on GPU {new.gpu_id}"
+            logger.log(level, "job %s %s: %s -> %s", new.job_id, where,
                        current.status.value, new.status.value)
 
-    def _unfinished_per_gpu(self) -> Counter:
-        """gpu_id -> unfinished jobs (caller holds the lock), from the status counts."""
-        unfinished = Counter()
-        for (gpu_id, status), n in self._counts.items():
-            if not status.finished:
-                unfinished[gpu_id] += n
-        return unfinished
+    def _held(self) -> int:
+        """Held jobs (caller holds the lock)."""
+        return sum(n for (_, status), n in self._counts.items() if status == JobStatus.HELD)
 
     def _notify(self, old: Job | None, new: Job) -> None:
         """Tell the observers (metrics) about a status change; never let one break the store."""
@@ -269,6 +299,8 @@ class JobStore:
         self._counts[(job.gpu_id, job.status)] += 1
         if previous is not None and previous.prompt_id != job.prompt_id:
             self._active.pop(previous.prompt_id, None)
+        if job.prompt_id is None:
+            return  # held: no ComfyUI has it, so no message or poll can be about it
         if job.status.finished:
             self._active.pop(job.prompt_id, None)
         else:

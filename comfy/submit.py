@@ -6,9 +6,11 @@ import time
 import uuid
 
 from comfy.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyTimeout, ComfyUnreachable
-from comfy.events import finish_from_history, start_running
+from comfy.events import finish, finish_from_history, start_running
 from comfy.gpu import Gpu
+from comfy.held import unsent
 from comfy.jobs import Job, JobStatus
+from comfy.outcome import rejected_error
 from comfy.store import JobStore
 from comfy.workflow import Workflow
 
@@ -23,70 +25,66 @@ class JobIdConflict(Exception):
         self.job = job
 
 
-class NoGpuReachable(ComfyUnreachable):
-    """GpuId=auto found every GPU's ComfyUI refusing connections."""
-
-
 class SubmissionUnsettled(ComfyTimeout):
     """An earlier attempt's fate is still unknown because ComfyUI does not answer."""
 
 
-def submit_job(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
-               gpu_id: int | None, wait: float = 90.0) -> tuple[Job, bool]:
-    """Run the job at most once on GPU `gpu_id` (None: the least-loaded reachable one).
+class QueueFull(Exception):
+    """Cylindria's own queue holds --max-queued jobs."""
 
-    Returns (job, created). A refused submission leaves nothing behind. With GPU auto,
-    a GPU found refusing connections is skipped and the next least-loaded one tried.
-    """
-    for _ in range(len(gpus) + 2):
-        try:
-            result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait)
-        except ComfyUnreachable as exc:
-            if gpu_id is not None or not exc.refused or isinstance(exc, NoGpuReachable):
-                raise
-            continue  # that GPU is now marked unreachable: the chooser skips it
+    def __init__(self, limit: int):
+        super().__init__(f"Cylindria's queue holds {limit} jobs, its limit")
+        self.limit = limit
+
+
+def submit_job(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
+               gpu_id: int, wait: float = 90.0) -> tuple[Job, bool]:
+    """Run the job at most once on GPU `gpu_id`, now. Returns (job, created).
+    A refused submission leaves nothing behind."""
+    for _ in range(3):
+        result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait)
         if result is not None:
             return result
     raise SubmissionUnsettled("the job's earlier submission is still being settled")
 
 
+def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
+             max_queued: int) -> tuple[Job, bool]:
+    """Put a GpuId=auto job in Cylindria's own queue (durably, before the caller answers 201);
+    the dispatcher sends it when a GPU is ready. Returns (job, created); a retry of the same
+    id and workflow gets the job as it is now, whatever became of it."""
+    def admit(held: int) -> None:
+        if held >= max_queued:
+            raise QueueFull(max_queued)
+    job = Job(job_id=job_id, gpu_id=None, prompt_id=None, fingerprint=workflow.fingerprint,
+              status=JobStatus.HELD, nodes_total=len(workflow.prompt), submitted_at=time.time(),
+              auto=True, priority=priority)
+    job.held_at = job.submitted_at
+    existing, created = store.reserve(job, workflow.source, admit)
+    if not created and existing.fingerprint != workflow.fingerprint:
+        raise JobIdConflict(existing)
+    return existing, created
+
+
 def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
-                 gpu_id: int | None, wait: float) -> tuple[Job, bool] | None:
-    """One attempt: reserve the id (choosing the GPU if asked), then POST or settle."""
-    job = Job(job_id=job_id, gpu_id=gpu_id or 0, prompt_id=str(uuid.uuid4()),
+                 gpu_id: int, wait: float) -> tuple[Job, bool] | None:
+    """One attempt: reserve the id, then POST or settle."""
+    job = Job(job_id=job_id, gpu_id=gpu_id, prompt_id=str(uuid.uuid4()),
               fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
-              submitted_at=time.time())
-    choose = least_loaded(gpus) if gpu_id is None else None
-    existing, created = store.reserve(job, choose)
-    gpu = gpus[existing.gpu_id]
+              submitted_at=time.time(), attempts=1)
+    existing, created = store.reserve(job, workflow.source)
     if created:
-        return _post(store, gpu, existing, workflow), True
+        return post(store, gpus[gpu_id], existing, workflow), True
     if existing.fingerprint != workflow.fingerprint:
         raise JobIdConflict(existing)
     if existing.status != JobStatus.SUBMITTING:
         return existing, False
-    settled = _settle_earlier(store, gpu, existing, wait)
+    settled = _settle_earlier(store, gpus[existing.gpu_id], existing, wait)
     if settled is None:
         return None  # the earlier attempt was dropped: try again, this one goes through as new
     if settled.fingerprint != workflow.fingerprint:
         raise JobIdConflict(settled)  # dropped meanwhile, and the id taken by another workflow
     return settled, False
-
-
-def least_loaded(gpus: list[Gpu]):
-    """A chooser for store.reserve: the reachable GPU with the fewest prompts, lowest id on ties.
-
-    Load is the other clients' prompts from the last /queue plus Cylindria's own unfinished
-    jobs counted live, so a burst of submissions spreads before the next poll.
-    """
-    def choose(unfinished: dict) -> int:
-        candidates = [gpu for gpu in gpus if gpu.reachable is not False]
-        if not candidates:
-            raise NoGpuReachable("no GPU's ComfyUI is reachable")
-        return min(candidates,
-                   key=lambda gpu: (gpu.foreign_before(None) + unfinished.get(gpu.index, 0),
-                                    gpu.index)).index
-    return choose
 
 
 def _settle_earlier(store: JobStore, gpu: Gpu, job: Job, wait: float) -> Job | None:
@@ -100,13 +98,18 @@ def _settle_earlier(store: JobStore, gpu: Gpu, job: Job, wait: float) -> Job | N
     return job
 
 
-def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
-    """POST the prompt and record what happened; raise what the client must be told."""
+def post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
+    """POST the prompt of this submission and record what happened; raise what the client
+    (or the dispatcher) must be told. The job is `submitting` and marked in flight."""
     sent_at = time.monotonic()  # ComfyUI's enqueue broadcast may arrive before its answer
     try:
         answer = gpu.client.submit(workflow.payload(gpu.client_id, job.prompt_id))
-    except ComfyRejected:
-        store.discard(job.job_id, job.prompt_id)
+    except ComfyRejected as exc:
+        if job.owed:  # a held job: the client has its 201 already, the job fails
+            store.change(job.job_id, finish(JobStatus.FAILED, rejected_error(
+                "ComfyUI refused the prompt", exc.error, exc.node_errors)), prompt_id=job.prompt_id)
+        else:
+            store.discard(job.job_id, job.prompt_id)
         raise
     except ComfyError as exc:
         if isinstance(exc, ComfyUnreachable):
@@ -114,12 +117,12 @@ def _post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
         if exc.may_have_run:
             settle_submission(store, gpu, job, exc)
         else:
-            store.discard(job.job_id, job.prompt_id)
+            unsent(store, job)
         raise
     except Exception:
         # Not one of ComfyUI's failures: requests failed to build the request, so nothing
         # was sent; the job must not stay behind as `submitting`.
-        store.discard(job.job_id, job.prompt_id)
+        unsent(store, job)
         raise
     else:
         # Recorded before the job leaves in-flight, so the poller never judges it half-done.
@@ -150,7 +153,8 @@ def accept(store: JobStore, gpu: Gpu, job: Job, answer: dict) -> Job:
 
 def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | None) -> Job | None:
     """Decide a submission whose POST had no clear answer: adopt it if ComfyUI has the prompt,
-    drop it if ComfyUI does not, keep it `submitting` while ComfyUI cannot say.
+    drop it (or put it back in Cylindria's queue, if owed) if ComfyUI does not, keep it
+    `submitting` while ComfyUI cannot say.
 
     Every decision lands on this submission only (its prompt_id). None when it was dropped,
     here or meanwhile by another settler: the id may already hold a newer submission."""
@@ -174,10 +178,9 @@ def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | No
     if entry is not None:
         _adopt(store, job, None, False)
         return store.change(job.job_id, finish_from_history(entry), prompt_id=job.prompt_id)
-    if store.discard(job.job_id, job.prompt_id):
-        logger.info("job %s: ComfyUI on GPU %d never got prompt %s (%s); dropped",
-                    job.job_id, gpu.index, job.prompt_id, cause or "found at settlement")
-    return None
+    logger.info("job %s: ComfyUI on GPU %d never got prompt %s (%s)",
+                job.job_id, gpu.index, job.prompt_id, cause or "found at settlement")
+    return unsent(store, job)
 
 
 def _adopt(store: JobStore, job: Job, number: float | None, running: bool) -> Job:

@@ -5,11 +5,12 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 from comfy.gpu import Gpu
 from comfy.listener import Listener
 from comfy.poller import Poller
-from comfy.reconcile import reconcile_gpu
+from comfy.reconcile import MAX_ATTEMPTS
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -19,10 +20,12 @@ class Tracker:
     """Owns the poller thread and one websocket listener thread per GPU."""
 
     def __init__(self, gpus: list[Gpu], store: JobStore, poll_interval: float = 5.0,
-                 websocket: bool = True):
+                 websocket: bool = True, max_attempts: int = MAX_ATTEMPTS,
+                 after_check: Callable[[], None] | None = None):
         self.gpus = gpus
         self.store = store
-        self.poller = Poller(gpus, store, poll_interval, watch=self.watch)
+        self.poller = Poller(gpus, store, poll_interval, watch=self.watch,
+                             max_attempts=max_attempts, after_check=after_check)
         self.listeners = [Listener(gpu, store, self.poller.request) for gpu in gpus] \
             if websocket else []
         self.started = False
@@ -64,7 +67,7 @@ class Tracker:
         """One reconciliation of every GPU at once; each is bounded by the client's timeouts."""
         with ThreadPoolExecutor(max_workers=len(self.gpus),
                                 thread_name_prefix="cylindria-reconcile") as pool:
-            for future in [pool.submit(reconcile_gpu, gpu, self.store) for gpu in self.gpus]:
+            for future in [pool.submit(self.poller.check, gpu) for gpu in self.gpus]:
                 try:
                     future.result()
                 except Exception:

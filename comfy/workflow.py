@@ -22,11 +22,13 @@ class WorkflowError(ValueError):
 
 @dataclass(frozen=True)
 class Workflow:
-    """The nodes to run, the extra_data to pass along, and a fingerprint for idempotent retries."""
+    """The nodes to run, the extra_data to pass along, a fingerprint for idempotent retries,
+    and the body as received (kept until the job ends: a held job is sent from it)."""
 
     prompt: dict
     extra_data: dict
     fingerprint: str
+    source: bytes = b""
 
     def payload(self, client_id: str, prompt_id: str) -> dict:
         """The body of POST /prompt: nothing but what ComfyUI needs to run and target it."""
@@ -46,7 +48,7 @@ def parse_workflow(body: bytes) -> Workflow:
             'options and export it with "Save (API)", then send that file')
     prompt, extra_data = _unwrap(document)
     _check_nodes(prompt)
-    return Workflow(prompt, extra_data, fingerprint(prompt))
+    return Workflow(prompt, extra_data, fingerprint(prompt), bytes(body))
 
 
 def fingerprint(prompt: dict) -> str:

@@ -32,7 +32,7 @@ def store(tmp_path):
 def track(store, messages, nodes_total=3) -> Job:
     prompt_id = first_prompt_id(messages)
     store.reserve(Job(job_id="j", gpu_id=0, prompt_id=prompt_id, fingerprint="f",
-                      nodes_total=nodes_total))
+                      nodes_total=nodes_total), b"{}")
     store.release("j", prompt_id)
     store.change("j", lambda job: setattr(job, "status", JobStatus.QUEUED))
     return prompt_id
@@ -112,7 +112,7 @@ def test_times_from_history_never_precede_the_submission(store):
     """ComfyUI's history stamps (its own clock, truncated to ms) a few ms before Cylindria
     stamped the submission: the job still reads submitted <= started <= finished."""
     from comfy.events import finish_from_history
-    store.reserve(Job(job_id="h", gpu_id=0, prompt_id="ph", fingerprint="f", submitted_at=1000.0))
+    store.reserve(Job(job_id="h", gpu_id=0, prompt_id="ph", fingerprint="f", submitted_at=1000.0), b"{}")
     store.release("h", "ph")
     entry = {"status": {"status_str": "success", "completed": True, "messages": [
         ["execution_start", {"prompt_id": "ph", "timestamp": 999994}],

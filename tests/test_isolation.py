@@ -19,7 +19,7 @@ from tests.test_hostile_clients import connect, read_response
 MARK = "evil-marker"  # put in every hostile request: it must never reach ComfyUI
 ALLOWED = [("POST", r"/prompt"), ("GET", r"/queue"), ("GET", r"/history/[0-9a-f-]{36}"),
            ("GET", r"/system_stats"), ("POST", r"/queue"), ("POST", r"/interrupt"),
-           ("GET", r"/view"), ("GET", r"/ws")]
+           ("GET", r"/view"), ("GET", r"/ws"), ("GET", r"/object_info")]
 # Hostile-looking lines that are in fact Cylindria's own endpoints (served, never forwarded).
 CYLINDRIA_OWN = ("GET /jobresult/done/0?", "GET /jobresult/done/%30", f"GET http://{MARK}/jobs")
 CLIENT_HEADERS = ("origin", "cookie", "x-forwarded-for", "x-evil", "x-api-key", "authorization",
@@ -133,7 +133,8 @@ def assert_comfy_saw_only_the_contract(service, fakes) -> None:
             for fake in fakes for r in fake.requests()}
     assert used == {("POST", "/prompt"), ("GET", "/queue"), ("GET", "/history"), ("GET", "/view"),
                     ("GET", "/system_stats"), ("POST", "/queue"), ("POST", "/interrupt"),
-                    ("GET", "/ws")}, "the fixture exercises every allowed operation"
+                    ("GET", "/ws"), ("GET", "/object_info")}, \
+        "the fixture exercises every allowed operation"
     for fake in fakes:
         for request in fake.requests():
             seen = f"{request.method} {request.path}?{request.query}"

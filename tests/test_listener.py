@@ -10,7 +10,7 @@ from comfy.store import JobStore
 
 def make_listener(tmp_path):
     store = JobStore(Database(tmp_path / "jobs.sqlite3"))
-    store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f"))
+    store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f"), b"{}")
     store.release("j", "p")
     asked = []
     return Listener(Gpu(0, "http://127.0.0.1:1", "cid"), store, asked.append), store, asked

@@ -104,7 +104,7 @@ def gone_but_unfinished(jobs: dict[str, dict], fakes) -> set[str]:
     """
     queues = [live_prompts(fake) for fake in fakes]
     return {job_id for job_id, job in jobs.items()
-            if job["status"] in ("queued", "running")
+            if job["status"] in ("queued", "running") and job["prompt_id"] is not None
             and job["prompt_id"] not in (queues[job["gpu_id"]] or set())}
 
 
@@ -165,15 +165,19 @@ def test_no_job_is_lost_or_misreported_through_kills_and_drops(fakes, tmp_path, 
     assert check_final(load, jobs, fakes, lost_ok=faults.lost_ok) == []
     assert [j for j, a in load.accepted.items() if a.created > 1] == [], "two 201s for one id"
     assert duplicates_within_a_life(faults) == {}
-    assert_prompts_came_from_the_fakes(load, fakes)
+    assert_prompts_came_from_the_fakes(load, jobs, fakes)
 
 
-def assert_prompts_came_from_the_fakes(load: LoadRun, fakes) -> None:
-    """Every accepted job's prompt is one its GPU's ComfyUI really accepted for that job."""
+def assert_prompts_came_from_the_fakes(load: LoadRun, jobs: dict[str, dict], fakes) -> None:
+    """Every accepted job's prompt, and every prompt an answer named, is one that GPU's
+    ComfyUI really accepted for that job (a job sent again has one per attempt)."""
     received = [prompts_by_job(fake) for fake in fakes]
-    unknown = [job_id for job_id, job in load.accepted.items()
-               if job.prompt_id not in received[job.gpu_id].get(job_id, [])]
-    assert unknown == []
+    unknown = [job_id for job_id in load.accepted
+               if jobs[job_id]["prompt_id"] not in
+               received[jobs[job_id]["gpu_id"]].get(job_id, [])]
+    named = [job_id for job_id, job in load.accepted.items() if job.prompt_id is not None
+             and job.prompt_id not in received[job.gpu_id].get(job_id, [])]
+    assert (unknown, named) == ([], [])
 
 
 def test_a_websocket_comfy_silently_forgot_is_noticed(fakes, tmp_path):

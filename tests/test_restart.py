@@ -1,4 +1,6 @@
 """Cylindria as a real process: killed and restarted on the same data dir."""
+import json
+
 import pytest
 import requests
 
@@ -73,7 +75,8 @@ def test_crash_between_record_and_post_is_settled_at_start(process_factory, fake
     db = Database(tmp_path / "data" / "jobs.sqlite3")
     for job_id, prompt_id in (("got-it", got), ("never-got-it", never)):
         db.insert(Job(job_id=job_id, gpu_id=0, prompt_id=prompt_id, submitted_at=time.time(),
-                      fingerprint=fingerprint(workflows.core(job_id))))
+                      fingerprint=fingerprint(workflows.core(job_id))),
+                  json.dumps(workflows.core(job_id)).encode())
     db.close()
     requests.post(f"{fake.url}/prompt", json={"prompt": workflows.core("got-it"), "prompt_id": got},
                   timeout=10).raise_for_status()

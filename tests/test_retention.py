@@ -32,7 +32,7 @@ class Clock:
 
 def add_job(store: JobStore, job_id: str, status: JobStatus, ended_at: float | None) -> None:
     """A job recorded, accepted and (unless `status` is unfinished) ended at `ended_at`."""
-    store.reserve(Job(job_id=job_id, gpu_id=0, prompt_id=f"p-{job_id}", fingerprint="f"))
+    store.reserve(Job(job_id=job_id, gpu_id=0, prompt_id=f"p-{job_id}", fingerprint="f"), b"{}")
     store.release(job_id, f"p-{job_id}")
     store.change(job_id, lambda job: setattr(job, "status", JobStatus.QUEUED))
     if status.finished:
@@ -93,7 +93,7 @@ def test_expired_rows_are_not_loaded_and_their_ids_can_be_used_again(db_path):
     store.close()
     store = JobStore(Database(db_path, 30 * DAY))  # a restart with --retention 30d
     assert store.get("reused") is None  # expired: never loaded, though its row awaits the sweep
-    job, created = store.reserve(Job(job_id="reused", gpu_id=1, prompt_id="p-new", fingerprint="g"))
+    job, created = store.reserve(Job(job_id="reused", gpu_id=1, prompt_id="p-new", fingerprint="g"), b"{}")
     assert created and job.prompt_id == "p-new"
     store.close()
     reopened = JobStore(Database(db_path, 30 * DAY))

@@ -30,14 +30,14 @@ def queued(job: Job) -> None:
 
 
 def test_reserve_records_submitting_and_a_second_reserve_returns_it(store):
-    job, created = store.reserve(new_job())
+    job, created = store.reserve(new_job(), b"{}")
     assert created and job.status == JobStatus.SUBMITTING and store.in_flight("job-1")
-    again, created = store.reserve(new_job(prompt_id="p-other"))
+    again, created = store.reserve(new_job(prompt_id="p-other"), b"{}")
     assert not created and again.prompt_id == "p-1"
 
 
 def test_every_state_change_survives_a_reopen(store, db_path):
-    store.reserve(new_job())
+    store.reserve(new_job(), b"{}")
     store.release("job-1", "p-1")
     store.change("job-1", queued)
     store.change("job-1", finish(JobStatus.COMPLETED, outputs=[{"node_id": "3", "filename": "a.png",
@@ -50,7 +50,7 @@ def test_every_state_change_survives_a_reopen(store, db_path):
 
 
 def test_states_never_move_backwards(store):
-    store.reserve(new_job())
+    store.reserve(new_job(), b"{}")
     store.change("job-1", lambda j: setattr(j, "status", JobStatus.RUNNING))
     job = store.change("job-1", queued)
     assert job.status == JobStatus.RUNNING
@@ -59,22 +59,22 @@ def test_states_never_move_backwards(store):
 
 
 def test_lost_can_still_learn_its_true_outcome(store):
-    store.reserve(new_job())
+    store.reserve(new_job(), b"{}")
     store.change("job-1", finish(JobStatus.LOST))
     job = store.change("job-1", finish(JobStatus.COMPLETED), allow_finished=True)
     assert job.status == JobStatus.COMPLETED and job.error is None
 
 
 def test_discard_leaves_nothing_so_a_retry_can_reserve_again(store, db_path):
-    store.reserve(new_job())
+    store.reserve(new_job(), b"{}")
     store.discard("job-1", "p-1")
     assert store.get("job-1") is None and not store.in_flight("job-1")
     assert JobStore(Database(db_path)).get("job-1") is None
-    assert store.reserve(new_job())[1]
+    assert store.reserve(new_job(), b"{}")[1]
 
 
 def test_discard_never_removes_an_accepted_job(store):
-    store.reserve(new_job())
+    store.reserve(new_job(), b"{}")
     store.change("job-1", queued)
     store.discard("job-1", "p-1")
     assert store.get("job-1").status == JobStatus.QUEUED
@@ -82,10 +82,10 @@ def test_discard_never_removes_an_accepted_job(store):
 
 def test_discard_and_change_act_only_on_the_submission_they_name(store):
     """A judgment of an older submission never lands on a newer one under the same id."""
-    store.reserve(new_job(prompt_id="p-old"))
+    store.reserve(new_job(prompt_id="p-old"), b"{}")
     store.release("job-1", "p-old")
     assert store.discard("job-1", "p-old")
-    store.reserve(new_job(prompt_id="p-new"))  # a retry's submission, its POST under way
+    store.reserve(new_job(prompt_id="p-new"), b"{}")  # a retry's submission, its POST under way
     assert not store.discard("job-1", "p-old")
     assert store.change("job-1", queued, prompt_id="p-old") is None
     store.release("job-1", "p-old")  # the old POST's end must not clear the new one's flag
@@ -95,13 +95,13 @@ def test_discard_and_change_act_only_on_the_submission_they_name(store):
 
 
 def test_wait_settled_returns_when_the_post_is_over(store):
-    store.reserve(new_job())
+    store.reserve(new_job(), b"{}")
     threading.Timer(0.05, lambda: (store.change("job-1", queued), store.release("job-1", "p-1"))).start()
     assert store.wait_settled("job-1", timeout=10).status == JobStatus.QUEUED
 
 
 def test_prompt_index_only_covers_unfinished_jobs_of_that_gpu(store):
-    store.reserve(new_job(gpu_id=1))
+    store.reserve(new_job(gpu_id=1), b"{}")
     assert store.change_by_prompt(0, "p-1", queued) is None
     assert store.change_by_prompt(1, "p-1", queued).status == JobStatus.QUEUED
     store.change("job-1", finish(JobStatus.COMPLETED))
@@ -109,8 +109,8 @@ def test_prompt_index_only_covers_unfinished_jobs_of_that_gpu(store):
 
 
 def test_settled_active_leaves_out_jobs_whose_post_is_under_way(store):
-    store.reserve(new_job("a", prompt_id="pa"))
-    store.reserve(new_job("b", prompt_id="pb"))
+    store.reserve(new_job("a", prompt_id="pa"), b"{}")
+    store.reserve(new_job("b", prompt_id="pb"), b"{}")
     store.release("b", "pb")
     assert [j.job_id for j in store.settled_active(0)] == ["b"]
 

@@ -87,7 +87,7 @@ def gpu(comfy):
 
 def left_submitting(store: JobStore, workflow, prompt_id: str = "p-first") -> None:
     """An earlier attempt whose POST ended without a clear answer: `submitting`, not in flight."""
-    store.reserve(Job(job_id="dup", gpu_id=0, prompt_id=prompt_id, fingerprint=workflow.fingerprint))
+    store.reserve(Job(job_id="dup", gpu_id=0, prompt_id=prompt_id, fingerprint=workflow.fingerprint), b"{}")
     store.release("dup", prompt_id)
 
 
@@ -140,7 +140,7 @@ def test_a_stale_poll_verdict_never_drops_a_submission_in_flight(store, gpu, com
     left_submitting(store, workflow)
     stale = store.get("dup")
     assert store.discard("dup", "p-first")  # a retry's settlement, then its new submission:
-    store.reserve(Job(job_id="dup", gpu_id=0, prompt_id="p-second", fingerprint=workflow.fingerprint))
+    store.reserve(Job(job_id="dup", gpu_id=0, prompt_id="p-second", fingerprint=workflow.fingerprint), b"{}")
     settle_gone(gpu, store, stale)  # the poller's verdict on what it read before
     job = store.get("dup")
     assert job.prompt_id == "p-second" and job.status == JobStatus.SUBMITTING

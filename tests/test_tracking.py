@@ -92,23 +92,27 @@ def test_poll_only_mode_tracks_everything(fakes, tmp_path):
         assert api.wait_status("p1", "completed")["progress"]["percent"] == 100
 
 
-def test_stopped_comfy_loses_its_jobs_and_the_other_gpu_is_untouched(api, fakes):
-    api.put("/startjob/doomed?GpuId=0", json=workflows.slow(seconds=200))
-    api.put("/startjob/fine?GpuId=1", json=workflows.slow(seconds=20))
-    api.wait_status("doomed", "running")
-    fakes[0].stop()
-    job = api.wait_status("doomed", "lost", timeout=10)
-    assert job["error"]["type"] == "lost"
-    assert api.get("/serverstatus?GpuId=0").json()["reachable"] is False
-    assert api.wait_status("fine", "completed")["outputs"]
-    fakes[0].restart()
-    assert api.status("doomed")["status"] == "lost"
-    api.put("/startjob/after?GpuId=0", json=workflows.core("after"))
-    assert api.wait_status("after", "completed")
+def test_stopped_comfy_loses_its_jobs_and_the_other_gpu_is_untouched(fakes, tmp_path):
+    """With no attempt left (--max-attempts 1), a job whose ComfyUI stopped is lost at once;
+    with attempts left it is sent again (tests/test_auto_gpu.py)."""
+    with Service(make_config(fakes, tmp_path, max_attempts=1)) as service:
+        api = Api(service.url)
+        api.put("/startjob/doomed?GpuId=0", json=workflows.slow(seconds=200))
+        api.put("/startjob/fine?GpuId=1", json=workflows.slow(seconds=20))
+        api.wait_status("doomed", "running")
+        fakes[0].stop()
+        job = api.wait_status("doomed", "lost", timeout=10)
+        assert job["error"]["type"] == "lost"
+        assert api.get("/serverstatus?GpuId=0").json()["reachable"] is False
+        assert api.wait_status("fine", "completed")["outputs"]
+        fakes[0].restart()
+        assert api.status("doomed")["status"] == "lost"
+        api.put("/startjob/after?GpuId=0", json=workflows.core("after"))
+        assert api.wait_status("after", "completed")
 
 
 def test_lost_job_gets_its_true_end_when_comfy_returns_with_history(fakes, tmp_path):
-    config = make_config(fakes, tmp_path, poll_interval=3600, websocket=False)
+    config = make_config(fakes, tmp_path, poll_interval=3600, websocket=False, max_attempts=1)
     with Service(config) as service:
         api = Api(service.url)
         api.put("/startjob/back", json=workflows.core("back"))

@@ -8,6 +8,7 @@ from flask import Flask
 from werkzeug.routing import PathConverter
 
 from comfy.database import Database
+from comfy.dispatcher import Dispatcher
 from comfy.gpu import build_gpus
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
@@ -78,10 +79,15 @@ def create_app(config: Config) -> Flask:
     app.wsgi_app = PathNormalizer(app.wsgi_app)
     store = JobStore(Database(config.data_dir / DB_FILE_NAME, config.retention))
     gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
-    tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket)
+    dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,
+                            requeue_wait=config.requeue_wait, tick=config.poll_interval)
+    tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
+                      max_attempts=config.max_attempts, after_check=dispatcher.wake)
+    dispatcher.ready = tracker.reconciled
     keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
     retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention)
-    context = app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys, retention)
+    context = app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys, retention,
+                                                    dispatcher)
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
     auth.init_app(app, keys, config.no_auth, config.metrics_public)

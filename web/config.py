@@ -109,6 +109,17 @@ def duration(text: str) -> float:
     return amount * unit
 
 
+def seconds(text: str) -> float:
+    """A span of time: a number of seconds (300), or a number with a unit (5m)."""
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        return duration(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a number of seconds above 0, or a duration like 5m")
+    return value
+
+
 def default_data_dir() -> Path:
     """The per-user data dir (platformdirs knows Windows, macOS and Linux conventions)."""
     return Path(platformdirs.user_data_dir("Cylindria", appauthor=False))
@@ -151,6 +162,17 @@ OPTIONS = (
            "also write the log to this file, rotated at 10 MiB, 5 old files kept"),
     Option("--retention", "retention", "CYLINDRIA_RETENTION", duration, 30 * 86400.0,
            "how long finished jobs are kept before they are removed: 90s, 12h, 30d", shown="30d"),
+    Option("--gpu-queue-depth", "gpu_queue_depth", "CYLINDRIA_GPU_QUEUE_DEPTH", integer_in(1, 64),
+           2, "prompts (anyone's, running included) a ComfyUI may hold before Cylindria sends "
+           "it another GpuId=auto job"),
+    Option("--max-queued", "max_queued", "CYLINDRIA_MAX_QUEUED", integer_in(1, 1_000_000), 1000,
+           "GpuId=auto jobs Cylindria may hold in its own queue; beyond: 429 queue_full"),
+    Option("--max-attempts", "max_attempts", "CYLINDRIA_MAX_ATTEMPTS", integer_in(1, 100), 3,
+           "times a job may be sent to a ComfyUI; a job whose ComfyUI died goes back to the "
+           "queue until then"),
+    Option("--requeue-wait", "requeue_wait", "CYLINDRIA_REQUEUE_WAIT", seconds, 300.0,
+           "seconds a job pinned to a GPU waits for that GPU's ComfyUI to come back before it "
+           "is lost", shown="300"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
            "address of the reverse proxy (TLS) in front: client addresses come from its "
            "X-Forwarded-For (for the failure throttle and the log)"),
@@ -185,6 +207,10 @@ class Config:
     trusted_proxy: str | None = None
     connection_limit: int = 100
     retention: float = 30 * 86400.0  # seconds a finished job is kept
+    gpu_queue_depth: int = 2
+    max_queued: int = 1000
+    max_attempts: int = 3
+    requeue_wait: float = 300.0
     header_timeout: float = 10.0  # seconds a client gets to send a request's headers
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
     max_body_bytes: int = 32 * 1024 * 1024

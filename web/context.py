@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from comfy.dispatcher import Dispatcher
 from comfy.gpu import Gpu
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
@@ -24,9 +25,11 @@ class Context:
     tracker: Tracker
     keys: KeySetup
     retention: RetentionSweep
+    dispatcher: Dispatcher
 
     def close(self) -> None:
-        """Stop tracking and the retention sweep, and close the store."""
+        """Stop dispatching, tracking and the retention sweep, and close the store."""
+        self.dispatcher.stop()
         self.tracker.stop()
         self.retention.stop()
         self.store.close()

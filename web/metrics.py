@@ -7,12 +7,14 @@ from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from comfy.database import NO_GPU
 from comfy.jobs import FINISHED, Job, JobStatus
 
 bp = Blueprint("meta", __name__)
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+HELD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf"))
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, float("inf"))
 
 
@@ -34,19 +36,32 @@ class StateCollector:
         removed = CounterMetricFamily("cylindria_jobs_removed",
                                       "Finished jobs removed after --retention, by GPU and status",
                                       labels=["gpu", "status"])
-        for gpu in self.context.gpus:
-            label = str(gpu.index)
-            submitted.add_metric([label], sum(n for (i, _), n in counts.items() if i == gpu.index)
-                                 + sum(n for (i, _), n in retired.items() if i == gpu.index))
+        # GPU "none": GpuId=auto jobs that were never sent (held, or cancelled while held).
+        for index in [gpu.index for gpu in self.context.gpus] + [None]:
+            label = NO_GPU if index is None else str(index)
+            submitted.add_metric([label], sum(n for (i, _), n in counts.items() if i == index)
+                                 + sum(n for (i, _), n in retired.items() if i == index))
             for status in JobStatus:
-                n = counts.get((gpu.index, status), 0)
+                n = counts.get((index, status), 0)
                 current.add_metric([label, status.value], n)
                 if status in FINISHED:
-                    gone = retired.get((gpu.index, status), 0)
+                    gone = retired.get((index, status), 0)
                     finished.add_metric([label, status.value], n + gone)
                     removed.add_metric([label, status.value], gone)
         yield from (submitted, finished, current, removed)
+        yield from self._queue_families(counts)
         yield from self._gpu_families()
+
+    def _queue_families(self, counts):
+        """Cylindria's own queue: jobs held now, and the dispatcher's model-file choices."""
+        held = GaugeMetricFamily("cylindria_jobs_held", "Jobs held in Cylindria's own queue")
+        held.add_metric([], sum(n for (_, status), n in counts.items() if status == JobStatus.HELD))
+        affinity = CounterMetricFamily(
+            "cylindria_model_affinity", "Held jobs with model files sent to a GPU whose last job "
+            "used the same files (hit) or not (miss: a model load)", labels=["result"])
+        for result in ("hit", "miss"):
+            affinity.add_metric([result], self.context.dispatcher.affinity_counts[result])
+        yield from (held, affinity)
 
     def _gpu_families(self):
         """Queue length, reachability, websocket state and reconnects per GPU."""
@@ -84,6 +99,14 @@ class Metrics:
         self.latency = Histogram("cylindria_http_request_duration_seconds",
                                  "Time to answer, by endpoint", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.held_seconds = Histogram(
+            "cylindria_job_held_seconds", "Time a job waited in Cylindria's own queue before "
+            "each send", buckets=HELD_BUCKETS, registry=self.registry)
+        self.sends = Counter("cylindria_job_sends", "Held jobs sent to a GPU", ["gpu"],
+                             registry=self.registry)
+        self.requeues = Counter("cylindria_job_requeues", "Jobs put back in Cylindria's queue "
+                                "because their ComfyUI stopped under them", ["gpu"],
+                                registry=self.registry)
         context.store.observe(self.job_changed)
         self._children: dict = {}  # (rule, method, status) -> (counter, histogram): labels() once
 
@@ -101,10 +124,23 @@ class Metrics:
             children[1].observe(seconds)
 
     def job_changed(self, old: Job | None, new: Job) -> None:
-        """Store observer: time every job that just ended."""
+        """Store observer: time every job that just ended; count sends and requeues."""
         if new.status.finished and (old is None or not old.status.finished) and new.finished_at:
-            self.job_duration.labels(str(new.gpu_id), new.status.value).observe(
+            self.job_duration.labels(_gpu_label(new.gpu_id), new.status.value).observe(
                 max(0.0, new.finished_at - new.submitted_at))
+        if old is None:
+            return
+        if old.status == JobStatus.HELD and new.status == JobStatus.SUBMITTING:
+            self.sends.labels(_gpu_label(new.gpu_id)).inc()
+            if old.held_at is not None:
+                self.held_seconds.observe(max(0.0, time.time() - old.held_at))
+        elif new.status == JobStatus.HELD and new.attempts == old.attempts:
+            self.requeues.labels(_gpu_label(old.gpu_id)).inc()  # sent, and its ComfyUI died
+
+
+def _gpu_label(gpu_id: int | None) -> str:
+    """A job's GPU as a label: "none" for a held job never sent."""
+    return NO_GPU if gpu_id is None else str(gpu_id)
 
 
 ARRIVED = "cylindria.arrived"  # WSGI environ key: when the request reached the app

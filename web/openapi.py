@@ -47,7 +47,8 @@ def _gpu_param(word: str, gpus: int) -> dict:
             "schema": {"type": "string", "pattern": f"^([0-{gpus - 1}]|{any_case})$"}}
 
 
-STATUS_LIST = "(" + "|".join(s.value for s in JobStatus) + ")"
+PUBLIC_STATUSES = [s.value for s in JobStatus if s != JobStatus.HELD]  # held reads as queued
+STATUS_LIST = "(" + "|".join(PUBLIC_STATUSES) + ")"
 
 
 SCHEMAS = {
@@ -70,7 +71,7 @@ SCHEMAS = {
         "started_at", "finished_at", "error", "outputs", "cancel_requested"], "properties": {
         "job_id": {"type": "string"}, "gpu_id": {"type": "integer", "minimum": 0},
         "prompt_id": {"type": "string"},
-        "status": {"type": "string", "enum": [s.value for s in JobStatus]},
+        "status": {"type": "string", "enum": PUBLIC_STATUSES},
         "queue_position": {"type": "integer", "nullable": True, "minimum": 0},
         "progress": _ref("Progress"), "submitted_at": {"type": "string", "format": "date-time"},
         "started_at": {"type": "string", "format": "date-time", "nullable": True},

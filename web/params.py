@@ -46,6 +46,21 @@ def gpu_id_param(gpu_count: int, raw: str | None, word: str | None = None) -> in
     return int(text)
 
 
+PRIORITY_RANGE = (-100, 100)
+
+
+def priority_param() -> int:
+    """The `priority` query parameter (default 0): an integer from -100 to 100."""
+    values = request.args.getlist("priority")
+    if not values:
+        return 0
+    low, high = PRIORITY_RANGE
+    if len(values) > 1 or not re.fullmatch(r"[+-]?[0-9]{1,3}", values[0]) \
+            or not low <= int(values[0]) <= high:
+        _bad("priority", f"given once, an integer from {low} to {high}")
+    return int(values[0])
+
+
 def list_params(gpu_count: int) -> tuple[set | None, int | None, int, int | None]:
     """/jobs filters: (statuses, gpu, limit, before), or 400 invalid_parameter."""
     for name in ("status", "gpu", "limit", "before"):
@@ -53,10 +68,13 @@ def list_params(gpu_count: int) -> tuple[set | None, int | None, int, int | None
             _bad(name, "given once")
     statuses = None
     if request.args.get("status") is not None:
-        try:
-            statuses = {JobStatus(s) for s in request.args["status"].split(",")}
-        except ValueError:
-            _bad("status", "one or more of " + ",".join(s.value for s in JobStatus))
+        public = {s.value: s for s in JobStatus if s != JobStatus.HELD}
+        names = request.args["status"].split(",")
+        if any(name not in public for name in names):
+            _bad("status", "one or more of " + ",".join(public))
+        statuses = {public[name] for name in names}
+        if JobStatus.QUEUED in statuses:
+            statuses.add(JobStatus.HELD)  # queued: in a ComfyUI's queue or in Cylindria's
     gpu = _whole("gpu", 0, gpu_count - 1)
     limit = _whole("limit", 1, MAX_PAGE)
     before = _whole("before", 1, 10 ** 19 - 1)

@@ -55,8 +55,8 @@ def completed_job(job_id: str) -> Job:
     if job is None:
         raise ApiError(404, "job_not_found", "job not found")
     if job.status != JobStatus.COMPLETED:
-        raise ApiError(409, "job_not_finished", f"job {job_id} has not completed: {job.status.value}",
-                       {"status": job.status.value})
+        raise ApiError(409, "job_not_finished", f"job {job_id} has not completed: {job.status.public}",
+                       {"status": job.status.public})
     return job
 
 

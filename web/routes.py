@@ -8,13 +8,15 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, request
 
 from comfy.cancel import JobFinished, cancel_job
+from comfy.catalogue import check_workflow, needs_of
 from comfy.encoding import to_json
+from comfy.held import cancel_held
 from comfy.jobs import JobStatus
-from comfy.submit import JobIdConflict, submit_job
-from comfy.workflow import parse_workflow
+from comfy.submit import JobIdConflict, QueueFull, hold_job, submit_job
+from comfy.workflow import Workflow, parse_workflow
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
-from web.params import gpu_id_param, job_id_param, list_params, raw_gpu_param
+from web.params import gpu_id_param, job_id_param, list_params, priority_param, raw_gpu_param
 from web.views import accepted_view, job_view
 
 logger = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ bp = Blueprint("jobs", __name__)
 bp.before_request(wait_until_reconciled)
 
 SETTLE_WAIT = 90.0  # seconds a retry or cancel waits for a submission still under way
+QUEUE_FULL_RETRY = 5  # seconds a client is told to wait when Cylindria's queue is full
 
 
 
@@ -36,21 +39,48 @@ def startjob(job_id: str):
     body = request.get_data(cache=False)
     if context.config.dev:
         save_dev_copy(context.config.dev_save_dir, job_id, body)
+    priority = priority_param()
     workflow = parse_workflow(body)
     try:
-        job, created = submit_job(context.store, context.gpus, job_id, workflow, gpu_id, SETTLE_WAIT)
+        if gpu_id is None:
+            job, created = hold(context, job_id, workflow, priority)
+        else:
+            job, created = submit_job(context.store, context.gpus, job_id, workflow, gpu_id,
+                                      SETTLE_WAIT)
     except JobIdConflict as exc:
         raise ApiError(409, "job_id_conflict",
                        f"job id {job_id} is already used for a different workflow",
-                       {"status": exc.job.status.value, "gpu_id": exc.job.gpu_id}) from None
-    return jsonify(accepted_view(job)), 201 if created else 200
+                       {"status": exc.job.status.public, "gpu_id": exc.job.gpu_id}) from None
+    return jsonify(accepted_view(job, held_position(job))), 201 if created else 200
+
+
+def hold(context, job_id: str, workflow: Workflow, priority: int):
+    """GpuId=auto: check the workflow against what the reachable GPUs have installed, then
+    hold it in Cylindria's queue (201 before any GPU has it)."""
+    existing = context.store.get(job_id)
+    if existing is None:  # a retry is answered whatever the GPUs look like now
+        check_workflow(workflow.prompt, [gpu.catalogue for gpu in context.gpus
+                                         if gpu.reachable and gpu.catalogue is not None])
+        context.dispatcher.remember(job_id, needs_of(workflow.prompt))
+    try:
+        return hold_job(context.store, job_id, workflow, priority, context.config.max_queued)
+    except QueueFull as exc:
+        raise ApiError(429, "queue_full", f"Cylindria's queue is full ({exc.limit} jobs held); "
+                       "try again later", {"max_queued": exc.limit},
+                       headers={"Retry-After": str(QUEUE_FULL_RETRY)}) from None
+
+
+def held_position(job) -> int | None:
+    """A held job's place in Cylindria's queue (None for any other job)."""
+    return ctx().dispatcher.position(job.job_id) if job.status == JobStatus.HELD else None
 
 
 @bp.get("/jobstatus", defaults={"job_id": ""})
 @bp.get("/jobstatus/<anypath:job_id>")
 def jobstatus(job_id: str):
     """Where a job stands (the most frequent call: encoded directly, without jsonify's extras)."""
-    return Response(to_json(job_view(known_job(job_id))), mimetype="application/json")
+    job = known_job(job_id)
+    return Response(to_json(job_view(job, held_position(job))), mimetype="application/json")
 
 
 @bp.delete("/job", defaults={"job_id": ""})
@@ -59,17 +89,31 @@ def cancel(job_id: str):
     """Cancel a job: 200 once cancelled, 202 while ComfyUI is interrupting it, 409 if it ended."""
     context = ctx()
     job = known_job(job_id)
-    if job.status == JobStatus.SUBMITTING:
-        job = context.store.wait_settled(job.job_id, SETTLE_WAIT) or job
     try:
-        if job.status.finished:
-            raise JobFinished(job)
-        job, confirmed = cancel_job(context.store, context.gpus[job.gpu_id], job)
+        job, confirmed = _cancel(context, job)
     except JobFinished as exc:
-        status = exc.job.status.value
+        status = exc.job.status.public
         raise ApiError(409, "job_finished", f"job {job_id} already ended: {status}",
                        {"status": status}) from None
     return jsonify(job_view(job)), 200 if confirmed else 202
+
+
+def _cancel(context, job):
+    """Cancel wherever the job is: held (it never reaches ComfyUI), or in ComfyUI. A job
+    being sent is waited for; one the dispatcher sends while this runs is cancelled there."""
+    for _ in range(3):
+        if job.status == JobStatus.SUBMITTING:
+            job = context.store.wait_settled(job.job_id, SETTLE_WAIT) or job
+        if job.status.finished:
+            raise JobFinished(job)
+        if job.status == JobStatus.HELD:
+            job = cancel_held(context.store, job)
+            if job.status == JobStatus.CANCELLED:
+                return job, True
+            continue  # sent meanwhile: cancel it in ComfyUI
+        return cancel_job(context.store, context.gpus[job.gpu_id], job)
+    raise ApiError(503, "comfy_unreachable", "the job moved between Cylindria's queue and a "
+                   "GPU while being cancelled; try the cancel again", headers={"Retry-After": "1"})
 
 
 @bp.get("/jobs")
@@ -78,7 +122,7 @@ def jobs():
     context = ctx()
     statuses, gpu, limit, before = list_params(len(context.gpus))
     page, next_before = context.store.page(statuses, gpu, limit, before)
-    return jsonify({"jobs": [job_view(job) for job in page],
+    return jsonify({"jobs": [job_view(job, held_position(job)) for job in page],
                     "next_before": str(next_before) if next_before else None})
 
 

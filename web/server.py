@@ -74,6 +74,7 @@ class Service:
         self._server.channel_class = Channel
         announce_keys(self)
         self.context.tracker.start()
+        self.context.dispatcher.start()
         self.context.retention.start()
         self.ready.set()
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
@@ -151,8 +152,9 @@ class Service:
             if self._server is not None:
                 wasyncore.close_all(self._map)
                 self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=STOP_TIMEOUT / 2)
+            self.context.dispatcher.stop(timeout=STOP_TIMEOUT / 4)
             self.context.tracker.stop(timeout=STOP_TIMEOUT / 2)
-            self.context.retention.stop(timeout=STOP_TIMEOUT / 2)
+            self.context.retention.stop(timeout=STOP_TIMEOUT / 4)
             self.context.store.close()
         finally:
             self._done.set()

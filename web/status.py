@@ -34,10 +34,15 @@ def health():
 
 @bp.get("/ready")
 def ready():
-    """200 when at least one GPU's ComfyUI is reachable (as the tracker last saw it), else 503."""
+    """200 when at least one GPU's ComfyUI is reachable (as the tracker last saw it) and
+    Cylindria's queue has room, else 503 (a load balancer then sends work elsewhere)."""
+    context = ctx()
     gpus = [{"gpu_id": gpu.index, "reachable": gpu.reachable is True,
              "websocket": "connected" if gpu.websocket_connected else "disconnected"}
-            for gpu in ctx().gpus]
-    reconciled = ctx().tracker.reconciled.is_set()
-    ok = reconciled and any(gpu["reachable"] for gpu in gpus)
-    return jsonify({"ready": ok, "reconciling": not reconciled, "gpus": gpus}), 200 if ok else 503
+            for gpu in context.gpus]
+    reconciled = context.tracker.reconciled.is_set()
+    held, limit = context.store.held(), context.config.max_queued
+    ok = reconciled and any(gpu["reachable"] for gpu in gpus) and held < limit
+    return jsonify({"ready": ok, "reconciling": not reconciled, "gpus": gpus,
+                    "queue": {"held": held, "max_queued": limit, "full": held >= limit}}), \
+        200 if ok else 503

@@ -1,39 +1,49 @@
 """How jobs look in answers."""
 from __future__ import annotations
 
-from comfy.jobs import Job
+from comfy.jobs import Job, JobStatus
 from comfy.status import iso_time
 
 
-def job_view(job: Job) -> dict:
-    """A job as /jobstatus shows it."""
+def job_view(job: Job, held_position: int | None = None) -> dict:
+    """A job as /jobstatus shows it; a held job's place in Cylindria's queue is the caller's
+    to give (the dispatcher keeps the queue's order)."""
+    held = job.status is JobStatus.HELD
     view = {"job_id": job.job_id, "gpu_id": job.gpu_id, "prompt_id": job.prompt_id,
-            "status": job.status.value,
-            "queue_position": job.queue_position if job.status.value == "queued" else None,
+            "status": job.status.public,
+            "queue_position": held_position if held else
+            job.queue_position if job.status is JobStatus.QUEUED else None,
             "progress": job.progress(),
             "submitted_at": iso_time(job.submitted_at), "started_at": iso_time(job.started_at),
             "finished_at": iso_time(job.finished_at), "error": job.error,
             "outputs": [dict(o) for o in job.outputs],
-            "cancel_requested": job.cancel_requested}
+            "cancel_requested": job.cancel_requested,
+            "priority": job.priority, "attempts": job.attempts}
     if job.warnings:
         view["warnings"] = job.warnings
     return view
 
 
-def accepted_view(job: Job) -> dict:
+def accepted_view(job: Job, held_position: int | None = None) -> dict:
     """A job as startjob answers it, the first time (201) and on a retry (200) alike."""
-    view = job_view(job)
+    view = job_view(job, held_position)
     view["accepted"] = True
-    view["detail"] = _detail(job)
+    view["detail"] = _detail(job, held_position)
     return view
 
 
-def _detail(job: Job) -> str:
+def _detail(job: Job, held_position: int | None) -> str:
     """One human sentence about where the job stands."""
+    if job.status is JobStatus.HELD:
+        where = "in Cylindria's queue" if job.gpu_id is None else \
+            f"in Cylindria's queue, waiting for GPU {job.gpu_id}"
+        ahead = held_position or 0
+        return f"queued {where} until a GPU is ready for it; " \
+               f"{ahead} held job{'s' if ahead != 1 else ''} ahead of it"
     where = f"on GPU {job.gpu_id}"
     if job.status.value == "queued":
         ahead = job.queue_position
         if ahead is None:
             return f"queued {where}"
         return f"queued {where}; {ahead} prompt{'s' if ahead != 1 else ''} ahead of it"
-    return f"{job.status.value} {where}"
+    return f"{job.status.public} {where}"

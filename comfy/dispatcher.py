@@ -1,0 +1,317 @@
+"""The dispatcher: Cylindria's own queue, sent to the GPUs as they become ready.
+
+A GpuId=auto job is held (durably) until some GPU is ready for it: its ComfyUI reachable,
+holding fewer than `depth` prompts (anyone's), and knowing every node class the job uses.
+So no GPU idles while work waits, and a long job never holds short ones back on one GPU
+while another is free. A job whose ComfyUI died under it comes back here (comfy.held) and
+is sent again. One thread runs `dispatch_once` whenever something may have made room (a job
+ended or came back, a GPU was checked, a job was submitted or cancelled); the POSTs
+themselves run on a small pool, so a slow ComfyUI holds up no other GPU.
+"""
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+import time
+import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from comfy.catalogue import Needs, needs_of
+from comfy.errors import ComfyError, ComfyRejected, ComfyTimeout, ComfyUnreachable
+from comfy.events import finish
+from comfy.gpu import Gpu
+from comfy.held import claim, expire
+from comfy.jobs import Job, JobStatus
+from comfy.store import JobStore
+from comfy.submit import post
+from comfy.workflow import WorkflowError, parse_workflow
+
+logger = logging.getLogger(__name__)
+
+EXPIRY_CHECK = 1.0  # seconds between looks for pinned jobs that waited too long
+
+
+@dataclass(frozen=True)
+class Held:
+    """A held job as the dispatcher orders and places it."""
+
+    key: tuple  # (-priority, 0 if sent before else 1, seq, job_id): the queue's order
+    job_id: str
+    priority: int
+    auto: bool
+    gpu_id: int | None  # a pinned job's own GPU
+    held_at: float | None
+    needs: Needs
+
+
+class Dispatcher:
+    """Owns the queue's order and one thread that sends held jobs to ready GPUs."""
+
+    def __init__(self, gpus: list[Gpu], store: JobStore, depth: int = 2,
+                 requeue_wait: float = 300.0, tick: float = 5.0,
+                 ready: threading.Event | None = None, affinity: bool = True):
+        self.gpus = gpus
+        self.store = store
+        self.depth = depth
+        self.requeue_wait = requeue_wait
+        self.tick = tick  # the floor: a pass at least this often, whatever woke it or not
+        self.ready = ready  # set once start-up reconciliation is over
+        self.affinity = affinity
+        self.affinity_counts: Counter = Counter()  # "hit" / "miss": jobs with model files sent
+        self._lock = threading.Lock()
+        self._order: list[tuple] = []  # the held jobs' keys, sorted: the queue
+        self._held: dict[str, Held] = {}
+        self._needs: dict[str, Needs] = {}  # of unfinished jobs seen held (read once, kept)
+        self._next_expiry = 0.0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=max(2, len(gpus) * depth),
+                                        thread_name_prefix="cylindria-send")
+        self._thread = threading.Thread(target=self.run, name="cylindria-dispatcher", daemon=True)
+        store.observe(self._observed)
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the dispatcher thread (it first takes in the jobs held before a restart)."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop sending. A POST under way is left to finish by its own timeout; if the
+        process ends first, the job is settled at the next start like any crash."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("dispatcher thread did not stop in %.1fs", timeout)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def wake(self) -> None:
+        """Something may have made room, or work: run a pass now."""
+        self._wake.set()
+
+    def run(self) -> None:
+        """Take in the held jobs, then a pass at every wake-up and at least every tick."""
+        for job in self.store.jobs(newest_first=False):
+            if job.status == JobStatus.HELD:
+                self._sync(job.job_id)
+        while not self._stop.is_set():
+            if self.ready is not None and not self.ready.is_set():
+                self.ready.wait(0.1)
+                continue
+            try:
+                self.dispatch_once()
+            except Exception:
+                logger.exception("dispatch pass failed")
+            self._wake.wait(self.tick)
+            self._wake.clear()
+
+    # -- the queue --------------------------------------------------------------------------
+
+    def position(self, job_id: str) -> int | None:
+        """How many held jobs will be sent before this one; None if it is not held."""
+        with self._lock:
+            held = self._held.get(job_id)
+            return None if held is None else bisect.bisect_left(self._order, held.key)
+
+    def held(self) -> int:
+        """Jobs in the queue now."""
+        with self._lock:
+            return len(self._order)
+
+    def remember(self, job_id: str, needs: Needs) -> None:
+        """What a job about to be held needs (known at submission: saves reading it back)."""
+        with self._lock:
+            self._needs[job_id] = needs
+
+    def _observed(self, old: Job | None, new: Job) -> None:
+        """Store observer: keep the queue in step with the jobs, and wake on room or work."""
+        was_held = old is not None and old.status == JobStatus.HELD
+        if new.status == JobStatus.HELD or was_held:
+            self._sync(new.job_id)
+        if new.status.finished:
+            with self._lock:
+                self._needs.pop(new.job_id, None)
+        if new.status.finished or new.status == JobStatus.HELD or was_held:
+            self._wake.set()
+
+    def _sync(self, job_id: str) -> None:
+        """Make the queue agree with the job as it is now. Observers run outside the store's
+        lock and may run in any order, so the job is read again under this lock: whichever
+        call comes last sees the last state."""
+        job = self.store.get(job_id)
+        needs = self._needs_of(job) if job is not None and job.status == JobStatus.HELD else None
+        with self._lock:
+            job = self.store.get(job_id)
+            old = self._held.pop(job_id, None)
+            if old is not None:
+                del self._order[bisect.bisect_left(self._order, old.key)]
+            if job is None or job.status != JobStatus.HELD or needs is None:
+                return
+            held = Held((-job.priority, 0 if job.attempts else 1, job.seq, job_id), job_id,
+                        job.priority, job.auto, job.gpu_id, job.held_at, needs)
+            self._held[job_id] = held
+            bisect.insort(self._order, held.key)
+
+    def _needs_of(self, job: Job) -> Needs | None:
+        """A held job's needs: remembered, or read from its stored workflow (after a restart
+        or a requeue). A job whose workflow cannot be read can never be sent: it fails."""
+        with self._lock:
+            needs = self._needs.get(job.job_id)
+        if needs is not None:
+            return needs
+        workflow = self._workflow(job)
+        if workflow is None:
+            return None
+        needs = needs_of(workflow.prompt)
+        with self._lock:
+            self._needs[job.job_id] = needs
+        return needs
+
+    def _workflow(self, job: Job):
+        """The job's stored workflow, parsed; None (and the job failed) if it is unusable."""
+        body = self.store.workflow(job.job_id)
+        try:
+            if body is not None:
+                return parse_workflow(body)
+            why = "its workflow is missing from the database"
+        except WorkflowError as exc:
+            why = f"its stored workflow no longer parses: {exc.message}"
+        logger.error("job %s cannot be sent: %s", job.job_id, why)
+        self.store.change(job.job_id, finish(JobStatus.FAILED, {
+            "type": "internal", "message": f"Cylindria cannot send the job: {why}",
+            "node_id": None, "node_type": None}), prompt_id=job.prompt_id)
+        return None
+
+    # -- one pass ---------------------------------------------------------------------------
+
+    def dispatch_once(self) -> int:
+        """Send every held job that can go now; returns how many were sent."""
+        self._expire_pinned()
+        with self._lock:
+            queue = [self._held[key[-1]] for key in self._order]
+        if not queue:
+            return 0
+        load = self._load()
+        free = {i: self.depth - n for i, n in load.items() if n < self.depth}
+        plan, deferred = [], []
+        for held in queue:
+            if not free:
+                break
+            if deferred and held.priority < deferred[0].priority:
+                break  # a lower priority never overtakes a job waiting for its models' GPU
+            candidates = [i for i in free if self._can_run(held, i)]
+            if not candidates:
+                continue  # nothing ready can run it: others behind it may use those GPUs
+            choice = self._choose(held, candidates, free, load)
+            if choice is None:
+                deferred.append(held)
+                continue
+            plan.append((held, choice))
+            _take(free, load, choice)
+        for held in deferred:  # waited for its models' GPU; a GPU still free takes it anyway
+            candidates = [i for i in free if self._can_run(held, i)]
+            if candidates:
+                choice = min(candidates, key=lambda i: (load[i], i))
+                plan.append((held, choice))
+                _take(free, load, choice)
+        return sum(self._send(held, gpu_index) for held, gpu_index in plan)
+
+    def _load(self) -> dict[int, int]:
+        """Prompts in each ready-to-take ComfyUI: Cylindria's (counted live) plus others'."""
+        ours = self.store.unfinished_per_gpu()
+        now = time.monotonic()
+        return {gpu.index: ours.get(gpu.index, 0) + gpu.foreign() for gpu in self.gpus
+                if gpu.reachable is True and now >= gpu.resting_until}
+
+    def _can_run(self, held: Held, index: int) -> bool:
+        """A pinned job goes to its own GPU only; any other to a GPU that has its node classes."""
+        if not held.auto:
+            return index == held.gpu_id
+        catalogue = self.gpus[index].catalogue
+        return catalogue is not None and catalogue.knows(held.needs.classes)
+
+    def _choose(self, held: Held, candidates: list[int], free: dict, load: dict) -> int | None:
+        """The GPU for a job among the ready ones: the one whose last job used the same model
+        files, then the least loaded, then the lowest id. None when no ready GPU has its
+        models but a busy one that can run it does: the job lets others pass until then."""
+        models = held.needs.models
+        if not models or not self.affinity:
+            return min(candidates, key=lambda i: (load[i], i))
+        overlap = {i: len(models & self.gpus[i].last_models) for i in candidates}
+        best = max(overlap.values())
+        if best == 0 and any(
+                gpu.index not in free and gpu.reachable is True and models & gpu.last_models
+                and self._can_run(held, gpu.index) for gpu in self.gpus):
+            return None
+        return min((i for i in candidates if overlap[i] == best), key=lambda i: (load[i], i))
+
+    def _send(self, held: Held, gpu_index: int) -> int:
+        """Claim the job for this GPU (a new attempt, its own prompt_id, marked in flight)
+        and POST it on the pool; 0 if the job left the queue meanwhile (cancelled)."""
+        prompt_id = str(uuid.uuid4())
+        job = self.store.change(held.job_id, claim(gpu_index, prompt_id), sending=True)
+        if job is None or job.prompt_id != prompt_id:
+            return 0
+        gpu = self.gpus[gpu_index]
+        models = held.needs.models
+        if models:
+            self.affinity_counts["hit" if models & gpu.last_models else "miss"] += 1
+            gpu.last_models = models
+        self._pool.submit(self._post, gpu, job)
+        return 1
+
+    def _post(self, gpu: Gpu, job: Job) -> None:
+        """Send one claimed job; what ComfyUI answered is recorded by comfy.submit.post."""
+        try:
+            workflow = self._workflow(job)
+            if workflow is None:
+                return
+            post(self.store, gpu, job, workflow)
+            gpu.rested()
+        except ComfyRejected as exc:
+            logger.info("job %s: ComfyUI on GPU %d refused it: %s", job.job_id, gpu.index, exc)
+        except ComfyTimeout as exc:
+            logger.warning("job %s: GPU %d did not answer its POST (%s)", job.job_id, gpu.index, exc)
+        except ComfyUnreachable as exc:
+            logger.info("job %s: GPU %d unreachable (%s); back in the queue", job.job_id,
+                        gpu.index, exc)
+        except ComfyError as exc:
+            gpu.rest()
+            logger.warning("job %s: GPU %d answered its POST unusably (%s); back in the queue",
+                           job.job_id, gpu.index, exc)
+        except Exception:
+            logger.exception("sending job %s to GPU %d failed", job.job_id, gpu.index)
+        finally:
+            self.store.release(job.job_id, job.prompt_id)  # idempotent: post() released it
+            self._wake.set()
+
+    def _expire_pinned(self) -> None:
+        """A job pinned to a GPU whose ComfyUI died waits for it up to requeue_wait: then lost."""
+        now = time.monotonic()
+        if now < self._next_expiry:
+            return
+        self._next_expiry = now + EXPIRY_CHECK
+        cutoff = time.time() - self.requeue_wait
+        with self._lock:
+            late = [held for held in self._held.values()
+                    if not held.auto and held.held_at is not None and held.held_at < cutoff]
+        for held in late:
+            job = self.store.get(held.job_id)
+            if job is not None:
+                logger.warning("job %s: GPU %d did not come back in %gs; lost", held.job_id,
+                               held.gpu_id, self.requeue_wait)
+                expire(self.store, job, self.requeue_wait)
+
+
+def _take(free: dict, load: dict, index: int) -> None:
+    """One more prompt planned for this GPU."""
+    load[index] += 1
+    free[index] -= 1
+    if free[index] <= 0:
+        del free[index]
+
