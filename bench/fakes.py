@@ -35,7 +35,7 @@ class TimedFake(FakeComfy):
 def start_fakes(count: int, time_scale: float = 1.0, cls: type = FakeComfy,
                 costs: dict | None = None) -> list[FakeComfy]:
     """`count` fakes on consecutive loopback ports, like a host's GPUs; `costs` (route ->
-    seconds, tests.fake_comfy.costs) makes each as slow as the recorded ComfyUI."""
+    seconds, tests.fake_comfy.costs) makes each as slow as ComfyUI (real_costs())."""
     for _ in range(20):
         base = free_ports(count)
         fakes = []

@@ -21,12 +21,21 @@ from tests import workflows
 
 # -- group: one GPU, held queue: /serverstatus and /startjob against direct calls -----------------
 
+# What each backend's proxy figures are held to (None: reported, no target). Against the instant
+# fake a ratio to a direct call measures only the stack's fixed cost (a do-nothing proxy on
+# Flask + waitress + requests is itself 3-4x a direct call there), so those are reported; against
+# ComfyUI's real costs PUT /startjob is held to the stack floor (issue 13: within 1.2x of it).
+STARTJOB_OVER_FLOOR = 1.2
+SERVERSTATUS_LIMIT = 1.5
+
+
 def proxy_latency(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
-    """GET /serverstatus and PUT /startjob p50 against the same fake called directly.
+    """GET /serverstatus and PUT /startjob (core and 60-node workflows) p50 against the same
+    fake called directly.
 
     A third side, the "floor", is a pass-through proxy on the same stack doing nothing else
     (bench.minimal): it shows what Flask + waitress + requests cost by themselves. With the
-    recorded-cost backend the fake (hence all three sides) waits what ComfyUI took.
+    real-cost backend the fake (hence all three sides) waits what ComfyUI takes.
     """
     fake = bench.fakes(1, costs=backend.costs)[0]
     fake.hold = True  # the GPU is busy: prompts queue up, so only the submit path is timed
@@ -40,25 +49,38 @@ def proxy_latency(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
         "floor": latency_job(bench, [[step("GET", floor.port, "/serverstatus?GpuId=0")]]),
     })
     cyl.stop()
-    chain = workflows.chain(60)
+    costed = backend.costs is not None
+    figures = []
+    for base, name, workflow in (("startjob_core_latency", "core workflow", workflows.core()),
+                                 ("startjob_latency", "60-node workflow", workflows.chain(60))):
+        start = startjob_latencies(bench, fake, floor, workflow)
+        figures.append(mark(p50_ratio(backend.key(base), backend.title(f"PUT /startjob p50, {name}"),
+                                      start, STARTJOB_OVER_FLOOR if costed else None,
+                                      over_floor=True), backend, "POST /prompt 200"))
+    floor.stop()
+    figures.append(mark(p50_ratio(backend.key("serverstatus_latency"),
+                                  backend.title("GET /serverstatus p50"), status,
+                                  SERVERSTATUS_LIMIT if costed else None),
+                        backend, "GET /system_stats", "GET /queue"))
+    return figures
+
+
+def startjob_latencies(bench: Bench, fake, floor: procs.ServerProcess,
+                       workflow: dict) -> dict[str, list[dict]]:
+    """One client's PUT /startjob of `workflow` (a fresh Cylindria every round), the floor's,
+    and POST /prompt of the same workflow straight to the fake."""
+    key = key_headers()
     fresh = FreshCylindria(bench, fake.url)
-    start = bench.alternate({
+    return bench.alternate({
         "baseline": latency_job(bench, [[step("POST", fake.port, "/prompt", JSON_HEADERS,
-                                              {"prompt": chain, "client_id": "bench-direct"})]]),
+                                              {"prompt": workflow, "client_id": "bench-direct"})]]),
         "cylindria": lambda: latency_job(bench, [[step(
-            "PUT", fresh.port, "/startjob/{uid}?GpuId=0", {**key, **JSON_HEADERS}, chain,
+            "PUT", fresh.port, "/startjob/{uid}?GpuId=0", {**key, **JSON_HEADERS}, workflow,
             ok=(201,))]]),
         "floor": latency_job(bench, [[step("PUT", floor.port, "/startjob/{uid}?GpuId=0",
-                                           JSON_HEADERS, chain, ok=(201,))]]),
+                                           JSON_HEADERS, workflow, ok=(201,))]]),
     }, before=lambda side: side == "cylindria" and fresh.start(),
        after=lambda side: (fresh.stop(), clear_queues([fake])))
-    floor.stop()
-    return [mark(p50_ratio(backend.key("startjob_latency"),
-                           backend.title("PUT /startjob p50, 60-node workflow"), start, 1.5),
-                 backend, "POST /prompt 200"),
-            mark(p50_ratio(backend.key("serverstatus_latency"),
-                           backend.title("GET /serverstatus p50"), status, 1.5),
-                 backend, "GET /system_stats", "GET /queue")]
 
 
 def mark(figure: Figure, backend: Backend, *routes: str) -> Figure:
@@ -250,11 +272,14 @@ def completion(bench: Bench) -> list[Figure]:
 
 # -- group: eight GPUs, 32 submitting clients ---------------------------------------------------
 
+SUBMIT_OVER_FLOOR = 0.8  # as /jobstatus throughput against the do-nothing app
+
 def submit_throughput(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
     """PUT /startjob spread over 8 GPUs against POST /prompt spread over the 8 fakes.
 
-    With the recorded-cost backend each fake answers one POST /prompt at a time in what the
-    recorded ComfyUI took, so the baseline is 8 GPUs' worth of real submission capacity.
+    With the real-cost backend each fake answers one POST /prompt at a time in what ComfyUI
+    takes, so the baseline is 8 GPUs' worth of real submission capacity. Against the instant
+    fake the ratio is reported only; against real costs Cylindria is held to the stack floor.
     """
     fakes = bench.fakes(8, costs=backend.costs)
     for fake in fakes:
@@ -276,21 +301,23 @@ def submit_throughput(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
     }, before=lambda side: side == "cylindria" and fresh.start(),
        after=lambda side: (fresh.stop(), clear_queues(fakes)))
     floor.stop()
+    costed = backend.costs is not None
     figure = throughput_ratio(backend.key("submit_throughput"),
-                              backend.title("submit throughput, 8 GPUs, 32 clients"), results, 0.7)
+                              backend.title("submit throughput, 8 GPUs, 32 clients"), results,
+                              SUBMIT_OVER_FLOOR if costed else None, over_floor=True)
     mark(figure, backend, "POST /prompt 200")
     figure.condition = ", zero errors"
     errors = figure.details["cylindria_errors"] + figure.details["baseline_errors"]
-    if errors:  # the target is "zero errors" too: a failed submission fails the figure
+    if errors:  # "zero errors" holds reported figures too: a failed submission fails the figure
         figure.also = f"{errors} failed submissions"
     return [figure]
 
 
 GROUPS = {"proxy": proxy_latency, "store": store_figures, "completion": completion,
           "submit": submit_throughput, "retention": retention_figures}
-COSTED = ("proxy", "submit")  # the groups that also run against the recorded-cost fakes
-ORDER = ("startjob_latency", "serverstatus_latency", "jobstatus_throughput",
-         "jobstatus_latency_big_store", "memory_per_job", "startup", "completion_ws",
-         "completion_poll", "submit_throughput", *RETENTION_ORDER,
-         "startjob_latency_recorded", "serverstatus_latency_recorded",
-         "submit_throughput_recorded")
+COSTED = ("proxy", "submit")  # the groups that also run against the real-cost fakes
+ORDER = ("startjob_core_latency", "startjob_latency", "serverstatus_latency",
+         "jobstatus_throughput", "jobstatus_latency_big_store", "memory_per_job", "startup",
+         "completion_ws", "completion_poll", "submit_throughput", *RETENTION_ORDER,
+         "startjob_core_latency_real", "startjob_latency_real", "serverstatus_latency_real",
+         "submit_throughput_real")
