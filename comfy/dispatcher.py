@@ -6,7 +6,8 @@ So no GPU idles while work waits, and a long job never holds short ones back on 
 while another is free. A job whose ComfyUI died under it comes back here (comfy.held) and
 is sent again. One thread runs `dispatch_once` whenever something may have made room (a job
 ended or came back, a GPU was checked, a job was submitted or cancelled); the POSTs
-themselves run on a small pool, so a slow ComfyUI holds up no other GPU.
+themselves run on one sender thread per GPU, so a slow ComfyUI holds up no other GPU and
+each ComfyUI gets its prompts in the order they were chosen for it.
 """
 from __future__ import annotations
 
@@ -68,8 +69,11 @@ class Dispatcher:
         self._next_expiry = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._pool = ThreadPoolExecutor(max_workers=max(2, len(gpus) * depth),
-                                        thread_name_prefix="cylindria-send")
+        # One sender per GPU: two POSTs to one ComfyUI on two threads could arrive in either
+        # order, and its queue would then run them out of the order (priority, model
+        # affinity) they were chosen in.
+        self._senders = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cylindria-send{gpu.index}")
+                         for gpu in gpus]
         self._thread = threading.Thread(target=self.run, name="cylindria-dispatcher", daemon=True)
         store.observe(self._observed)
 
@@ -88,7 +92,8 @@ class Dispatcher:
             self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning("dispatcher thread did not stop in %.1fs", timeout)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for sender in self._senders:
+            sender.shutdown(wait=False, cancel_futures=True)
 
     def wake(self) -> None:
         """Something may have made room, or work: run a pass now."""
@@ -252,7 +257,7 @@ class Dispatcher:
 
     def _send(self, held: Held, gpu_index: int) -> int:
         """Claim the job for this GPU (a new attempt, its own prompt_id, marked in flight)
-        and POST it on the pool; 0 if the job left the queue meanwhile (cancelled)."""
+        and POST it on that GPU's sender; 0 if the job left the queue meanwhile (cancelled)."""
         prompt_id = str(uuid.uuid4())
         job = self.store.change(held.job_id, claim(gpu_index, prompt_id), sending=True)
         if job is None or job.prompt_id != prompt_id:
@@ -262,7 +267,7 @@ class Dispatcher:
         if models:
             self.affinity_counts["hit" if models & gpu.last_models else "miss"] += 1
             gpu.last_models = models
-        self._pool.submit(self._post, gpu, job)
+        self._senders[gpu_index].submit(self._post, gpu, job)
         return 1
 
     def _post(self, gpu: Gpu, job: Job) -> None:

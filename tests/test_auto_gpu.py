@@ -324,3 +324,59 @@ def test_serverstatus_all(api, fakes):
     answer = api.get("/serverstatus?GpuId=all").json()
     assert [g["gpu_id"] for g in answer["gpus"]] == [0, 1]
     assert [g["reachable"] for g in answer["gpus"]] == [True, False]
+
+
+def metric(text: str, name: str) -> float:
+    """The value of one sample line of /metrics (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_jobs_of_one_checkpoint_stay_where_it_is_loaded(tmp_path, fakes):
+    """Two checkpoints interleaved over two GPUs: each GPU keeps one checkpoint while both
+    kinds wait (a GPU left with nothing of its own takes the other kind rather than idle,
+    at most once each at the end); the model-affinity figures of /metrics count the loads."""
+    for fake in fakes:
+        fake.hold = True
+    with serve(fakes, tmp_path, gpu_queue_depth=2) as service:
+        api = Api(service.url)
+        wait_reachable(service, 0, 1)
+        ckpts = ["sd15.safetensors", "sdxl.safetensors"] * 5
+        ids = [f"ckpt-{n}" for n in range(len(ckpts))]
+        for job_id, ckpt in zip(ids, ckpts):
+            assert api.put(f"/startjob/{job_id}?GpuId=auto",
+                           json=workflows.checkpoint(ckpt, seconds=1, prefix=job_id)).status_code == 201
+        wait_for(lambda: service.context.store.held() == 6, message="4 sent, 6 held")
+        text = api.get("/metrics").text
+        assert metric(text, "cylindria_jobs_held") == 6
+        for fake in fakes:
+            fake.hold = False
+        gpus = {job_id: api.wait_status(job_id, "completed")["gpu_id"] for job_id in ids}
+        text = api.get("/metrics").text
+    assert [gpus[job_id] for job_id in ids[:4]] == [0, 1, 0, 1]  # sent before any ended
+    loads = sum(fake.model_loads for fake in fakes)
+    assert 2 <= loads <= 4
+    assert metric(text, 'cylindria_model_affinity_total{result="miss"}') == loads
+    assert metric(text, 'cylindria_model_affinity_total{result="hit"}') == 10 - loads
+    assert metric(text, 'cylindria_job_sends_total{gpu="0"}') + \
+        metric(text, 'cylindria_job_sends_total{gpu="1"}') == 10
+    assert metric(text, "cylindria_job_held_seconds_count") == 10
+    assert metric(text, "cylindria_jobs_held") == 0
+
+
+def test_requeues_are_counted_per_gpu(tmp_path, fakes):
+    only_gpu0_holding(fakes)
+    with serve(fakes, tmp_path) as service:
+        api = Api(service.url)
+        wait_reachable(service, 0)
+        assert api.put("/startjob/counted?GpuId=auto", json=workflows.core("counted")).status_code == 201
+        wait_for(lambda: len(prompts_on(fakes[0])) == 1, message="sent to GPU 0")
+        fakes[1].start()
+        fakes[0].stop()
+        assert api.wait_status("counted", "completed")["attempts"] == 2
+        text = api.get("/metrics").text
+    assert metric(text, 'cylindria_job_requeues_total{gpu="0"}') == 1
+    assert metric(text, 'cylindria_job_sends_total{gpu="1"}') == 1
+    assert metric(text, 'cylindria_jobs_submitted_total{gpu="1"}') == 1

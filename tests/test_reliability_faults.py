@@ -77,7 +77,7 @@ class Faults:
         assert sorted(accepted - set(all_jobs(url))) == [], "accepted jobs missing from /jobs"
         gone = gone_but_unfinished(all_jobs(url, UNFINISHED), self.fakes)
         wait_for(lambda: not (still_unfinished(url, gone)), timeout=SETTLE_TIMEOUT, interval=0.3,
-                 message=f"jobs whose prompt left ComfyUI to end: {sorted(gone)[:10]}")
+                 message=f"jobs whose prompt left ComfyUI to end: {sorted(gone.items())[:10]}")
         assert self.load.problems == []
         self.check_seconds.append(round(time.monotonic() - started, 1))
 
@@ -96,21 +96,25 @@ def live_prompts(fake) -> set[str] | None:
     return {item[1] for item in body["queue_running"] + body["queue_pending"]}
 
 
-def gone_but_unfinished(jobs: dict[str, dict], fakes) -> set[str]:
-    """Jobs Cylindria shows queued/running although their prompt is not in ComfyUI's queue.
+def gone_but_unfinished(jobs: dict[str, dict], fakes) -> dict[str, str]:
+    """Jobs Cylindria shows queued/running although their prompt is not in ComfyUI's queue:
+    job id -> that prompt (a held job has none: it is in Cylindria's own queue).
 
     Read after /jobs, so a prompt that ended in between shows up here for a moment: the
-    check is that each of these ends soon, not that the set is empty.
+    check is that each of these prompts is soon settled, not that there are none.
     """
     queues = [live_prompts(fake) for fake in fakes]
-    return {job_id for job_id, job in jobs.items()
+    return {job_id: job["prompt_id"] for job_id, job in jobs.items()
             if job["status"] in ("queued", "running") and job["prompt_id"] is not None
             and job["prompt_id"] not in (queues[job["gpu_id"]] or set())}
 
 
-def still_unfinished(url: str, job_ids: set[str]) -> set[str]:
-    """Those of `job_ids` Cylindria has not ended yet."""
-    return set(all_jobs(url, UNFINISHED)) & job_ids
+def still_unfinished(url: str, gone: dict[str, str]) -> set[str]:
+    """Those jobs still unfinished on the prompt that was gone (a job whose ComfyUI died
+    and that went back to Cylindria's queue, or was sent again, is settled: its prompt
+    changed)."""
+    return {job_id for job_id, job in all_jobs(url, UNFINISHED).items()
+            if gone.get(job_id) is not None and job["prompt_id"] == gone[job_id]}
 
 
 def duplicates_within_a_life(faults: Faults) -> dict:

@@ -163,6 +163,8 @@ class LoadRun:
             with self.lock:
                 self.rejected.add(job_id)
                 self.known.append((job_id, kind))
+        elif response.status_code == 429 and body.get("code") == "queue_full" and gpu == "auto":
+            pass  # Cylindria's queue is full (pinned jobs keep the GPUs busy): no job, retry later
         elif not (self.faults and response.status_code == 503):
             self.problem(f"startjob {job_id} ({kind}, GpuId={gpu}): {response.status_code} {body}")
         return False

@@ -1,0 +1,205 @@
+"""Cylindria's own queue, with the interleavings that could break it forced by events.
+
+Each test holds one side at a gate (no sleeps, no timing) and checks that whatever lands
+late lands on the submission it was about, or nowhere.
+"""
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from comfy.catalogue import Catalogue, NodeClass
+from comfy.database import Database
+from comfy.dispatcher import Dispatcher
+from comfy.errors import ComfyUnreachable
+from comfy.gpu import Gpu
+from comfy.held import cancel_held, died_under
+from comfy.jobs import JobStatus
+from comfy.queue import QueueItem, QueueSnapshot
+from comfy.reconcile import reconcile_gpu
+from comfy.store import JobStore
+from comfy.submit import hold_job
+from comfy.workflow import parse_workflow
+from tests import workflows
+
+WAIT = 10.0  # seconds any step may take before the test fails instead of hanging
+CORE = Catalogue({"EmptyImage": NodeClass(("width", "height"), False),
+                  "ImageInvert": NodeClass(("image",), False),
+                  "SaveImage": NodeClass(("images",), True)})
+
+
+class GatedComfy:
+    """A ComfyUI client: POSTs wait at a gate; /queue lists what it accepted, or refuses."""
+
+    def __init__(self):
+        self.accepted: list[str] = []
+        self.threads: list[tuple[str, str]] = []  # (prompt id, the thread that POSTed it)
+        self.posting = threading.Event()
+        self.gate = threading.Event()
+        self.refuse = False
+        self.lock = threading.Lock()
+
+    def submit(self, payload: dict) -> dict:
+        self.threads.append((payload["prompt_id"], threading.current_thread().name))
+        self.posting.set()
+        assert self.gate.wait(WAIT)
+        if self.refuse:
+            raise ComfyUnreachable("connection refused", 0)
+        with self.lock:
+            self.accepted.append(payload["prompt_id"])
+            return {"prompt_id": payload["prompt_id"], "number": len(self.accepted), "node_errors": {}}
+
+    def queue(self) -> QueueSnapshot:
+        if self.refuse:
+            raise ComfyUnreachable("connection refused", 0)
+        with self.lock:
+            return QueueSnapshot((), tuple(QueueItem(n, p, {}, ()) for n, p in enumerate(self.accepted)))
+
+    def history(self, prompt_id: str) -> dict | None:
+        return None
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = JobStore(Database(tmp_path / "jobs.sqlite3"))
+    yield store
+    store.close()
+
+
+def ready_gpu(index: int, client) -> Gpu:
+    gpu = Gpu(index, f"http://127.0.0.1:{9 + index}", f"test-gpu{index}", client=client)
+    gpu.reachable = True
+    gpu.set_catalogue(CORE)
+    return gpu
+
+
+def hold(store: JobStore, job_id: str):
+    workflow = parse_workflow(json.dumps(workflows.core(job_id)).encode())
+    return hold_job(store, job_id, workflow, priority=0, max_queued=100)[0]
+
+
+@pytest.fixture
+def dispatcher(store):
+    comfy = GatedComfy()
+    dispatcher = Dispatcher([ready_gpu(0, comfy)], store, depth=2)
+    dispatcher.comfy = comfy
+    yield dispatcher
+    comfy.gate.set()
+    dispatcher.stop()
+
+
+def test_a_cancel_meeting_a_send_under_way_leaves_the_job_to_comfyui(store, dispatcher):
+    """The dispatcher claimed the job and its POST is under way when the cancel comes: the
+    cancel must not mark it cancelled (ComfyUI will run it), and the send is not lost."""
+    job = hold(store, "racing")
+    dispatcher._sync("racing")
+    assert dispatcher.dispatch_once() == 1
+    assert dispatcher.comfy.posting.wait(WAIT)
+    after = cancel_held(store, store.get("racing"))
+    assert after.status == JobStatus.SUBMITTING and not after.cancel_requested
+    dispatcher.comfy.gate.set()
+    assert store.wait_settled("racing", WAIT).status == JobStatus.QUEUED
+    assert dispatcher.comfy.accepted == [store.get("racing").prompt_id]
+    assert job.prompt_id is None
+
+
+def test_a_send_under_way_is_never_judged_by_a_poll(store, dispatcher):
+    """Between the claim and ComfyUI's answer, a poll that finds no such prompt in ComfyUI's
+    queue must leave the submission alone (the claim marks it in flight in the same step)."""
+    hold(store, "in-flight")
+    dispatcher._sync("in-flight")
+    assert dispatcher.dispatch_once() == 1
+    assert dispatcher.comfy.posting.wait(WAIT)
+    assert store.settled_active(0) == []
+    reconcile_gpu(dispatcher.gpus[0], store)  # /queue does not list it yet
+    claimed = store.get("in-flight")
+    assert claimed.status == JobStatus.SUBMITTING and claimed.attempts == 1
+    dispatcher.comfy.gate.set()
+    assert store.wait_settled("in-flight", WAIT).status == JobStatus.QUEUED
+
+
+def test_a_late_death_verdict_about_one_attempt_never_lands_on_the_next(store, dispatcher):
+    """Two polls read the job while attempt 1 ran; the first finds ComfyUI dead and puts it
+    back in the queue, the dispatcher sends attempt 2; the second poll's verdict about
+    attempt 1 arrives then, and must change nothing."""
+    dispatcher.comfy.gate.set()
+    hold(store, "twice")
+    dispatcher._sync("twice")
+    assert dispatcher.dispatch_once() == 1
+    first = store.wait_settled("twice", WAIT)
+    assert first.status == JobStatus.QUEUED and first.attempts == 1
+    assert died_under(store, first, max_attempts=3).status == JobStatus.HELD
+    assert dispatcher.dispatch_once() == 1
+    second = store.wait_settled("twice", WAIT)
+    assert second.prompt_id != first.prompt_id and second.attempts == 2
+    assert died_under(store, first, max_attempts=3) is None  # the stale verdict
+    now = store.get("twice")
+    assert (now.status, now.prompt_id, now.attempts) == (JobStatus.QUEUED, second.prompt_id, 2)
+
+
+def test_observers_told_out_of_order_leave_the_queue_true(store, dispatcher):
+    """Observers run outside the store's lock, so the dispatcher may hear of a job's claim
+    before it hears that the job was held: the queue must end up without it."""
+    dispatcher.comfy.gate.set()
+    held = hold(store, "out-of-order")
+    dispatcher._sync("out-of-order")
+    assert dispatcher.dispatch_once() == 1
+    claimed = store.wait_settled("out-of-order", WAIT)
+    dispatcher._observed(held, claimed)  # the claim's news
+    dispatcher._observed(None, held)  # the hold's news, arriving last
+    assert dispatcher.held() == 0 and dispatcher.position("out-of-order") is None
+
+
+def test_a_send_comfyui_refuses_goes_back_to_the_queue_without_counting(store, dispatcher):
+    """Connection refused on the POST: ComfyUI never got it, so it is not an attempt; the job
+    is held again, first in line, and the GPU is no longer taken for ready."""
+    dispatcher.comfy.refuse = True
+    dispatcher.comfy.gate.set()
+    hold(store, "refused")
+    dispatcher._sync("refused")
+    assert dispatcher.dispatch_once() == 1
+    job = store.wait_settled("refused", WAIT)
+    assert (job.status, job.attempts, job.prompt_id, job.gpu_id) == (JobStatus.HELD, 0, None, None)
+    assert dispatcher.gpus[0].reachable is False
+    assert dispatcher.dispatch_once() == 0 and dispatcher.position("refused") == 0
+
+
+def test_two_sends_to_one_gpu_reach_it_in_the_order_they_were_chosen(store, dispatcher):
+    """The first POST is held at the gate when the second job is claimed for the same GPU:
+    the second must wait behind it (one sender per GPU), or ComfyUI could queue them the
+    other way round, against priority and model affinity."""
+    for job_id in ("first", "second"):
+        hold(store, job_id)
+        dispatcher._sync(job_id)
+    assert dispatcher.dispatch_once() == 2
+    assert dispatcher.comfy.posting.wait(WAIT)
+    claimed = [store.get(job_id).prompt_id for job_id in ("first", "second")]
+    dispatcher.comfy.gate.set()
+    for job_id in ("first", "second"):
+        assert store.wait_settled(job_id, WAIT).status == JobStatus.QUEUED
+    assert dispatcher.comfy.accepted == claimed
+    assert len({thread for _, thread in dispatcher.comfy.threads}) == 1
+
+
+def test_the_queue_limit_holds_under_concurrent_submissions(store):
+    """Eight submissions at once against room for three: exactly three are held."""
+    barrier = threading.Barrier(8)
+    results = []
+
+    def submit(n: int) -> None:
+        workflow = parse_workflow(b'{"1": {"class_type": "SaveImage", "inputs": {"n": %d}}}' % n)
+        barrier.wait(WAIT)
+        try:
+            results.append(hold_job(store, f"limit-{n}", workflow, 0, max_queued=3)[1])
+        except Exception as exc:  # QueueFull
+            results.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
+    assert sorted(map(str, results)) == ["QueueFull"] * 5 + ["True"] * 3
+    assert store.held() == 3
