@@ -14,7 +14,16 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "job_id_conflict", "job_finished", "job_not_finished", "payload_too_large",
                "too_many_requests", "comfy_bad_response", "comfy_unreachable", "invalid_parameter",
                "output_not_found", "not_found", "method_not_allowed", "bad_request",
-               "headers_too_large", "internal_error", "starting"]
+               "headers_too_large", "internal_error", "starting", "queue_full"]
+ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
+              405: "Method not allowed", 409: "Conflict with the job's state",
+              413: "Body too large", 429: "Too many failed authentications (too_many_requests)",
+              502: "ComfyUI answered something unusable",
+              503: "ComfyUI cannot be reached (comfy_unreachable), or Cylindria is still "
+                   "reconciling after a start (starting)"}
+# Every 429 and 503 error says when to try again.
+RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again",
+                               "required": True, "schema": {"type": "integer", "minimum": 0}}}
 
 
 def _ref(name: str) -> dict:
@@ -25,26 +34,36 @@ def _json(name: str, description: str) -> dict:
     return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
 
 
-def _errors(*statuses: int) -> dict:
-    """The error responses an operation can give (every one has the Error shape)."""
-    text = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
-            405: "Method not allowed", 409: "Conflict with the job's state", 413: "Body too large",
-            429: "Too many failed authentications", 502: "ComfyUI answered something unusable",
-            503: "ComfyUI cannot be reached, or Cylindria is still reconciling after a start"}
-    return {str(s): _json("Error", text[s]) for s in statuses + (401, 429)}
+def _errors(*statuses: int, text: dict | None = None) -> dict:
+    """The error responses an operation can give (every one has the Error shape); `text`
+    replaces the usual description of some statuses."""
+    responses = {}
+    for status in statuses + (401, 429):
+        responses[str(status)] = _json("Error", {**ERROR_TEXT, **(text or {})}[status])
+        if status in (429, 503):
+            responses[str(status)]["headers"] = RETRY_AFTER
+    return responses
 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}
 
 
-def _gpu_param(word: str, gpus: int) -> dict:
+def _gpu_param(word: str, gpus: int, meaning: str) -> dict:
     """GpuId: one of this host's GPU indexes, or the word (any case)."""
     any_case = "".join(f"[{c.upper()}{c}]" for c in word)
     return {"name": "GpuId", "in": "query", "required": False,
-            "description": f"GPU index 0..{gpus - 1} (default 0), or {word}; "
-                           "also spelled gpuid / gpu_id",
+            "description": f"GPU index 0..{gpus - 1} (default 0), or {word} (any case): "
+                           f"{meaning}; also spelled gpuid / gpu_id",
             "schema": {"type": "string", "pattern": f"^([0-{gpus - 1}]|{any_case})$"}}
+
+
+PRIORITY = {"name": "priority", "in": "query", "required": False,
+            "description": "Order in Cylindria's own queue: higher is sent first, equal "
+                           "priorities keep arrival order. Only a GpuId=auto job keeps it; on "
+                           "a pinned job it is checked, then ignored (its priority is 0). "
+                           "Given twice, or not an integer -100..100: 400 invalid_parameter",
+            "schema": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0}}
 
 
 PUBLIC_STATUSES = [s.value for s in JobStatus if s != JobStatus.HELD]  # held reads as queued
@@ -54,30 +73,67 @@ STATUS_LIST = "(" + "|".join(PUBLIC_STATUSES) + ")"
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error", "code"], "properties": {
         "error": {"type": "string"}, "code": {"type": "string", "enum": ERROR_CODES},
-        "details": {}}},
+        "details": {"description": "Only where it says more, by code: invalid_workflow a "
+                                   "WorkflowProblem; comfy_rejected a ComfyRejection; "
+                                   "queue_full {max_queued}; invalid_parameter {parameter}; "
+                                   "invalid_gpu_id {gpu_id, number_of_gpus}; invalid_job_id "
+                                   "{job_id}; job_finished {status}; job_id_conflict {status, "
+                                   "gpu_id}; payload_too_large {limit_bytes}"}}},
+    "WorkflowProblem": {
+        "type": "object", "required": ["node_id"], "description":
+        "details of invalid_workflow: the node at fault (null when the workflow as a whole is), "
+        "and for a GpuId=auto job checked against the node classes of the reachable GPUs, "
+        "its class and why no GPU could run it",
+        "properties": {
+            "node_id": NULLABLE_STR, "class_type": NULLABLE_STR,
+            "reason": {"type": "string", "enum": [
+                "unknown_node_class", "no_gpu_has_every_class", "no_output_node",
+                "missing_required_input"]},
+            "inputs": {"type": "array", "items": {"type": "string"},
+                       "description": "the required inputs missing (missing_required_input)"}}},
+    "ComfyRejection": {
+        "type": "object", "required": ["error", "node_errors"],
+        "description": "ComfyUI's own answer to a prompt it refused",
+        "properties": {"error": {"description": "ComfyUI's error: usually {type, message, details}"},
+                       "node_errors": {"type": "object", "description": "per node id"}}},
     "Progress": {"type": "object", "required": ["value", "max", "node", "nodes_done",
                                                 "nodes_total", "percent"], "properties": {
         "value": {"type": "number"}, "max": {"type": "number"}, "node": NULLABLE_STR,
         "nodes_done": {"type": "integer"}, "nodes_total": {"type": "integer"},
         "percent": {"type": "number", "minimum": 0, "maximum": 100}}},
     "JobError": {"type": "object", "nullable": True, "required": ["type", "message"], "properties": {
-        "type": {"type": "string"}, "message": {"type": "string"},
-        "node_id": NULLABLE_STR, "node_type": NULLABLE_STR}},
+        "type": {"type": "string", "description": "ComfyUI's exception type for a failed run; "
+                 "comfy_rejected (refused when Cylindria's queue sent it), lost, internal"},
+        "message": {"type": "string"}, "node_id": NULLABLE_STR, "node_type": NULLABLE_STR,
+        "details": _ref("ComfyRejection")}},
     "Output": {"type": "object", "required": ["node_id", "filename", "subfolder", "type"],
                "properties": {"node_id": {"type": "string"}, "filename": {"type": "string"},
                               "subfolder": {"type": "string"}, "type": {"type": "string"}}},
     "Job": {"type": "object", "required": [
         "job_id", "gpu_id", "prompt_id", "status", "queue_position", "progress", "submitted_at",
-        "started_at", "finished_at", "error", "outputs", "cancel_requested"], "properties": {
-        "job_id": {"type": "string"}, "gpu_id": {"type": "integer", "minimum": 0},
-        "prompt_id": {"type": "string"},
-        "status": {"type": "string", "enum": PUBLIC_STATUSES},
-        "queue_position": {"type": "integer", "nullable": True, "minimum": 0},
+        "started_at", "finished_at", "error", "outputs", "cancel_requested", "priority",
+        "attempts"], "properties": {
+        "job_id": {"type": "string"},
+        "gpu_id": {"type": "integer", "minimum": 0, "nullable": True,
+                   "description": "the GPU the job was sent to, or is pinned to; null while a "
+                                  "GpuId=auto job waits in Cylindria's queue"},
+        "prompt_id": {"type": "string", "nullable": True,
+                      "description": "the prompt's id in ComfyUI; each attempt has its own; "
+                                     "null while the job waits in Cylindria's queue"},
+        "status": {"type": "string", "enum": PUBLIC_STATUSES,
+                   "description": "queued: in a ComfyUI's queue, or in Cylindria's own"},
+        "queue_position": {"type": "integer", "nullable": True, "minimum": 0,
+                           "description": "queued in a ComfyUI: prompts that run there before "
+                                          "it; in Cylindria's queue: held jobs sent before it"},
         "progress": _ref("Progress"), "submitted_at": {"type": "string", "format": "date-time"},
         "started_at": {"type": "string", "format": "date-time", "nullable": True},
         "finished_at": {"type": "string", "format": "date-time", "nullable": True},
         "error": _ref("JobError"), "outputs": {"type": "array", "items": _ref("Output")},
         "cancel_requested": {"type": "boolean"},
+        "priority": {"type": "integer", "minimum": -100, "maximum": 100,
+                     "description": "order in Cylindria's queue (0 for a pinned job)"},
+        "attempts": {"type": "integer", "minimum": 0,
+                     "description": "times sent to a ComfyUI"},
         "warnings": {"type": "object", "description": "ComfyUI's node_errors for a partly refused prompt"}}},
     "Accepted": {"allOf": [_ref("Job"), {"type": "object", "required": ["accepted", "detail"],
                                          "properties": {"accepted": {"type": "boolean"},
@@ -102,11 +158,16 @@ SCHEMAS = {
     "GpuStatusOneOrAll": {"oneOf": [_ref("GpuStatus"), {
         "type": "object", "required": ["gpus"],
         "properties": {"gpus": {"type": "array", "items": _ref("GpuStatus")}}}]},
-    "Ready": {"type": "object", "required": ["ready", "reconciling", "gpus"], "properties": {
+    "Ready": {"type": "object", "required": ["ready", "reconciling", "gpus", "queue"], "properties": {
         "ready": {"type": "boolean"}, "reconciling": {"type": "boolean"}, "gpus": {"type": "array", "items": {
             "type": "object", "required": ["gpu_id", "reachable", "websocket"], "properties": {
                 "gpu_id": {"type": "integer"}, "reachable": {"type": "boolean"},
-                "websocket": {"type": "string"}}}}}},
+                "websocket": {"type": "string", "enum": ["connected", "disconnected"]}}}},
+        "queue": {"type": "object", "required": ["held", "max_queued", "full"],
+                  "description": "Cylindria's own queue; full: /ready answers 503",
+                  "properties": {"held": {"type": "integer", "minimum": 0},
+                                 "max_queued": {"type": "integer", "minimum": 1},
+                                 "full": {"type": "boolean"}}}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     "Workflow": {"type": "object", "minProperties": 1, "description":
                  "API-format nodes {id: {class_type, inputs}}, or {prompt: nodes, extra_data}",
@@ -118,21 +179,39 @@ def _paths(gpus: int) -> dict:
     return {
         "/serverstatus": {"get": {
             "summary": "Live status of a GPU's ComfyUI (GpuId=all: every GPU)",
-            "parameters": [_gpu_param("all", gpus)],
+            "parameters": [_gpu_param("all", gpus, "every GPU, asked in parallel")],
             "responses": {"200": _json("GpuStatusOneOrAll", "Status"), **_errors(400)}}},
         "/startjob/{job_id}": {"put": {
-            "summary": "Submit a workflow to a GPU, exactly once per job id",
-            "parameters": [JOB_ID, _gpu_param("auto", gpus)],
+            "summary": "Submit a workflow to a GPU, or to Cylindria's own queue (GpuId=auto), "
+                       "exactly once per job id",
+            "description": "A pinned job (GpuId=n, or none: GPU 0) is POSTed to that GPU's "
+                           "ComfyUI before the answer. A GpuId=auto job is checked against the "
+                           "node classes of the reachable GPUs, held in Cylindria's durable "
+                           "queue and answered at once (status queued, gpu_id and prompt_id "
+                           "null); it is sent to a GPU when one is ready for it.",
+            "parameters": [JOB_ID, _gpu_param("auto", gpus, "held in Cylindria's own queue "
+                                              "and sent to the first GPU ready for it"),
+                           PRIORITY],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Workflow")}}},
-            "responses": {"201": _json("Accepted", "Accepted"),
+            "responses": {"201": _json("Accepted", "Accepted: sent to ComfyUI, or held in "
+                                                   "Cylindria's queue (GpuId=auto)"),
                           "200": _json("Accepted", "The same job id and workflow again: the existing job"),
-                          **_errors(400, 409, 413, 502, 503)}}},
+                          **_errors(400, 409, 413, 502, 503, text={
+                              400: "Bad request: invalid_job_id, invalid_gpu_id, "
+                                   "invalid_parameter (priority), invalid_json, "
+                                   "ui_format_workflow, invalid_workflow (details: a "
+                                   "WorkflowProblem), comfy_rejected (pinned job; details: a "
+                                   "ComfyRejection)",
+                              429: "too_many_requests (failed authentications), or "
+                                   "queue_full: Cylindria's queue holds --max-queued jobs"})}}},
         "/jobstatus/{job_id}": {"get": {
             "summary": "Where a job stands", "parameters": [JOB_ID],
             "responses": {"200": _json("Job", "The job"), **_errors(400, 404, 503)}}},
         "/job/{job_id}": {"delete": {
             "summary": "Cancel a job", "parameters": [JOB_ID],
-            "responses": {"200": _json("Job", "Cancelled (it was waiting)"),
+            "responses": {"200": _json("Job", "Cancelled (it was waiting in a ComfyUI's "
+                                              "queue, or in Cylindria's: then it never reaches "
+                                              "ComfyUI)"),
                           "202": _json("Job", "Running: interrupt sent, cancel_requested true"),
                           **_errors(400, 404, 409, 502, 503)}}},
         "/jobresult/{job_id}": {"get": {
@@ -148,7 +227,8 @@ def _paths(gpus: int) -> dict:
         "/jobs": {"get": {
             "summary": "Jobs, newest first",
             "parameters": [
-                {"name": "status", "in": "query", "description": "comma-separated statuses",
+                {"name": "status", "in": "query", "description": "comma-separated statuses; "
+                 "queued includes the jobs held in Cylindria's own queue",
                  "schema": {"type": "string", "pattern": f"^{STATUS_LIST}(,{STATUS_LIST})*$"}},
                 {"name": "gpu", "in": "query",
                  "schema": {"type": "integer", "minimum": 0, "maximum": gpus - 1}},
@@ -158,8 +238,11 @@ def _paths(gpus: int) -> dict:
             "responses": {"200": _json("JobList", "A page of jobs"), **_errors(400, 503)}}},
         "/health": {"get": {"summary": "The process is alive", "security": [],
                             "responses": {"200": _json("Health", "Alive")}}},
-        "/ready": {"get": {"summary": "At least one GPU reachable", "security": [],
-                           "responses": {"200": _json("Ready", "Ready"), "503": _json("Ready", "No GPU")}}},
+        "/ready": {"get": {"summary": "Reconciled, at least one GPU reachable, and room in "
+                                      "Cylindria's queue", "security": [],
+                           "responses": {"200": _json("Ready", "Ready"),
+                                         "503": _json("Ready", "Still reconciling, no GPU "
+                                                      "reachable, or Cylindria's queue full")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
             "200": {"description": "Text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
             **_errors()}}},
