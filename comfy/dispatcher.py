@@ -211,6 +211,7 @@ class Dispatcher:
                 break  # a lower priority never overtakes a job waiting for its models' GPU
             candidates = [i for i in free if self._can_run(held, i)]
             if not candidates:
+                self._fail_if_nowhere(held)
                 continue  # nothing ready can run it: others behind it may use those GPUs
             choice = self._choose(held, candidates, free, load)
             if choice is None:
@@ -239,6 +240,23 @@ class Dispatcher:
             return index == held.gpu_id
         catalogue = self.gpus[index].catalogue
         return catalogue is not None and catalogue.knows(held.needs.classes)
+
+    def _fail_if_nowhere(self, held: Held) -> None:
+        """A job held while no GPU could say what it has installed may use a node class
+        that, as it turns out, no GPU has: once every GPU's catalogue is known, it fails
+        (as it would have been refused at submission) instead of waiting for ever."""
+        if not held.auto or any(gpu.catalogue is None for gpu in self.gpus):
+            return
+        if any(self._can_run(held, gpu.index) for gpu in self.gpus):
+            return
+        missing = sorted(held.needs.classes - set().union(
+            *(gpu.catalogue.nodes for gpu in self.gpus)))
+        what = f"node class {', '.join(missing)}" if missing else "every node class it uses"
+        logger.warning("job %s: no GPU has %s installed; failed", held.job_id, what)
+        self.store.change(held.job_id, _fail_held(
+            {"type": "invalid_workflow", "node_id": None, "node_type": missing[0] if missing else None,
+             "message": f"no GPU has {what} installed (the job was held before the GPUs could "
+                        "tell what they have)"}))
 
     def _choose(self, held: Held, candidates: list[int], free: dict, load: dict) -> int | None:
         """The GPU for a job among the ready ones: the one whose last job used the same model
@@ -311,6 +329,14 @@ class Dispatcher:
                 logger.warning("job %s: GPU %d did not come back in %gs; lost", held.job_id,
                                held.gpu_id, self.requeue_wait)
                 expire(self.store, job, self.requeue_wait)
+
+
+def _fail_held(error: dict):
+    """An edit failing a job that is still held (a job sent meanwhile is left alone)."""
+    def edit(job: Job) -> None:
+        if job.status == JobStatus.HELD:
+            finish(JobStatus.FAILED, error)(job)
+    return edit
 
 
 def _take(free: dict, load: dict, index: int) -> None:

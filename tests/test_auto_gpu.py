@@ -380,3 +380,21 @@ def test_requeues_are_counted_per_gpu(tmp_path, fakes):
     assert metric(text, 'cylindria_job_requeues_total{gpu="0"}') == 1
     assert metric(text, 'cylindria_job_sends_total{gpu="1"}') == 1
     assert metric(text, 'cylindria_jobs_submitted_total{gpu="1"}') == 1
+
+
+def test_a_job_held_before_any_gpu_answered_fails_if_no_gpu_has_its_node(tmp_path, fakes):
+    """Held while no GPU could tell what it has installed; once every GPU has: nobody has
+    the class, so it fails rather than wait for ever (it would have been a 400 at once)."""
+    for fake in fakes:
+        fake.stop()
+    with serve(fakes, tmp_path) as service:
+        api = Api(service.url)
+        workflow = workflows.core("nowhere-yet")
+        workflow["2"]["class_type"] = "NoSuchNode"
+        assert api.put("/startjob/nowhere-yet?GpuId=auto", json=workflow).status_code == 201
+        fakes[0].start()
+        fakes[1].start()
+        failed = api.wait_status("nowhere-yet", "failed")
+        assert failed["error"]["type"] == "invalid_workflow" and "NoSuchNode" in failed["error"]["message"]
+        assert failed["attempts"] == 0
+    assert prompts_on(fakes[0]) + prompts_on(fakes[1]) == []
