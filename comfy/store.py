@@ -40,6 +40,7 @@ class JobStore:
         self._in_flight: dict[str, str] = {}
         self._counts: Counter = Counter()  # (gpu_id, status) -> jobs, kept as jobs move
         self._observers: list[Callable[[Job | None, Job], None]] = []
+        self._watchers: list[Callable[[str], None]] = []
         for job in db.load():
             self._publish(job)
 
@@ -85,6 +86,11 @@ class JobStore:
     def observe(self, observer: Callable[[Job | None, Job], None]) -> None:
         """Call `observer(old, new)` after every status change (old is None for a new job)."""
         self._observers.append(observer)
+
+    def watch(self, watcher: Callable[[str], None]) -> None:
+        """Call `watcher(job_id)` after every change of a job, progress included (clients
+        waiting on a job are woken by it); it must be cheap: it runs on every message."""
+        self._watchers.append(watcher)
 
     def counts(self) -> dict[tuple[int, JobStatus], int]:
         """How many jobs each GPU has in each status."""
@@ -216,6 +222,8 @@ class JobStore:
                 self._in_flight[job_id] = new.prompt_id
         if new.status != current.status:
             self._notify(current, new)
+        for watcher in self._watchers:
+            watcher(job_id)
         return new
 
     def change_by_prompt(self, gpu_id: int, prompt_id: str,

@@ -13,10 +13,12 @@ from comfy.gpu import build_gpus
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from comfy.tracker import Tracker
-from web import auth, errors, metrics, openapi, results, routes, status
-from web.config import Config
+from comfy.watch import JobWatch
+from web import auth, errors, metrics, openapi, results, routes, status, streams
+from web.config import Config, stream_limit
 from web.context import Context
 from web.jsonprovider import FastJSONProvider
+from web.streams import StreamSlots
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +88,13 @@ def create_app(config: Config) -> Flask:
     dispatcher.ready = tracker.reconciled
     keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
     retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention)
-    context = app.extensions["cylindria"] = Context(config, store, gpus, tracker, keys, retention,
-                                                    dispatcher)
+    context = app.extensions["cylindria"] = Context(
+        config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
+        StreamSlots(stream_limit(config)))
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
     auth.init_app(app, keys, config.no_auth, config.metrics_public)
     openapi.init_app(app)
-    for blueprint in (routes.bp, results.bp, status.bp):
+    for blueprint in (routes.bp, results.bp, status.bp, streams.bp):
         app.register_blueprint(blueprint)
     return app

@@ -173,6 +173,9 @@ OPTIONS = (
     Option("--requeue-wait", "requeue_wait", "CYLINDRIA_REQUEUE_WAIT", seconds, 300.0,
            "seconds a job pinned to a GPU waits for that GPU's ComfyUI to come back before it "
            "is lost", shown="300"),
+    Option("--max-streams", "max_streams", "CYLINDRIA_MAX_STREAMS", integer_in(1, 1024), None,
+           "event streams and long-polls (?wait=) open at once; each holds a worker thread",
+           shown="threads / 4"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
            "address of the reverse proxy (TLS) in front: client addresses come from its "
            "X-Forwarded-For (for the failure throttle and the log)"),
@@ -211,10 +214,16 @@ class Config:
     max_queued: int = 1000
     max_attempts: int = 3
     requeue_wait: float = 300.0
+    max_streams: int | None = None  # None: a quarter of the worker threads (at least 1)
     header_timeout: float = 10.0  # seconds a client gets to send a request's headers
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
     max_body_bytes: int = 32 * 1024 * 1024
     websocket: bool = True  # off only in benchmarks that measure poll-only tracking
+
+
+def stream_limit(config: "Config") -> int:
+    """Streams and long-polls allowed at once: --max-streams, or a quarter of the threads."""
+    return config.max_streams or max(1, config.threads // 4)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +266,9 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: invalid value {_shown(option, raw)}: {exc}") from None
     values["data_dir"] = values["data_dir"] or default_data_dir()
+    if values["max_streams"] is not None and values["max_streams"] >= values["threads"]:
+        raise ConfigError(f"--max-streams {values['max_streams']} must be below --threads "
+                          f"{values['threads']}: every stream holds a worker thread")
     return Config(**values)
 
 

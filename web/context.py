@@ -10,6 +10,7 @@ from comfy.gpu import Gpu
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from comfy.tracker import Tracker
+from comfy.watch import JobWatch
 from web.auth import KeySetup
 from web.config import Config
 from web.errors import error_response
@@ -26,9 +27,12 @@ class Context:
     keys: KeySetup
     retention: RetentionSweep
     dispatcher: Dispatcher
+    watch: JobWatch
+    streams: "StreamSlots"
 
     def close(self) -> None:
         """Stop dispatching, tracking and the retention sweep, and close the store."""
+        self.watch.close()
         self.dispatcher.stop()
         self.tracker.stop()
         self.retention.stop()

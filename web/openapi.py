@@ -14,7 +14,8 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "job_id_conflict", "job_finished", "job_not_finished", "payload_too_large",
                "too_many_requests", "comfy_bad_response", "comfy_unreachable", "invalid_parameter",
                "output_not_found", "not_found", "method_not_allowed", "bad_request",
-               "headers_too_large", "internal_error", "starting", "queue_full"]
+               "headers_too_large", "internal_error", "starting", "queue_full",
+               "too_many_streams"]
 ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
               405: "Method not allowed", 409: "Conflict with the job's state",
               413: "Body too large", 429: "Too many failed authentications (too_many_requests)",
@@ -64,6 +65,15 @@ PRIORITY = {"name": "priority", "in": "query", "required": False,
                            "a pinned job it is checked, then ignored (its priority is 0). "
                            "Given twice, or not an integer -100..100: 400 invalid_parameter",
             "schema": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0}}
+
+
+WAIT = {"name": "wait", "in": "query", "required": False,
+        "description": "Seconds (0..60) to wait for the job to end: the answer comes as soon as "
+                       "it has ended, or after this long with the job as it stands. A wait holds "
+                       "a stream slot (--max-streams): beyond, 429 too_many_streams",
+        "schema": {"type": "number", "minimum": 0, "maximum": 60, "default": 0}}
+STREAMS_429 = {429: "Too many failed authentications (too_many_requests), or --max-streams "
+                    "event streams and long-polls open (too_many_streams)"}
 
 
 PUBLIC_STATUSES = [s.value for s in JobStatus if s != JobStatus.HELD]  # held reads as queued
@@ -205,8 +215,24 @@ def _paths(gpus: int) -> dict:
                               429: "too_many_requests (failed authentications), or "
                                    "queue_full: Cylindria's queue holds --max-queued jobs"})}}},
         "/jobstatus/{job_id}": {"get": {
-            "summary": "Where a job stands", "parameters": [JOB_ID],
-            "responses": {"200": _json("Job", "The job"), **_errors(400, 404, 503)}}},
+            "summary": "Where a job stands (with wait: once it has ended)",
+            "parameters": [JOB_ID, WAIT],
+            "responses": {"200": _json("Job", "The job"),
+                          **_errors(400, 404, 503, text=STREAMS_429)}}},
+        "/jobevents/{job_id}": {"get": {
+            "summary": "Server-Sent Events: `event: status` with the job (as /jobstatus) at once "
+                       "and at every status change, `event: progress` with its progress "
+                       "object (at most 4 a second), a comment line every 15 s; the stream "
+                       "ends after the final status, or at shutdown",
+            "parameters": [JOB_ID],
+            "responses": {"200": {"description": "The event stream", "content": {
+                "text/event-stream": {"schema": {
+                    "description": "One event: its name, and its data (one line of JSON: a Job "
+                                   "for status, a Progress for progress)",
+                    "type": "object", "required": ["event", "data"], "properties": {
+                        "event": {"type": "string", "enum": ["status", "progress"]},
+                        "data": {"type": "string"}}}}}},
+                **_errors(400, 404, 503, text=STREAMS_429)}}},
         "/job/{job_id}": {"delete": {
             "summary": "Cancel a job", "parameters": [JOB_ID],
             "responses": {"200": _json("Job", "Cancelled (it was waiting in a ComfyUI's "

@@ -16,7 +16,9 @@ from comfy.submit import JobIdConflict, QueueFull, hold_job, submit_job
 from comfy.workflow import Workflow, parse_workflow
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
+from web.lookup import held_position, known_job
 from web.params import gpu_id_param, job_id_param, list_params, priority_param, raw_gpu_param
+from web.streams import wait_param, waited_job
 from web.views import accepted_view, job_view
 
 logger = logging.getLogger(__name__)
@@ -70,16 +72,12 @@ def hold(context, job_id: str, workflow: Workflow, priority: int):
                        headers={"Retry-After": str(QUEUE_FULL_RETRY)}) from None
 
 
-def held_position(job) -> int | None:
-    """A held job's place in Cylindria's queue (None for any other job)."""
-    return ctx().dispatcher.position(job.job_id) if job.status == JobStatus.HELD else None
-
-
 @bp.get("/jobstatus", defaults={"job_id": ""})
 @bp.get("/jobstatus/<anypath:job_id>")
 def jobstatus(job_id: str):
-    """Where a job stands (the most frequent call: encoded directly, without jsonify's extras)."""
-    job = known_job(job_id)
+    """Where a job stands (the most frequent call: encoded directly, without jsonify's extras);
+    with ?wait=N, once it has ended or after N seconds."""
+    job = waited_job(known_job(job_id), wait_param())
     return Response(to_json(job_view(job, held_position(job))), mimetype="application/json")
 
 
@@ -124,14 +122,6 @@ def jobs():
     page, next_before = context.store.page(statuses, gpu, limit, before)
     return jsonify({"jobs": [job_view(job, held_position(job)) for job in page],
                     "next_before": str(next_before) if next_before else None})
-
-
-def known_job(job_id: str):
-    """The job under a valid id, or the contract's 400/404."""
-    job = ctx().store.get(job_id_param(job_id))
-    if job is None:
-        raise ApiError(404, "job_not_found", "job not found")
-    return job
 
 
 def save_dev_copy(folder: Path, job_id: str, body: bytes) -> None:

@@ -149,6 +149,7 @@ class Service:
         """Close the sockets, let running requests finish (briefly), stop tracking, close the store."""
         self.stop_asked()  # Ctrl+C: the loop ends with the signal
         try:
+            self.context.watch.close()  # open streams and long-polls end now
             if self._server is not None:
                 wasyncore.close_all(self._map)
                 self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=STOP_TIMEOUT / 2)

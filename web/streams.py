@@ -1,0 +1,161 @@
+"""Waiting on a job without polling: `GET /jobstatus/<id>?wait=N` and `GET /jobevents/<id>`
+(Server-Sent Events). Each holds a worker thread while it waits, so at most --max-streams
+are open at once (429 too_many_streams beyond)."""
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+
+from flask import Blueprint, Response, request
+
+from comfy.encoding import to_json
+from comfy.jobs import Job
+from web.context import ctx, wait_until_reconciled
+from web.errors import ApiError
+from web.lookup import held_position, known_job
+from web.views import job_view
+
+bp = Blueprint("streams", __name__)
+bp.before_request(wait_until_reconciled)
+
+MAX_WAIT = 60  # seconds a ?wait= may ask for
+KEEPALIVE = 15.0  # seconds between comment lines on an idle stream (proxies close silent ones)
+PROGRESS_EVERY = 0.25  # seconds: at most 4 progress events a second
+STREAMS_RETRY = 5  # seconds a client is told to wait when every stream slot is taken
+
+
+class StreamSlots:
+    """At most `limit` long-polls and event streams at once (each holds a worker thread)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    def take(self) -> None:
+        """Take a slot, or 429 too_many_streams at once."""
+        if not self._free.acquire(blocking=False):
+            raise ApiError(429, "too_many_streams",
+                           f"{self.limit} event streams and long-polls are open, the limit; "
+                           "try again later or poll", {"max_streams": self.limit},
+                           headers={"Retry-After": str(STREAMS_RETRY)})
+
+    def give_back(self) -> None:
+        """Free a slot taken with `take`."""
+        self._free.release()
+
+    @contextmanager
+    def slot(self):
+        """A slot for the duration of the block."""
+        self.take()
+        try:
+            yield
+        finally:
+            self.give_back()
+
+
+def wait_param() -> float:
+    """The `wait` query parameter: seconds from 0 to 60 (default 0: answer at once)."""
+    values = request.args.getlist("wait")
+    if not values:
+        return 0.0
+    try:
+        seconds = float(values[0])
+    except ValueError:
+        seconds = -1.0
+    if len(values) > 1 or not 0 <= seconds <= MAX_WAIT:
+        raise ApiError(400, "invalid_parameter",
+                       f"query parameter 'wait' must be given once, seconds from 0 to {MAX_WAIT}",
+                       {"parameter": "wait"})
+    return seconds
+
+
+def waited_job(job: Job, seconds: float) -> Job:
+    """The job once it has ended, or as it stands after `seconds` (0: at once)."""
+    if seconds <= 0 or job.status.finished:
+        return job
+    context = ctx()
+    with context.streams.slot():
+        watch, job_id = context.watch, job.job_id
+        version = watch.begin(job_id)
+        try:
+            deadline = time.monotonic() + seconds
+            job = context.store.get(job_id) or job
+            while not job.status.finished and not watch.closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                version = watch.wait(job_id, version, left)
+                job = context.store.get(job_id) or job
+        finally:
+            watch.end(job_id)
+    return job
+
+
+@bp.get("/jobevents", defaults={"job_id": ""})
+@bp.get("/jobevents/<anypath:job_id>")
+def jobevents(job_id: str):
+    """The job's status at once and at every change, its progress in between; ends after
+    the final status (or at shutdown)."""
+    job = known_job(job_id)
+    context = ctx()
+    context.streams.take()
+    try:
+        version = context.watch.begin(job.job_id)
+    except BaseException:
+        context.streams.give_back()
+        raise
+    done = threading.Lock()
+
+    def finish() -> None:
+        """Once: stop watching and free the slot (when the stream ends, or when waitress
+        closes a response it never iterated, the client having gone)."""
+        if done.acquire(blocking=False):
+            context.watch.end(job.job_id)
+            context.streams.give_back()
+
+    response = Response(_events(context, job.job_id, version, finish), mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    response.call_on_close(finish)
+    return response
+
+
+def _events(context, job_id: str, version: int, finish):
+    """The stream: status events on status changes, throttled progress events, keep-alives."""
+    store, watch = context.store, context.watch
+    try:
+        job = store.get(job_id)
+        if job is None:
+            return
+        yield _event("status", _view(job))
+        shown_status, shown_progress, progress_at = job.status, job.progress(), 0.0
+        while not job.status.finished and not watch.closed:
+            due = progress_at + PROGRESS_EVERY - time.monotonic()
+            pending = job.progress() != shown_progress
+            timeout = max(0.0, due) if pending else KEEPALIVE
+            before = version
+            version = watch.wait(job_id, version, timeout)
+            job = store.get(job_id)
+            if job is None:
+                return
+            if job.status != shown_status:
+                shown_status, shown_progress = job.status, job.progress()
+                yield _event("status", _view(job))
+            elif job.progress() != shown_progress and time.monotonic() >= progress_at + PROGRESS_EVERY:
+                shown_progress, progress_at = job.progress(), time.monotonic()
+                yield _event("progress", shown_progress)
+            elif version == before and not pending:
+                yield b": keep-alive\n\n"
+    finally:
+        finish()
+
+
+def _view(job: Job) -> dict:
+    """A job as /jobstatus shows it."""
+    return job_view(job, held_position(job))
+
+
+def _event(name: str, data) -> bytes:
+    """One Server-Sent Event (the data is one line of JSON)."""
+    return b"event: " + name.encode() + b"\ndata: " + to_json(data) + b"\n\n"
+
