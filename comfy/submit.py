@@ -38,11 +38,12 @@ class QueueFull(Exception):
 
 
 def submit_job(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
-               gpu_id: int, wait: float = 90.0) -> tuple[Job, bool]:
+               gpu_id: int, wait: float = 90.0, priority: int = 0) -> tuple[Job, bool]:
     """Run the job at most once on GPU `gpu_id`, now. Returns (job, created).
-    A refused submission leaves nothing behind."""
+    A refused submission leaves nothing behind. `priority` orders the job in Cylindria's
+    queue should its ComfyUI die under it and it wait there to be sent again."""
     for _ in range(3):
-        result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait)
+        result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait, priority)
         if result is not None:
             return result
     raise SubmissionUnsettled("the job's earlier submission is still being settled")
@@ -67,11 +68,11 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
 
 
 def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
-                 gpu_id: int, wait: float) -> tuple[Job, bool] | None:
+                 gpu_id: int, wait: float, priority: int) -> tuple[Job, bool] | None:
     """One attempt: reserve the id, then POST or settle."""
     job = Job(job_id=job_id, gpu_id=gpu_id, prompt_id=str(uuid.uuid4()),
               fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
-              submitted_at=time.time(), attempts=1)
+              submitted_at=time.time(), attempts=1, priority=priority)
     existing, created = store.reserve(job, workflow.source)
     if created:
         return post(store, gpus[gpu_id], existing, workflow), True

@@ -233,12 +233,14 @@ def test_a_pinned_job_waits_for_its_own_gpu_to_come_back(tmp_path, fakes):
     with serve(fakes, tmp_path) as service:
         api = Api(service.url)
         wait_reachable(service, 0, 1)
-        assert api.put("/startjob/pinned?GpuId=0", json=workflows.core("pinned")).status_code == 201
+        assert api.put("/startjob/pinned?GpuId=0&priority=7",
+                       json=workflows.core("pinned")).status_code == 201
         fakes[0].stop()
         wait_for(lambda: api.get("/jobstatus/pinned").json()["prompt_id"] is None,
                  message="back in Cylindria's queue")
         held = api.get("/jobstatus/pinned").json()
         assert held["status"] == "queued" and held["gpu_id"] == 0 and held["attempts"] == 1
+        assert held["priority"] == 7
         fakes[0].hold = False
         fakes[0].start()
         done = api.wait_status("pinned", "completed")

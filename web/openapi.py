@@ -61,8 +61,8 @@ def _gpu_param(word: str, gpus: int, meaning: str) -> dict:
 
 PRIORITY = {"name": "priority", "in": "query", "required": False,
             "description": "Order in Cylindria's own queue: higher is sent first, equal "
-                           "priorities keep arrival order. Only a GpuId=auto job keeps it; on "
-                           "a pinned job it is checked, then ignored (its priority is 0). "
+                           "priorities keep arrival order. A pinned job keeps it too: it orders "
+                           "the job if its ComfyUI dies and it waits to be sent again. "
                            "Given twice, or not an integer -100..100: 400 invalid_parameter",
             "schema": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0}}
 
@@ -141,7 +141,8 @@ SCHEMAS = {
         "error": _ref("JobError"), "outputs": {"type": "array", "items": _ref("Output")},
         "cancel_requested": {"type": "boolean"},
         "priority": {"type": "integer", "minimum": -100, "maximum": 100,
-                     "description": "order in Cylindria's queue (0 for a pinned job)"},
+                     "description": "order in Cylindria's queue (a pinned job's counts if it "
+                                    "waits there for its GPU)"},
         "attempts": {"type": "integer", "minimum": 0,
                      "description": "times sent to a ComfyUI"},
         "warnings": {"type": "object", "description": "ComfyUI's node_errors for a partly refused prompt"}}},

@@ -48,7 +48,7 @@ def startjob(job_id: str):
             job, created = hold(context, job_id, workflow, priority)
         else:
             job, created = submit_job(context.store, context.gpus, job_id, workflow, gpu_id,
-                                      SETTLE_WAIT)
+                                      SETTLE_WAIT, priority)
     except JobIdConflict as exc:
         raise ApiError(409, "job_id_conflict",
                        f"job id {job_id} is already used for a different workflow",
