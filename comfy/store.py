@@ -1,6 +1,7 @@
 """The job store: one lock, an in-memory dict as the read path, SQLite written through."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -15,7 +16,15 @@ logger = logging.getLogger(__name__)
 
 DURABLE = tuple(name for name in COLUMNS if name != "job_id")
 _durable = attrgetter(*DURABLE)  # the durable fields as one tuple, compared in C
+# Every field, in the constructor's order: Job(*_fields(job)) is a shallow copy in 0.7 us
+# where Job.copy (dataclasses.replace) takes 3.6; every submission copies twice.
+_fields = attrgetter(*(f.name for f in dataclasses.fields(Job)))
 _IN_COMFY = frozenset({JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING})
+
+
+def _copy(job: Job) -> Job:
+    """A shallow copy of a job (what Job.copy gives, faster)."""
+    return Job(*_fields(job))
 
 
 class JobStore:
@@ -112,7 +121,7 @@ class JobStore:
                 return existing, False
             if admit is not None:
                 admit(self._held())
-            job = job.copy()
+            job = _copy(job)
             if job.status != JobStatus.HELD:
                 job.status = JobStatus.SUBMITTING
                 self._in_flight[job.job_id] = job.prompt_id
@@ -212,7 +221,7 @@ class JobStore:
                 return None
             if current.status.finished and not allow_finished:
                 return current
-            new = current.copy()
+            new = _copy(current)
             edit(new)
             if new.status != current.status and not may_move(current.status, new.status):
                 return current
@@ -273,9 +282,10 @@ class JobStore:
 
     def _persist(self, current: Job, new: Job) -> None:
         """Commit the durable fields that changed, before anyone can see them."""
-        if _durable(new) == _durable(current):
+        before, after = _durable(current), _durable(new)
+        if after == before:
             return
-        changed = [name for name in DURABLE if getattr(new, name) != getattr(current, name)]
+        changed = [name for name, old, value in zip(DURABLE, before, after) if value != old]
         if changed:
             self._db.update(new, changed)
         if new.status != current.status:
