@@ -42,12 +42,15 @@ class ComfyClient:
             self._local.templates = {}
         return session
 
-    def _prepared(self, method: str, path: str, body: bytes | None,
-                  params: dict | None) -> requests.PreparedRequest:
+    def _prepared(self, method: str, path: str, body, params: dict | None,
+                  files: dict | None = None) -> requests.PreparedRequest:
         """The request, prepared. The fixed paths' requests are prepared once per thread and
         copied: preparing one (URL parsing, header and setting merges) costs about a third
         of a whole call to ComfyUI in requests' own CPU time."""
         headers = JSON_HEADERS if body is not None else HEADERS
+        if files is not None:  # multipart: requests writes the boundary and Content-Type
+            return requests.Request(method, self.base_url + path, headers=HEADERS, data=body,
+                                    files=files).prepare()
         if path not in FIXED_PATHS or params is not None:
             return requests.Request(method, self.base_url + path, headers=headers, data=body,
                                     params=params).prepare()
@@ -62,8 +65,8 @@ class ComfyClient:
         return prepared
 
     def _request(self, method: str, path: str, read_timeout: float | None = None,
-                 body: bytes | None = None, params: dict | None = None,
-                 stream: bool = False) -> requests.Response:
+                 body=None, params: dict | None = None, stream: bool = False,
+                 files: dict | None = None) -> requests.Response:
         """One HTTP call with a timeout; requests' failures become comfy.errors.
 
         Only what is built here is sent (never anything a client gave us: a browser Origin
@@ -73,7 +76,7 @@ class ComfyClient:
         timeout = (self.connect_timeout, read_timeout or self.read_timeout)
         try:
             session = self._session()
-            return session.send(self._prepared(method, path, body, params), timeout=timeout,
+            return session.send(self._prepared(method, path, body, params, files), timeout=timeout,
                                 stream=stream, allow_redirects=False)
         except requests.ConnectTimeout as exc:
             raise ComfyTimeout(f"ComfyUI at {self.base_url} did not accept the connection in time",
@@ -145,6 +148,18 @@ class ComfyClient:
                           "/object_info")
         if not isinstance(body, dict):
             raise ComfyBadResponse("ComfyUI's /object_info answer is not an object", self.gpu_id)
+        return body
+
+    def upload_image(self, file, name: str, subfolder: str, content_type: str) -> dict:
+        """POST /upload/image (multipart, type input, overwrite): one of Cylindria's own
+        asset files, under its own name; returns ComfyUI's {"name", "subfolder", "type"}."""
+        response = self._request(
+            "POST", "/upload/image", read_timeout=max(self.read_timeout, 60.0),
+            body={"type": "input", "subfolder": subfolder, "overwrite": "true"},
+            files={"image": (name, file, content_type)})
+        body = self._json(response, "/upload/image")
+        if not isinstance(body, dict) or body.get("name") != name:
+            raise ComfyBadResponse("ComfyUI stored the upload under another name", self.gpu_id)
         return body
 
     def delete_queued(self, prompt_ids: list[str]) -> None:

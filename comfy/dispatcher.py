@@ -20,12 +20,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from comfy.assets import AssetStore
 from comfy.catalogue import Needs, needs_of
 from comfy.errors import ComfyError, ComfyRejected, ComfyTimeout, ComfyUnreachable
 from comfy.events import finish
 from comfy.gpu import Gpu
 from comfy.held import claim, expire
 from comfy.jobs import Job, JobStatus
+from comfy.placing import AssetNotFound
 from comfy.store import JobStore
 from comfy.submit import post
 from comfy.workflow import WorkflowError, parse_workflow
@@ -53,7 +55,8 @@ class Dispatcher:
 
     def __init__(self, gpus: list[Gpu], store: JobStore, depth: int = 2,
                  requeue_wait: float = 300.0, tick: float = 5.0,
-                 ready: threading.Event | None = None, affinity: bool = True):
+                 ready: threading.Event | None = None, affinity: bool = True,
+                 assets: AssetStore | None = None):
         self.gpus = gpus
         self.store = store
         self.depth = depth
@@ -61,6 +64,7 @@ class Dispatcher:
         self.tick = tick  # the floor: a pass at least this often, whatever woke it or not
         self.ready = ready  # set once start-up reconciliation is over
         self.affinity = affinity
+        self.assets = assets  # where a job's asset references are read from, to place them
         self.affinity_counts: Counter = Counter()  # "hit" / "miss": jobs with model files sent
         self._lock = threading.Lock()
         self._order: list[tuple] = []  # the held jobs' keys, sorted: the queue
@@ -294,10 +298,10 @@ class Dispatcher:
             workflow = self._workflow(job)
             if workflow is None:
                 return
-            post(self.store, gpu, job, workflow)
+            post(self.store, gpu, job, workflow, self.assets)
             gpu.rested()
-        except ComfyRejected as exc:
-            logger.info("job %s: ComfyUI on GPU %d refused it: %s", job.job_id, gpu.index, exc)
+        except (ComfyRejected, AssetNotFound) as exc:
+            logger.info("job %s: not sent to GPU %d: %s", job.job_id, gpu.index, exc)
         except ComfyTimeout as exc:
             logger.warning("job %s: GPU %d did not answer its POST (%s)", job.job_id, gpu.index, exc)
         except ComfyUnreachable as exc:

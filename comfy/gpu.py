@@ -60,6 +60,7 @@ class Gpu:
         self.catalogue_wanted = True
         self.last_models: frozenset = frozenset()
         self.resting_until = float("-inf")
+        self.placed: set[str] = set()  # asset files this ComfyUI has in input/cylindria
         self._rest = 0.0
 
     def system_stats(self) -> dict | None:
@@ -127,6 +128,7 @@ class Gpu:
             self.websocket_connected = connected
             if connected:
                 self.catalogue_wanted = True
+                self.placed = set()  # a restarted ComfyUI may have an emptied input folder
         if changed:
             logger.info("GPU %d: websocket %s", self.index,
                         "connected" if connected else "disconnected")

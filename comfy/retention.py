@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+from comfy.assets import AssetStore
 from comfy.database import Database
 from comfy.jobs import JobStatus
 from comfy.store import JobStore
@@ -29,8 +30,9 @@ class RetentionSweep:
     PAUSE = 0.01  # seconds between full batches, so a backlog never monopolises the disk
 
     def __init__(self, store: JobStore, db_path: Path, retention: float,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, assets: AssetStore | None = None):
         self.store = store
+        self.assets = assets
         self.retention = retention
         self.clock = clock
         self.interval = min(max(retention / 10, 0.5), 60.0)  # seconds between idle passes
@@ -62,6 +64,7 @@ class RetentionSweep:
         while not self._stop.is_set():
             try:
                 removed = self.sweep_once()
+                self.sweep_assets()
             except Exception:
                 logger.exception("retention sweep failed")
                 removed = 0
@@ -82,6 +85,24 @@ class RetentionSweep:
         logger.debug("retention: removed %d finished job(s) that ended before %s", removed,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cutoff)))
         return removed
+
+    def sweep_assets(self) -> int:
+        """Remove assets no job has needed for `retention` and no unfinished job refers to."""
+        if self.assets is None:
+            return 0
+        removed = 0
+        for asset in self.assets.unused_since(self.clock() - self.retention):
+            if any(self._unfinished(job_id) for job_id in self.assets.users(asset)):
+                continue
+            self.assets.delete(asset)
+            removed += 1
+        if removed:
+            logger.info("retention: removed %d asset(s) no job needed", removed)
+        return removed
+
+    def _unfinished(self, job_id: str) -> bool:
+        job = self.store.get(job_id)
+        return job is not None and not job.status.finished
 
     def counts(self) -> tuple[dict[tuple[int, JobStatus], int], Counter]:
         """The store's live counts and the retired ones, read together (for /metrics)."""

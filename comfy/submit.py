@@ -6,11 +6,13 @@ import time
 import uuid
 
 from comfy.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyTimeout, ComfyUnreachable
+from comfy.assets import AssetStore
 from comfy.events import finish, finish_from_history, start_running
 from comfy.gpu import Gpu
 from comfy.held import unsent
 from comfy.jobs import Job, JobStatus
 from comfy.outcome import rejected_error
+from comfy.placing import AssetNotFound, place, resolve, with_files
 from comfy.store import JobStore
 from comfy.workflow import Workflow
 
@@ -38,12 +40,13 @@ class QueueFull(Exception):
 
 
 def submit_job(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
-               gpu_id: int, wait: float = 90.0, priority: int = 0) -> tuple[Job, bool]:
+               gpu_id: int, wait: float = 90.0, priority: int = 0,
+               assets: AssetStore | None = None) -> tuple[Job, bool]:
     """Run the job at most once on GPU `gpu_id`, now. Returns (job, created).
     A refused submission leaves nothing behind. `priority` orders the job in Cylindria's
     queue should its ComfyUI die under it and it wait there to be sent again."""
     for _ in range(3):
-        result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait, priority)
+        result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait, priority, assets)
         if result is not None:
             return result
     raise SubmissionUnsettled("the job's earlier submission is still being settled")
@@ -68,14 +71,15 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
 
 
 def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
-                 gpu_id: int, wait: float, priority: int) -> tuple[Job, bool] | None:
+                 gpu_id: int, wait: float, priority: int,
+                 assets: AssetStore | None) -> tuple[Job, bool] | None:
     """One attempt: reserve the id, then POST or settle."""
     job = Job(job_id=job_id, gpu_id=gpu_id, prompt_id=str(uuid.uuid4()),
               fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
               submitted_at=time.time(), attempts=1, priority=priority)
     existing, created = store.reserve(job, workflow.source)
     if created:
-        return post(store, gpus[gpu_id], existing, workflow), True
+        return post(store, gpus[gpu_id], existing, workflow, assets), True
     if existing.fingerprint != workflow.fingerprint:
         raise JobIdConflict(existing)
     if existing.status != JobStatus.SUBMITTING:
@@ -99,12 +103,22 @@ def _settle_earlier(store: JobStore, gpu: Gpu, job: Job, wait: float) -> Job | N
     return job
 
 
-def post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
+def post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow,
+         assets: AssetStore | None = None) -> Job:
     """POST the prompt of this submission and record what happened; raise what the client
-    (or the dispatcher) must be told. The job is `submitting` and marked in flight."""
+    (or the dispatcher) must be told. The job is `submitting` and marked in flight. With
+    `assets`, the workflow's asset references are placed in that ComfyUI first."""
     sent_at = time.monotonic()  # ComfyUI's enqueue broadcast may arrive before its answer
     try:
-        answer = gpu.client.submit(workflow.payload(gpu.client_id, job.prompt_id))
+        answer = _send(gpu, job, workflow, assets)
+    except AssetNotFound as exc:  # deleted between the submission's check and this send
+        if job.owed:
+            store.change(job.job_id, finish(JobStatus.FAILED, {
+                "type": "asset_not_found", "message": f"the job's asset is gone: {exc}",
+                "node_id": exc.node_id, "node_type": None}), prompt_id=job.prompt_id)
+        else:
+            store.discard(job.job_id, job.prompt_id)
+        raise
     except ComfyRejected as exc:
         if job.owed:  # a held job: the client has its 201 already, the job fails
             store.change(job.job_id, finish(JobStatus.FAILED, rejected_error(
@@ -132,6 +146,34 @@ def post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow) -> Job:
         return accept(store, gpu, job, answer)
     finally:
         store.release(job.job_id, job.prompt_id)
+
+
+def _send(gpu: Gpu, job: Job, workflow: Workflow, assets: AssetStore | None) -> dict:
+    """POST /prompt, the workflow's assets uploaded to this ComfyUI first. A refusal naming
+    one of them (its input folder was emptied without a restart) uploads them again and
+    sends once more: ComfyUI queued nothing, so the same prompt_id goes again."""
+    resolved = resolve(workflow.prompt, assets) if assets is not None else {}
+    if not resolved:
+        return gpu.client.submit(workflow.payload(gpu.client_id, job.prompt_id))
+    payload = {"prompt": with_files(workflow.prompt, resolved), "client_id": gpu.client_id,
+               "prompt_id": job.prompt_id, "extra_data": workflow.extra_data}
+    place(gpu, assets, resolved.values())
+    try:
+        return gpu.client.submit(payload)
+    except ComfyRejected as exc:
+        if not _names_a_file(exc, resolved.values()):
+            raise
+    logger.info("job %s: ComfyUI on GPU %d lacks an asset file; uploading it again",
+                job.job_id, gpu.index)
+    gpu.placed.clear()
+    place(gpu, assets, resolved.values())
+    return gpu.client.submit(payload)
+
+
+def _names_a_file(exc: ComfyRejected, assets) -> bool:
+    """True when ComfyUI's refusal mentions one of these asset files."""
+    text = str(exc.node_errors) + str(exc.error)
+    return any(asset.comfy_name in text for asset in assets)
 
 
 def accept(store: JobStore, gpu: Gpu, job: Job, answer: dict) -> Job:

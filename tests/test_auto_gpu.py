@@ -84,7 +84,7 @@ def test_mixed_lengths_never_idle_a_gpu_while_jobs_are_held(tmp_path, fakes):
         api = Api(service.url)
         wait_reachable(service, 0, 1)
         timeline = Timeline(service)
-        seconds = [8, 2, 2, 6, 3, 2, 8, 4, 2, 3]  # x0.05 at the tests' time scale
+        seconds = [10, 4, 4, 8, 5, 4, 10, 6, 4, 5]  # x0.05 at the tests' time scale: >= 0.2 s
         ids = [f"mix-{n}" for n in range(len(seconds))]
         for job_id, length in zip(ids, seconds):
             assert api.put(f"/startjob/{job_id}?GpuId=auto",

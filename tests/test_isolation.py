@@ -19,7 +19,8 @@ from tests.test_hostile_clients import connect, read_response
 MARK = "evil-marker"  # put in every hostile request: it must never reach ComfyUI
 ALLOWED = [("POST", r"/prompt"), ("GET", r"/queue"), ("GET", r"/history/[0-9a-f-]{36}"),
            ("GET", r"/system_stats"), ("POST", r"/queue"), ("POST", r"/interrupt"),
-           ("GET", r"/view"), ("GET", r"/ws"), ("GET", r"/object_info")]
+           ("GET", r"/view"), ("GET", r"/ws"), ("GET", r"/object_info"),
+           ("POST", r"/upload/image")]  # only Cylindria's own asset files, named by hash
 # Hostile-looking lines that are in fact Cylindria's own endpoints (served, never forwarded).
 CYLINDRIA_OWN = ("GET /jobresult/done/0?", "GET /jobresult/done/%30", f"GET http://{MARK}/jobs")
 CLIENT_HEADERS = ("origin", "cookie", "x-forwarded-for", "x-evil", "x-api-key", "authorization",

@@ -7,6 +7,7 @@ import secrets
 from flask import Flask
 from werkzeug.routing import PathConverter
 
+from comfy.assets import AssetStore
 from comfy.database import Database
 from comfy.dispatcher import Dispatcher
 from comfy.gpu import build_gpus
@@ -14,6 +15,7 @@ from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from comfy.tracker import Tracker
 from comfy.watch import JobWatch
+from web import assets as web_assets
 from web import auth, errors, metrics, openapi, results, routes, status, streams
 from web.config import Config, stream_limit
 from web.context import Context
@@ -23,6 +25,8 @@ from web.streams import StreamSlots
 logger = logging.getLogger(__name__)
 
 DB_FILE_NAME = "jobs.sqlite3"
+ASSETS_DIR = "assets"
+MIB = 1024 * 1024
 
 
 class PathNormalizer:
@@ -81,20 +85,24 @@ def create_app(config: Config) -> Flask:
     app.wsgi_app = PathNormalizer(app.wsgi_app)
     store = JobStore(Database(config.data_dir / DB_FILE_NAME, config.retention))
     gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
+    assets = AssetStore(config.data_dir / ASSETS_DIR, config.data_dir / DB_FILE_NAME,
+                        config.max_asset_mb * MIB)
     dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,
-                            requeue_wait=config.requeue_wait, tick=config.poll_interval)
+                            requeue_wait=config.requeue_wait, tick=config.poll_interval,
+                            assets=assets)
     tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
                       max_attempts=config.max_attempts, after_check=dispatcher.wake)
     dispatcher.ready = tracker.reconciled
     keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
-    retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention)
+    retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention,
+                               assets=assets)
     context = app.extensions["cylindria"] = Context(
         config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
-        StreamSlots(stream_limit(config)))
+        StreamSlots(stream_limit(config)), assets)
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
     auth.init_app(app, keys, config.no_auth, config.metrics_public)
     openapi.init_app(app)
-    for blueprint in (routes.bp, results.bp, status.bp, streams.bp):
+    for blueprint in (routes.bp, results.bp, status.bp, streams.bp, web_assets.bp):
         app.register_blueprint(blueprint)
     return app

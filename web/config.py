@@ -173,6 +173,8 @@ OPTIONS = (
     Option("--requeue-wait", "requeue_wait", "CYLINDRIA_REQUEUE_WAIT", seconds, 300.0,
            "seconds a job pinned to a GPU waits for that GPU's ComfyUI to come back before it "
            "is lost", shown="300"),
+    Option("--max-asset-mb", "max_asset_mb", "CYLINDRIA_MAX_ASSET_MB", integer_in(1, 100_000), 100,
+           "largest asset upload, in MiB (beyond: 413 asset_too_large)"),
     Option("--max-streams", "max_streams", "CYLINDRIA_MAX_STREAMS", integer_in(1, 1024), None,
            "event streams and long-polls (?wait=) open at once; each holds a worker thread",
            shown="threads / 4"),
@@ -214,6 +216,7 @@ class Config:
     max_queued: int = 1000
     max_attempts: int = 3
     requeue_wait: float = 300.0
+    max_asset_mb: int = 100
     max_streams: int | None = None  # None: a quarter of the worker threads (at least 1)
     header_timeout: float = 10.0  # seconds a client gets to send a request's headers
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from comfy.assets import AssetStore
 from comfy.dispatcher import Dispatcher
 from comfy.gpu import Gpu
 from comfy.retention import RetentionSweep
@@ -29,6 +30,12 @@ class Context:
     dispatcher: Dispatcher
     watch: JobWatch
     streams: "StreamSlots"
+    assets: AssetStore
+
+    def asset_users(self, asset) -> list[str]:
+        """The unfinished jobs that refer to this asset."""
+        jobs = (self.store.get(job_id) for job_id in self.assets.users(asset))
+        return [job.job_id for job in jobs if job is not None and not job.status.finished]
 
     def close(self) -> None:
         """Stop dispatching, tracking and the retention sweep, and close the store."""
@@ -37,6 +44,7 @@ class Context:
         self.tracker.stop()
         self.retention.stop()
         self.store.close()
+        self.assets.close()
 
 
 def ctx() -> Context:

@@ -15,7 +15,8 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "too_many_requests", "comfy_bad_response", "comfy_unreachable", "invalid_parameter",
                "output_not_found", "not_found", "method_not_allowed", "bad_request",
                "headers_too_large", "internal_error", "starting", "queue_full",
-               "too_many_streams"]
+               "too_many_streams", "asset_not_found", "asset_in_use", "asset_too_large",
+               "invalid_asset"]
 ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
               405: "Method not allowed", 409: "Conflict with the job's state",
               413: "Body too large", 429: "Too many failed authentications (too_many_requests)",
@@ -67,6 +68,9 @@ PRIORITY = {"name": "priority", "in": "query", "required": False,
             "schema": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0}}
 
 
+ASSET_ID = {"name": "asset_id", "in": "path", "required": True, "schema": {"type": "string"}}
+ASSET_HASH = {"name": "hash", "in": "path", "required": True,
+              "schema": {"type": "string", "description": "blake3:<64 hex>"}}
 WAIT = {"name": "wait", "in": "query", "required": False,
         "description": "Seconds (0..60) to wait for the job to end: the answer comes as soon as "
                        "it has ended, or after this long with the job as it stands. A wait holds "
@@ -179,6 +183,16 @@ SCHEMAS = {
                   "properties": {"held": {"type": "integer", "minimum": 0},
                                  "max_queued": {"type": "integer", "minimum": 1},
                                  "full": {"type": "boolean"}}}}},
+    "Asset": {"type": "object", "required": ["id", "hash", "name", "size_bytes", "content_type",
+                                             "created_at"], "properties": {
+        "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+        "hash": {"type": "string", "pattern": "^blake3:[0-9a-f]{64}$"},
+        "name": {"type": "string", "description": "the uploaded file's name (metadata only)"},
+        "size_bytes": {"type": "integer", "minimum": 1},
+        "content_type": {"type": "string", "description": "sniffed from the bytes"},
+        "created_at": {"type": "string", "format": "date-time"},
+        "created_new": {"type": "boolean", "description": "upload answers only: false when "
+                                                          "these bytes were already held"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     "Workflow": {"type": "object", "minProperties": 1, "description":
                  "API-format nodes {id: {class_type, inputs}}, or {prompt: nodes, extra_data}",
@@ -263,6 +277,42 @@ def _paths(gpus: int) -> dict:
                 {"name": "before", "in": "query", "description": "next_before of the previous page",
                  "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}}],
             "responses": {"200": _json("JobList", "A page of jobs"), **_errors(400, 503)}}},
+        "/assets": {"post": {
+            "summary": "Upload an input file for workflows (refer to it as {\"__type\": "
+                       "\"core/ASSET\", \"info\": {\"id\": ...}} in any input)",
+            "parameters": [{"name": "name", "in": "query", "required": False,
+                            "description": "the file's name, for a raw body (metadata only)",
+                            "schema": {"type": "string"}}],
+            "requestBody": {"required": True, "content": {
+                "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                                   "properties": {"file": {
+                                                       "type": "string", "format": "binary",
+                                                       "minLength": 1}}}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary",
+                                                        "minLength": 1}}}},
+            "responses": {"201": _json("Asset", "Stored"),
+                          "200": _json("Asset", "These bytes were already held"),
+                          **_errors(400, 413, text={413: "Over --max-asset-mb (asset_too_large)"})}}},
+        "/assets/by-hash/{hash}": {"get": {
+            "summary": "Whether Cylindria holds these bytes (HEAD too): skip a re-upload",
+            "parameters": [ASSET_HASH],
+            "responses": {"200": _json("Asset", "Held"), **_errors(404)}}},
+        "/assets/{asset_id}": {
+            "get": {"summary": "An asset's metadata", "parameters": [ASSET_ID],
+                    "responses": {"200": _json("Asset", "The asset"), **_errors(404)}},
+            "delete": {"summary": "Remove an asset", "parameters": [ASSET_ID],
+                       "responses": {"200": _json("Asset", "Removed"),
+                                     **_errors(404, 409, text={409: "An unfinished job needs "
+                                                                    "it (asset_in_use)"})}}},
+        "/assets/{asset_id}/content": {"get": {
+            "summary": "An asset's bytes (Range supported)", "parameters": [ASSET_ID],
+            "responses": {"200": {"description": "The file", "content": {
+                "*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "206": {"description": "Part of the file", "content": {
+                    "*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                "304": {"description": "Not modified"},
+                "416": {"description": "Range not satisfiable"},
+                **_errors(404)}}},
         "/health": {"get": {"summary": "The process is alive", "security": [],
                             "responses": {"200": _json("Health", "Alive")}}},
         "/ready": {"get": {"summary": "Reconciled, at least one GPU reachable, and room in "

@@ -12,6 +12,7 @@ from comfy.catalogue import check_workflow, needs_of
 from comfy.encoding import to_json
 from comfy.held import cancel_held
 from comfy.jobs import JobStatus
+from comfy.placing import AssetNotFound, references, resolve
 from comfy.submit import JobIdConflict, QueueFull, hold_job, submit_job
 from comfy.workflow import Workflow, parse_workflow
 from web.context import ctx, wait_until_reconciled
@@ -43,17 +44,41 @@ def startjob(job_id: str):
         save_dev_copy(context.config.dev_save_dir, job_id, body)
     priority = priority_param()
     workflow = parse_workflow(body)
+    uses_assets = note_assets(context, job_id, workflow)
     try:
         if gpu_id is None:
             job, created = hold(context, job_id, workflow, priority)
         else:
             job, created = submit_job(context.store, context.gpus, job_id, workflow, gpu_id,
-                                      SETTLE_WAIT, priority)
+                                      SETTLE_WAIT, priority,
+                                      context.assets if uses_assets else None)
+    except AssetNotFound as exc:  # deleted while this submission was under way
+        raise asset_missing(exc) from None
     except JobIdConflict as exc:
         raise ApiError(409, "job_id_conflict",
                        f"job id {job_id} is already used for a different workflow",
                        {"status": exc.job.status.public, "gpu_id": exc.job.gpu_id}) from None
     return jsonify(accepted_view(job, held_position(job))), 201 if created else 200
+
+
+def note_assets(context, job_id: str, workflow: Workflow) -> bool:
+    """Check the workflow's asset references (400 asset_not_found for one Cylindria does not
+    hold: no job) and record that this job needs them; True if it has any."""
+    if not references(workflow.prompt):
+        return False
+    try:
+        resolved = resolve(workflow.prompt, context.assets)
+    except AssetNotFound as exc:
+        raise asset_missing(exc) from None
+    context.assets.use(job_id, resolved.values())
+    return True
+
+
+def asset_missing(exc: AssetNotFound) -> ApiError:
+    """400 asset_not_found naming the reference."""
+    return ApiError(400, "asset_not_found", f"node {exc.node_id} input {exc.input} refers to an "
+                    "asset Cylindria does not hold",
+                    {"node_id": exc.node_id, "input": exc.input, "info": exc.info})
 
 
 def hold(context, job_id: str, workflow: Workflow, priority: int):

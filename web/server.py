@@ -8,6 +8,8 @@ import time
 
 from waitress import create_server, utilities, wasyncore
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
+from waitress.utilities import RequestEntityTooLarge
 from waitress.task import ErrorTask
 
 from web.app import create_app
@@ -63,7 +65,7 @@ class Service:
                 threads=self.config.threads, ident="Cylindria",
                 # waitress refuses larger bodies from Content-Length without reading them; its
                 # limit sits just above Flask's so that Flask's JSON 413 is what clients see.
-                max_request_body_size=self.config.max_body_bytes + BODY_MARGIN,
+                max_request_body_size=body_limit(self.config) + BODY_MARGIN,
                 connection_limit=self.config.connection_limit,
                 channel_timeout=max(1, int(self.config.idle_timeout)),
                 cleanup_interval=max(1, int(self.config.idle_timeout / 4)),
@@ -71,7 +73,9 @@ class Service:
         except OSError:
             self.context.close()
             raise
-        self._server.channel_class = Channel
+        limits = (self.config.max_body_bytes, asset_limit(self.config))
+        self._server.channel_class = type("Channel", (Channel,), {
+            "parser_class": type("Parser", (PathLimitedParser,), {"limits": limits})})
         announce_keys(self)
         self.context.tracker.start()
         self.context.dispatcher.start()
@@ -198,7 +202,7 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
-def _waitress_error_as_json(self, ident=None, limit_bytes=None):
+def _waitress_error_as_json(self, ident=None, limit_bytes=None, code=None):
     """waitress's own error answers (bad request line, headers too large, body over its
     limit) in the contract's JSON error shape instead of plain text."""
     codes = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large",
@@ -207,11 +211,48 @@ def _waitress_error_as_json(self, ident=None, limit_bytes=None):
     messages = {413: "request body is larger than the limit",
                 431: "request headers are larger than the limit"}
     message = messages.get(self.code, f"{self.reason.lower()}: {self.body}")
-    answer = {"error": message, "code": codes.get(self.code, "bad_request")}
+    answer = {"error": message, "code": code or codes.get(self.code, "bad_request")}
     if self.code == 413 and limit_bytes is not None:
         answer["details"] = {"limit_bytes": limit_bytes}
     body = json.dumps(answer).encode("utf-8")
     return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+
+
+def body_limit(config) -> int:
+    """The largest body any endpoint takes: a workflow, or an asset upload."""
+    return max(config.max_body_bytes, asset_limit(config) + ASSET_FRAMING)
+
+
+def asset_limit(config) -> int:
+    """The largest asset, in bytes."""
+    return config.max_asset_mb * 1024 * 1024
+
+
+ASSET_FRAMING = 64 * 1024  # bytes of multipart framing an upload may add to its file
+
+
+class PathLimitedParser(HTTPRequestParser):
+    """waitress's request parser with a body limit per path: waitress reads a whole body
+    before the app sees it, so each endpoint's limit is kept here, from Content-Length
+    before a byte of the body is read (and while a chunked body comes in). An asset upload
+    may be as large as --max-asset-mb; every other body is a workflow."""
+
+    limits = (0, 0)  # (workflow bytes, asset upload bytes): set per server
+
+    def received(self, data):
+        consumed = super().received(data)
+        if self.error is None and self.headers_finished and not self.empty:
+            limit = self.limits[1] + ASSET_FRAMING if _is_asset(self.path) else self.limits[0] + BODY_MARGIN
+            if max(self.content_length, self.body_bytes_received) > limit:
+                self.error = RequestEntityTooLarge("exceeds the limit of this endpoint")
+                self.completed = True
+        return consumed
+
+
+def _is_asset(path: str | None) -> bool:
+    """True for the asset endpoints (case-insensitive, as every endpoint name)."""
+    path = (path or "").lower()
+    return path == "/assets" or path.startswith("/assets/")
 
 
 class LoggedErrorTask(ErrorTask):
@@ -219,9 +260,10 @@ class LoggedErrorTask(ErrorTask):
     must keep to, and the access line every failed request gets."""
 
     def execute(self):
-        request, adj = self.request, self.channel.adj
-        status, headers, body = _waitress_error_as_json(
-            request.error, limit_bytes=adj.max_request_body_size - BODY_MARGIN)
+        request = self.request
+        limit, code = self.channel.limit_for(getattr(request, "path", None))
+        status, headers, body = _waitress_error_as_json(request.error, limit_bytes=limit,
+                                                        code=code if request.error.code == 413 else None)
         self.status = status
         self.response_headers.extend(headers)
         self.set_close_on_finish()
@@ -234,9 +276,16 @@ class LoggedErrorTask(ErrorTask):
 
 
 class Channel(HTTPChannel):
-    """waitress's channel, answering its own errors through LoggedErrorTask."""
+    """waitress's channel, answering its own errors through LoggedErrorTask, its requests
+    parsed with a body limit per path."""
 
     error_task_class = LoggedErrorTask
+    parser_class = PathLimitedParser
+
+    def limit_for(self, path: str | None) -> tuple[int, str | None]:
+        """(the body limit a client must keep to on this path, the error code for it)."""
+        workflow, asset = self.parser_class.limits
+        return (asset, "asset_too_large") if _is_asset(path) else (workflow, None)
 
 
 def install_waitress_integration() -> None:

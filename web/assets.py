@@ -1,0 +1,106 @@
+"""Asset endpoints: upload (multipart or raw), look up by hash, metadata, content, delete."""
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request, send_file
+
+from comfy.assets import Asset, AssetTooLarge, UploadCut
+from comfy.status import iso_time
+from web.context import ctx
+from web.errors import ApiError
+
+bp = Blueprint("assets", __name__)
+
+MULTIPART_MARGIN = 64 * 1024  # bytes of multipart framing allowed on top of the asset itself
+
+
+def asset_view(asset: Asset, created: bool | None = None) -> dict:
+    """An asset as the API shows it."""
+    view = {"id": asset.id, "hash": asset.hash, "name": asset.name,
+            "size_bytes": asset.size_bytes, "content_type": asset.content_type,
+            "created_at": iso_time(asset.created_at)}
+    if created is not None:
+        view["created_new"] = created
+    return view
+
+
+def too_large(limit: int) -> ApiError:
+    """413 asset_too_large."""
+    return ApiError(413, "asset_too_large", f"an asset may be at most {limit // (1024 * 1024)} MiB",
+                    {"limit_bytes": limit})
+
+
+@bp.post("/assets")
+def upload():
+    """Store a file: multipart/form-data with a `file` part, or a raw body with ?name=."""
+    store = ctx().assets
+    limit = store.max_bytes
+    length = request.content_length
+    multipart = request.mimetype == "multipart/form-data"
+    if length is not None and length > limit + (MULTIPART_MARGIN if multipart else 0):
+        raise too_large(limit)  # from Content-Length, before a byte of the body is read
+    request.max_content_length = limit + MULTIPART_MARGIN
+    try:
+        if multipart:
+            part = request.files.get("file")
+            if part is None:
+                raise ApiError(400, "invalid_asset", "send the file as a multipart part named 'file'")
+            asset, created = store.add(part.stream, part.filename, None)
+        else:
+            if not length and request.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                raise ApiError(400, "invalid_asset", "the request body is empty: send the file")
+            asset, created = store.add(request.stream, request.args.get("name"), length)
+    except AssetTooLarge:
+        raise too_large(limit) from None
+    except UploadCut as exc:
+        raise ApiError(400, "invalid_asset", str(exc)) from None
+    if asset.size_bytes == 0:
+        store.delete(asset)
+        raise ApiError(400, "invalid_asset", "the file is empty")
+    return jsonify(asset_view(asset, created)), 201 if created else 200
+
+
+@bp.get("/assets/by-hash/<anypath:hash>")
+def by_hash(hash: str):
+    """200 (with the asset) if Cylindria holds these bytes, else 404 (HEAD too: Flask answers
+    HEAD for every GET): a client skips a re-upload."""
+    asset = ctx().assets.by_hash(hash)
+    if asset is None:
+        raise ApiError(404, "asset_not_found", "asset not found")
+    return jsonify(asset_view(asset))
+
+
+@bp.get("/assets/<asset_id>")
+def metadata(asset_id: str):
+    """An asset's metadata."""
+    return jsonify(asset_view(known_asset(asset_id)))
+
+
+@bp.get("/assets/<asset_id>/content")
+def content(asset_id: str):
+    """An asset's bytes, streamed (Range supported)."""
+    context = ctx()
+    asset = known_asset(asset_id)
+    return send_file(context.assets.path(asset), mimetype=asset.content_type,
+                     download_name=asset.comfy_name, conditional=True, etag=asset.hash[7:])
+
+
+@bp.delete("/assets/<asset_id>")
+def delete(asset_id: str):
+    """Remove an asset; 409 asset_in_use while an unfinished job needs it."""
+    context = ctx()
+    asset = known_asset(asset_id)
+    users = context.asset_users(asset)
+    if users:
+        raise ApiError(409, "asset_in_use", "an unfinished job needs this asset",
+                       {"job_ids": users[:20]})
+    context.assets.delete(asset)
+    return jsonify(asset_view(asset))
+
+
+def known_asset(asset_id: str) -> Asset:
+    """The asset under this id, or 404."""
+    asset = ctx().assets.get(asset_id)
+    if asset is None:
+        raise ApiError(404, "asset_not_found", "asset not found")
+    return asset
+
