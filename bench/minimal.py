@@ -105,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=16)
     parser.add_argument("--comfy", default=None,
                         help="GPU 0's ComfyUI, for the pass-through routes")
+    parser.add_argument("--name-threads", action="store_true",
+                        help="OS thread names for per-thread CPU (bench.profile threads)")
     args = parser.parse_args(argv)
+    if args.name_threads:
+        from bench.threadnames import name_threads
+        name_threads()
     serve(create_app(args.comfy), host="127.0.0.1", port=args.port, threads=args.threads,
           ident="minimal")
     return 0

@@ -122,10 +122,13 @@ class ServerProcess:
 
 def cylindria(comfy_url: str, data_dir: Path, gpus: int = 1, websocket: bool = True,
               poll_interval: float = 5.0, threads: int = 16,
-              log_level: str = "INFO") -> ServerProcess:
-    """`python cylindria.py ...` (or bench.serve for poll-only tracking), not yet started."""
+              log_level: str = "INFO", serve_flags: tuple = ()) -> ServerProcess:
+    """`python cylindria.py ...` (or bench.serve for poll-only tracking, or with other
+    `serve_flags` of bench.serve, e.g. ("--profile", path)), not yet started."""
     port = free_ports(1)
-    entry = [str(ROOT / "cylindria.py")] if websocket else ["-m", "bench.serve", "--no-websocket"]
+    entry = [str(ROOT / "cylindria.py")]
+    if not websocket or serve_flags:
+        entry = ["-m", "bench.serve", *([] if websocket else ["--no-websocket"]), *serve_flags]
     args = [sys.executable, *entry, "--host", HOST, "--port", str(port),
             "--numberOfGpus", str(gpus), "--comfy-base-url", comfy_url, "--api-key", API_KEY,
             "--data-dir", str(data_dir), "--poll-interval", str(poll_interval),
@@ -133,10 +136,13 @@ def cylindria(comfy_url: str, data_dir: Path, gpus: int = 1, websocket: bool = T
     return ServerProcess(args, port, Path(data_dir).parent / f"cylindria-{port}.log")
 
 
-def minimal_app(work_dir: Path, threads: int = 16, comfy_url: str | None = None) -> ServerProcess:
+def minimal_app(work_dir: Path, threads: int = 16, comfy_url: str | None = None,
+                name_threads: bool = False) -> ServerProcess:
     """The baseline: a minimal Flask app under waitress (bench.minimal), not yet started."""
     port = free_ports(1)
     args = [sys.executable, "-m", "bench.minimal", "--port", str(port), "--threads", str(threads)]
+    if name_threads:
+        args.append("--name-threads")
     if comfy_url:
         args += ["--comfy", comfy_url]
     return ServerProcess(args, port, Path(work_dir) / f"minimal-{port}.log", ready_path="/health")
