@@ -16,6 +16,7 @@ import requests
 from tests import workflows
 from tests.fake_comfy import DEFAULT_CHECKPOINTS, Catalogue, FakeComfy
 from tests.fake_comfy.__main__ import build, parse_args
+from tests.fake_comfy.files import FileStore
 from tests.helpers import wait_for
 
 RECORDINGS = Path(__file__).resolve().parent / "recordings"
@@ -133,11 +134,17 @@ def test_unknown_class_names_are_refused_at_construction():
 
 
 def test_served_classes_match_the_recorded_object_info():
-    """Every class real ComfyUI also has looks as it did there (the loader: but its files)."""
+    """Every class real ComfyUI also has looks as it did there (the loader: but its files;
+    LoadImage: given the recording machine's input files, and one in a subfolder)."""
     real = recorded("object-info.json")
-    info = Catalogue(checkpoints=()).object_info()
+    files = FileStore()
+    for name in real["LoadImage"]["input"]["required"]["image"][0] + ["notes.txt"]:
+        files.put("input", "", name, b"")
+    files.put("input", "cylindria", "unlisted.png", b"")
+    info = Catalogue(checkpoints=(), files=files).object_info()
     shared = [name for name in info if name in real]
-    assert {"EmptyImage", "ImageInvert", "SaveImage", "CheckpointLoaderSimple"} <= set(shared)
+    assert {"EmptyImage", "ImageInvert", "SaveImage", "CheckpointLoaderSimple", "LoadImage",
+            "LoadImageMask"} <= set(shared)
     for name in shared:
         mine = {k: v for k, v in info[name].items() if k != "load_seconds"}
         assert mine == real[name], name

@@ -78,3 +78,13 @@ def custom_invert(prefix: str = "cyl_custom") -> dict:
     workflow = core(prefix=prefix)
     workflow["2"]["class_type"] = "CylCustomInvert"
     return workflow
+
+
+def load_image(name: str, prefix: str = "cyl_load") -> dict:
+    """LoadImage(name) -> ImageInvert -> SaveImage(prefix): `name` is a file of the input
+    folder, with its subfolder ("cylindria/<file>"), as POST /upload/image placed it."""
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+        "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": prefix}},
+    }

@@ -4,8 +4,9 @@
         requests.post(fake.url + "/prompt", json={"prompt": workflows.core(), "client_id": "c"})
 
 Controls: hold, ws_silent, http_delay, ignore_prompt_id, costs, drop_websockets(), stop(),
-restart(keep_state). Observations: requests(), prompts_received(), system_stats_calls,
-ws_client_ids(), output_bytes(), costed_sections(), model_loads, last_model.
+restart(keep_state), clear_inputs(). Observations: requests(), prompts_received(),
+system_stats_calls, ws_client_ids(), output_bytes(), costed_sections(), model_loads,
+last_model, uploads.
 tests/test_fake_comfy.py checks it against the recordings.
 
 `costs="recorded"` (or recorded_costs()) makes each instance as slow as the recorded ComfyUI:
@@ -17,12 +18,18 @@ What an instance has installed is its own (catalogue.py): `custom_nodes=("CylCus
 adds a custom pack's class, `without_nodes=(...)` hides default ones, `checkpoints=[...]`
 lists its model files, and `load_seconds` is what a checkpoint switch costs it
 (CheckpointLoaderSimple -> CylSample -> SaveImage, tests/workflows.checkpoint()).
+
+Input files as in ComfyUI (files.py, nodes.py): POST /upload/image writes into the
+instance's own input folder (in memory; emptied by a restart without keep_state), LoadImage
+and LoadImageMask list it, refuse a missing file (custom_validation_failed), and LoadImage
+decodes the PNG, so LoadImage -> ImageInvert -> SaveImage saves the inverted pixels
+(tests/workflows.load_image(), png.rgb_png(), nodes.saved_values()).
 """
 
 from .catalogue import DEFAULT_CHECKPOINTS, Catalogue
 from .costs import cost_of, cost_table, real_costs, recorded_costs, route_key
 from .fake import FakeComfy
-from .knobs import CostedSection, RecordedRequest
+from .knobs import CostedSection, RecordedRequest, Upload
 
 __all__ = ["DEFAULT_CHECKPOINTS", "Catalogue", "CostedSection", "FakeComfy", "RecordedRequest",
-           "cost_of", "cost_table", "real_costs", "recorded_costs", "route_key"]
+           "Upload", "cost_of", "cost_table", "real_costs", "recorded_costs", "route_key"]

@@ -1,17 +1,19 @@
-"""What one fake instance has installed: node classes and checkpoint files.
+"""What one fake instance has installed: node classes, checkpoint files, and its folders.
 
     Catalogue(custom_nodes=("CylCustomInvert",), without_nodes=("CylSleepProgress",),
-              checkpoints=("sd15.safetensors",), load_seconds=1.0)
+              checkpoints=("sd15.safetensors",), load_seconds=1.0, files=FileStore())
 
 Real GPUs of one gateway differ: a custom node pack installed on some only, other model
-files. Each FakeComfy owns one Catalogue (never a module global), and its /object_info,
-/object_info/{class}, POST /prompt validation and executor all read that one.
+files, other input files. Each FakeComfy owns one Catalogue (never a module global), and its
+/object_info, /object_info/{class}, POST /prompt validation and executor all read that one;
+LoadImage's choices, checks and reads go to the Catalogue's FileStore (the instance's).
 """
 
 from __future__ import annotations
 
 from typing import Iterable
 
+from .files import FileStore
 from .nodes import LIBRARY, NodeDef
 
 DEFAULT_CHECKPOINTS = ("sd15.safetensors", "sdxl.safetensors")
@@ -28,17 +30,19 @@ def _known(names: Iterable[str], what: str) -> tuple[str, ...]:
 
 class Catalogue:
     """The node classes one instance serves (the defaults, plus custom_nodes, minus
-    without_nodes), its checkpoint files, and what loading one of them costs."""
+    without_nodes), its checkpoint files, what loading one of them costs, and its folders
+    (a FileStore of its own unless given one)."""
 
     def __init__(self, custom_nodes: Iterable[str] = (), without_nodes: Iterable[str] = (),
                  checkpoints: Iterable[str] = DEFAULT_CHECKPOINTS,
-                 load_seconds: float = 0.0) -> None:
+                 load_seconds: float = 0.0, files: FileStore | None = None) -> None:
         self.custom_nodes = _known(custom_nodes, "custom_nodes")
         self.without_nodes = _known(without_nodes, "without_nodes")
         self.checkpoints = tuple(str(name) for name in checkpoints)
         self.load_seconds = float(load_seconds)
         if self.load_seconds < 0:
             raise ValueError(f"load_seconds must not be negative, not {self.load_seconds}")
+        self.files = files if files is not None else FileStore()
         self.nodes: dict[str, NodeDef] = {
             name: self._adopt(definition) for name, definition in LIBRARY.items()
             if self._serves(definition)}

@@ -7,6 +7,7 @@ import copy
 import logging
 import time
 import traceback
+import uuid
 from typing import Any
 
 from .catalogue import Catalogue
@@ -155,13 +156,28 @@ class PromptRun:
         self.executor.interrupt_requested = False  # a new prompt resets the interrupt flag
         self.hub.client_id = self.client_id
         self.add_message("execution_start", {"prompt_id": self.prompt_id}, False)
-        self.sigs = self.executor.cache.set_prompt(self.prompt)
+        self.sigs = self.executor.cache.set_prompt(self.prompt, self._changed)
         cached = [n for n in self.prompt if self.executor.cache.get(self.sigs[n]) is not None]
         self.add_message("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id}, False)
         success = await self._run_nodes()
         if success:
             self.add_message("execution_success", {"prompt_id": self.prompt_id}, False)
         self._finish(success)
+
+    def _changed(self, node_id: str) -> Any:
+        """IS_CHANGED of a node with its constant inputs (None for a class without one); a
+        failure never matches a cached value (ComfyUI's NaN)."""
+        definition = self._definition(node_id)
+        if definition.is_changed is None:
+            return None
+        declared = definition.input_names()
+        constants = {k: v for k, v in self.prompt[node_id]["inputs"].items()
+                     if k in declared and not is_link(v)}
+        try:
+            return definition.is_changed(**constants)
+        except Exception as ex:  # noqa: BLE001 - ComfyUI warns and runs the node again
+            logger.warning("IS_CHANGED of node %s failed: %s", node_id, ex)
+            return f"nan-{uuid.uuid4()}"
 
     def _plan(self) -> list[str]:
         """ExecutionList order: outputs always, their ancestors only when not cached."""
@@ -208,7 +224,7 @@ class PromptRun:
 
     def _inputs(self, node_id: str) -> dict[str, Any]:
         """Declared inputs only; links read the producer's cached outputs."""
-        declared = {name for name, _, _ in self._definition(node_id).inputs()}
+        declared = self._definition(node_id).input_names()
         values = {}
         for name, value in self.prompt[node_id]["inputs"].items():
             if name in declared:
@@ -310,5 +326,5 @@ class NodeRunContext:
         await self.run.executor.load_model(ckpt_name)
 
     def save_images(self, image: FakeImage, prefix: str, kind: str) -> list[dict]:
-        """One PNG per batch item."""
-        return self.run.executor.files.save_images(prefix, kind, image.batch)
+        """One PNG per batch item: the image's pixels, or a stand-in when it has none."""
+        return self.run.executor.files.save_images(prefix, kind, image.batch, image.png())

@@ -12,7 +12,7 @@ from .catalogue import DEFAULT_CHECKPOINTS, Catalogue
 from .costs import cost_table
 from .files import FileStore
 from .instance import Instance
-from .knobs import CostedSection, Knobs, RecordedRequest, Recorder
+from .knobs import CostedSection, Knobs, RecordedRequest, Recorder, Upload
 
 logger = logging.getLogger(__name__)
 CALL_TIMEOUT = 10.0  # seconds a public method waits for the loop thread
@@ -53,10 +53,11 @@ class FakeComfy:
                  load_seconds: float = 0.0) -> None:
         _check_loopback(host)
         self.host, self.port = host, port
-        self.catalogue = Catalogue(custom_nodes, without_nodes, checkpoints, load_seconds)
+        self._files = FileStore()
+        self.catalogue = Catalogue(custom_nodes, without_nodes, checkpoints, load_seconds,
+                                   self._files)
         self.knobs = Knobs(time_scale=time_scale, costs=_costs(costs))
         self._recorder = Recorder()
-        self._files = FileStore()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._instance: Instance | None = None
@@ -94,7 +95,8 @@ class FakeComfy:
             self._saved = (instance.queue.history, instance.number)
 
     def restart(self, keep_state: bool = False) -> "FakeComfy":
-        """Start again on the same port; keep_state keeps history (and the prompt counter)."""
+        """Start again on the same port; keep_state keeps history (and the prompt counter)
+        and the input folder, without it the input folder is empty (outputs always stay)."""
         self.stop()
         return self._start(self._saved if keep_state else None)
 
@@ -164,6 +166,16 @@ class FakeComfy:
         executor = self._instance.executor
         return self._run(lambda: executor.loaded_model)
 
+    @property
+    def uploads(self) -> list[Upload]:
+        """Every upload POST /upload/image accepted into the input folder, as (subfolder,
+        name, data) where it lies (a refused one is not here; requests() has all)."""
+        return self._recorder.uploads()
+
+    def clear_inputs(self) -> None:
+        """Empty the input folder (with its subfolders), as if someone cleaned it."""
+        self._files.clear("input")
+
     def output_bytes(self, filename: str, subfolder: str = "", type: str = "output") -> bytes:
         """What /view serves for that file; KeyError when there is none."""
         data = self._files.get(type, subfolder, filename)
@@ -176,6 +188,8 @@ class FakeComfy:
         """Start a new instance, optionally with a previous history and prompt counter."""
         if self._instance is not None:
             return self
+        if saved is None:
+            self.clear_inputs()  # a fresh process sees an input folder someone emptied
         self._ensure_loop()
         try:
             self._instance = self._call(self._boot(*(saved or (None, 0))))

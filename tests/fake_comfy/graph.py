@@ -40,12 +40,13 @@ def dependency_order(prompt: dict, roots: Iterable[str],
     return order
 
 
-def signatures(prompt: dict) -> dict[str, str]:
-    """Per node, a hash of its class, constants and its ancestors' signatures (Merkle style)."""
+def signatures(prompt: dict, changed: Callable[[str], Any] | None = None) -> dict[str, str]:
+    """Per node, a hash of its class, its IS_CHANGED value (`changed(node_id)`), constants
+    and its ancestors' signatures (Merkle style)."""
     result: dict[str, str] = {}
     for node_id in dependency_order(prompt, list(prompt)):
         node = prompt[node_id]
-        parts: list[Any] = [node.get("class_type")]
+        parts: list[Any] = [node.get("class_type"), changed(node_id) if changed else None]
         for key, value in sorted(node.get("inputs", {}).items()):
             parts.append([key, ["LINK", result[value[0]], value[1]] if is_link(value) else value])
         text = json.dumps(parts, sort_keys=True, default=str)
@@ -67,9 +68,10 @@ class OutputCache:
     def __init__(self) -> None:
         self._entries: dict[str, CacheEntry] = {}
 
-    def set_prompt(self, prompt: dict) -> dict[str, str]:
+    def set_prompt(self, prompt: dict,
+                   changed: Callable[[str], Any] | None = None) -> dict[str, str]:
         """Adopt a new prompt: drop entries it does not use; return its signatures."""
-        sigs = signatures(prompt)
+        sigs = signatures(prompt, changed)
         used = set(sigs.values())
         self._entries = {k: v for k, v in self._entries.items() if k in used}
         return sigs

@@ -41,6 +41,14 @@ class CostedSection(NamedTuple):
     left: float  # time.perf_counter() before releasing it
 
 
+class Upload(NamedTuple):
+    """One file POST /upload/image accepted into the input folder: where it lies, its bytes."""
+
+    subfolder: str
+    name: str
+    data: bytes
+
+
 def _parse_json(body: bytes) -> Any:
     """The body as JSON, or None when it is empty or not JSON."""
     try:
@@ -59,6 +67,7 @@ class Recorder:
         self._system_stats_calls = 0
         self._sections: list[CostedSection] = []
         self._model_loads: list[str] = []
+        self._uploads: list[Upload] = []
 
     def add_request(self, method: str, path: str, query: str, body: bytes, headers: dict) -> None:
         """Remember one request (called on arrival, before any http_delay)."""
@@ -85,6 +94,16 @@ class Recorder:
         """Remember one checkpoint load (a switch of the instance's model)."""
         with self._lock:
             self._model_loads.append(ckpt_name)
+
+    def add_upload(self, upload: Upload) -> None:
+        """Remember one upload into the input folder."""
+        with self._lock:
+            self._uploads.append(upload)
+
+    def uploads(self) -> list[Upload]:
+        """A copy of the uploads so far, in order."""
+        with self._lock:
+            return list(self._uploads)
 
     def model_loads(self) -> list[str]:
         """A copy of the checkpoints loaded so far, in order."""

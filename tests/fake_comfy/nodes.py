@@ -1,5 +1,6 @@
-"""The fake's node library: core image nodes, a checkpoint loader, the recordings' test-only
-custom nodes, and a custom pack (CylCustomInvert) that an instance serves only when asked to.
+"""The fake's node library: core image nodes, a checkpoint loader, LoadImage, LoadImageMask
+and MaskToImage, the recordings' test-only custom nodes, and a custom pack (CylCustomInvert)
+that an instance serves only when asked to.
 
 LIBRARY is every class the fake knows; what one instance serves is its Catalogue
 (catalogue.py): the `default` classes, plus its custom packs, minus the ones it hides.
@@ -7,11 +8,17 @@ LIBRARY is every class the fake knows; what one instance serves is its Catalogue
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import random
+import struct
 from dataclasses import dataclass, field, replace
+from functools import lru_cache, partial
 from typing import Any, Awaitable, Callable, Protocol
 
+from .files import FileStore
 from .jpeg import grey_jpeg
+from .png import Picture, PngError, PngUnsupported, decode_png, encode_png, interleave
 
 UI = dict[str, Any]
 NodeResult = tuple[tuple[Any, ...], UI | None]  # (outputs by slot, ui for `executed`/history)
@@ -33,20 +40,79 @@ class NodeContext(Protocol):
         """Write one PNG per batch item and return their references."""
 
 
+def _f32(value: float) -> float:
+    """The value rounded to float32, the dtype of ComfyUI's image tensors."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+@lru_cache(maxsize=None)
+def saved_values(inversions: int = 0) -> bytes:
+    """What SaveImage writes for each 8-bit value LoadImage read, after `inversions`
+    ImageInverts, as a bytes.translate table. ComfyUI computes in float32 (v / 255.0, then
+    1.0 - x per invert) and SaveImage truncates 255.0 * x to uint8 (np.clip().astype()): a
+    value read and saved comes back unchanged, an inverted one is 255 - v or, for 159 of the
+    256 values (65, 67, ...), 254 - v."""
+    table = bytearray(256)
+    for value in range(256):
+        x = _f32(value / 255.0)
+        for _ in range(inversions):
+            x = _f32(1.0 - x)
+        table[value] = min(255, max(0, int(_f32(255.0 * x))))
+    return bytes(table)
+
+
 @dataclass(frozen=True)
 class FakeImage:
-    """Stands in for an IMAGE tensor: only what the fake nodes need."""
+    """Stands in for an IMAGE tensor: only what the fake nodes need. An image LoadImage read
+    carries its pixels (and SaveImage writes them); EmptyImage's are never drawn."""
 
     width: int
     height: int
     batch: int
     color: int
-    inverted: bool = False
+    inversions: int = 0  # ImageInverts applied so far
+    pixels: bytes | None = None  # RGB rows as LoadImage read them (batch 1)
+
+    @property
+    def inverted(self) -> bool:
+        """Whether an odd number of ImageInverts ran on it."""
+        return self.inversions % 2 == 1
+
+    def png(self) -> bytes | None:
+        """The PNG SaveImage writes for it (its pixels through ComfyUI's float32 steps), or
+        None for an image without pixels (the file store draws a stand-in)."""
+        if self.pixels is None:
+            return None
+        return encode_png(self.width, self.height,
+                          self.pixels.translate(saved_values(self.inversions)))
 
     def __str__(self) -> str:
         """Like a tensor's repr in execution_error's current_inputs."""
         shape = f"[{self.batch}, {self.height}, {self.width}, 3]"
         return f"tensor(shape={shape}, inverted={self.inverted})"
+
+
+@dataclass(frozen=True)
+class FakeMask:
+    """Stands in for a MASK tensor: 8-bit values as read, and how often 1.0 - x was applied
+    to them (LoadImage's mask is 1 - alpha), so MaskToImage -> SaveImage shows them as
+    ComfyUI would."""
+
+    width: int
+    height: int
+    batch: int = 1
+    values: bytes | None = None
+    inversions: int = 0
+
+    def __str__(self) -> str:
+        """Like a tensor's repr in execution_error's current_inputs."""
+        return f"tensor(shape=[{self.batch}, {self.height}, {self.width}])"
+
+
+class UnidentifiedImageError(OSError):
+    """Pillow's error for a file it cannot read (execution_error names it as Pillow does)."""
+
+    __module__ = "PIL"
 
 
 @dataclass(frozen=True)
@@ -82,15 +148,37 @@ class NodeDef:
     # Fills the instance's own values in (e.g. its checkpoint files) when a Catalogue adopts
     # the class, as ComfyUI's INPUT_TYPES() reads its folders on every call.
     adapt: Callable[["NodeDef", Any], "NodeDef"] | None = None
+    # ComfyUI's classmethods, for the classes that have them (LoadImage's read the instance's
+    # input folder, bound by `adapt`): VALIDATE_INPUTS(inputs it names) -> True or why not;
+    # IS_CHANGED(inputs) -> part of the cache key; INPUT_TYPES() -> `required` as it is now.
+    validate: Callable[..., Any] | None = None
+    is_changed: Callable[..., Any] | None = None
+    input_types: Callable[[], dict[str, list]] | None = None
+
+    def current_required(self) -> dict[str, list]:
+        """The required inputs as INPUT_TYPES() gives them now."""
+        return self.input_types() if self.input_types is not None else self.required
+
+    def validated_inputs(self) -> list[str]:
+        """The inputs VALIDATE_INPUTS takes: ComfyUI skips its own checks of their values."""
+        if self.validate is None:
+            return []
+        return [name for name, p in inspect.signature(self.validate).parameters.items()
+                if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+    def input_names(self) -> set[str]:
+        """The names of the declared inputs (without reading any folder)."""
+        return {*self.required, *self.optional}
 
     def inputs(self) -> list[tuple[str, list, bool]]:
         """(name, config, required?) for every declared input."""
-        return [(n, c, True) for n, c in self.required.items()] + \
+        return [(n, c, True) for n, c in self.current_required().items()] + \
                [(n, c, False) for n, c in self.optional.items()]
 
     def info(self) -> dict:
         """This node's entry in GET /object_info (same key order as ComfyUI)."""
-        sections = {"required": self.required, "optional": self.optional, "hidden": self.hidden}
+        sections = {"required": self.current_required(), "optional": self.optional,
+                    "hidden": self.hidden}
         declared = {k: v for k, v in sections.items() if v}
         return {
             "input": declared,
@@ -117,7 +205,71 @@ async def _empty_image(ctx: NodeContext, width: int, height: int, batch_size: in
 
 async def _invert(ctx: NodeContext, image: FakeImage) -> NodeResult:
     """ImageInvert."""
-    return (replace(image, inverted=not image.inverted),), None
+    return (replace(image, inversions=image.inversions + 1),), None
+
+
+def _picture(files: FileStore, image: str) -> Picture:
+    """The decoded input file; the errors Pillow (or open()) would raise."""
+    data = files.read(image)
+    try:
+        return decode_png(data)
+    except PngUnsupported:
+        raise  # a real PNG the fake cannot read: say so, under the fake's own name
+    except PngError as ex:
+        raise UnidentifiedImageError(f"cannot identify image file '{image}'") from ex
+
+
+async def _load_image(files: FileStore, ctx: NodeContext, image: str) -> NodeResult:
+    """LoadImage: the file's RGB pixels, and as MASK 1 - alpha (64x64 zeros without alpha)."""
+    picture = _picture(files, image)
+    loaded = FakeImage(picture.width, picture.height, 1, 0, pixels=picture.rgb)
+    if picture.alpha is None:
+        return (loaded, FakeMask(64, 64, values=bytes(64 * 64))), None
+    return (loaded, FakeMask(picture.width, picture.height, values=picture.alpha,
+                             inversions=1)), None
+
+
+async def _load_image_mask(files: FileStore, ctx: NodeContext, image: str,
+                           channel: str) -> NodeResult:
+    """LoadImageMask: one channel of the file converted to RGBA (opaque without alpha) as a
+    MASK; the alpha channel as 1 - alpha."""
+    picture = _picture(files, image)
+    size = picture.width * picture.height
+    if channel[0].upper() == "A":
+        values, inversions = picture.alpha or b"\xff" * size, 1
+    else:
+        values, inversions = picture.rgb["RGB".index(channel[0].upper())::3], 0
+    return (FakeMask(picture.width, picture.height, 1, values, inversions),), None
+
+
+async def _mask_to_image(ctx: NodeContext, mask: FakeMask) -> NodeResult:
+    """MaskToImage: the mask as a grey image."""
+    pixels = None if mask.values is None else interleave([mask.values] * 3)
+    return (FakeImage(mask.width, mask.height, mask.batch, 0, mask.inversions, pixels),), None
+
+
+def _validate_image(files: FileStore, image: str) -> bool | str:
+    """LoadImage.VALIDATE_INPUTS: the file (or directory) must exist; `[output]` and friends
+    pick another directory, a subfolder is part of the name."""
+    return True if files.exists(image) else f"Invalid image file: {image}"
+
+
+_validate_image.__qualname__ = "LoadImage.VALIDATE_INPUTS"  # as its TypeErrors name it
+
+
+def _image_digest(files: FileStore, image: str, **_: Any) -> str:
+    """LoadImage.IS_CHANGED: the sha256 of the file, so new bytes under a name run again."""
+    return hashlib.sha256(files.read(image)).hexdigest()
+
+
+def _image_inputs(files: FileStore) -> dict[str, list]:
+    """LoadImage.INPUT_TYPES(): the images at the top of the input folder."""
+    return {"image": [files.images("input"), {"image_upload": True}]}
+
+
+def _mask_inputs(files: FileStore) -> dict[str, list]:
+    """LoadImageMask.INPUT_TYPES(): LoadImage's, and the channel."""
+    return {**_image_inputs(files), "channel": [list(_CHANNELS)]}
 
 
 async def _save(ctx: NodeContext, images: FakeImage,
@@ -182,6 +334,17 @@ def _with_checkpoints(definition: NodeDef, catalogue: Any) -> NodeDef:
                    extra={"load_seconds": catalogue.load_seconds})
 
 
+def _with_input_folder(definition: NodeDef, catalogue: Any) -> NodeDef:
+    """LoadImage as one instance serves it: its hooks read that instance's input folder."""
+    files = catalogue.files
+    return replace(definition, run=partial(definition.run, files),
+                   validate=partial(definition.validate, files),
+                   is_changed=partial(definition.is_changed, files),
+                   input_types=partial(definition.input_types, files))
+
+
+_CHANNELS = ("alpha", "red", "green", "blue")
+_LOADER = {"validate": _validate_image, "is_changed": _image_digest, "adapt": _with_input_folder}
 _INT_SIZE = {"default": 512, "min": 1, "max": 16384, "step": 1}
 _TEST = {"category": "cyl_test", "python_module": "custom_nodes.cyl_test_nodes"}
 _CUSTOM_PACK = {"category": "cyl_custom", "python_module": "custom_nodes.cyl_custom_pack"}
@@ -213,6 +376,16 @@ LIBRARY: dict[str, NodeDef] = {d.name: d for d in (
         description=_SAVE_DESCRIPTION),
     NodeDef("PreviewImage", _preview, required={"images": ["IMAGE"]}, hidden=dict(_HIDDEN),
             output_node=True, display_name="Preview Image", description=_SAVE_DESCRIPTION),
+    NodeDef("LoadImage", _load_image, required={"image": [[], {"image_upload": True}]},
+            outputs=("IMAGE", "MASK"), display_name="Load Image", input_types=_image_inputs,
+            **_LOADER),
+    NodeDef("LoadImageMask", _load_image_mask, required={
+        "image": [[], {"image_upload": True}], "channel": [list(_CHANNELS)]},
+        outputs=("MASK",), display_name="Load Image (as Mask)", category="mask",
+        input_types=_mask_inputs, **_LOADER),
+    NodeDef("MaskToImage", _mask_to_image, required={"mask": ["MASK"]}, outputs=("IMAGE",),
+            display_name="Convert Mask to Image", category="mask",
+            python_module="comfy_extras.nodes_mask"),
     NodeDef("CylSleepProgress", _sleep_progress,
         required={"image": ["IMAGE"], **_sleep_inputs()},
         optional={"send_preview": ["BOOLEAN", {"default": False}]},

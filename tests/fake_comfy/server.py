@@ -15,9 +15,9 @@ from aiohttp import web
 
 from . import multipart
 from .costs import cost_of, is_costed, route_key
-from .files import KINDS, PathError, clean_subfolder
+from .files import KINDS, PathError, annotated, clean_subfolder
 from .hub import SERVER_FEATURES
-from .knobs import CostedSection
+from .knobs import CostedSection, Upload
 from .validation import NO_PROMPT, validate_prompt
 
 if TYPE_CHECKING:
@@ -149,15 +149,6 @@ async def _delay(instance: "Instance") -> None:
     start = loop.time()
     while (left := instance.knobs.http_delay - (loop.time() - start)) > 0:
         await asyncio.sleep(min(left, 0.02))
-
-
-def _annotated(name: str) -> tuple[str, str | None]:
-    """folder_paths.annotated_filepath: `name.png [output]` picks the directory."""
-    for kind in KINDS:
-        suffix = f"[{kind}]"
-        if name.endswith(suffix):
-            return name[:-len(suffix) - 1], kind
-    return name, None
 
 
 class Routes:
@@ -319,7 +310,7 @@ class Routes:
         """GET /view: 400 traversal or bad type, 403 subfolder escape, 404 missing."""
         if "filename" not in request.query:
             return web.Response(status=404)
-        filename, kind = _annotated(request.query["filename"])
+        filename, kind = annotated(request.query["filename"])
         if not filename or filename[0] == "/" or ".." in filename:
             return web.Response(status=400)
         kind = kind or request.query.get("type", "output")
@@ -343,24 +334,29 @@ class Routes:
                             headers={"Content-Disposition": f'filename="{filename}"'})
 
     async def upload_image(self, request: web.Request) -> web.Response:
-        """POST /upload/image (multipart `image`, optional `type`, `subfolder`, `overwrite`)."""
+        """POST /upload/image as image_upload: multipart `image`, optional `type` (input),
+        `subfolder`, `overwrite`; answers {"name", "subfolder" as sent, "type"}."""
         fields = multipart.parse(request.headers.get("Content-Type", ""), await request.read())
         image = fields.get("image")
-        if image is None or not image.filename:
-            return web.Response(status=400)
+        if image is None or not (image.filename or image.data):
+            return web.Response(status=400)  # no part, or an empty text field (falsy)
+        if not image.filename:
+            raise web.HTTPInternalServerError()  # a text field has no .file: AttributeError
         kind = fields["type"].text() if "type" in fields else "input"
         if kind not in KINDS:
-            raise web.HTTPInternalServerError()  # ComfyUI fails on an unknown type too
-        raw_subfolder = fields["subfolder"].text() if "subfolder" in fields else ""
+            raise web.HTTPInternalServerError()  # get_dir_by_type leaves its directory unset
+        subfolder = fields["subfolder"].text() if "subfolder" in fields else ""
+        overwrite = "overwrite" in fields and fields["overwrite"].text() in ("true", "1")
         try:
-            subfolder = clean_subfolder(raw_subfolder)
+            name, folder, base = self.inst.files.upload(kind, subfolder, image.filename,
+                                                        image.data, overwrite)
         except PathError:
             return web.Response(status=400)
-        if "/" in image.filename or "\\" in image.filename or image.filename.startswith(".."):
-            return web.Response(status=400)
-        overwrite = "overwrite" in fields and fields["overwrite"].text() in ("true", "1")
-        name = self.inst.files.upload(kind, subfolder, image.filename, image.data, overwrite)
-        return web.json_response({"name": name, "subfolder": raw_subfolder, "type": kind})
+        except (ValueError, OSError):
+            raise web.HTTPInternalServerError()  # what makedirs/open raise in ComfyUI
+        if kind == "input":
+            self.inst.recorder.add_upload(Upload(folder, base, image.data))
+        return web.json_response({"name": name, "subfolder": subfolder, "type": kind})
 
 
 def create_app(instance: "Instance") -> web.Application:

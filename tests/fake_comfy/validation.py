@@ -71,10 +71,11 @@ def _check_combo(name: str, config: list, value: Any) -> list[dict]:
                    {"input_name": name, "input_config": info, "received_value": value})]
 
 
-def _check_value(inputs: dict, name: str, config: list) -> list[dict]:
-    """Convert a constant like ComfyUI does (in place) and check min/max or the choices."""
+def _check_value(inputs: dict, name: str, config: list, custom: bool = False) -> list[dict]:
+    """Convert a constant like ComfyUI does (in place) and check min/max or the choices;
+    `custom`: the class's VALIDATE_INPUTS takes this input, so only the conversion is done."""
     if isinstance(config[0], list):
-        return _check_combo(name, config, inputs[name])
+        return [] if custom else _check_combo(name, config, inputs[name])
     kind, options = config[0], (config[1] if len(config) > 1 else {})
     info, value = [kind, options], inputs[name]
     try:
@@ -86,6 +87,8 @@ def _check_value(inputs: dict, name: str, config: list) -> list[dict]:
                                                   "received_value": value,
                                                   "exception_message": str(ex)})]
     extra = {"input_name": name, "input_config": info, "received_value": value}
+    if custom:
+        return []
     if "min" in options and value < options["min"]:
         return [_error("value_smaller_than_min", f"Value {value} smaller than min of "
                        f"{options['min']}", name, extra)]
@@ -93,6 +96,22 @@ def _check_value(inputs: dict, name: str, config: list) -> list[dict]:
         return [_error("value_bigger_than_max", f"Value {value} bigger than max of "
                        f"{options['max']}", name, extra)]
     return []
+
+
+def _check_custom(definition: NodeDef, inputs: dict) -> list[dict]:
+    """VALIDATE_INPUTS with the inputs it takes that the node has (a link as None, as before
+    execution); anything but True fails each of them. Its exceptions propagate (they become
+    exception_during_validation of the output, as in ComfyUI)."""
+    names = definition.validated_inputs()
+    if not names:
+        return []
+    given = {n: (None if isinstance(inputs[n], list) else inputs[n]) for n in names if n in inputs}
+    result = definition.validate(**given)
+    if result is True:
+        return []
+    reason = "" if result is False else f" - {result}"
+    return [_error("custom_validation_failed", "Custom validation failed for node",
+                   f"{name}{reason}", {"input_name": name}) for name in given]
 
 
 def _validate_node(prompt: dict, nodes: Nodes, node_id: str,
@@ -104,6 +123,7 @@ def _validate_node(prompt: dict, nodes: Nodes, node_id: str,
     definition = nodes[prompt[node_id]["class_type"]]
     errors: list[dict] = []
     upstream_ok = True
+    custom = definition.validated_inputs()
     for name, config, required in definition.inputs():
         if name not in inputs:
             if required:
@@ -114,7 +134,8 @@ def _validate_node(prompt: dict, nodes: Nodes, node_id: str,
                                           validated)
             errors, upstream_ok = errors + link_errors, upstream_ok and ok
         else:
-            errors += _check_value(inputs, name, config)
+            errors += _check_value(inputs, name, config, name in custom)
+    errors += _check_custom(definition, inputs)
     validated[node_id] = (not errors and upstream_ok, errors)
     return validated[node_id]
 
