@@ -8,7 +8,7 @@ import pytest
 
 from tests import workflows
 from tests.conftest import make_config
-from tests.fake_comfy.png import output_png
+from tests.fake_comfy.png import decode_png, output_png, rgb_png
 from tests.helpers import API_KEY, Api, wait_for
 from web.server import Service
 
@@ -141,3 +141,56 @@ def test_a_referenced_asset_is_uploaded_to_the_gpu_once_under_its_hash(api, fake
     assert prefix == f"cylindria/{asset['hash'][7:39]}.png"
     uploads = [r for f in fakes for r in f.requests() if r.path == "/upload/image"]
     assert len(uploads) == 1 and PNG in uploads[0].body and b"photo.png" not in uploads[0].body
+
+
+def small_picture(seed: int) -> tuple[bytes, bytes]:
+    """A 4x4 PNG with values 0..64 (inverted exactly by ComfyUI's float maths), and its pixels."""
+    pixels = bytes((seed * 5 + n * 3) % 65 for n in range(4 * 4 * 3))
+    return rgb_png(4, 4, pixels), pixels
+
+
+def run_inverted(api: Api, job_id: str, asset: dict, gpu: str, by: str = "id") -> dict:
+    """Submit LoadImage(asset) -> ImageInvert -> SaveImage, wait for it, return the job."""
+    workflow = workflows.load_image("placeholder", prefix=job_id)
+    workflow["1"]["inputs"]["image"] = asset_ref(asset, by)
+    answer = api.put(f"/startjob/{job_id}?GpuId={gpu}", json=workflow)
+    assert answer.status_code == 201, answer.text
+    return api.wait_status(job_id, "completed")
+
+
+def downloaded(api: Api, job_id: str) -> bytes:
+    """The job's first output file, through Cylindria."""
+    result = api.get(f"/jobresult/{job_id}").json()
+    return api.get(result["outputs"][0]["url"]).content
+
+
+@pytest.mark.parametrize("gpu", ["0", "1", "auto"])
+def test_an_uploaded_image_comes_back_inverted(api, fakes, gpu):
+    png, pixels = small_picture(int(gpu) if gpu.isdigit() else 7)
+    raw = gpu == "1"
+    asset = upload(api, png, name="in.png", raw=raw).json()
+    job = run_inverted(api, f"invert-{gpu}", asset, gpu, by="hash" if raw else "id")
+    if gpu != "auto":
+        assert job["gpu_id"] == int(gpu)
+    picture = decode_png(downloaded(api, f"invert-{gpu}"))
+    assert picture.rgb == bytes(255 - v for v in pixels)
+    placed = fakes[job["gpu_id"]].uploads
+    assert [(u.subfolder, u.name, u.data) for u in placed] == \
+        [("cylindria", f"{asset['hash'][7:39]}.png", png)]
+
+
+def test_a_comfyui_that_lost_its_input_files_gets_them_again(api, fakes):
+    """Emptied input folder without a restart (ComfyUI refuses the prompt over the missing
+    file: uploaded again, sent again), and a restart (the new websocket: uploaded again)."""
+    png, pixels = small_picture(3)
+    asset = upload(api, png).json()
+    run_inverted(api, "before", asset, "0")
+    fakes[0].clear_inputs()
+    run_inverted(api, "after-clear", asset, "0")
+    assert decode_png(downloaded(api, "after-clear")).rgb == bytes(255 - v for v in pixels)
+    fakes[0].restart()
+    wait_for(lambda: api.get("/serverstatus?GpuId=0").json()["websocket"] == "connected",
+             message="the websocket back")
+    run_inverted(api, "after-restart", asset, "0")
+    assert len(fakes[0].uploads) == 3
+    assert api.get("/jobstatus/after-clear").json()["attempts"] == 1
