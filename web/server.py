@@ -69,7 +69,10 @@ class Service:
                 connection_limit=self.config.connection_limit,
                 channel_timeout=max(1, int(self.config.idle_timeout)),
                 cleanup_interval=max(1, int(self.config.idle_timeout / 4)),
-                asyncore_loop_timeout=LOOP_TIMEOUT, **self._proxy())
+                asyncore_loop_timeout=LOOP_TIMEOUT,
+                # 64 KiB reads instead of waitress's 8 KiB: an asset upload is taken in about
+                # 1.7x faster (bench/assets.py); a small request costs the same.
+                recv_bytes=65536, **self._proxy())
         except OSError:
             self.context.close()
             raise
