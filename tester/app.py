@@ -1,6 +1,7 @@
 """The Cylindria Tester window: fields, one button per endpoint and a text window of results."""
 
 import argparse
+import functools
 import itertools
 import logging
 import os
@@ -15,10 +16,11 @@ from tkinter.scrolledtext import ScrolledText
 from tester import format as fmt
 from tester import settings as settings_mod
 from tester.client import Client, Result, build_base_url
+from tester.events import EventReader
 from tester.fields import gpu_field, parse_priority, status_gpu
 from tester.jobid import new_job_id
 from tester.settings import Settings
-from tester.watch import Watch
+from tester.watch import Update, Watch
 from tester.workflow import load_workflow
 
 logger = logging.getLogger(__name__)
@@ -27,10 +29,11 @@ API_KEY_ENV = "CYLINDRIA_API_KEY"
 TAG_COLOURS = {fmt.HEADER: "#1f4e9c", fmt.OK: "#1b7a1b", fmt.ERROR: "#b00020", fmt.INFO: "#555555"}
 
 Done = Callable[[str, Result], None]
+Emit = Callable[[object, bool], None]  # (item, final) from a worker thread
 
 
 class App:
-    """One tester window; HTTP runs in worker threads whose Results are drained with ``after()``."""
+    """One tester window; HTTP runs in worker threads whose items are drained with ``after()``."""
 
     DRAIN_MS = 50
     WATCH_MS = 1000
@@ -39,12 +42,13 @@ class App:
         self.root = root
         self.settings = settings or settings_mod.load()
         self._saved: Settings | None = None  # what this window last wrote to disk
-        self.results: queue.Queue[tuple[int, str, Result]] = queue.Queue()
-        self._callbacks: dict[int, Done] = {}
+        self.results: queue.Queue[tuple[int, str, object, bool]] = queue.Queue()
+        self._callbacks: dict[int, Callable[[str, object], None]] = {}
         self._tokens = itertools.count()
         self.pending = 0
         self.last_job_id = ""
         self.watch: Watch | None = None
+        self.reader: EventReader | None = None  # the watched job's event stream, while it lasts
         self._watch_after: str | None = None
         self._tail: object = None  # who wrote the last entry, so a watch's lines stay together
         self.url_var = tk.StringVar(root, self.settings.url)
@@ -87,15 +91,16 @@ class App:
         buttons = ttk.Frame(self.root, padding=(8, 4))
         buttons.grid(row=1, column=0, sticky="ew")
         self.status_button = ttk.Button(buttons, text="Server status", command=self.on_server_status)
+        self.upload_button = ttk.Button(buttons, text="Upload asset…", command=self.on_upload_asset)
         self.start_button = ttk.Button(buttons, text="Start job…", command=self.on_start_job)
         self.job_button = ttk.Button(buttons, text="Job status…", command=self.on_job_status)
         self.watch_button = ttk.Button(buttons, text="Watch job…", command=self.on_watch_job)
         self.clear_button = ttk.Button(buttons, text="Clear", command=self.on_clear)
-        for i, button in enumerate((self.status_button, self.start_button, self.job_button,
-                                    self.watch_button)):
+        for i, button in enumerate((self.status_button, self.upload_button, self.start_button,
+                                    self.job_button, self.watch_button)):
             button.grid(row=0, column=i, padx=(0, 6))
-        buttons.columnconfigure(4, weight=1)
-        self.clear_button.grid(row=0, column=5, sticky="e")
+        buttons.columnconfigure(5, weight=1)
+        self.clear_button.grid(row=0, column=6, sticky="e")
 
         watch = ttk.Frame(self.root, padding=(8, 4))
         watch.grid(row=2, column=0, sticky="ew")
@@ -123,6 +128,12 @@ class App:
             filetypes=[("JSON workflow", "*.json"), ("All files", "*")])
         return path or None
 
+    def ask_asset_file(self) -> str | None:
+        """Ask for a file to upload as an asset (an input of workflows); None when cancelled."""
+        path = filedialog.askopenfilename(parent=self.root, title="Asset to upload",
+                                          filetypes=[("All files", "*")])
+        return path or None
+
     def ask_job_id(self, title: str) -> str | None:
         """Ask for a job id, prefilled with the last one sent; None when cancelled."""
         return simpledialog.askstring(title, "Job ID:", parent=self.root,
@@ -134,6 +145,12 @@ class App:
         client, gpu = self.make_client("Server status"), status_gpu(self.gpu_id())
         if client:
             self.run_in_background("Server status", lambda: client.server_status(gpu), self.show_result)
+
+    def on_upload_asset(self) -> None:
+        """Pick a file and upload it as an asset."""
+        path = self.ask_asset_file()
+        if path:
+            self.upload_asset(path)
 
     def on_start_job(self) -> None:
         """Pick a workflow file and send it under a new job id."""
@@ -167,6 +184,13 @@ class App:
         self.key_entry.configure(show="" if self.show_key_var.get() else "•")
 
     # ---- commands -----------------------------------------------------------------------
+    def upload_asset(self, path: str) -> None:
+        """Upload the file at ``path`` as an asset, read from disk as it is sent."""
+        title = f"Upload asset ({Path(path).name})"
+        client = self.make_client(title)
+        if client:
+            self.run_in_background(title, lambda: client.upload_asset(path), self.show_asset)
+
     def start_job(self, path: str) -> None:
         """Send the workflow at ``path`` under a fresh job id; refuse a bad file or priority here."""
         title = f"Start job ({Path(path).name})"
@@ -193,16 +217,28 @@ class App:
                                    self.show_result)
 
     def start_watch(self, job_id: str) -> None:
-        """Poll ``job_id`` every second until it ends."""
+        """Follow ``job_id`` until it ends: its event stream, else a poll every second."""
         self.stop_watch(None)
         self.last_job_id = job_id
         self.watch = Watch(job_id)
         self.progress.configure(value=0)
         self.watch_var.set(f"{job_id}: …")
         self.watch_button.configure(text="Stop watching")
-        self.append(fmt.format_note(f"Watch job {job_id}", "polling every second", fmt.INFO),
-                    source=self.watch)
-        self.poll_watch()
+        self.append(fmt.format_note(f"Watch job {job_id}", "following its event stream (/jobevents)",
+                                    fmt.INFO), source=self.watch)
+        self.follow_watch()
+
+    def follow_watch(self) -> None:
+        """Open the watched job's event stream in a reader thread."""
+        watch = self.watch
+        client = self.make_client(f"Watch job {watch.job_id}")
+        if not client:
+            self.stop_watch("stopped: fix the fields and watch again")
+            return
+        emit = self.listen(f"Watch job {watch.job_id}",
+                           lambda title, item: self.on_stream_item(watch, item))
+        self.reader = EventReader(client, watch.job_id, emit)
+        self.reader.start()
 
     def poll_watch(self) -> None:
         """Send one JobStatus for the watched job."""
@@ -217,11 +253,24 @@ class App:
         self.run_in_background(f"Watch job {watch.job_id}", lambda: client.job_status(watch.job_id),
                                lambda title, result: self.on_watch_result(watch, result))
 
+    def on_stream_item(self, watch: Watch, item: object) -> None:
+        """Apply one item of the event stream; poll instead once it is refused or drops."""
+        if watch is not self.watch:
+            return  # a late item of a watch that was stopped or replaced
+        update = watch.stream_step(item)
+        if self.show_update(watch, update) and update.poll:
+            self.reader = None  # its last item was this one
+            self.poll_watch()
+
     def on_watch_result(self, watch: Watch, result: Result) -> None:
-        """Apply one poll's Result to the bar and label; schedule the next poll or stop."""
+        """Apply one poll's Result; schedule the next poll unless the watch is over."""
         if watch is not self.watch:
             return  # a late answer for a watch that was stopped or replaced
-        update = watch.step(result)
+        if self.show_update(watch, watch.step(result)):
+            self._watch_after = self.root.after(self.WATCH_MS, self.poll_watch)
+
+    def show_update(self, watch: Watch, update: Update) -> bool:
+        """Apply an Update to the bar, the label and the text; False once the watch is over."""
         if update.percent is not None:
             self.progress.configure(value=update.percent)
         self.watch_var.set(f"{watch.job_id}: {update.status}")
@@ -229,14 +278,16 @@ class App:
             self.append(update.lines, source=watch)
         if update.done:
             self.stop_watch(None)
-        else:
-            self._watch_after = self.root.after(self.WATCH_MS, self.poll_watch)
+        return not update.done
 
     def stop_watch(self, reason: str | None) -> None:
-        """Stop polling; ``reason`` is shown when given."""
+        """Stop following the job (closing its event stream); ``reason`` is shown when given."""
         if self._watch_after:
             self.root.after_cancel(self._watch_after)
             self._watch_after = None
+        if self.reader:
+            self.reader.stop()
+            self.reader = None
         if self.watch and reason:
             self.append([(f"watch {self.watch.job_id}: {reason}", fmt.INFO)])
         self.watch = None
@@ -275,26 +326,34 @@ class App:
             logger.warning("could not save settings: %s", exc)
         self.settings = self._saved = current
 
-    def run_in_background(self, title: str, call: Callable[[], Result], on_done: Done) -> None:
-        """Run ``call`` in a worker thread; ``on_done(title, result)`` runs later on the Tk thread."""
+    def listen(self, title: str, on_item: Callable[[str, object], None]) -> Emit:
+        """Register ``on_item``: what a worker emits with the returned function reaches it later,
+        on the Tk thread, until the item emitted as final."""
         token = next(self._tokens)
-        self._callbacks[token] = on_done
+        self._callbacks[token] = on_item
         self.pending += 1
         self.busy_var.set(f"Waiting for {self.pending} answer(s)…")
         # The worker must hold nothing of Tk: a Tk object released on another thread breaks Tcl.
-        threading.Thread(target=_work, args=(self.results, token, title, call),
-                         name=f"tester: {title}", daemon=True).start()
+        return functools.partial(_put, self.results, token, title)
+
+    def run_in_background(self, title: str, call: Callable[[], Result], on_done: Done) -> None:
+        """Run ``call`` in a worker thread; ``on_done(title, result)`` runs later on the Tk thread."""
+        emit = self.listen(title, on_done)
+        threading.Thread(target=_work, args=(emit, title, call), name=f"tester: {title}",
+                         daemon=True).start()
 
     def drain_results(self) -> None:
-        """Hand finished Results to their callbacks; runs every DRAIN_MS on the Tk thread."""
+        """Hand what workers emitted to its callbacks; runs every DRAIN_MS on the Tk thread."""
         while True:
             try:
-                token, title, result = self.results.get_nowait()
+                token, title, item, final = self.results.get_nowait()
             except queue.Empty:
                 break
-            self.pending -= 1
+            if final:
+                self.pending -= 1
+            callback = self._callbacks.pop(token) if final else self._callbacks[token]
             try:
-                self._callbacks.pop(token)(title, result)
+                callback(title, item)
             except Exception:
                 logger.exception("showing the result of %s failed", title)
         self.busy_var.set(f"Waiting for {self.pending} answer(s)…" if self.pending else "Ready")
@@ -303,6 +362,16 @@ class App:
     def show_result(self, title: str, result: Result) -> None:
         """Append one formatted Result to the text window."""
         self.append(fmt.format_lines(title, result))
+
+    def show_asset(self, title: str, result: Result) -> None:
+        """Show an upload's answer; copy the asset's workflow reference to the clipboard."""
+        lines = fmt.format_lines(title, result)
+        if result.ok and fmt.is_asset(result.data):
+            reference = fmt.asset_reference(result.data)
+            self.root.clipboard_clear()
+            self.root.clipboard_append(reference)
+            lines.append((f"workflow input (copied to the clipboard): {reference}", fmt.INFO))
+        self.append(lines)
 
     def append(self, lines: fmt.Lines, source: object = None) -> None:
         """Add lines at the bottom of the text window and scroll to them.
@@ -339,14 +408,19 @@ def labelled_entry(parent: ttk.Frame, column: int, text: str, variable: tk.Strin
     return entry
 
 
-def _work(results: queue.Queue, token: int, title: str, call: Callable[[], Result]) -> None:
-    """Body of a worker thread: run one request and queue its Result for the Tk thread."""
+def _put(results: queue.Queue, token: int, title: str, item: object, final: bool) -> None:
+    """Queue one item of a worker for the Tk thread."""
+    results.put((token, title, item, final))
+
+
+def _work(emit: Emit, title: str, call: Callable[[], Result]) -> None:
+    """Body of a worker thread: run one request and emit its Result as the final item."""
     try:
         result = call()
     except Exception as exc:  # the client never raises; this is a last guard
         logger.exception("request failed: %s", title)
         result = Result("", "", None, 0.0, error_text=f"internal error: {exc!r}")
-    results.put((token, title, result))
+    emit(result, True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

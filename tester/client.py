@@ -5,14 +5,18 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import requests
 
+from tester.upload import MultipartFile
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds
+STREAM_TIMEOUT = (5.0, 45.0)  # the server sends a keep-alive every 15 s: three missed is a dead stream
 _ERRNO_RE = re.compile(r"\[Errno -?\d+\] ([^'\"\)]+)")
 
 
@@ -115,34 +119,70 @@ class Client:
         """GET /jobstatus/<job_id>/."""
         return self.request("GET", f"/jobstatus/{quote(job_id, safe='')}/")
 
-    def request(self, method: str, path: str, params: dict | None = None,
-                body: bytes | None = None) -> Result:
+    def upload_asset(self, path: str | Path) -> Result:
+        """POST /assets with the file at ``path`` as the multipart part ``file``, streamed from disk."""
+        try:
+            body = MultipartFile(path)
+        except OSError as exc:
+            return Result("POST", self.base_url + "/assets", None, 0.0,
+                          error_text=f"cannot read {path}: {exc.strerror or exc}")
+        with body:
+            return self.request("POST", "/assets", body=body, content_type=body.content_type)
+
+    def open_events(self, job_id: str) -> tuple[Result, requests.Response | None]:
+        """GET /jobevents/<job_id>/: the answer, and the response to read the events from.
+
+        The response is None unless the server answered with an event stream; the Result then
+        holds the whole answer (a 429 too_many_streams, say), as ``request`` gives it.
+        """
+        path = f"/jobevents/{quote(job_id, safe='')}/"
+        result, resp = self._send("GET", path, accept="text/event-stream", stream=True,
+                                  timeout=STREAM_TIMEOUT)
+        if resp is None:
+            return result, None
+        if result.ok and resp.headers.get("Content-Type", "").startswith("text/event-stream"):
+            return result, resp
+        with resp:
+            return self._read_body(result, resp), None
+
+    def request(self, method: str, path: str, params: dict | None = None, body: Any = None,
+                content_type: str = "application/json") -> Result:
         """Send one request and return its Result; network failures become ``error_text``."""
+        result, resp = self._send(method, path, params, body, content_type)
+        return result if resp is None else self._read_body(result, resp)
+
+    def _send(self, method: str, path: str, params: dict | None = None, body: Any = None,
+              content_type: str | None = None, accept: str = "application/json",
+              stream: bool = False, timeout: Any = None) -> tuple[Result, requests.Response | None]:
+        """Send one request: the Result so far (no body yet) and the response, or a failure."""
         url = self.base_url + path
         shown = requests.Request(method, url, params=params).prepare().url
-        headers = {"Accept": "application/json"}
+        headers = {"Accept": accept}
         if self.api_key:
             headers["X-API-Key"] = self.api_key
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
+        timeout = timeout or self.timeout
         start = time.perf_counter()
         try:
-            with requests.Session() as session:
-                resp = session.request(method, url, params=params, data=body,
-                                       headers=headers, timeout=self.timeout)
+            resp = requests.request(method, url, params=params, data=body, headers=headers,
+                                    timeout=timeout, stream=stream)
         except requests.RequestException as exc:
             elapsed = (time.perf_counter() - start) * 1000
-            return Result(method, shown, None, elapsed, error_text=describe_error(exc, self.timeout))
+            return Result(method, shown, None, elapsed, error_text=describe_error(exc, timeout)), None
         elapsed = (time.perf_counter() - start) * 1000
-        return self._result(method, shown, resp, elapsed)
+        return Result(method, shown, resp.status_code, elapsed, reason=resp.reason or ""), resp
 
     @staticmethod
-    def _result(method: str, url: str, resp: requests.Response, elapsed: float) -> Result:
-        """Build the Result of an HTTP answer, parsing its body as JSON when it is JSON."""
-        text = resp.text
-        result = Result(method, url, resp.status_code, elapsed, reason=resp.reason or "", body=text)
+    def _read_body(result: Result, resp: requests.Response) -> Result:
+        """Add the answer's body to its Result, parsed as JSON when it is JSON."""
         try:
-            result.data = json.loads(text)
+            result.body = resp.text
+        except requests.RequestException as exc:  # only a streamed body is read this late
+            result.status, result.error_text = None, describe_error(exc)
+            return result
+        try:
+            result.data = json.loads(result.body)
             result.is_json = True
         except ValueError:
             pass

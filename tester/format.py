@@ -68,6 +68,24 @@ def job_summary(job: dict, status: str | None = None) -> str:
     return " · ".join(parts)
 
 
+def is_asset(data: Any) -> bool:
+    """Tell whether an answer's data is an asset (an upload's answer)."""
+    return isinstance(data, dict) and all(key in data for key in ("id", "hash", "size_bytes"))
+
+
+def asset_summary(asset: dict) -> str:
+    """One line about an uploaded asset, e.g. ``asset 9f86… · cat.png · 1,234 bytes · new``."""
+    size = asset.get("size_bytes")
+    size_text = f"{size:,} bytes" if isinstance(size, int) else f"{size} bytes"
+    fresh = "new" if asset.get("created_new") else "already stored (created_new: false)"
+    return f"asset {asset['id']} · {asset.get('name')} · {size_text} · {fresh}"
+
+
+def asset_reference(asset: dict) -> str:
+    """The input value by which a workflow refers to the asset."""
+    return json.dumps({"__type": "core/ASSET", "info": {"id": asset["id"]}})
+
+
 def body_lines(result: Result) -> Lines:
     """The answer's body: pretty JSON, or the text cut to MAX_BODY_CHARS."""
     if result.status is None:
@@ -91,6 +109,8 @@ def format_lines(title: str, result: Result, now: datetime | None = None) -> Lin
         lines.append((summary, ERROR))
     elif result.ok and is_job(result.data):
         lines.append((job_summary(result.data), INFO))
+    elif result.ok and is_asset(result.data):
+        lines.append((asset_summary(result.data), INFO))
     return lines + body_lines(result)
 
 

@@ -15,12 +15,17 @@ import tkinter as tk
 from contextlib import contextmanager
 from pathlib import Path
 
+import blake3
 import pytest
 import requests
 
 from tester import settings as settings_mod
 from tester.app import App
+from tester.watch import POLLING
 from tests import workflows
+from tests.fake_comfy.png import output_png
+from tests.test_tester_events import FULL_STREAM, SseHandler
+from tests.test_tester_logic import Server
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "tester-gui-key-0123456789"
@@ -99,13 +104,13 @@ def wait_until_up(proc: subprocess.Popen, log: Path, check) -> None:
 
 
 @contextmanager
-def cylindria(work: Path, comfy_port: int, name: str = "cylindria"):
+def cylindria(work: Path, comfy_port: int, name: str = "cylindria", *flags: str):
     """Run a real Cylindria (one GPU) in front of the ComfyUI at ``comfy_port``; yield its port."""
     port, log = free_port(), work / f"{name}.log"
     proc = start(["cylindria.py", "--host", "127.0.0.1", "--port", str(port),
                   "--comfy-base-url", f"http://127.0.0.1:{comfy_port}", "--numberOfGpus", "1",
                   "--api-key", KEY, "--data-dir", str(work / f"{name}-data"),
-                  "--poll-interval", "0.5"], log)
+                  "--poll-interval", "0.5", *flags], log)
     try:
         url = f"http://127.0.0.1:{port}/health"
         wait_until_up(proc, log, lambda: requests.get(url, timeout=1).status_code == 200)
@@ -115,15 +120,15 @@ def cylindria(work: Path, comfy_port: int, name: str = "cylindria"):
 
 
 @contextmanager
-def cylindria_with_fake_comfy(work: Path):
-    """Run the fake ComfyUI and a real Cylindria in front of it; yield Cylindria's port."""
-    comfy_port, comfy_log = free_port(), work / "fake_comfy.log"
+def cylindria_with_fake_comfy(work: Path, name: str = "cylindria", *flags: str):
+    """Run a fake ComfyUI and a real Cylindria in front of it; yield Cylindria's port."""
+    comfy_port, comfy_log = free_port(), work / f"{name}-fake_comfy.log"
     comfy = start(["-m", "tests.fake_comfy", "--port", str(comfy_port), "--count", "1",
                    "--time-scale", "0.05"], comfy_log)
     try:
         wait_until_up(comfy, comfy_log,
                       lambda: socket.create_connection(("127.0.0.1", comfy_port), 1).close() or True)
-        with cylindria(work, comfy_port) as port:
+        with cylindria(work, comfy_port, name, *flags) as port:
             yield port
     finally:
         stop(comfy)
@@ -144,6 +149,15 @@ def servers_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cylindria_port(servers_dir):
     with cylindria_with_fake_comfy(servers_dir) as port:
+        yield port
+
+
+@pytest.fixture(scope="module")
+def limited_port(servers_dir):
+    """A Cylindria with one event stream slot and assets up to 1 MiB, logging every request
+    (successful GETs are DEBUG)."""
+    with cylindria_with_fake_comfy(servers_dir, "cylindria-limited", "--max-streams", "1",
+                                   "--max-asset-mb", "1", "--log-level", "DEBUG") as port:
         yield port
 
 
@@ -174,8 +188,8 @@ def app(display, config_dir, cylindria_port, servers_dir):
     yield app
     discard(app)
     # pytest shows this only for a failed test
-    for log in ("cylindria.log", "fake_comfy.log", "cylindria-no-gpu.log"):
-        print(f"---- end of {log} ----\n{log_tail(servers_dir / log)}")
+    for log in sorted(servers_dir.glob("*.log")):
+        print(f"---- end of {log.name} ----\n{log_tail(log)}")
 
 
 def discard(app: App) -> None:
@@ -228,6 +242,17 @@ def start_job(app: App, tmp_path: Path, workflow: dict) -> None:
     path.write_text(json.dumps(workflow, indent=1))
     app.ask_workflow_file = lambda: str(path)
     app.start_button.invoke()
+
+
+def watch_job(app: App, job_id: str) -> None:
+    """Press Watch job and give ``job_id`` in the dialog."""
+    app.ask_job_id = lambda title: job_id
+    app.watch_button.invoke()
+
+
+def log_text(path: Path) -> str:
+    """A server's whole log so far."""
+    return path.read_text(errors="replace")
 
 
 def run_job(app: App, tmp_path: Path, query: str = "GpuId=0") -> str:
@@ -369,3 +394,116 @@ def test_fields_are_remembered_but_never_the_key(app, config_dir, cylindria_port
         assert again.key_var.get() == ""
     finally:
         discard(again)
+
+
+def test_upload_asset_then_run_a_workflow_that_refers_to_it(app, tmp_path):
+    content = output_png("tester-upload.png", 8)
+    path = tmp_path / "photo é.png"
+    path.write_bytes(content)
+    app.ask_asset_file = lambda: str(path)
+    app.upload_button.invoke()
+    wait_for_text(app, "Upload asset (photo é.png)", "HTTP 201")
+    reference = app.root.clipboard_get()
+    asset_id = json.loads(reference)["info"]["id"]
+    out = app.output()
+    assert f"POST http://127.0.0.1:{app.port_var.get()}/assets" in out
+    assert f"asset {asset_id} · photo é.png · {len(content):,} bytes · new" in out
+    assert f'"hash": "blake3:{blake3.blake3(content).hexdigest()}"' in out
+    assert out.rstrip().endswith(f"workflow input (copied to the clipboard): {reference}")
+
+    app.upload_button.invoke()  # the same bytes again: the same asset
+    wait_for_text(app, "HTTP 200", "already stored (created_new: false)")
+    assert f"asset {asset_id} · " in app.output().split("HTTP 200")[-1]
+
+    workflow = workflows.core("unused")
+    workflow["3"]["inputs"]["filename_prefix"] = json.loads(reference)  # as pasted from the clipboard
+    start_job(app, tmp_path, workflow)
+    wait_for_text(app, "HTTP 201 CREATED")
+    job_id = app.last_job_id
+    watch_job(app, job_id)
+    wait_for_text(app, f"watch {job_id}: ended completed")
+
+
+def test_a_bad_upload_shows_the_servers_error_and_copies_nothing(app, tmp_path):
+    app.root.clipboard_clear()
+    app.root.clipboard_append("untouched")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    app.upload_asset(str(empty))
+    wait_for_text(app, "HTTP 400", "invalid_asset: the file is empty")
+    app.upload_asset(str(tmp_path / "missing.png"))
+    wait_for_text(app, "cannot read ")
+    assert app.root.clipboard_get() == "untouched" and "workflow input" not in app.output()
+
+
+def test_an_upload_over_the_limit_shows_413(app, limited_port, tmp_path):
+    fill(app.port_entry, str(limited_port))
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\0" * (3 * 1024 * 1024))
+    app.upload_asset(str(big))
+    wait_for_text(app, "HTTP 413", "asset_too_large: ", '"limit_bytes": 1048576')
+
+
+def test_watch_follows_the_event_stream(app, limited_port, servers_dir, tmp_path):
+    fill(app.port_entry, str(limited_port))
+    job_id = run_job(app, tmp_path)
+    assert f"Watch job {job_id} ──\nfollowing its event stream (/jobevents)" in app.output()
+    assert POLLING not in app.output()
+    log = servers_dir / "cylindria-limited.log"
+    wait_for(app, lambda: f"GET /jobevents/{job_id}/ 200" in log_text(log), "the stream's log line")
+    # the one JobStatus is run_job's own button; the watch sent none
+    assert log_text(log).count(f"GET /jobstatus/{job_id}/ ") == 1
+
+
+def test_watch_polls_when_every_stream_is_taken(app, limited_port, servers_dir, tmp_path):
+    fill(app.port_entry, str(limited_port))
+    # Not run_job's 40 s: ComfyUI would answer an unchanged sleep node from its cache at once.
+    start_job(app, tmp_path, workflows.slow(seconds=41, steps=4))
+    wait_for_text(app, "HTTP 201")
+    job_id = app.last_job_id
+    url = f"http://127.0.0.1:{limited_port}/jobevents/{job_id}/"
+    with requests.get(url, headers={"X-API-Key": KEY}, stream=True, timeout=WAIT_S) as held:
+        assert held.status_code == 200  # the one slot is taken until this job ends
+        watch_job(app, job_id)
+        wait_for_text(app, f"watch {job_id}: no event stream: HTTP 429",
+                      "too_many_streams", POLLING)
+        wait_for_text(app, f"watch {job_id}: ended completed")
+    assert app.watch_var.get() == f"{job_id}: completed 100% · GPU 0"
+    log = log_text(servers_dir / "cylindria-limited.log")
+    assert f"GET /jobevents/{job_id}/ 429" in log and f"GET /jobstatus/{job_id}/ 200" in log
+
+
+def test_stopping_the_watch_closes_its_stream(app, limited_port, tmp_path):
+    fill(app.port_entry, str(limited_port))
+    start_job(app, tmp_path, workflows.slow(seconds=400, steps=80))  # about 20 s here
+    wait_for_text(app, "HTTP 201")
+    job_id = app.last_job_id
+    watch_job(app, job_id)
+    wait_for_text(app, f"watch {job_id}: running")
+    reader = app.reader._thread
+    app.watch_button.invoke()
+    assert app.reader is None and f"watch {job_id}: stopped by the operator" in app.output()
+    wait_for(app, lambda: not reader.is_alive(), "the reader thread to end")
+    url = f"http://127.0.0.1:{limited_port}/jobevents/{job_id}/"
+    headers = {"X-API-Key": KEY}
+
+    def slot_free() -> bool:
+        with requests.get(url, headers=headers, stream=True, timeout=WAIT_S) as again:
+            return again.status_code == 200
+    try:
+        wait_for(app, slot_free, "the server to get its stream slot back")
+    finally:
+        requests.delete(f"http://127.0.0.1:{limited_port}/job/{job_id}/", headers=headers,
+                        timeout=WAIT_S)
+
+
+def test_a_stream_that_drops_falls_back_to_polling(app):
+    with Server(SseHandler) as stub:
+        stub.httpd.mode, stub.httpd.chunks = "drop", FULL_STREAM[:3]  # queued, then running
+        fill(app.port_entry, str(stub.httpd.server_address[1]))
+        watch_job(app, "j")
+        wait_for_text(app, "watch j: running", "watch j: the event stream broke (", POLLING,
+                      "watch j: ended completed")
+        paths = [r["path"] for r in stub.received]
+    assert paths[:2] == ["/jobevents/j/", "/jobstatus/j/"]
+    assert app.watch is None and app.progress["value"] == 100

@@ -76,8 +76,11 @@ class Handler(BaseHTTPRequestHandler):
 class Server:
     """A real HTTP server on 127.0.0.1, port 0, in a thread; use with ``with``."""
 
+    def __init__(self, handler=Handler):
+        self.handler = handler
+
     def __enter__(self):
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
         self.httpd.daemon_threads = True
         self.httpd.received = []
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
