@@ -121,3 +121,26 @@ def test_stop_ends_open_streams_within_the_second(fakes, tmp_path):
     assert ended.wait(10)
     waiter.join(10)
     assert not waiter.is_alive()
+
+
+def test_a_held_job_streams_until_a_gpu_takes_it(fakes, tmp_path):
+    """GpuId=auto with no GPU reachable: the stream shows it queued in Cylindria's queue, then
+    follows it to its end once a ComfyUI starts."""
+    for fake in fakes:
+        fake.stop()
+    with Service(make_config(fakes, tmp_path)) as service:
+        api = Api(service.url)
+        assert api.put("/startjob/held-stream?GpuId=auto",
+                       json=workflows.core("held-stream")).status_code == 201
+        events: list = []
+        reader = threading.Thread(target=read_events,
+                                  args=(f"{service.url}/jobevents/held-stream", events))
+        reader.start()
+        wait_for(lambda: events, message="the first event")
+        first = events[0][1]
+        assert (first["status"], first["gpu_id"], first["queue_position"]) == ("queued", None, 0)
+        fakes[0].start()
+        reader.join(40)
+        assert not reader.is_alive()
+    statuses = [data["status"] for name, data in events if name == "status"]
+    assert statuses[0] == "queued" and statuses[-1] == "completed"

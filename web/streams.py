@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from flask import Blueprint, Response, request
 
 from comfy.encoding import to_json
-from comfy.jobs import Job
+from comfy.jobs import Job, JobStatus
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
-from web.lookup import held_position, known_job
+from web.lookup import known_job
 from web.views import job_view
 
 bp = Blueprint("streams", __name__)
@@ -127,7 +127,7 @@ def _events(context, job_id: str, version: int, finish):
         job = store.get(job_id)
         if job is None:
             return
-        yield _event("status", _view(job))
+        yield _event("status", _view(context, job))
         shown_status, shown_progress, progress_at = job.status, job.progress(), 0.0
         while not job.status.finished and not watch.closed:
             due = progress_at + PROGRESS_EVERY - time.monotonic()
@@ -140,7 +140,7 @@ def _events(context, job_id: str, version: int, finish):
                 return
             if job.status != shown_status:
                 shown_status, shown_progress = job.status, job.progress()
-                yield _event("status", _view(job))
+                yield _event("status", _view(context, job))
             elif job.progress() != shown_progress and time.monotonic() >= progress_at + PROGRESS_EVERY:
                 shown_progress, progress_at = job.progress(), time.monotonic()
                 yield _event("progress", shown_progress)
@@ -150,9 +150,11 @@ def _events(context, job_id: str, version: int, finish):
         finish()
 
 
-def _view(job: Job) -> dict:
-    """A job as /jobstatus shows it."""
-    return job_view(job, held_position(job))
+def _view(context, job: Job) -> dict:
+    """A job as /jobstatus shows it (from the context given: the stream runs after the
+    request's app context has ended)."""
+    held = job.status == JobStatus.HELD
+    return job_view(job, context.dispatcher.position(job.job_id) if held else None)
 
 
 def _event(name: str, data) -> bytes:
