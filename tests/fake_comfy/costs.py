@@ -38,7 +38,7 @@ PLACEHOLDERS = {"history": "{id}", "object_info": "{class}"}  # /history/<id> ->
 REAL_TIMINGS = "timings-real.json"
 # Recorded in the second session (2026-12-01, see README.md) on a quieter machine: its costs
 # are timings-real.json's (real_costs()); its single samples would move the first session's
-# medians, which recorded_costs() stands for (and the bench's published costed figures use).
+# medians, which recorded_costs() stands for (the bench now uses real_costs(): bench/README.md).
 LATER_SESSION = frozenset({"scenario-upload-loadimage.json"})
 # "POST /prompt (core workflow, accepted)": method, path, optional note in parentheses
 ROUTE_NAME = re.compile(r"(?P<method>[A-Z]+) (?P<path>/\S*)(?: \((?P<note>[^)]*)\))?")
