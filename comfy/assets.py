@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS assets (
 CREATE TABLE IF NOT EXISTS asset_uses (
     asset_id TEXT NOT NULL,
     job_id TEXT NOT NULL,
-    PRIMARY KEY (asset_id, job_id)
+    fingerprint TEXT NOT NULL,  -- of the workflow that referred to it: an id reused by
+                                -- another workflow does not hold the asset
+    PRIMARY KEY (asset_id, job_id, fingerprint)
 );
 """
 
@@ -195,20 +197,20 @@ class AssetStore:
             self._conn.execute("DELETE FROM asset_uses WHERE asset_id = ?", (asset.id,))
             self.path(asset).unlink(missing_ok=True)
 
-    def use(self, job_id: str, assets) -> None:
-        """A job refers to these assets: recorded (before the job exists, so a delete never
-        misses it), and retention counts from now."""
+    def use(self, job_id: str, fingerprint: str, assets) -> None:
+        """A job (this id with this workflow) refers to these assets: recorded before the
+        job exists, so a delete never misses it, and retention counts from now."""
         with self._lock:
             for asset in assets:
-                self._conn.execute("INSERT OR IGNORE INTO asset_uses (asset_id, job_id) "
-                                   "VALUES (?, ?)", (asset.id, job_id))
+                self._conn.execute("INSERT OR IGNORE INTO asset_uses (asset_id, job_id, "
+                                   "fingerprint) VALUES (?, ?, ?)", (asset.id, job_id, fingerprint))
                 self._touch(asset.id)
 
-    def users(self, asset: Asset) -> list[str]:
-        """The ids of the jobs that ever referred to this asset."""
+    def users(self, asset: Asset) -> list[tuple[str, str]]:
+        """(job id, workflow fingerprint) of every submission that referred to this asset."""
         with self._lock:
-            return [row[0] for row in self._conn.execute(
-                "SELECT job_id FROM asset_uses WHERE asset_id = ?", (asset.id,))]
+            return self._conn.execute("SELECT job_id, fingerprint FROM asset_uses "
+                                      "WHERE asset_id = ?", (asset.id,)).fetchall()
 
     def unused_since(self, cutoff: float, limit: int = 200) -> list[Asset]:
         """Assets no job has needed since `cutoff`, oldest first."""

@@ -92,7 +92,7 @@ class RetentionSweep:
             return 0
         removed = 0
         for asset in self.assets.unused_since(self.clock() - self.retention):
-            if any(self._unfinished(job_id) for job_id in self.assets.users(asset)):
+            if any(self._unfinished(job_id) for job_id, _ in self.assets.users(asset)):
                 continue
             self.assets.delete(asset)
             removed += 1

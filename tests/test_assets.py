@@ -194,3 +194,25 @@ def test_a_comfyui_that_lost_its_input_files_gets_them_again(api, fakes):
     run_inverted(api, "after-restart", asset, "0")
     assert len(fakes[0].uploads) == 3
     assert api.get("/jobstatus/after-clear").json()["attempts"] == 1
+
+
+def test_an_oversize_upload_asking_to_continue_is_refused_before_its_body(fakes, tmp_path):
+    with Service(make_config(fakes, tmp_path, max_asset_mb=1)) as service:
+        sock = socket.create_connection(("127.0.0.1", service.port), timeout=10)
+        sock.sendall(f"POST /assets?name=big.bin HTTP/1.1\r\nHost: c\r\nX-API-Key: {API_KEY}\r\n"
+                     f"Expect: 100-continue\r\nContent-Length: {5 * 1024 * 1024}\r\n\r\n".encode())
+        answer = read_all(sock).decode()
+        sock.close()
+    assert answer.startswith("HTTP/1.1 413") and "100 Continue" not in answer
+
+
+def test_a_retry_is_answered_after_its_asset_is_gone(api, fake):
+    asset = upload(api, PNG).json()
+    workflow = workflows.core("retried")
+    workflow["3"]["inputs"]["filename_prefix"] = asset_ref(asset)
+    assert api.put("/startjob/retried", json=workflow).status_code == 201
+    api.wait_status("retried", "completed")
+    assert api.delete(f"/assets/{asset['id']}").status_code == 200
+    again = api.put("/startjob/retried", json=workflow)
+    assert again.status_code == 200 and again.json()["status"] == "completed"
+    assert api.put("/startjob/new-one", json=workflow).json()["code"] == "asset_not_found"

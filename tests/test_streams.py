@@ -144,3 +144,21 @@ def test_a_held_job_streams_until_a_gpu_takes_it(fakes, tmp_path):
         assert not reader.is_alive()
     statuses = [data["status"] for name, data in events if name == "status"]
     assert statuses[0] == "queued" and statuses[-1] == "completed"
+
+
+def test_keepalives_come_on_time_though_the_job_is_touched_often(fakes, tmp_path, monkeypatch):
+    """The poller touches a waiting job every interval; a comment is still due KEEPALIVE
+    after the stream's last write, not after its last wake-up."""
+    import web.streams
+    monkeypatch.setattr(web.streams, "KEEPALIVE", 0.3)
+    fakes[0].hold = True
+    with Service(make_config(fakes, tmp_path, poll_interval=0.05)) as service:
+        api = Api(service.url)
+        api.put("/startjob/quiet", json=workflows.core("quiet"))
+        events: list = []
+        reader = threading.Thread(target=read_events, args=(f"{service.url}/jobevents/quiet", events))
+        reader.start()
+        wait_for(lambda: sum(1 for name, _ in events if name == "") >= 2, message="two keep-alives")
+        fakes[0].hold = False
+        reader.join(30)
+    assert [data["status"] for name, data in events if name == "status"][-1] == "completed"

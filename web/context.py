@@ -34,8 +34,12 @@ class Context:
 
     def asset_users(self, asset) -> list[str]:
         """The unfinished jobs that refer to this asset."""
-        jobs = (self.store.get(job_id) for job_id in self.assets.users(asset))
-        return [job.job_id for job in jobs if job is not None and not job.status.finished]
+        users = []
+        for job_id, fingerprint in self.assets.users(asset):
+            job = self.store.get(job_id)
+            if job is not None and job.fingerprint == fingerprint and not job.status.finished:
+                users.append(job_id)
+        return users
 
     def close(self) -> None:
         """Stop dispatching, tracking and the retention sweep, and close the store."""

@@ -63,14 +63,17 @@ def startjob(job_id: str):
 
 def note_assets(context, job_id: str, workflow: Workflow) -> bool:
     """Check the workflow's asset references (400 asset_not_found for one Cylindria does not
-    hold: no job) and record that this job needs them; True if it has any."""
+    hold: no job) and record that this job needs them; True if it has any. A retry of a
+    job that exists is answered with the job even if its assets are gone by now."""
     if not references(workflow.prompt):
         return False
     try:
         resolved = resolve(workflow.prompt, context.assets)
     except AssetNotFound as exc:
+        if context.store.get(job_id) is not None:
+            return True  # the job's own answer (200, or 409 for another workflow) follows
         raise asset_missing(exc) from None
-    context.assets.use(job_id, resolved.values())
+    context.assets.use(job_id, workflow.fingerprint, resolved.values())
     return True
 
 

@@ -249,6 +249,9 @@ class PathLimitedParser(HTTPRequestParser):
             if max(self.content_length, self.body_bytes_received) > limit:
                 self.error = RequestEntityTooLarge("exceeds the limit of this endpoint")
                 self.completed = True
+                # No "100 Continue": a client that asked first (curl does above 1 MiB) then
+                # never sends the body it would only have had refused.
+                self.expect_continue = False
         return consumed
 
 

@@ -129,23 +129,28 @@ def _events(context, job_id: str, version: int, finish):
             return
         yield _event("status", _view(context, job))
         shown_status, shown_progress, progress_at = job.status, job.progress(), 0.0
+        written = time.monotonic()
         while not job.status.finished and not watch.closed:
-            due = progress_at + PROGRESS_EVERY - time.monotonic()
+            now = time.monotonic()
             pending = job.progress() != shown_progress
-            timeout = max(0.0, due) if pending else KEEPALIVE
-            before = version
-            version = watch.wait(job_id, version, timeout)
+            quiet = written + KEEPALIVE - now  # a comment is due this long after the last write
+            timeout = min(max(0.0, progress_at + PROGRESS_EVERY - now), quiet) if pending else quiet
+            version = watch.wait(job_id, version, max(0.0, timeout))
             job = store.get(job_id)
             if job is None:
                 return
+            now = time.monotonic()
             if job.status != shown_status:
                 shown_status, shown_progress = job.status, job.progress()
                 yield _event("status", _view(context, job))
-            elif job.progress() != shown_progress and time.monotonic() >= progress_at + PROGRESS_EVERY:
-                shown_progress, progress_at = job.progress(), time.monotonic()
+            elif job.progress() != shown_progress and now >= progress_at + PROGRESS_EVERY:
+                shown_progress, progress_at = job.progress(), now
                 yield _event("progress", shown_progress)
-            elif version == before and not pending:
+            elif now >= written + KEEPALIVE:
                 yield b": keep-alive\n\n"
+            else:
+                continue
+            written = now
     finally:
         finish()
 
