@@ -1,7 +1,9 @@
 """Assets: uploads, lookups, limits, and references in workflows, against real servers."""
 from __future__ import annotations
 
+import os
 import socket
+import stat
 
 import blake3
 import pytest
@@ -73,6 +75,8 @@ def test_hostile_names_reach_neither_the_disk_nor_comfyui(api, service, fake):
         assert "/" not in stored and "\\" not in stored and "\x00" not in stored
     assets = service.context.config.data_dir / "assets"
     assert all(len(name) == 64 for name in files_in(assets))  # named by hash alone
+    if os.name == "posix":
+        assert {stat.S_IMODE(p.stat().st_mode) for p in assets.iterdir() if p.is_file()} == {0o600}
     assert not (service.context.config.data_dir.parent / "x.png").exists()
 
 

@@ -38,8 +38,9 @@ def test_after_a_start_the_dir_is_0700_and_its_files_0600(fakes, tmp_path, open_
         remove_handlers(pipeline)
     assert mode(data) == 0o700
     assert {"jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm", "api_key",
-            "cylindria.log"} <= set(files)
-    assert set(files.values()) == {0o600}
+            "cylindria.log", "assets"} <= set(files)
+    assert {name: m for name, m in files.items() if (data / name).is_dir()} == {"assets": 0o700}
+    assert {m for name, m in files.items() if not (data / name).is_dir()} == {0o600}
 
 
 def test_a_dir_and_files_left_open_by_an_older_start_are_tightened(fakes, tmp_path):
@@ -53,7 +54,8 @@ def test_a_dir_and_files_left_open_by_an_older_start_are_tightened(fakes, tmp_pa
     with Service(config):
         assert mode(data) == 0o700
         assert {p.name: mode(p) for p in data.iterdir()} == {
-            name: 0o600 for name in ("jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm")}
+            **{name: 0o600 for name in ("jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm")},
+            "assets": 0o700}
 
 
 def test_a_shared_dir_like_tmp_is_left_as_it_is(tmp_path, caplog):
