@@ -152,3 +152,31 @@ def test_metrics_totals_do_not_drop_when_jobs_are_removed(fakes, tmp_path):
         assert 'cylindria_jobs_submitted_total{gpu="0"} 3.0' in text
         assert 'cylindria_jobs_finished_total{gpu="0",status="completed"} 3.0' in text
         assert 'cylindria_jobs{gpu="0",status="completed"} 0.0' in text
+
+
+def test_assets_no_job_needed_for_the_retention_are_removed(db_path, tmp_path):
+    """An asset last needed before the cutoff goes (row and file); one an unfinished job
+    refers to stays however old; one needed recently stays."""
+    import io
+
+    from comfy.assets import AssetStore
+    store = JobStore(Database(db_path, DAY))
+    assets = AssetStore(tmp_path / "assets", db_path, 1024 * 1024)
+    old, held, fresh = (assets.add(io.BytesIO(data), name, None)[0]
+                        for data, name in ((b"old bytes", "old"), (b"held bytes", "held"),
+                                           (b"fresh bytes", "fresh")))
+    add_job(store, "waiting", JobStatus.QUEUED, None)
+    assets.use("waiting", "f", [held])
+    clock = Clock(time.time() + 2 * DAY)  # two days on: all three unused for more than a day,
+    # but a job needed this one half a day ago
+    assets._conn.execute("UPDATE assets SET used_at = ? WHERE id = ?", (clock.now - DAY / 2, fresh.id))
+    sweep = RetentionSweep(store, db_path, DAY, clock=clock, assets=assets)
+    try:
+        assert sweep.sweep_assets() == 1
+        assert assets.get(old.id) is None and not assets.path(old).exists()
+        assert assets.get(held.id) is not None and assets.path(held).exists()
+        assert assets.get(fresh.id) is not None
+    finally:
+        sweep.stop()
+        assets.close()
+        store.close()
