@@ -128,7 +128,10 @@ class Gpu:
             self.websocket_connected = connected
             if connected:
                 self.catalogue_wanted = True
-                self.placed = set()  # a restarted ComfyUI may have an emptied input folder
+            elif changed:
+                # The socket dropped: ComfyUI may be restarting, with an emptied input folder
+                # (a restart the socket missed shows as a refusal naming the file: comfy.submit).
+                self.placed = set()
         if changed:
             logger.info("GPU %d: websocket %s", self.index,
                         "connected" if connected else "disconnected")

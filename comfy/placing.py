@@ -73,8 +73,8 @@ def with_files(prompt: dict, resolved: dict[tuple[str, str], Asset]) -> dict:
 
 def place(gpu, assets: AssetStore, needed) -> None:
     """Upload to this GPU's ComfyUI every one of these assets it does not have yet (as far
-    as Cylindria knows: `gpu.placed` is forgotten when its websocket connects again, and
-    when it refuses a prompt over a missing file)."""
+    as Cylindria knows: `gpu.placed` is forgotten when its websocket drops, and when it
+    refuses a prompt over a missing file)."""
     for asset in {asset.hash: asset for asset in needed}.values():
         if asset.comfy_name in gpu.placed:
             continue

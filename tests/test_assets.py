@@ -135,16 +135,19 @@ def test_an_asset_an_unfinished_job_needs_cannot_be_deleted(api, fake):
 @pytest.mark.parametrize("gpu", ["0", "auto"])
 def test_a_referenced_asset_is_uploaded_to_the_gpu_once_under_its_hash(api, fakes, gpu):
     asset = upload(api, PNG).json()
+    used = set()
     for n in range(2):
         workflow = workflows.core(f"placed-{n}")
         workflow["3"]["inputs"]["filename_prefix"] = asset_ref(asset)
         assert api.put(f"/startjob/placed-{gpu}-{n}?GpuId={gpu}", json=workflow).status_code == 201
-        api.wait_status(f"placed-{gpu}-{n}", "completed")
+        used.add(api.wait_status(f"placed-{gpu}-{n}", "completed")["gpu_id"])
     sent = [r for f in fakes for r in f.requests() if r.path == "/prompt" and r.method == "POST"]
     prefix = sent[-1].json["prompt"]["3"]["inputs"]["filename_prefix"]
     assert prefix == f"cylindria/{asset['hash'][7:39]}.png"
-    uploads = [r for f in fakes for r in f.requests() if r.path == "/upload/image"]
-    assert len(uploads) == 1 and PNG in uploads[0].body and b"photo.png" not in uploads[0].body
+    for index, fake in enumerate(fakes):  # once on each GPU that ran one of the jobs
+        uploads = [r for r in fake.requests() if r.path == "/upload/image"]
+        assert len(uploads) == (1 if index in used else 0)
+        assert all(PNG in u.body and b"photo.png" not in u.body for u in uploads)
 
 
 def small_picture(seed: int) -> tuple[bytes, bytes]:
