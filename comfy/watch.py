@@ -40,12 +40,6 @@ class JobWatch:
             watched.version += 1
             watched.condition.notify_all()
 
-    def version(self, job_id: str) -> int:
-        """How many changes of this job have been seen while someone watched it."""
-        with self._lock:
-            watched = self._watched.get(job_id)
-            return watched.version if watched else 0
-
     def wait(self, job_id: str, seen: int, timeout: float) -> int:
         """Between `begin` and `end`: sleep until the job changes after version `seen`, the
         timeout passes, or the watch is closed (shutdown); returns the job's version now."""
