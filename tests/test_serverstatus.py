@@ -19,6 +19,8 @@ def test_reachable_gpu_answers_every_field(api, service, fakes):
 
 def test_running_job_and_queue_counts_are_live(api, fake):
     api.put("/startjob/long", json=workflows.slow(seconds=60))
+    # Held only once "long" runs: held earlier, the fake would keep both pending.
+    api.wait_status("long", "running")
     fake.hold = True
     api.put("/startjob/waiting", json=workflows.slow(seconds=61))
     status = wait_for(lambda: (lambda s: s if s["running_job_id"] else None)(
