@@ -78,6 +78,14 @@ class AssetTooLarge(Exception):
         self.limit = limit
 
 
+class HashMismatch(Exception):
+    """The bytes received do not have the hash the client said they have: nothing was kept."""
+
+    def __init__(self, expected: str, actual: str):
+        super().__init__(f"the upload's hash is {actual}, not the expected {expected}")
+        self.expected, self.actual = expected, actual
+
+
 class UploadCut(Exception):
     """The client's body ended before its Content-Length: nothing was kept."""
 
@@ -92,6 +100,7 @@ class Asset:
     size_bytes: int
     content_type: str
     created_at: float
+    used_at: float = 0.0  # when a job last needed it: retention counts from then
 
     @property
     def extension(self) -> str:
@@ -141,14 +150,18 @@ class AssetStore:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def add(self, stream: BinaryIO, name: str | None, length: int | None) -> tuple[Asset, bool]:
+    def add(self, stream: BinaryIO, name: str | None, length: int | None,
+            expected_hash: str | None = None) -> tuple[Asset, bool]:
         """Store an upload read from `stream` (`length` bytes if the client said how many);
-        returns (asset, created). The same bytes again give the stored asset."""
+        returns (asset, created). The same bytes again give the stored asset. With
+        `expected_hash`, bytes that hash otherwise are refused (HashMismatch)."""
         if length is not None and length > self.max_bytes:
             raise AssetTooLarge(self.max_bytes)  # refused before reading a byte
         temporary = self.incoming / f"{uuid.uuid4().hex}.part"
         try:
             digest, size, head = self._receive(stream, temporary, length)
+            if expected_hash is not None and expected_hash != f"blake3:{digest}":
+                raise HashMismatch(expected_hash, f"blake3:{digest}")
             return self._keep(temporary, digest, size, head, clean_name(name))
         finally:
             temporary.unlink(missing_ok=True)
@@ -176,7 +189,8 @@ class AssetStore:
               name: str) -> tuple[Asset, bool]:
         """Move a complete upload into place and record it, unless its bytes are known."""
         content_type, _ = sniff(head)
-        asset = Asset(uuid.uuid4().hex, f"blake3:{digest}", name, size, content_type, time.time())
+        now = time.time()
+        asset = Asset(uuid.uuid4().hex, f"blake3:{digest}", name, size, content_type, now, now)
         with self._lock:
             known = self._by_hash(asset.hash)
             if known is not None:
@@ -255,4 +269,4 @@ class AssetStore:
         self._conn.execute("UPDATE assets SET used_at = ? WHERE id = ?", (time.time(), asset_id))
 
 
-_FIELDS = "id, hash, name, size_bytes, content_type, created_at"
+_FIELDS = "id, hash, name, size_bytes, content_type, created_at, used_at"

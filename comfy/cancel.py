@@ -6,6 +6,7 @@ import logging
 from comfy.errors import ComfyBadResponse
 from comfy.events import finish
 from comfy.gpu import Gpu
+from comfy.held import cancel_held
 from comfy.jobs import Job, JobStatus
 from comfy.reconcile import settle_gone
 from comfy.store import JobStore
@@ -19,6 +20,30 @@ class JobFinished(Exception):
     def __init__(self, job: Job):
         super().__init__(f"job {job.job_id} already ended: {job.status.value}")
         self.job = job
+
+
+class CancelRaced(Exception):
+    """The job kept moving between Cylindria's queue and a GPU while being cancelled."""
+
+
+def cancel_anywhere(store: JobStore, gpus: list[Gpu], job: Job,
+                    settle_wait: float) -> tuple[Job, bool]:
+    """Cancel the job wherever it is; returns (job, confirmed) like cancel_job. Held, it never
+    reaches ComfyUI; being sent, its POST is waited for; sent meanwhile by the dispatcher, it
+    is cancelled in that ComfyUI. JobFinished if it has ended."""
+    for _ in range(3):
+        if job.status == JobStatus.SUBMITTING:
+            job = store.wait_settled(job.job_id, settle_wait) or job
+        if job.status.finished:
+            raise JobFinished(job)
+        if job.status == JobStatus.HELD:
+            job = cancel_held(store, job)
+            if job.status == JobStatus.CANCELLED:
+                return job, True
+            continue  # sent meanwhile: cancel it in ComfyUI
+        return cancel_job(store, gpus[job.gpu_id], job)
+    raise CancelRaced("the job moved between Cylindria's queue and a GPU while being "
+                      "cancelled; try the cancel again")
 
 
 def cancel_job(store: JobStore, gpu: Gpu, job: Job) -> tuple[Job, bool]:

@@ -43,11 +43,13 @@ class ComfyClient:
         return session
 
     def _prepared(self, method: str, path: str, body, params: dict | None,
-                  files: dict | None = None) -> requests.PreparedRequest:
+                  files: dict | None = None, extra: dict | None = None) -> requests.PreparedRequest:
         """The request, prepared. The fixed paths' requests are prepared once per thread and
         copied: preparing one (URL parsing, header and setting merges) costs about a third
         of a whole call to ComfyUI in requests' own CPU time."""
         headers = JSON_HEADERS if body is not None else HEADERS
+        if extra:
+            headers = {**headers, **extra}
         if files is not None:  # multipart: requests writes the boundary and Content-Type
             return requests.Request(method, self.base_url + path, headers=HEADERS, data=body,
                                     files=files).prepare()
@@ -66,7 +68,7 @@ class ComfyClient:
 
     def _request(self, method: str, path: str, read_timeout: float | None = None,
                  body=None, params: dict | None = None, stream: bool = False,
-                 files: dict | None = None) -> requests.Response:
+                 files: dict | None = None, headers: dict | None = None) -> requests.Response:
         """One HTTP call with a timeout; requests' failures become comfy.errors.
 
         Only what is built here is sent (never anything a client gave us: a browser Origin
@@ -76,7 +78,8 @@ class ComfyClient:
         timeout = (self.connect_timeout, read_timeout or self.read_timeout)
         try:
             session = self._session()
-            return session.send(self._prepared(method, path, body, params, files), timeout=timeout,
+            return session.send(self._prepared(method, path, body, params, files, headers),
+                                timeout=timeout,
                                 stream=stream, allow_redirects=False)
         except requests.ConnectTimeout as exc:
             raise ComfyTimeout(f"ComfyUI at {self.base_url} did not accept the connection in time",
@@ -176,15 +179,27 @@ class ComfyClient:
             raise ComfyBadResponse(f"ComfyUI answered {response.status_code} to /interrupt",
                                    self.gpu_id)
 
-    def view(self, filename: str, subfolder: str, kind: str) -> requests.Response:
-        """GET /view as a stream; the caller must close the response."""
+    def view(self, filename: str, subfolder: str, kind: str,
+             byte_range: str | None = None) -> requests.Response:
+        """GET /view as a stream; the caller must close the response. With `byte_range`
+        (`bytes=...`, built by Cylindria), the answer may be 206 or 416 as well as 200."""
         params = {"filename": filename, "subfolder": subfolder, "type": kind}
-        response = self._request("GET", "/view", params=params, stream=True)
-        if response.status_code != 200:
+        headers = {"Range": byte_range} if byte_range else None
+        response = self._request("GET", "/view", params=params, stream=True, headers=headers)
+        if response.status_code not in ((200, 206, 416) if byte_range else (200,)):
             response.close()
             raise ComfyBadResponse(f"ComfyUI answered {response.status_code} to /view",
                                    self.gpu_id)
         return response
+
+    def view_size(self, filename: str, subfolder: str, kind: str) -> int | None:
+        """The size of an output file (HEAD /view), or None if ComfyUI does not say."""
+        params = {"filename": filename, "subfolder": subfolder, "type": kind}
+        response = self._request("HEAD", "/view", params=params)
+        length = response.headers.get("Content-Length", "")
+        if response.status_code != 200 or not length.isdigit():
+            return None
+        return int(length)
 
     def close(self) -> None:
         """Close the calling thread's session."""

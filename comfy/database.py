@@ -35,14 +35,16 @@ CREATE TABLE IF NOT EXISTS jobs (
     auto INTEGER NOT NULL DEFAULT 0,
     priority INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
-    held_at REAL
+    held_at REAL,
+    labels TEXT
 );
 """
 
 SCHEMA = JOBS_TABLE + """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
--- The workflow of every unfinished job (the request body as received): a held job is sent
--- from it, and a job whose ComfyUI died is sent again from it. Deleted when the job ends.
+-- The workflow of every job (the request body as received, credentials left out): a held
+-- job is sent from it, a job whose ComfyUI died is sent again from it, and a client may read
+-- it back (GET /api/v2/jobs/<id>/workflow). Deleted with the job's row.
 CREATE TABLE IF NOT EXISTS workflows (job_id TEXT PRIMARY KEY, body BLOB NOT NULL);
 -- By end time: the sweep finds the oldest finished jobs, and a start loads the unfinished and
 -- recent ones, without reading the table whole (a partial index serves only the first).
@@ -52,11 +54,14 @@ CREATE INDEX IF NOT EXISTS jobs_by_finished_at ON jobs (finished_at);
 
 COLUMNS = ("job_id", "gpu_id", "prompt_id", "fingerprint", "status", "number", "submitted_at",
            "started_at", "finished_at", "error", "outputs", "warnings", "cancel_requested",
-           "nodes_done", "nodes_total", "auto", "priority", "attempts", "held_at")
+           "nodes_done", "nodes_total", "auto", "priority", "attempts", "held_at", "labels")
+# Columns added to the table after the queue's schema, each with its type: an older data
+# dir gets them (empty) at its first start.
+ADDED_COLUMNS = {"labels": "TEXT"}
 # The columns of the first schema (gpu_id and prompt_id NOT NULL, no queue fields): a data
 # dir written by an earlier Cylindria is moved to the new table once, at its first start.
 FIRST_COLUMNS = COLUMNS[:15]
-JSON_COLUMNS = frozenset({"error", "outputs", "warnings"})
+JSON_COLUMNS = frozenset({"error", "outputs", "warnings", "labels"})
 
 
 class Database:
@@ -79,7 +84,12 @@ class Database:
         """Move a jobs table of the first schema to the current one (gpu_id and prompt_id
         may be null for a held job; the queue's columns added), rows and seqs kept."""
         columns = {row[1]: row for row in self._conn.execute("PRAGMA table_info(jobs)")}
-        if not columns or "held_at" in columns:
+        if not columns:
+            return
+        if "held_at" in columns:
+            for name, kind in ADDED_COLUMNS.items():
+                if name not in columns:
+                    self._conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
             return
         logger.info("moving the job database to the queue's schema (once)")
         listed = ", ".join(("seq",) + FIRST_COLUMNS)
@@ -128,7 +138,7 @@ class Database:
         return seq
 
     def workflow(self, job_id: str) -> bytes | None:
-        """The workflow of an unfinished job, as it was received."""
+        """The workflow of a job, as it was received (credentials left out)."""
         row = self._conn.execute("SELECT body FROM workflows WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
@@ -162,11 +172,13 @@ class Database:
     def _delete_expired(self, where: str, values: list, cutoff: float) -> Counter:
         """Delete the matching expired rows and add them to the durable retired counts
         (inside the caller's transaction, so a count is never lost nor doubled)."""
-        deleted = Counter(
-            (gpu, _STATUS[status]) for gpu, status in self._conn.execute(
-                f"DELETE FROM jobs WHERE {where} AND finished_at IS NOT NULL AND finished_at < ? "
-                f"AND status IN ({_FINISHED_MARKS}) RETURNING gpu_id, status",
-                (*values, cutoff, *_FINISHED_VALUES)))
+        rows = self._conn.execute(
+            f"DELETE FROM jobs WHERE {where} AND finished_at IS NOT NULL AND finished_at < ? "
+            f"AND status IN ({_FINISHED_MARKS}) RETURNING gpu_id, status, job_id",
+            (*values, cutoff, *_FINISHED_VALUES)).fetchall()
+        self._conn.executemany("DELETE FROM workflows WHERE job_id = ?",
+                               [(job_id,) for _, _, job_id in rows])
+        deleted = Counter((gpu, _STATUS[status]) for gpu, status, _ in rows)
         for (gpu, status), n in deleted.items():
             self._conn.execute(
                 "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) "
@@ -190,17 +202,10 @@ class Database:
         return float("-inf") if self.retention is None else time.time() - self.retention
 
     def update(self, job: Job, names: list[str]) -> None:
-        """Write the named fields of a job; a job that has ended no longer needs its workflow
-        (deleted in the same transaction, so a crash never leaves one behind)."""
+        """Write the named fields of a job."""
         assignments = ", ".join(f"{name} = ?" for name in names)
         values = [_to_db(name, getattr(job, name)) for name in names] + [job.job_id]
-        statement = f"UPDATE jobs SET {assignments} WHERE job_id = ?"
-        if "status" not in names or not job.status.finished:
-            self._conn.execute(statement, values)
-            return
-        with self._transaction():
-            self._conn.execute(statement, values)
-            self._conn.execute("DELETE FROM workflows WHERE job_id = ?", (job.job_id,))
+        self._conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", values)
 
     def delete(self, job_id: str) -> None:
         """Remove a job and its workflow (a submission ComfyUI never got)."""
@@ -236,12 +241,12 @@ def _row_to_job(row) -> Job:
     """A jobs row as a Job (positionally: start-up loads every row through here)."""
     (seq, job_id, gpu_id, prompt_id, fingerprint, status, number, submitted_at, started_at,
      finished_at, error, outputs, warnings, cancel_requested, nodes_done, nodes_total,
-     auto, priority, attempts, held_at) = row
+     auto, priority, attempts, held_at, labels) = row
     return Job(job_id, gpu_id, prompt_id, fingerprint, _STATUS[status], number, submitted_at,
                started_at, finished_at, _json_or_none(error),
                tuple(json.loads(outputs)) if outputs else (), _json_or_none(warnings),
                bool(cancel_requested), nodes_done, nodes_total, bool(auto), priority, attempts,
-               held_at, seq)
+               held_at, _json_or_none(labels), seq)
 
 
 _STATUS = {status.value: status for status in JobStatus}

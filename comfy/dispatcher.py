@@ -30,7 +30,8 @@ from comfy.jobs import Job, JobStatus
 from comfy.placing import AssetNotFound
 from comfy.store import JobStore
 from comfy.submit import post
-from comfy.workflow import WorkflowError, parse_workflow
+from comfy.withheld import WithheldSecrets
+from comfy.workflow import WorkflowError, parse_stored
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class Dispatcher:
     def __init__(self, gpus: list[Gpu], store: JobStore, depth: int = 2,
                  requeue_wait: float = 300.0, tick: float = 5.0,
                  ready: threading.Event | None = None, affinity: bool = True,
-                 assets: AssetStore | None = None):
+                 assets: AssetStore | None = None, secrets: WithheldSecrets | None = None):
         self.gpus = gpus
         self.store = store
         self.depth = depth
@@ -65,6 +66,7 @@ class Dispatcher:
         self.ready = ready  # set once start-up reconciliation is over
         self.affinity = affinity
         self.assets = assets  # where a job's asset references are read from, to place them
+        self.secrets = secrets  # the credentials jobs carry for ComfyUI (never stored)
         self.affinity_counts: Counter = Counter()  # "hit" / "miss": jobs with model files sent
         self._lock = threading.Lock()
         self._order: list[tuple] = []  # the held jobs' keys, sorted: the queue
@@ -186,15 +188,35 @@ class Dispatcher:
         body = self.store.workflow(job.job_id)
         try:
             if body is not None:
-                return parse_workflow(body)
+                return self._with_secrets(job, parse_stored(body))
             why = "its workflow is missing from the database"
         except WorkflowError as exc:
             why = f"its stored workflow no longer parses: {exc.message}"
+        except SecretsLost as exc:
+            logger.error("job %s cannot be sent: %s", job.job_id, exc)
+            self._fail(job, "partner_key_lost", str(exc))
+            return None
         logger.error("job %s cannot be sent: %s", job.job_id, why)
-        self.store.change(job.job_id, finish(JobStatus.FAILED, {
-            "type": "internal", "message": f"Cylindria cannot send the job: {why}",
-            "node_id": None, "node_type": None}), prompt_id=job.prompt_id)
+        self._fail(job, "internal", f"Cylindria cannot send the job: {why}")
         return None
+
+    def _with_secrets(self, job: Job, workflow):
+        """The workflow with the credentials it was submitted with (held in memory only)."""
+        if not workflow.withheld_names:
+            return workflow
+        secrets = self.secrets.get(job.job_id) if self.secrets is not None else None
+        if secrets is None:
+            raise SecretsLost(
+                f"the job's {', '.join(workflow.withheld_names)} (extra_data) is kept in memory "
+                "only, never on disk, and Cylindria restarted before it could send the job; "
+                "submit it again")
+        return workflow.with_secrets(secrets)
+
+    def _fail(self, job: Job, kind: str, message: str) -> None:
+        """Fail a job that cannot be sent."""
+        self.store.change(job.job_id, finish(JobStatus.FAILED, {
+            "type": kind, "message": message, "node_id": None, "node_type": None}),
+            prompt_id=job.prompt_id)
 
     # -- one pass ---------------------------------------------------------------------------
 
@@ -333,6 +355,10 @@ class Dispatcher:
                 logger.warning("job %s: GPU %d did not come back in %gs; lost", held.job_id,
                                held.gpu_id, self.requeue_wait)
                 expire(self.store, job, self.requeue_wait)
+
+
+class SecretsLost(Exception):
+    """A job's credentials for ComfyUI are gone (they are never stored): it cannot be sent."""
 
 
 def _fail_held(error: dict):

@@ -84,6 +84,7 @@ class Job:
     priority: int = 0
     attempts: int = 0  # times sent to a ComfyUI (a POST ComfyUI never got does not count)
     held_at: float | None = None  # when it last entered Cylindria's queue; None: never held
+    labels: dict | None = None  # the client's string labels (Comfy API v2 `metadata`)
     seq: int = 0
     # Volatile: rebuilt from ComfyUI after a restart, so never written to disk.
     queue_position: int | None = None

@@ -136,7 +136,7 @@ class JobStore:
         return job, True
 
     def workflow(self, job_id: str) -> bytes | None:
-        """The workflow an unfinished job was submitted with, as received."""
+        """The workflow a job was submitted with, as received (credentials left out)."""
         with self._lock:
             return self._db.workflow(job_id)
 
@@ -155,15 +155,18 @@ class JobStore:
             return unfinished
 
     def page(self, statuses: set | None, gpu_id: int | None, limit: int,
-             before: int | None) -> tuple[list[Job], int | None]:
-        """Newest-first jobs matching the filters, older than `before` (a seq); and the next cursor."""
+             before: int | None, match: Callable[[Job], bool] | None = None
+             ) -> tuple[list[Job], int | None]:
+        """Newest-first jobs matching the filters (and `match`, if given), older than `before`
+        (a seq); and the next cursor."""
         found: list[Job] = []
         with self._lock:
             for job in reversed(self._jobs.values()):
                 if before is not None and job.seq >= before:
                     continue
                 if (statuses and job.status not in statuses) or \
-                        (gpu_id is not None and job.gpu_id != gpu_id):
+                        (gpu_id is not None and job.gpu_id != gpu_id) or \
+                        (match is not None and not match(job)):
                     continue
                 if len(found) == limit:
                     return found, found[-1].seq

@@ -53,7 +53,7 @@ def submit_job(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow
 
 
 def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
-             max_queued: int) -> tuple[Job, bool]:
+             max_queued: int, labels: dict | None = None) -> tuple[Job, bool]:
     """Put a GpuId=auto job in Cylindria's own queue (durably, before the caller answers 201);
     the dispatcher sends it when a GPU is ready. Returns (job, created); a retry of the same
     id and workflow gets the job as it is now, whatever became of it."""
@@ -62,7 +62,7 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
             raise QueueFull(max_queued)
     job = Job(job_id=job_id, gpu_id=None, prompt_id=None, fingerprint=workflow.fingerprint,
               status=JobStatus.HELD, nodes_total=len(workflow.prompt), submitted_at=time.time(),
-              auto=True, priority=priority)
+              auto=True, priority=priority, labels=labels or None)
     job.held_at = job.submitted_at
     existing, created = store.reserve(job, workflow.source, admit)
     if not created and existing.fingerprint != workflow.fingerprint:

@@ -1,15 +1,23 @@
 """Turn a request body into the prompt ComfyUI runs, refusing what it could never run."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
+from comfy.encoding import from_json, to_json
+
 
 MAX_DEPTH = 100  # workflows nest a few levels; far deeper only breaks encoders further on
+# extra_data entries that are credentials: the Comfy API key partner (API) nodes authenticate
+# with, and the frontend's login token. ComfyUI strips them from its history; Cylindria
+# forwards them to ComfyUI and never writes them anywhere (see Workflow.withheld).
+SECRET_EXTRA_KEYS = frozenset({"api_key_comfy_org", "auth_token_comfy_org"})
+WITHHELD = "cylindria_withheld"  # in a stored body: the names of the secrets left out of it
 
 
 class WorkflowError(ValueError):
@@ -25,32 +33,79 @@ class WorkflowError(ValueError):
 @dataclass(frozen=True)
 class Workflow:
     """The nodes to run, the extra_data to pass along, a fingerprint for idempotent retries,
-    and the body as received (kept until the job ends: a held job is sent from it)."""
+    and the body to keep until the job ends (a held job is sent from it).
+
+    `withheld` holds the credentials of extra_data (SECRET_EXTRA_KEYS): they are sent to
+    ComfyUI but are in neither `extra_data` nor `source`, so they never reach the disk. A
+    workflow read back from its stored body knows only their names (`withheld_names`)."""
 
     prompt: dict
     extra_data: dict
     fingerprint: str
     source: bytes = b""
+    withheld: dict = field(default_factory=dict)
+    withheld_names: tuple = ()
 
     def payload(self, client_id: str, prompt_id: str) -> dict:
         """The body of POST /prompt: nothing but what ComfyUI needs to run and target it."""
         return {"prompt": self.prompt, "client_id": client_id, "prompt_id": prompt_id,
-                "extra_data": self.extra_data}
+                "extra_data": {**self.extra_data, **self.withheld} if self.withheld
+                else self.extra_data}
+
+    def with_secrets(self, secrets: dict) -> "Workflow":
+        """This workflow with its withheld credentials given back (kept in memory only)."""
+        return dataclasses.replace(self, withheld=dict(secrets))
 
 
 def parse_workflow(body: bytes) -> Workflow:
     """Parse and check a startjob body: bare nodes, or {"prompt": ..., "extra_data": ...}."""
-    document = _load_json(body)
+    return _parse(body)
+
+
+def _parse(body: bytes) -> Workflow:
+    document = load_json(body)
     if not isinstance(document, dict):
         raise WorkflowError("invalid_workflow", "the workflow must be a JSON object of nodes")
+    refuse_ui_format(document)
+    prompt, extra_data = _unwrap(document)
+    # A client's own "cylindria_withheld" would claim credentials it never gave: not kept.
+    return workflow_of(prompt, extra_data, None if WITHHELD in document else bytes(body))
+
+
+def workflow_of(prompt: dict, extra_data: dict, body: bytes | None = None) -> Workflow:
+    """A checked Workflow of these nodes and extra_data. The body kept is `body` (as the
+    client sent it) unless extra_data holds credentials, which are taken out of it."""
+    _check_nodes(prompt)
+    secrets = {k: v for k, v in extra_data.items() if k in SECRET_EXTRA_KEYS}
+    if secrets or body is None:
+        extra_data = {k: v for k, v in extra_data.items() if k not in SECRET_EXTRA_KEYS}
+        kept = {"prompt": prompt, "extra_data": extra_data}
+        if secrets:
+            kept[WITHHELD] = sorted(secrets)
+        body = to_json(kept)
+    return Workflow(prompt, extra_data, fingerprint(prompt), body, secrets, tuple(sorted(secrets)))
+
+
+def parse_stored(body: bytes) -> Workflow:
+    """A workflow read back from the job store: the names of the credentials left out of it
+    are known, their values are not (comfy.withheld keeps those, in memory)."""
+    workflow = _parse(body)
+    if WITHHELD.encode() not in body:
+        return workflow
+    document = from_json(body)
+    names = document.get(WITHHELD) if isinstance(document, dict) and "prompt" in document else None
+    if not names:
+        return workflow
+    return dataclasses.replace(workflow, withheld_names=tuple(names))
+
+
+def refuse_ui_format(document: dict) -> None:
+    """A UI-format export (nodes/links arrays) is not a workflow ComfyUI can run."""
     if isinstance(document.get("nodes"), list) and isinstance(document.get("links"), list):
         raise WorkflowError(
             "ui_format_workflow",
             'this is a UI-format workflow (nodes/links); in ComfyUI enable the dev mode '
             'options and export it with "Save (API)", then send that file')
-    prompt, extra_data = _unwrap(document)
-    _check_nodes(prompt)
-    return Workflow(prompt, extra_data, fingerprint(prompt), bytes(body))
 
 
 def fingerprint(prompt: dict) -> str:
@@ -84,7 +139,7 @@ def _canonical(prompt: dict) -> bytes:
                             "surrogate (\\ud800-\\udfff), which is not a character") from exc
 
 
-def _load_json(body: bytes):
+def load_json(body: bytes):
     """JSON from bytes, refusing invalid UTF-8, duplicate keys and absurd nesting."""
     if not body or not body.strip():
         raise WorkflowError("invalid_json", "the request body is empty; send the workflow as JSON")

@@ -32,7 +32,8 @@ class Clock:
 
 def add_job(store: JobStore, job_id: str, status: JobStatus, ended_at: float | None) -> None:
     """A job recorded, accepted and (unless `status` is unfinished) ended at `ended_at`."""
-    store.reserve(Job(job_id=job_id, gpu_id=0, prompt_id=f"p-{job_id}", fingerprint="f"), b"{}")
+    store.reserve(Job(job_id=job_id, gpu_id=0, prompt_id=f"p-{job_id}", fingerprint="f"),
+                  b'{"job": "%s"}' % job_id.encode())
     store.release(job_id, f"p-{job_id}")
     store.change(job_id, lambda job: setattr(job, "status", JobStatus.QUEUED))
     if status.finished:
@@ -56,6 +57,9 @@ def test_the_sweep_removes_only_finished_jobs_older_than_retention(db_path):
     assert sweep.sweep_once() == 2
     assert store.get("old-done") is None and store.get("old-failed") is None
     assert store.get("recent") is not None and store.get("unfinished").status == JobStatus.QUEUED
+    # A workflow is kept while its job is (GET /api/v2/jobs/<id>/workflow), and leaves with it.
+    assert store.workflow("recent") == b'{"job": "recent"}'
+    assert store.workflow("old-done") is None
     sweep.clock.now = now + 365 * DAY  # a year on: everything finished is past retention
     assert sweep.sweep_once() == 1 and sweep.sweep_once() == 0
     assert store.get("unfinished") is not None

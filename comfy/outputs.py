@@ -1,0 +1,54 @@
+"""What Cylindria knows of a job's output files beyond their names: their sizes (asked of the
+ComfyUI that wrote them, once) and their content types and kinds (from their names)."""
+from __future__ import annotations
+
+import mimetypes
+import threading
+from collections import OrderedDict
+
+from comfy.errors import ComfyError
+from comfy.gpu import Gpu
+
+# The kinds of output the Comfy API v2 names, by the start of a content type.
+KINDS = (("image/", "image"), ("video/", "video"), ("audio/", "audio"), ("text/", "text"))
+
+
+def content_type(filename: str) -> str:
+    """An output's content type, from its file name."""
+    return mimetypes.guess_type(filename)[0] or "application/octet-stream"
+
+
+def kind(filename: str) -> str:
+    """image, video, audio, text, latent or file."""
+    if filename.lower().endswith(".latent"):
+        return "latent"
+    kind_of = content_type(filename)
+    return next((name for prefix, name in KINDS if kind_of.startswith(prefix)), "file")
+
+
+class OutputSizes:
+    """Output file sizes, each asked of ComfyUI (HEAD /view) the first time someone wants it
+    and remembered (an output file never changes), at most `limit` of them."""
+
+    def __init__(self, limit: int = 20000):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._sizes: OrderedDict[tuple, int] = OrderedDict()
+
+    def size(self, gpu: Gpu | None, job_id: str, output: dict) -> int | None:
+        """The file's size in bytes; None when its ComfyUI cannot say now."""
+        key = (job_id, output["node_id"], output["filename"], output["subfolder"], output["type"])
+        with self._lock:
+            known = self._sizes.get(key)
+        if known is not None or gpu is None:
+            return known
+        try:
+            size = gpu.client.view_size(output["filename"], output["subfolder"], output["type"])
+        except ComfyError:
+            return None
+        if size is not None:
+            with self._lock:
+                self._sizes[key] = size
+                if len(self._sizes) > self.limit:
+                    self._sizes.popitem(last=False)
+        return size

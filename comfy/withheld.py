@@ -1,0 +1,51 @@
+"""Credentials a job carries for ComfyUI (a partner node's Comfy API key), kept in memory only.
+
+A job's workflow is stored until it ends so that it can be sent (again) after a restart or
+after its ComfyUI died; its credentials are not (comfy.workflow.Workflow.withheld). They wait
+here, under the job's id, until the job ends. A job that needs them after a restart of
+Cylindria, before it was ever sent, cannot have them: the dispatcher fails it and says so.
+"""
+from __future__ import annotations
+
+import threading
+
+from comfy.jobs import Job
+from comfy.store import JobStore
+
+
+class WithheldSecrets:
+    """job id -> the extra_data credentials to send with it."""
+
+    def __init__(self, store: JobStore):
+        self._lock = threading.Lock()
+        self._secrets: dict[str, dict] = {}
+        self._store = store
+        store.observe(self._observed)
+
+    def keep(self, job_id: str, secrets: dict) -> None:
+        """Hold a new submission's credentials (before its job is recorded, so a dispatcher
+        that sends it at once finds them); a retry of a known job changes nothing."""
+        if secrets and self._store.get(job_id) is None:
+            with self._lock:
+                self._secrets[job_id] = dict(secrets)
+
+    def get(self, job_id: str) -> dict | None:
+        """The credentials of this job, or None if none are held (never given, or lost)."""
+        with self._lock:
+            return self._secrets.get(job_id)
+
+    def refused(self, job_id: str) -> None:
+        """The submission was refused: drop its credentials unless a job exists under its id."""
+        if self._store.get(job_id) is None:
+            with self._lock:
+                self._secrets.pop(job_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._secrets)
+
+    def _observed(self, old: Job | None, new: Job) -> None:
+        """Store observer: a job that ended needs its credentials no more."""
+        if new.status.finished and new.job_id in self._secrets:
+            with self._lock:
+                self._secrets.pop(new.job_id, None)
