@@ -15,8 +15,9 @@ from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from comfy.tracker import Tracker
 from comfy.watch import JobWatch
+from comfy.withheld import WithheldSecrets
 from web import assets as web_assets
-from web import auth, errors, metrics, openapi, results, routes, status, streams
+from web import auth, errors, metrics, openapi, results, routes, status, streams, v2
 from web.config import Config, stream_limit
 from web.context import Context
 from web.jsonprovider import FastJSONProvider
@@ -87,9 +88,10 @@ def create_app(config: Config) -> Flask:
     gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
     assets = AssetStore(config.data_dir / ASSETS_DIR, config.data_dir / DB_FILE_NAME,
                         config.max_asset_mb * MIB)
+    withheld = WithheldSecrets(store)
     dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,
                             requeue_wait=config.requeue_wait, tick=config.poll_interval,
-                            assets=assets)
+                            assets=assets, secrets=withheld)
     tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
                       max_attempts=config.max_attempts, after_check=dispatcher.wake)
     dispatcher.ready = tracker.reconciled
@@ -98,11 +100,12 @@ def create_app(config: Config) -> Flask:
                                assets=assets)
     context = app.extensions["cylindria"] = Context(
         config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
-        StreamSlots(stream_limit(config)), assets)
+        StreamSlots(stream_limit(config)), assets, withheld)
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
     auth.init_app(app, keys, config.no_auth, config.metrics_public)
     openapi.init_app(app)
     for blueprint in (routes.bp, results.bp, status.bp, streams.bp, web_assets.bp):
         app.register_blueprint(blueprint)
+    v2.init_app(app)
     return app

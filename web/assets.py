@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request, send_file
 
-from comfy.assets import Asset, AssetTooLarge, UploadCut
+from comfy.assets import Asset, AssetTooLarge, HashMismatch, UploadCut
 from comfy.status import iso_time
 from web.context import ctx
 from web.errors import ApiError
@@ -32,6 +32,14 @@ def too_large(limit: int) -> ApiError:
 @bp.post("/assets")
 def upload():
     """Store a file: multipart/form-data with a `file` part, or a raw body with ?name=."""
+    asset, created = receive()
+    return jsonify(asset_view(asset, created)), 201 if created else 200
+
+
+def receive(name_field: str | None = None, hash_field: str | None = None) -> tuple[Asset, bool]:
+    """Take the request's upload into the asset store: (asset, created). Its name is the
+    form field `name_field` if given (else the part's file name, or ?name= for a raw body);
+    with `hash_field`, a form field holding the hash the bytes must have (409 hash_mismatch)."""
     store = ctx().assets
     limit = store.max_bytes
     length = request.content_length
@@ -44,7 +52,9 @@ def upload():
             part = request.files.get("file")
             if part is None:
                 raise ApiError(400, "invalid_asset", "send the file as a multipart part named 'file'")
-            asset, created = store.add(part.stream, part.filename, None)
+            name = request.form.get(name_field) if name_field else None
+            expected = request.form.get(hash_field) if hash_field else None
+            asset, created = store.add(part.stream, name or part.filename, None, expected)
         else:
             if not length and request.headers.get("Transfer-Encoding", "").lower() != "chunked":
                 raise ApiError(400, "invalid_asset", "the request body is empty: send the file")
@@ -53,10 +63,13 @@ def upload():
         raise too_large(limit) from None
     except UploadCut as exc:
         raise ApiError(400, "invalid_asset", str(exc)) from None
+    except HashMismatch as exc:
+        raise ApiError(409, "hash_mismatch", str(exc),
+                       {"expected": exc.expected[:80], "actual": exc.actual}) from None
     if asset.size_bytes == 0:
         store.delete(asset)
         raise ApiError(400, "invalid_asset", "the file is empty")
-    return jsonify(asset_view(asset, created)), 201 if created else 200
+    return asset, created
 
 
 @bp.get("/assets/by-hash/<anypath:hash>")
@@ -78,23 +91,30 @@ def metadata(asset_id: str):
 @bp.get("/assets/<asset_id>/content")
 def content(asset_id: str):
     """An asset's bytes, streamed (Range supported)."""
-    context = ctx()
-    asset = known_asset(asset_id)
-    return send_file(context.assets.path(asset), mimetype=asset.content_type,
+    return asset_file(known_asset(asset_id))
+
+
+def asset_file(asset: Asset):
+    """The response carrying an asset's bytes (Range and conditional requests answered)."""
+    return send_file(ctx().assets.path(asset), mimetype=asset.content_type,
                      download_name=asset.comfy_name, conditional=True, etag=asset.hash[7:])
 
 
 @bp.delete("/assets/<asset_id>")
 def delete(asset_id: str):
     """Remove an asset; 409 asset_in_use while an unfinished job needs it."""
+    return jsonify(asset_view(remove(known_asset(asset_id))))
+
+
+def remove(asset: Asset) -> Asset:
+    """Delete an asset, unless an unfinished job needs it (409 asset_in_use)."""
     context = ctx()
-    asset = known_asset(asset_id)
     users = context.asset_users(asset)
     if users:
         raise ApiError(409, "asset_in_use", "an unfinished job needs this asset",
                        {"job_ids": users[:20]})
     context.assets.delete(asset)
-    return jsonify(asset_view(asset))
+    return asset
 
 
 def known_asset(asset_id: str) -> Asset:

@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "api_key"
 UNSHOWN_SUFFIX = ".unshown"  # beside the key file while no successful start has shown its key
-PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready"})
+PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready", "v2_health"})
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,19 @@
 """The state one Cylindria app shares between requests and threads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flask import current_app
 
 from comfy.assets import AssetStore
 from comfy.dispatcher import Dispatcher
 from comfy.gpu import Gpu
+from comfy.outputs import OutputSizes
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from comfy.tracker import Tracker
 from comfy.watch import JobWatch
+from comfy.withheld import WithheldSecrets
 from web.auth import KeySetup
 from web.config import Config
 from web.errors import error_response
@@ -31,6 +33,8 @@ class Context:
     watch: JobWatch
     streams: "StreamSlots"
     assets: AssetStore
+    secrets: WithheldSecrets
+    output_sizes: OutputSizes = field(default_factory=OutputSizes)
 
     def asset_users(self, asset) -> list[str]:
         """The unfinished jobs that refer to this asset."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 import logging
 import re
 
-from flask import Flask, current_app, jsonify
+from typing import Callable
+
+from flask import Flask, current_app, has_request_context, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from comfy.cancel import CancelRaced
 from comfy.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyUnreachable
 from comfy.workflow import WorkflowError
 
@@ -24,11 +27,35 @@ class ApiError(Exception):
         self.details, self.headers = details, headers or {}
 
 
-def error_response(status: int, code: str, message: str, details=None, headers=None):
-    """`{"error", "code", "details"?}` with the given status."""
+# Path prefix -> the error shape of the API surface mounted there (the Comfy API v2 has its
+# own envelope and codes). Filled once by the app factory; read by every error answer.
+_SHAPES: dict[str, Callable] = {}
+
+
+def register_shape(prefix: str, shape: Callable[[int, str, str, object], tuple[int, dict]]) -> None:
+    """Errors under `prefix` are answered as `shape(status, code, message, details)` gives:
+    (status, body)."""
+    _SHAPES[prefix] = shape
+
+
+def error_body(path: str | None, status: int, code: str, message: str,
+               details=None) -> tuple[int, dict]:
+    """(status, body) of an error answered on `path`: the contract's shape, or the one of the
+    API surface the path belongs to."""
+    for prefix, shape in _SHAPES.items():
+        if path is not None and (path == prefix or path.startswith(prefix + "/")):
+            return shape(status, code, message, details)
     body = {"error": message, "code": code}
     if details is not None:
         body["details"] = details
+    return status, body
+
+
+def error_response(status: int, code: str, message: str, details=None, headers=None):
+    """`{"error", "code", "details"?}` with the given status (or the shape of the surface
+    the request was made to)."""
+    path = request.path if has_request_context() else None
+    status, body = error_body(path, status, code, message, details)
     response = jsonify(body)
     response.status_code = status
     for name, value in (headers or {}).items():
@@ -76,5 +103,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(
         WorkflowError, lambda e: error_response(400, e.code, e.message, e.details))
     app.register_error_handler(ComfyError, _comfy_error)
+    app.register_error_handler(CancelRaced, lambda e: error_response(
+        503, "comfy_unreachable", str(e), headers={"Retry-After": "1"}))
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

@@ -5,6 +5,7 @@ from flask import Blueprint, Flask, jsonify
 
 from comfy.jobs import JobStatus
 from web.context import ctx
+from web.v2 import openapi as v2_openapi
 
 bp = Blueprint("openapi", __name__)
 
@@ -338,8 +339,8 @@ def document(gpus: int) -> dict:
             "components": {"securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "Bearer": {"type": "http", "scheme": "bearer"}},
-                "schemas": SCHEMAS},
-            "paths": _paths(gpus)}
+                "schemas": {**SCHEMAS, **v2_openapi.SCHEMAS}},
+            "paths": {**_paths(gpus), **v2_openapi.paths()}}
 
 
 @bp.get("/openapi.json")

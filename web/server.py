@@ -15,6 +15,7 @@ from waitress.task import ErrorTask
 from web.app import create_app
 from web.auth import key_shown
 from web.config import Config
+from web.errors import error_body
 from web.logs import AccessLog, access_logger, log_access
 
 logger = logging.getLogger(__name__)
@@ -205,18 +206,18 @@ class RateLimitFilter(logging.Filter):
         return True
 
 
-def _waitress_error_as_json(self, ident=None, limit_bytes=None, code=None):
+def _waitress_error_as_json(self, ident=None, limit_bytes=None, code=None, path=None):
     """waitress's own error answers (bad request line, headers too large, body over its
-    limit) in the contract's JSON error shape instead of plain text."""
+    limit) in the contract's JSON error shape (or its surface's) instead of plain text."""
     codes = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large",
              500: "internal_error"}
     # waitress's own text names its internal limits: the client gets the reason only.
     messages = {413: "request body is larger than the limit",
                 431: "request headers are larger than the limit"}
     message = messages.get(self.code, f"{self.reason.lower()}: {self.body}")
-    answer = {"error": message, "code": code or codes.get(self.code, "bad_request")}
-    if self.code == 413 and limit_bytes is not None:
-        answer["details"] = {"limit_bytes": limit_bytes}
+    details = {"limit_bytes": limit_bytes} if self.code == 413 and limit_bytes is not None else None
+    _, answer = error_body(path, self.code, code or codes.get(self.code, "bad_request"),
+                           message, details)
     body = json.dumps(answer).encode("utf-8")
     return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
 
@@ -256,9 +257,11 @@ class PathLimitedParser(HTTPRequestParser):
 
 
 def _is_asset(path: str | None) -> bool:
-    """True for the asset endpoints (case-insensitive, as every endpoint name)."""
+    """True for the asset endpoints, Cylindria's and the Comfy API v2's (case-insensitive, as
+    every endpoint name)."""
     path = (path or "").lower()
-    return path == "/assets" or path.startswith("/assets/")
+    return any(path == prefix or path.startswith(prefix + "/")
+               for prefix in ("/assets", "/api/v2/assets"))
 
 
 class LoggedErrorTask(ErrorTask):
@@ -268,8 +271,9 @@ class LoggedErrorTask(ErrorTask):
     def execute(self):
         request = self.request
         limit, code = self.channel.limit_for(getattr(request, "path", None))
-        status, headers, body = _waitress_error_as_json(request.error, limit_bytes=limit,
-                                                        code=code if request.error.code == 413 else None)
+        status, headers, body = _waitress_error_as_json(
+            request.error, limit_bytes=limit, code=code if request.error.code == 413 else None,
+            path=getattr(request, "path", None))
         self.status = status
         self.response_headers.extend(headers)
         self.set_close_on_finish()

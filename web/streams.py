@@ -99,9 +99,22 @@ def jobevents(job_id: str):
     the final status (or at shutdown)."""
     job = known_job(job_id)
     context = ctx()
+
+    def render(kind: str, job: Job) -> bytes:
+        if kind == "status":
+            return event("status", _view(context, job))
+        return event("progress", job.progress())
+    return event_stream(context, job.job_id, render)
+
+
+def event_stream(context, job_id: str, render) -> Response:
+    """A Server-Sent Events response following one job: `render("status", job)` at once and
+    at every status change, `render("progress", job)` when its progress moved (at most 4 a
+    second), a comment when nothing was written for 15 s; it ends after the final status or
+    at shutdown. Holds a stream slot (429 too_many_streams when none is free)."""
     context.streams.take()
     try:
-        version = context.watch.begin(job.job_id)
+        version = context.watch.begin(job_id)
     except BaseException:
         context.streams.give_back()
         raise
@@ -111,23 +124,24 @@ def jobevents(job_id: str):
         """Once: stop watching and free the slot (when the stream ends, or when waitress
         closes a response it never iterated, the client having gone)."""
         if done.acquire(blocking=False):
-            context.watch.end(job.job_id)
+            context.watch.end(job_id)
             context.streams.give_back()
 
-    response = Response(_events(context, job.job_id, version, finish), mimetype="text/event-stream",
+    response = Response(_events(context, job_id, version, finish, render),
+                        mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     response.call_on_close(finish)
     return response
 
 
-def _events(context, job_id: str, version: int, finish):
+def _events(context, job_id: str, version: int, finish, render):
     """The stream: status events on status changes, throttled progress events, keep-alives."""
     store, watch = context.store, context.watch
     try:
         job = store.get(job_id)
         if job is None:
             return
-        yield _event("status", _view(context, job))
+        yield render("status", job)
         shown_status, shown_progress, progress_at = job.status, job.progress(), 0.0
         written = time.monotonic()
         while not job.status.finished and not watch.closed:
@@ -142,10 +156,10 @@ def _events(context, job_id: str, version: int, finish):
             now = time.monotonic()
             if job.status != shown_status:
                 shown_status, shown_progress = job.status, job.progress()
-                yield _event("status", _view(context, job))
+                yield render("status", job)
             elif job.progress() != shown_progress and now >= progress_at + PROGRESS_EVERY:
                 shown_progress, progress_at = job.progress(), now
-                yield _event("progress", shown_progress)
+                yield render("progress", job)
             elif now >= written + KEEPALIVE:
                 yield b": keep-alive\n\n"
             else:
@@ -162,7 +176,7 @@ def _view(context, job: Job) -> dict:
     return job_view(job, context.dispatcher.position(job.job_id) if held else None)
 
 
-def _event(name: str, data) -> bytes:
+def event(name: str, data) -> bytes:
     """One Server-Sent Event (the data is one line of JSON)."""
     return b"event: " + name.encode() + b"\ndata: " + to_json(data) + b"\n\n"
 

@@ -1,0 +1,70 @@
+"""Taking a job in, for every surface that submits one (startjob, the Comfy API v2): its
+asset references checked and recorded, its credentials held in memory, and a GpuId=auto job
+checked against what the GPUs have installed before it is held in Cylindria's queue."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+from comfy.catalogue import check_workflow, needs_of
+from comfy.placing import AssetNotFound, references, resolve
+from comfy.submit import QueueFull, hold_job
+from comfy.workflow import Workflow
+from web.errors import ApiError
+
+QUEUE_FULL_RETRY = 5  # seconds a client is told to wait when Cylindria's queue is full
+
+
+@contextmanager
+def accepting(context, job_id: str, workflow: Workflow):
+    """Around one submission: its assets are checked and recorded (yields True if it has
+    any), its credentials held for the dispatcher; a refused submission leaves neither."""
+    uses_assets = note_assets(context, job_id, workflow)
+    context.secrets.keep(job_id, workflow.withheld)
+    try:
+        yield uses_assets
+    except AssetNotFound as exc:  # deleted while this submission was under way
+        context.secrets.refused(job_id)
+        raise asset_missing(exc) from None
+    except BaseException:
+        context.secrets.refused(job_id)
+        raise
+
+
+def note_assets(context, job_id: str, workflow: Workflow) -> bool:
+    """Check the workflow's asset references (400 asset_not_found for one Cylindria does not
+    hold: no job) and record that this job needs them; True if it has any. A retry of a
+    job that exists is answered with the job even if its assets are gone by now."""
+    if not references(workflow.prompt):
+        return False
+    try:
+        resolved = resolve(workflow.prompt, context.assets)
+    except AssetNotFound as exc:
+        if context.store.get(job_id) is not None:
+            return True  # the job's own answer (200, or 409 for another workflow) follows
+        raise asset_missing(exc) from None
+    context.assets.use(job_id, workflow.fingerprint, resolved.values())
+    return True
+
+
+def asset_missing(exc: AssetNotFound) -> ApiError:
+    """400 asset_not_found naming the reference."""
+    return ApiError(400, "asset_not_found", f"node {exc.node_id} input {exc.input} refers to an "
+                    "asset Cylindria does not hold",
+                    {"node_id": exc.node_id, "input": exc.input, "info": exc.info})
+
+
+def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict | None = None):
+    """GpuId=auto: check the workflow against what the reachable GPUs have installed, then
+    hold it in Cylindria's queue (201 before any GPU has it). Returns (job, created)."""
+    existing = context.store.get(job_id)
+    if existing is None:  # a retry is answered whatever the GPUs look like now
+        check_workflow(workflow.prompt, [gpu.catalogue for gpu in context.gpus
+                                         if gpu.reachable and gpu.catalogue is not None])
+        context.dispatcher.remember(job_id, needs_of(workflow.prompt))
+    try:
+        return hold_job(context.store, job_id, workflow, priority, context.config.max_queued,
+                        labels)
+    except QueueFull as exc:
+        raise ApiError(429, "queue_full", f"Cylindria's queue is full ({exc.limit} jobs held); "
+                       "try again later", {"max_queued": exc.limit},
+                       headers={"Retry-After": str(QUEUE_FULL_RETRY)}) from None
