@@ -1,7 +1,7 @@
 """Packaging: `pip install .` gives the `cylindria` and `cylindria-tester` commands."""
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -20,7 +20,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     py_modules=["cylindria"],
-    packages=["comfy", "web", "tester"],
+    # Subpackages (web.v2, ...) found, not listed: a new one cannot be left out of the install.
+    packages=find_packages(include=["comfy", "comfy.*", "web", "web.*", "tester", "tester.*"]),
     install_requires=requirements(),
     entry_points={"console_scripts": ["cylindria=cylindria:main",
                                       "cylindria-tester=tester.app:main"]},

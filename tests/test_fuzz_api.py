@@ -19,8 +19,9 @@ from web.server import Service
 KEY = {"X-API-Key": API_KEY}
 SHORT_EXAMPLES, SOAK_EXAMPLES = 40, 300
 SETTINGS = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
-# ComfyUI, not the document, decides which nodes run: a schema-valid workflow may be refused.
-COMFY_DECIDES = "PUT /startjob/{job_id}"
+# Requests the document cannot judge alone, so a schema-valid one may be refused: ComfyUI
+# decides which nodes run, and an upload's bytes decide whether its expected_hash is theirs.
+NOT_THE_DOCUMENT_DECIDES = {"PUT /startjob/{job_id}", "POST /api/v2/jobs", "POST /api/v2/assets"}
 
 
 def seed_jobs(api: Api) -> None:
@@ -51,9 +52,17 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 WAIT_CAP = 0.2  # seconds: a long-poll on the running job would hold the fuzz for up to a minute
 
 
+# HTTP's own framing, not the API: a generated "Transfer-Encoding: x" is answered 501 by
+# waitress before Cylindria sees the request, as RFC 9112 says it should be.
+FRAMING = {"transfer-encoding", "content-length", "connection", "te", "upgrade", "expect", "host"}
+
+
 def bounded(case):
     """The case with a valid `wait` shortened: every value the document allows is still
-    sent in kind (a number from 0 to 60), but none blocks the run for long."""
+    sent in kind (a number from 0 to 60), but none blocks the run for long. Headers that
+    frame the HTTP message are left to the HTTP client."""
+    for name in [name for name in (case.headers or {}) if name.lower() in FRAMING]:
+        del case.headers[name]
     wait = (case.query or {}).get("wait")
     try:
         if isinstance(wait, (int, float, str)) and 0 < float(wait) <= 60:
@@ -79,5 +88,5 @@ def test_every_answer_matches_the_document(case):
 @SETTINGS
 def test_the_document_allows_exactly_what_the_app_accepts(case):
     """A request the document allows is not refused with 400, one it forbids is not served."""
-    excluded = [positive_data_acceptance] if case.operation.label == COMFY_DECIDES else []
+    excluded = [positive_data_acceptance] if case.operation.label in NOT_THE_DOCUMENT_DECIDES else []
     bounded(case).call_and_validate(headers=KEY, excluded_checks=excluded)

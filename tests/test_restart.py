@@ -86,3 +86,33 @@ def test_crash_between_record_and_post_is_settled_at_start(process_factory, fake
     retry = api.put("/startjob/never-got-it", json=workflows.core("never-got-it"))
     assert retry.status_code == 201 and retry.json()["prompt_id"] != never
     assert fake.prompts_received().count(got) == 1
+
+
+def test_a_held_v2_job_whose_partner_key_was_only_in_memory_fails_after_a_restart(fake, tmp_path):
+    """Partner keys are never written down: a job still in Cylindria's queue when it stops
+    cannot be sent after the restart, and says why (v2 error partner_key_lost)."""
+    secret = "partner-key-that-must-not-persist"
+    data = tmp_path / "data"
+    first = CylindriaProcess(fake.url, data, gpus=1, extra=("--gpu-queue-depth", "1")).start()
+    second = None
+    try:
+        api = Api(first.url)
+        api.put("/startjob/blocker?GpuId=0", json=workflows.slow(seconds=100))  # 5 s of fake time
+        api.wait_status("blocker", "running")
+        answer = api.request("POST", "/api/v2/jobs", json={
+            "workflow": workflows.core("partner"), "extra_data": {"api_key_comfy_org": secret}})
+        assert answer.status_code == 201 and answer.json()["status"] == "queued", answer.text
+        job_id = answer.json()["id"]
+        first.kill()
+        second = CylindriaProcess(fake.url, data, gpus=1, extra=("--gpu-queue-depth", "1")).start()
+        api = Api(second.url)
+        job = wait_for(lambda: (lambda j: j if j["status"] == "failed" else None)(
+            api.get(f"/api/v2/jobs/{job_id}").json()), timeout=30, message="the job to fail")
+        assert job["error"]["code"] == "partner_key_lost", job
+        assert api.status(job_id)["status"] == "failed"  # the same job on Cylindria's own API
+        for path in [p for p in tmp_path.rglob("*") if p.is_file()]:  # data dir and logs
+            assert secret.encode() not in path.read_bytes(), path
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
