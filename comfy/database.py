@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority INTEGER NOT NULL DEFAULT 0,
     attempts INTEGER NOT NULL DEFAULT 0,
     held_at REAL,
-    labels TEXT
+    labels TEXT,
+    webhook TEXT
 );
 """
 
@@ -54,10 +55,11 @@ CREATE INDEX IF NOT EXISTS jobs_by_finished_at ON jobs (finished_at);
 
 COLUMNS = ("job_id", "gpu_id", "prompt_id", "fingerprint", "status", "number", "submitted_at",
            "started_at", "finished_at", "error", "outputs", "warnings", "cancel_requested",
-           "nodes_done", "nodes_total", "auto", "priority", "attempts", "held_at", "labels")
+           "nodes_done", "nodes_total", "auto", "priority", "attempts", "held_at", "labels",
+           "webhook")
 # Columns added to the table after the queue's schema, each with its type: an older data
 # dir gets them (empty) at its first start.
-ADDED_COLUMNS = {"labels": "TEXT"}
+ADDED_COLUMNS = {"labels": "TEXT", "webhook": "TEXT"}
 # The columns of the first schema (gpu_id and prompt_id NOT NULL, no queue fields): a data
 # dir written by an earlier Cylindria is moved to the new table once, at its first start.
 FIRST_COLUMNS = COLUMNS[:15]
@@ -201,11 +203,18 @@ class Database:
         """Finished jobs that ended before this are past retention (-inf: keep all)."""
         return float("-inf") if self.retention is None else time.time() - self.retention
 
-    def update(self, job: Job, names: list[str]) -> None:
-        """Write the named fields of a job."""
+    def update(self, job: Job, names: list[str], also: list[tuple[str, tuple]] = ()) -> None:
+        """Write the named fields of a job, and the statements `also` (the rows a change
+        causes elsewhere, such as a webhook event) in the same transaction."""
         assignments = ", ".join(f"{name} = ?" for name in names)
         values = [_to_db(name, getattr(job, name)) for name in names] + [job.job_id]
-        self._conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", values)
+        if not also:
+            self._conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", values)
+            return
+        with self._transaction():
+            self._conn.execute(f"UPDATE jobs SET {assignments} WHERE job_id = ?", values)
+            for statement, parameters in also:
+                self._conn.execute(statement, parameters)
 
     def delete(self, job_id: str) -> None:
         """Remove a job and its workflow (a submission ComfyUI never got)."""
@@ -241,12 +250,12 @@ def _row_to_job(row) -> Job:
     """A jobs row as a Job (positionally: start-up loads every row through here)."""
     (seq, job_id, gpu_id, prompt_id, fingerprint, status, number, submitted_at, started_at,
      finished_at, error, outputs, warnings, cancel_requested, nodes_done, nodes_total,
-     auto, priority, attempts, held_at, labels) = row
+     auto, priority, attempts, held_at, labels, webhook) = row
     return Job(job_id, gpu_id, prompt_id, fingerprint, _STATUS[status], number, submitted_at,
                started_at, finished_at, _json_or_none(error),
                tuple(json.loads(outputs)) if outputs else (), _json_or_none(warnings),
                bool(cancel_requested), nodes_done, nodes_total, bool(auto), priority, attempts,
-               held_at, _json_or_none(labels), seq)
+               held_at, _json_or_none(labels), webhook, seq)
 
 
 _STATUS = {status.value: status for status in JobStatus}

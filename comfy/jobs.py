@@ -85,6 +85,7 @@ class Job:
     attempts: int = 0  # times sent to a ComfyUI (a POST ComfyUI never got does not count)
     held_at: float | None = None  # when it last entered Cylindria's queue; None: never held
     labels: dict | None = None  # the client's string labels (Comfy API v2 `metadata`)
+    webhook: str | None = None  # the URL told when the job starts and ends (webhooks/)
     seq: int = 0
     # Volatile: rebuilt from ComfyUI after a restart, so never written to disk.
     queue_position: int | None = None

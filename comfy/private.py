@@ -18,6 +18,12 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, in a private dir (where the OS has modes)."""
+    private_dir(path.parent)
+    private_file(path).write_text(text + "\n", encoding="utf-8")
+
+
 def private_dir(path: Path) -> Path:
     """Create `path` (and its parents) if missing, and make it 0700."""
     path = Path(path)

@@ -50,6 +50,7 @@ class JobStore:
         self._counts: Counter = Counter()  # (gpu_id, status) -> jobs, kept as jobs move
         self._observers: list[Callable[[Job | None, Job], None]] = []
         self._watchers: list[Callable[[str], None]] = []
+        self._companions: list[Callable[[Job, Job], list]] = []
         for job in db.load():
             self._publish(job)
 
@@ -100,6 +101,12 @@ class JobStore:
         """Call `watcher(job_id)` after every change of a job, progress included (clients
         waiting on a job are woken by it); it must be cheap: it runs on every message."""
         self._watchers.append(watcher)
+
+    def commit_with(self, companion: Callable[[Job, Job], list]) -> None:
+        """At every status change, commit the statements `companion(old, new)` gives in the
+        same transaction as the change: a row a change causes (a webhook event) is never lost,
+        nor written for a change that was not. Called under the lock: it must be quick."""
+        self._companions.append(companion)
 
     def counts(self) -> dict[tuple[int, JobStatus], int]:
         """How many jobs each GPU has in each status."""
@@ -290,7 +297,10 @@ class JobStore:
             return
         changed = [name for name, old, value in zip(DURABLE, before, after) if value != old]
         if changed:
-            self._db.update(new, changed)
+            also = [statement for companion in self._companions
+                    for statement in companion(current, new)] \
+                if self._companions and new.status != current.status else ()
+            self._db.update(new, changed, also)
         if new.status != current.status:
             # Acceptance is already the access log's `PUT /startjob/<id> 201` line: at INFO it
             # would double the log's volume under a burst of submissions (and its cost).

@@ -62,7 +62,7 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
             raise QueueFull(max_queued)
     job = Job(job_id=job_id, gpu_id=None, prompt_id=None, fingerprint=workflow.fingerprint,
               status=JobStatus.HELD, nodes_total=len(workflow.prompt), submitted_at=time.time(),
-              auto=True, priority=priority, labels=labels or None)
+              auto=True, priority=priority, labels=labels or None, webhook=workflow.webhook)
     job.held_at = job.submitted_at
     existing, created = store.reserve(job, workflow.source, admit)
     if not created and existing.fingerprint != workflow.fingerprint:
@@ -76,7 +76,7 @@ def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workfl
     """One attempt: reserve the id, then POST or settle."""
     job = Job(job_id=job_id, gpu_id=gpu_id, prompt_id=str(uuid.uuid4()),
               fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
-              submitted_at=time.time(), attempts=1, priority=priority)
+              submitted_at=time.time(), attempts=1, priority=priority, webhook=workflow.webhook)
     existing, created = store.reserve(job, workflow.source)
     if created:
         return post(store, gpus[gpu_id], existing, workflow, assets), True

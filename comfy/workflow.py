@@ -45,12 +45,22 @@ class Workflow:
     source: bytes = b""
     withheld: dict = field(default_factory=dict)
     withheld_names: tuple = ()
+    webhook: str | None = None  # the URL to tell when the job starts and ends
+    asked_webhook: object = None  # a wrapped body's "webhook", as sent (checked by the caller)
 
     def payload(self, client_id: str, prompt_id: str) -> dict:
         """The body of POST /prompt: nothing but what ComfyUI needs to run and target it."""
         return {"prompt": self.prompt, "client_id": client_id, "prompt_id": prompt_id,
                 "extra_data": {**self.extra_data, **self.withheld} if self.withheld
                 else self.extra_data}
+
+    def with_webhook(self, url: str | None) -> "Workflow":
+        """This workflow, to be reported to `url`. The webhook is part of the submission, so
+        it joins the fingerprint: a retry with another webhook is another submission (409)."""
+        if url is None:
+            return self
+        told = hashlib.blake2b(f"{self.fingerprint}\0webhook\0{url}".encode(), digest_size=16)
+        return dataclasses.replace(self, webhook=url, fingerprint=told.hexdigest())
 
     def with_secrets(self, secrets: dict) -> "Workflow":
         """This workflow with its withheld credentials given back (kept in memory only)."""
@@ -69,7 +79,10 @@ def _parse(body: bytes) -> Workflow:
     refuse_ui_format(document)
     prompt, extra_data = _unwrap(document)
     # A client's own "cylindria_withheld" would claim credentials it never gave: not kept.
-    return workflow_of(prompt, extra_data, None if WITHHELD in document else bytes(body))
+    workflow = workflow_of(prompt, extra_data, None if WITHHELD in document else bytes(body))
+    if "prompt" in document and document.get("webhook") is not None:
+        workflow = dataclasses.replace(workflow, asked_webhook=document["webhook"])
+    return workflow
 
 
 def workflow_of(prompt: dict, extra_data: dict, body: bytes | None = None) -> Workflow:

@@ -18,10 +18,13 @@ from comfy.watch import JobWatch
 from comfy.withheld import WithheldSecrets
 from web import assets as web_assets
 from web import auth, errors, metrics, openapi, results, routes, status, streams, v2
-from web.config import Config, stream_limit
+from web.config import Config, ConfigError, stream_limit
 from web.context import Context
 from web.jsonprovider import FastJSONProvider
 from web.streams import StreamSlots
+from web.views import job_view
+from webhooks.secret import BadSecret
+from webhooks.wiring import Webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,16 @@ def create_app(config: Config) -> Flask:
     assets = AssetStore(config.data_dir / ASSETS_DIR, config.data_dir / DB_FILE_NAME,
                         config.max_asset_mb * MIB)
     withheld = WithheldSecrets(store)
+    try:
+        webhooks = Webhooks(store, config.data_dir / DB_FILE_NAME, job_view,
+                            data_dir=config.data_dir, secret_file=config.webhook_secret_file,
+                            comfy_base_url=config.comfy_base_url, gpus=config.gpus,
+                            allow_private=config.webhook_allow_private,
+                            delays=config.webhook_delays, give_up_after=config.webhook_give_up,
+                            keep_for=config.retention)
+    except BadSecret as exc:
+        store.close()
+        raise ConfigError(str(exc)) from None
     dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,
                             requeue_wait=config.requeue_wait, tick=config.poll_interval,
                             assets=assets, secrets=withheld)
@@ -100,7 +113,7 @@ def create_app(config: Config) -> Flask:
                                assets=assets)
     context = app.extensions["cylindria"] = Context(
         config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
-        StreamSlots(stream_limit(config)), assets, withheld)
+        StreamSlots(stream_limit(config)), assets, withheld, webhooks)
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
     auth.init_app(app, keys, config.no_auth, config.metrics_public)

@@ -10,7 +10,7 @@ from pathlib import Path
 from flask import Flask, request
 from flask_httpauth import HTTPTokenAuth
 
-from comfy.private import private_dir, private_file, tighten
+from comfy.private import tighten, write_private
 from web.errors import error_response
 from web.throttle import FailureThrottle
 
@@ -58,12 +58,6 @@ def key_shown(setup: KeySetup) -> None:
 def _unshown(key_file: Path) -> Path:
     """The mark of a generated key not shown yet."""
     return key_file.with_name(key_file.name + UNSHOWN_SUFFIX)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file readable by its owner only, in a private dir (where the OS has modes)."""
-    private_dir(path.parent)
-    private_file(path).write_text(text + "\n", encoding="utf-8")
 
 
 class PresentedKey:

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit
 
 import platformdirs
 
+from webhooks.schedule import DELAYS, GIVE_UP_AFTER
+
 
 class ConfigError(ValueError):
     """A setting that cannot be used; the message is the one line shown to the operator."""
@@ -173,6 +175,9 @@ OPTIONS = (
     Option("--requeue-wait", "requeue_wait", "CYLINDRIA_REQUEUE_WAIT", seconds, 300.0,
            "seconds a job pinned to a GPU waits for that GPU's ComfyUI to come back before it "
            "is lost", shown="300"),
+    Option("--webhook-secret-file", "webhook_secret_file", "CYLINDRIA_WEBHOOK_SECRET_FILE", Path,
+           None, "the webhook signing secret (whsec_...), instead of the one generated in the "
+           "data dir", shown=""),
     Option("--max-asset-mb", "max_asset_mb", "CYLINDRIA_MAX_ASSET_MB", integer_in(1, 100_000), 100,
            "largest asset upload, in MiB (beyond: 413 asset_too_large)"),
     Option("--max-streams", "max_streams", "CYLINDRIA_MAX_STREAMS", integer_in(1, 1024), None,
@@ -188,6 +193,9 @@ SWITCHES = (
            "serve GET /metrics without a key (for a Prometheus scraper on a trusted network)"),
     Option("--dev", "dev", "CYLINDRIA_DEV_MODE", flag_bool, False,
            "save each incoming workflow to --dev-save-dir"),
+    Option("--webhook-allow-private", "webhook_allow_private", "CYLINDRIA_WEBHOOK_ALLOW_PRIVATE",
+           flag_bool, False, "let webhooks call loopback, private and link-local addresses "
+           "(never ComfyUI's own ports)"),
 )
 
 
@@ -222,6 +230,11 @@ class Config:
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
     max_body_bytes: int = 32 * 1024 * 1024
     websocket: bool = True  # off only in benchmarks that measure poll-only tracking
+    webhook_allow_private: bool = False
+    webhook_secret_file: Path | None = None
+    # Seconds between a webhook's tries, and after which it is given up: tests shorten them.
+    webhook_delays: tuple = DELAYS
+    webhook_give_up: float = GIVE_UP_AFTER
 
 
 def stream_limit(config: "Config") -> int:

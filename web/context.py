@@ -17,6 +17,7 @@ from comfy.withheld import WithheldSecrets
 from web.auth import KeySetup
 from web.config import Config
 from web.errors import error_response
+from webhooks.wiring import Webhooks
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Context:
     streams: "StreamSlots"
     assets: AssetStore
     secrets: WithheldSecrets
+    webhooks: Webhooks
     output_sizes: OutputSizes = field(default_factory=OutputSizes)
 
     def asset_users(self, asset) -> list[str]:
@@ -51,6 +53,7 @@ class Context:
         self.dispatcher.stop()
         self.tracker.stop()
         self.retention.stop()
+        self.webhooks.close()
         self.store.close()
         self.assets.close()
 

@@ -18,3 +18,8 @@ def known_job(job_id: str) -> Job:
 def held_position(job: Job) -> int | None:
     """A held job's place in Cylindria's queue (None for any other job)."""
     return ctx().dispatcher.position(job.job_id) if job.status == JobStatus.HELD else None
+
+
+def webhook_state(job: Job) -> dict | None:
+    """The job view's `webhook` object (None for a job without a webhook)."""
+    return ctx().webhooks.outbox.summary(job) if job.webhook else None

@@ -15,6 +15,8 @@ bp = Blueprint("meta", __name__)
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 HELD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf"))
+WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600, 3600, 86400,
+                   float("inf"))
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, float("inf"))
 
 
@@ -51,6 +53,21 @@ class StateCollector:
         yield from (submitted, finished, current, removed)
         yield from self._queue_families(counts)
         yield from self._gpu_families()
+        yield from self._webhook_families()
+
+    def _webhook_families(self):
+        """Webhook deliveries since the start, and the events waiting in the outbox."""
+        sender = self.context.webhooks.sender
+        for name, text in (("delivered", "Webhook events delivered (a 2xx answer)"),
+                           ("failed_attempts", "Webhook tries that failed (tried again later)"),
+                           ("given_up", "Webhook events given up after a day of tries")):
+            family = CounterMetricFamily(f"cylindria_webhook_{name}", text)
+            family.add_metric([], sender.counts[name])
+            yield family
+        depth = GaugeMetricFamily("cylindria_webhook_outbox_depth",
+                                  "Webhook events not yet delivered nor given up")
+        depth.add_metric([], self.context.webhooks.outbox.depth())
+        yield depth
 
     def _queue_families(self, counts):
         """Cylindria's own queue: jobs held now, and the dispatcher's model-file choices."""
@@ -107,6 +124,11 @@ class Metrics:
         self.requeues = Counter("cylindria_job_requeues", "Jobs put back in Cylindria's queue "
                                 "because their ComfyUI stopped under them", ["gpu"],
                                 registry=self.registry)
+        self.webhook_latency = Histogram(
+            "cylindria_webhook_delivery_seconds", "From a job's status change to the delivery "
+            "of its webhook event", buckets=WEBHOOK_BUCKETS,
+            registry=self.registry)
+        context.webhooks.sender.on_delivered = self.webhook_latency.observe
         context.store.observe(self.job_changed)
         self._children: dict = {}  # (rule, method, status) -> (counter, histogram): labels() once
 

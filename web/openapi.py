@@ -61,6 +61,13 @@ def _gpu_param(word: str, gpus: int, meaning: str) -> dict:
             "schema": {"type": "string", "pattern": f"^([0-{gpus - 1}]|{any_case})$"}}
 
 
+WEBHOOK_URL = {"type": "string", "maxLength": 2048, "pattern": "^https?://[^\\s]+$",
+               "description": "http(s) URL told when the job starts and ends (Standard Webhooks, "
+                              "signed); refused (400 invalid_webhook) for loopback, private and "
+                              "link-local addresses unless --webhook-allow-private, and always "
+                              "for ComfyUI's own ports"}
+WEBHOOK = {"name": "webhook", "in": "query", "required": False,
+           "schema": {"$ref": "#/components/schemas/WebhookUrl"}}
 PRIORITY = {"name": "priority", "in": "query", "required": False,
             "description": "Order in Cylindria's own queue: higher is sent first, equal "
                            "priorities keep arrival order. A pinned job keeps it too: it orders "
@@ -150,7 +157,20 @@ SCHEMAS = {
                                     "waits there for its GPU)"},
         "attempts": {"type": "integer", "minimum": 0,
                      "description": "times sent to a ComfyUI"},
-        "warnings": {"type": "object", "description": "ComfyUI's node_errors for a partly refused prompt"}}},
+        "warnings": {"type": "object", "description": "ComfyUI's node_errors for a partly refused prompt"},
+        "webhook": _ref("WebhookState")}},
+    "WebhookUrl": WEBHOOK_URL,
+    "WebhookState": {
+        "type": "object", "required": ["url"], "description": "a job with a webhook only: its "
+        "deliveries (job.started, and job.completed, job.failed, job.cancelled or job.lost)",
+        "properties": {
+            "url": {"type": "string", "description": "the URL, without its query string"},
+            "events": {"type": "integer", "minimum": 0, "description": "events so far"},
+            "delivered": {"type": "boolean", "description": "every event so far delivered"},
+            "attempts": {"type": "integer", "minimum": 0, "description": "tries, all events"},
+            "given_up": {"type": "boolean", "description": "an event was given up after 24 h"},
+            "last_error": {"type": "string", "nullable": True,
+                           "description": "why the last failed try of an undelivered event failed"}}},
     "Accepted": {"allOf": [_ref("Job"), {"type": "object", "required": ["accepted", "detail"],
                                          "properties": {"accepted": {"type": "boolean"},
                                                         "detail": {"type": "string"}}}]},
@@ -196,7 +216,8 @@ SCHEMAS = {
                                                           "these bytes were already held"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
     "Workflow": {"type": "object", "minProperties": 1, "description":
-                 "API-format nodes {id: {class_type, inputs}}, or {prompt: nodes, extra_data}",
+                 "API-format nodes {id: {class_type, inputs}}, or {prompt: nodes, extra_data, "
+                 "webhook}",
                  "additionalProperties": True},
 }
 
@@ -217,14 +238,14 @@ def _paths(gpus: int) -> dict:
                            "null); it is sent to a GPU when one is ready for it.",
             "parameters": [JOB_ID, _gpu_param("auto", gpus, "held in Cylindria's own queue "
                                               "and sent to the first GPU ready for it"),
-                           PRIORITY],
+                           PRIORITY, WEBHOOK],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Workflow")}}},
             "responses": {"201": _json("Accepted", "Accepted: sent to ComfyUI, or held in "
                                                    "Cylindria's queue (GpuId=auto)"),
                           "200": _json("Accepted", "The same job id and workflow again: the existing job"),
                           **_errors(400, 409, 413, 502, 503, text={
                               400: "Bad request: invalid_job_id, invalid_gpu_id, "
-                                   "invalid_parameter (priority), invalid_json, "
+                                   "invalid_parameter (priority), invalid_webhook, invalid_json, "
                                    "ui_format_workflow, invalid_workflow (details: a "
                                    "WorkflowProblem), comfy_rejected (pinned job; details: a "
                                    "ComfyRejection)",

@@ -13,10 +13,10 @@ from comfy.submit import JobIdConflict, submit_job
 from comfy.workflow import parse_workflow
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
-from web.lookup import held_position, known_job
+from web.lookup import held_position, known_job, webhook_state
 from web.params import gpu_id_param, job_id_param, list_params, priority_param, raw_gpu_param
 from web.streams import wait_param, waited_job
-from web.submission import accepting, hold
+from web.submission import accepting, hold, with_webhook
 from web.views import accepted_view, job_view
 
 logger = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def startjob(job_id: str):
         save_dev_copy(context.config.dev_save_dir, job_id, body)
     priority = priority_param()
     workflow = parse_workflow(body)
+    workflow = with_webhook(context, workflow, request.args.get("webhook"), workflow.asked_webhook)
     try:
         with accepting(context, job_id, workflow) as uses_assets:
             if gpu_id is None:
@@ -49,9 +50,10 @@ def startjob(job_id: str):
                                           context.assets if uses_assets else None)
     except JobIdConflict as exc:
         raise ApiError(409, "job_id_conflict",
-                       f"job id {job_id} is already used for a different workflow",
+                       f"job id {job_id} is already used for a different workflow (or webhook)",
                        {"status": exc.job.status.public, "gpu_id": exc.job.gpu_id}) from None
-    return jsonify(accepted_view(job, held_position(job))), 201 if created else 200
+    return jsonify(accepted_view(job, held_position(job), webhook_state(job))), \
+        201 if created else 200
 
 
 @bp.get("/jobstatus", defaults={"job_id": ""})
@@ -60,7 +62,8 @@ def jobstatus(job_id: str):
     """Where a job stands (the most frequent call: encoded directly, without jsonify's extras);
     with ?wait=N, once it has ended or after N seconds."""
     job = waited_job(known_job(job_id), wait_param())
-    return Response(to_json(job_view(job, held_position(job))), mimetype="application/json")
+    return Response(to_json(job_view(job, held_position(job), webhook_state(job))),
+                    mimetype="application/json")
 
 
 @bp.delete("/job", defaults={"job_id": ""})
@@ -75,7 +78,7 @@ def cancel(job_id: str):
         status = exc.job.status.public
         raise ApiError(409, "job_finished", f"job {job_id} already ended: {status}",
                        {"status": status}) from None
-    return jsonify(job_view(job)), 200 if confirmed else 202
+    return jsonify(job_view(job, None, webhook_state(job))), 200 if confirmed else 202
 
 
 @bp.get("/jobs")
@@ -84,7 +87,7 @@ def jobs():
     context = ctx()
     statuses, gpu, limit, before = list_params(len(context.gpus))
     page, next_before = context.store.page(statuses, gpu, limit, before)
-    return jsonify({"jobs": [job_view(job, held_position(job)) for job in page],
+    return jsonify({"jobs": [job_view(job, held_position(job), webhook_state(job)) for job in page],
                     "next_before": str(next_before) if next_before else None})
 
 

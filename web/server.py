@@ -17,6 +17,7 @@ from web.auth import key_shown
 from web.config import Config
 from web.errors import error_body
 from web.logs import AccessLog, access_logger, log_access
+from webhooks.secret import secret_shown
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Service:
         self.context.tracker.start()
         self.context.dispatcher.start()
         self.context.retention.start()
+        self.context.webhooks.start()
         self.ready.set()
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
                     self.config.host, self.port, self.config.threads, len(self.context.gpus),
@@ -164,6 +166,8 @@ class Service:
             self.context.dispatcher.stop(timeout=STOP_TIMEOUT / 4)
             self.context.tracker.stop(timeout=STOP_TIMEOUT / 2)
             self.context.retention.stop(timeout=STOP_TIMEOUT / 4)
+            self.context.webhooks.stop(timeout=STOP_TIMEOUT / 8)
+            self.context.webhooks.close()
             self.context.store.close()
         finally:
             self._done.set()
@@ -187,6 +191,19 @@ def announce_keys(service) -> None:
         logger.info("API key: read from %s", keys.key_file)
     else:
         logger.info("API keys: %d configured", len(keys.keys))
+    announce_webhook_secret(service.context.webhooks.secret)
+
+
+def announce_webhook_secret(secret) -> None:
+    """Print a newly generated webhook signing secret once (receivers verify with it); later
+    starts only log where it is. The secret itself never goes to the log."""
+    if secret.generated:
+        print(f"Generated webhook signing secret (shown once; stored in {secret.path}):\n"
+              f"  {secret.secret}", flush=True)
+        logger.info("webhook signing secret: generated and stored in %s", secret.path)
+        secret_shown(secret)
+    else:
+        logger.info("webhook signing secret: read from %s", secret.path)
 
 
 class RateLimitFilter(logging.Filter):

@@ -173,7 +173,8 @@ def _view(context, job: Job) -> dict:
     """A job as /jobstatus shows it (from the context given: the stream runs after the
     request's app context has ended)."""
     held = job.status == JobStatus.HELD
-    return job_view(job, context.dispatcher.position(job.job_id) if held else None)
+    return job_view(job, context.dispatcher.position(job.job_id) if held else None,
+                    context.webhooks.outbox.summary(job) if job.webhook else None)
 
 
 def event(name: str, data) -> bytes:

@@ -10,6 +10,7 @@ from comfy.placing import AssetNotFound, references, resolve
 from comfy.submit import QueueFull, hold_job
 from comfy.workflow import Workflow
 from web.errors import ApiError
+from webhooks.address import InvalidWebhook
 
 QUEUE_FULL_RETRY = 5  # seconds a client is told to wait when Cylindria's queue is full
 
@@ -68,3 +69,21 @@ def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict |
         raise ApiError(429, "queue_full", f"Cylindria's queue is full ({exc.limit} jobs held); "
                        "try again later", {"max_queued": exc.limit},
                        headers={"Retry-After": str(QUEUE_FULL_RETRY)}) from None
+
+
+def with_webhook(context, workflow: Workflow, *given) -> Workflow:
+    """The workflow with the webhook the client gave (the query's, or the body's; the same
+    URL if both), checked: 400 invalid_webhook for a URL Cylindria will not call."""
+    given = [url for url in given if url is not None]
+    if not given:
+        return workflow
+    if not all(isinstance(url, str) for url in given):
+        raise ApiError(400, "invalid_webhook", "the webhook must be a URL string")
+    if len(set(given)) > 1:
+        raise ApiError(400, "invalid_webhook", "two different webhooks were given; send one")
+    url = given[0]
+    try:
+        target = context.webhooks.check(url)
+    except InvalidWebhook as exc:
+        raise ApiError(400, "invalid_webhook", str(exc)) from None
+    return workflow.with_webhook(target.url)

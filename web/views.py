@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from comfy.jobs import Job, JobStatus
 from comfy.status import iso_time
+from webhooks.outbox import shown_url
 
 
-def job_view(job: Job, held_position: int | None = None) -> dict:
-    """A job as /jobstatus shows it; a held job's place in Cylindria's queue is the caller's
-    to give (the dispatcher keeps the queue's order)."""
+def job_view(job: Job, held_position: int | None = None, webhook: dict | None = None) -> dict:
+    """A job as /jobstatus shows it; a held job's place in Cylindria's queue and the state of
+    its webhook's deliveries are the caller's to give (the dispatcher keeps the queue's
+    order, the webhook outbox the deliveries)."""
     held = job.status is JobStatus.HELD
     view = {"job_id": job.job_id, "gpu_id": job.gpu_id, "prompt_id": job.prompt_id,
             "status": job.status.public,
@@ -21,12 +23,14 @@ def job_view(job: Job, held_position: int | None = None) -> dict:
             "priority": job.priority, "attempts": job.attempts}
     if job.warnings:
         view["warnings"] = job.warnings
+    if job.webhook:
+        view["webhook"] = webhook or {"url": shown_url(job.webhook)}
     return view
 
 
-def accepted_view(job: Job, held_position: int | None = None) -> dict:
+def accepted_view(job: Job, held_position: int | None = None, webhook: dict | None = None) -> dict:
     """A job as startjob answers it, the first time (201) and on a retry (200) alike."""
-    view = job_view(job, held_position)
+    view = job_view(job, held_position, webhook)
     view["accepted"] = True
     view["detail"] = _detail(job, held_position)
     return view

@@ -19,7 +19,7 @@ from web.errors import ApiError
 from web.lookup import held_position
 from web.params import JOB_ID, PRIORITY_RANGE
 from web.streams import event, event_stream
-from web.submission import accepting, hold
+from web.submission import accepting, hold, with_webhook
 from web.v2.errors import invalid_request, not_found
 from web.v2.headers import idempotency_key
 from web.v2.shapes import STATUS, TERMINAL, progress, shapes_now, status
@@ -34,7 +34,7 @@ IDEMPOTENCY_NAMESPACE = uuid.UUID("6c1d3a1e-4f0b-5a51-9c8e-3f2b7d0c9a11")
 MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 16, 64, 512
 LABEL_KEY = re.compile(r"[A-Za-z0-9_.:/-]{1,%d}" % MAX_LABEL_KEY)
 PAGE_DEFAULT, PAGE_MAX = 50, 100
-RESERVED = ("webhook_url", "inputs")  # the v2 contract refuses them today
+RESERVED = ("inputs",)  # the v2 contract refuses it today
 
 
 @bp.post("/jobs")
@@ -54,7 +54,8 @@ def submit():
         raise ApiError(422, "invalid_workflow", "missing 'workflow' (an API-format graph)")
     refuse_ui_format(graph)
     labels, priority = _labels(document.get("metadata")), _priority(document.get("priority"))
-    workflow = workflow_of(graph, _extra_data(document.get("extra_data")))
+    workflow = with_webhook(context, workflow_of(graph, _extra_data(document.get("extra_data"))),
+                            document.get("webhook_url"), request.args.get("webhook"))
     key = idempotency_key()
     job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key) if key else uuid.uuid4())
     try:

@@ -9,6 +9,8 @@ STATUSES = ["queued", "running", "succeeded", "canceling", "canceled", "failed",
 STATUS_LIST = "^({0})(,({0}))*$".format("|".join(STATUSES))
 RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again",
                                "required": True, "schema": {"type": "integer", "minimum": 0}}}
+# A value that is text on the wire (a multipart field, a query value): anything sent is text.
+TEXT_FIELD = {"description": "text"}
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
@@ -23,7 +25,8 @@ def _json(name: str, description: str, headers: dict | None = None) -> dict:
     return answer
 
 
-ERROR_TEXT = {400: "invalid_request (a field or parameter of the wrong shape), invalid_cursor",
+ERROR_TEXT = {400: "invalid_request (a field or parameter of the wrong shape), invalid_cursor, "
+                   "invalid_webhook",
               401: "unauthorized: missing or wrong key (Authorization: Bearer <key>)",
               403: "forbidden", 404: "not_found (blob_not_found for from-hash)",
               405: "method not allowed", 409: "hash_mismatch, or asset_in_use",
@@ -128,7 +131,8 @@ SCHEMAS = {
                                       "auth_token_comfy_org": {"type": "string", "minLength": 1}}},
         "metadata": {"type": "object", "maxProperties": 16,
                      "additionalProperties": {"type": "string", "maxLength": 512}},
-        "priority": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0}}},
+        "priority": {"type": "integer", "minimum": -100, "maximum": 100, "default": 0},
+        "webhook_url": _ref("WebhookUrl")}},
     "V2Node": {"type": "object", "required": ["class_type", "inputs"], "properties": {
         "class_type": {"type": "string", "minLength": 1},
         "inputs": {"type": "object", "additionalProperties": True}}},
@@ -161,7 +165,7 @@ def paths(prefix: str = "/api/v2") -> dict:
                         {"name": "metadata", "in": "query", "style": "deepObject",
                          "explode": True, "description": "metadata[<key>]=<value>: labels "
                          "every job listed has (a key no job has matches none)",
-                         "schema": {"type": "object", "additionalProperties": {"type": "string"}}}],
+                         "schema": {"type": "object", "additionalProperties": TEXT_FIELD}}],
                     "responses": {"200": _json("V2JobList", "A page"), **_errors(400, 503)}}},
         f"{prefix}/jobs/{{job_id}}": {"get": {
             "summary": "v2: a job", "tags": ["Comfy API v2"], "parameters": [JOB_ID],
@@ -192,11 +196,11 @@ def paths(prefix: str = "/api/v2") -> dict:
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["file"], "properties": {
                     "file": {"type": "string", "format": "binary", "minLength": 1},
-                    "file_path": {"type": "string"}, "content_type": {"type": "string"},
+                    "file_path": TEXT_FIELD, "content_type": TEXT_FIELD,
                     "expected_hash": {"type": "string", "pattern": "^blake3:[0-9a-f]{64}$",
                                       "description": "the bytes' hash; 409 hash_mismatch if "
                                                      "they hash otherwise"},
-                    "tags": {"type": "array", "items": {"type": "string"}}}}}}},
+                    "tags": {**TEXT_FIELD, "description": "ignored: Cylindria keeps no tags"}}}}}},
             "responses": {"201": _json("V2Asset", "Stored"),
                           "200": _json("V2Asset", "These bytes were already held"),
                           **_errors(400, 409, 413)}}},

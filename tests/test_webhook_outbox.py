@@ -1,0 +1,109 @@
+"""The webhook outbox's rows and the retry schedule, as plain logic: an event is committed with
+the status change that causes it, or not at all."""
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from comfy.database import Database
+from comfy.events import finish
+from comfy.jobs import Job, JobStatus
+from comfy.store import JobStore
+from webhooks.outbox import Outbox, shown_url
+from webhooks.schedule import DELAYS, GIVE_UP_AFTER, JITTER, next_try
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "jobs.sqlite3"
+
+
+def stored(path, outbox_render=lambda job: {"job_id": job.job_id, "status": job.status.public}):
+    store = JobStore(Database(path))
+    outbox = Outbox(path, outbox_render)
+    store.commit_with(outbox.rows_for)
+    return store, outbox
+
+
+def queued_job(store, job_id="j", webhook="http://receiver.example/h"):
+    store.reserve(Job(job_id=job_id, gpu_id=0, prompt_id="p", fingerprint="f", webhook=webhook), b"{}")
+    store.release(job_id, "p")
+    store.change(job_id, lambda job: setattr(job, "status", JobStatus.QUEUED))
+
+
+def running(job):
+    job.status = JobStatus.RUNNING
+
+
+def test_start_and_end_each_commit_one_event_and_other_changes_none(path):
+    store, outbox = stored(path)
+    queued_job(store)
+    assert outbox.depth() == 0  # submitting -> queued: no event
+    store.change("j", running)
+    store.change("j", lambda job: setattr(job, "nodes_done", 2))  # not a status change
+    store.change("j", finish(JobStatus.COMPLETED))
+    events = outbox.due(float("inf"), 10)
+    assert [e.event for e in events] == ["job.started", "job.completed"]
+    assert all(e.url == "http://receiver.example/h" and e.attempts == 0 for e in events)
+    assert b'"status":"completed"' in events[1].body.replace(b" ", b"")
+
+
+def test_a_job_without_a_webhook_writes_no_event(path):
+    store, outbox = stored(path)
+    queued_job(store, webhook=None)
+    store.change("j", running)
+    store.change("j", finish(JobStatus.FAILED, {"type": "x"}))
+    assert outbox.depth() == 0 and outbox.summary(store.get("j")) is None
+
+
+def test_an_event_that_cannot_be_written_takes_the_status_change_with_it(path):
+    """The same transaction: when the event's INSERT fails, the change is not committed."""
+    store, outbox = stored(path)
+    queued_job(store)
+    store.commit_with(lambda old, new: [("INSERT INTO no_such_table VALUES (?)", (1,))])
+    with pytest.raises(sqlite3.OperationalError):
+        store.change("j", running)
+    store.close()
+    reopened = JobStore(Database(path))
+    assert reopened.get("j").status is JobStatus.QUEUED
+    assert Outbox(path, lambda job: {}).depth() == 0
+
+
+def test_settled_events_sum_up_in_the_view(path):
+    store, outbox = stored(path)
+    queued_job(store, webhook="https://user:pw@receiver.example/h?token=t")
+    store.change("j", running)
+    store.change("j", finish(JobStatus.COMPLETED))
+    started, completed = outbox.due(float("inf"), 10)
+    outbox.retry(started.id, "HTTP 500", 0.0)
+    outbox.delivered(started.id, 1.0)
+    outbox.give_up(completed.id, "ConnectionRefused", 2.0)
+    assert outbox.summary(store.get("j")) == {
+        "url": "https://receiver.example/h", "events": 2, "delivered": False, "attempts": 3,
+        "given_up": True, "last_error": "ConnectionRefused"}
+    assert outbox.depth() == 0 and outbox.next_due() is None
+    assert outbox.prune(before=float("inf")) == 2
+
+
+def test_due_skips_events_being_tried(path):
+    store, outbox = stored(path)
+    queued_job(store)
+    store.change("j", running)
+    [event] = outbox.due(float("inf"), 10)
+    assert outbox.due(float("inf"), 10, skip={event.id}) == []
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://h/p?q=1", "http://h/p"), ("https://u:p@h:8443/p", "https://h:8443/p")])
+def test_urls_are_shown_without_query_or_credentials(url, shown):
+    assert shown_url(url) == shown
+
+
+def test_the_schedule_backs_off_with_jitter_then_gives_up_after_a_day():
+    low, high = (lambda a, b: a), (lambda a, b: b)
+    for tries, delay in enumerate(DELAYS + (DELAYS[-1],) * 3, start=1):
+        assert next_try(0.0, 100.0, tries, spread=low) == pytest.approx(100.0 + delay * (1 - JITTER))
+        assert next_try(0.0, 100.0, tries, spread=high) == pytest.approx(100.0 + delay * (1 + JITTER))
+    assert next_try(0.0, GIVE_UP_AFTER - 1.0, 9, spread=low) is None
+    assert next_try(0.0, GIVE_UP_AFTER - 3600.0, 9, spread=low) is not None

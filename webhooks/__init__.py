@@ -1,0 +1,1 @@
+"""Signed webhooks: the address check, the durable outbox and its sender."""

@@ -1,0 +1,160 @@
+"""The webhook outbox: one row per event a job's status change causes, written in the same
+SQLite transaction as the change (through JobStore.commit_with), so a crash never loses an
+event nor leaves one for a change that did not happen. The sender (webhooks/sender.py)
+reads the due rows and settles each: delivered, tried again later, or given up.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+from comfy.encoding import to_json
+from comfy.jobs import Job, JobStatus
+from comfy.status import iso_time
+
+# The status a job moves to -> the event it causes (a job with a webhook only).
+EVENTS = {JobStatus.RUNNING: "job.started", JobStatus.COMPLETED: "job.completed",
+          JobStatus.FAILED: "job.failed", JobStatus.CANCELLED: "job.cancelled",
+          JobStatus.LOST: "job.lost"}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    id TEXT PRIMARY KEY,        -- the webhook-id: the same on every try of this event
+    job_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    event TEXT NOT NULL,
+    body BLOB NOT NULL,         -- the bytes signed and sent, as of the change
+    created_at REAL NOT NULL,
+    due_at REAL,                -- the next try; NULL once delivered or given up
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    delivered_at REAL,
+    given_up_at REAL
+);
+CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (due_at) WHERE due_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS webhook_outbox_job ON webhook_outbox (job_id);
+"""
+INSERT = ("INSERT INTO webhook_outbox (id, job_id, url, event, body, created_at, due_at) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event to deliver."""
+
+    id: str
+    job_id: str
+    url: str
+    event: str
+    body: bytes
+    created_at: float
+    attempts: int
+
+
+def shown_url(url: str) -> str:
+    """The URL as views and logs show it: without its query string and user info, where a
+    receiver's token would be."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+class Outbox:
+    """The outbox table, on a connection of its own: the sender's writes never wait for the
+    job store's lock, and the store's never for a delivery."""
+
+    def __init__(self, path: Path, render: Callable[[Job], dict], clock: Callable[[], float] = time.time):
+        self._conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                     timeout=30.0)
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(SCHEMA)
+        self._lock = threading.Lock()
+        self._render = render
+        self._clock = clock
+        self.wake = threading.Event()  # set once a change has committed an event
+
+    # -- the job store's side -----------------------------------------------------------------
+    def rows_for(self, old: Job, new: Job) -> list:
+        """JobStore companion: the event row this status change causes, if any."""
+        event = EVENTS.get(new.status) if new.webhook else None
+        if event is None or old.status is new.status:
+            return []
+        now = self._clock()
+        body = to_json({"type": event, "timestamp": iso_time(now), "data": self._render(new)})
+        return [(INSERT, (f"msg_{uuid.uuid4().hex}", new.job_id, new.webhook, event, body, now, now))]
+
+    def observed(self, old: Job | None, new: Job) -> None:
+        """Store observer (after the commit): wake the sender for a new event."""
+        if new.webhook and new.status in EVENTS:
+            self.wake.set()
+
+    # -- the sender's side --------------------------------------------------------------------
+    def due(self, now: float, limit: int, skip: set | frozenset = frozenset()) -> list[Event]:
+        """Events due by `now`, oldest first, but those in `skip` (being tried now)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id, job_id, url, event, body, created_at, attempts FROM webhook_outbox "
+                "WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
+                (now, limit + len(skip))).fetchall()
+        return [Event(*row) for row in rows if row[0] not in skip][:limit]
+
+    def next_due(self) -> float | None:
+        """When the earliest undelivered event is due, or None if none waits."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT MIN(due_at) FROM webhook_outbox WHERE due_at IS NOT NULL").fetchone()[0]
+
+    def delivered(self, event_id: str, now: float) -> None:
+        self._settle("due_at = NULL, delivered_at = ?, last_error = NULL", (now,), event_id)
+
+    def retry(self, event_id: str, error: str, due_at: float) -> None:
+        self._settle("due_at = ?, last_error = ?", (due_at, error), event_id)
+
+    def give_up(self, event_id: str, error: str, now: float) -> None:
+        self._settle("due_at = NULL, given_up_at = ?, last_error = ?", (now, error), event_id)
+
+    def _settle(self, assignments: str, values: tuple, event_id: str) -> None:
+        """Record one try's outcome (each try counts as an attempt)."""
+        with self._lock:
+            self._conn.execute(f"UPDATE webhook_outbox SET {assignments}, attempts = attempts + 1 "
+                               "WHERE id = ?", (*values, event_id))
+
+    def depth(self) -> int:
+        """Events not yet delivered nor given up."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT COUNT(*) FROM webhook_outbox WHERE due_at IS NOT NULL").fetchone()[0]
+
+    def prune(self, before: float) -> int:
+        """Forget settled events older than `before` (their jobs leave with the retention)."""
+        with self._lock:
+            return self._conn.execute(
+                "DELETE FROM webhook_outbox WHERE due_at IS NULL AND created_at < ?",
+                (before,)).rowcount
+
+    # -- the job view's side ------------------------------------------------------------------
+    def summary(self, job: Job) -> dict | None:
+        """The job view's `webhook`: its URL (shown without query), whether every event so far
+        was delivered, the tries they took, the last error of one not delivered (or given up)."""
+        if not job.webhook:
+            return None
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT delivered_at, given_up_at, attempts, last_error FROM webhook_outbox "
+                "WHERE job_id = ? AND url = ? ORDER BY created_at", (job.job_id, job.webhook)).fetchall()
+        pending = [row for row in rows if row[0] is None]
+        return {"url": shown_url(job.webhook), "events": len(rows),
+                "delivered": bool(rows) and not pending,
+                "attempts": sum(row[2] for row in rows),
+                "given_up": any(row[1] is not None for row in rows),
+                "last_error": next((row[3] for row in reversed(pending) if row[3]), None)}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,51 @@
+"""Webhooks as one part of a running Cylindria: the outbox fed by the job store, its sender,
+the signing secret, and the address check a submission's webhook must pass."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from comfy.jobs import Job
+from comfy.store import JobStore
+from webhooks.address import Target, check_webhook, comfy_endpoints
+from webhooks.outbox import Outbox
+from webhooks.secret import WebhookSecret, load_secret
+from webhooks.sender import WebhookSender
+
+
+class Webhooks:
+    """What the app holds: built with the store (before any job changes), started with the
+    server, stopped before the store closes."""
+
+    def __init__(self, store: JobStore, db_path: Path, render: Callable[[Job], dict], *,
+                 data_dir: Path, secret_file: Path | None, comfy_base_url: str, gpus: int,
+                 allow_private: bool, delays: tuple, give_up_after: float, keep_for: float):
+        self.secret: WebhookSecret = load_secret(data_dir, secret_file)
+        self.allow_private = allow_private
+        self.comfy = comfy_endpoints(comfy_base_url, gpus)
+        self.outbox = Outbox(db_path, render)
+        store.commit_with(self.outbox.rows_for)
+        store.observe(self.outbox.observed)
+        self.sender = WebhookSender(self.outbox, self.secret.secret, allow_private=allow_private,
+                                    comfy=self.comfy, delays=delays, give_up_after=give_up_after,
+                                    keep_for=keep_for)
+
+    def check(self, url: str) -> Target:
+        """A submission's webhook, checked (InvalidWebhook if Cylindria will not call it)."""
+        return check_webhook(url, allow_private=self.allow_private, comfy=self.comfy,
+                             resolve=self.sender.resolve)
+
+    def resolve_with(self, resolve) -> None:
+        """Resolve host names with `resolve(host, port) -> [ip]` (tests: never a DNS query)."""
+        self.sender.resolve = resolve
+
+    def start(self) -> None:
+        self.sender.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        self.sender.stop(timeout)
+
+    def close(self) -> None:
+        """Stop sending and close the outbox's connection."""
+        self.sender.stop(0.1)
+        self.outbox.close()
