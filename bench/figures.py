@@ -18,6 +18,7 @@ from bench.fakes import TimedFake
 from bench.procs import key_headers
 from bench.retention import ORDER as RETENTION_ORDER, retention_figures
 from bench.stats import median, percentile, pooled
+from bench.webhooks import ORDER as WEBHOOKS_ORDER, webhook_figures
 from tests import workflows
 
 
@@ -317,11 +318,11 @@ def submit_throughput(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
 
 GROUPS = {"proxy": proxy_latency, "store": store_figures, "completion": completion,
           "submit": submit_throughput, "retention": retention_figures, "dispatch": dispatch_figures,
-          "assets": assets_figures}
+          "assets": assets_figures, "webhooks": webhook_figures}
 COSTED = ("proxy", "submit")  # the groups that also run against the real-cost fakes
 ORDER = ("startjob_core_latency", "startjob_latency", "serverstatus_latency",
          "jobstatus_throughput", "jobstatus_latency_big_store", "memory_per_job", "startup",
          "completion_ws", "completion_poll", "submit_throughput", *RETENTION_ORDER, *DISPATCH_ORDER,
-         *ASSETS_ORDER,
+         *ASSETS_ORDER, *WEBHOOKS_ORDER,
          "startjob_core_latency_real", "startjob_latency_real", "serverstatus_latency_real",
          "submit_throughput_real")

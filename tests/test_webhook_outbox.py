@@ -107,3 +107,22 @@ def test_the_schedule_backs_off_with_jitter_then_gives_up_after_a_day():
         assert next_try(0.0, 100.0, tries, spread=high) == pytest.approx(100.0 + delay * (1 + JITTER))
     assert next_try(0.0, GIVE_UP_AFTER - 1.0, 9, spread=low) is None
     assert next_try(0.0, GIVE_UP_AFTER - 3600.0, 9, spread=low) is not None
+
+
+def test_a_start_learnt_only_with_the_end_still_sends_job_started_first(path):
+    """The websocket was behind: the poller found the job finished in ComfyUI's history."""
+    store, outbox = stored(path)
+    queued_job(store)
+
+    def ended_while_unseen(job):
+        job.started_at = 5.0
+        finish(JobStatus.COMPLETED)(job)
+    store.change("j", ended_while_unseen)
+    assert [e.event for e in outbox.due(float("inf"), 10)] == ["job.started", "job.completed"]
+
+
+def test_a_job_that_never_ran_sends_only_its_end(path):
+    store, outbox = stored(path)
+    queued_job(store)
+    store.change("j", finish(JobStatus.CANCELLED))
+    assert [e.event for e in outbox.due(float("inf"), 10)] == ["job.cancelled"]

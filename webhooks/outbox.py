@@ -81,13 +81,21 @@ class Outbox:
 
     # -- the job store's side -----------------------------------------------------------------
     def rows_for(self, old: Job, new: Job) -> list:
-        """JobStore companion: the event row this status change causes, if any."""
+        """JobStore companion: the event rows this status change causes, if any. A job that
+        ran but whose start Cylindria learnt only with its end (its websocket was behind or
+        down, and ComfyUI's history told the end) gets its job.started too, just before."""
         event = EVENTS.get(new.status) if new.webhook else None
         if event is None or old.status is new.status:
             return []
+        events = [event]
+        if new.status.finished and old.status is not JobStatus.RUNNING and new.started_at:
+            events.insert(0, EVENTS[JobStatus.RUNNING])
         now = self._clock()
-        body = to_json({"type": event, "timestamp": iso_time(now), "data": self._render(new)})
-        return [(INSERT, (f"msg_{uuid.uuid4().hex}", new.job_id, new.webhook, event, body, now, now))]
+        data = self._render(new)
+        return [(INSERT, (f"msg_{uuid.uuid4().hex}", new.job_id, new.webhook, kind,
+                          to_json({"type": kind, "timestamp": iso_time(now), "data": data}),
+                          now + n * 1e-6, now + n * 1e-6))  # the due order is the event order
+                for n, kind in enumerate(events)]
 
     def observed(self, old: Job | None, new: Job) -> None:
         """Store observer (after the commit): wake the sender for a new event."""

@@ -57,6 +57,10 @@ class WebhookSender:
         self.on_delivered: Callable[[float], None] | None = None  # seconds from the event
         self._lock = threading.Lock()
         self._trying: set[str] = set()  # event ids being tried now
+        # Jobs with an event being tried: their next event waits for that try to end, so a
+        # receiver that answers gets a job's events in order (started before completed). An
+        # event that failed does not hold the next one back while it waits for its retry.
+        self._jobs_trying: set[str] = set()
         self._per_receiver: Counter = Counter()  # origin -> tries under way
         self._pools: dict[tuple, urllib3.HTTPConnectionPool] = {}
         self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cylindria-webhook")
@@ -81,34 +85,40 @@ class WebhookSender:
         """Deliver until stopped: at once when an event is committed, else at the next due."""
         while not self._stop.is_set():
             self.outbox.wake.clear()
+            started = 0
             try:
-                self.deliver_once(wait=False)
+                started = self.deliver_once(wait=False)
                 self._prune()
             except Exception:
                 logger.exception("webhook delivery pass failed")
-            self.outbox.wake.wait(self._idle())
+            self.outbox.wake.wait(self._idle(blocked=not started))
 
-    def _idle(self) -> float:
-        """Seconds to sleep before the next pass (woken earlier by a new event)."""
+    def _idle(self, blocked: bool) -> float:
+        """Seconds to sleep before the next pass; woken earlier by a new event or by the end of
+        a try. A pass that could start nothing (every due event's receiver or job busy) waits
+        for a try to end rather than asking the outbox again at once: that would spin."""
         due = self.outbox.next_due()
         if due is None:
             return self.tick
-        return min(self.tick, max(0.0, due - self.clock()))
+        wait = max(0.0, due - self.clock())
+        return self.tick if blocked and wait == 0.0 else min(self.tick, wait)
 
     def deliver_once(self, wait: bool = True) -> int:
         """Start a try of every due event not being tried; with `wait`, wait for those tries
         and return how many were delivered, else return how many were started."""
         with self._lock:
             skip = set(self._trying)
-        events = self.outbox.due(self.clock(), WORKERS * 8, skip)
+        events = self.outbox.due(self.clock(), WORKERS, skip)  # no more than can start
         started = []
         for event in events:
             origin = _origin(event.url)
             with self._lock:
-                if self._per_receiver[origin] >= PER_RECEIVER or event.id in self._trying:
+                if self._per_receiver[origin] >= PER_RECEIVER or event.id in self._trying \
+                        or event.job_id in self._jobs_trying:
                     continue
                 self._per_receiver[origin] += 1
                 self._trying.add(event.id)
+                self._jobs_trying.add(event.job_id)
             try:
                 started.append(self._workers.submit(self._try, event, origin))
             except RuntimeError:  # stopped meanwhile: the event stays due
@@ -159,7 +169,9 @@ class WebhookSender:
     def _done(self, event: Event, origin: tuple) -> None:
         with self._lock:
             self._trying.discard(event.id)
+            self._jobs_trying.discard(event.job_id)
             self._per_receiver[origin] -= 1
+        self.outbox.wake.set()  # a job's next event, or a receiver's, may go now
 
     def _post(self, event: Event) -> str | None:
         """POST the event, signed; None if the receiver took it (2xx), else why not."""
