@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 
 from comfy.errors import ComfyError
+from comfy.models import read_models
 from comfy.queue import nodes_needed
 from comfy.workflow import WorkflowError
 
@@ -48,10 +49,11 @@ class NodeClass:
 
 
 class Catalogue:
-    """The node classes one ComfyUI knows."""
+    """The node classes one ComfyUI knows, and its model files (comfy.models)."""
 
     def __init__(self, nodes: dict[str, NodeClass]):
         self.nodes = nodes
+        self.models: dict = {}  # folder -> file names, read after the nodes (refresh_catalogue)
 
     @classmethod
     def from_object_info(cls, body) -> "Catalogue":
@@ -138,6 +140,11 @@ def refresh_catalogue(gpu) -> bool:
     except (ComfyError, ValueError) as exc:
         logger.warning("GPU %d: could not read /object_info (%s); jobs wait for it", gpu.index, exc)
         return False
+    previous = gpu.catalogue
+    catalogue.models = previous.models if previous is not None else {}
     gpu.set_catalogue(catalogue)
     logger.info("GPU %d: %d node classes installed", gpu.index, len(catalogue.nodes))
+    # Then its model files: held jobs need not wait for them, and until they are read (or
+    # if they cannot be) the last known ones stand.
+    catalogue.models = read_models(gpu.client, catalogue.models)
     return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from urllib3.exceptions import NewConnectionError
@@ -151,6 +152,27 @@ class ComfyClient:
                           "/object_info")
         if not isinstance(body, dict):
             raise ComfyBadResponse("ComfyUI's /object_info answer is not an object", self.gpu_id)
+        return body
+
+    def model_folders(self, timeout: float | None = None) -> list[str]:
+        """GET /models: the names of the model folders ComfyUI knows ("checkpoints", ...)."""
+        body = self._json(self._request("GET", "/models", read_timeout=timeout), "/models")
+        if not isinstance(body, list) or not all(isinstance(name, str) for name in body):
+            raise ComfyBadResponse("ComfyUI's /models answer is not a list of names", self.gpu_id)
+        return body
+
+    def model_files(self, folder: str, timeout: float | None = None) -> list[str] | None:
+        """GET /models/<folder>: the file names ComfyUI gives, relative to the folder (as it
+        spells them: "sdxl/a.safetensors", or with backslashes on Windows); None on its 404
+        (a folder it does not know)."""
+        path = "/models/" + quote(folder, safe="")
+        response = self._request("GET", path, read_timeout=timeout)
+        if response.status_code == 404:
+            return None
+        body = self._json(response, "/models/<folder>")
+        if not isinstance(body, list) or not all(isinstance(name, str) for name in body):
+            raise ComfyBadResponse("ComfyUI's /models/<folder> answer is not a list of names",
+                                   self.gpu_id)
         return body
 
     def upload_image(self, file, name: str, subfolder: str, content_type: str) -> dict:

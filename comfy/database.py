@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     held_at REAL,
     labels TEXT,
-    webhook TEXT
+    webhook TEXT,
+    submitted_by TEXT
 );
 """
 
@@ -56,10 +57,10 @@ CREATE INDEX IF NOT EXISTS jobs_by_finished_at ON jobs (finished_at);
 COLUMNS = ("job_id", "gpu_id", "prompt_id", "fingerprint", "status", "number", "submitted_at",
            "started_at", "finished_at", "error", "outputs", "warnings", "cancel_requested",
            "nodes_done", "nodes_total", "auto", "priority", "attempts", "held_at", "labels",
-           "webhook")
+           "webhook", "submitted_by")
 # Columns added to the table after the queue's schema, each with its type: an older data
 # dir gets them (empty) at its first start.
-ADDED_COLUMNS = {"labels": "TEXT", "webhook": "TEXT"}
+ADDED_COLUMNS = {"labels": "TEXT", "webhook": "TEXT", "submitted_by": "TEXT"}
 # The columns of the first schema (gpu_id and prompt_id NOT NULL, no queue fields): a data
 # dir written by an earlier Cylindria is moved to the new table once, at its first start.
 FIRST_COLUMNS = COLUMNS[:15]
@@ -250,12 +251,12 @@ def _row_to_job(row) -> Job:
     """A jobs row as a Job (positionally: start-up loads every row through here)."""
     (seq, job_id, gpu_id, prompt_id, fingerprint, status, number, submitted_at, started_at,
      finished_at, error, outputs, warnings, cancel_requested, nodes_done, nodes_total,
-     auto, priority, attempts, held_at, labels, webhook) = row
+     auto, priority, attempts, held_at, labels, webhook, submitted_by) = row
     return Job(job_id, gpu_id, prompt_id, fingerprint, _STATUS[status], number, submitted_at,
                started_at, finished_at, _json_or_none(error),
                tuple(json.loads(outputs)) if outputs else (), _json_or_none(warnings),
                bool(cancel_requested), nodes_done, nodes_total, bool(auto), priority, attempts,
-               held_at, _json_or_none(labels), webhook, seq)
+               held_at, _json_or_none(labels), webhook, submitted_by, seq)
 
 
 _STATUS = {status.value: status for status in JobStatus}

@@ -86,6 +86,7 @@ class Job:
     held_at: float | None = None  # when it last entered Cylindria's queue; None: never held
     labels: dict | None = None  # the client's string labels (Comfy API v2 `metadata`)
     webhook: str | None = None  # the URL told when the job starts and ends (webhooks/)
+    submitted_by: str | None = None  # the name of the key (or JWT subject) that submitted it
     seq: int = 0
     # Volatile: rebuilt from ComfyUI after a restart, so never written to disk.
     queue_position: int | None = None

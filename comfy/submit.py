@@ -41,19 +41,22 @@ class QueueFull(Exception):
 
 def submit_job(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
                gpu_id: int, wait: float = 90.0, priority: int = 0,
-               assets: AssetStore | None = None) -> tuple[Job, bool]:
+               assets: AssetStore | None = None,
+               submitted_by: str | None = None) -> tuple[Job, bool]:
     """Run the job at most once on GPU `gpu_id`, now. Returns (job, created).
     A refused submission leaves nothing behind. `priority` orders the job in Cylindria's
     queue should its ComfyUI die under it and it wait there to be sent again."""
     for _ in range(3):
-        result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait, priority, assets)
+        result = _submit_once(store, gpus, job_id, workflow, gpu_id, wait, priority, assets,
+                              submitted_by)
         if result is not None:
             return result
     raise SubmissionUnsettled("the job's earlier submission is still being settled")
 
 
 def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
-             max_queued: int, labels: dict | None = None) -> tuple[Job, bool]:
+             max_queued: int, labels: dict | None = None,
+             submitted_by: str | None = None) -> tuple[Job, bool]:
     """Put a GpuId=auto job in Cylindria's own queue (durably, before the caller answers 201);
     the dispatcher sends it when a GPU is ready. Returns (job, created); a retry of the same
     id and workflow gets the job as it is now, whatever became of it."""
@@ -62,7 +65,8 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
             raise QueueFull(max_queued)
     job = Job(job_id=job_id, gpu_id=None, prompt_id=None, fingerprint=workflow.fingerprint,
               status=JobStatus.HELD, nodes_total=len(workflow.prompt), submitted_at=time.time(),
-              auto=True, priority=priority, labels=labels or None, webhook=workflow.webhook)
+              auto=True, priority=priority, labels=labels or None, webhook=workflow.webhook,
+              submitted_by=submitted_by)
     job.held_at = job.submitted_at
     existing, created = store.reserve(job, workflow.source, admit)
     if not created and existing.fingerprint != workflow.fingerprint:
@@ -72,11 +76,12 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
 
 def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow,
                  gpu_id: int, wait: float, priority: int,
-                 assets: AssetStore | None) -> tuple[Job, bool] | None:
+                 assets: AssetStore | None, submitted_by: str | None) -> tuple[Job, bool] | None:
     """One attempt: reserve the id, then POST or settle."""
     job = Job(job_id=job_id, gpu_id=gpu_id, prompt_id=str(uuid.uuid4()),
               fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
-              submitted_at=time.time(), attempts=1, priority=priority, webhook=workflow.webhook)
+              submitted_at=time.time(), attempts=1, priority=priority, webhook=workflow.webhook,
+              submitted_by=submitted_by)
     existing, created = store.reserve(job, workflow.source)
     if created:
         return post(store, gpus[gpu_id], existing, workflow, assets), True

@@ -20,9 +20,11 @@ MARK = "evil-marker"  # put in every hostile request: it must never reach ComfyU
 ALLOWED = [("POST", r"/prompt"), ("GET", r"/queue"), ("GET", r"/history/[0-9a-f-]{36}"),
            ("GET", r"/system_stats"), ("POST", r"/queue"), ("POST", r"/interrupt"),
            ("GET", r"/view"), ("GET", r"/ws"), ("GET", r"/object_info"),
-           ("POST", r"/upload/image")]  # only Cylindria's own asset files, named by hash
+           ("POST", r"/upload/image"),  # only Cylindria's own asset files, named by hash
+           ("GET", r"/models"), ("GET", r"/models/[A-Za-z0-9_.-]+")]  # folders ComfyUI listed
 # Hostile-looking lines that are in fact Cylindria's own endpoints (served, never forwarded).
-CYLINDRIA_OWN = ("GET /jobresult/done/0?", "GET /jobresult/done/%30", f"GET http://{MARK}/jobs")
+CYLINDRIA_OWN = ("GET /jobresult/done/0?", "GET /jobresult/done/%30", f"GET http://{MARK}/jobs",
+                 "GET /models")
 CLIENT_HEADERS = ("origin", "cookie", "x-forwarded-for", "x-evil", "x-api-key", "authorization",
                   "referer", "forwarded")
 
@@ -130,11 +132,12 @@ def assert_comfy_saw_only_the_contract(service, fakes) -> None:
     outputs = [(o["filename"], o["subfolder"], o["type"])
                for job in store.jobs() for o in job.outputs]
     client_ids = {gpu.client_id for gpu in service.context.gpus}
-    used = {(r.method, r.path.rsplit("/", 1)[0] if r.path.startswith("/history/") else r.path)
+    used = {(r.method, r.path.rsplit("/", 1)[0]
+             if r.path.startswith(("/history/", "/models/")) else r.path)
             for fake in fakes for r in fake.requests()}
     assert used == {("POST", "/prompt"), ("GET", "/queue"), ("GET", "/history"), ("GET", "/view"),
                     ("GET", "/system_stats"), ("POST", "/queue"), ("POST", "/interrupt"),
-                    ("GET", "/ws"), ("GET", "/object_info")}, \
+                    ("GET", "/ws"), ("GET", "/object_info"), ("GET", "/models")}, \
         "the fixture exercises every allowed operation"
     for fake in fakes:
         for request in fake.requests():

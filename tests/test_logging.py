@@ -7,13 +7,14 @@ from logging.handlers import RotatingFileHandler
 import pytest
 
 from tests.conftest import make_config
+from web.auth import unnamed
 from tests.helpers import API_KEY, Api, wait_for
 from tests.processes import CylindriaProcess
 from web.config import ConfigError, load_config
 from web.logs import FILE_BYTES, FILE_COUNT, AccessLog, remove_handlers, safe_query, setup_logging
 from web.server import Service
 
-LINE = re.compile(r"^(GET|PUT|DELETE) (\S+) (\d{3}) \d+\.\dms 127\.0\.0\.1$")
+LINE = re.compile(r"^(GET|PUT|DELETE) (\S+) (\d{3}) \d+\.\dms 127\.0\.0\.1(?: (\S+))?$")
 WRONG_KEY = "not-the-key-but-secret-too-42"
 
 
@@ -26,8 +27,9 @@ def test_one_line_per_request_with_method_path_status_ms_client(service, api, ca
     api.get("/jobstatus/nope")
     api.put("/startjob/bad", data=b"{")
     lines = wait_for(lambda: access_lines(caplog) if len(access_lines(caplog)) >= 2 else None)
-    assert [LINE.match(line).group(1, 2, 3) for line in lines] == [
-        ("GET", "/jobstatus/nope", "404"), ("PUT", "/startjob/bad", "400")]
+    assert [LINE.match(line).group(1, 2, 3, 4) for line in lines] == [
+        ("GET", "/jobstatus/nope", "404", unnamed(API_KEY)),
+        ("PUT", "/startjob/bad", "400", unnamed(API_KEY))]  # the key's name, never the key
 
 
 @pytest.mark.parametrize("how", ["x-api-key", "bearer", "query", "bare-query", "wrong-key"])
@@ -53,7 +55,7 @@ def test_the_client_is_the_forwarded_one_only_behind_a_trusted_proxy(fakes, tmp_
     with Service(make_config(fakes, tmp_path, trusted_proxy=proxy)) as service:
         Api(service.url).get("/jobstatus/x", headers={"X-Forwarded-For": "203.0.113.7"})
         line = wait_for(lambda: access_lines(caplog))[0]
-    assert line.startswith("GET /jobstatus/x 404 ") and line.endswith(f"ms {client}")
+    assert line.startswith("GET /jobstatus/x 404 ") and line.endswith(f"ms {client} {unnamed(API_KEY)}")
 
 
 def test_only_harmless_query_values_are_shown():

@@ -163,7 +163,8 @@ def test_withheld_secrets_live_until_their_job_ends(tmp_path):
 # -- database ---------------------------------------------------------------------------------
 def test_an_older_database_gets_the_labels_column_and_keeps_its_rows(tmp_path):
     path = tmp_path / "jobs.sqlite3"
-    older = JOBS_TABLE.replace("    held_at REAL,\n    labels TEXT,\n    webhook TEXT", "    held_at REAL")
+    older = JOBS_TABLE.replace("    held_at REAL,\n    labels TEXT,\n    webhook TEXT,\n    submitted_by TEXT",
+                               "    held_at REAL")
     assert "labels" not in older and "webhook" not in older
     conn = sqlite3.connect(path)
     conn.execute(older)

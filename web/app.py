@@ -11,17 +11,21 @@ from comfy.assets import AssetStore
 from comfy.database import Database
 from comfy.dispatcher import Dispatcher
 from comfy.gpu import build_gpus
+from comfy.models import ModelCatalogue
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from comfy.tracker import Tracker
 from comfy.watch import JobWatch
 from comfy.withheld import WithheldSecrets
 from web import assets as web_assets
-from web import auth, errors, metrics, openapi, results, routes, status, streams, v2
+from web import models as web_models
+from web import (auth, cors, docs, errors, metrics, openapi, ratelimit, results, routes, status,
+                 streams, v2)
 from web.config import Config, ConfigError, stream_limit
 from web.context import Context
 from web.jsonprovider import FastJSONProvider
 from web.streams import StreamSlots
+from web.tokens import verifier_for
 from web.views import job_view
 from webhooks.secret import BadSecret
 from webhooks.wiring import Webhooks
@@ -29,6 +33,8 @@ from webhooks.wiring import Webhooks
 logger = logging.getLogger(__name__)
 
 DB_FILE_NAME = "jobs.sqlite3"
+# The interactive API docs and the document they read: public with --docs-public.
+DOCS_ENDPOINTS = docs.ENDPOINTS | {"openapi.openapi_json"}
 ASSETS_DIR = "assets"
 MIB = 1024 * 1024
 
@@ -87,6 +93,10 @@ def create_app(config: Config) -> Flask:
     app.url_map.strict_slashes = False
     app.url_map.converters["anypath"] = AnyPath
     app.wsgi_app = PathNormalizer(app.wsgi_app)
+    try:  # first: a bad key entry stops the start before anything is opened
+        keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
+    except auth.BadKeyEntry as exc:
+        raise ConfigError(f"API keys: {exc}") from None
     store = JobStore(Database(config.data_dir / DB_FILE_NAME, config.retention))
     gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
     assets = AssetStore(config.data_dir / ASSETS_DIR, config.data_dir / DB_FILE_NAME,
@@ -108,17 +118,21 @@ def create_app(config: Config) -> Flask:
     tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
                       max_attempts=config.max_attempts, after_check=dispatcher.wake)
     dispatcher.ready = tracker.reconciled
-    keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
     retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention,
                                assets=assets)
     context = app.extensions["cylindria"] = Context(
         config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
-        StreamSlots(stream_limit(config)), assets, withheld, webhooks)
+        StreamSlots(stream_limit(config)), assets, withheld, webhooks, ModelCatalogue(gpus))
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
-    auth.init_app(app, keys, config.no_auth, config.metrics_public)
+    cors.init_app(app, config.cors_origins)  # before auth: a browser's preflight has no key
+    auth.init_app(app, keys, config.no_auth, config.metrics_public, tokens=verifier_for(config),
+                  public_extra=DOCS_ENDPOINTS if config.docs_public else frozenset())
+    ratelimit.init_app(app, config.rate_limit)  # after auth: it limits per checked key
     openapi.init_app(app)
-    for blueprint in (routes.bp, results.bp, status.bp, streams.bp, web_assets.bp):
+    docs.init_app(app)
+    for blueprint in (routes.bp, results.bp, status.bp, streams.bp, web_assets.bp,
+                      web_models.bp):
         app.register_blueprint(blueprint)
     v2.init_app(app)
     return app

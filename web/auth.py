@@ -1,13 +1,20 @@
-"""API keys: X-API-Key or Authorization: Bearer, compared in constant time, never logged."""
+"""API keys: X-API-Key or Authorization: Bearer, compared in constant time, never logged.
+
+A key may be named (`name:key` in the key file or --api-key; `name:key:own` for a key that
+sees and cancels only the jobs it submitted): the name, never the key, is what logs, metrics
+and jobs (`submitted_by`) show. An unnamed key is shown as `key-<8 hex of its SHA-256>`. With
+--jwt-*, a Bearer token that is a valid JWT is accepted too, its `sub` the name."""
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from flask import Flask, request
+from flask import Flask, g, request
 from flask_httpauth import HTTPTokenAuth
 
 from comfy.private import tighten, write_private
@@ -21,13 +28,62 @@ UNSHOWN_SUFFIX = ".unshown"  # beside the key file while no successful start has
 PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready", "v2_health"})
 
 
+NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+ENVIRON_CLIENT = "cylindria.client"  # WSGI environ key: the client's name, for the access log
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who a request comes from: a key's name (or a JWT's subject), never the key."""
+
+    name: str
+    own: bool = False  # sees and cancels only the jobs it submitted
+
+
 @dataclass(frozen=True)
 class KeySetup:
-    """The keys in force and where a generated one lives."""
+    """The keys in force (the secrets alone), who each one is, and where a generated one lives."""
 
     keys: tuple
     key_file: Path | None = None
     generated: bool = False
+    clients: tuple = ()  # a Client per key, in the same order
+
+    def __post_init__(self):
+        if len(self.clients) != len(self.keys):  # keys given bare: each is its own client
+            object.__setattr__(self, "clients", tuple(Client(unnamed(k)) for k in self.keys))
+
+
+class BadKeyEntry(ValueError):
+    """A key entry that cannot be used (the message never holds the key)."""
+
+
+def unnamed(key: str) -> str:
+    """The name shown for a key without one: stable, and no clue to the key itself."""
+    return "key-" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def parse_entries(entries) -> KeySetup:
+    """Keys from entries `key`, `name:key` or `name:key:own`."""
+    keys, clients = [], []
+    for number, entry in enumerate(entries, start=1):
+        parts = entry.strip().split(":")
+        if len(parts) == 1:
+            key, client = parts[0], Client(unnamed(parts[0]))
+        elif len(parts) == 2 or (len(parts) == 3 and parts[2] == "own"):
+            key, client = parts[1], Client(parts[0], own=len(parts) == 3)
+            if not NAME.fullmatch(parts[0]):
+                raise BadKeyEntry(f"key entry {number}: a name is 1 to 64 of A-Z a-z 0-9 _ . @ -")
+        else:
+            raise BadKeyEntry(f"key entry {number}: write key, name:key or name:key:own")
+        if len(key) < 8:
+            raise BadKeyEntry(f"key entry {number}: a key needs at least 8 characters")
+        keys.append(key)
+        clients.append(client)
+    names = [c.name for c in clients]
+    if len(set(names)) != len(names):
+        raise BadKeyEntry("two keys have the same name")
+    return KeySetup(tuple(keys), clients=tuple(clients))
 
 
 def resolve_keys(configured: tuple, no_auth: bool, data_dir: Path) -> KeySetup:
@@ -35,14 +91,15 @@ def resolve_keys(configured: tuple, no_auth: bool, data_dir: Path) -> KeySetup:
     if no_auth:
         return KeySetup(())
     if configured:
-        return KeySetup(tuple(configured))
+        return parse_entries(configured)
     path = Path(data_dir) / KEY_FILE_NAME
     if tighten(path).exists():
         # One key per line (or comma separated), so a service can be given several.
         text = path.read_text(encoding="utf-8").replace("\n", ",")
-        keys = tuple(k.strip() for k in text.split(",") if k.strip())
-        if keys:  # a generated key whose start failed before showing it is shown by the next
-            return KeySetup(keys, path, _unshown(path).exists())
+        entries = [k.strip() for k in text.split(",") if k.strip()]
+        if entries:  # a generated key whose start failed before showing it is shown by the next
+            parsed = parse_entries(entries)
+            return KeySetup(parsed.keys, path, _unshown(path).exists(), parsed.clients)
     key = secrets.token_urlsafe(32)
     write_private(_unshown(path), "")  # first: a key is never kept without its mark
     write_private(path, key)
@@ -85,20 +142,35 @@ class ApiKeyAuth(HTTPTokenAuth):
         return PresentedKey(key.strip())
 
 
-def key_matches(candidate: str | None, keys: tuple[bytes, ...]) -> bool:
-    """Constant-time comparison against every (encoded) key: no early exit that would leak which."""
+def key_index(candidate: str | None, keys: tuple[bytes, ...]) -> int | None:
+    """Which (encoded) key this is, compared in constant time against every key: no early
+    exit that would leak which, or how many characters matched."""
     if not candidate:
-        return False
+        return None
     given = candidate.encode("utf-8", "surrogateescape")
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given, key)
-    return matched
+    found = None
+    for index, key in enumerate(keys):
+        if hmac.compare_digest(given, key) and found is None:
+            found = index
+    return found
 
 
-def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = False) -> None:
-    """Guard every endpoint but /health and /ready (and /metrics, if made public)."""
-    public = PUBLIC_ENDPOINTS | ({"meta.metrics"} if metrics_public else set())
+def key_matches(candidate: str | None, keys: tuple[bytes, ...]) -> bool:
+    """Whether this is one of the (encoded) keys, in constant time."""
+    return key_index(candidate, keys) is not None
+
+
+def current_client() -> Client | None:
+    """Who the request being answered comes from (None: a public endpoint, or --no-auth)."""
+    return g.get("cylindria_client_record")
+
+
+def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = False,
+             tokens=None, public_extra: frozenset = frozenset()) -> None:
+    """Guard every endpoint but /health and /ready (and /metrics, if made public, and the
+    endpoints of `public_extra`). `tokens`: a JWT verifier (web/tokens.py) whose valid
+    tokens are accepted beside the keys."""
+    public = PUBLIC_ENDPOINTS | ({"meta.metrics"} if metrics_public else set()) | public_extra
     throttle = FailureThrottle()
     auth = ApiKeyAuth(scheme="Bearer", realm="Cylindria")
     app.extensions["cylindria_throttle"] = throttle
@@ -106,7 +178,14 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
 
     @auth.verify_token
     def verify(token):
-        return "client" if key_matches(token, encoded_keys) else None
+        index = key_index(token, encoded_keys)
+        if index is not None:
+            return setup.clients[index]
+        if tokens is not None and token and token.count(".") == 2:
+            subject = tokens.subject(token)
+            if subject is not None:
+                return Client(subject)
+        return None
 
     @auth.error_handler
     def unauthorized(status):
@@ -126,4 +205,10 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
             return error_response(429, "too_many_requests",
                                   "too many failed authentication attempts; try again later",
                                   headers={"Retry-After": str(wait)})
-        return guard()
+        refused = guard()
+        client = auth.current_user() if refused is None else None
+        if client is not None:  # None for OPTIONS, which flask-httpauth lets through unchecked
+            g.cylindria_client_record = client
+            g.cylindria_client = client.name  # the rate limit's key
+            current.environ[ENVIRON_CLIENT] = client.name
+        return refused

@@ -58,6 +58,43 @@ def api_keys(text: str) -> tuple:
     return keys
 
 
+RATE_UNITS = ("second", "minute", "hour", "day")
+# Asymmetric signatures only: `none` and the HMAC family (HS*) would let anyone who holds
+# the public key mint tokens.
+JWT_ALGORITHMS = ("EdDSA", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256",
+                  "PS384", "PS512")
+
+
+def rate_limit(text: str) -> str:
+    """Requests per unit of time, like 120/minute."""
+    count, _, unit = text.strip().lower().partition("/")
+    if not count.isdigit() or int(count) < 1 or unit not in RATE_UNITS:
+        raise ValueError("must be a count per second, minute, hour or day, like 120/minute")
+    return f"{int(count)}/{unit}"
+
+
+def origin(text: str) -> str:
+    """A browser origin (scheme://host[:port], no path), or * for any."""
+    value = text.strip().rstrip("/")
+    if value == "*":
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path \
+            or parts.query or parts.fragment or parts.username:
+        raise ValueError("must be an origin like https://app.example.com (or *)")
+    parts.port  # raises ValueError for a bad port
+    return value
+
+
+def algorithms(text: str) -> tuple:
+    """Comma-separated JWT signature algorithms, from the asymmetric ones."""
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    wrong = [name for name in names if name not in JWT_ALGORITHMS]
+    if not names or wrong:
+        raise ValueError(f"must be among {', '.join(JWT_ALGORITHMS)} (none and HS* are refused)")
+    return names
+
+
 def positive_float(text: str) -> float:
     """A number above zero."""
     try:
@@ -138,6 +175,7 @@ class Option:
     default: object
     help: str
     shown: str | None = None  # the default as --help says it ("": say nothing); None: `default`
+    many: bool = False  # repeatable flag (its env variable: comma separated); a tuple
 
 
 OPTIONS = (
@@ -178,6 +216,22 @@ OPTIONS = (
     Option("--webhook-secret-file", "webhook_secret_file", "CYLINDRIA_WEBHOOK_SECRET_FILE", Path,
            None, "the webhook signing secret (whsec_...), instead of the one generated in the "
            "data dir", shown=""),
+    Option("--rate-limit", "rate_limit", "CYLINDRIA_RATE_LIMIT", rate_limit, None,
+           "requests per API key (per address where no key is needed), like 120/minute; "
+           "/health and /ready are exempt", shown="off"),
+    Option("--cors-origin", "cors_origins", "CYLINDRIA_CORS_ORIGINS", origin, (),
+           "a browser origin allowed to call the API (repeatable; * for any, never with "
+           "credentials)", shown="none", many=True),
+    Option("--jwt-jwks-url", "jwt_jwks_url", "CYLINDRIA_JWT_JWKS_URL", comfy_url, None,
+           "accept Bearer JWTs signed by the keys of this JWKS URL, beside API keys", shown=""),
+    Option("--jwt-jwks-file", "jwt_jwks_file", "CYLINDRIA_JWT_JWKS_FILE", Path, None,
+           "the same, from a JWKS file (hosts without network)", shown=""),
+    Option("--jwt-issuer", "jwt_issuer", "CYLINDRIA_JWT_ISSUER", str, None,
+           "the `iss` a JWT must have", shown=""),
+    Option("--jwt-audience", "jwt_audience", "CYLINDRIA_JWT_AUDIENCE", str, None,
+           "the `aud` a JWT must have", shown=""),
+    Option("--jwt-algorithms", "jwt_algorithms", "CYLINDRIA_JWT_ALGORITHMS", algorithms,
+           ("EdDSA",), "signature algorithms a JWT may use, comma separated", shown="EdDSA"),
     Option("--max-asset-mb", "max_asset_mb", "CYLINDRIA_MAX_ASSET_MB", integer_in(1, 100_000), 100,
            "largest asset upload, in MiB (beyond: 413 asset_too_large)"),
     Option("--max-streams", "max_streams", "CYLINDRIA_MAX_STREAMS", integer_in(1, 1024), None,
@@ -193,6 +247,8 @@ SWITCHES = (
            "serve GET /metrics without a key (for a Prometheus scraper on a trusted network)"),
     Option("--dev", "dev", "CYLINDRIA_DEV_MODE", flag_bool, False,
            "save each incoming workflow to --dev-save-dir"),
+    Option("--docs-public", "docs_public", "CYLINDRIA_DOCS_PUBLIC", flag_bool, False,
+           "serve GET /docs (Swagger UI) and /openapi.json without a key"),
     Option("--webhook-allow-private", "webhook_allow_private", "CYLINDRIA_WEBHOOK_ALLOW_PRIVATE",
            flag_bool, False, "let webhooks call loopback, private and link-local addresses "
            "(never ComfyUI's own ports)"),
@@ -230,6 +286,14 @@ class Config:
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
     max_body_bytes: int = 32 * 1024 * 1024
     websocket: bool = True  # off only in benchmarks that measure poll-only tracking
+    rate_limit: str | None = None
+    cors_origins: tuple = ()
+    jwt_jwks_url: str | None = None
+    jwt_jwks_file: Path | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_algorithms: tuple = ("EdDSA",)
+    docs_public: bool = False
     webhook_allow_private: bool = False
     webhook_secret_file: Path | None = None
     # Seconds between a webhook's tries, and after which it is given up: tests shorten them.
@@ -249,8 +313,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="As a service: cylindria service install|remove|start|stop|status "
                "(install takes the flags above; see 'Deploying' in README.md).")
     for option in OPTIONS:
-        env = f" (env {option.env})" if option.env else ""
+        env = f" (env {option.env}{', comma separated' if option.many else ''})" \
+            if option.env else ""
         parser.add_argument(option.flag, dest=option.dest, default=None,
+                            action="append" if option.many else "store",
                             help=f"{option.help}{env}{_default_text(option)}".replace("%", "%%"))
     for option in SWITCHES:
         env = f" (env {option.env}=1)" if option.env else ""
@@ -278,13 +344,22 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
             values[option.dest] = option.default if raw is None else True
             continue
         try:
-            values[option.dest] = option.convert(raw)
+            if option.many:  # every use of the flag, or the variable's comma-separated items
+                items = raw if isinstance(raw, list) else [i for i in raw.split(",") if i.strip()]
+                values[option.dest] = tuple(dict.fromkeys(option.convert(i) for i in items))
+            else:
+                values[option.dest] = option.convert(raw)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: invalid value {_shown(option, raw)}: {exc}") from None
     values["data_dir"] = values["data_dir"] or default_data_dir()
     if values["max_streams"] is not None and values["max_streams"] >= values["threads"]:
         raise ConfigError(f"--max-streams {values['max_streams']} must be below --threads "
                           f"{values['threads']}: every stream holds a worker thread")
+    if values["jwt_jwks_url"] and values["jwt_jwks_file"]:
+        raise ConfigError("--jwt-jwks-url and --jwt-jwks-file: give one of them")
+    jwks = values["jwt_jwks_url"] or values["jwt_jwks_file"]
+    if (values["jwt_issuer"] or values["jwt_audience"]) and not jwks:
+        raise ConfigError("--jwt-issuer and --jwt-audience need --jwt-jwks-url or --jwt-jwks-file")
     return Config(**values)
 
 

@@ -36,6 +36,7 @@ class Context:
     assets: AssetStore
     secrets: WithheldSecrets
     webhooks: Webhooks
+    models: "ModelCatalogue"
     output_sizes: OutputSizes = field(default_factory=OutputSizes)
 
     def asset_users(self, asset) -> list[str]:

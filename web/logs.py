@@ -237,11 +237,12 @@ class _Request:
         environ = self.environ
         log_access(self.logger, environ.get("REQUEST_METHOD", "-"), self.path,
                    environ.get("QUERY_STRING", ""), self.status[:3],
-                   (time.perf_counter() - self.started) * 1000.0, environ.get("REMOTE_ADDR", "-"))
+                   (time.perf_counter() - self.started) * 1000.0, environ.get("REMOTE_ADDR", "-"),
+                   environ.get("cylindria.client"))
 
 
 def log_access(logger: logging.Logger, method: str, path: str, query: str, status: str,
-               ms: float | None, client: str) -> None:
+               ms: float | None, client: str, name: str | None = None) -> None:
     """One access line; what the client sent is shown printable, harmless and clipped."""
     if not path.isprintable():  # a decoded %0A must not forge a second log line
         path = repr(path)
@@ -251,5 +252,6 @@ def log_access(logger: logging.Logger, method: str, path: str, query: str, statu
     # Reads that succeed are the bulk (clients poll /jobstatus): at INFO they would
     # rotate the job and error lines out of the log within minutes, so they are DEBUG.
     level = logging.DEBUG if method in QUIET_METHODS and status < "400" else logging.INFO
-    logger.log(level, "%s %s %s %s %s", clip(method, 20), path, status,
-               "-" if ms is None else f"{ms:.1f}ms", clip(client, 100))
+    logger.log(level, "%s %s %s %s %s%s", clip(method, 20), path, status,
+               "-" if ms is None else f"{ms:.1f}ms", clip(client, 100),
+               "" if name is None else f" {clip(name, 130)}")

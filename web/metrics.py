@@ -9,10 +9,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from comfy.database import NO_GPU
 from comfy.jobs import FINISHED, Job, JobStatus
+from web.auth import ENVIRON_CLIENT
 
 bp = Blueprint("meta", __name__)
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, float("inf"))
+MAX_CLIENT_LABELS = 1000
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 HELD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf"))
 WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600, 3600, 86400,
@@ -129,6 +131,10 @@ class Metrics:
             "of its webhook event", buckets=WEBHOOK_BUCKETS,
             registry=self.registry)
         context.webhooks.sender.on_delivered = self.webhook_latency.observe
+        self.by_client = Counter("cylindria_client_requests", "Authenticated requests by key "
+                                 "name (or JWT subject); never the key", ["client"],
+                                 registry=self.registry)
+        self._clients: dict = {}  # name -> its counter child, at most MAX_CLIENT_LABELS
         context.store.observe(self.job_changed)
         self._children: dict = {}  # (rule, method, status) -> (counter, histogram): labels() once
 
@@ -144,6 +150,18 @@ class Metrics:
         children[0].inc()
         if seconds is not None:
             children[1].observe(seconds)
+
+    def count_client(self, name: str) -> None:
+        """Count a request of this client (JWT subjects are unbounded: past MAX_CLIENT_LABELS
+        names, the rest are counted as "other")."""
+        child = self._clients.get(name)
+        if child is None:
+            if len(self._clients) >= MAX_CLIENT_LABELS:
+                name = "other"
+                child = self._clients.get(name)
+            if child is None:
+                child = self._clients[name] = self.by_client.labels(name)
+        child.inc()
 
     def job_changed(self, old: Job | None, new: Job) -> None:
         """Store observer: time every job that just ended; count sends and requeues."""
@@ -193,6 +211,9 @@ def init_app(app: Flask, context) -> Metrics:
         metrics.count_request(url_rule.rule if url_rule is not None else "unmatched",
                               current.method, response.status_code,
                               None if started is None else time.perf_counter() - started)
+        client = current.environ.get(ENVIRON_CLIENT)
+        if client is not None:
+            metrics.count_client(client)
         return response
 
     app.register_blueprint(bp)

@@ -5,6 +5,7 @@ from flask import Blueprint, Flask, jsonify
 
 from comfy.jobs import JobStatus
 from web.context import ctx
+from web.openapi_headers import limit_headers
 from web.v2 import openapi as v2_openapi
 
 bp = Blueprint("openapi", __name__)
@@ -17,16 +18,15 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "output_not_found", "not_found", "method_not_allowed", "bad_request",
                "headers_too_large", "internal_error", "starting", "queue_full",
                "too_many_streams", "asset_not_found", "asset_in_use", "asset_too_large",
-               "invalid_asset"]
+               "invalid_asset", "invalid_webhook", "folder_not_found"]
 ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
               405: "Method not allowed", 409: "Conflict with the job's state",
-              413: "Body too large", 429: "Too many failed authentications (too_many_requests)",
+              413: "Body too large",
+              429: "too_many_requests: --rate-limit spent, or too many failed authentications",
               502: "ComfyUI answered something unusable",
               503: "ComfyUI cannot be reached (comfy_unreachable), or Cylindria is still "
                    "reconciling after a start (starting)"}
 # Every 429 and 503 error says when to try again.
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again",
-                               "required": True, "schema": {"type": "integer", "minimum": 0}}}
 
 
 def _ref(name: str) -> dict:
@@ -44,7 +44,7 @@ def _errors(*statuses: int, text: dict | None = None) -> dict:
     for status in statuses + (401, 429):
         responses[str(status)] = _json("Error", {**ERROR_TEXT, **(text or {})}[status])
         if status in (429, 503):
-            responses[str(status)]["headers"] = RETRY_AFTER
+            responses[str(status)]["headers"] = limit_headers(status)
     return responses
 
 
@@ -84,7 +84,7 @@ WAIT = {"name": "wait", "in": "query", "required": False,
                        "it has ended, or after this long with the job as it stands. A wait holds "
                        "a stream slot (--max-streams): beyond, 429 too_many_streams",
         "schema": {"type": "number", "minimum": 0, "maximum": 60, "default": 0}}
-STREAMS_429 = {429: "Too many failed authentications (too_many_requests), or --max-streams "
+STREAMS_429 = {429: "too_many_requests (--rate-limit, or failed authentications), or --max-streams "
                     "event streams and long-polls open (too_many_streams)"}
 
 
@@ -92,7 +92,26 @@ PUBLIC_STATUSES = [s.value for s in JobStatus if s != JobStatus.HELD]  # held re
 STATUS_LIST = "(" + "|".join(PUBLIC_STATUSES) + ")"
 
 
+MODEL_FOLDER = {"name": "folder", "in": "path", "required": True, "schema": {"type": "string"},
+                "description": "a model folder as ComfyUI names it (checkpoints, loras, vae, ...; "
+                               "case-sensitive)"}
+MODELS_NOTE = ("As last read from each GPU's ComfyUI (when its websocket connects): a GPU that "
+               "cannot be reached keeps its last known files, one never reached has none. "
+               "Never waits for ComfyUI.")
+
 SCHEMAS = {
+    "Model": {"type": "object", "required": ["name", "gpus"], "properties": {
+        "name": {"type": "string", "description": "the file's name relative to its folder, as "
+                 "ComfyUI gives it (subfolders included, e.g. sdxl/base.safetensors; backslashes "
+                 "on Windows hosts): what a loader input of a workflow takes"},
+        "gpus": {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0},
+                 "description": "the GPUs whose ComfyUI has this file, ascending"}}},
+    "ModelFolders": {"type": "object", "required": ["folders"], "properties": {
+        "folders": {"type": "object", "additionalProperties": {"type": "array", "items": _ref("Model")},
+                    "description": "every model folder any GPU's ComfyUI has (empty ones too; "
+                                   "not custom_nodes), its files sorted by name"}}},
+    "ModelFolder": {"type": "object", "required": ["folder", "models"], "properties": {
+        "folder": {"type": "string"}, "models": {"type": "array", "items": _ref("Model")}}},
     "Error": {"type": "object", "required": ["error", "code"], "properties": {
         "error": {"type": "string"}, "code": {"type": "string", "enum": ERROR_CODES},
         "details": {"description": "Only where it says more, by code: invalid_workflow a "
@@ -158,7 +177,9 @@ SCHEMAS = {
         "attempts": {"type": "integer", "minimum": 0,
                      "description": "times sent to a ComfyUI"},
         "warnings": {"type": "object", "description": "ComfyUI's node_errors for a partly refused prompt"},
-        "webhook": _ref("WebhookState")}},
+        "webhook": _ref("WebhookState"),
+        "submitted_by": {"type": "string", "description": "the name of the key (or the JWT "
+                                                          "subject) that submitted it"}}},
     "WebhookUrl": WEBHOOK_URL,
     "WebhookState": {
         "type": "object", "required": ["url"], "description": "a job with a webhook only: its "
@@ -249,7 +270,7 @@ def _paths(gpus: int) -> dict:
                                    "ui_format_workflow, invalid_workflow (details: a "
                                    "WorkflowProblem), comfy_rejected (pinned job; details: a "
                                    "ComfyRejection)",
-                              429: "too_many_requests (failed authentications), or "
+                              429: "too_many_requests (--rate-limit, or failed authentications), or "
                                    "queue_full: Cylindria's queue holds --max-queued jobs"})}}},
         "/jobstatus/{job_id}": {"get": {
             "summary": "Where a job stands (with wait: once it has ended)",
@@ -297,8 +318,22 @@ def _paths(gpus: int) -> dict:
                  "schema": {"type": "integer", "minimum": 0, "maximum": gpus - 1}},
                 {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                 {"name": "before", "in": "query", "description": "next_before of the previous page",
-                 "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}}],
+                 "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"}},
+                {"name": "submitted_by", "in": "query", "description": "the jobs of this key "
+                 "name (or JWT subject); a key limited to its own jobs lists only its own",
+                 "schema": {"type": "string"}}],
             "responses": {"200": _json("JobList", "A page of jobs"), **_errors(400, 503)}}},
+        "/models": {"get": {
+            "summary": "The model files the GPUs' ComfyUIs can load, per folder, each with the "
+                       "GPUs that have it",
+            "description": MODELS_NOTE,
+            "responses": {"200": _json("ModelFolders", "Every folder"), **_errors()}}},
+        "/models/{folder}": {"get": {
+            "summary": "One model folder's files, each with the GPUs that have it",
+            "description": MODELS_NOTE, "parameters": [MODEL_FOLDER],
+            "responses": {"200": _json("ModelFolder", "The folder"),
+                          **_errors(404, text={404: "No GPU's ComfyUI has this folder "
+                                                    "(folder_not_found)"})}}},
         "/assets": {"post": {
             "summary": "Upload an input file for workflows (refer to it as {\"__type\": "
                        "\"core/ASSET\", \"info\": {\"id\": ...}} in any input)",
@@ -345,6 +380,18 @@ def _paths(gpus: int) -> dict:
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
             "200": {"description": "Text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
             **_errors()}}},
+        "/docs": {"get": {
+            "summary": "Swagger UI over this document, every file from Cylindria itself "
+                       "(--docs-public: no key needed for it, its files and this document)",
+            "responses": {"200": {"description": "The page", "content": {
+                "text/html": {"schema": {"type": "string"}}}}, **_errors()}}},
+        "/docs/static/{filename}": {"get": {
+            "summary": "The Swagger UI files the page loads",
+            "parameters": [{"name": "filename", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The file", "content": {
+                "*/*": {"schema": {"type": "string", "format": "binary"}}}},
+                **_errors(404)}}},
         "/openapi.json": {"get": {"summary": "This document", "responses": {
             "200": {"description": "OpenAPI 3", "content": {"application/json": {"schema": {"type": "object"}}}},
             **_errors()}}},
@@ -359,7 +406,8 @@ def document(gpus: int) -> dict:
             "security": [{"ApiKey": []}, {"Bearer": []}],
             "components": {"securitySchemes": {
                 "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-                "Bearer": {"type": "http", "scheme": "bearer"}},
+                "Bearer": {"type": "http", "scheme": "bearer", "description": "an API key, "
+                           "or (with --jwt-*) a JWT signed by a key of the configured JWKS"}},
                 "schemas": {**SCHEMAS, **v2_openapi.SCHEMAS}},
             "paths": {**_paths(gpus), **v2_openapi.paths()}}
 

@@ -63,7 +63,7 @@ def priority_param() -> int:
 
 def list_params(gpu_count: int) -> tuple[set | None, int | None, int, int | None]:
     """/jobs filters: (statuses, gpu, limit, before), or 400 invalid_parameter."""
-    for name in ("status", "gpu", "limit", "before"):
+    for name in ("status", "gpu", "limit", "before", "submitted_by"):
         if len(request.args.getlist(name)) > 1:
             _bad(name, "given once")
     statuses = None

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from comfy.jobs import Job, JobStatus
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
+from web.lookup import known_job
 from web.params import job_id_param
 
 logger = logging.getLogger(__name__)
@@ -111,9 +112,7 @@ def satisfiable(wanted: tuple[int | None, int | None], size: int) -> tuple[int, 
 
 def completed_job(job_id: str) -> Job:
     """The job, if it completed; else the contract's 404 or 409."""
-    job = ctx().store.get(job_id_param(job_id))
-    if job is None:
-        raise ApiError(404, "job_not_found", "job not found")
+    job = known_job(job_id)
     if job.status != JobStatus.COMPLETED:
         raise ApiError(409, "job_not_finished", f"job {job_id} has not completed: {job.status.public}",
                        {"status": job.status.public})

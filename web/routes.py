@@ -13,7 +13,7 @@ from comfy.submit import JobIdConflict, submit_job
 from comfy.workflow import parse_workflow
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
-from web.lookup import held_position, known_job, webhook_state
+from web.lookup import held_position, known_job, listed_by, submitter, visible, webhook_state
 from web.params import gpu_id_param, job_id_param, list_params, priority_param, raw_gpu_param
 from web.streams import wait_param, waited_job
 from web.submission import accepting, hold, with_webhook
@@ -43,17 +43,24 @@ def startjob(job_id: str):
     try:
         with accepting(context, job_id, workflow) as uses_assets:
             if gpu_id is None:
-                job, created = hold(context, job_id, workflow, priority)
+                job, created = hold(context, job_id, workflow, priority, None, submitter())
             else:
                 job, created = submit_job(context.store, context.gpus, job_id, workflow,
                                           gpu_id, SETTLE_WAIT, priority,
-                                          context.assets if uses_assets else None)
+                                          context.assets if uses_assets else None, submitter())
     except JobIdConflict as exc:
-        raise ApiError(409, "job_id_conflict",
-                       f"job id {job_id} is already used for a different workflow (or webhook)",
-                       {"status": exc.job.status.public, "gpu_id": exc.job.gpu_id}) from None
+        raise _conflict(job_id, exc.job) from None
+    if not created and not visible(job):  # another client's job: say no more than taken
+        raise _conflict(job_id, job)
     return jsonify(accepted_view(job, held_position(job), webhook_state(job))), \
         201 if created else 200
+
+
+def _conflict(job_id: str, job) -> ApiError:
+    """409 job_id_conflict; where the job stands only for a client that may see it."""
+    return ApiError(409, "job_id_conflict",
+                    f"job id {job_id} is already used for a different workflow (or webhook)",
+                    {"status": job.status.public, "gpu_id": job.gpu_id} if visible(job) else None)
 
 
 @bp.get("/jobstatus", defaults={"job_id": ""})
@@ -86,7 +93,10 @@ def jobs():
     """Jobs newest first, filtered by status and GPU, paginated with `before`."""
     context = ctx()
     statuses, gpu, limit, before = list_params(len(context.gpus))
-    page, next_before = context.store.page(statuses, gpu, limit, before)
+    owner = listed_by(request.args.get("submitted_by"))
+    page, next_before = context.store.page(
+        statuses, gpu, limit, before,
+        match=None if owner is None else lambda job: job.submitted_by == owner)
     return jsonify({"jobs": [job_view(job, held_position(job), webhook_state(job)) for job in page],
                     "next_before": str(next_before) if next_before else None})
 

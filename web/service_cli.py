@@ -64,9 +64,19 @@ def given_flags(args: argparse.Namespace) -> list[str]:
     """The server flags given on the command line, as argv again."""
     argv = []
     for option in OPTIONS:
-        if getattr(args, option.dest) is not None:
-            argv += [option.flag, getattr(args, option.dest)]
+        for value in _values(option, getattr(args, option.dest)):
+            argv += [option.flag, value]
     return argv + [option.flag for option in SWITCHES if getattr(args, option.dest)]
+
+
+def _values(option, raw) -> list:
+    """The values a setting was given: a repeatable flag's each (its variable's comma-separated
+    items), another's one, or none."""
+    if raw is None:
+        return []
+    if option.many:
+        return list(raw) if isinstance(raw, list) else [i.strip() for i in raw.split(",") if i.strip()]
+    return [raw]
 
 
 def raw_settings(args: argparse.Namespace, environ) -> dict:
@@ -91,8 +101,8 @@ def service_flags(settings: dict, data_dir: Path, windows: bool) -> list[str]:
             if raw is True or option.convert(str(raw)):
                 flags.append(option.flag)
             continue
-        value = os.path.abspath(raw) if option.convert is Path else str(raw)
-        flags += [option.flag, value]
+        for value in _values(option, raw):
+            flags += [option.flag, os.path.abspath(value) if option.convert is Path else str(value)]
     flags += ["--data-dir", str(data_dir)]
     if "--dev" in flags and "--dev-save-dir" not in flags:  # somewhere the service may write
         flags += ["--dev-save-dir", str(data_dir / Config().dev_save_dir)]

@@ -54,7 +54,8 @@ def asset_missing(exc: AssetNotFound) -> ApiError:
                     {"node_id": exc.node_id, "input": exc.input, "info": exc.info})
 
 
-def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict | None = None):
+def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict | None = None,
+         submitted_by: str | None = None):
     """GpuId=auto: check the workflow against what the reachable GPUs have installed, then
     hold it in Cylindria's queue (201 before any GPU has it). Returns (job, created)."""
     existing = context.store.get(job_id)
@@ -64,7 +65,7 @@ def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict |
         context.dispatcher.remember(job_id, needs_of(workflow.prompt))
     try:
         return hold_job(context.store, job_id, workflow, priority, context.config.max_queued,
-                        labels)
+                        labels, submitted_by)
     except QueueFull as exc:
         raise ApiError(429, "queue_full", f"Cylindria's queue is full ({exc.limit} jobs held); "
                        "try again later", {"max_queued": exc.limit},

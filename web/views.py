@@ -25,6 +25,8 @@ def job_view(job: Job, held_position: int | None = None, webhook: dict | None = 
         view["warnings"] = job.warnings
     if job.webhook:
         view["webhook"] = webhook or {"url": shown_url(job.webhook)}
+    if job.submitted_by is not None:
+        view["submitted_by"] = job.submitted_by
     return view
 
 

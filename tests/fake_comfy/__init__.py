@@ -3,8 +3,8 @@
     with FakeComfy(port=0, time_scale=0.05) as fake:   # own loop thread "fake-comfy-<port>"
         requests.post(fake.url + "/prompt", json={"prompt": workflows.core(), "client_id": "c"})
 
-Controls: hold, ws_silent, http_delay, ignore_prompt_id, costs, drop_websockets(), stop(),
-restart(keep_state), clear_inputs(). Observations: requests(), prompts_received(),
+Controls: hold, ws_silent, http_delay, ignore_prompt_id, costs, models, drop_websockets(),
+stop(), restart(keep_state), clear_inputs(). Observations: requests(), prompts_received(),
 system_stats_calls, ws_client_ids(), output_bytes(), costed_sections(), model_loads,
 last_model, uploads.
 tests/test_fake_comfy.py checks it against the recordings.
@@ -16,8 +16,10 @@ default None keeps the fake instant.
 
 What an instance has installed is its own (catalogue.py): `custom_nodes=("CylCustomInvert",)`
 adds a custom pack's class, `without_nodes=(...)` hides default ones, `checkpoints=[...]`
-lists its model files, and `load_seconds` is what a checkpoint switch costs it
+lists its checkpoint files, and `load_seconds` is what a checkpoint switch costs it
 (CheckpointLoaderSimple -> CylSample -> SaveImage, tests/workflows.checkpoint()).
+GET /models/{folder} lists those checkpoints (other folders empty) unless the `models` knob,
+{folder: [names]}, says otherwise; an unknown folder is a bare 404, as in ComfyUI.
 
 Input files as in ComfyUI (files.py, nodes.py): POST /upload/image writes into the
 instance's own input folder (in memory; emptied by a restart without keep_state), LoadImage

@@ -39,11 +39,20 @@ def _costs(costs: dict[str, float] | str | None) -> dict[str, float] | None:
     return None if costs is None else {str(k): float(v) for k, v in costs.items()}
 
 
+def _models(models: dict[str, Iterable[str]]) -> dict[str, tuple[str, ...]]:
+    """A copy of a folder -> file names table, so the caller's lists can change unseen."""
+    return {str(folder): tuple(str(name) for name in names) for folder, names in models.items()}
+
+
 class FakeComfy:
     """A fake ComfyUI server; every public method is safe to call from any thread.
 
     custom_nodes / without_nodes / checkpoints / load_seconds make this instance's
-    Catalogue (catalogue.py): what it has installed, fixed for its lifetime.
+    Catalogue (catalogue.py): what it has installed, fixed for its lifetime. `models`
+    ({folder: [names]}) changes what GET /models/{folder} lists at any time (files added
+    to a real ComfyUI's models folder show at once): the folders it names replace their
+    defaults (checkpoints: the `checkpoints`, every other folder of MODEL_FOLDERS empty),
+    and a folder not among them is added; {} goes back to the defaults.
     """
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", time_scale: float = 1.0,
@@ -70,6 +79,7 @@ class FakeComfy:
     ignore_prompt_id = _knob("ignore_prompt_id", bool)
     time_scale = _knob("time_scale", float)
     costs = _knob("costs", _costs)
+    models = _knob("models", _models)
 
     @property
     def url(self) -> str:

@@ -18,6 +18,8 @@ class Knobs:
     http_delay: float = 0.0
     ignore_prompt_id: bool = False
     costs: dict[str, float] | None = None  # route key -> seconds (costs.py); None: no cost
+    # folder -> file names GET /models/{folder} lists, over the defaults (server.model_files)
+    models: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

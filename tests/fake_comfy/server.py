@@ -38,6 +38,16 @@ UNSAFE_TYPES = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "te
                 "text/css"}
 
 
+def model_files(instance: "Instance") -> dict[str, tuple[str, ...]]:
+    """Every model folder with its files: MODEL_FOLDERS empty but for checkpoints (the
+    instance's CheckpointLoaderSimple choices), then the `models` knob's folders over them
+    (a folder not in MODEL_FOLDERS is one a custom node pack registered)."""
+    files = {folder: () for folder in MODEL_FOLDERS}
+    files["checkpoints"] = instance.catalogue.checkpoints
+    files.update(instance.knobs.models)
+    return files
+
+
 def system_stats(port: int) -> dict:
     """GET /system_stats in the recorded shape (a CPU device, as on the recording host)."""
     argv = ["main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
@@ -170,6 +180,7 @@ class Routes:
             web.get("/object_info", self.object_info),
             web.get("/object_info/{node_class}", self.object_info_node),
             web.get("/embeddings", self.embeddings), web.get("/models", self.models),
+            web.get("/models/{folder}", self.models_in),
             web.get("/extensions", self.extensions),
             web.get("/view", self.view), web.post("/upload/image", self.upload_image),
         ]
@@ -300,7 +311,15 @@ class Routes:
 
     async def models(self, request: web.Request) -> web.Response:
         """GET /models: the model folder names."""
-        return web.json_response(list(MODEL_FOLDERS))
+        return web.json_response(list(model_files(self.inst)))
+
+    async def models_in(self, request: web.Request) -> web.Response:
+        """GET /models/{folder}: its file names relative to it, sorted as get_filename_list
+        gives them; a bare 404 for a folder ComfyUI does not know."""
+        files = model_files(self.inst).get(request.match_info["folder"])
+        if files is None:
+            return web.Response(status=404)
+        return web.json_response(sorted(files))
 
     async def extensions(self, request: web.Request) -> web.Response:
         """GET /extensions: no frontend extensions in the fake."""

@@ -10,6 +10,7 @@ from comfy.workflow import WorkflowError, load_json
 from web.assets import asset_file, receive, remove
 from web.context import ctx
 from web.errors import ApiError
+from web.lookup import visible
 from web.params import JOB_ID
 from web.results import output_download
 from web.v2.errors import invalid_request, not_found
@@ -111,6 +112,6 @@ def _output(asset_id: str):
         return None
     job_id, index = parsed
     job = ctx().store.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or index >= len(job.outputs) or job.gpu_id is None:
+    if job is None or not visible(job) or index >= len(job.outputs) or job.gpu_id is None:
         raise not_found("output")
     return job, index

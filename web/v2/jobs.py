@@ -16,7 +16,7 @@ from comfy.submit import JobIdConflict
 from comfy.workflow import SECRET_EXTRA_KEYS, WorkflowError, load_json, refuse_ui_format, workflow_of
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
-from web.lookup import held_position
+from web.lookup import held_position, listed_by, submitter, visible
 from web.params import JOB_ID, PRIORITY_RANGE
 from web.streams import event, event_stream
 from web.submission import accepting, hold, with_webhook
@@ -60,10 +60,11 @@ def submit():
     job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key) if key else uuid.uuid4())
     try:
         with accepting(context, job_id, workflow):
-            job, created = hold(context, job_id, workflow, priority, labels)
+            job, created = hold(context, job_id, workflow, priority, labels, submitter())
     except JobIdConflict:
         raise _key_reused() from None
-    if not created and ((job.labels or {}) != labels or job.priority != priority):
+    if not created and ((job.labels or {}) != labels or job.priority != priority
+                        or not visible(job)):
         raise _key_reused()
     response = jsonify(shapes_now().job(job, held_position(job)))
     response.status_code = 201
@@ -94,12 +95,15 @@ def list_jobs():
     filters = [(match.group(1), value) for name, value in args.items(multi=True)
                if (match := re.fullmatch(r"metadata\[(.*)\]", name)) is not None]
 
+    owner = listed_by(None)
+
     def matches(job: Job) -> bool:
         labels = job.labels or {}
         return (wanted is None or status(job) in wanted) and \
-            all(labels.get(k) == v for k, v in filters)
+            all(labels.get(k) == v for k, v in filters) and \
+            (owner is None or job.submitted_by == owner)
     page, next_before = context.store.page(None, None, limit, int(cursor) if cursor else None,
-                                           match=matches if wanted or filters else None)
+                                           match=matches if wanted or filters or owner else None)
     shapes = shapes_now()
     return jsonify({"jobs": [shapes.summary(job, held_position(job)) for job in page],
                     "next_cursor": str(next_before) if next_before else None})
@@ -174,7 +178,7 @@ def events(job_id: str):
 def _known(job_id: str) -> Job:
     """The job under this id, or 404 not_found (an id that could never exist included)."""
     job = ctx().store.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None:
+    if job is None or not visible(job):
         raise not_found("job")
     return job
 

@@ -2,13 +2,13 @@
 0.5.0's models and Comfy-Org's spec give them), under names starting with `V2`."""
 from __future__ import annotations
 
+from web.openapi_headers import limit_headers
+
 NULLABLE_STR = {"type": "string", "nullable": True}
 TIME = {"type": "string", "format": "date-time"}
 NULLABLE_TIME = {**TIME, "nullable": True}
 STATUSES = ["queued", "running", "succeeded", "canceling", "canceled", "failed", "expired"]
 STATUS_LIST = "^({0})(,({0}))*$".format("|".join(STATUSES))
-RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again",
-                               "required": True, "schema": {"type": "integer", "minimum": 0}}}
 # A value that is text on the wire (a multipart field, a query value): anything sent is text.
 TEXT_FIELD = {"description": "text"}
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
@@ -34,7 +34,8 @@ ERROR_TEXT = {400: "invalid_request (a field or parameter of the wrong shape), i
               416: "range_not_satisfiable",
               422: "invalid_workflow, workflow_format_ui, missing_asset, metadata_invalid, "
                    "invalid_request (priority), idempotency_key_reuse",
-              429: "too_many_requests, queue_full, or too_many_streams",
+              429: "too_many_requests (--rate-limit, or failed authentications), queue_full, or "
+                   "too_many_streams",
               502: "upstream_error: ComfyUI answered something unusable",
               503: "upstream_unreachable: ComfyUI cannot be reached; or starting"}
 
@@ -45,7 +46,7 @@ def _errors(*statuses: int) -> dict:
     for status in statuses + (401, 429):
         answers[str(status)] = _json("V2ErrorEnvelope", ERROR_TEXT[status])
         if status in (429, 503):
-            answers[str(status)]["headers"] = RETRY_AFTER
+            answers[str(status)]["headers"] = limit_headers(status)
     return answers
 
 
@@ -217,7 +218,7 @@ def paths(prefix: str = "/api/v2") -> dict:
                             "schema": {"type": "string"}}],
             "responses": {"200": {"description": "Held"}, "404": {"description": "Not held"},
                           "401": {"description": "unauthorized"},
-                          "429": {"description": "too_many_requests", "headers": RETRY_AFTER}}}},
+                          "429": {"description": "too_many_requests", "headers": limit_headers(429)}}}},
         f"{prefix}/assets/{{asset_id}}": {
             "get": {"summary": "v2: an asset (or a job's output)", "tags": ["Comfy API v2"],
                     "parameters": [ASSET_ID],

@@ -1,0 +1,182 @@
+"""Optional JWT bearer tokens (--jwt-*): a token signed by a key of the JWKS (served over HTTP
+on loopback, or read from a file) is accepted beside API keys, its `sub` the client's name;
+expired, not yet valid, wrong issuer, audience or algorithm (none, and HS256 keyed with the
+public key) are 401. The JWKS cache is exercised as plain logic with a hand-moved clock."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
+
+from tests import workflows
+from tests.conftest import make_config
+from tests.helpers import Api, free_ports
+from web.server import Service
+from web.tokens import UNKNOWN_KID_EVERY, TokenVerifier
+
+ISSUER, AUDIENCE = "https://login.example", "cylindria"
+
+
+def ed25519_key(kid: str):
+    private = ed25519.Ed25519PrivateKey.generate()
+    jwk = json.loads(OKPAlgorithm.to_jwk(private.public_key()))
+    return private, {**jwk, "kid": kid, "alg": "EdDSA", "use": "sig"}
+
+
+def token(private, kid="k1", algorithm="EdDSA", **claims) -> str:
+    now = int(time.time())
+    body = {"sub": "render-backend", "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300}
+    body.update(claims)
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, private,
+                      algorithm=algorithm, headers={"kid": kid})
+
+
+class JwksServer:
+    """GET / answers the JWKS; counts its fetches."""
+
+    def __init__(self, keys: list):
+        self.keys = keys
+        self.fetches = 0
+        self.port = free_ports(1)
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.fetches += 1
+                body = json.dumps({"keys": server.keys}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/jwks.json"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def signer():
+    return ed25519_key("k1")
+
+
+@pytest.fixture
+def jwks(signer):
+    server = JwksServer([signer[1]])
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def jwt_service(fakes, tmp_path, jwks):
+    config = make_config(fakes, tmp_path, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER,
+                         jwt_audience=AUDIENCE)
+    with Service(config) as service:
+        yield service
+
+
+def bearer(url: str, value: str) -> Api:
+    api = Api(url, key=None)
+    api.session.headers["Authorization"] = f"Bearer {value}"
+    return api
+
+
+def test_a_valid_token_is_accepted_beside_keys_and_its_subject_submits(jwt_service, signer):
+    api = bearer(jwt_service.url, token(signer[0]))
+    assert api.put("/startjob/by-jwt", json=workflows.core("jwt")).status_code == 201
+    assert api.status("by-jwt")["submitted_by"] == "render-backend"
+    assert Api(jwt_service.url).get("/jobstatus/by-jwt").status_code == 200  # the key still works
+
+
+def test_invalid_tokens_are_401(jwt_service, signer, jwks):
+    private = signer[0]
+    public_pem = private.public_key().public_bytes(serialization.Encoding.PEM,
+                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwks.keys.append({**json.loads(RSAAlgorithm.to_jwk(rsa_key.public_key())), "kid": "rsa"})
+    now = int(time.time())
+    refused = {
+        "expired": token(private, exp=now - 3600, iat=now - 7200),
+        "not yet valid": token(private, nbf=now + 3600),
+        "wrong issuer": token(private, iss="https://other.example"),
+        "wrong audience": token(private, aud="someone-else"),
+        "no exp": token(private, exp=None),
+        "alg none": jwt.encode({"sub": "x", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300},
+                               None, algorithm="none", headers={"kid": "k1"}),
+        # The classic confusion: HMAC keyed with the (public) key the server trusts.
+        "HS256 with the public key": _hs256(public_pem, now),
+        "RS256 not allowed": token(rsa_key, kid="rsa", algorithm="RS256"),
+        "signed by another key": token(ed25519_key("k1")[0]),
+        "not a JWT": "a.b.c",
+    }
+    for why, value in refused.items():
+        answer = bearer(jwt_service.url, value).get("/jobs")
+        assert answer.status_code == 401, why
+
+
+def _hs256(secret: bytes, now: int) -> str:
+    header = {"alg": "HS256", "typ": "JWT", "kid": "k1"}
+    claims = {"sub": "x", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300}
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    signing = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing}.{b64(hmac.new(secret, signing.encode(), hashlib.sha256).digest())}"
+
+
+def test_an_unknown_key_id_fetches_the_jwks_again_at_most_every_30_seconds(jwt_service, jwks,
+                                                                          signer):
+    assert bearer(jwt_service.url, token(signer[0])).get("/jobs").status_code == 200  # cached
+    rotated, rotated_jwk = ed25519_key("k2")
+    fetched = jwks.fetches
+    assert bearer(jwt_service.url, token(rotated, kid="k2")).get("/jobs").status_code == 401
+    assert jwks.fetches == fetched + 1  # one early fetch for the unknown kid
+    jwks.keys.append(rotated_jwk)
+    assert bearer(jwt_service.url, token(rotated, kid="k2")).get("/jobs").status_code == 401
+    assert jwks.fetches == fetched + 1  # not again within 30 s
+
+
+def test_the_cache_picks_up_a_rotated_key_after_30_seconds_and_refreshes_on_its_interval():
+    first, first_jwk = ed25519_key("k1")
+    rotated, rotated_jwk = ed25519_key("k2")
+    served = {"keys": [first_jwk]}
+    now = [1000.0]
+    verifier = TokenVerifier(jwks_url="http://127.0.0.1:9/unused", refresh=600.0,
+                             clock=lambda: now[0], load=lambda url, path: served)
+    assert verifier.subject(token(first)) == "render-backend" and verifier.fetches == 1
+    served = {"keys": [first_jwk, rotated_jwk]}
+    assert verifier.subject(token(rotated, kid="k2")) == "render-backend"  # early fetch
+    assert verifier.fetches == 2
+    assert verifier.subject(token(rotated, kid="k3")) is None and verifier.fetches == 2
+    now[0] += UNKNOWN_KID_EVERY
+    assert verifier.subject(token(rotated, kid="k3")) is None and verifier.fetches == 3
+    now[0] += 600.0
+    assert verifier.subject(token(first)) == "render-backend" and verifier.fetches == 4
+
+
+def test_a_jwks_file_serves_hosts_without_network(fakes, tmp_path, signer):
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [signer[1]]}))
+    config = make_config(fakes, tmp_path, jwt_jwks_file=path)
+    with Service(config) as service:
+        api = bearer(service.url, token(signer[0], iss=None, aud=None))
+        assert api.get("/jobs").status_code == 200

@@ -1,0 +1,132 @@
+"""Optional JWT bearer tokens beside API keys (--jwt-jwks-url or --jwt-jwks-file): verified
+with PyJWT against the keys of a JWKS, the algorithm taken from an allowlist (EdDSA by
+default; `none` and HS* never, so a public key can never be used as an HMAC secret), the
+issuer and audience checked when configured, `exp` required. The token's `sub` is the
+client's name.
+
+The JWKS is cached and fetched again every `refresh` seconds; a token naming a key id the
+cache does not hold triggers one early fetch at most every 30 s, so a key rotation is picked
+up at once but a flood of made-up key ids cannot make Cylindria hammer the JWKS server.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import jwt
+import requests
+from jwt import PyJWK
+from jwt.exceptions import InvalidTokenError, PyJWKError
+
+logger = logging.getLogger(__name__)
+
+REFRESH = 600.0  # seconds between fetches of the JWKS
+UNKNOWN_KID_EVERY = 30.0  # seconds: at most one early fetch for a key id not in the cache
+FETCH_TIMEOUT = 5.0
+LEEWAY = 30  # seconds of clock skew allowed on exp and nbf
+MAX_TOKEN = 8192  # characters: a longer bearer token is not looked at
+
+
+class JwksUnavailable(Exception):
+    """The JWKS could not be read (its message says why; no token is accepted meanwhile
+    unless an earlier fetch succeeded)."""
+
+
+def load_jwks(url: str | None, path: Path | None) -> dict:
+    """The JWKS document, from its URL or its file."""
+    try:
+        if path is not None:
+            document = json.loads(Path(path).read_text(encoding="utf-8"))
+        else:
+            response = requests.get(url, timeout=FETCH_TIMEOUT)
+            response.raise_for_status()
+            document = response.json()
+    except (OSError, ValueError, requests.RequestException) as exc:
+        raise JwksUnavailable(f"{type(exc).__name__}: {exc}"[:300]) from None
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise JwksUnavailable("not a JWKS: no 'keys' list")
+    return document
+
+
+class TokenVerifier:
+    """subject(token): the `sub` of a valid token, else None."""
+
+    def __init__(self, *, jwks_url: str | None = None, jwks_file: Path | None = None,
+                 issuer: str | None = None, audience: str | None = None,
+                 algorithms: tuple = ("EdDSA",), refresh: float = REFRESH,
+                 clock: Callable[[], float] = time.monotonic, load=load_jwks):
+        self.jwks_url, self.jwks_file = jwks_url, jwks_file
+        self.issuer, self.audience = issuer, audience
+        self.algorithms = tuple(algorithms)
+        self.refresh = refresh
+        self.clock = clock
+        self._load = load
+        self._lock = threading.Lock()
+        self._keys: dict[str | None, dict] = {}  # kid -> JWK (None: a key without a kid)
+        self._fetched_at = float("-inf")
+        self._early_at = float("-inf")
+        self.fetches = 0
+
+    def subject(self, token: str) -> str | None:
+        """The token's subject if it is a valid JWT for this host, else None (never raises)."""
+        if len(token) > MAX_TOKEN:
+            return None
+        try:
+            header = jwt.get_unverified_header(token)
+        except InvalidTokenError:
+            return None
+        algorithm = header.get("alg")
+        if algorithm not in self.algorithms:
+            return None  # none, HS*, or one the operator did not allow
+        jwk = self._key(header.get("kid"))
+        if jwk is None or jwk.get("alg", algorithm) != algorithm:
+            return None
+        try:
+            key = PyJWK(jwk, algorithm=algorithm)
+            claims = jwt.decode(
+                token, key, algorithms=[algorithm], issuer=self.issuer, audience=self.audience,
+                leeway=LEEWAY, options={"require": ["exp", "sub"] + (["iss"] if self.issuer else [])
+                                       + (["aud"] if self.audience else []),
+                                       "verify_aud": self.audience is not None})
+        except (InvalidTokenError, PyJWKError, ValueError, TypeError):
+            return None
+        subject = claims.get("sub")
+        return subject if isinstance(subject, str) and 0 < len(subject) <= 128 \
+            and subject.isprintable() else None
+
+    def _key(self, kid) -> dict | None:
+        """The JWK for this key id, fetching the JWKS when it is due, or early (at most once
+        per UNKNOWN_KID_EVERY) for a key id the cache does not know."""
+        now = self.clock()
+        with self._lock:
+            if now - self._fetched_at >= self.refresh:
+                self._fetch(now)
+            elif kid not in self._keys and now - self._early_at >= UNKNOWN_KID_EVERY:
+                self._early_at = now
+                self._fetch(now)
+            return self._keys.get(kid)
+
+    def _fetch(self, now: float) -> None:
+        """Replace the cached keys; on failure keep the old ones and try again later."""
+        self.fetches += 1
+        try:
+            document = self._load(self.jwks_url, self.jwks_file)
+        except JwksUnavailable as exc:
+            logger.warning("JWKS %s unavailable: %s", self.jwks_url or self.jwks_file, exc)
+            self._fetched_at = now - self.refresh + UNKNOWN_KID_EVERY  # again in 30 s
+            return
+        self._keys = {key.get("kid"): key for key in document["keys"] if isinstance(key, dict)}
+        self._fetched_at = now
+
+
+def verifier_for(config) -> TokenVerifier | None:
+    """The verifier --jwt-* asks for, or None when JWTs are not accepted."""
+    if not (config.jwt_jwks_url or config.jwt_jwks_file):
+        return None
+    return TokenVerifier(jwks_url=config.jwt_jwks_url, jwks_file=config.jwt_jwks_file,
+                         issuer=config.jwt_issuer, audience=config.jwt_audience,
+                         algorithms=config.jwt_algorithms)
