@@ -56,7 +56,7 @@ def submit_job(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workflow
 
 def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
              max_queued: int, labels: dict | None = None,
-             submitted_by: str | None = None) -> tuple[Job, bool]:
+             submitted_by: str | None = None, settle_wait: float = 90.0) -> tuple[Job, bool]:
     """Put a GpuId=auto job in Cylindria's own queue (durably, before the caller answers 201);
     the dispatcher sends it when a GPU is ready. Returns (job, created); a retry of the same
     id and workflow gets the job as it is now, whatever became of it."""
@@ -71,6 +71,10 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
     existing, created = store.reserve(job, workflow.source, admit)
     if not created and existing.fingerprint != workflow.fingerprint:
         raise JobIdConflict(existing)
+    if not created and store.in_flight(job_id):
+        # The dispatcher's POST of it is under way: answer once it is settled, never with a
+        # prompt ComfyUI may not get (a refused send puts the job back in the queue).
+        existing = store.wait_settled(job_id, settle_wait) or existing
     return existing, created
 
 

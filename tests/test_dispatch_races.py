@@ -203,3 +203,24 @@ def test_the_queue_limit_holds_under_concurrent_submissions(store):
         thread.join(WAIT)
     assert sorted(map(str, results)) == ["QueueFull"] * 5 + ["True"] * 3
     assert store.held() == 3
+
+
+def test_a_retry_meeting_a_send_under_way_is_answered_once_it_settles(store, dispatcher):
+    """A client retries a held job while the dispatcher's POST of it is under way: the answer
+    must wait for that POST, never name a prompt ComfyUI may not get. Here ComfyUI refuses
+    it (it died): the job is back in the queue, and the answer says so, with no prompt."""
+    hold(store, "retried")
+    dispatcher._sync("retried")
+    assert dispatcher.dispatch_once() == 1
+    assert dispatcher.comfy.posting.wait(WAIT)
+    real_wait = store.wait_settled
+
+    def settle_after_refusal(job_id, timeout):  # the retry is waiting: now ComfyUI refuses
+        dispatcher.comfy.refuse = True
+        dispatcher.comfy.gate.set()
+        return real_wait(job_id, timeout)
+    store.wait_settled = settle_after_refusal
+    workflow = parse_workflow(json.dumps(workflows.core("retried")).encode())
+    answer, created = hold_job(store, "retried", workflow, priority=0, max_queued=100)
+    assert not created and answer.status == JobStatus.HELD and answer.prompt_id is None
+    assert dispatcher.comfy.accepted == []
