@@ -8,6 +8,7 @@ GPU could run is refused before it is held.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 
 from comfy.errors import ComfyError
@@ -139,12 +140,24 @@ def refresh_catalogue(gpu) -> bool:
         catalogue = Catalogue.from_object_info(gpu.client.object_info())
     except (ComfyError, ValueError) as exc:
         logger.warning("GPU %d: could not read /object_info (%s); jobs wait for it", gpu.index, exc)
+        gpu.catalogue_tried.set()  # a submission waiting for it need not wait any longer
         return False
     previous = gpu.catalogue
     catalogue.models = previous.models if previous is not None else {}
     gpu.set_catalogue(catalogue)
     logger.info("GPU %d: %d node classes installed", gpu.index, len(catalogue.nodes))
-    # Then its model files: held jobs need not wait for them, and until they are read (or
-    # if they cannot be) the last known ones stand.
-    catalogue.models = read_models(gpu.client, catalogue.models)
+    # Then its model files, on a thread of their own: the poll (this GPU's reconciliation,
+    # the dispatcher's wake-up) never waits for 20 calls to a ComfyUI that may be slow. Until
+    # they are read (or if they cannot be) the last known ones stand.
+    threading.Thread(target=_read_models_into, args=(catalogue, gpu.client), daemon=True,
+                     name=f"cylindria-models{gpu.index}").start()
     return True
+
+
+def _read_models_into(catalogue: Catalogue, client) -> None:
+    """Read a ComfyUI's model files onto its catalogue (a newer catalogue, after another
+    reconnect, is left to its own read)."""
+    try:
+        catalogue.models = read_models(client, catalogue.models)
+    except Exception:
+        logger.exception("GPU %d: reading its model files failed", client.gpu_id)

@@ -58,6 +58,8 @@ class Gpu:
         # unusable answer.
         self.catalogue = None
         self.catalogue_wanted = True
+        # Set once a first read of the catalogue was tried (read, or failed).
+        self.catalogue_tried = threading.Event()
         self.last_models: frozenset = frozenset()
         self.resting_until = float("-inf")
         self.placed: set[str] = set()  # asset files this ComfyUI has in input/cylindria
@@ -108,6 +110,7 @@ class Gpu:
         with self._lock:
             self.catalogue = catalogue
             self.catalogue_wanted = False
+        self.catalogue_tried.set()
 
     def rest(self) -> None:
         """ComfyUI answered a held job's POST with something unusable: send it none for a

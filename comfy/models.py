@@ -1,7 +1,7 @@
 """The model files each GPU's ComfyUI can load (its GET /models), and all GPUs' merged.
 
-A GPU's lists are read with its node classes (comfy.catalogue.refresh_catalogue), on the
-poll path when its websocket (re)connects: a restarted ComfyUI may have other files. They
+A GPU's lists are read after its node classes (comfy.catalogue.refresh_catalogue), on a
+thread of their own, when its websocket (re)connects: a restarted ComfyUI may have other files. They
 are kept on the GPU's Catalogue, so a GPU that cannot be reached keeps its last known lists
 and one never read has none. Requests only merge what is known; they never wait for ComfyUI.
 Names are ComfyUI's own, relative to their folder ("sdxl/base.safetensors", with
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 # Listed by ComfyUI's /models, but it holds the node packs' own files, not models.
 SKIPPED_FOLDERS = frozenset({"custom_nodes"})
 READ_TIMEOUT = 5.0  # seconds for each call: a folder listing is a directory walk at most
-DEADLINE = 15.0  # seconds for a whole read: the GPU's poll waits for it
+DEADLINE = 15.0  # seconds for a whole read (on its own thread: nothing waits for it)
 ABSOLUTE = re.compile(r"^([/\\]|[A-Za-z]:)")
 
 ModelLists = Mapping[str, Sequence[str]]  # folder -> file names, as one ComfyUI gives them

@@ -224,3 +224,22 @@ def test_a_retry_meeting_a_send_under_way_is_answered_once_it_settles(store, dis
     answer, created = hold_job(store, "retried", workflow, priority=0, max_queued=100)
     assert not created and answer.status == JobStatus.HELD and answer.prompt_id is None
     assert dispatcher.comfy.accepted == []
+
+
+def test_an_auto_submission_just_after_start_waits_for_the_first_node_classes():
+    """A GPU is reachable, its /object_info still being read, when a GpuId=auto workflow
+    arrives: the check waits for the classes instead of holding the workflow unchecked."""
+    from web.submission import catalogues
+    gpu = Gpu(0, "http://127.0.0.1:9", "test-gpu0", client=GatedComfy())
+    gpu.reachable = True
+    read = threading.Event()
+
+    class ReadWhileWaiting(threading.Event):
+        def wait(self, timeout=None):  # the poller delivers the classes while we wait
+            read.set()
+            gpu.set_catalogue(CORE)
+            return super().wait(timeout)
+    gpu.catalogue_tried = ReadWhileWaiting()
+    assert catalogues([gpu]) == [CORE] and read.is_set()
+    unreachable = Gpu(1, "http://127.0.0.1:10", "test-gpu1", client=GatedComfy())
+    assert catalogues([unreachable]) == []  # nothing to wait for: nothing can be said

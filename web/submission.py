@@ -3,6 +3,7 @@ asset references checked and recorded, its credentials held in memory, and a Gpu
 checked against what the GPUs have installed before it is held in Cylindria's queue."""
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 
 from comfy.catalogue import check_workflow, needs_of
@@ -13,6 +14,7 @@ from web.errors import ApiError
 from webhooks.address import InvalidWebhook
 
 QUEUE_FULL_RETRY = 5  # seconds a client is told to wait when Cylindria's queue is full
+FIRST_CATALOGUE_WAIT = 5.0  # seconds a GpuId=auto submission waits for the first node classes
 
 
 @contextmanager
@@ -60,8 +62,7 @@ def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict |
     hold it in Cylindria's queue (201 before any GPU has it). Returns (job, created)."""
     existing = context.store.get(job_id)
     if existing is None:  # a retry is answered whatever the GPUs look like now
-        check_workflow(workflow.prompt, [gpu.catalogue for gpu in context.gpus
-                                         if gpu.reachable and gpu.catalogue is not None])
+        check_workflow(workflow.prompt, catalogues(context.gpus))
         context.dispatcher.remember(job_id, needs_of(workflow.prompt))
     try:
         return hold_job(context.store, job_id, workflow, priority, context.config.max_queued,
@@ -88,3 +89,14 @@ def with_webhook(context, workflow: Workflow, *given) -> Workflow:
     except InvalidWebhook as exc:
         raise ApiError(400, "invalid_webhook", str(exc)) from None
     return workflow.with_webhook(target.url)
+
+
+def catalogues(gpus) -> list:
+    """The node classes of the reachable GPUs, to check a GpuId=auto workflow against. Just
+    after a start, a GPU may be reachable before its classes are read: the submission then
+    waits for them (briefly), rather than hold a workflow no GPU could run unchecked."""
+    deadline = time.monotonic() + FIRST_CATALOGUE_WAIT
+    for gpu in gpus:
+        if gpu.reachable and gpu.catalogue is None:
+            gpu.catalogue_tried.wait(max(0.0, deadline - time.monotonic()))
+    return [gpu.catalogue for gpu in gpus if gpu.reachable and gpu.catalogue is not None]
