@@ -5,8 +5,6 @@ Signatures are checked with the `standardwebhooks` package's own verifier, as a 
 any language would. Retry delays are shortened through the config, never slept out."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 
 import pytest

@@ -8,6 +8,7 @@ from flask import current_app
 from comfy.assets import AssetStore
 from comfy.dispatcher import Dispatcher
 from comfy.gpu import Gpu
+from comfy.models import ModelCatalogue
 from comfy.outputs import OutputSizes
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
@@ -36,7 +37,7 @@ class Context:
     assets: AssetStore
     secrets: WithheldSecrets
     webhooks: Webhooks
-    models: "ModelCatalogue"
+    models: ModelCatalogue
     output_sizes: OutputSizes = field(default_factory=OutputSizes)
 
     def asset_users(self, asset) -> list[str]:

@@ -11,7 +11,6 @@ from comfy.jobs import Job, JobStatus
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
 from web.lookup import known_job
-from web.params import job_id_param
 
 logger = logging.getLogger(__name__)
 
