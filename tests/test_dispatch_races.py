@@ -241,5 +241,6 @@ def test_an_auto_submission_just_after_start_waits_for_the_first_node_classes():
             return super().wait(timeout)
     gpu.catalogue_tried = ReadWhileWaiting()
     assert catalogues([gpu]) == [CORE] and read.is_set()
-    unreachable = Gpu(1, "http://127.0.0.1:10", "test-gpu1", client=GatedComfy())
-    assert catalogues([unreachable]) == []  # nothing to wait for: nothing can be said
+    down = Gpu(1, "http://127.0.0.1:10", "test-gpu1", client=GatedComfy())
+    down.reachable = False  # known to refuse connections: nothing to wait for
+    assert catalogues([down]) == []

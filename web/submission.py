@@ -93,10 +93,11 @@ def with_webhook(context, workflow: Workflow, *given) -> Workflow:
 
 def catalogues(gpus) -> list:
     """The node classes of the reachable GPUs, to check a GpuId=auto workflow against. Just
-    after a start, a GPU may be reachable before its classes are read: the submission then
-    waits for them (briefly), rather than hold a workflow no GPU could run unchecked."""
+    after a start, a GPU not known to be down may not have had its classes read yet (or not
+    even its first answer, under load): the submission then waits for that first read
+    (briefly), rather than hold a workflow no GPU could run unchecked."""
     deadline = time.monotonic() + FIRST_CATALOGUE_WAIT
     for gpu in gpus:
-        if gpu.reachable and gpu.catalogue is None:
+        if gpu.reachable is not False and gpu.catalogue is None:
             gpu.catalogue_tried.wait(max(0.0, deadline - time.monotonic()))
     return [gpu.catalogue for gpu in gpus if gpu.reachable and gpu.catalogue is not None]
