@@ -131,9 +131,11 @@ def _node_order(node_id: str):
     return (0, int(node_id), "") if node_id.isdigit() else (1, 0, node_id)
 
 
-def refresh_catalogue(gpu) -> bool:
+def refresh_catalogue(gpu, read_models_later=None) -> bool:
     """Read the GPU's /object_info if it is wanted (first time, or its websocket just
-    connected: ComfyUI may have restarted with other nodes); True if it was read now."""
+    connected: ComfyUI may have restarted with other nodes); True if it was read now.
+    `read_models_later(catalogue, client)` reads its model files apart (the poller's own
+    workers); without it they are read here, after the classes."""
     if not gpu.catalogue_wanted:
         return False
     try:
@@ -146,18 +148,20 @@ def refresh_catalogue(gpu) -> bool:
     catalogue.models = previous.models if previous is not None else {}
     gpu.set_catalogue(catalogue)
     logger.info("GPU %d: %d node classes installed", gpu.index, len(catalogue.nodes))
-    # Then its model files, on a thread of their own: the poll (this GPU's reconciliation,
-    # the dispatcher's wake-up) never waits for 20 calls to a ComfyUI that may be slow. Until
-    # they are read (or if they cannot be) the last known ones stand.
-    threading.Thread(target=_read_models_into, args=(catalogue, gpu.client), daemon=True,
-                     name=f"cylindria-models{gpu.index}").start()
+    # Then its model files, apart: the poll (this GPU's reconciliation, the dispatcher's
+    # wake-up) never waits for 20 calls to a ComfyUI that may be slow. Until they are read
+    # (or if they cannot be) the last known ones stand.
+    if read_models_later is not None:
+        read_models_later(catalogue, gpu.client)
+    else:
+        read_models_into(catalogue, gpu.client)
     return True
 
 
-def _read_models_into(catalogue: Catalogue, client) -> None:
+def read_models_into(catalogue: Catalogue, client, stop: threading.Event | None = None) -> None:
     """Read a ComfyUI's model files onto its catalogue (a newer catalogue, after another
     reconnect, is left to its own read)."""
     try:
-        catalogue.models = read_models(client, catalogue.models)
+        catalogue.models = read_models(client, catalogue.models, stop)
     except Exception:
         logger.exception("GPU %d: reading its model files failed", client.gpu_id)

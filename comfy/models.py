@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from typing import Mapping, Protocol, Sequence
 
@@ -38,14 +39,18 @@ class ModelSource(Protocol):
     def model_files(self, folder: str, timeout: float | None = None) -> list[str] | None: ...
 
 
-def read_models(client: ModelSource, previous: ModelLists) -> ModelLists:
+def read_models(client: ModelSource, previous: ModelLists,
+                stop: threading.Event | None = None) -> ModelLists:
     """This ComfyUI's folders and their files. If it stops answering (or is slower than
     DEADLINE) the whole read is dropped for `previous`; a folder it answers badly keeps
-    its previous list, and one it no longer knows is left out."""
+    its previous list, and one it no longer knows is left out. `stop` set: the read ends
+    at the next folder, `previous` kept (Cylindria is stopping)."""
     deadline = time.monotonic() + DEADLINE
     lists = {}
     try:
         for folder in client.model_folders(timeout=READ_TIMEOUT):
+            if stop is not None and stop.is_set():
+                return previous
             if folder in SKIPPED_FOLDERS:
                 continue
             if time.monotonic() > deadline:

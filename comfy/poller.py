@@ -7,7 +7,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
-from comfy.catalogue import refresh_catalogue
+from comfy.catalogue import read_models_into, refresh_catalogue
 from comfy.gpu import Gpu
 from comfy.reconcile import MAX_ATTEMPTS, reconcile_gpu
 from comfy.store import JobStore
@@ -36,6 +36,10 @@ class Poller:
         self._running: dict[int, Future] = {}
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(gpus)),
                                         thread_name_prefix="cylindria-poll")
+        # Model-file lists (GET /models), read apart from the polls that must not wait for them.
+        self._models = ThreadPoolExecutor(max_workers=max(1, len(gpus)),
+                                          thread_name_prefix="cylindria-models")
+        self._model_reads: list[Future] = []
         self._thread = threading.Thread(target=self.run, name="cylindria-poller", daemon=True)
 
     def start(self) -> None:
@@ -52,12 +56,17 @@ class Poller:
         if self._thread.is_alive():
             logger.warning("poller thread did not stop in %.1fs", timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._models.shutdown(wait=False, cancel_futures=True)  # a read under way ends at
+        # its next folder (it watches the stop flag)
         # A poll under way ends with its HTTP call (bounded by the client's timeouts).
-        _, late = wait(list(self._running.values()), max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            under_way = list(self._running.values()) + self._model_reads
+        _, late = wait(under_way, max(0.0, deadline - time.monotonic()))
         if late:
             logger.warning("%d GPU poll(s) still waiting for ComfyUI at stop", len(late))
-        else:
-            self._pool.shutdown(wait=True)  # every poll is over: the workers exit at once
+        else:  # every poll and read is over: the workers exit at once
+            self._pool.shutdown(wait=True)
+            self._models.shutdown(wait=True)
 
     def request(self, gpu_index: int) -> None:
         """Reconcile this GPU now (after a websocket connect or drop), not at the next tick."""
@@ -119,9 +128,21 @@ class Poller:
         and tell the dispatcher (a GPU may have come back, or room been made on it)."""
         reconcile_gpu(gpu, self.store, self.max_attempts)
         if gpu.reachable:
-            refresh_catalogue(gpu)
+            refresh_catalogue(gpu, self._read_models_later)
         if self.after_check is not None:
             self.after_check()
+
+    def _read_models_later(self, catalogue, client) -> None:
+        """Read a GPU's model files on the poller's model workers (none once stopping)."""
+        with self._lock:
+            self._model_reads = [f for f in self._model_reads if not f.done()]
+            if self._stop.is_set():
+                return
+            try:
+                self._model_reads.append(
+                    self._models.submit(read_models_into, catalogue, client, self._stop))
+            except RuntimeError:  # shut down meanwhile
+                pass
 
     def _reconcile(self, gpu: Gpu) -> None:
         """One GPU's poll; never lets an exception kill the pool worker silently."""

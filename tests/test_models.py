@@ -2,6 +2,8 @@
 folder with the GPUs that have each; read when a GPU (re)connects, kept while it is away."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import requests
 
@@ -211,6 +213,20 @@ def test_a_comfyui_that_stops_answering_keeps_every_last_known_list(fail):
     comfy = DummyComfy({"checkpoints": ["new.safetensors"], "loras": ["l.pt"], "vae": []}, fail)
     assert read_models(comfy, previous) is previous
     assert "vae" not in comfy.asked  # nothing more is asked once it stopped answering
+
+
+def test_a_read_stops_at_the_next_folder_once_cylindria_is_stopping():
+    previous = {"checkpoints": ("old.safetensors",)}
+    stop = threading.Event()
+
+    class StoppedMidway(DummyComfy):
+        def model_files(self, folder, timeout=None):
+            stop.set()  # Cylindria begins to stop while the first folder is read
+            return super().model_files(folder, timeout)
+
+    comfy = StoppedMidway({"checkpoints": ["new.safetensors"], "loras": ["l.pt"], "vae": []})
+    assert read_models(comfy, previous, stop) is previous
+    assert comfy.asked == ["checkpoints"]
 
 
 # -- the fake's GET /models/{folder} ---------------------------------------------------------
