@@ -12,9 +12,9 @@ import signal
 import sys
 import threading
 
-from web.config import ConfigError, load_config
-from web.logs import remove_handlers, setup_logging
-from web.winservice import CylindriaService  # noqa: F401  (pythonservice.exe loads it from here)
+from config.options import ConfigError, load_config
+from service.logs import remove_handlers, setup_logging
+from service.winservice import CylindriaService  # noqa: F401  (pythonservice.exe loads it from here)
 
 logger = logging.getLogger("cylindria")
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags (or run a `service` command), set up logging, then serve."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["service"]:
-        from web.service_cli import main as service_main
+        from service.cli import main as service_main
         return service_main(argv[1:])
     try:
         config = load_config(argv)
@@ -71,7 +71,7 @@ def exit_now(code: int, logs) -> int:
 
 def run(config) -> int:
     """Build the service, serve until Ctrl+C or SIGTERM, stop everything in `finally`."""
-    from web.server import Service  # after logging is set up (import-time logs)
+    from service.server import Service  # after logging is set up (import-time logs)
 
     try:
         service = Service(config)

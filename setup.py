@@ -21,7 +21,8 @@ setup(
     python_requires=">=3.10",
     py_modules=["cylindria"],
     # Subpackages (web.v2, ...) found, not listed: a new one cannot be left out of the install.
-    packages=find_packages(include=["comfy", "comfy.*", "web", "web.*", "tester", "tester.*",
+    packages=find_packages(include=["comfy", "comfy.*", "config", "config.*", "service",
+                                      "service.*", "web", "web.*", "tester", "tester.*",
                                       "webhooks", "webhooks.*"]),
     install_requires=requirements(),
     entry_points={"console_scripts": ["cylindria=cylindria:main",

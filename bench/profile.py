@@ -51,12 +51,13 @@ from comfy.client import ComfyClient
 from comfy.database import Database
 from comfy.encoding import to_json
 from comfy.workflow import parse_workflow
+from config.options import load_config
+from service.core import build_context
+from service.logs import AccessLog, setup_logging
 from tests import workflows
 from tests.fake_comfy.costs import real_costs
 from tests.helpers import API_KEY
 from web.app import create_app
-from web.config import load_config
-from web.logs import AccessLog, setup_logging
 
 WORKFLOWS = {"core": workflows.core, "chain60": lambda: workflows.chain(60)}
 WARMUP = 100
@@ -90,8 +91,9 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
     pipeline = setup_logging("INFO", console=False)  # records are made, queued and dropped
 
     def cylindria(access_log=True, hooks=True):
-        app = create_app(load_config(["--comfy-base-url", "http://127.0.0.1:1", "--api-key",
-                                      API_KEY, "--data-dir", tempfile.mkdtemp()]))
+        config = load_config(["--comfy-base-url", "http://127.0.0.1:1", "--api-key", API_KEY,
+                              "--data-dir", tempfile.mkdtemp()])
+        app = create_app(build_context(config))
         app.extensions["cylindria"].gpus[0].client = StubClient()
         if not hooks:
             app.before_request_funcs[None] = []  # the API key check

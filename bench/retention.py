@@ -21,7 +21,7 @@ from bench.core import Bench, Figure, check_errors, step
 from bench.procs import key_headers
 from bench.stats import median, percentile, pooled
 from comfy.retention import RetentionSweep
-from web.app import DB_FILE_NAME
+from service.core import DB_FILE_NAME
 
 DAY = 86400.0
 RETENTION = "30d"

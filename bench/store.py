@@ -8,7 +8,7 @@ from pathlib import Path
 
 from comfy.database import COLUMNS, Database, _to_db
 from comfy.jobs import Job, JobStatus
-from web.app import DB_FILE_NAME
+from service.core import DB_FILE_NAME
 
 
 def job_id(n: int) -> str:

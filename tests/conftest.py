@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
+from config.options import Config
+from service.server import Service
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports
-from web.config import Config
-from web.server import Service
 
 TIME_SCALE = 0.05  # the fake's node sleeps shrink to 5 %: a 4 s "slow" node takes 0.2 s
 

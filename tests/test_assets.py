@@ -8,11 +8,11 @@ import stat
 import blake3
 import pytest
 
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.fake_comfy.png import decode_png, output_png, rgb_png
 from tests.helpers import API_KEY, Api, wait_for
-from web.server import Service
 
 PNG = output_png("asset.png", 8)
 

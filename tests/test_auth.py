@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
+from service.server import Service
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api
-from web.server import Service
 
 PROTECTED = [("GET", "/serverstatus"), ("GET", "/jobstatus/x"), ("PUT", "/startjob/x"),
              ("GET", "/no-such-endpoint")]

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import threading
 
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.fake_comfy import FakeComfy
 from tests.helpers import Api, free_ports, wait_for
 from tests.processes import CylindriaProcess
-from web.server import Service
 
 
 def serve(fakes, tmp_path, **overrides) -> Service:

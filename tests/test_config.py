@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from web import service_cli
+from config.options import ConfigError, default_data_dir, load_config
+from service import cli
 from web.auth import KEY_FILE_NAME
-from web.config import ConfigError, default_data_dir, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_service_print_says_where_the_key_goes(tmp_path, monkeypatch, capsys, gi
     elif given == "file":
         data.mkdir()
         (data / KEY_FILE_NAME).write_text("from-the-file-12345\n")
-    assert service_cli.main(argv, windows=False) == 0
+    assert cli.main(argv, windows=False) == 0
     err = capsys.readouterr().err
     assert says.format(key_file=data / KEY_FILE_NAME) in err
     assert "put the --api-key there" not in err and "from-the-" not in err

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from service.server import Service
 from tests.conftest import make_config
 from tests.helpers import Api
-from web.server import Service
 
 ALLOWED = "https://app.example.com"
 STRANGER = "https://evil.example.net"

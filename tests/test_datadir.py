@@ -7,9 +7,9 @@ import stat
 import pytest
 
 from comfy.private import private_dir
+from service.logs import remove_handlers, setup_logging
+from service.server import Service
 from tests.conftest import make_config
-from web.logs import remove_handlers, setup_logging
-from web.server import Service
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX modes (Windows: the per-user "
                                                             "data dir is already private)")

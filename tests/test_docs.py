@@ -5,9 +5,9 @@ import base64
 import hashlib
 from html.parser import HTMLParser
 
+from service.server import Service
 from tests.conftest import make_config
 from tests.helpers import Api
-from web.server import Service
 
 
 class Page(HTMLParser):

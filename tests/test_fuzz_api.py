@@ -12,9 +12,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
+from service.server import Service
 from tests import workflows
 from tests.helpers import API_KEY, Api
-from web.server import Service
 
 KEY = {"X-API-Key": API_KEY}
 SHORT_EXAMPLES, SOAK_EXAMPLES = 40, 300

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from service.core import build_context
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import API_KEY
@@ -44,9 +45,9 @@ def for_all(strategy, check, soak: bool, examples: int = EXAMPLES, always=()) ->
 @pytest.fixture
 def client(fakes, tmp_path):
     """Flask's test client of an app in front of the two fakes (tracking not started)."""
-    app = create_app(make_config(fakes, tmp_path))
-    yield app.test_client()
-    app.extensions["cylindria"].store.close()
+    context = build_context(make_config(fakes, tmp_path))
+    yield create_app(context).test_client()
+    context.close()
 
 
 def no_job_left(client) -> None:

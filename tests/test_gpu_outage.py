@@ -6,10 +6,10 @@ import pytest
 
 from comfy.gpu import Gpu
 from comfy.listener import Listener
+from service.server import Service
 from tests.conftest import TIME_SCALE, make_config
 from tests.fake_comfy import FakeComfy
 from tests.helpers import free_ports, wait_for
-from web.server import Service
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import time
 import pytest
 import requests
 
+from service.server import Service
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api, wait_for
-from web.server import Service
 
 GIB = 1024 ** 3
 LIMIT = 32 * 1024 * 1024

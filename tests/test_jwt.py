@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, free_ports
-from web.server import Service
 from web.tokens import UNKNOWN_KID_EVERY, TokenVerifier
 
 ISSUER, AUDIENCE = "https://login.example", "cylindria"

@@ -9,10 +9,10 @@ import requests
 
 from comfy.errors import ComfyBadResponse, ComfyTimeout, ComfyUnreachable
 from comfy.models import merge, read_models
+from service.server import Service
 from tests.conftest import make_config
 from tests.fake_comfy import DEFAULT_CHECKPOINTS, FakeComfy
 from tests.helpers import Api, wait_for
-from web.server import Service
 
 GPU0_FILES = {"checkpoints": ["sd15.safetensors", "sdxl/base.safetensors"],
               "loras": ["detail.safetensors"]}

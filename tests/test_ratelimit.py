@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from service.server import Service
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api
-from web.server import Service
 
 OTHER_KEY = "other-key-9876543210fedcba"
 RATE = "3/hour"  # an hour: no window rolls over while a test runs

@@ -16,6 +16,7 @@ from collections import Counter
 import requests
 import websocket
 
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
@@ -23,7 +24,6 @@ from tests.processes import CylindriaProcess
 from tests.test_reliability_load import (CLIENT_TIMEOUT, LoadRun, Target, all_jobs,
                                          check_final, epoch_seconds, figures, prompts_by_job,
                                          wait_all_final)
-from web.server import Service
 
 SHORT_ROUNDS, SOAK_ROUNDS, SOAK_SECONDS = 3, 5, 60.0
 UNFINISHED = "submitting,queued,running"

@@ -11,11 +11,12 @@ from comfy.events import finish
 from comfy.jobs import Job, JobStatus
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
+from config.options import ConfigError, load_config
+from config.values import duration
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
-from web.config import ConfigError, duration, load_config
-from web.server import Service
 
 DAY = 86400.0
 

@@ -8,15 +8,15 @@ import time
 
 import pytest
 
+from config.options import load_config
+from service import cli, winservice
+from service.logs import LOG_FILE_NAME
+from service.server import Service
+from service.winservice import ServiceRunner
 from tests.conftest import TIME_SCALE, make_config
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports, wait_for
 from tests.processes import CylindriaProcess
-from web import service_cli, winservice
-from web.config import load_config
-from web.logs import LOG_FILE_NAME
-from web.server import Service
-from web.winservice import ServiceRunner
 
 
 def cylindria_threads() -> list[str]:
@@ -48,7 +48,7 @@ def test_windows_service_module_imports_without_pywin32():
 def test_the_service_runner_serves_with_the_key_file_and_stops_like_svcstop(fakes, tmp_path):
     data = tmp_path / "data"
     flags = service_flags(fakes, data)
-    service_cli.store_key(load_config(flags + ["--api-key", API_KEY], {}), None)  # as install does
+    cli.store_key(load_config(flags + ["--api-key", API_KEY], {}), None)  # as install does
     runner = ServiceRunner()
     thread = threading.Thread(target=runner.run, args=(flags,), name="test-service-host")
     thread.start()

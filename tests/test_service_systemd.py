@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from config.options import ConfigError, load_config
+from service import cli, systemd
 from tests.helpers import API_KEY
-from web import service_cli, systemd
 from web.auth import KEY_FILE_NAME, resolve_keys
-from web.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +37,7 @@ def _no_settings_from_the_environment(monkeypatch):
 
 def service(argv, systemctl=None):
     """Run `cylindria service ...` as on Linux."""
-    return service_cli.main(argv, windows=False, systemctl=systemctl or FakeSystemctl())
+    return cli.main(argv, windows=False, systemctl=systemctl or FakeSystemctl())
 
 
 def unit_lines(text: str) -> dict:
@@ -139,8 +139,8 @@ def test_bad_install_fails_with_one_line_and_writes_nothing(tmp_path, capsys, ar
 def test_a_key_in_the_services_definition_is_refused():
     for text in ("--api-key x", "Environment=CYLINDRIA_API_KEY=x", f"--host {API_KEY}"):
         with pytest.raises(ConfigError):
-            service_cli.refuse_key(text, (API_KEY,))
-    service_cli.refuse_key("--port 8000", (API_KEY,))
+            cli.refuse_key(text, (API_KEY,))
+    cli.refuse_key("--port 8000", (API_KEY,))
 
 
 def test_remove_start_stop_status_go_through_systemctl(tmp_path):

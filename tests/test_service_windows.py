@@ -1,7 +1,7 @@
 """The Windows service class, run on Linux against a Dummy pywin32 and a real server.
 
 Only the service manager is faked: the class's SvcDoRun/SvcStop run the real ServiceRunner
-around a real web.server.Service, as they do under pythonservice.exe.
+around a real service.server.Service, as they do under pythonservice.exe.
 """
 import importlib.util
 import json
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from config.options import load_config
+from service import cli, winservice
 from tests.helpers import API_KEY, Api, wait_for
 from tests.test_service_lifecycle import no_cylindria_threads, service_flags
-from web import service_cli, winservice
-from web.config import load_config
 
 STOP_PENDING, AUTO_START = 3, 2
 
@@ -29,7 +29,7 @@ class ServiceManagerError(Exception):
 
 
 def dummy_pywin32() -> dict:
-    """The few pywin32 modules and names that web.winservice uses, recording their calls."""
+    """The few pywin32 modules and names that service.winservice uses, recording their calls."""
     util = types.ModuleType("win32serviceutil")
     util.options, util.installed = {}, []
 
@@ -59,7 +59,7 @@ def dummy_pywin32() -> dict:
 
 @pytest.fixture
 def windows(monkeypatch):
-    """web.winservice loaded afresh (under another name) with the Dummy pywin32 importable."""
+    """service.winservice loaded afresh (under another name) with the Dummy pywin32 importable."""
     modules = dummy_pywin32()
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
@@ -83,7 +83,7 @@ def test_the_service_class_serves_and_svcstop_stops_everything(windows, fakes, t
     module, util = windows
     data = tmp_path / "data"
     flags = service_flags(fakes, data)
-    service_cli.store_key(load_config(flags + ["--api-key", API_KEY], {}), None)
+    cli.store_key(load_config(flags + ["--api-key", API_KEY], {}), None)
     util.SetServiceCustomOption("Cylindria", "Arguments", json.dumps(flags))
     service = module.CylindriaService(["Cylindria"])
     thread = threading.Thread(target=service.SvcDoRun, name="test-scm-run")
@@ -98,13 +98,13 @@ def test_the_service_class_serves_and_svcstop_stops_everything(windows, fakes, t
 
 
 def install_args(*argv):
-    return service_cli.parser_for("install").parse_args(list(argv))
+    return cli.parser_for("install").parse_args(list(argv))
 
 
 def test_windows_flags_pin_the_installers_data_dir_and_a_log_file(monkeypatch):
     data = Path("C:/Users/op/AppData/Cylindria")
-    monkeypatch.setattr(service_cli, "default_data_dir", lambda: data)
-    planned = service_cli.plan(install_args("--port", "8000", "--api-key", API_KEY), True, {})
+    monkeypatch.setattr(cli, "default_data_dir", lambda: data)
+    planned = cli.plan(install_args("--port", "8000", "--api-key", API_KEY), True, {})
     flags = planned.flags
     assert flags[flags.index("--data-dir") + 1] == str(data)
     assert flags[flags.index("--log-file") + 1] == str(data / "cylindria.log")
@@ -114,6 +114,6 @@ def test_windows_flags_pin_the_installers_data_dir_and_a_log_file(monkeypatch):
 def test_install_without_pywin32_says_so_and_writes_nothing(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(winservice, "win32serviceutil", None)
     argv = ["install", "--data-dir", str(tmp_path / "d"), "--api-key", API_KEY]
-    assert service_cli.main(argv, windows=True) == 1
+    assert cli.main(argv, windows=True) == 1
     assert "pip install pywin32" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()

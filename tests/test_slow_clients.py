@@ -1,9 +1,9 @@
 """A client that never finishes its headers loses its connection; others are served meanwhile."""
 import socket
 
+from service.server import Service
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
-from web.server import Service
 
 
 def closed_by_server(conn: socket.socket) -> bool:

@@ -5,10 +5,10 @@ import uuid
 
 import pytest
 
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api
-from web.server import Service
 
 UUID_FORM = lambda text: str(uuid.UUID(text)) == text  # noqa: E731  lowercase canonical UUID
 

@@ -6,10 +6,10 @@ import threading
 
 import requests
 
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api, wait_for
-from web.server import Service
 
 HEADERS = {"X-API-Key": API_KEY}
 

@@ -5,10 +5,10 @@ import time
 import requests
 
 from comfy.status import iso_time
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
-from web.server import Service
 
 
 def watch(api, job_id, until=("completed", "failed", "cancelled", "lost"), timeout=30):

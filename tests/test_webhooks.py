@@ -10,12 +10,12 @@ import logging
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, free_ports, wait_for
 from tests.processes import CylindriaProcess
 from tests.webhook_receiver import Receiver
-from web.server import Service
 
 FAST = (0.05, 0.05, 0.05, 0.05)  # seconds between tries in these tests
 
@@ -194,7 +194,7 @@ def test_the_secret_is_generated_once_kept_private_and_never_logged(fakes, tmp_p
 
 
 def test_an_operators_secret_file_is_used_and_a_bad_one_stops_the_start(fakes, tmp_path):
-    from web.config import ConfigError
+    from config.options import ConfigError
     good = tmp_path / "mine"
     good.write_text("whsec_" + "QUJD" * 8 + "\n")  # 24 bytes
     service = start(fakes, tmp_path, webhook_secret_file=good)

@@ -2,41 +2,22 @@
 from __future__ import annotations
 
 import logging
-import secrets
 
 from flask import Flask
 from werkzeug.routing import PathConverter
 
-from comfy.assets import AssetStore
-from comfy.database import Database
-from comfy.dispatcher import Dispatcher
-from comfy.gpu import build_gpus
-from comfy.models import ModelCatalogue
-from comfy.retention import RetentionSweep
-from comfy.store import JobStore
-from comfy.tracker import Tracker
-from comfy.watch import JobWatch
-from comfy.withheld import WithheldSecrets
 from web import assets as web_assets
 from web import models as web_models
 from web import (auth, cors, docs, errors, metrics, openapi, ratelimit, results, routes, status,
                  streams, v2)
-from web.config import Config, ConfigError, stream_limit
 from web.context import Context
 from web.jsonprovider import FastJSONProvider
-from web.streams import StreamSlots
 from web.tokens import verifier_for
-from web.views import job_view
-from webhooks.secret import BadSecret
-from webhooks.wiring import Webhooks
 
 logger = logging.getLogger(__name__)
 
-DB_FILE_NAME = "jobs.sqlite3"
 # The interactive API docs and the document they read: public with --docs-public.
 DOCS_ENDPOINTS = docs.ENDPOINTS | {"openapi.openapi_json"}
-ASSETS_DIR = "assets"
-MIB = 1024 * 1024
 
 
 class PathNormalizer:
@@ -85,48 +66,21 @@ def normalize_path(path: str) -> str:
     return "/" + head.lower() + sep + rest
 
 
-def create_app(config: Config) -> Flask:
-    """Build the app and its state; starts no thread and opens no socket."""
+def create_app(context: Context) -> Flask:
+    """The HTTP surface over a built core (service.core.build_context); starts no thread and
+    opens no socket."""
     app = CylindriaFlask("cylindria")
-    app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
+    app.config["MAX_CONTENT_LENGTH"] = context.config.max_body_bytes
     app.json = FastJSONProvider(app)
     app.url_map.strict_slashes = False
     app.url_map.converters["anypath"] = AnyPath
     app.wsgi_app = PathNormalizer(app.wsgi_app)
-    try:  # first: a bad key entry stops the start before anything is opened
-        keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
-    except auth.BadKeyEntry as exc:
-        raise ConfigError(f"API keys: {exc}") from None
-    store = JobStore(Database(config.data_dir / DB_FILE_NAME, config.retention))
-    gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
-    assets = AssetStore(config.data_dir / ASSETS_DIR, config.data_dir / DB_FILE_NAME,
-                        config.max_asset_mb * MIB)
-    withheld = WithheldSecrets(store)
-    try:
-        webhooks = Webhooks(store, config.data_dir / DB_FILE_NAME, job_view,
-                            data_dir=config.data_dir, secret_file=config.webhook_secret_file,
-                            comfy_base_url=config.comfy_base_url, gpus=config.gpus,
-                            allow_private=config.webhook_allow_private,
-                            delays=config.webhook_delays, give_up_after=config.webhook_give_up,
-                            keep_for=config.retention)
-    except BadSecret as exc:
-        store.close()
-        raise ConfigError(str(exc)) from None
-    dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,
-                            requeue_wait=config.requeue_wait, tick=config.poll_interval,
-                            assets=assets, secrets=withheld)
-    tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
-                      max_attempts=config.max_attempts, after_check=dispatcher.wake)
-    dispatcher.ready = tracker.reconciled
-    retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention,
-                               assets=assets)
-    context = app.extensions["cylindria"] = Context(
-        config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
-        StreamSlots(stream_limit(config)), assets, withheld, webhooks, ModelCatalogue(gpus))
+    app.extensions["cylindria"] = context
+    config = context.config
     errors.init_app(app)
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
     cors.init_app(app, config.cors_origins)  # before auth: a browser's preflight has no key
-    auth.init_app(app, keys, config.no_auth, config.metrics_public, tokens=verifier_for(config),
+    auth.init_app(app, context.keys, config.no_auth, config.metrics_public, tokens=verifier_for(config),
                   public_extra=DOCS_ENDPOINTS if config.docs_public else frozenset())
     ratelimit.init_app(app, config.rate_limit)  # after auth: it limits per checked key
     openapi.init_app(app)

@@ -15,8 +15,8 @@ from comfy.store import JobStore
 from comfy.tracker import Tracker
 from comfy.watch import JobWatch
 from comfy.withheld import WithheldSecrets
+from config.options import Config
 from web.auth import KeySetup
-from web.config import Config
 from web.errors import error_response
 from webhooks.wiring import Webhooks
 

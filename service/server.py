@@ -12,11 +12,12 @@ from waitress.parser import HTTPRequestParser
 from waitress.utilities import RequestEntityTooLarge
 from waitress.task import ErrorTask
 
+from config.options import Config
+from service.core import build_context
+from service.logs import AccessLog, access_logger, log_access
 from web.app import create_app
 from web.auth import key_shown
-from web.config import Config
 from web.errors import error_body
-from web.logs import AccessLog, access_logger, log_access
 from webhooks.secret import secret_shown
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ class Service:
 
     def __init__(self, config: Config, app=None):
         self.config = config
-        self.app = app or create_app(config)
+        self.app = app or _app_for(config)
         self.context = self.app.extensions["cylindria"]
         self._map: dict = {}
         self._server = None
@@ -172,6 +173,17 @@ class Service:
         finally:
             self._done.set()
             logger.info("Cylindria stopped in %.2fs", time.monotonic() - self._stop_asked_at)
+
+
+def _app_for(config: Config):
+    """The core built from `config` and the HTTP surface over it (the core closed again if
+    the surface cannot be built)."""
+    context = build_context(config)
+    try:
+        return create_app(context)
+    except BaseException:
+        context.close()
+        raise
 
 
 def announce_keys(service) -> None:

@@ -1,4 +1,4 @@
-"""Cylindria as a Windows service (pywin32), around the same web.server.Service as the console.
+"""Cylindria as a Windows service (pywin32), around the same service.server.Service as the console.
 
 Imports cleanly anywhere: without pywin32 (Linux, or not installed) only ServiceRunner, the
 part that runs and stops the server, is defined, and the tests drive it on Linux.
@@ -11,8 +11,8 @@ import subprocess
 import threading
 from pathlib import Path
 
-from web.config import load_config
-from web.logs import LOG_FILE_NAME, remove_handlers, setup_logging
+from config.options import load_config
+from service.logs import LOG_FILE_NAME, remove_handlers, setup_logging
 
 try:
     import servicemanager
@@ -46,7 +46,7 @@ class ServiceRunner:
 
     def run(self, argv: list[str]) -> None:
         """Serve with these flags, logging to their log file (else the data dir's), until stop()."""
-        from web.server import Service  # after logging is set up, as in cylindria
+        from service.server import Service  # after logging is set up, as in cylindria
 
         config = load_config(argv)
         log_file = config.log_file or config.data_dir / LOG_FILE_NAME

@@ -15,11 +15,11 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
-from web import systemd, winservice
+from config.options import (OPTIONS, SWITCHES, Config, ConfigError, build_parser, default_data_dir,
+                            load_config)
+from service import systemd, winservice
+from service.logs import LOG_FILE_NAME
 from web.auth import KEY_FILE_NAME, key_shown, resolve_keys, write_private
-from web.config import (OPTIONS, SWITCHES, Config, ConfigError, build_parser, default_data_dir,
-                        load_config)
-from web.logs import LOG_FILE_NAME
 
 DESCRIPTIONS = {
     "install": "Install Cylindria as a service that starts at boot and runs with these flags "
