@@ -69,6 +69,6 @@ def test_a_shared_dir_like_tmp_is_left_as_it_is(tmp_path, caplog):
 
 
 def test_the_systemd_state_directory_is_made_private_by_systemd_too():
-    from web import systemd
+    from service import systemd
     unit = systemd.render_unit(["python3", "cylindria.py"], systemd.DEFAULT_DATA_DIR, "cylindria")
     assert "StateDirectory=cylindria\nStateDirectoryMode=0700\n" in unit
