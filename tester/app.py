@@ -91,16 +91,17 @@ class App:
         buttons = ttk.Frame(self.root, padding=(8, 4))
         buttons.grid(row=1, column=0, sticky="ew")
         self.status_button = ttk.Button(buttons, text="Server status", command=self.on_server_status)
+        self.models_button = ttk.Button(buttons, text="Models", command=self.on_models)
         self.upload_button = ttk.Button(buttons, text="Upload asset…", command=self.on_upload_asset)
         self.start_button = ttk.Button(buttons, text="Start job…", command=self.on_start_job)
         self.job_button = ttk.Button(buttons, text="Job status…", command=self.on_job_status)
         self.watch_button = ttk.Button(buttons, text="Watch job…", command=self.on_watch_job)
         self.clear_button = ttk.Button(buttons, text="Clear", command=self.on_clear)
-        for i, button in enumerate((self.status_button, self.upload_button, self.start_button,
-                                    self.job_button, self.watch_button)):
+        for i, button in enumerate((self.status_button, self.models_button, self.upload_button,
+                                    self.start_button, self.job_button, self.watch_button)):
             button.grid(row=0, column=i, padx=(0, 6))
-        buttons.columnconfigure(5, weight=1)
-        self.clear_button.grid(row=0, column=6, sticky="e")
+        buttons.columnconfigure(6, weight=1)
+        self.clear_button.grid(row=0, column=7, sticky="e")
 
         watch = ttk.Frame(self.root, padding=(8, 4))
         watch.grid(row=2, column=0, sticky="ew")
@@ -145,6 +146,12 @@ class App:
         client, gpu = self.make_client("Server status"), status_gpu(self.gpu_id())
         if client:
             self.run_in_background("Server status", lambda: client.server_status(gpu), self.show_result)
+
+    def on_models(self) -> None:
+        """List the model files the GPUs' ComfyUIs can load (GET /models)."""
+        client = self.make_client("Models")
+        if client:
+            self.run_in_background("Models", client.models, self.show_result)
 
     def on_upload_asset(self) -> None:
         """Pick a file and upload it as an asset."""

@@ -115,6 +115,10 @@ class Client:
             params["priority"] = priority
         return self.request("PUT", path, params=params, body=workflow)
 
+    def models(self) -> Result:
+        """GET /models: every model folder, each file with the GPUs whose ComfyUI has it."""
+        return self.request("GET", "/models")
+
     def job_status(self, job_id: str) -> Result:
         """GET /jobstatus/<job_id>/."""
         return self.request("GET", f"/jobstatus/{quote(job_id, safe='')}/")

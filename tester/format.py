@@ -86,6 +86,26 @@ def asset_reference(asset: dict) -> str:
     return json.dumps({"__type": "core/ASSET", "info": {"id": asset["id"]}})
 
 
+def is_models(data: Any) -> bool:
+    """Tell whether an answer's data is the model list (GET /models)."""
+    return isinstance(data, dict) and isinstance(data.get("folders"), dict)
+
+
+def model_lines(data: dict) -> Lines:
+    """The model list as an operator reads it: each folder with its count, then each file with
+    the GPUs that have it, e.g. ``  sdxl.safetensors · GPU 0, 1``."""
+    folders = data["folders"]
+    files = sum(len(models) for models in folders.values() if isinstance(models, list))
+    lines = [(f"{len(folders)} model folders, {files} files", INFO)]
+    for folder in sorted(folders):
+        models = folders[folder] if isinstance(folders[folder], list) else []
+        lines.append((f"{folder} ({len(models) or 'none'})", INFO))
+        for model in models:
+            gpus = ", ".join(str(gpu) for gpu in model.get("gpus", ()))
+            lines.append((f"  {model.get('name')} · GPU {gpus or '-'}", BODY))
+    return lines
+
+
 def body_lines(result: Result) -> Lines:
     """The answer's body: pretty JSON, or the text cut to MAX_BODY_CHARS."""
     if result.status is None:
@@ -111,6 +131,8 @@ def format_lines(title: str, result: Result, now: datetime | None = None) -> Lin
         lines.append((job_summary(result.data), INFO))
     elif result.ok and is_asset(result.data):
         lines.append((asset_summary(result.data), INFO))
+    elif result.ok and is_models(result.data):  # a listing, not its JSON: it may be long
+        return lines + model_lines(result.data)
     return lines + body_lines(result)
 
 

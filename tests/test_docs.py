@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from html.parser import HTMLParser
 
+import pytest
+
 from service.server import Service
+from tests.browser import find_chromium, rendered_dom
 from tests.conftest import make_config
 from tests.helpers import Api
 
@@ -93,3 +97,16 @@ def test_docs_public_serves_the_page_its_files_and_the_document_without_a_key(fa
         for url in Page(page.text).loads + ["/openapi.json"]:
             assert stranger.get(url).status_code == 200, url
         assert stranger.get("/jobs").status_code == 401  # the API itself still needs the key
+
+
+@pytest.mark.skipif(find_chromium() is None,
+                    reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_a_real_browser_renders_every_operation_from_cylindrias_files_only(fakes, tmp_path):
+    with Service(make_config(fakes, tmp_path, docs_public=True)) as service:
+        dom = rendered_dom(service.url + "/docs")
+        document = Api(service.url).get("/openapi.json").json()
+    rendered = {path.replace("\u200b", "") for path in
+                re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom)}
+    assert rendered == set(document["paths"]), "Swagger UI did not render the document"
+    assert "Cylindria" in dom and 'class="swagger-ui' in dom
+    assert "Failed to load API definition" not in dom

@@ -280,6 +280,17 @@ def test_server_status_by_real_click(app, display):
     assert "Traceback" not in app.output()
 
 
+def test_models_lists_the_gpus_model_files(app, display):
+    url = f"http://127.0.0.1:{app.port_var.get()}/models"
+    wait_for(app, lambda: "sdxl.safetensors" in requests.get(url, headers={"X-API-Key": KEY},
+                                                             timeout=5).text,
+             "Cylindria to read the fake ComfyUI's model files")
+    click(display, app.models_button)
+    wait_for_text(app, "Models", "HTTP 200", "checkpoints (2)", "  sd15.safetensors · GPU 0",
+                  "  sdxl.safetensors · GPU 0", "loras (none)")
+    assert '"folders"' not in app.output()  # the listing, not the JSON
+
+
 def test_start_job_then_watch_until_completed(app, tmp_path):
     job_id = run_job(app, tmp_path)
     out = app.output()

@@ -20,6 +20,9 @@ from tester.watch import MAX_CONNECTION_ERRORS, Watch, progress_percent
 from tester.workflow import WorkflowError, load_workflow
 
 KEY = "s3cret-key"
+MODELS = {"folders": {"checkpoints": [{"name": "sd15.safetensors", "gpus": [0, 1]},
+                                      {"name": "sdxl\\base.safetensors", "gpus": [1]}],
+                      "loras": [], "vae": [{"name": "ae.pt", "gpus": [0]}]}}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -60,6 +63,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if path == "/serverstatus":
             return self.reply(200, {"gpu_id": 0, "reachable": True, "status": "ok"})
+        if path == "/models":
+            return self.reply(200, MODELS)
         if path.startswith("/jobstatus/"):
             return self.reply(404, {"error": "job not found", "code": "job_not_found"})
         self.reply(404, {"error": "no such route", "code": "not_found"})
@@ -145,6 +150,14 @@ def test_start_job_sends_priority_only_when_given(server, priority):
     Client(server.base_url, api_key=KEY).start_job("job-3", b"{}", "1", priority)
     expected = {"GpuId": ["1"]} if priority is None else {"GpuId": ["1"], "priority": ["0"]}
     assert server.received[-1]["query"] == expected
+
+
+def test_models_asks_for_every_folder_with_the_key(server):
+    result = Client(server.base_url, api_key=KEY).models()
+    assert result.ok and result.data == MODELS
+    sent = server.received[-1]
+    assert (sent["method"], sent["path"], sent["query"]) == ("GET", "/models", {})
+    assert sent["headers"]["X-API-Key"] == KEY
 
 
 def test_job_status_quotes_the_job_id(server):
@@ -294,6 +307,24 @@ def test_gpu_text(gpu_id, expected):
 ])
 def test_job_summary(job, expected):
     assert fmt.job_summary(job) == expected
+
+
+def test_format_lists_models_by_folder_with_their_gpus_instead_of_the_json():
+    result = Result("GET", "http://h:1/models", 200, 4.0, "OK", data=MODELS, is_json=True)
+    lines = fmt.format_lines("Models", result)
+    assert lines[3:] == [("3 model folders, 3 files", fmt.INFO),
+                         ("checkpoints (2)", fmt.INFO),
+                         ("  sd15.safetensors · GPU 0, 1", fmt.BODY),
+                         ("  sdxl\\base.safetensors · GPU 1", fmt.BODY),
+                         ("loras (none)", fmt.INFO),
+                         ("vae (1)", fmt.INFO),
+                         ("  ae.pt · GPU 0", fmt.BODY)]
+
+
+def test_format_shows_a_refused_model_list_as_its_error():
+    result = Result("GET", "http://h:1/models", 401, 1.0, "UNAUTHORIZED", is_json=True,
+                    data={"error": "missing or wrong API key", "code": "unauthorized"})
+    assert ("unauthorized: missing or wrong API key", fmt.ERROR) in fmt.format_lines("Models", result)
 
 
 def test_format_held_auto_job():
