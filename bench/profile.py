@@ -8,9 +8,9 @@ One GPU whose fake ComfyUI costs what ComfyUI costs (timings-real.json) and is h
 queue, none runs), as in the bench's proxy group; one client, one request at a time.
 
 - `phases` (in this process, no profiler): CPU per request of Cylindria's WSGI app with
-  ComfyUI's answer stubbed out, then with one piece after another taken away (the access
-  log, the app's hooks, SQLite's two transactions, the parse); the same for the stack
-  floor's app (bench.minimal); and the CPU of one POST /prompt to the fake through
+  ComfyUI's answer canned (a client that answers at once), then with one piece after another
+  taken away (the access log, the app's hooks, SQLite's two transactions, the parse); the
+  same for the stack floor's app (bench.minimal); and the CPU of one POST /prompt to the fake through
   Cylindria's client and through the floor's `session.post(json=...)`. Time taken away
   from an app that still answers 201 is what that piece costs.
 - `threads` (served, no profiler): CPU per request of every thread of a running Cylindria
@@ -65,7 +65,7 @@ WARMUP = 100
 
 # -- phases: in-process CPU, piece by piece -------------------------------------------------------
 
-class StubClient:
+class CannedClient:
     """ComfyUI's answer to POST /prompt, at once (the payload is still encoded, as sent)."""
 
     def submit(self, payload: dict) -> dict:
@@ -94,7 +94,7 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
         config = load_config(["--comfy-base-url", "http://127.0.0.1:1", "--api-key", API_KEY,
                               "--data-dir", tempfile.mkdtemp()])
         app = create_app(build_context(config))
-        app.extensions["cylindria"].gpus[0].client = StubClient()
+        app.extensions["cylindria"].gpus[0].client = CannedClient()
         if not hooks:
             app.before_request_funcs[None] = []  # the API key check
             app.after_request_funcs[None] = []  # the metrics
@@ -109,7 +109,7 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
     rows.append(("  ... and without the app's hooks (API key, metrics)",
                  cpu(lambda: cylindria(access_log=False, hooks=False))))
     with mock.patch.object(Database, "insert", lambda self, job, wf: 1), \
-            mock.patch.object(Database, "update", lambda self, job, names: None):
+            mock.patch.object(Database, "update", lambda self, job, names, also=(): None):
         rows.append(("  ... and without SQLite (insert + commit, update + commit)",
                      cpu(lambda: cylindria(access_log=False, hooks=False))))
         parsed = parse_workflow(body)
@@ -122,7 +122,7 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
     pipeline.stop()
     rows += _client_cpu(workflow, calls)
     lines = [f"in-process CPU per request (median of {repeats} runs of {calls}; ComfyUI's answer "
-             "stubbed in the apps)", "", f"{'':66} {'us':>6}"]
+             "canned in the apps)", "", f"{'':66} {'us':>6}"]
     lines += [f"{label:66} {seconds * 1e6:6.0f}" for label, seconds in rows]
     return "\n".join(lines)
 

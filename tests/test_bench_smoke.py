@@ -58,3 +58,15 @@ def test_a_group_selection_runs_both_backends():
         ("proxy", "real-cost")]
     assert [(g, b.name) for g, b in plan(list(COSTED), "instant")] == [
         ("proxy", "instant"), ("submit", "instant")]
+
+
+def test_the_profile_still_runs_every_part(tmp_path):
+    """`python -m bench.profile`, tiny: its pieces patch Cylindria's internals (a changed
+    signature broke the phases table once without a test noticing)."""
+    out = tmp_path / "startjob.prof"
+    run = subprocess.run([sys.executable, "-m", "bench.profile", "--calls", "20", "--repeats", "1",
+                          "--requests", "50", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=150)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "... and without SQLite" in run.stdout and "the floor's app" in run.stdout
+    assert out.stat().st_size > 0
