@@ -164,8 +164,8 @@ def _send(gpu: Gpu, job: Job, workflow: Workflow, assets: AssetStore | None) -> 
     resolved = resolve(workflow.prompt, assets) if assets is not None else {}
     if not resolved:
         return gpu.client.submit(workflow.payload(gpu.client_id, job.prompt_id))
-    payload = {"prompt": with_files(workflow.prompt, resolved), "client_id": gpu.client_id,
-               "prompt_id": job.prompt_id, "extra_data": workflow.extra_data}
+    payload = workflow.payload(gpu.client_id, job.prompt_id,
+                               with_files(workflow.prompt, resolved))
     place(gpu, assets, resolved.values())
     try:
         return gpu.client.submit(payload)

@@ -48,9 +48,11 @@ class Workflow:
     webhook: str | None = None  # the URL to tell when the job starts and ends
     asked_webhook: object = None  # a wrapped body's "webhook", as sent (checked by the caller)
 
-    def payload(self, client_id: str, prompt_id: str) -> dict:
-        """The body of POST /prompt: nothing but what ComfyUI needs to run and target it."""
-        return {"prompt": self.prompt, "client_id": client_id, "prompt_id": prompt_id,
+    def payload(self, client_id: str, prompt_id: str, prompt: dict | None = None) -> dict:
+        """The body of POST /prompt: nothing but what ComfyUI needs to run and target it
+        (`prompt`: these nodes instead, e.g. with asset references made file names)."""
+        return {"prompt": self.prompt if prompt is None else prompt, "client_id": client_id,
+                "prompt_id": prompt_id,
                 "extra_data": {**self.extra_data, **self.withheld} if self.withheld
                 else self.extra_data}
 

@@ -283,6 +283,18 @@ def test_partner_key_reaches_comfyui_and_is_not_stored(target, client):
     assert files_containing(target.data_dir, PARTNER_KEY.encode()) == []
 
 
+def test_partner_key_reaches_comfyui_with_an_asset_too(target, client, tmp_path):
+    """The usual partner-node job: an uploaded image, then a node that needs the key (an
+    asset makes the prompt another body: the key must go with it too)."""
+    (tmp_path / "in.png").write_bytes(small_picture(2)[0])
+    workflow = client.workflows.from_json(invert_graph())
+    workflow.set_input("1", "image", client.assets.from_file(tmp_path / "in.png"))
+    client.submit(workflow, api_key=PARTNER_KEY).result()
+    [post] = target.prompt_posts()
+    assert post.json["extra_data"]["api_key_comfy_org"] == PARTNER_KEY
+    assert files_containing(target.data_dir, PARTNER_KEY.encode()) == []
+
+
 def readme_example() -> str:
     """The Python block of the README's "Use it from comfy-sdk" section."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
