@@ -214,10 +214,11 @@ class ComfyClient:
                                    self.gpu_id)
         return response
 
-    def view_size(self, filename: str, subfolder: str, kind: str) -> int | None:
+    def view_size(self, filename: str, subfolder: str, kind: str,
+                  timeout: float | None = None) -> int | None:
         """The size of an output file (HEAD /view), or None if ComfyUI does not say."""
         params = {"filename": filename, "subfolder": subfolder, "type": kind}
-        response = self._request("HEAD", "/view", params=params)
+        response = self._request("HEAD", "/view", read_timeout=timeout, params=params)
         length = response.headers.get("Content-Length", "")
         if response.status_code != 200 or not length.isdigit():
             return None

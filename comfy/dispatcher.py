@@ -71,7 +71,9 @@ class Dispatcher:
         self._lock = threading.Lock()
         self._order: list[tuple] = []  # the held jobs' keys, sorted: the queue
         self._held: dict[str, Held] = {}
-        self._needs: dict[str, Needs] = {}  # of unfinished jobs seen held (read once, kept)
+        # What unfinished held jobs need, by job id, with the fingerprint of the workflow it
+        # was read from (a submission that lost a race for its id must not lend its needs).
+        self._needs: dict[str, tuple[str, Needs]] = {}
         self._next_expiry = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -134,10 +136,16 @@ class Dispatcher:
         with self._lock:
             return len(self._order)
 
-    def remember(self, job_id: str, needs: Needs) -> None:
+    def remember(self, job_id: str, fingerprint: str, needs: Needs) -> None:
         """What a job about to be held needs (known at submission: saves reading it back)."""
         with self._lock:
-            self._needs[job_id] = needs
+            self._needs[job_id] = (fingerprint, needs)
+
+    def forget(self, job_id: str, fingerprint: str) -> None:
+        """A submission that was refused: what it remembered goes (unless another took over)."""
+        with self._lock:
+            if self._needs.get(job_id, ("",))[0] == fingerprint:
+                del self._needs[job_id]
 
     def _observed(self, old: Job | None, new: Job) -> None:
         """Store observer: keep the queue in step with the jobs, and wake on room or work."""
@@ -172,15 +180,15 @@ class Dispatcher:
         """A held job's needs: remembered, or read from its stored workflow (after a restart
         or a requeue). A job whose workflow cannot be read can never be sent: it fails."""
         with self._lock:
-            needs = self._needs.get(job.job_id)
-        if needs is not None:
-            return needs
+            known = self._needs.get(job.job_id)
+        if known is not None and known[0] == job.fingerprint:
+            return known[1]
         workflow = self._workflow(job)
         if workflow is None:
             return None
         needs = needs_of(workflow.prompt)
         with self._lock:
-            self._needs[job.job_id] = needs
+            self._needs[job.job_id] = (job.fingerprint, needs)
         return needs
 
     def _workflow(self, job: Job):

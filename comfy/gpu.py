@@ -39,6 +39,7 @@ class Gpu:
         self._stats: dict | None = None
         self._stats_at = float("-inf")
         self.reachable: bool | None = None  # None until first asked
+        self.created_at = time.monotonic()  # when Cylindria began with this GPU
         self.websocket_connected = False
         self.running = 0
         self.pending = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mimetypes
 import threading
+import time
 from collections import OrderedDict
 
 from comfy.errors import ComfyError
@@ -26,25 +27,37 @@ def kind(filename: str) -> str:
     return next((name for prefix, name in KINDS if kind_of.startswith(prefix)), "file")
 
 
+ASK_TIMEOUT = 2.0  # seconds a HEAD /view may take: a request (GET /jobs/{id}) waits for it
+QUIET_AFTER_FAILURE = 30.0  # seconds a ComfyUI that failed one is not asked again
+
+
 class OutputSizes:
     """Output file sizes, each asked of ComfyUI (HEAD /view) the first time someone wants it
-    and remembered (an output file never changes), at most `limit` of them."""
+    and remembered (an output file never changes), at most `limit` of them. They are asked
+    while a client waits: a ComfyUI not known to answer, or that just failed to, is not asked
+    (the size reads unknown) rather than hold every request of a job with many outputs."""
 
-    def __init__(self, limit: int = 20000):
+    def __init__(self, limit: int = 20000, clock=time.monotonic):
         self.limit = limit
+        self.clock = clock
         self._lock = threading.Lock()
         self._sizes: OrderedDict[tuple, int] = OrderedDict()
+        self._quiet_until: dict[int, float] = {}  # by GPU index
 
     def size(self, gpu: Gpu | None, job_id: str, output: dict) -> int | None:
         """The file's size in bytes; None when its ComfyUI cannot say now."""
         key = (job_id, output["node_id"], output["filename"], output["subfolder"], output["type"])
         with self._lock:
             known = self._sizes.get(key)
-        if known is not None or gpu is None:
+        if known is not None or gpu is None or gpu.reachable is not True \
+                or self.clock() < self._quiet_until.get(gpu.index, float("-inf")):
             return known
         try:
-            size = gpu.client.view_size(output["filename"], output["subfolder"], output["type"])
+            size = gpu.client.view_size(output["filename"], output["subfolder"], output["type"],
+                                        timeout=ASK_TIMEOUT)
         except ComfyError:
+            with self._lock:
+                self._quiet_until[gpu.index] = self.clock() + QUIET_AFTER_FAILURE
             return None
         if size is not None:
             with self._lock:

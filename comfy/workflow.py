@@ -101,6 +101,22 @@ def workflow_of(prompt: dict, extra_data: dict, body: bytes | None = None) -> Wo
     return Workflow(prompt, extra_data, fingerprint(prompt), body, secrets, tuple(sorted(secrets)))
 
 
+def without_secrets(body: bytes) -> bytes:
+    """A body as a copy of it may be kept (--dev): the values of a wrapped body's credentials
+    replaced; a body that names one and is not JSON is not kept at all."""
+    if not any(name.encode() in body for name in SECRET_EXTRA_KEYS):
+        return body
+    try:
+        document = load_json(body)
+    except WorkflowError:
+        return b"(not JSON, and it names a credential: not kept)"
+    extra = document.get("extra_data") if isinstance(document, dict) else None
+    if isinstance(extra, dict):
+        document = {**document, "extra_data": {
+            k: "(withheld)" if k in SECRET_EXTRA_KEYS else v for k, v in extra.items()}}
+    return to_json(document)
+
+
 def parse_stored(body: bytes) -> Workflow:
     """A workflow read back from the job store: the names of the credentials left out of it
     are known, their values are not (comfy.withheld keeps those, in memory)."""

@@ -244,3 +244,46 @@ def test_an_auto_submission_just_after_start_waits_for_the_first_node_classes():
     down = Gpu(1, "http://127.0.0.1:10", "test-gpu1", client=GatedComfy())
     down.reachable = False  # known to refuse connections: nothing to wait for
     assert catalogues([down]) == []
+
+
+def test_a_comfyui_silent_since_long_after_the_start_is_not_waited_for():
+    """Reachability still unknown (never answered: hung, or answering garbage) well after the
+    start: a submission does not wait for classes that are not coming."""
+    from web.submission import START_WINDOW, catalogues
+    silent = Gpu(0, "http://127.0.0.1:9", "test-gpu0", client=GatedComfy())
+    silent.created_at -= START_WINDOW + 1
+
+    class NeverRead(threading.Event):
+        def wait(self, timeout=None):
+            raise AssertionError("waited for a GPU silent since long after the start")
+    silent.catalogue_tried = NeverRead()
+    assert catalogues([silent]) == []
+
+
+def test_a_submission_refused_for_a_full_queue_leaves_nothing_remembered(store, dispatcher):
+    from types import SimpleNamespace
+
+    from web.errors import ApiError
+    from web.submission import hold as hold_auto
+    context = SimpleNamespace(store=store, gpus=dispatcher.gpus, dispatcher=dispatcher,
+                              config=SimpleNamespace(max_queued=1))
+    hold_auto(context, "fits", parse_workflow(json.dumps(workflows.core("fits")).encode()), 0)
+    with pytest.raises(ApiError) as refused:
+        hold_auto(context, "refused", parse_workflow(json.dumps(workflows.core("r")).encode()), 0)
+    assert refused.value.status == 429
+    assert "refused" not in dispatcher._needs and store.get("refused") is None
+
+
+def test_a_submission_that_lost_the_race_for_its_id_lends_the_winner_no_needs(store, dispatcher):
+    """Two submissions of one job id with different workflows: both remember their needs
+    before either is held, the loser last. The held job's needs are its own workflow's."""
+    from comfy.catalogue import needs_of
+    winner = parse_workflow(json.dumps(workflows.core("winner")).encode())
+    loser = parse_workflow(json.dumps({"1": {"class_type": "OnlyOnGpu9", "inputs": {}}}).encode())
+    dispatcher.remember("contested", winner.fingerprint, needs_of(winner.prompt))
+    dispatcher.remember("contested", loser.fingerprint, needs_of(loser.prompt))
+    job, created = hold_job(store, "contested", winner, priority=0, max_queued=100)
+    assert created
+    assert dispatcher._needs_of(job) == needs_of(winner.prompt)
+    dispatcher.forget("contested", loser.fingerprint)  # its refusal takes nothing of the winner's
+    assert dispatcher._needs_of(job) == needs_of(winner.prompt)

@@ -148,3 +148,21 @@ def test_dev_mode_saves_the_exact_body(fakes, tmp_path):
         response = Api(service.url).put("/startjob/dev-job", data=raw)
     assert response.status_code == 201
     assert (tmp_path / "dev" / "dev-job.json").read_bytes() == raw
+
+
+def test_dev_mode_never_keeps_a_partner_key(fakes, tmp_path):
+    secret = "comfyui-partner-secret-0123456789"
+    body = {"prompt": workflows.core("dev-partner"), "extra_data": {"api_key_comfy_org": secret,
+                                                                    "note": "kept"}}
+    with Service(make_config(fakes, tmp_path, dev=True)) as service:
+        api = Api(service.url)
+        assert api.put("/startjob/dev-partner", json=body).status_code == 201
+        assert api.put("/startjob/dev-broken", data=b'{"api_key_comfy_org": "' +
+                       secret.encode() + b'", oops').status_code == 400
+        [post] = [r for r in fakes[0].requests() if r.method == "POST" and r.path == "/prompt"]
+        assert post.json["extra_data"]["api_key_comfy_org"] == secret  # ComfyUI still gets it
+    kept = json.loads((tmp_path / "dev" / "dev-partner.json").read_bytes())
+    assert kept["extra_data"] == {"api_key_comfy_org": "(withheld)", "note": "kept"}
+    assert kept["prompt"] == body["prompt"]
+    for copy in (tmp_path / "dev").iterdir():
+        assert secret.encode() not in copy.read_bytes(), copy.name

@@ -11,6 +11,7 @@ from hypothesis import given, strategies as st
 
 from comfy.database import JOBS_TABLE, Database
 from comfy.events import finish
+from comfy.errors import ComfyTimeout
 from comfy.jobs import Job, JobStatus
 from comfy.store import JobStore
 from comfy.withheld import WithheldSecrets
@@ -18,7 +19,7 @@ from comfy.workflow import WITHHELD, parse_stored, parse_workflow, workflow_of
 from tests import workflows
 from web.results import parse_range, satisfiable
 from web.v2.errors import envelope
-from web.v2.shapes import error, output_id, parse_output_id, status
+from web.v2.shapes import Shapes, error, output_id, parse_output_id, status
 
 KEY = "partner-secret-value"
 
@@ -62,6 +63,16 @@ def job_in(state: JobStatus, **fields) -> Job:
     (JobStatus.FAILED, "failed"), (JobStatus.CANCELLED, "canceled"), (JobStatus.LOST, "failed")])
 def test_every_status_reads_as_a_v2_status(state, v2):
     assert status(job_in(state)) == v2
+
+
+@pytest.mark.parametrize("state, held_position, expected", [
+    (JobStatus.HELD, 4, 4), (JobStatus.QUEUED, None, 2), (JobStatus.SUBMITTING, None, None),
+    (JobStatus.RUNNING, None, None), (JobStatus.COMPLETED, None, None)])
+def test_the_queue_position_is_cylindrias_for_a_held_job_and_comfyuis_for_a_queued_one(
+        state, held_position, expected):
+    job = job_in(state, queue_position=2, submitted_at=1.0)
+    assert Shapes("http://h/", 60.0, None, []).summary(job, held_position)["queue_position"] \
+        == expected
 
 
 def test_a_running_job_asked_to_cancel_reads_canceling():
@@ -181,3 +192,35 @@ def test_an_older_database_gets_the_labels_column_and_keeps_its_rows(tmp_path):
     reopened = Database(path)
     assert {job.job_id: job.labels for job in reopened.load()} == {"old": None, "new": {"team": "a"}}
     reopened.close()
+
+
+# -- output sizes: asked of ComfyUI while a client waits -----------------------------------------
+class SizedComfy:
+    def __init__(self):
+        self.asked, self.fail = 0, False
+
+    def view_size(self, filename, subfolder, kind, timeout=None):
+        self.asked += 1
+        assert timeout is not None and timeout <= 2.0  # a request waits for it
+        if self.fail:
+            raise ComfyTimeout("no answer", 0, may_have_run=False)
+        return 1234
+
+
+def test_an_output_size_is_asked_once_and_only_of_a_comfyui_known_to_answer():
+    from types import SimpleNamespace
+
+    from comfy.outputs import QUIET_AFTER_FAILURE, OutputSizes
+    now = [100.0]
+    sizes, comfy = OutputSizes(clock=lambda: now[0]), SizedComfy()
+    gpu = SimpleNamespace(index=0, reachable=None, client=comfy)
+    output = {"node_id": "9", "filename": "a.png", "subfolder": "", "type": "output"}
+    assert sizes.size(gpu, "j", output) is None and comfy.asked == 0  # not known to answer
+    gpu.reachable, comfy.fail = True, True
+    assert sizes.size(gpu, "j", output) is None and comfy.asked == 1
+    assert sizes.size(gpu, "j", {**output, "filename": "b.png"}) is None
+    assert comfy.asked == 1  # it just failed: not asked again at once, for any file
+    now[0] += QUIET_AFTER_FAILURE
+    comfy.fail = False
+    assert sizes.size(gpu, "j", output) == 1234 and comfy.asked == 2
+    assert sizes.size(gpu, "j", output) == 1234 and comfy.asked == 2  # remembered

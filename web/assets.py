@@ -7,6 +7,7 @@ from comfy.assets import Asset, AssetTooLarge, HashMismatch, UploadCut
 from comfy.status import iso_time
 from web.context import ctx
 from web.errors import ApiError
+from web.lookup import visible
 
 bp = Blueprint("assets", __name__)
 
@@ -110,11 +111,17 @@ def remove(asset: Asset) -> Asset:
     """Delete an asset, unless an unfinished job needs it (409 asset_in_use)."""
     context = ctx()
     users = context.asset_users(asset)
-    if users:
+    if users:  # a key limited to its own jobs is not told the ids of others'
+        shown = [job_id for job_id in users if _visible_id(job_id)]
         raise ApiError(409, "asset_in_use", "an unfinished job needs this asset",
-                       {"job_ids": users[:20]})
+                       {"job_ids": shown[:20]})
     context.assets.delete(asset)
     return asset
+
+
+def _visible_id(job_id: str) -> bool:
+    job = ctx().store.get(job_id)
+    return job is not None and visible(job)
 
 
 def known_asset(asset_id: str) -> Asset:

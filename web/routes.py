@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 from comfy.cancel import JobFinished, cancel_anywhere
 from comfy.encoding import to_json
 from comfy.submit import JobIdConflict, submit_job
-from comfy.workflow import parse_workflow
+from comfy.workflow import parse_workflow, without_secrets
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
 from web.lookup import held_position, known_job, listed_by, submitter, visible, webhook_state
@@ -36,7 +36,7 @@ def startjob(job_id: str):
     gpu_id = gpu_id_param(len(context.gpus), raw_gpu_param(), word="auto")
     body = request.get_data(cache=False)
     if context.config.dev:
-        save_dev_copy(context.config.dev_save_dir, job_id, body)
+        save_dev_copy(context.config.dev_save_dir, job_id, without_secrets(body))
     priority = priority_param()
     workflow = parse_workflow(body)
     workflow = with_webhook(context, workflow, request.args.get("webhook"), workflow.asked_webhook)

@@ -15,6 +15,9 @@ from webhooks.address import InvalidWebhook
 
 QUEUE_FULL_RETRY = 5  # seconds a client is told to wait when Cylindria's queue is full
 FIRST_CATALOGUE_WAIT = 5.0  # seconds a GpuId=auto submission waits for the first node classes
+# ... and only this long after the start: a ComfyUI that has never answered since (hung, or
+# answering garbage) is not waited for by every submission, for as long as that lasts.
+START_WINDOW = 60.0
 
 
 @contextmanager
@@ -63,14 +66,18 @@ def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict |
     existing = context.store.get(job_id)
     if existing is None:  # a retry is answered whatever the GPUs look like now
         check_workflow(workflow.prompt, catalogues(context.gpus))
-        context.dispatcher.remember(job_id, needs_of(workflow.prompt))
+        context.dispatcher.remember(job_id, workflow.fingerprint, needs_of(workflow.prompt))
     try:
         return hold_job(context.store, job_id, workflow, priority, context.config.max_queued,
                         labels, submitted_by)
     except QueueFull as exc:
+        context.dispatcher.forget(job_id, workflow.fingerprint)
         raise ApiError(429, "queue_full", f"Cylindria's queue is full ({exc.limit} jobs held); "
                        "try again later", {"max_queued": exc.limit},
                        headers={"Retry-After": str(QUEUE_FULL_RETRY)}) from None
+    except BaseException:  # another workflow won this id, say: what we remembered goes
+        context.dispatcher.forget(job_id, workflow.fingerprint)
+        raise
 
 
 def with_webhook(context, workflow: Workflow, *given) -> Workflow:
@@ -96,8 +103,10 @@ def catalogues(gpus) -> list:
     after a start, a GPU not known to be down may not have had its classes read yet (or not
     even its first answer, under load): the submission then waits for that first read
     (briefly), rather than hold a workflow no GPU could run unchecked."""
-    deadline = time.monotonic() + FIRST_CATALOGUE_WAIT
+    now = time.monotonic()
+    deadline = now + FIRST_CATALOGUE_WAIT
     for gpu in gpus:
-        if gpu.reachable is not False and gpu.catalogue is None:
+        if gpu.reachable is not False and gpu.catalogue is None \
+                and now - gpu.created_at < START_WINDOW:
             gpu.catalogue_tried.wait(max(0.0, deadline - time.monotonic()))
     return [gpu.catalogue for gpu in gpus if gpu.reachable and gpu.catalogue is not None]

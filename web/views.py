@@ -10,11 +10,8 @@ def job_view(job: Job, held_position: int | None = None, webhook: dict | None = 
     """A job as /jobstatus shows it; a held job's place in Cylindria's queue and the state of
     its webhook's deliveries are the caller's to give (the dispatcher keeps the queue's
     order, the webhook outbox the deliveries)."""
-    held = job.status is JobStatus.HELD
     view = {"job_id": job.job_id, "gpu_id": job.gpu_id, "prompt_id": job.prompt_id,
-            "status": job.status.public,
-            "queue_position": held_position if held else
-            job.queue_position if job.status is JobStatus.QUEUED else None,
+            "status": job.status.public, "queue_position": queue_position(job, held_position),
             "progress": job.progress(),
             "submitted_at": iso_time(job.submitted_at), "started_at": iso_time(job.started_at),
             "finished_at": iso_time(job.finished_at), "error": job.error,
@@ -28,6 +25,14 @@ def job_view(job: Job, held_position: int | None = None, webhook: dict | None = 
     if job.submitted_by is not None:
         view["submitted_by"] = job.submitted_by
     return view
+
+
+def queue_position(job: Job, held_position: int | None) -> int | None:
+    """Where a waiting job stands: a held job in Cylindria's queue (`held_position`, the
+    dispatcher's), a queued one in its ComfyUI's; None for any other."""
+    if job.status is JobStatus.HELD:
+        return held_position
+    return job.queue_position if job.status is JobStatus.QUEUED else None
 
 
 def accepted_view(job: Job, held_position: int | None = None, webhook: dict | None = None) -> dict:

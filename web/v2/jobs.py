@@ -23,13 +23,14 @@ from web.submission import accepting, hold, with_webhook
 from web.v2.errors import invalid_request, not_found
 from web.v2.headers import idempotency_key
 from web.v2.shapes import STATUS, TERMINAL, progress, shapes_now, status
+from web.views import queue_position
 
 bp = Blueprint("v2_jobs", __name__)
 bp.before_request(wait_until_reconciled)
 
 SETTLE_WAIT = 90.0  # seconds a cancel waits for a submission still under way
-# Idempotency keys name jobs: the same key is the same job id, so the store's own
-# exactly-once (same id, same workflow: the job; another workflow: refused) does the rest.
+# Idempotency keys name jobs: the same client's same key is the same job id, so the store's
+# own exactly-once (same id, same workflow: the job; another workflow: refused) does the rest.
 IDEMPOTENCY_NAMESPACE = uuid.UUID("6c1d3a1e-4f0b-5a51-9c8e-3f2b7d0c9a11")
 MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 16, 64, 512
 LABEL_KEY = re.compile(r"[A-Za-z0-9_.:/-]{1,%d}" % MAX_LABEL_KEY)
@@ -56,11 +57,13 @@ def submit():
     labels, priority = _labels(document.get("metadata")), _priority(document.get("priority"))
     workflow = with_webhook(context, workflow_of(graph, _extra_data(document.get("extra_data"))),
                             document.get("webhook_url"), request.args.get("webhook"))
-    key = idempotency_key()
-    job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, key) if key else uuid.uuid4())
+    key, client = idempotency_key(), submitter()
+    # A key is the client's own: two clients choosing the same key submit two jobs.
+    job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{client or ''}\0{key}") if key
+                 else uuid.uuid4())
     try:
         with accepting(context, job_id, workflow):
-            job, created = hold(context, job_id, workflow, priority, labels, submitter())
+            job, created = hold(context, job_id, workflow, priority, labels, client)
     except JobIdConflict:
         raise _key_reused() from None
     if not created and ((job.labels or {}) != labels or job.priority != priority
@@ -163,9 +166,8 @@ def events(job_id: str):
         shown_outputs[0] = len(job.outputs)
         snapshot = progress(job)
         if kind == "status":
-            position = context.dispatcher.position(job.job_id) \
-                if job.status is JobStatus.HELD else \
-                job.queue_position if job.status is JobStatus.QUEUED else None
+            position = queue_position(job, context.dispatcher.position(job.job_id)
+                                      if job.status is JobStatus.HELD else None)
             frames.append(event("status", {"status": status(job), "queue_position": position}))
             if snapshot is not None and status(job) not in TERMINAL:
                 frames.append(event("progress", snapshot))

@@ -15,6 +15,7 @@ from comfy.jobs import Job, JobStatus
 from comfy.outputs import content_type, kind
 from comfy.status import iso_time
 from web.context import ctx
+from web.views import queue_position
 
 PREFIX = "/api/v2"
 STATUS = {JobStatus.HELD: "queued", JobStatus.SUBMITTING: "queued", JobStatus.QUEUED: "queued",
@@ -63,9 +64,9 @@ class Shapes:
         """When retention removes the job: from its end (an unfinished job: at least this)."""
         return (job.finished_at or time.time()) + self.retention
 
-    def job(self, job: Job, queue_position: int | None) -> dict:
-        """GET /jobs/{id}: the whole job."""
-        view = self.summary(job, queue_position)
+    def job(self, job: Job, held_position: int | None) -> dict:
+        """GET /jobs/{id}: the whole job (`held_position`: its place in Cylindria's queue)."""
+        view = self.summary(job, held_position)
         view.update({
             "expires_at": iso_time(self.expires(job)),
             "progress": progress(job),
@@ -74,7 +75,7 @@ class Shapes:
         })
         return view
 
-    def summary(self, job: Job, queue_position: int | None) -> dict:
+    def summary(self, job: Job, held_position: int | None) -> dict:
         """A job in a list (no outputs: a lighter shape, as comfy-sdk expects)."""
         link = f"{PREFIX}/jobs/{job.job_id}"  # host-relative: right behind any proxy
         update = max(t for t in (job.submitted_at, job.started_at, job.finished_at) if t)
@@ -82,8 +83,7 @@ class Shapes:
                 "created_at": iso_time(job.submitted_at), "started_at": iso_time(job.started_at),
                 "completed_at": iso_time(job.finished_at),
                 "create_time": iso_time(job.submitted_at), "update_time": iso_time(update),
-                "queue_position": queue_position if not job.status.finished and
-                job.status is not JobStatus.RUNNING else None,
+                "queue_position": queue_position(job, held_position),
                 "error": error(job), "metadata": dict(job.labels or {}), "priority": job.priority,
                 "gpu_id": job.gpu_id, "attempts": job.attempts,
                 "urls": {"self": link, "events": f"{link}/events", "cancel": f"{link}/cancel"}}
