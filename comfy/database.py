@@ -179,8 +179,13 @@ class Database:
             f"DELETE FROM jobs WHERE {where} AND finished_at IS NOT NULL AND finished_at < ? "
             f"AND status IN ({_FINISHED_MARKS}) RETURNING gpu_id, status, job_id",
             (*values, cutoff, *_FINISHED_VALUES)).fetchall()
-        self._conn.executemany("DELETE FROM workflows WHERE job_id = ?",
-                               [(job_id,) for _, _, job_id in rows])
+        job_ids = [(job_id,) for _, _, job_id in rows]
+        self._conn.executemany("DELETE FROM workflows WHERE job_id = ?", job_ids)
+        if self._has_table("webhook_outbox"):
+            # Its delivered and given-up events go with it; one still due stays, to be tried
+            # for the day the contract promises, and goes once settled (webhooks/outbox.py).
+            self._conn.executemany(
+                "DELETE FROM webhook_outbox WHERE job_id = ? AND due_at IS NULL", job_ids)
         deleted = Counter((gpu, _STATUS[status]) for gpu, status, _ in rows)
         for (gpu, status), n in deleted.items():
             self._conn.execute(
@@ -188,6 +193,11 @@ class Database:
                 "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
                 (f"retired:{NO_GPU if gpu is None else gpu}:{status.value}", n))
         return deleted
+
+    def _has_table(self, name: str) -> bool:
+        """Whether the database has this table (the webhook outbox creates its own)."""
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                  (name,)).fetchone() is not None
 
     @contextmanager
     def _transaction(self):

@@ -1,4 +1,5 @@
-"""The retention sweep: finished jobs older than --retention leave memory and the database."""
+"""The retention sweep: finished jobs older than --retention leave memory and the database,
+with their workflows and their settled webhook events."""
 from __future__ import annotations
 
 import logging

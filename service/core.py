@@ -44,8 +44,7 @@ def build_context(config: Config) -> Context:
                             data_dir=config.data_dir, secret_file=config.webhook_secret_file,
                             comfy_base_url=config.comfy_base_url, gpus=config.gpus,
                             allow_private=config.webhook_allow_private,
-                            delays=config.webhook_delays, give_up_after=config.webhook_give_up,
-                            keep_for=config.retention)
+                            delays=config.webhook_delays, give_up_after=config.webhook_give_up)
     except BadSecret as exc:
         assets.close()
         store.close()

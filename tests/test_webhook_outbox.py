@@ -3,12 +3,14 @@ the status change that causes it, or not at all."""
 from __future__ import annotations
 
 import sqlite3
+import time
 
 import pytest
 
 from comfy.database import Database
 from comfy.events import finish
 from comfy.jobs import Job, JobStatus
+from comfy.retention import RetentionSweep
 from comfy.store import JobStore
 from webhooks.outbox import Outbox, shown_url
 from webhooks.schedule import DELAYS, GIVE_UP_AFTER, JITTER, next_try
@@ -83,7 +85,6 @@ def test_settled_events_sum_up_in_the_view(path):
         "url": "https://receiver.example/h", "events": 2, "delivered": False, "attempts": 3,
         "given_up": True, "last_error": "ConnectionRefused"}
     assert outbox.depth() == 0 and outbox.next_due() is None
-    assert outbox.prune(before=float("inf")) == 2
 
 
 def test_due_skips_events_being_tried(path):
@@ -126,3 +127,32 @@ def test_a_job_that_never_ran_sends_only_its_end(path):
     queued_job(store)
     store.change("j", finish(JobStatus.CANCELLED))
     assert [e.event for e in outbox.due(float("inf"), 10)] == ["job.cancelled"]
+
+
+def test_the_retention_sweep_takes_a_jobs_settled_events_with_it_and_delivers_a_pending_one(path):
+    """Settled events leave in the sweep's transaction with their job; one still due is not
+    lost with it: it is tried on (the contract's day of retries), and goes once settled."""
+    store, outbox = stored(path)
+    day = 86400.0
+    for job_id in ("settled", "pending"):
+        queued_job(store, job_id)
+        store.change(job_id, finish(JobStatus.COMPLETED, when=time.time() - 2 * day))
+    settled, pending = outbox.due(float("inf"), 10)
+    outbox.delivered(settled.id, time.time())
+    sweep = RetentionSweep(store, path, day)
+    try:
+        assert sweep.sweep_once() == 2 and store.get("pending") is None
+        assert rows(path) == [pending.id]
+        assert [e.id for e in outbox.due(float("inf"), 10)] == [pending.id]
+        outbox.delivered(pending.id, time.time())  # its job is gone: nothing else would remove it
+        assert rows(path) == []
+    finally:
+        sweep.stop()
+        outbox.close()
+        store.close()
+
+
+def rows(path) -> list[str]:
+    """The ids of every event in the outbox, settled or not."""
+    with sqlite3.connect(str(path)) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM webhook_outbox")]

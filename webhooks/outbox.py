@@ -55,6 +55,7 @@ class Event:
     body: bytes
     created_at: float
     attempts: int
+    due_at: float | None = None
 
 
 def shown_url(url: str) -> str:
@@ -103,14 +104,26 @@ class Outbox:
             self.wake.set()
 
     # -- the sender's side --------------------------------------------------------------------
-    def due(self, now: float, limit: int, skip: set | frozenset = frozenset()) -> list[Event]:
-        """Events due by `now`, oldest first, but those in `skip` (being tried now)."""
+    def due(self, now: float, limit: int, skip: set | frozenset = frozenset(), *,
+            after: tuple | None = None, jobs: set | frozenset = frozenset(),
+            urls: set | frozenset = frozenset()) -> list[Event]:
+        """Up to `limit` events due by `now`, oldest first, but those in `skip` (being tried
+        now), of the `jobs` or to the `urls` given; `after`: the (due_at, id) of the last
+        event of the page before."""
+        where, values = ["due_at IS NOT NULL AND due_at <= ?"], [now]
+        if after is not None:
+            where.append("(due_at, id) > (?, ?)")
+            values.extend(after)
+        for column, left_out in (("id", skip), ("job_id", jobs), ("url", urls)):
+            if left_out:
+                where.append(f"{column} NOT IN ({', '.join('?' * len(left_out))})")
+                values.extend(left_out)
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, job_id, url, event, body, created_at, attempts FROM webhook_outbox "
-                "WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
-                (now, limit + len(skip))).fetchall()
-        return [Event(*row) for row in rows if row[0] not in skip][:limit]
+                "SELECT id, job_id, url, event, body, created_at, attempts, due_at "
+                f"FROM webhook_outbox WHERE {' AND '.join(where)} ORDER BY due_at, id LIMIT ?",
+                (*values, limit)).fetchall()
+        return [Event(*row) for row in rows]
 
     def next_due(self) -> float | None:
         """When the earliest undelivered event is due, or None if none waits."""
@@ -128,23 +141,27 @@ class Outbox:
         self._settle("due_at = NULL, given_up_at = ?, last_error = ?", (now, error), event_id)
 
     def _settle(self, assignments: str, values: tuple, event_id: str) -> None:
-        """Record one try's outcome (each try counts as an attempt)."""
+        """Record one try's outcome (each try counts as an attempt). A settled event whose job
+        the retention sweep removed while it was due goes at once: nothing else would remove it
+        (the sweep takes a job's settled events with the job: comfy/database.py)."""
         with self._lock:
-            self._conn.execute(f"UPDATE webhook_outbox SET {assignments}, attempts = attempts + 1 "
-                               "WHERE id = ?", (*values, event_id))
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.execute(f"UPDATE webhook_outbox SET {assignments}, "
+                                   "attempts = attempts + 1 WHERE id = ?", (*values, event_id))
+                self._conn.execute(
+                    "DELETE FROM webhook_outbox WHERE id = ? AND due_at IS NULL AND NOT EXISTS "
+                    "(SELECT 1 FROM jobs WHERE jobs.job_id = webhook_outbox.job_id)", (event_id,))
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
 
     def depth(self) -> int:
         """Events not yet delivered nor given up."""
         with self._lock:
             return self._conn.execute(
                 "SELECT COUNT(*) FROM webhook_outbox WHERE due_at IS NOT NULL").fetchone()[0]
-
-    def prune(self, before: float) -> int:
-        """Forget settled events older than `before` (their jobs leave with the retention)."""
-        with self._lock:
-            return self._conn.execute(
-                "DELETE FROM webhook_outbox WHERE due_at IS NULL AND created_at < ?",
-                (before,)).rowcount
 
     # -- the job view's side ------------------------------------------------------------------
     def summary(self, job: Job) -> dict | None:

@@ -5,18 +5,19 @@ Each try checks the receiver's address again (webhooks/address.py): a name that 
 public address at submission may resolve to a private one now. The connection then goes to
 the very address that was checked (one urllib3 pool per receiver address, TLS still verified
 against the URL's host name), so DNS cannot swap it between the check and the connection.
-Deliveries run on a few worker threads; the job store is never touched, so tracking never
-waits for a receiver.
+Deliveries run on a few worker threads, each try within a deadline; the job store is never
+touched, so tracking never waits for a receiver.
 """
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor, wait as wait_for_futures
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Callable, Iterator
 from urllib.parse import urlsplit
 
 import certifi
@@ -30,10 +31,13 @@ from webhooks.schedule import DELAYS, GIVE_UP_AFTER, next_try
 logger = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT, READ_TIMEOUT = 3.0, 10.0
+DEADLINE = 15.0  # seconds a whole try may take: the read timeout bounds each read, not the sum
 WORKERS = 8
 PER_RECEIVER = 4  # tries at once to one receiver: a slow one leaves workers for the others
-READ_LIMIT = 65536  # bytes of a receiver's answer read (and ignored)
-PRUNE_EVERY = 600.0  # seconds between removals of long-settled events
+PAGE = 32  # due events read at a time, reading on past those whose receiver or job is busy
+MAX_POOLS = 64  # receiver addresses whose connections are kept; the least recently used go
+KEEP_ANSWER = 1024  # an answer this short (by its Content-Length) is read to keep the connection
+HOLD_AFTER_DB_ERROR = 30.0  # seconds an event whose outcome could not be recorded is not tried
 
 
 class WebhookSender:
@@ -41,7 +45,7 @@ class WebhookSender:
 
     def __init__(self, outbox: Outbox, secret: str, *, allow_private: bool = False,
                  comfy: frozenset = frozenset(), delays: tuple = DELAYS,
-                 give_up_after: float = GIVE_UP_AFTER, keep_for: float = 30 * 86400.0,
+                 give_up_after: float = GIVE_UP_AFTER, deadline: float = DEADLINE,
                  tick: float = 1.0, clock: Callable[[], float] = time.time, resolve=None):
         self.outbox = outbox
         self._signer = Webhook(secret)
@@ -49,23 +53,25 @@ class WebhookSender:
         self.comfy = comfy
         self.delays = delays
         self.give_up_after = give_up_after
-        self.keep_for = keep_for
+        self.deadline = deadline
         self.tick = tick
         self.clock = clock
         self.resolve = resolve
         self.counts: Counter = Counter()  # delivered, failed_attempts, given_up
         self.on_delivered: Callable[[float], None] | None = None  # seconds from the event
         self._lock = threading.Lock()
-        self._trying: set[str] = set()  # event ids being tried now
+        self._trying: dict[str, str] = {}  # event id -> URL, of the tries under way
         # Jobs with an event being tried: their next event waits for that try to end, so a
         # receiver that answers gets a job's events in order (started before completed). An
         # event that failed does not hold the next one back while it waits for its retry.
         self._jobs_trying: set[str] = set()
         self._per_receiver: Counter = Counter()  # origin -> tries under way
-        self._pools: dict[tuple, urllib3.HTTPConnectionPool] = {}
+        self._held: dict[str, float] = {}  # event id -> when it may be tried again
+        self._cutters: set[_Cutter] = set()  # of the tries under way, for stop()
+        self._futures: set[Future] = set()
+        self._pools: OrderedDict[tuple, urllib3.HTTPConnectionPool] = OrderedDict()
         self._workers = ThreadPoolExecutor(WORKERS, thread_name_prefix="cylindria-webhook")
         self._stop = threading.Event()
-        self._next_prune = 0.0
         self._thread = threading.Thread(target=self.run, name="cylindria-webhooks", daemon=True)
 
     def start(self) -> None:
@@ -73,25 +79,40 @@ class WebhookSender:
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Stop taking events; tries under way end with their timeouts, in the background
-        (an event whose try did not finish stays due and is sent again: at least once)."""
+        """Stop taking events and cut the tries under way short, all within `timeout` (an
+        event whose try did not finish stays due and is sent again: at least once)."""
+        until = time.monotonic() + timeout
         self._stop.set()
         self.outbox.wake.set()
         if self._thread.ident is not None:
             self._thread.join(timeout)
         self._workers.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            cutters, futures = list(self._cutters), list(self._futures)
+        for cutter in cutters:
+            cutter.cut()
+        # Waited for, so that their outcomes are written before the outbox closes.
+        unfinished = wait_for_futures(futures, max(0.0, until - time.monotonic())).not_done
+        if self._thread.is_alive() or unfinished:
+            logger.warning("webhook sender did not stop in %.1fs (%d tries under way)", timeout,
+                           len(unfinished))
+        with self._lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            pool.close()
 
     def run(self) -> None:
         """Deliver until stopped: at once when an event is committed, else at the next due."""
         while not self._stop.is_set():
             self.outbox.wake.clear()
-            started = 0
             try:
                 started = self.deliver_once(wait=False)
-                self._prune()
-            except Exception:
+                pause = self._idle(blocked=not started)
+            except Exception:  # a locked or full database: the thread lives on, asks again later
                 logger.exception("webhook delivery pass failed")
-            self.outbox.wake.wait(self._idle(blocked=not started))
+                pause = self.tick
+            self.outbox.wake.wait(pause)
 
     def _idle(self, blocked: bool) -> float:
         """Seconds to sleep before the next pass; woken earlier by a new event or by the end of
@@ -104,42 +125,101 @@ class WebhookSender:
         return self.tick if blocked and wait == 0.0 else min(self.tick, wait)
 
     def deliver_once(self, wait: bool = True) -> int:
-        """Start a try of every due event not being tried; with `wait`, wait for those tries
-        and return how many were delivered, else return how many were started."""
-        with self._lock:
-            skip = set(self._trying)
-        events = self.outbox.due(self.clock(), WORKERS, skip)  # no more than can start
+        """Start a try of every due event that may start now (a worker free, its receiver
+        and its job not busy); with `wait`, wait for those tries and return how many were
+        delivered, else return how many were started."""
         started = []
-        for event in events:
+        for event in self._due():
             origin = _origin(event.url)
             with self._lock:
+                if len(self._trying) >= WORKERS:
+                    break
                 if self._per_receiver[origin] >= PER_RECEIVER or event.id in self._trying \
                         or event.job_id in self._jobs_trying:
                     continue
                 self._per_receiver[origin] += 1
-                self._trying.add(event.id)
+                self._trying[event.id] = event.url
                 self._jobs_trying.add(event.job_id)
-            try:
-                started.append(self._workers.submit(self._try, event, origin))
-            except RuntimeError:  # stopped meanwhile: the event stays due
-                self._done(event, origin)
+            future = self._submit(event, origin)
+            if future is None:
                 break
+            started.append(future)
         if not wait:
             return len(started)
         return sum(1 for future in started if future.result())
+
+    def _due(self) -> Iterator[Event]:
+        """The due events, oldest first, page by page, so that a backlog at a busy receiver
+        never hides another receiver's events; the SQL leaves out what surely cannot start."""
+        now, after = self.clock(), None
+        while True:
+            with self._lock:
+                self._held = {key: until for key, until in self._held.items() if until > now}
+                full = {origin for origin, n in self._per_receiver.items() if n >= PER_RECEIVER}
+                busy = {"skip": set(self._trying) | set(self._held),
+                        "jobs": set(self._jobs_trying),
+                        "urls": {url for url in self._trying.values() if _origin(url) in full}}
+            page = self.outbox.due(now, PAGE, after=after, **busy)
+            yield from page
+            if len(page) < PAGE:
+                return
+            after = (page[-1].due_at, page[-1].id)
+
+    def _submit(self, event: Event, origin: tuple) -> Future | None:
+        """Hand the try to a worker; None if stopped meanwhile (the event stays due)."""
+        try:
+            future = self._workers.submit(self._try, event, origin)
+        except RuntimeError:
+            self._done(event, origin)
+            return None
+        with self._lock:
+            self._futures.add(future)
+        future.add_done_callback(self._forget)
+        return future
+
+    def _forget(self, future: Future) -> None:
+        with self._lock:
+            self._futures.discard(future)
 
     def _try(self, event: Event, origin: tuple) -> bool:
         """One try of one event, its outcome recorded before the event may be picked again
         (else a pass in between would see it still due, and send it twice). True if delivered."""
         try:
-            try:
-                error = self._post(event)
-            except Exception as exc:  # a bug must not lose the event: it is tried again
-                logger.exception("webhook %s: try failed", event.id)
-                error = f"internal error: {type(exc).__name__}"
+            error = self._attempt(event)
+            if error is not None and self._stop.is_set():
+                return False  # cut short by stop(): not the receiver's failure, and still due
             return self._record(event, error)
+        except Exception:  # its outcome is not written (a locked or full database): were it
+            # picked again at once, it would be POSTed in a tight loop
+            with self._lock:
+                self._held[event.id] = self.clock() + HOLD_AFTER_DB_ERROR
+            logger.exception("webhook %s: its try could not be settled; not tried again for "
+                             "%.0fs", event.id, HOLD_AFTER_DB_ERROR)
+            return False
         finally:
             self._done(event, origin)
+
+    def _attempt(self, event: Event) -> str | None:
+        """POST the event within the deadline: None if the receiver took it, else why not."""
+        cutter = _Cutter(self.deadline)
+        with self._lock:
+            self._cutters.add(cutter)
+        if self._stop.is_set():  # stop() may have cut the others before this one was listed
+            cutter.cut()
+        _running.cutter = cutter
+        try:
+            error = self._post(event, cutter)
+        except Exception as exc:  # a bug must not lose the event: it is tried again
+            logger.exception("webhook %s: try failed", event.id)
+            error = f"internal error: {type(exc).__name__}"
+        finally:
+            _running.cutter = None
+            cutter.end()
+            with self._lock:
+                self._cutters.discard(cutter)
+        if error is not None and cutter.passed:
+            return f"no complete answer within {self.deadline:g}s"
+        return error
 
     def _record(self, event: Event, error: str | None) -> bool:
         """Settle one try: delivered, due again later, or given up."""
@@ -168,12 +248,12 @@ class WebhookSender:
 
     def _done(self, event: Event, origin: tuple) -> None:
         with self._lock:
-            self._trying.discard(event.id)
+            self._trying.pop(event.id, None)
             self._jobs_trying.discard(event.job_id)
             self._per_receiver[origin] -= 1
         self.outbox.wake.set()  # a job's next event, or a receiver's, may go now
 
-    def _post(self, event: Event) -> str | None:
+    def _post(self, event: Event, cutter: _Cutter) -> str | None:
         """POST the event, signed; None if the receiver took it (2xx), else why not."""
         try:
             target = check_webhook(event.url, allow_private=self.allow_private, comfy=self.comfy,
@@ -195,41 +275,134 @@ class WebhookSender:
                 preload_content=False, assert_same_host=False)
         except urllib3.exceptions.HTTPError as exc:
             return f"{type(exc).__name__}: {exc}"[:300]
-        try:  # the status is what counts; an answer read whole keeps its connection for reuse
-            whole = len(response.read(READ_LIMIT)) < READ_LIMIT
-        except urllib3.exceptions.HTTPError:
-            whole = False
-        if whole:
-            response.release_conn()
-        else:
-            response.close()
-        if 200 <= response.status < 300:
+        whole = not cutter.passed  # a head cut off by the deadline would read as complete
+        _let_go(response, whole)
+        if whole and 200 <= response.status < 300:
             return None
         return f"HTTP {response.status}"
 
     def _pool(self, target: Target) -> urllib3.HTTPConnectionPool:
-        """The connection pool to the address this try checked (kept per receiver)."""
+        """The connection pool to the address this try checked (kept per receiver address,
+        the least recently used closed beyond MAX_POOLS)."""
         address = target.addresses[0]
         key = (target.scheme, target.host, target.port, address)
         with self._lock:
             pool = self._pools.get(key)
             if pool is None:
                 if target.scheme == "https":
-                    pool = urllib3.HTTPSConnectionPool(
-                        address, target.port, maxsize=PER_RECEIVER, cert_reqs="CERT_REQUIRED",
-                        ca_certs=certifi.where(), server_hostname=target.host,
-                        assert_hostname=target.host)
+                    pool = _HTTPSPool(address, target.port, maxsize=PER_RECEIVER,
+                                      cert_reqs="CERT_REQUIRED", ca_certs=certifi.where(),
+                                      server_hostname=target.host, assert_hostname=target.host)
                 else:
-                    pool = urllib3.HTTPConnectionPool(address, target.port, maxsize=PER_RECEIVER)
+                    pool = _HTTPPool(address, target.port, maxsize=PER_RECEIVER)
                 self._pools[key] = pool
-            return pool
+            self._pools.move_to_end(key)
+            evicted = [self._pools.popitem(last=False)[1]
+                       for _ in range(len(self._pools) - MAX_POOLS)]
+        for old in evicted:  # its connections in use are closed when they come back
+            old.close()
+        return pool
 
-    def _prune(self) -> None:
-        """Now and then, forget events settled longer ago than jobs are kept."""
-        now = self.clock()
-        if now >= self._next_prune:
-            self._next_prune = now + PRUNE_EVERY
-            self.outbox.prune(now - self.keep_for)
+
+class _Cutter:
+    """Ends one try at its deadline (or at stop()) by shutting down its sockets: a shutdown
+    wakes a read blocked in the worker, where a close would not. It shuts duplicates of their
+    descriptors, so a descriptor the try closed and the OS gave to another socket is never hit."""
+
+    def __init__(self, seconds: float):
+        self.passed = False
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self._timer = threading.Timer(seconds, self.cut)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Cut this socket too (at once if the time is up already)."""
+        try:
+            duplicate = socket.fromfd(sock.fileno(), sock.family, sock.type)
+        except OSError:  # closed already: nothing to cut
+            return
+        with self._lock:
+            self._sockets.append(duplicate)
+            if self.passed:
+                _shut(duplicate)
+
+    def cut(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def end(self) -> None:
+        """The try is over: no cut any more, duplicates closed."""
+        self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+
+_running = threading.local()  # .cutter: the _Cutter of the try this worker thread runs
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # the peer or the try closed it already
+        pass
+
+
+class _Watched:
+    """A urllib3 connection that puts its socket under the running try's cutter: a new one
+    when it connects (before any TLS handshake), a kept one when it is used again."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        _watch(sock)
+        return sock
+
+    def request(self, *args, **kwargs):
+        if self.sock is not None:
+            _watch(self.sock)
+        return super().request(*args, **kwargs)
+
+
+def _watch(sock: socket.socket) -> None:
+    cutter = getattr(_running, "cutter", None)
+    if cutter is not None:
+        cutter.watch(sock)
+
+
+class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+def _let_go(response: urllib3.HTTPResponse, whole: bool) -> None:
+    """Done with an answer once its status is known: a whole short one, whose length is
+    declared, is read so its connection can serve the next try; any other is closed unread."""
+    length = response.length_remaining
+    if whole and length is not None and length <= KEEP_ANSWER:
+        try:
+            response.read()
+            response.release_conn()
+            return
+        except urllib3.exceptions.HTTPError:
+            pass
+    response.close()
+    response.release_conn()  # the pool's slot back; the closed connection reconnects if reused
 
 
 def _origin(url: str) -> tuple:

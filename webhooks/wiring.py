@@ -19,7 +19,7 @@ class Webhooks:
 
     def __init__(self, store: JobStore, db_path: Path, render: Callable[[Job], dict], *,
                  data_dir: Path, secret_file: Path | None, comfy_base_url: str, gpus: int,
-                 allow_private: bool, delays: tuple, give_up_after: float, keep_for: float):
+                 allow_private: bool, delays: tuple, give_up_after: float):
         self.secret: WebhookSecret = load_secret(data_dir, secret_file)
         self.allow_private = allow_private
         self.comfy = comfy_endpoints(comfy_base_url, gpus)
@@ -27,8 +27,7 @@ class Webhooks:
         store.commit_with(self.outbox.rows_for)
         store.observe(self.outbox.observed)
         self.sender = WebhookSender(self.outbox, self.secret.secret, allow_private=allow_private,
-                                    comfy=self.comfy, delays=delays, give_up_after=give_up_after,
-                                    keep_for=keep_for)
+                                    comfy=self.comfy, delays=delays, give_up_after=give_up_after)
 
     def check(self, url: str) -> Target:
         """A submission's webhook, checked (InvalidWebhook if Cylindria will not call it)."""
