@@ -3,6 +3,10 @@
 0700 for the dir and 0600 for the files where the OS has POSIX modes, whatever the umask,
 and tightened when an earlier version left them open. On Windows nothing is changed: the
 per-user data dir is already private to its user.
+
+A secret Cylindria makes itself (the API key, the webhook signing secret) is generated once
+and shown once: a mark beside it says it has not been shown yet, so a start that fails before
+showing it leaves that to the next.
 """
 from __future__ import annotations
 
@@ -10,18 +14,48 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Callable, TypeVar
 
 logger = logging.getLogger(__name__)
 
 POSIX = os.name == "posix"
 DIR_MODE = 0o700
 FILE_MODE = 0o600
+UNSHOWN_SUFFIX = ".unshown"  # beside a generated file not shown to the operator yet
+
+T = TypeVar("T")
 
 
 def write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only, in a private dir (where the OS has modes)."""
     private_dir(path.parent)
     private_file(path).write_text(text + "\n", encoding="utf-8")
+
+
+def generated_once(path: Path, make: Callable[[], str],
+                   read: Callable[[Path], T]) -> tuple[T, bool]:
+    """What `read` finds in the private file `path`, written with `make()` first when the file
+    is missing or `read` finds nothing in it; and whether the file is generated and not shown
+    yet (show_once shows it)."""
+    if tighten(path).exists():
+        found = read(path)
+        if found:
+            return found, _unshown(path).exists()
+    write_private(_unshown(path), "")  # first: a generated file is never kept without its mark
+    write_private(path, make())
+    return read(path), True
+
+
+def show_once(what: str, path: Path, text: str) -> None:
+    """Print a generated secret for the operator, with the file that keeps it, and mark it
+    shown: later starts only say where it is."""
+    print(f"Generated {what} (shown once; stored in {path}):\n  {text}", flush=True)
+    _unshown(path).unlink(missing_ok=True)
+
+
+def _unshown(path: Path) -> Path:
+    """The mark of a generated file not shown yet."""
+    return path.with_name(path.name + UNSHOWN_SUFFIX)
 
 
 def private_dir(path: Path) -> Path:

@@ -3,7 +3,9 @@
 The service runs `python cylindria.py` with the flags given at install (and the CYLINDRIA_*
 settings of the installing shell, written out as flags), pinned to absolute paths and an
 explicit data dir. The API key never goes into the unit or the service's command line: it is
-written to the data dir's key file, which Cylindria reads when no key is configured.
+written to the data dir's key file, which Cylindria reads when no key is configured. A key
+and a webhook signing secret that install generates are shown on the installing terminal,
+never by the service (whose console is the journal, or nothing on Windows).
 """
 from __future__ import annotations
 
@@ -15,16 +17,19 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from comfy.private import show_once, write_private
 from config.options import (OPTIONS, SWITCHES, Config, ConfigError, build_parser, default_data_dir,
                             load_config)
 from service import systemd, winservice
 from service.logs import LOG_FILE_NAME
-from web.auth import KEY_FILE_NAME, key_shown, resolve_keys, write_private
+from web.auth import KEY_FILE_NAME, resolve_keys
+from webhooks.secret import BadSecret, WebhookSecret, load_secret
 
 DESCRIPTIONS = {
     "install": "Install Cylindria as a service that starts at boot and runs with these flags "
                "(Windows: a Windows service; Linux: a systemd unit). The API key goes to the "
-               "data dir's key file, never into the service's definition.",
+               "data dir's key file, never into the service's definition; a generated key and "
+               "webhook signing secret are shown here, once.",
     "remove": "Stop and remove the service; the data dir (jobs, key, logs) stays.",
     "start": "Start the installed service.",
     "stop": "Stop the running service.",
@@ -124,6 +129,8 @@ def plan(args: argparse.Namespace, windows: bool, environ=os.environ) -> Plan:
     key_flags = [KEY_FLAG, settings[by_dest["api_keys"]]] if "api_keys" in by_dest else []
     config = load_config(flags + key_flags, {})
     refuse_key(" ".join(flags), config.api_keys)
+    if config.webhook_secret_file is not None:  # a bad one stops install before any write
+        webhook_secret(config)
     return Plan(config, flags)
 
 
@@ -144,13 +151,37 @@ def store_key(config: Config, user: str | None) -> None:
     else:
         setup = resolve_keys((), False, config.data_dir)
         if setup.generated:
-            print(f"Generated API key (shown once; stored in {path}):\n  {setup.keys[0]}")
-            key_shown(setup)
+            show_once("API key", path, setup.keys[0])
         else:
             print(f"API key: kept in {path}")
-    if user:  # the service's user must own its data, key included
-        for owned in (config.data_dir, path):
-            shutil.chown(owned, user=user)
+    give_to(user, config.data_dir, path)
+
+
+def store_secret(config: Config, user: str | None) -> None:
+    """Make the webhook signing secret the service signs with, here, so that it is shown on
+    this terminal and never by the service (an operator's --webhook-secret-file is only read)."""
+    secret = webhook_secret(config)
+    if secret.generated:
+        show_once("webhook signing secret", secret.path, secret.secret)
+    else:
+        print(f"Webhook signing secret: kept in {secret.path}")
+    if config.webhook_secret_file is None:
+        give_to(user, config.data_dir, secret.path)
+
+
+def webhook_secret(config: Config) -> WebhookSecret:
+    """The secret the service will sign with (generated in the data dir when there is none)."""
+    try:
+        return load_secret(config.data_dir, config.webhook_secret_file)
+    except BadSecret as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def give_to(user: str | None, *paths: Path) -> None:
+    """The service's user must own its data (no user: it runs as the installing one)."""
+    if user:
+        for path in paths:
+            shutil.chown(path, user=user)
 
 
 def key_note(args: argparse.Namespace, config: Config) -> str:
@@ -187,7 +218,7 @@ def describe(exc: BaseException) -> str:
 
 
 def install(args: argparse.Namespace, windows: bool, systemctl) -> int:
-    """Write the key file, then the Windows service or the systemd unit."""
+    """Write the key file and the webhook secret, then the Windows service or the systemd unit."""
     planned = plan(args, windows)
     if windows:
         if args.user or args.print_only:
@@ -195,6 +226,7 @@ def install(args: argparse.Namespace, windows: bool, systemctl) -> int:
                               "as LocalSystem (change it in services.msc)")
         winservice.require_pywin32()  # before anything is written
         store_key(planned.config, None)
+        store_secret(planned.config, None)
         winservice.install(planned.flags)
         return 0
     unit = systemd.render_unit([sys.executable, str(ENTRY), *planned.flags],
@@ -209,6 +241,7 @@ def install(args: argparse.Namespace, windows: bool, systemctl) -> int:
     else:
         print("note: the service will run as root; --user NAME runs it as that user")
     store_key(planned.config, args.user)
+    store_secret(planned.config, args.user)
     code = systemd.install(unit, args.unit_path, systemctl)
     if code == 0:
         print(f"enabled at boot; start it now with: {sys.executable} {ENTRY} service start")

@@ -12,13 +12,12 @@ from waitress.parser import HTTPRequestParser
 from waitress.utilities import RequestEntityTooLarge
 from waitress.task import ErrorTask
 
+from comfy.private import show_once
 from config.options import Config
 from service.core import build_context
 from service.logs import AccessLog, access_logger, log_access
 from web.app import create_app
-from web.auth import key_shown
 from web.errors import error_body
-from webhooks.secret import secret_shown
 
 logger = logging.getLogger(__name__)
 
@@ -194,11 +193,9 @@ def announce_keys(service) -> None:
         logger.warning("AUTHENTICATION IS OFF (--no-auth): anyone who can reach port %d can "
                        "run workflows on these GPUs", service.port)
     elif keys.generated:
-        print(f"Generated API key (shown once; stored in {keys.key_file}):\n  {keys.keys[0]}",
-              flush=True)
+        show_once("API key", keys.key_file, keys.keys[0])
         # A service has no console to print to: its log says where to read the new key.
         logger.info("API key: generated and stored in %s", keys.key_file)
-        key_shown(keys)
     elif keys.key_file is not None:
         logger.info("API key: read from %s", keys.key_file)
     else:
@@ -208,12 +205,11 @@ def announce_keys(service) -> None:
 
 def announce_webhook_secret(secret) -> None:
     """Print a newly generated webhook signing secret once (receivers verify with it); later
-    starts only log where it is. The secret itself never goes to the log."""
+    starts only log where it is. The secret itself never goes to the log. (An installed
+    service finds it shown already: `service install` made it and showed it.)"""
     if secret.generated:
-        print(f"Generated webhook signing secret (shown once; stored in {secret.path}):\n"
-              f"  {secret.secret}", flush=True)
+        show_once("webhook signing secret", secret.path, secret.secret)
         logger.info("webhook signing secret: generated and stored in %s", secret.path)
-        secret_shown(secret)
     else:
         logger.info("webhook signing secret: read from %s", secret.path)
 

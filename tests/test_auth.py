@@ -5,9 +5,12 @@ import sys
 
 import pytest
 
+from comfy.private import show_once
 from service.server import Service
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api
+from web.auth import resolve_keys
+from webhooks.secret import load_secret
 
 PROTECTED = [("GET", "/serverstatus"), ("GET", "/jobstatus/x"), ("PUT", "/startjob/x"),
              ("GET", "/no-such-endpoint")]
@@ -55,6 +58,32 @@ def test_generated_key_is_stored_privately_and_reused(fakes, tmp_path):
         assert stat.S_IMODE(os.stat(config.data_dir / "api_key").st_mode) == 0o600
     with Service(config) as again:
         assert not again.context.keys.generated and again.context.keys.keys == (key,)
+
+
+def generated_key(data):
+    """(the key, its file, not shown yet) as a start without --api-key finds them."""
+    setup = resolve_keys((), False, data)
+    return setup.keys[0], setup.key_file, setup.generated
+
+
+def generated_secret(data):
+    """(the webhook secret, its file, not shown yet) as a start finds them."""
+    secret = load_secret(data, None)
+    return secret.secret, secret.path, secret.generated
+
+
+@pytest.mark.parametrize("name, load", [("api_key", generated_key),
+                                        ("webhook_secret", generated_secret)])
+def test_a_generated_key_or_secret_is_kept_and_unshown_until_shown(tmp_path, capsys, name, load):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / name).write_text("\n")  # left empty by a start that stopped while writing it
+    text, path, unshown = load(data)
+    assert path == data / name and unshown and path.read_text().strip() == text
+    assert load(data) == (text, path, True)  # a start that failed before showing it
+    show_once("it", path, text)
+    assert capsys.readouterr().out == f"Generated it (shown once; stored in {path}):\n  {text}\n"
+    assert load(data) == (text, path, False) and sorted(p.name for p in data.iterdir()) == [name]
 
 
 def test_no_auth_opens_everything(fakes, tmp_path):

@@ -180,3 +180,77 @@ def test_a_jwks_file_serves_hosts_without_network(fakes, tmp_path, signer):
     with Service(config) as service:
         api = bearer(service.url, token(signer[0], iss=None, aud=None))
         assert api.get("/jobs").status_code == 200
+
+
+def mismatched_keys() -> tuple:
+    """(JWKS keys, tokens) where PyJWT refuses the key itself: an RSA key without "alg" named
+    by an EdDSA token, and a key without "kty"."""
+    signing = ed25519.Ed25519PrivateKey.generate()
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_jwk = {**json.loads(RSAAlgorithm.to_jwk(rsa_key.public_key())), "kid": "rsa-no-alg"}
+    no_kty = {k: v for k, v in ed25519_key("no-kty")[1].items() if k != "kty"}
+    return [rsa_jwk, no_kty], [token(signing, kid="rsa-no-alg"), token(signing, kid="no-kty")]
+
+
+def test_a_key_pyjwt_refuses_is_a_bad_token_not_an_error():
+    keys, tokens = mismatched_keys()
+    verifier = TokenVerifier(jwks_url="http://127.0.0.1:9/unused",
+                             load=lambda url, path: {"keys": keys})
+    assert [verifier.subject(value) for value in tokens] == [None, None]
+
+
+def test_a_key_pyjwt_refuses_is_401_and_counted_by_the_throttle(jwt_service, jwks):
+    keys, tokens = mismatched_keys()
+    jwks.keys.extend(keys)
+    answers = [bearer(jwt_service.url, tokens[n % 2]).get("/jobs") for n in range(11)]
+    assert [a.status_code for a in answers] == [401] * 10 + [429]
+    assert answers[0].json()["code"] == "unauthorized"
+
+
+class BlockedJwks:
+    """A stand-in JWKS load: the first answers at once; later ones wait for `release`."""
+
+    def __init__(self, served: dict):
+        self.served = served
+        self.calls = 0
+        self.entered, self.release = threading.Event(), threading.Event()
+
+    def __call__(self, url, path):
+        self.calls += 1
+        if self.calls > 1:
+            self.entered.set()
+            self.release.wait(30)
+        return self.served
+
+
+def test_a_slow_jwks_fetch_holds_up_only_the_thread_that_fetches():
+    first, first_jwk = ed25519_key("k1")
+    rotated, rotated_jwk = ed25519_key("k2")
+    load = BlockedJwks({"keys": [first_jwk]})
+    now = [1000.0]
+    verifier = TokenVerifier(jwks_url="http://127.0.0.1:9/unused", refresh=600.0,
+                             clock=lambda: now[0], load=load)
+    assert verifier.subject(token(first)) == "render-backend"
+    now[0] += 600.0  # the next token makes a fetch due; the JWKS now has the rotated key too
+    load.served = {"keys": [first_jwk, rotated_jwk]}
+    fetcher = threading.Thread(target=verifier.subject, args=(token(first),), name="test-fetcher")
+    fetcher.start()
+    assert load.entered.wait(10)
+    others = {}
+
+    def meanwhile():
+        others["known"] = verifier.subject(token(first))
+        others["unknown"] = verifier.subject(token(rotated, kid="k2"))
+    other = threading.Thread(target=meanwhile, name="test-meanwhile")
+    other.start()
+    other.join(10)
+    try:
+        assert not other.is_alive()  # not held behind the fetch
+        assert others == {"known": "render-backend", "unknown": None}  # the cached keys
+        assert load.calls == 2  # one fetch at a time
+    finally:
+        load.release.set()
+        fetcher.join(10)
+        other.join(10)
+    assert verifier.subject(token(rotated, kid="k2")) == "render-backend"  # keys swapped in
+    assert load.calls == 2

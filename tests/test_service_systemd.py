@@ -11,8 +11,10 @@ import pytest
 
 from config.options import ConfigError, load_config
 from service import cli, systemd
+from service.server import announce_webhook_secret
 from tests.helpers import API_KEY
 from web.auth import KEY_FILE_NAME, resolve_keys
+from webhooks.secret import SECRET_FILE_NAME, load_secret
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,6 +124,68 @@ def test_install_without_a_key_generates_one_once(tmp_path, capsys):
     assert (tmp_path / "d" / KEY_FILE_NAME).read_text().strip() == key
 
 
+def started_secret(unit: str, capsys):
+    """What the service's first start does with the webhook secret: (the secret, its output)."""
+    config = load_config(exec_start(unit)[2:], {})
+    secret = load_secret(config.data_dir, config.webhook_secret_file)
+    announce_webhook_secret(secret)
+    return secret, capsys.readouterr().out
+
+
+def test_install_generates_the_webhook_secret_and_shows_it_there_not_in_the_journal(tmp_path,
+                                                                                      capsys):
+    import pwd  # POSIX only, as systemd
+
+    unit_path, data = tmp_path / "c.service", tmp_path / "data"
+    user = "nobody" if os.getuid() == 0 else getpass.getuser()  # as root: chowned to another
+    argv = ["install", "--unit-path", str(unit_path), "--user", user, "--data-dir", str(data),
+            "--api-key", API_KEY]
+    assert service(argv) == 0
+    path = data / SECRET_FILE_NAME
+    secret = path.read_text().strip()
+    printed = capsys.readouterr().out
+    shown = f"Generated webhook signing secret (shown once; stored in {path}):\n  {secret}\n"
+    assert shown in printed
+    assert printed.count(secret) == 1 and secret not in unit_path.read_text()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.stat().st_uid == data.stat().st_uid == pwd.getpwnam(user).pw_uid
+    assert [p.name for p in data.iterdir() if p.name.endswith(".unshown")] == []
+    started, output = started_secret(unit_path.read_text(), capsys)
+    assert started.secret == secret and not started.generated and secret not in output
+    assert service(argv) == 0  # install again: the same secret, not shown again
+    again = capsys.readouterr().out
+    assert secret not in again and f"Webhook signing secret: kept in {path}" in again
+    assert path.read_text().strip() == secret
+
+
+def test_install_with_no_auth_still_makes_the_webhook_secret(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert service(["install", "--no-auth", "--unit-path", str(tmp_path / "c.service"),
+                    "--data-dir", str(data)]) == 0
+    secret = (data / SECRET_FILE_NAME).read_text().strip()
+    assert capsys.readouterr().out.count(secret) == 1
+    assert not started_secret((tmp_path / "c.service").read_text(), capsys)[0].generated
+
+
+def test_install_reads_an_operators_webhook_secret_file_and_refuses_a_bad_one(tmp_path, capsys):
+    mine, data, unit_path = tmp_path / "mine", tmp_path / "data", tmp_path / "c.service"
+    mine.write_text("whsec_" + "QUJD" * 8 + "\n")
+    argv = ["install", "--unit-path", str(unit_path), "--data-dir", str(data)]
+    assert service(argv + ["--webhook-secret-file", str(mine)]) == 0
+    printed = capsys.readouterr().out
+    assert "whsec_" not in printed and f"Webhook signing secret: kept in {mine}" in printed
+    assert not (data / SECRET_FILE_NAME).exists()
+    assert started_secret(unit_path.read_text(), capsys)[0].path == mine
+    bad, elsewhere = tmp_path / "bad", tmp_path / "elsewhere"
+    bad.write_text("not-a-secret")
+    assert service(["install", "--unit-path", str(tmp_path / "b.service"), "--data-dir",
+                    str(elsewhere), "--webhook-secret-file", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cylindria: error: the webhook secret file")
+    assert len(err.splitlines()) == 1
+    assert not elsewhere.exists() and not (tmp_path / "b.service").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--numberOfGpus", "9"], "--numberOfGpus: invalid value '9'"),
     (["--user", "no-such-user-cylindria"], "no such user"),
@@ -166,7 +230,8 @@ def test_systemctl_missing_is_one_clear_error(tmp_path, monkeypatch, capsys):
 def test_unwritable_unit_path_is_one_clear_error(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert service(["install", "--no-auth", "--unit-path", str(blocker / "c.service")]) == 1
+    assert service(["install", "--no-auth", "--unit-path", str(blocker / "c.service"),
+                    "--data-dir", str(tmp_path / "d")]) == 1
     assert re.match(r"cylindria: error: .+: .*file", capsys.readouterr().err)
 
 

@@ -5,6 +5,7 @@ around a real service.server.Service, as they do under pythonservice.exe.
 """
 import importlib.util
 import json
+import os
 import sys
 import threading
 import types
@@ -95,6 +96,36 @@ def test_the_service_class_serves_and_svcstop_stops_everything(windows, fakes, t
     assert not thread.is_alive() and service.statuses == [STOP_PENDING]
     assert no_cylindria_threads()
     assert "Cylindria stopped" in (data / "cylindria.log").read_text()
+
+
+def test_install_shows_the_webhook_secret_once_and_the_service_never(windows, fakes, tmp_path,
+                                                                       monkeypatch, capsys):
+    module, util = windows
+    monkeypatch.setattr(module, "restart_on_failure", lambda: None)  # no sc.exe here
+    monkeypatch.setattr(cli, "winservice", module)
+    for name in [n for n in os.environ if n.startswith("CYLINDRIA_")]:
+        monkeypatch.delenv(name)
+    data = tmp_path / "data"
+    assert cli.main(["install", *service_flags(fakes, data)], windows=True) == 0
+    path = data / "webhook_secret"
+    secret = path.read_text().strip()
+    printed = capsys.readouterr().out
+    shown = f"Generated webhook signing secret (shown once; stored in {path}):\n  {secret}\n"
+    assert shown in printed
+    assert printed.count(secret) == 1
+    assert secret not in util.options[("Cylindria", "Arguments")]
+    service = module.CylindriaService(["Cylindria"])
+    thread = threading.Thread(target=service.SvcDoRun, name="test-scm-run")
+    thread.start()
+    try:
+        wait_for(lambda: service.runner.service is not None
+                 and service.runner.service.ready.is_set())
+        assert service.runner.service.context.webhooks.secret.secret == secret
+    finally:
+        service.SvcStop()
+        thread.join(5)
+    assert secret not in capsys.readouterr().out  # shown at install, never by the service
+    assert secret not in (data / "cylindria.log").read_text()
 
 
 def install_args(*argv):

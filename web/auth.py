@@ -17,14 +17,13 @@ from pathlib import Path
 from flask import Flask, g, request
 from flask_httpauth import HTTPTokenAuth
 
-from comfy.private import tighten, write_private
+from comfy.private import generated_once
 from web.errors import error_response
 from web.throttle import FailureThrottle
 
 logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "api_key"
-UNSHOWN_SUFFIX = ".unshown"  # beside the key file while no successful start has shown its key
 PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready", "v2_health"})
 
 
@@ -93,28 +92,15 @@ def resolve_keys(configured: tuple, no_auth: bool, data_dir: Path) -> KeySetup:
     if configured:
         return parse_entries(configured)
     path = Path(data_dir) / KEY_FILE_NAME
-    if tighten(path).exists():
-        # One key per line (or comma separated), so a service can be given several.
-        text = path.read_text(encoding="utf-8").replace("\n", ",")
-        entries = [k.strip() for k in text.split(",") if k.strip()]
-        if entries:  # a generated key whose start failed before showing it is shown by the next
-            parsed = parse_entries(entries)
-            return KeySetup(parsed.keys, path, _unshown(path).exists(), parsed.clients)
-    key = secrets.token_urlsafe(32)
-    write_private(_unshown(path), "")  # first: a key is never kept without its mark
-    write_private(path, key)
-    return KeySetup((key,), path, True)
+    entries, unshown = generated_once(path, lambda: secrets.token_urlsafe(32), _entries)
+    parsed = parse_entries(entries)
+    return KeySetup(parsed.keys, path, unshown, parsed.clients)
 
 
-def key_shown(setup: KeySetup) -> None:
-    """The generated key has been shown to the operator: later starts only say where it is."""
-    if setup.generated:
-        _unshown(setup.key_file).unlink(missing_ok=True)
-
-
-def _unshown(key_file: Path) -> Path:
-    """The mark of a generated key not shown yet."""
-    return key_file.with_name(key_file.name + UNSHOWN_SUFFIX)
+def _entries(key_file: Path) -> list[str]:
+    """The key file's entries: one per line, or comma separated (a service may have several)."""
+    text = key_file.read_text(encoding="utf-8").replace("\n", ",")
+    return [k.strip() for k in text.split(",") if k.strip()]
 
 
 class PresentedKey:
@@ -153,11 +139,6 @@ def key_index(candidate: str | None, keys: tuple[bytes, ...]) -> int | None:
         if hmac.compare_digest(given, key) and found is None:
             found = index
     return found
-
-
-def key_matches(candidate: str | None, keys: tuple[bytes, ...]) -> bool:
-    """Whether this is one of the (encoded) keys, in constant time."""
-    return key_index(candidate, keys) is not None
 
 
 def current_client() -> Client | None:
@@ -208,7 +189,6 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
         refused = guard()
         client = auth.current_user() if refused is None else None
         if client is not None:  # None for OPTIONS, which flask-httpauth lets through unchecked
-            g.cylindria_client_record = client
-            g.cylindria_client = client.name  # the rate limit's key
+            g.cylindria_client_record = client  # current_client(); the rate limit's key
             current.environ[ENVIRON_CLIENT] = client.name
         return refused

@@ -6,28 +6,29 @@ import logging
 import math
 import time
 
-from flask import Flask, g, request
+from flask import Flask, request
 from flask_limiter import Limiter, RateLimitExceeded
 
+from web.auth import PUBLIC_ENDPOINTS, current_client
 from web.errors import error_response
 
 logger = logging.getLogger(__name__)
-
-# Probes must answer whatever a client has spent (the contract exempts /health and /ready).
-EXEMPT_ENDPOINTS = frozenset({"status.health", "status.ready", "v2_health"})
 
 
 def rate_key() -> str:
     """Whose budget a request spends: the client the key check named (a key's name, or a
     JWT's subject), else, where no key is checked, the client's address (a made-up key on a
     public endpoint buys no budget of its own)."""
-    client = g.get("cylindria_client")
-    return f"client:{client}" if client else f"address:{request.remote_addr or '?'}"
+    client = current_client()
+    if client is not None:
+        return f"client:{client.name}"
+    return f"address:{request.remote_addr or '?'}"
 
 
 def exempt() -> bool:
-    """Probes spend nothing."""
-    return request.endpoint in EXEMPT_ENDPOINTS
+    """Probes spend nothing: they must answer whatever a client has spent (the contract
+    exempts /health and /ready, the endpoints no key is needed for)."""
+    return request.endpoint in PUBLIC_ENDPOINTS
 
 
 def seconds_left(limiter: Limiter) -> int:

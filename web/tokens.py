@@ -7,6 +7,9 @@ client's name.
 The JWKS is cached and fetched again every `refresh` seconds; a token naming a key id the
 cache does not hold triggers one early fetch at most every 30 s, so a key rotation is picked
 up at once but a flood of made-up key ids cannot make Cylindria hammer the JWKS server.
+One thread fetches at a time, outside the lock: meanwhile the others verify with the cached
+keys (a token naming a key id they lack is refused, not held until the fetch ends), so a
+slow or dead JWKS server delays no request but the one that fetches.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from typing import Callable
 import jwt
 import requests
 from jwt import PyJWK
-from jwt.exceptions import InvalidTokenError, PyJWKError
+from jwt.exceptions import InvalidTokenError
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class TokenVerifier:
         self._keys: dict[str | None, dict] = {}  # kid -> JWK (None: a key without a kid)
         self._fetched_at = float("-inf")
         self._early_at = float("-inf")
+        self._fetching = False  # one fetch at a time; the others use the cache meanwhile
         self.fetches = 0
 
     def subject(self, token: str) -> str | None:
@@ -92,35 +96,47 @@ class TokenVerifier:
                 leeway=LEEWAY, options={"require": ["exp", "sub"] + (["iss"] if self.issuer else [])
                                        + (["aud"] if self.audience else []),
                                        "verify_aud": self.audience is not None})
-        except (InvalidTokenError, PyJWKError, ValueError, TypeError):
-            return None
+        except (jwt.PyJWTError, ValueError, TypeError):  # the caller chose the header: any
+            return None  # key or token PyJWT will not use is a bad token, never a 500
         subject = claims.get("sub")
         return subject if isinstance(subject, str) and 0 < len(subject) <= 128 \
             and subject.isprintable() else None
 
     def _key(self, kid) -> dict | None:
         """The JWK for this key id, fetching the JWKS when it is due, or early (at most once
-        per UNKNOWN_KID_EVERY) for a key id the cache does not know."""
+        per UNKNOWN_KID_EVERY) for a key id the cache does not know; while another thread
+        fetches, the cached keys."""
         now = self.clock()
         with self._lock:
-            if now - self._fetched_at >= self.refresh:
-                self._fetch(now)
-            elif kid not in self._keys and now - self._early_at >= UNKNOWN_KID_EVERY:
+            due = now - self._fetched_at >= self.refresh
+            early = not due and kid not in self._keys and now - self._early_at >= UNKNOWN_KID_EVERY
+            if self._fetching or not (due or early):
+                return self._keys.get(kid)
+            self._fetching = True
+            if early:
                 self._early_at = now
-                self._fetch(now)
-            return self._keys.get(kid)
+        keys = None
+        try:
+            keys = self._fetch()
+        finally:
+            with self._lock:
+                self._fetching = False
+                if keys is None:  # failed: the old keys stay, and a fetch is tried in 30 s
+                    self._fetched_at = now - self.refresh + UNKNOWN_KID_EVERY
+                else:
+                    self._keys, self._fetched_at = keys, now
+                cached = self._keys
+        return cached.get(kid)
 
-    def _fetch(self, now: float) -> None:
-        """Replace the cached keys; on failure keep the old ones and try again later."""
+    def _fetch(self) -> dict | None:
+        """The JWKS's keys by key id, or None when it cannot be read (run outside the lock)."""
         self.fetches += 1
         try:
             document = self._load(self.jwks_url, self.jwks_file)
         except JwksUnavailable as exc:
             logger.warning("JWKS %s unavailable: %s", self.jwks_url or self.jwks_file, exc)
-            self._fetched_at = now - self.refresh + UNKNOWN_KID_EVERY  # again in 30 s
-            return
-        self._keys = {key.get("kid"): key for key in document["keys"] if isinstance(key, dict)}
-        self._fetched_at = now
+            return None
+        return {key.get("kid"): key for key in document["keys"] if isinstance(key, dict)}
 
 
 def verifier_for(config) -> TokenVerifier | None:
