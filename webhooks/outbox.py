@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     delivered_at REAL,
     given_up_at REAL
 );
-CREATE INDEX IF NOT EXISTS webhook_outbox_due ON webhook_outbox (due_at) WHERE due_at IS NOT NULL;
+DROP INDEX IF EXISTS webhook_outbox_due;
+CREATE INDEX IF NOT EXISTS webhook_outbox_due_order ON webhook_outbox (due_at, id)
+    WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhook_outbox_job ON webhook_outbox (job_id);
 """
 INSERT = ("INSERT INTO webhook_outbox (id, job_id, url, event, body, created_at, due_at) "
@@ -132,30 +134,30 @@ class Outbox:
                 "SELECT MIN(due_at) FROM webhook_outbox WHERE due_at IS NOT NULL").fetchone()[0]
 
     def delivered(self, event_id: str, now: float) -> None:
-        self._settle("due_at = NULL, delivered_at = ?, last_error = NULL", (now,), event_id)
+        self._settle("due_at = NULL, delivered_at = ?, last_error = NULL", (now,), event_id,
+                     settled=True)
 
     def retry(self, event_id: str, error: str, due_at: float) -> None:
         self._settle("due_at = ?, last_error = ?", (due_at, error), event_id)
 
     def give_up(self, event_id: str, error: str, now: float) -> None:
-        self._settle("due_at = NULL, given_up_at = ?, last_error = ?", (now, error), event_id)
+        self._settle("due_at = NULL, given_up_at = ?, last_error = ?", (now, error), event_id,
+                     settled=True)
 
-    def _settle(self, assignments: str, values: tuple, event_id: str) -> None:
-        """Record one try's outcome (each try counts as an attempt). A settled event whose job
-        the retention sweep removed while it was due goes at once: nothing else would remove it
-        (the sweep takes a job's settled events with the job: comfy/database.py)."""
+    def _settle(self, assignments: str, values: tuple, event_id: str,
+                settled: bool = False) -> None:
+        """Record one try's outcome (each try counts as an attempt), one statement so SQLite's
+        write lock is held no longer than the job store's writes can wait. A settled event
+        whose job the retention sweep removed while it was due goes too (the sweep takes only
+        settled events with their job: comfy/database.py); a read first, as that is rare."""
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                self._conn.execute(f"UPDATE webhook_outbox SET {assignments}, "
-                                   "attempts = attempts + 1 WHERE id = ?", (*values, event_id))
-                self._conn.execute(
-                    "DELETE FROM webhook_outbox WHERE id = ? AND due_at IS NULL AND NOT EXISTS "
-                    "(SELECT 1 FROM jobs WHERE jobs.job_id = webhook_outbox.job_id)", (event_id,))
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+            self._conn.execute(f"UPDATE webhook_outbox SET {assignments}, "
+                               "attempts = attempts + 1 WHERE id = ?", (*values, event_id))
+            if settled and self._conn.execute(
+                    "SELECT 1 FROM webhook_outbox AS o WHERE o.id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM jobs WHERE jobs.job_id = o.job_id)", (event_id,)).fetchone():
+                self._conn.execute("DELETE FROM webhook_outbox WHERE id = ? AND due_at IS NULL",
+                                   (event_id,))
 
     def depth(self) -> int:
         """Events not yet delivered nor given up."""

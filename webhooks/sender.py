@@ -10,6 +10,8 @@ touched, so tracking never waits for a receiver.
 """
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import socket
 import threading
@@ -35,6 +37,9 @@ DEADLINE = 15.0  # seconds a whole try may take: the read timeout bounds each re
 WORKERS = 8
 PER_RECEIVER = 4  # tries at once to one receiver: a slow one leaves workers for the others
 PAGE = 32  # due events read at a time, reading on past those whose receiver or job is busy
+# Reading on past the first page scans every due event (a busy receiver's backlog included),
+# so it is done at most this often: a backlog delays another receiver's events by no more.
+READ_ON_EVERY = 0.2
 MAX_POOLS = 64  # receiver addresses whose connections are kept; the least recently used go
 KEEP_ANSWER = 1024  # an answer this short (by its Content-Length) is read to keep the connection
 HOLD_AFTER_DB_ERROR = 30.0  # seconds an event whose outcome could not be recorded is not tried
@@ -67,6 +72,7 @@ class WebhookSender:
         self._jobs_trying: set[str] = set()
         self._per_receiver: Counter = Counter()  # origin -> tries under way
         self._held: dict[str, float] = {}  # event id -> when it may be tried again
+        self._read_on_at = float("-inf")  # monotonic time from which _due may read on
         self._cutters: set[_Cutter] = set()  # of the tries under way, for stop()
         self._futures: set[Future] = set()
         self._pools: OrderedDict[tuple, urllib3.HTTPConnectionPool] = OrderedDict()
@@ -152,6 +158,7 @@ class WebhookSender:
         """The due events, oldest first, page by page, so that a backlog at a busy receiver
         never hides another receiver's events; the SQL leaves out what surely cannot start."""
         now, after = self.clock(), None
+        read_on = time.monotonic() >= self._read_on_at
         while True:
             with self._lock:
                 self._held = {key: until for key, until in self._held.items() if until > now}
@@ -159,10 +166,21 @@ class WebhookSender:
                 busy = {"skip": set(self._trying) | set(self._held),
                         "jobs": set(self._jobs_trying),
                         "urls": {url for url in self._trying.values() if _origin(url) in full}}
-            page = self.outbox.due(now, PAGE, after=after, **busy)
+            # The first page only as long as the free workers (the usual case: one receiver
+            # with a try just ended); reading on takes whole pages.
+            # It leaves the full receivers to the loop below: excluding them in SQL scans their
+            # whole backlog, which only reading on (rate-limited) may do.
+            limit = PAGE if after is not None else max(1, WORKERS - len(busy["skip"]))
+            if after is None:
+                busy["urls"] = set()
+            page = self.outbox.due(now, limit, after=after, **busy)
             yield from page
-            if len(page) < PAGE:
+            if len(page) < limit:
                 return
+            if after is None:
+                if not read_on:  # the next pass reads on (a try's end or the tick wakes it)
+                    return
+                self._read_on_at = time.monotonic() + READ_ON_EVERY
             after = (page[-1].due_at, page[-1].id)
 
     def _submit(self, event: Event, origin: tuple) -> Future | None:
@@ -311,11 +329,10 @@ class _Cutter:
 
     def __init__(self, seconds: float):
         self.passed = False
+        self.ended = False
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
-        self._timer = threading.Timer(seconds, self.cut)
-        self._timer.daemon = True
-        self._timer.start()
+        _DEADLINES.add(self, seconds)
 
     def watch(self, sock: socket.socket) -> None:
         """Cut this socket too (at once if the time is up already)."""
@@ -336,13 +353,57 @@ class _Cutter:
 
     def end(self) -> None:
         """The try is over: no cut any more, duplicates closed."""
-        self._timer.cancel()
         with self._lock:
+            self.ended = True
             for sock in self._sockets:
                 sock.close()
             self._sockets.clear()
+        _DEADLINES.ended()
 
 
+class _Deadlines:
+    """One thread cuts the tries whose deadline has passed (a timer thread per try would cost
+    a thread start for every webhook). It runs only while tries are under way."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Cutter]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, cutter: _Cutter, seconds: float) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + seconds, next(self._order), cutter))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True,
+                                                name="cylindria-webhook-deadlines")
+                self._thread.start()
+            else:
+                self._cond.notify()
+
+    def ended(self) -> None:
+        """A try ended: the thread forgets it (and ends once none is left)."""
+        with self._cond:
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][2].ended:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._thread = None
+                    return
+                when, _, cutter = self._heap[0]
+                wait = when - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(self._heap)
+            cutter.cut()
+
+
+_DEADLINES = _Deadlines()
 _running = threading.local()  # .cutter: the _Cutter of the try this worker thread runs
 
 
