@@ -84,7 +84,9 @@ def test_mixed_lengths_never_idle_a_gpu_while_jobs_are_held(tmp_path, fakes):
         api = Api(service.url)
         wait_reachable(service, 0, 1)
         timeline = Timeline(service)
-        seconds = [10, 4, 4, 8, 5, 4, 10, 6, 4, 5]  # x0.05 at the tests' time scale: >= 0.2 s
+        # x0.05 at the tests' time scale: >= 0.4 s, so a refill (milliseconds) lands before the
+        # GPU's next end even on a loaded CI machine (at >= 0.2 s, CI once saw it land after)
+        seconds = [20, 8, 8, 16, 10, 8, 20, 12, 8, 10]
         ids = [f"mix-{n}" for n in range(len(seconds))]
         for job_id, length in zip(ids, seconds):
             assert api.put(f"/startjob/{job_id}?GpuId=auto",
