@@ -38,11 +38,14 @@ def listed_by(asked: str | None) -> str | None:
     return asked
 
 
-def held_position(job: Job) -> int | None:
-    """A held job's place in Cylindria's queue (None for any other job)."""
-    return ctx().dispatcher.position(job.job_id) if job.status == JobStatus.HELD else None
+def held_position(job: Job, context=None) -> int | None:
+    """A held job's place in Cylindria's queue (None for any other job). `context`: the
+    app's, for a stream that runs after the request's app context has ended."""
+    if job.status != JobStatus.HELD:
+        return None
+    return (context or ctx()).dispatcher.position(job.job_id)
 
 
-def webhook_state(job: Job) -> dict | None:
+def webhook_state(job: Job, context=None) -> dict | None:
     """The job view's `webhook` object (None for a job without a webhook)."""
-    return ctx().webhooks.outbox.summary(job) if job.webhook else None
+    return (context or ctx()).webhooks.outbox.summary(job) if job.webhook else None

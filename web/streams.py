@@ -10,10 +10,10 @@ from contextlib import contextmanager
 from flask import Blueprint, Response, request
 
 from comfy.encoding import to_json
-from comfy.jobs import Job, JobStatus
+from comfy.jobs import Job
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
-from web.lookup import known_job
+from web.lookup import held_position, known_job, webhook_state
 from web.views import job_view
 
 bp = Blueprint("streams", __name__)
@@ -172,9 +172,7 @@ def _events(context, job_id: str, version: int, finish, render):
 def _view(context, job: Job) -> dict:
     """A job as /jobstatus shows it (from the context given: the stream runs after the
     request's app context has ended)."""
-    held = job.status == JobStatus.HELD
-    return job_view(job, context.dispatcher.position(job.job_id) if held else None,
-                    context.webhooks.outbox.summary(job) if job.webhook else None)
+    return job_view(job, held_position(job, context), webhook_state(job, context))
 
 
 def event(name: str, data) -> bytes:

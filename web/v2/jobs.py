@@ -11,7 +11,7 @@ import uuid
 from flask import Blueprint, jsonify, request
 
 from comfy.cancel import JobFinished, cancel_anywhere
-from comfy.jobs import Job, JobStatus
+from comfy.jobs import Job
 from comfy.submit import JobIdConflict
 from comfy.workflow import SECRET_EXTRA_KEYS, WorkflowError, load_json, refuse_ui_format, workflow_of
 from web.context import ctx, wait_until_reconciled
@@ -166,8 +166,7 @@ def events(job_id: str):
         shown_outputs[0] = len(job.outputs)
         snapshot = progress(job)
         if kind == "status":
-            position = queue_position(job, context.dispatcher.position(job.job_id)
-                                      if job.status is JobStatus.HELD else None)
+            position = queue_position(job, held_position(job, context))
             frames.append(event("status", {"status": status(job), "queue_position": position}))
             if snapshot is not None and status(job) not in TERMINAL:
                 frames.append(event("progress", snapshot))
