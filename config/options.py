@@ -97,6 +97,10 @@ OPTIONS = (
     Option("--max-streams", "max_streams", "CYLINDRIA_MAX_STREAMS", integer_in(1, 1024), None,
            "event streams and long-polls (?wait=) open at once; each holds a worker thread",
            shown="threads / 4"),
+    Option("--max-streams-per-client", "max_streams_per_client",
+           "CYLINDRIA_MAX_STREAMS_PER_CLIENT", integer_in(1, 1024), None,
+           "event streams and long-polls one client (key name or JWT subject) may hold at once",
+           shown="max-streams / 4"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
            "address of the reverse proxy (TLS) in front: client addresses come from its "
            "X-Forwarded-For (for the failure throttle and the log)"),
@@ -142,6 +146,7 @@ class Config:
     requeue_wait: float = 300.0
     max_asset_mb: int = 100
     max_streams: int | None = None  # None: a quarter of the worker threads (at least 1)
+    max_streams_per_client: int | None = None  # None: a quarter of max_streams (at least 1)
     header_timeout: float = 10.0  # seconds a client gets to send a request's headers
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
     max_body_bytes: int = 32 * 1024 * 1024
@@ -164,6 +169,12 @@ class Config:
 def stream_limit(config: "Config") -> int:
     """Streams and long-polls allowed at once: --max-streams, or a quarter of the threads."""
     return config.max_streams or max(1, config.threads // 4)
+
+
+def stream_share(config: "Config") -> int:
+    """Streams and long-polls one client may hold: --max-streams-per-client, or a quarter of
+    the streams (so one client can never hold every slot while another waits)."""
+    return config.max_streams_per_client or max(1, stream_limit(config) // 4)
 
 
 def build_parser() -> argparse.ArgumentParser:

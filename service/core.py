@@ -14,7 +14,7 @@ from comfy.store import JobStore
 from comfy.tracker import Tracker
 from comfy.watch import JobWatch
 from comfy.withheld import WithheldSecrets
-from config.options import Config, ConfigError, stream_limit
+from config.options import Config, ConfigError, stream_limit, stream_share
 from web import auth
 from web.context import Context
 from web.streams import StreamSlots
@@ -58,5 +58,5 @@ def build_context(config: Config) -> Context:
     retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention,
                                assets=assets)
     return Context(config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
-                   StreamSlots(stream_limit(config)), assets, withheld, webhooks,
-                   ModelCatalogue(gpus))
+                   StreamSlots(stream_limit(config), stream_share(config)), assets, withheld,
+                   webhooks, ModelCatalogue(gpus))

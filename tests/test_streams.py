@@ -99,7 +99,8 @@ def test_streams_beyond_the_limit_get_429_and_a_slot_comes_back(fakes, tmp_path)
 
 def test_stop_ends_open_streams_within_the_second(fakes, tmp_path):
     fakes[0].hold = True
-    service = Service(make_config(fakes, tmp_path)).serve_in_thread()
+    # One client's stream and wait: its share of the slots must allow two.
+    service = Service(make_config(fakes, tmp_path, max_streams_per_client=2)).serve_in_thread()
     api = Api(service.url)
     api.put("/startjob/open", json=workflows.core("open"))
     ended = threading.Event()

@@ -1,16 +1,18 @@
 """Waiting on a job without polling: `GET /jobstatus/<id>?wait=N` and `GET /jobevents/<id>`
 (Server-Sent Events). Each holds a worker thread while it waits, so at most --max-streams
-are open at once (429 too_many_streams beyond)."""
+are open at once, and --max-streams-per-client of one client (429 too_many_streams beyond)."""
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from contextlib import contextmanager
 
 from flask import Blueprint, Response, request
 
 from comfy.encoding import to_json
 from comfy.jobs import Job
+from web.auth import current_client
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
 from web.lookup import held_position, known_job, webhook_state
@@ -26,32 +28,56 @@ STREAMS_RETRY = 5  # seconds a client is told to wait when every stream slot is 
 
 
 class StreamSlots:
-    """At most `limit` long-polls and event streams at once (each holds a worker thread)."""
+    """At most `limit` long-polls and event streams at once (each holds a worker thread), and
+    at most `share` of them per client, so one client cannot leave another none."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, share: int | None = None):
         self.limit = limit
-        self._free = threading.BoundedSemaphore(limit)
+        self.share = share or max(1, limit // 4)
+        self._lock = threading.Lock()
+        self._open = 0
+        self._by_client: Counter = Counter()  # client name -> slots it holds
 
-    def take(self) -> None:
-        """Take a slot, or 429 too_many_streams at once."""
-        if not self._free.acquire(blocking=False):
-            raise ApiError(429, "too_many_streams",
-                           f"{self.limit} event streams and long-polls are open, the limit; "
-                           "try again later or poll", {"max_streams": self.limit},
-                           headers={"Retry-After": str(STREAMS_RETRY)})
+    def take(self) -> str | None:
+        """Take a slot for the request's client, or 429 too_many_streams at once; returns
+        the client charged (None without a key: --no-auth), to give back with."""
+        client = current_client()
+        name = client.name if client is not None else None
+        with self._lock:
+            if self._open >= self.limit:
+                raise _refused(f"{self.limit} event streams and long-polls are open, the limit",
+                               {"max_streams": self.limit})
+            if name is not None and self._by_client[name] >= self.share:
+                raise _refused(f"this client has {self.share} event streams and long-polls "
+                               "open, its limit", {"max_streams_per_client": self.share})
+            self._open += 1
+            if name is not None:
+                self._by_client[name] += 1
+        return name
 
-    def give_back(self) -> None:
-        """Free a slot taken with `take`."""
-        self._free.release()
+    def give_back(self, name: str | None) -> None:
+        """Free a slot taken with `take` (given the client it returned)."""
+        with self._lock:
+            self._open -= 1
+            if name is not None:
+                self._by_client[name] -= 1
+                if not self._by_client[name]:
+                    del self._by_client[name]
 
     @contextmanager
     def slot(self):
         """A slot for the duration of the block."""
-        self.take()
+        name = self.take()
         try:
             yield
         finally:
-            self.give_back()
+            self.give_back(name)
+
+
+def _refused(reason: str, details: dict) -> ApiError:
+    """429 too_many_streams, with when to try again."""
+    return ApiError(429, "too_many_streams", f"{reason}; try again later or poll", details,
+                    headers={"Retry-After": str(STREAMS_RETRY)})
 
 
 def wait_param() -> float:
@@ -112,11 +138,11 @@ def event_stream(context, job_id: str, render) -> Response:
     at every status change, `render("progress", job)` when its progress moved (at most 4 a
     second), a comment when nothing was written for 15 s; it ends after the final status or
     at shutdown. Holds a stream slot (429 too_many_streams when none is free)."""
-    context.streams.take()
+    client = context.streams.take()
     try:
         version = context.watch.begin(job_id)
     except BaseException:
-        context.streams.give_back()
+        context.streams.give_back(client)
         raise
     done = threading.Lock()
 
@@ -125,7 +151,7 @@ def event_stream(context, job_id: str, render) -> Response:
         closes a response it never iterated, the client having gone)."""
         if done.acquire(blocking=False):
             context.watch.end(job_id)
-            context.streams.give_back()
+            context.streams.give_back(client)
 
     response = Response(_events(context, job_id, version, finish, render),
                         mimetype="text/event-stream",
