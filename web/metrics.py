@@ -6,10 +6,11 @@ import time
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from werkzeug.exceptions import NotFound
 
 from comfy.database import NO_GPU
 from comfy.jobs import FINISHED, Job, JobStatus
-from web.auth import ENVIRON_CLIENT
+from web.auth import ENVIRON_CLIENT, current_client
 
 bp = Blueprint("meta", __name__)
 
@@ -222,7 +223,11 @@ def init_app(app: Flask, context) -> Metrics:
 
 @bp.get("/metrics")
 def metrics():
-    """The Prometheus text format."""
+    """The Prometheus text format; an endpoint that does not exist for a key limited to its
+    own jobs (it names every client and counts their work)."""
+    client = current_client()
+    if client is not None and client.own:
+        raise NotFound()
     registry = current_app.extensions["cylindria_metrics"].registry
     # content_type, not mimetype: Flask would append a second "; charset=utf-8" to it.
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -6,12 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 from flask import Blueprint, jsonify
 
 from comfy.status import gpu_status
+from web.auth import current_client
 from web.context import ctx
-from web.lookup import visible
 from web.params import gpu_id_param, raw_gpu_param
 
 bp = Blueprint("status", __name__)
-
 
 
 @bp.get("/serverstatus")
@@ -19,22 +18,14 @@ def serverstatus():
     """Live status of one GPU's ComfyUI, or of all with GpuId=all (asked in parallel)."""
     context = ctx()
     gpu_id = gpu_id_param(len(context.gpus), raw_gpu_param(), word="all")
+    client = current_client()
+    owner = client.name if client is not None and client.own else None
     if gpu_id is not None:
-        return jsonify(_shown(gpu_status(context.gpus[gpu_id], context.store)))
+        return jsonify(gpu_status(context.gpus[gpu_id], context.store, owner))
     # A pool per call: GpuId=all is a monitoring call, and this keeps no thread between calls.
     with ThreadPoolExecutor(max_workers=len(context.gpus), thread_name_prefix="cylindria-ask") as pool:
-        answers = list(pool.map(lambda gpu: gpu_status(gpu, context.store), context.gpus))
-    return jsonify({"gpus": [_shown(answer) for answer in answers]})
-
-
-def _shown(answer: dict) -> dict:
-    """A GPU's status as this client may see it: a key limited to its own jobs is not told
-    the id of another's job running there."""
-    running = answer.get("running_job_id")
-    job = ctx().store.get(running) if running is not None else None
-    if running is not None and (job is None or not visible(job)):
-        answer["running_job_id"] = None
-    return answer
+        answers = list(pool.map(lambda gpu: gpu_status(gpu, context.store, owner), context.gpus))
+    return jsonify({"gpus": answers})
 
 
 @bp.get("/health")
