@@ -2,21 +2,9 @@
 it, and /serverstatus counts only its own prompts in a GPU's queue."""
 from __future__ import annotations
 
-import pytest
-
-from service.server import Service
 from tests import workflows
-from tests.conftest import make_config
 from tests.helpers import Api, wait_for
-
-ALICE, BOB = "alice-key-0123456", "bob-key-0123456789"
-
-
-@pytest.fixture
-def named(fakes, tmp_path):
-    with Service(make_config(fakes, tmp_path, api_keys=(f"alice:{ALICE}", f"bob:{BOB}:own"))) \
-            as service:
-        yield service
+from tests.test_own_key_isolation import ALICE, BOB, named  # noqa: F401 (a fixture)
 
 
 def test_metrics_are_not_found_for_an_own_key(named):
