@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from comfy.gone import lose_jobs_of_gone_gpus
 from comfy.gpu import Gpu
 from comfy.listener import Listener
 from comfy.poller import Poller
@@ -48,6 +49,7 @@ class Tracker:
     def _start_tracking(self) -> None:
         """Settle what happened while Cylindria was down, then start the poller and listeners."""
         try:
+            lose_jobs_of_gone_gpus(self.store, len(self.gpus))
             self.reconcile_all()
         finally:
             if not self._stopping.is_set():

@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from flask import Blueprint, Response, jsonify, request
 
+from comfy.gone import gpu_at
 from comfy.jobs import Job, JobStatus
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
@@ -38,8 +39,12 @@ def jobresult_file(job_id: str, index: str):
     if not re.fullmatch(r"[0-9]{1,6}", index) or int(index) >= len(job.outputs):
         raise ApiError(404, "output_not_found", f"job {job_id} has no output {index[:20]}",
                        {"outputs": len(job.outputs)})
-    return output_download(ctx().gpus[job.gpu_id], job.outputs[int(index)],
-                           request.headers.get("Range"))
+    gpu = gpu_at(ctx().gpus, job.gpu_id)
+    if gpu is None:
+        raise ApiError(404, "output_not_found", f"job {job_id} ran on GPU {job.gpu_id}, which "
+                       "is no longer configured: its outputs cannot be read",
+                       {"outputs": len(job.outputs), "gpu_id": job.gpu_id})
+    return output_download(gpu, job.outputs[int(index)], request.headers.get("Range"))
 
 
 def output_download(gpu, output: dict, range_header: str | None) -> Response:

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, jsonify, request
 from werkzeug.routing import BaseConverter
 
 from comfy.assets import Asset
+from comfy.gone import gpu_at
 from comfy.workflow import WorkflowError, load_json
 from web.assets import asset_file, receive, remove
 from web.context import ctx
@@ -112,6 +113,7 @@ def _output(asset_id: str):
         return None
     job_id, index = parsed
     job = ctx().store.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or not visible(job) or index >= len(job.outputs) or job.gpu_id is None:
+    if job is None or not visible(job) or index >= len(job.outputs) \
+            or gpu_at(ctx().gpus, job.gpu_id) is None:  # never sent, or its GPU is gone
         raise not_found("output")
     return job, index

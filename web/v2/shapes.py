@@ -11,6 +11,7 @@ import time
 from flask import request
 
 from comfy.assets import Asset
+from comfy.gone import gpu_at
 from comfy.jobs import Job, JobStatus
 from comfy.outputs import content_type, kind
 from comfy.status import iso_time
@@ -91,7 +92,7 @@ class Shapes:
     def output(self, job: Job, index: int) -> dict:
         """One output, as the job lists it and as its `output` event carries it."""
         output = job.outputs[index]
-        gpu = self.gpus[job.gpu_id] if job.gpu_id is not None else None
+        gpu = gpu_at(self.gpus, job.gpu_id)
         size = self.sizes.size(gpu, job.job_id, output)
         asset_id = output_id(job.job_id, index)
         return {"node_id": str(output["node_id"]), "name": output["filename"],
