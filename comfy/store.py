@@ -48,6 +48,12 @@ class JobStore:
         # the end of one submission's POST never clears the flag of a newer one under its id.
         self._in_flight: dict[str, str] = {}
         self._counts: Counter = Counter()  # (gpu_id, status) -> jobs, kept as jobs move
+        # Counted as they happen, never taken back (the counters of /metrics): from the jobs
+        # loaded and those retention removed before this start, then every acceptance (by
+        # the GPU it was accepted for) and every end (a lost job later found completed ends
+        # twice: lost when it was judged so, then its true end).
+        self._ended: Counter = db.retired()  # (gpu_id, status) -> jobs ended
+        self._accepted: Counter = _by_gpu(self._ended)  # gpu_id -> jobs accepted
         self._observers: list[Callable[[Job | None, Job], None]] = []
         self._watchers: list[Callable[[str], None]] = []
         self._companions: list[Callable[[Job, Job], list]] = []
@@ -112,6 +118,11 @@ class JobStore:
         """How many jobs each GPU has in each status."""
         with self._lock:
             return {key: n for key, n in self._counts.items() if n}
+
+    def totals(self) -> tuple[dict, dict]:
+        """(gpu_id -> jobs accepted, (gpu_id, status) -> jobs ended): counts that only grow."""
+        with self._lock:
+            return dict(self._accepted), dict(self._ended)
 
     def reserve(self, job: Job, workflow: bytes,
                 admit: Callable[[int], None] | None = None) -> tuple[Job, bool]:
@@ -327,7 +338,11 @@ class JobStore:
         self._peak = max(self._peak, len(self._jobs))
         if previous is not None:
             self._counts[(previous.gpu_id, previous.status)] -= 1
+        else:
+            self._accepted[job.gpu_id] += 1
         self._counts[(job.gpu_id, job.status)] += 1
+        if job.status.finished and (previous is None or previous.status != job.status):
+            self._ended[(job.gpu_id, job.status)] += 1
         if previous is not None and previous.prompt_id != job.prompt_id:
             self._active.pop(previous.prompt_id, None)
         if job.prompt_id is None:
@@ -336,3 +351,11 @@ class JobStore:
             self._active.pop(job.prompt_id, None)
         else:
             self._active[job.prompt_id] = job.job_id
+
+
+def _by_gpu(counts: Counter) -> Counter:
+    """(gpu_id, status) -> n summed per GPU."""
+    per_gpu: Counter = Counter()
+    for (gpu_id, _), n in counts.items():
+        per_gpu[gpu_id] += n
+    return per_gpu

@@ -30,29 +30,32 @@ class StateCollector:
         self.context = context
 
     def collect(self):
-        """Jobs per GPU and status, and GPU health. The totals are durable (they survive
-        restarts): the jobs in the store plus those the retention sweep has removed."""
+        """Jobs per GPU and status, and GPU health. The totals are counted as jobs are accepted
+        and end, so they never go down; at start they resume from the jobs kept and those the
+        retention sweep removed."""
         counts, retired = self.context.retention.counts()
-        submitted = CounterMetricFamily("cylindria_jobs_submitted", "Jobs accepted, by GPU",
-                                        labels=["gpu"])
-        finished = CounterMetricFamily("cylindria_jobs_finished", "Jobs ended, by GPU and status",
+        accepted, ended = self.context.store.totals()
+        submitted = CounterMetricFamily("cylindria_jobs_submitted", "Jobs accepted, by the GPU "
+                                        "asked for (none: GpuId=auto)", labels=["gpu"])
+        finished = CounterMetricFamily("cylindria_jobs_finished", "Job ends, by GPU and status "
+                                       "(a lost job found completed later counts under both)",
                                        labels=["gpu", "status"])
         current = GaugeMetricFamily("cylindria_jobs", "Jobs now in each status", labels=["gpu", "status"])
         removed = CounterMetricFamily("cylindria_jobs_removed",
                                       "Finished jobs removed after --retention, by GPU and status",
                                       labels=["gpu", "status"])
-        # GPU "none": GpuId=auto jobs that were never sent (held, or cancelled while held).
-        for index in [gpu.index for gpu in self.context.gpus] + [None]:
+        # GPU "none": GpuId=auto jobs that were never sent (held, or cancelled while held);
+        # and any GPU a job names that this start no longer has (--numberOfGpus lowered).
+        named = {gpu for gpu, _ in counts} | {gpu for gpu, _ in ended} | set(accepted)
+        indexes = sorted(named - {None} | {gpu.index for gpu in self.context.gpus})
+        for index in indexes + [None]:
             label = NO_GPU if index is None else str(index)
-            submitted.add_metric([label], sum(n for (i, _), n in counts.items() if i == index)
-                                 + sum(n for (i, _), n in retired.items() if i == index))
+            submitted.add_metric([label], accepted.get(index, 0))
             for status in JobStatus:
-                n = counts.get((index, status), 0)
-                current.add_metric([label, status.value], n)
+                current.add_metric([label, status.value], counts.get((index, status), 0))
                 if status in FINISHED:
-                    gone = retired.get((index, status), 0)
-                    finished.add_metric([label, status.value], n + gone)
-                    removed.add_metric([label, status.value], gone)
+                    finished.add_metric([label, status.value], ended.get((index, status), 0))
+                    removed.add_metric([label, status.value], retired.get((index, status), 0))
         yield from (submitted, finished, current, removed)
         yield from self._queue_families(counts)
         yield from self._gpu_families()
