@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -67,6 +68,14 @@ FIRST_COLUMNS = COLUMNS[:15]
 JSON_COLUMNS = frozenset({"error", "outputs", "warnings", "labels"})
 
 
+# Seconds a statement waits for SQLite's write lock held by another connection (the webhook
+# sender's one-UPDATE tries, the retention sweep's batches of 200 rows: milliseconds each).
+# The store writes under its lock and nothing retries a failed commit (the state change would
+# be lost), so a write waits rather than fail at the first busy moment; status reads
+# (JobStore.get) do not take that lock, so they never wait behind it.
+BUSY_WAIT = 5.0
+
+
 class Database:
     """Rows of jobs; the caller (JobStore) serialises access with its own lock."""
 
@@ -75,13 +84,15 @@ class Database:
         self.retention = retention  # seconds a finished job is kept; None: for ever
         self._make_private()
         self._conn = sqlite3.connect(str(self.path), check_same_thread=False,
-                                     isolation_level=None)
+                                     isolation_level=None, timeout=BUSY_WAIT)
         # WAL + NORMAL: a commit survives a crash or kill of Cylindria without an fsync per
         # state change (only a power cut can lose the last commits).
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._migrate()
         self._conn.executescript(SCHEMA)
+        self._reader: sqlite3.Connection | None = None  # workflow reads, opened at the first
+        self._reader_lock = threading.Lock()
 
     def _migrate(self) -> None:
         """Move a jobs table of the first schema to the current one (gpu_id and prompt_id
@@ -141,8 +152,15 @@ class Database:
         return seq
 
     def workflow(self, job_id: str) -> bytes | None:
-        """The workflow of a job, as it was received (credentials left out)."""
-        row = self._conn.execute("SELECT body FROM workflows WHERE job_id = ?", (job_id,)).fetchone()
+        """The workflow of a job, as it was received (credentials left out). Read on a
+        connection of its own, so a large body never holds the one the store writes on; the
+        caller needs no lock (reads of workflows wait only for each other)."""
+        with self._reader_lock:
+            if self._reader is None:
+                self._reader = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                               check_same_thread=False, timeout=BUSY_WAIT)
+            row = self._reader.execute("SELECT body FROM workflows WHERE job_id = ?",
+                                       (job_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
     def expired(self, cutoff: float, limit: int) -> list[tuple[int, str]]:
@@ -242,8 +260,11 @@ class Database:
         return default
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
         self._conn.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
 
 
 def _to_db(name: str, value):

@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
 from operator import attrgetter
 from typing import Callable, Iterable
@@ -28,7 +29,8 @@ def _copy(job: Job) -> Job:
 
 
 class JobStore:
-    """Every job Cylindria accepted. Public methods take the lock.
+    """Every job Cylindria accepted. Public methods take the lock, but for the reads that
+    must never wait behind a write or a slow read (get, workflow; page only to copy).
 
     Records are copy-on-write snapshots: change() edits a copy and publishes it in place
     of the old record, which is never modified again, so a record handed out stays a
@@ -61,9 +63,10 @@ class JobStore:
             self._publish(job)
 
     def get(self, job_id: str) -> Job | None:
-        """The job, or None."""
-        with self._lock:
-            return self._jobs.get(job_id)
+        """The job, or None. Without the lock: records are never modified once published and
+        a dict lookup is atomic, so a status read never waits behind a write (which may wait
+        for SQLite's write lock held by another connection, see Database.BUSY_WAIT)."""
+        return self._jobs.get(job_id)
 
     def active(self, gpu_id: int | None = None) -> list[Job]:
         """Unfinished jobs (of one GPU, or all), oldest first."""
@@ -155,8 +158,7 @@ class JobStore:
 
     def workflow(self, job_id: str) -> bytes | None:
         """The workflow a job was submitted with, as received (credentials left out)."""
-        with self._lock:
-            return self._db.workflow(job_id)
+        return self._db.workflow(job_id)  # its own connection: a 32 MiB read holds no one
 
     def held(self) -> int:
         """Jobs in Cylindria's own queue (O(GPUs): from the status counts)."""
@@ -178,17 +180,20 @@ class JobStore:
         """Newest-first jobs matching the filters (and `match`, if given), older than `before`
         (a seq); and the next cursor."""
         found: list[Job] = []
-        with self._lock:
-            for job in reversed(self._jobs.values()):
-                if before is not None and job.seq >= before:
-                    continue
-                if (statuses and job.status not in statuses) or \
-                        (gpu_id is not None and job.gpu_id != gpu_id) or \
-                        (match is not None and not match(job)):
-                    continue
-                if len(found) == limit:
-                    return found, found[-1].seq
-                found.append(job)
+        with self._lock:  # one copy of the references in C; the walk and filters go outside
+            jobs = list(self._jobs.values())
+        # The dict is in seq order (jobs are published in the order the database numbers them):
+        # a cursor starts where its page left off instead of skipping every newer job.
+        end = bisect_left(jobs, before, key=attrgetter("seq")) if before is not None else len(jobs)
+        for index in range(end - 1, -1, -1):
+            job = jobs[index]
+            if (statuses and job.status not in statuses) or \
+                    (gpu_id is not None and job.gpu_id != gpu_id) or \
+                    (match is not None and not match(job)):
+                continue
+            if len(found) == limit:
+                return found, found[-1].seq
+            found.append(job)
         return found, None
 
     def wait_settled(self, job_id: str, timeout: float) -> Job | None:
