@@ -9,6 +9,7 @@ import time
 import uuid
 
 from bench import procs, store
+from bench.abuse import ORDER as ABUSE_ORDER, abuse_figures
 from bench.assets import ORDER as ASSETS_ORDER, assets_figures
 from bench.core import (INSTANT, JSON_HEADERS, Backend, Bench, Figure, FreshCylindria,
                         clear_queues, latency_job, p50_ratio, step, throughput_job,
@@ -318,11 +319,11 @@ def submit_throughput(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
 
 GROUPS = {"proxy": proxy_latency, "store": store_figures, "completion": completion,
           "submit": submit_throughput, "retention": retention_figures, "dispatch": dispatch_figures,
-          "assets": assets_figures, "webhooks": webhook_figures}
+          "assets": assets_figures, "webhooks": webhook_figures, "abuse": abuse_figures}
 COSTED = ("proxy", "submit")  # the groups that also run against the real-cost fakes
 ORDER = ("startjob_core_latency", "startjob_latency", "serverstatus_latency",
          "jobstatus_throughput", "jobstatus_latency_big_store", "memory_per_job", "startup",
          "completion_ws", "completion_poll", "submit_throughput", *RETENTION_ORDER, *DISPATCH_ORDER,
-         *ASSETS_ORDER, *WEBHOOKS_ORDER,
+         *ASSETS_ORDER, *WEBHOOKS_ORDER, *ABUSE_ORDER,
          "startjob_core_latency_real", "startjob_latency_real", "serverstatus_latency_real",
          "submit_throughput_real")

@@ -122,17 +122,19 @@ class ServerProcess:
 
 def cylindria(comfy_url: str, data_dir: Path, gpus: int = 1, websocket: bool = True,
               poll_interval: float = 5.0, threads: int = 16,
-              log_level: str = "INFO", serve_flags: tuple = ()) -> ServerProcess:
+              log_level: str = "INFO", serve_flags: tuple = (), api_key: str = API_KEY,
+              extra: tuple = ()) -> ServerProcess:
     """`python cylindria.py ...` (or bench.serve for poll-only tracking, or with other
-    `serve_flags` of bench.serve, e.g. ("--profile", path)), not yet started."""
+    `serve_flags` of bench.serve, e.g. ("--profile", path)), not yet started; `api_key` its
+    --api-key (named and own keys: "name:key:own,..."), `extra` more of its flags."""
     port = free_ports(1)
     entry = [str(ROOT / "cylindria.py")]
     if not websocket or serve_flags:
         entry = ["-m", "bench.serve", *([] if websocket else ["--no-websocket"]), *serve_flags]
     args = [sys.executable, *entry, "--host", HOST, "--port", str(port),
-            "--numberOfGpus", str(gpus), "--comfy-base-url", comfy_url, "--api-key", API_KEY,
+            "--numberOfGpus", str(gpus), "--comfy-base-url", comfy_url, "--api-key", api_key,
             "--data-dir", str(data_dir), "--poll-interval", str(poll_interval),
-            "--threads", str(threads), "--log-level", log_level]
+            "--threads", str(threads), "--log-level", log_level, *extra]
     return ServerProcess(args, port, Path(data_dir).parent / f"cylindria-{port}.log")
 
 
