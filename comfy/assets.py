@@ -313,13 +313,15 @@ class AssetStore:
                 self._conn.execute("DELETE FROM asset_uses WHERE job_id = ? AND fingerprint = ?",
                                    key)
 
-    def forget_jobs(self, job_ids, jobs: JobStore) -> None:
-        """The uses of these jobs (None: of every job) go, where the job has left the store
-        (retention)."""
+    def users_ever(self) -> list[str]:
+        """The ids of every job with a recorded use."""
         with self._lock:
-            if job_ids is None:
-                job_ids = [job_id for (job_id,) in self._conn.execute(
-                    "SELECT DISTINCT job_id FROM asset_uses").fetchall()]
+            return [job_id for (job_id,) in self._conn.execute(
+                "SELECT DISTINCT job_id FROM asset_uses").fetchall()]
+
+    def forget_jobs(self, job_ids, jobs: JobStore) -> None:
+        """The uses of these jobs go, where the job has left the store (retention)."""
+        with self._lock:
             for job_id in job_ids:
                 rows = self._conn.execute("SELECT fingerprint FROM asset_uses WHERE job_id = ?",
                                           (job_id,)).fetchall()

@@ -97,7 +97,9 @@ class RetentionSweep:
         if self.assets is None:
             return
         try:
-            self.assets.forget_jobs(None, self.store)
+            job_ids = self.assets.users_ever()
+            for start in range(0, len(job_ids), self.BATCH):  # the asset lock held briefly
+                self.assets.forget_jobs(job_ids[start:start + self.BATCH], self.store)
         except Exception:
             logger.exception("retention: forgetting old asset uses failed")
 

@@ -8,9 +8,9 @@ from flask import Blueprint, jsonify, request, send_file
 
 from comfy.assets import SHARED, Asset, AssetTooLarge, EmptyUpload, HashMismatch, UploadCut
 from comfy.status import iso_time
+from web.auth import current_client
 from web.context import ctx
 from web.errors import ApiError
-from web.auth import current_client
 from web.lookup import visible
 
 bp = Blueprint("assets", __name__)
