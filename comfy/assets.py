@@ -1,11 +1,12 @@
 """Assets: input files for workflows, held by Cylindria and placed for ComfyUI.
 
 Content-addressed by BLAKE3 (the Comfy API v2 and its SDK name assets by it): the same
-bytes are one asset. An upload streams into a temporary file in the assets folder while it
-is hashed, and is renamed into place only when complete, so a cut-off upload leaves
-nothing, and no upload is ever held whole in memory. The client's file name is kept as
-metadata only: on disk and in ComfyUI a file is named by its hash, with an extension from
-the type sniffed from its first bytes.
+bytes are one file, whoever uploads them. Each client has its own asset over that file (its
+own id and name), so an own key never learns what another client holds. An upload streams
+into a temporary file in the assets folder while it is hashed, and is renamed into place only
+when complete, so a cut-off upload leaves nothing, and no upload is ever held whole in
+memory. The client's file name is kept as metadata only: on disk and in ComfyUI a file is
+named by its hash, with an extension from the type sniffed from its first bytes.
 """
 from __future__ import annotations
 
@@ -16,13 +17,18 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import blake3
 
+from comfy.database import transaction
 from comfy.private import private_dir, private_file
+
+if TYPE_CHECKING:
+    from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
 
@@ -31,15 +37,26 @@ HASH = re.compile(r"blake3:([0-9a-f]{64})")
 ASSET_ID = re.compile(r"[0-9a-f]{32}")
 
 SCHEMA = """
+-- One row per file on disk (named by its hash): it goes only once the file is unlinked, so
+-- a file that could not be unlinked yet (open elsewhere, on Windows) is never an orphan.
+CREATE TABLE IF NOT EXISTS asset_files (
+    hash TEXT PRIMARY KEY,
+    size_bytes INTEGER NOT NULL,
+    content_type TEXT NOT NULL
+);
+-- An asset as one client sees it: its own id and name over a shared file. `owner` is an own
+-- key's name, or '' for the one asset of every key without :own.
 CREATE TABLE IF NOT EXISTS assets (
     id TEXT PRIMARY KEY,
-    hash TEXT NOT NULL UNIQUE,
+    owner TEXT NOT NULL,
+    hash TEXT NOT NULL,
     name TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    content_type TEXT NOT NULL,
     created_at REAL NOT NULL,
-    used_at REAL NOT NULL
+    used_at REAL NOT NULL,
+    UNIQUE (owner, hash)
 );
+CREATE INDEX IF NOT EXISTS assets_by_hash ON assets (hash);
+CREATE INDEX IF NOT EXISTS assets_by_used_at ON assets (used_at);
 -- Which jobs refer to which assets: an asset an unfinished job needs cannot be deleted.
 CREATE TABLE IF NOT EXISTS asset_uses (
     asset_id TEXT NOT NULL,
@@ -48,7 +65,9 @@ CREATE TABLE IF NOT EXISTS asset_uses (
                                 -- another workflow does not hold the asset
     PRIMARY KEY (asset_id, job_id, fingerprint)
 );
+CREATE INDEX IF NOT EXISTS asset_uses_by_job ON asset_uses (job_id);
 """
+SHARED = ""  # the owner of the assets of keys without :own
 
 # (magic bytes at offset, offset, content type, extension), first match wins.
 SIGNATURES = (
@@ -90,6 +109,13 @@ class UploadCut(Exception):
     """The client's body ended before its Content-Length: nothing was kept."""
 
 
+class EmptyUpload(Exception):
+    """The upload holds no byte: nothing was kept."""
+
+    def __init__(self):
+        super().__init__("the file is empty")
+
+
 @dataclass(frozen=True)
 class Asset:
     """One stored file's metadata."""
@@ -101,6 +127,7 @@ class Asset:
     content_type: str
     created_at: float
     used_at: float = 0.0  # when a job last needed it: retention counts from then
+    owner: str = SHARED  # the own key whose asset it is, or SHARED
 
     @property
     def extension(self) -> str:
@@ -129,19 +156,52 @@ def clean_name(name: str | None) -> str:
 
 
 class AssetStore:
-    """The asset files under `folder` and their rows in the job database (own connection)."""
+    """The asset files under `folder` and their rows in the job database (own connection).
+
+    A file is stored once per content; each client has its own asset over it (its id, its
+    name): an own key's asset is seen by that key and by keys without :own, the SHARED one
+    by keys without :own. Lookups take `owner`: an own key's name, or None for any asset.
+    """
 
     def __init__(self, folder: Path, db_path: Path, max_bytes: int):
         self.folder = private_dir(Path(folder))
         self.incoming = private_dir(self.folder / ".incoming")
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
+        # (job id, fingerprint) of submissions between their `use` and their `settle`: their
+        # job may not be in the store yet, and their assets are theirs all the same.
+        self._under_way: Counter = Counter()
         self._conn = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None,
                                      timeout=30.0)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(SCHEMA)
+        if not self._give_owners():
+            self._create()
         self._clear_incoming()
+
+    def _create(self) -> None:
+        """The tables, one statement at a time (executescript would commit a transaction)."""
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                self._conn.execute(statement)
+
+    def _give_owners(self) -> bool:
+        """Move a data dir from before owners to the owners' tables (once): its assets are
+        the SHARED ones, which no own key sees. True if it moved one."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(assets)")}
+        if "size_bytes" not in columns:
+            return False
+        logger.info("giving the assets owners: those stored so far are no own key's (once)")
+        with transaction(self._conn):
+            self._conn.execute("ALTER TABLE assets RENAME TO assets_unowned")
+            self._create()
+            self._conn.execute("INSERT OR IGNORE INTO asset_files (hash, size_bytes, content_type)"
+                               " SELECT hash, size_bytes, content_type FROM assets_unowned")
+            self._conn.execute("INSERT INTO assets (id, owner, hash, name, created_at, used_at)"
+                               " SELECT id, ?, hash, name, created_at, used_at FROM assets_unowned",
+                               (SHARED,))
+            self._conn.execute("DROP TABLE assets_unowned")
+        return True
 
     def _clear_incoming(self) -> None:
         """Uploads a crash cut off: never assets."""
@@ -151,10 +211,11 @@ class AssetStore:
     # -- writing ----------------------------------------------------------------------------
 
     def add(self, stream: BinaryIO, name: str | None, length: int | None,
-            expected_hash: str | None = None) -> tuple[Asset, bool]:
-        """Store an upload read from `stream` (`length` bytes if the client said how many);
-        returns (asset, created). The same bytes again give the stored asset. With
-        `expected_hash`, bytes that hash otherwise are refused (HashMismatch)."""
+            expected_hash: str | None = None, owner: str = SHARED) -> tuple[Asset, bool]:
+        """Store an upload read from `stream` (`length` bytes if the client said how many) as
+        `owner`'s asset; returns (asset, created). The same bytes again from the same owner
+        give its stored asset. With `expected_hash`, bytes that hash otherwise are refused
+        (HashMismatch)."""
         if length is not None and length > self.max_bytes:
             raise AssetTooLarge(self.max_bytes)  # refused before reading a byte
         temporary = self.incoming / f"{uuid.uuid4().hex}.part"
@@ -162,7 +223,7 @@ class AssetStore:
             digest, size, head = self._receive(stream, temporary, length)
             if expected_hash is not None and expected_hash != f"blake3:{digest}":
                 raise HashMismatch(expected_hash, f"blake3:{digest}")
-            return self._keep(temporary, digest, size, head, clean_name(name))
+            return self._keep(temporary, digest, size, head, clean_name(name), owner)
         finally:
             temporary.unlink(missing_ok=True)
 
@@ -183,90 +244,182 @@ class AssetStore:
                 out.write(chunk)
         if length is not None and size < length:
             raise UploadCut(f"the upload ended after {size} of {length} bytes")
+        if size == 0:
+            raise EmptyUpload()
         return hasher.hexdigest(), size, head
 
-    def _keep(self, temporary: Path, digest: str, size: int, head: bytes,
-              name: str) -> tuple[Asset, bool]:
-        """Move a complete upload into place and record it, unless its bytes are known."""
+    def _keep(self, temporary: Path, digest: str, size: int, head: bytes, name: str,
+              owner: str) -> tuple[Asset, bool]:
+        """Record a complete upload as the owner's asset, unless the owner has these bytes
+        already; the file moves into place only if no asset holds it yet."""
         content_type, _ = sniff(head)
         now = time.time()
-        asset = Asset(uuid.uuid4().hex, f"blake3:{digest}", name, size, content_type, now, now)
+        asset = Asset(uuid.uuid4().hex, f"blake3:{digest}", name, size, content_type, now, now,
+                      owner)
         with self._lock:
-            known = self._by_hash(asset.hash)
+            known = self._row("a.owner = ? AND a.hash = ?", (owner, asset.hash), None)
             if known is not None:
                 self._touch(known.id)
                 return known, False
-            os.replace(temporary, self.path(asset))
+            # The file's row first: a crash before the asset's row leaves a file the sweep
+            # knows to remove, never one nothing names.
+            self._conn.execute("INSERT OR IGNORE INTO asset_files (hash, size_bytes, content_type)"
+                               " VALUES (?, ?, ?)", (asset.hash, size, content_type))
+            if not self.path(asset).exists():
+                os.replace(temporary, self.path(asset))
             self._conn.execute(
-                "INSERT INTO assets (id, hash, name, size_bytes, content_type, created_at, used_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)", (asset.id, asset.hash, asset.name, asset.size_bytes,
-                                                  asset.content_type, asset.created_at, asset.created_at))
+                "INSERT INTO assets (id, owner, hash, name, created_at, used_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (asset.id, owner, asset.hash, name, now, now))
         logger.info("asset %s stored (%d bytes, %s)", asset.id, size, content_type)
         return asset, True
 
-    def delete(self, asset: Asset) -> None:
-        """Remove an asset's row and file."""
+    def delete(self, asset: Asset, jobs: JobStore) -> list[str]:
+        """Remove this asset unless a job needs it: the ids of the jobs that do (then nothing
+        is removed), else []. Its file goes with the last asset over it."""
         with self._lock:
-            self._conn.execute("DELETE FROM assets WHERE id = ?", (asset.id,))
-            self._conn.execute("DELETE FROM asset_uses WHERE asset_id = ?", (asset.id,))
-            self.path(asset).unlink(missing_ok=True)
+            users = self._users(asset.id, jobs)
+            if users:
+                return users
+            with transaction(self._conn):
+                self._conn.execute("DELETE FROM assets WHERE id = ?", (asset.id,))
+                self._conn.execute("DELETE FROM asset_uses WHERE asset_id = ?", (asset.id,))
+            self._drop_file(asset.hash)
+        return []
 
-    def use(self, job_id: str, fingerprint: str, assets) -> None:
-        """A job (this id with this workflow) refers to these assets: recorded before the
-        job exists, so a delete never misses it, and retention counts from now."""
+    def use(self, job_id: str, fingerprint: str, assets) -> list[Asset]:
+        """A submission of this job (id and workflow) refers to these assets, and retention
+        counts from now: they are its until `settle`, and its job's after. Returns those
+        deleted meanwhile (then nothing is recorded)."""
         with self._lock:
+            gone = [asset for asset in assets if self._row("a.id = ?", (asset.id,), None) is None]
+            if gone:
+                return gone
             for asset in assets:
                 self._conn.execute("INSERT OR IGNORE INTO asset_uses (asset_id, job_id, "
                                    "fingerprint) VALUES (?, ?, ?)", (asset.id, job_id, fingerprint))
                 self._touch(asset.id)
+            self._under_way[(job_id, fingerprint)] += 1
+        return []
 
-    def users(self, asset: Asset) -> list[tuple[str, str]]:
-        """(job id, workflow fingerprint) of every submission that referred to this asset."""
+    def settle(self, job_id: str, fingerprint: str, jobs: JobStore) -> None:
+        """The submission `use` recorded has ended: its uses are now its job's, or, if it
+        created none, they go."""
         with self._lock:
-            return self._conn.execute("SELECT job_id, fingerprint FROM asset_uses "
-                                      "WHERE asset_id = ?", (asset.id,)).fetchall()
+            key = (job_id, fingerprint)
+            self._under_way[key] -= 1
+            if self._under_way[key] <= 0:
+                del self._under_way[key]
+            if not self._holds(job_id, fingerprint, jobs, finished_too=True):
+                self._conn.execute("DELETE FROM asset_uses WHERE job_id = ? AND fingerprint = ?",
+                                   key)
+
+    def users_ever(self) -> list[str]:
+        """The ids of every job with a recorded use."""
+        with self._lock:
+            return [job_id for (job_id,) in self._conn.execute(
+                "SELECT DISTINCT job_id FROM asset_uses").fetchall()]
+
+    def forget_jobs(self, job_ids, jobs: JobStore) -> None:
+        """The uses of these jobs go, where the job has left the store (retention)."""
+        with self._lock:
+            for job_id in job_ids:
+                rows = self._conn.execute("SELECT fingerprint FROM asset_uses WHERE job_id = ?",
+                                          (job_id,)).fetchall()
+                for (fingerprint,) in rows:
+                    if not self._holds(job_id, fingerprint, jobs, finished_too=True):
+                        self._conn.execute("DELETE FROM asset_uses WHERE job_id = ? AND "
+                                           "fingerprint = ?", (job_id, fingerprint))
 
     def unused_since(self, cutoff: float, limit: int = 200) -> list[Asset]:
         """Assets no job has needed since `cutoff`, oldest first."""
         with self._lock:
-            rows = self._conn.execute(f"SELECT {_FIELDS} FROM assets WHERE used_at < ? "
-                                      "ORDER BY used_at LIMIT ?", (cutoff, limit)).fetchall()
+            rows = self._conn.execute(f"SELECT {_FIELDS} FROM {_TABLES} WHERE a.used_at < ? "
+                                      "ORDER BY a.used_at LIMIT ?", (cutoff, limit)).fetchall()
         return [Asset(*row) for row in rows]
+
+    def sweep_files(self, limit: int = 200) -> int:
+        """Remove the files no asset holds any more whose unlink failed before (open
+        elsewhere at the time, on Windows); how many went."""
+        with self._lock:
+            left = self._conn.execute("SELECT hash FROM asset_files WHERE hash NOT IN "
+                                      "(SELECT hash FROM assets) LIMIT ?", (limit,)).fetchall()
+            return sum(self._drop_file(hash_text) for (hash_text,) in left)
 
     # -- reading ----------------------------------------------------------------------------
 
-    def get(self, asset_id: str) -> Asset | None:
-        """The asset with this id, or None."""
+    def get(self, asset_id: str, owner: str | None = None) -> Asset | None:
+        """The asset with this id (of `owner`, unless None), or None."""
         if not ASSET_ID.fullmatch(asset_id or ""):
             return None
         with self._lock:
-            row = self._conn.execute(f"SELECT {_FIELDS} FROM assets WHERE id = ?",
-                                     (asset_id,)).fetchone()
-        return None if row is None else Asset(*row)
+            return self._row("a.id = ?", (asset_id,), owner)
 
-    def by_hash(self, hash_text: str) -> Asset | None:
-        """The asset with this hash ("blake3:<hex>"), or None."""
+    def by_hash(self, hash_text: str, owner: str | None = None) -> Asset | None:
+        """The asset with this hash ("blake3:<hex>") of `owner`; with None, the SHARED one
+        if there is one, else the oldest. None if there is none."""
         if not HASH.fullmatch(hash_text or ""):
             return None
         with self._lock:
-            return self._by_hash(hash_text)
+            return self._row("a.hash = ?", (hash_text,), owner)
 
     def path(self, asset: Asset) -> Path:
         """Where its bytes are: named by the hash alone."""
-        return self.folder / asset.hash[len("blake3:"):]
+        return self._file(asset.hash)
 
     def close(self) -> None:
         """Close the connection."""
         with self._lock:
             self._conn.close()
 
-    def _by_hash(self, hash_text: str) -> Asset | None:
-        row = self._conn.execute(f"SELECT {_FIELDS} FROM assets WHERE hash = ?",
-                                 (hash_text,)).fetchone()
+    # -- under the lock ---------------------------------------------------------------------
+
+    def _row(self, where: str, values: tuple, owner: str | None) -> Asset | None:
+        if owner is not None:
+            where, values = f"{where} AND a.owner = ?", (*values, owner)
+        row = self._conn.execute(f"SELECT {_FIELDS} FROM {_TABLES} WHERE {where} "
+                                 "ORDER BY a.owner != ?, a.created_at LIMIT 1",
+                                 (*values, SHARED)).fetchone()
         return None if row is None else Asset(*row)
+
+    def _users(self, asset_id: str, jobs: JobStore) -> list[str]:
+        """Who uses this asset: the unfinished jobs that referred to it, and the submissions
+        under way that did (their job not in the store yet, or never if they are refused)."""
+        rows = self._conn.execute("SELECT job_id, fingerprint FROM asset_uses WHERE asset_id = ?",
+                                  (asset_id,)).fetchall()
+        return [job_id for job_id, fingerprint in rows if self._holds(job_id, fingerprint, jobs)]
+
+    def _holds(self, job_id: str, fingerprint: str, jobs: JobStore,
+               finished_too: bool = False) -> bool:
+        """Whether this use still stands: its submission is under way, or its job (this id
+        with this workflow) is in the store, unfinished unless `finished_too`."""
+        if self._under_way[(job_id, fingerprint)]:
+            return True
+        job = jobs.get(job_id)
+        return job is not None and job.fingerprint == fingerprint \
+            and (finished_too or not job.status.finished)
+
+    def _drop_file(self, hash_text: str) -> bool:
+        """Unlink a file no asset holds, then its row; a failed unlink keeps the row, so the
+        sweep tries again. True if it went."""
+        if self._conn.execute("SELECT 1 FROM assets WHERE hash = ? LIMIT 1",
+                              (hash_text,)).fetchone() is not None:
+            return False
+        try:
+            self._file(hash_text).unlink(missing_ok=True)
+        except OSError as exc:
+            logger.warning("asset file %s could not be removed yet (%s); the retention sweep "
+                           "tries again", hash_text, exc)
+            return False
+        self._conn.execute("DELETE FROM asset_files WHERE hash = ?", (hash_text,))
+        return True
+
+    def _file(self, hash_text: str) -> Path:
+        return self.folder / hash_text[len("blake3:"):]
 
     def _touch(self, asset_id: str) -> None:
         self._conn.execute("UPDATE assets SET used_at = ? WHERE id = ?", (time.time(), asset_id))
 
 
-_FIELDS = "id, hash, name, size_bytes, content_type, created_at, used_at"
+_FIELDS = ("a.id, a.hash, a.name, f.size_bytes, f.content_type, a.created_at, a.used_at, "
+           "a.owner")
+_TABLES = "assets AS a JOIN asset_files AS f ON f.hash = a.hash"

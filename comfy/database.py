@@ -217,16 +217,9 @@ class Database:
         return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                   (name,)).fetchone() is not None
 
-    @contextmanager
     def _transaction(self):
-        """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the connection is in autocommit mode."""
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+        """One transaction on this connection (see `transaction`)."""
+        return transaction(self._conn)
 
     def _cutoff(self) -> float:
         """Finished jobs that ended before this are past retention (-inf: keep all)."""
@@ -265,6 +258,18 @@ class Database:
         with self._reader_lock:
             if self._reader is not None:
                 self._reader.close()
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection):
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on a connection in autocommit mode."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _to_db(name: str, value):

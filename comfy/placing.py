@@ -36,16 +36,18 @@ def references(prompt: dict) -> list[tuple[str, str, dict]]:
     return found
 
 
-def resolve(prompt: dict, assets: AssetStore) -> dict[tuple[str, str], Asset]:
-    """(node id, input) -> the asset each reference names; AssetNotFound for the first
-    unknown one (a reference must name an id or a hash)."""
+def resolve(prompt: dict, assets: AssetStore,
+            owner: str | None = None) -> dict[tuple[str, str], Asset]:
+    """(node id, input) -> the asset each reference names, among `owner`'s assets (None:
+    any); AssetNotFound for the first unknown one (a reference must name an id or a hash),
+    and for another own key's, which is answered the same."""
     resolved = {}
     for node_id, name, info in references(prompt):
         asset = None
         if isinstance(info, dict) and isinstance(info.get("id"), str):
-            asset = assets.get(info["id"])
+            asset = assets.get(info["id"], owner)
         elif isinstance(info, dict) and isinstance(info.get("hash"), str):
-            asset = assets.by_hash(info["hash"])
+            asset = assets.by_hash(info["hash"], owner)
         if asset is None:
             raise AssetNotFound(node_id, name, info)
         resolved[(node_id, name)] = asset

@@ -1,5 +1,6 @@
 """The retention sweep: finished jobs older than --retention leave memory and the database,
-with their workflows and their settled webhook events."""
+with their workflows, their asset uses and their settled webhook events; so do assets no job
+has needed for that long."""
 from __future__ import annotations
 
 import logging
@@ -62,6 +63,7 @@ class RetentionSweep:
 
     def run(self) -> None:
         """Sweep until stopped: batches back to back while a backlog lasts, then every interval."""
+        self.forget_old_uses()
         while not self._stop.is_set():
             try:
                 removed = self.sweep_once()
@@ -82,28 +84,36 @@ class RetentionSweep:
             deleted = self._db.delete_expired([seq for seq, _ in rows], cutoff)
             # Re-read, not added up: a new job under an expired id deletes that row too.
             self._retired = self._db.retired()
+        if self.assets is not None:
+            self.assets.forget_jobs([job_id for _, job_id in rows], self.store)
         removed = sum(deleted.values())
         logger.debug("retention: removed %d finished job(s) that ended before %s", removed,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cutoff)))
         return removed
 
+    def forget_old_uses(self) -> None:
+        """Once a start: the asset uses of jobs no longer in the store that no pass will meet
+        (left by versions that kept them for ever, or by a submission a crash cut off)."""
+        if self.assets is None:
+            return
+        try:
+            job_ids = self.assets.users_ever()
+            for start in range(0, len(job_ids), self.BATCH):  # the asset lock held briefly
+                self.assets.forget_jobs(job_ids[start:start + self.BATCH], self.store)
+        except Exception:
+            logger.exception("retention: forgetting old asset uses failed")
+
     def sweep_assets(self) -> int:
-        """Remove assets no job has needed for `retention` and no unfinished job refers to."""
+        """Remove assets no job has needed for `retention` and no job needs now (nor a
+        submission under way), and retry files whose unlink failed; how many assets went."""
         if self.assets is None:
             return 0
-        removed = 0
-        for asset in self.assets.unused_since(self.clock() - self.retention):
-            if any(self._unfinished(job_id) for job_id, _ in self.assets.users(asset)):
-                continue
-            self.assets.delete(asset)
-            removed += 1
+        removed = sum(not self.assets.delete(asset, self.store)
+                      for asset in self.assets.unused_since(self.clock() - self.retention))
+        self.assets.sweep_files()
         if removed:
             logger.info("retention: removed %d asset(s) no job needed", removed)
         return removed
-
-    def _unfinished(self, job_id: str) -> bool:
-        job = self.store.get(job_id)
-        return job is not None and not job.status.finished
 
     def counts(self) -> tuple[dict[tuple[int, JobStatus], int], Counter]:
         """The store's live counts and the retired ones, read together (for /metrics)."""

@@ -24,7 +24,7 @@ def named(fakes, tmp_path):
 
 def test_an_own_key_is_not_told_the_ids_of_others_jobs(named):
     alice, bob = Api(named.url, key=ALICE), Api(named.url, key=BOB)
-    asset = upload(alice, output_png("in.png")).json()
+    asset = upload(bob, output_png("in.png")).json()  # Bob's own; Alice's key sees every asset
     workflow = workflows.slow(seconds=2000, prefix="theirs")
     workflow["9"] = {"class_type": "LoadImage", "inputs": {"image": asset_ref(asset)}}
     assert alice.put("/startjob/theirs?GpuId=0", json=workflow).status_code == 201

@@ -40,15 +40,6 @@ class Context:
     models: ModelCatalogue
     output_sizes: OutputSizes = field(default_factory=OutputSizes)
 
-    def asset_users(self, asset) -> list[str]:
-        """The unfinished jobs that refer to this asset."""
-        users = []
-        for job_id, fingerprint in self.assets.users(asset):
-            job = self.store.get(job_id)
-            if job is not None and job.fingerprint == fingerprint and not job.status.finished:
-                users.append(job_id)
-        return users
-
     def close(self) -> None:
         """Stop dispatching, tracking and the retention sweep, and close the store."""
         self.watch.close()

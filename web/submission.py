@@ -10,6 +10,7 @@ from comfy.catalogue import check_workflow, needs_of
 from comfy.placing import AssetNotFound, references, resolve
 from comfy.submit import QueueFull, hold_job
 from comfy.workflow import Workflow
+from web.assets import viewer
 from web.errors import ApiError
 from webhooks.address import InvalidWebhook
 
@@ -22,34 +23,51 @@ START_WINDOW = 60.0
 
 @contextmanager
 def accepting(context, job_id: str, workflow: Workflow):
-    """Around one submission: its assets are checked and recorded (yields True if it has
-    any), its credentials held for the dispatcher; a refused submission leaves neither."""
-    uses_assets = note_assets(context, job_id, workflow)
-    context.secrets.keep(job_id, workflow.withheld)
-    try:
-        yield uses_assets
-    except AssetNotFound as exc:  # deleted while this submission was under way
-        context.secrets.refused(job_id)
-        raise asset_missing(exc) from None
-    except BaseException:
-        context.secrets.refused(job_id)
-        raise
+    """Around one submission: its assets are checked and held (yields True if it has any),
+    its credentials held for the dispatcher; a refused submission leaves neither."""
+    with assets_held(context, job_id, workflow) as uses_assets:
+        context.secrets.keep(job_id, workflow.withheld)
+        try:
+            yield uses_assets
+        except AssetNotFound as exc:  # deleted while this submission was under way
+            context.secrets.refused(job_id)
+            raise asset_missing(exc) from None
+        except BaseException:
+            context.secrets.refused(job_id)
+            raise
 
 
-def note_assets(context, job_id: str, workflow: Workflow) -> bool:
-    """Check the workflow's asset references (400 asset_not_found for one Cylindria does not
-    hold: no job) and record that this job needs them; True if it has any. A retry of a
-    job that exists is answered with the job even if its assets are gone by now."""
+@contextmanager
+def assets_held(context, job_id: str, workflow: Workflow):
+    """Check the workflow's asset references (400 asset_not_found for one the client may not
+    use: no job) and hold them for this submission while it runs, so a delete meanwhile is
+    409; yields True if it has any. Once it ends, the uses are its job's, or go if it made
+    none. A retry of a job that exists is answered with the job even if its assets are gone."""
     if not references(workflow.prompt):
-        return False
+        yield False
+        return
     try:
-        resolved = resolve(workflow.prompt, context.assets)
+        note_assets(context, job_id, workflow)
+        recorded = True
     except AssetNotFound as exc:
-        if context.store.get(job_id) is not None:
-            return True  # the job's own answer (200, or 409 for another workflow) follows
-        raise asset_missing(exc) from None
-    context.assets.use(job_id, workflow.fingerprint, resolved.values())
-    return True
+        if context.store.get(job_id) is None:
+            raise asset_missing(exc) from None
+        recorded = False  # the job's own answer (200, or 409 for another workflow) follows
+    try:
+        yield True
+    finally:
+        if recorded:
+            context.assets.settle(job_id, workflow.fingerprint, context.store)
+
+
+def note_assets(context, job_id: str, workflow: Workflow) -> None:
+    """Record that this submission needs the assets its references name among those the
+    client may see (AssetNotFound for the first it may not use, or one deleted meanwhile)."""
+    resolved = resolve(workflow.prompt, context.assets, viewer())
+    gone = context.assets.use(job_id, workflow.fingerprint, resolved.values())
+    for (node_id, name), asset in resolved.items():
+        if asset in gone:
+            raise AssetNotFound(node_id, name, workflow.prompt[node_id]["inputs"][name]["info"])
 
 
 def asset_missing(exc: AssetNotFound) -> ApiError:

@@ -1,5 +1,6 @@
-"""Comfy API v2 assets: the assets of Cylindria's asset store (one per content hash), and a
-job's outputs read as assets (their ids are `<job id>~<index>`, their bytes ComfyUI's)."""
+"""Comfy API v2 assets: the assets of Cylindria's asset store (one per client and content
+hash; an own key sees only its own), and a job's outputs read as assets (their ids are
+`<job id>~<index>`, their bytes ComfyUI's)."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
@@ -8,7 +9,7 @@ from werkzeug.routing import BaseConverter
 from comfy.assets import Asset
 from comfy.gone import gpu_at
 from comfy.workflow import WorkflowError, load_json
-from web.assets import asset_file, receive, remove
+from web.assets import asset_file, receive, remove, viewer
 from web.context import ctx
 from web.errors import ApiError
 from web.lookup import visible
@@ -44,15 +45,15 @@ def upload():
 
 @bp.post("/assets/from-hash")
 def from_hash():
-    """POST /assets/from-hash {"hash"}: the asset holding these bytes (200), or 404
-    blob_not_found. Assets are content-addressed, so no second record is minted."""
+    """POST /assets/from-hash {"hash"}: the client's asset holding these bytes (200), or 404
+    blob_not_found (also when only another own key has them: no record is minted for it)."""
     try:
         document = load_json(request.get_data(cache=False))
     except WorkflowError as exc:
         raise invalid_request(exc.message) from None
     if not isinstance(document, dict) or not isinstance(document.get("hash"), str):
         raise invalid_request("send {\"hash\": \"blake3:<hex>\"}", "hash")
-    asset = ctx().assets.by_hash(document["hash"])
+    asset = ctx().assets.by_hash(document["hash"], viewer())
     if asset is None:
         raise ApiError(404, "blob_not_found", "Cylindria holds no bytes with this hash")
     return jsonify(shapes_now().asset(asset, False))
@@ -61,7 +62,7 @@ def from_hash():
 @bp.route("/assets/by-hash/<path:hash>", methods=["HEAD"])
 def by_hash(hash: str):
     """HEAD /assets/by-hash/{hash}: 200 when Cylindria holds these bytes, else 404."""
-    if ctx().assets.by_hash(hash) is None:
+    if ctx().assets.by_hash(hash, viewer()) is None:
         raise not_found("asset")
     return Response(status=200)
 
@@ -98,8 +99,8 @@ def delete(asset_id: str):
 
 
 def _uploaded(asset_id: str) -> Asset:
-    """The uploaded asset under this id, or 404 not_found."""
-    asset = ctx().assets.get(asset_id)
+    """The uploaded asset under this id, or 404 not_found (also for another own key's)."""
+    asset = ctx().assets.get(asset_id, viewer())
     if asset is None:
         raise not_found("asset")
     return asset
