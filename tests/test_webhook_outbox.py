@@ -8,7 +8,7 @@ import time
 import pytest
 
 from comfy.database import Database
-from comfy.events import finish
+from comfy.events import finish, finish_from_history, start_running
 from comfy.jobs import Job, JobStatus
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
@@ -120,6 +120,37 @@ def test_a_start_learnt_only_with_the_end_still_sends_job_started_first(path):
         finish(JobStatus.COMPLETED)(job)
     store.change("j", ended_while_unseen)
     assert [e.event for e in outbox.due(float("inf"), 10)] == ["job.started", "job.completed"]
+
+
+def test_a_revived_lost_job_sends_its_true_end_but_no_second_job_started(path):
+    """It ran (job.started sent), its GPU went away (job.lost), then ComfyUI came back and its
+    history told the true end (comfy/reconcile.py's revival): job.completed follows, and the
+    start, already announced, is not announced again."""
+    store, outbox = stored(path)
+    queued_job(store)
+    store.change("j", start_running)
+    store.change("j", finish(JobStatus.LOST, {"type": "lost"}))
+    entry = {"status": {"status_str": "success", "completed": True, "messages": [
+        ["execution_start", {"prompt_id": "p", "timestamp": 1}],
+        ["execution_success", {"prompt_id": "p", "timestamp": 2}]]}, "outputs": {}}
+    assert store.change("j", finish_from_history(entry), allow_finished=True).status \
+        is JobStatus.COMPLETED
+    assert [e.event for e in outbox.due(float("inf"), 10)] == [
+        "job.started", "job.lost", "job.completed"]
+
+
+def test_a_job_lost_before_it_was_seen_running_gets_one_job_started_when_revived(path):
+    """Lost while queued (no start announced), found completed later: its start once."""
+    store, outbox = stored(path)
+    queued_job(store)
+    store.change("j", finish(JobStatus.LOST, {"type": "lost"}))
+
+    def ended_while_unseen(job):
+        job.started_at = 5.0
+        finish(JobStatus.COMPLETED)(job)
+    store.change("j", ended_while_unseen, allow_finished=True)
+    assert [e.event for e in outbox.due(float("inf"), 10)] == [
+        "job.lost", "job.started", "job.completed"]
 
 
 def test_a_job_that_never_ran_sends_only_its_end(path):

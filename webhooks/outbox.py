@@ -86,12 +86,16 @@ class Outbox:
     def rows_for(self, old: Job, new: Job) -> list:
         """JobStore companion: the event rows this status change causes, if any. A job that
         ran but whose start Cylindria learnt only with its end (its websocket was behind or
-        down, and ComfyUI's history told the end) gets its job.started too, just before."""
+        down, and ComfyUI's history told the end) gets its job.started too, just before; one
+        whose start was announced already (a `lost` job revived by its true end) does not."""
         event = EVENTS.get(new.status) if new.webhook else None
         if event is None or old.status is new.status:
             return []
         events = [event]
-        if new.status.finished and old.status is not JobStatus.RUNNING and new.started_at:
+        # started_at is set when a start is seen (and cleared when a job goes back to the
+        # queue), so an old started_at means job.started went out with that start.
+        if new.status.finished and old.status is not JobStatus.RUNNING \
+                and old.started_at is None and new.started_at:
             events.insert(0, EVENTS[JobStatus.RUNNING])
         now = self._clock()
         data = self._render(new)
