@@ -49,13 +49,15 @@ class WebhookSender:
     """start(), stop(timeout), deliver_once(): the usual thread shape."""
 
     def __init__(self, outbox: Outbox, secret: str, *, allow_private: bool = False,
-                 comfy: frozenset = frozenset(), delays: tuple = DELAYS,
+                 comfy: frozenset = frozenset(), local: Callable[[], frozenset] = frozenset,
+                 delays: tuple = DELAYS,
                  give_up_after: float = GIVE_UP_AFTER, deadline: float = DEADLINE,
                  tick: float = 1.0, clock: Callable[[], float] = time.time, resolve=None):
         self.outbox = outbox
         self._signer = Webhook(secret)
         self.allow_private = allow_private
         self.comfy = comfy
+        self.local = local  # this host's addresses, as of now (webhooks/host.py)
         self.delays = delays
         self.give_up_after = give_up_after
         self.deadline = deadline
@@ -275,7 +277,7 @@ class WebhookSender:
         """POST the event, signed; None if the receiver took it (2xx), else why not."""
         try:
             target = check_webhook(event.url, allow_private=self.allow_private, comfy=self.comfy,
-                                   resolve=self.resolve)
+                                   local=self.local(), resolve=self.resolve)
         except InvalidWebhook as exc:
             return f"refused: {exc}"
         now = self.clock()
