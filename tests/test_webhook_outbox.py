@@ -187,3 +187,37 @@ def rows(path) -> list[str]:
     """The ids of every event in the outbox, settled or not."""
     with sqlite3.connect(str(path)) as conn:
         return [row[0] for row in conn.execute("SELECT id FROM webhook_outbox")]
+
+
+def test_an_outbox_written_before_events_knew_their_client_gets_it_from_the_job(path):
+    """A data dir of an earlier Cylindria: its pending event is shared as its job's client's."""
+    store = JobStore(Database(path))
+    store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f",
+                      webhook="http://receiver.example/h", submitted_by="bob"), b"{}")
+    store.close()
+    with sqlite3.connect(str(path)) as conn:
+        conn.execute("CREATE TABLE webhook_outbox (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, "
+                     "url TEXT NOT NULL, event TEXT NOT NULL, body BLOB NOT NULL, created_at "
+                     "REAL NOT NULL, due_at REAL, attempts INTEGER NOT NULL DEFAULT 0, "
+                     "last_error TEXT, delivered_at REAL, given_up_at REAL)")
+        conn.execute("INSERT INTO webhook_outbox (id, job_id, url, event, body, created_at, due_at)"
+                     " VALUES ('old', 'j', 'http://receiver.example/h', 'job.started', x'7b7d', 1, 1)")
+    outbox = Outbox(path, lambda job: {})
+    try:
+        [event] = outbox.due(float("inf"), 10)
+        assert (event.id, event.client) == ("old", "bob")
+        assert outbox.due(float("inf"), 10, clients={"bob"}) == []
+    finally:
+        outbox.close()
+
+
+def test_each_event_carries_its_jobs_client(path):
+    store, outbox = stored(path)
+    store.reserve(Job(job_id="named", gpu_id=0, prompt_id="p", fingerprint="f",
+                      webhook="http://receiver.example/h", submitted_by="alice"), b"{}")
+    store.release("named", "p")
+    store.change("named", finish(JobStatus.CANCELLED))
+    queued_job(store, "unnamed")
+    store.change("unnamed", finish(JobStatus.CANCELLED))
+    assert [(e.job_id, e.client) for e in outbox.due(float("inf"), 10)] == [
+        ("named", "alice"), ("unnamed", "")]

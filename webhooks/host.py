@@ -35,7 +35,8 @@ def local_ipv4(fib_trie: str) -> set:
 
 def local_ipv6(if_inet6: str) -> set:
     """The addresses /proc/net/if_inet6 lists (32 hex digits first on each line)."""
-    return {ipaddress.IPv6Address(int(words[0], 16)) for words in map(str.split, if_inet6.splitlines())
+    lines = map(str.split, if_inet6.splitlines())
+    return {ipaddress.IPv6Address(int(words[0], 16)) for words in lines
             if words and len(words[0]) == 32}
 
 
