@@ -18,7 +18,7 @@ from comfy.store import JobStore
 from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
-from tests.helpers import Api, free_ports, wait_for
+from tests.helpers import Api, wait_for
 from tests.webhook_receiver import Receiver
 from webhooks.outbox import Outbox
 from webhooks.sender import PER_RECEIVER, WORKERS, WebhookSender
@@ -32,7 +32,8 @@ class Hanging:
     it; they note when the sender gives up on one (closes it)."""
 
     def __init__(self, ports: int):
-        self.ports = [free_ports(1) for _ in range(ports)]
+        self.count = ports
+        self.ports: list[int] = []
         self.accepted = 0
         self.first_close: float | None = None  # time.time() of the sender's first give-up
         self._lock = threading.Lock()
@@ -41,8 +42,9 @@ class Hanging:
         self._held: list[socket.socket] = []
 
     def start(self) -> "Hanging":
-        for port in self.ports:
-            listener = socket.create_server(("127.0.0.1", port), backlog=64)
+        for _ in range(self.count):
+            listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+            self.ports.append(listener.getsockname()[1])
             listener.settimeout(0.2)
             self._listeners.append(listener)
             threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
