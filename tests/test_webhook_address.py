@@ -160,3 +160,55 @@ def test_a_host_that_cannot_be_resolved_is_refused():
 def test_a_host_resolving_to_nothing_is_refused():
     with pytest.raises(InvalidWebhook, match="cannot be resolved"):
         check_webhook("http://empty.example/", allow_private=True, resolve=resolver({"empty.example": []}))
+
+
+# This host's own addresses, as webhooks/host.py would read them: given, never looked up, and
+# never connected to (the check is pure).
+HOST = frozenset(map(ipaddress.ip_address, ["192.0.2.10", "2001:db8::10"]))
+
+
+@pytest.mark.parametrize("url", ["http://192.0.2.10:8188/interrupt", "http://192.0.2.10:8189/",
+                                 "http://[2001:db8::10]:8188/", "http://[::ffff:192.0.2.10]:8188/",
+                                 "http://[::]:8188/", "http://this-box:8189/"])
+def test_an_address_of_this_host_on_a_gpu_port_is_refused_even_with_allow_private(url):
+    resolve = resolver({"this-box": ["2001:db8::10"]})
+    with pytest.raises(InvalidWebhook, match="ComfyUI"):
+        check_webhook(url, allow_private=True, comfy=COMFY, local=HOST, resolve=resolve)
+
+
+def test_an_address_of_this_host_on_another_port_is_a_receiver_like_any_other():
+    target = check_webhook("http://192.0.2.10:9000/", allow_private=True, comfy=COMFY, local=HOST,
+                           resolve=no_resolving)
+    assert target.addresses == ("192.0.2.10",)
+
+
+@pytest.mark.parametrize("address, reason", [
+    ("::ffff:0:7f00:1", "a loopback address"), ("::ffff:0:a00:1", "a private address"),
+    ("::ffff:0:c0a8:101", "a private address"), ("64:ff9b:1::a00:1", "a local-use NAT64 address"),
+    ("64:ff9b:1::808:808", "a local-use NAT64 address"),
+])
+def test_ipv4_translated_and_local_use_nat64_forms_are_judged_by_their_ipv4_address(address, reason):
+    assert forbidden_reason(address) == reason
+
+
+def test_an_ipv4_translated_public_address_is_allowed_like_its_ipv4_form():
+    assert forbidden_reason("::ffff:0:808:808") is None
+
+
+@pytest.mark.parametrize("address", [
+    "::ffff:0:7f00:1",  # IPv4-translated 127.0.0.1
+    "64:ff9b:1::7f00:1",  # local-use NAT64, /96 form of 127.0.0.1
+    "64:ff9b:1:7f00:0:100::",  # the /48 form of 127.0.0.1 (bits 64-71 skipped)
+    "64:ff9b:1:0:7f:0:1:0",  # the /64 form of 127.0.0.1
+])
+def test_translated_and_nat64_forms_of_loopback_are_refused_on_a_gpu_port(address):
+    with pytest.raises(InvalidWebhook, match="ComfyUI"):
+        check_webhook(f"http://[{address}]:8188/", allow_private=True, comfy=COMFY,
+                      resolve=no_resolving)
+
+
+@pytest.mark.parametrize("address", ["64:ff9b:1::c000:20a", "::ffff:0:c000:20a"])  # 192.0.2.10
+def test_translated_and_nat64_forms_of_this_hosts_address_are_refused_on_a_gpu_port(address):
+    with pytest.raises(InvalidWebhook, match="ComfyUI"):
+        check_webhook(f"http://[{address}]:8188/", allow_private=True, comfy=COMFY, local=HOST,
+                      resolve=no_resolving)

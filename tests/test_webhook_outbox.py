@@ -8,7 +8,7 @@ import time
 import pytest
 
 from comfy.database import Database
-from comfy.events import finish
+from comfy.events import finish, finish_from_history, start_running
 from comfy.jobs import Job, JobStatus
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
@@ -122,6 +122,37 @@ def test_a_start_learnt_only_with_the_end_still_sends_job_started_first(path):
     assert [e.event for e in outbox.due(float("inf"), 10)] == ["job.started", "job.completed"]
 
 
+def test_a_revived_lost_job_sends_its_true_end_but_no_second_job_started(path):
+    """It ran (job.started sent), its GPU went away (job.lost), then ComfyUI came back and its
+    history told the true end (comfy/reconcile.py's revival): job.completed follows, and the
+    start, already announced, is not announced again."""
+    store, outbox = stored(path)
+    queued_job(store)
+    store.change("j", start_running)
+    store.change("j", finish(JobStatus.LOST, {"type": "lost"}))
+    entry = {"status": {"status_str": "success", "completed": True, "messages": [
+        ["execution_start", {"prompt_id": "p", "timestamp": 1}],
+        ["execution_success", {"prompt_id": "p", "timestamp": 2}]]}, "outputs": {}}
+    assert store.change("j", finish_from_history(entry), allow_finished=True).status \
+        is JobStatus.COMPLETED
+    assert [e.event for e in outbox.due(float("inf"), 10)] == [
+        "job.started", "job.lost", "job.completed"]
+
+
+def test_a_job_lost_before_it_was_seen_running_gets_one_job_started_when_revived(path):
+    """Lost while queued (no start announced), found completed later: its start once."""
+    store, outbox = stored(path)
+    queued_job(store)
+    store.change("j", finish(JobStatus.LOST, {"type": "lost"}))
+
+    def ended_while_unseen(job):
+        job.started_at = 5.0
+        finish(JobStatus.COMPLETED)(job)
+    store.change("j", ended_while_unseen, allow_finished=True)
+    assert [e.event for e in outbox.due(float("inf"), 10)] == [
+        "job.lost", "job.started", "job.completed"]
+
+
 def test_a_job_that_never_ran_sends_only_its_end(path):
     store, outbox = stored(path)
     queued_job(store)
@@ -156,3 +187,37 @@ def rows(path) -> list[str]:
     """The ids of every event in the outbox, settled or not."""
     with sqlite3.connect(str(path)) as conn:
         return [row[0] for row in conn.execute("SELECT id FROM webhook_outbox")]
+
+
+def test_an_outbox_written_before_events_knew_their_client_gets_it_from_the_job(path):
+    """A data dir of an earlier Cylindria: its pending event is shared as its job's client's."""
+    store = JobStore(Database(path))
+    store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f",
+                      webhook="http://receiver.example/h", submitted_by="bob"), b"{}")
+    store.close()
+    with sqlite3.connect(str(path)) as conn:
+        conn.execute("CREATE TABLE webhook_outbox (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, "
+                     "url TEXT NOT NULL, event TEXT NOT NULL, body BLOB NOT NULL, created_at "
+                     "REAL NOT NULL, due_at REAL, attempts INTEGER NOT NULL DEFAULT 0, "
+                     "last_error TEXT, delivered_at REAL, given_up_at REAL)")
+        conn.execute("INSERT INTO webhook_outbox (id, job_id, url, event, body, created_at, due_at)"
+                     " VALUES ('old', 'j', 'http://receiver.example/h', 'job.started', x'7b7d', 1, 1)")
+    outbox = Outbox(path, lambda job: {})
+    try:
+        [event] = outbox.due(float("inf"), 10)
+        assert (event.id, event.client) == ("old", "bob")
+        assert outbox.due(float("inf"), 10, clients={"bob"}) == []
+    finally:
+        outbox.close()
+
+
+def test_each_event_carries_its_jobs_client(path):
+    store, outbox = stored(path)
+    store.reserve(Job(job_id="named", gpu_id=0, prompt_id="p", fingerprint="f",
+                      webhook="http://receiver.example/h", submitted_by="alice"), b"{}")
+    store.release("named", "p")
+    store.change("named", finish(JobStatus.CANCELLED))
+    queued_job(store, "unnamed")
+    store.change("unnamed", finish(JobStatus.CANCELLED))
+    assert [(e.job_id, e.client) for e in outbox.due(float("inf"), 10)] == [
+        ("named", "alice"), ("unnamed", "")]

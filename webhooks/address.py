@@ -11,6 +11,9 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # name we check and the name the sender connects to the same.
 HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+LOCAL_NAT64 = ipaddress.ip_network("64:ff9b:1::/48")  # local-use NAT64 (RFC 8215)
+TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # IPv4-translated, ::ffff:0:a.b.c.d (RFC 2765)
+IPV4_BITS = 0xFFFFFFFF
 REFUSED_NETWORKS = tuple((ipaddress.ip_network(net), reason) for net, reason in (
     ("0.0.0.0/8", "an unspecified address"), ("::/128", "an unspecified address"),
     ("127.0.0.0/8", "a loopback address"), ("::1/128", "a loopback address"),
@@ -72,7 +75,8 @@ def literal_ip(host: str):
 
 
 def judged_address(address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The address packets really go to: IPv6 forms that carry an IPv4 address are judged by it."""
+    """The address packets really go to: IPv6 forms that carry an IPv4 address are judged by it
+    (a local-use NAT64 one by its /96 form: judged_addresses gives every form)."""
     address = ipaddress.ip_address(address)
     if address.version == 4:
         return address
@@ -80,13 +84,29 @@ def judged_address(address) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
-    if address in NAT64 or 1 < int(address) < 2 ** 32:  # NAT64 or IPv4-compatible (::a.b.c.d)
-        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-    return address
+    if address in NAT64 or address in LOCAL_NAT64 or address in TRANSLATED \
+            or 1 < int(address) < 2 ** 32:  # or IPv4-compatible (::a.b.c.d)
+        return ipaddress.IPv4Address(int(address) & IPV4_BITS)
+    return ipaddress.IPv6Address(int(address))  # without a zone (fe80::1%eth0 is fe80::1)
+
+
+def judged_addresses(address) -> tuple:
+    """Every address packets may really go to: a local-use NAT64 prefix may be /48, /56, /64
+    or /96 long (RFC 6052 puts the IPv4 address after it, skipping bits 64-71), and which one
+    the network uses is not known here, so each is judged."""
+    address = ipaddress.ip_address(address)
+    if address not in LOCAL_NAT64:
+        return (judged_address(address),)
+    value = int(address)
+    squeezed = ((value >> 64) << 56) | (value & (2 ** 56 - 1))  # 120 bits: bits 64-71 left out
+    return tuple(ipaddress.IPv4Address((squeezed >> (88 - length)) & IPV4_BITS)
+                 for length in (48, 56, 64)) + (judged_address(address),)
 
 
 def forbidden_reason(address) -> str | None:
     """Why Cylindria must not call this address without --webhook-allow-private, or None if it may."""
+    if ipaddress.ip_address(address) in LOCAL_NAT64:  # site-local by definition (RFC 8215)
+        return "a local-use NAT64 address"
     address = judged_address(address)
     for network, reason in REFUSED_NETWORKS:
         if address in network:
@@ -123,8 +143,11 @@ def addresses_of(host: str, port: int, resolve) -> tuple:
     return found
 
 
-def refuse_comfy(host: str, port: int, addresses: tuple, comfy: frozenset, resolve) -> None:
-    """Refuse ComfyUI's own endpoints whatever the flags say: a webhook must never POST into it."""
+def refuse_comfy(host: str, port: int, addresses: tuple, comfy: frozenset, resolve,
+                 local: frozenset = frozenset()) -> None:
+    """Refuse ComfyUI's own endpoints whatever the flags say: a webhook must never POST into it.
+    On a GPU's port that is the ComfyUI host and every address of this host (`local`: its
+    interfaces' addresses; loopback and unspecified ones always), as ComfyUI may listen on all."""
     comfy_hosts = {comfy_host for comfy_host, comfy_port in comfy if comfy_port == port}
     if not comfy_hosts:
         return
@@ -132,20 +155,25 @@ def refuse_comfy(host: str, port: int, addresses: tuple, comfy: frozenset, resol
     if host in comfy_hosts:
         raise InvalidWebhook(message)
     try:  # fail closed: an unresolvable ComfyUI host cannot be ruled out
-        comfy_addresses = {judged_address(a) for h in comfy_hosts for a in addresses_of(h, port, resolve)}
+        refused = {judged for h in comfy_hosts for a in addresses_of(h, port, resolve)
+                   for judged in judged_addresses(a)}
     except InvalidWebhook:
         raise InvalidWebhook(message) from None
-    for address in map(judged_address, addresses):
-        if address.is_loopback or address.is_unspecified or address in comfy_addresses:
-            raise InvalidWebhook(message)
+    refused.update(judged for a in local for judged in judged_addresses(a))
+    for address in addresses:
+        for judged in judged_addresses(address):
+            if judged.is_loopback or judged.is_unspecified or judged in refused:
+                raise InvalidWebhook(message)
 
 
-def check_webhook(url: str, *, allow_private: bool, comfy: frozenset = frozenset(), resolve=None) -> Target:
-    """The checked target, or InvalidWebhook; every address the host resolves to must pass."""
+def check_webhook(url: str, *, allow_private: bool, comfy: frozenset = frozenset(),
+                  local: frozenset = frozenset(), resolve=None) -> Target:
+    """The checked target, or InvalidWebhook; every address the host resolves to must pass.
+    `local`: this host's own addresses (webhooks/host.py reads them)."""
     scheme, host, port = parse_webhook_url(url)
     resolve = resolve or system_resolve
     addresses = addresses_of(host, port, resolve)
-    refuse_comfy(host, port, addresses, comfy, resolve)
+    refuse_comfy(host, port, addresses, comfy, resolve, local)
     for address in addresses:
         reason = None if allow_private else forbidden_reason(address)
         if reason:

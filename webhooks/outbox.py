@@ -35,15 +35,16 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     attempts INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     delivered_at REAL,
-    given_up_at REAL
+    given_up_at REAL,
+    client TEXT NOT NULL DEFAULT ''  -- the job's submitted_by ('' unnamed): deliveries are shared
 );
 DROP INDEX IF EXISTS webhook_outbox_due;
 CREATE INDEX IF NOT EXISTS webhook_outbox_due_order ON webhook_outbox (due_at, id)
     WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhook_outbox_job ON webhook_outbox (job_id);
 """
-INSERT = ("INSERT INTO webhook_outbox (id, job_id, url, event, body, created_at, due_at) "
-          "VALUES (?, ?, ?, ?, ?, ?, ?)")
+INSERT = ("INSERT INTO webhook_outbox (id, job_id, url, event, body, created_at, due_at, client) "
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class Event:
     created_at: float
     attempts: int
     due_at: float | None = None
+    client: str = ""  # who submitted the job ('' for an unnamed key)
 
 
 def shown_url(url: str) -> str:
@@ -77,27 +79,43 @@ class Outbox:
                                      timeout=30.0)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(SCHEMA)
+        self._add_client_column()
         self._lock = threading.Lock()
         self._render = render
         self._clock = clock
         self.wake = threading.Event()  # set once a change has committed an event
 
+    def _add_client_column(self) -> None:
+        """An outbox written before events knew their client gets the column, filled from
+        the jobs still there (once, at the first start)."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(webhook_outbox)")}
+        if "client" in columns:
+            return
+        self._conn.execute("ALTER TABLE webhook_outbox ADD COLUMN client TEXT NOT NULL DEFAULT ''")
+        self._conn.execute("UPDATE webhook_outbox SET client = COALESCE((SELECT submitted_by "
+                           "FROM jobs WHERE jobs.job_id = webhook_outbox.job_id), '')")
+
     # -- the job store's side -----------------------------------------------------------------
     def rows_for(self, old: Job, new: Job) -> list:
         """JobStore companion: the event rows this status change causes, if any. A job that
         ran but whose start Cylindria learnt only with its end (its websocket was behind or
-        down, and ComfyUI's history told the end) gets its job.started too, just before."""
+        down, and ComfyUI's history told the end) gets its job.started too, just before; one
+        whose start was announced already (a `lost` job revived by its true end) does not."""
         event = EVENTS.get(new.status) if new.webhook else None
         if event is None or old.status is new.status:
             return []
         events = [event]
-        if new.status.finished and old.status is not JobStatus.RUNNING and new.started_at:
+        # started_at is set when a start is seen (and cleared when a job goes back to the
+        # queue), so an old started_at means job.started went out with that start.
+        if new.status.finished and old.status is not JobStatus.RUNNING \
+                and old.started_at is None and new.started_at:
             events.insert(0, EVENTS[JobStatus.RUNNING])
         now = self._clock()
         data = self._render(new)
         return [(INSERT, (f"msg_{uuid.uuid4().hex}", new.job_id, new.webhook, kind,
                           to_json({"type": kind, "timestamp": iso_time(now), "data": data}),
-                          now + n * 1e-6, now + n * 1e-6))  # the due order is the event order
+                          now + n * 1e-6, now + n * 1e-6,  # the due order is the event order
+                          new.submitted_by or ""))
                 for n, kind in enumerate(events)]
 
     def observed(self, old: Job | None, new: Job) -> None:
@@ -108,21 +126,23 @@ class Outbox:
     # -- the sender's side --------------------------------------------------------------------
     def due(self, now: float, limit: int, skip: set | frozenset = frozenset(), *,
             after: tuple | None = None, jobs: set | frozenset = frozenset(),
-            urls: set | frozenset = frozenset()) -> list[Event]:
+            urls: set | frozenset = frozenset(),
+            clients: set | frozenset = frozenset()) -> list[Event]:
         """Up to `limit` events due by `now`, oldest first, but those in `skip` (being tried
-        now), of the `jobs` or to the `urls` given; `after`: the (due_at, id) of the last
-        event of the page before."""
+        now), of the `jobs`, to the `urls` or of the `clients` given; `after`: the (due_at, id)
+        of the last event of the page before."""
         where, values = ["due_at IS NOT NULL AND due_at <= ?"], [now]
         if after is not None:
             where.append("(due_at, id) > (?, ?)")
             values.extend(after)
-        for column, left_out in (("id", skip), ("job_id", jobs), ("url", urls)):
+        for column, left_out in (("id", skip), ("job_id", jobs), ("url", urls),
+                                 ("client", clients)):
             if left_out:
                 where.append(f"{column} NOT IN ({', '.join('?' * len(left_out))})")
                 values.extend(left_out)
         with self._lock:
             rows = self._conn.execute(
-                "SELECT id, job_id, url, event, body, created_at, attempts, due_at "
+                "SELECT id, job_id, url, event, body, created_at, attempts, due_at, client "
                 f"FROM webhook_outbox WHERE {' AND '.join(where)} ORDER BY due_at, id LIMIT ?",
                 (*values, limit)).fetchall()
         return [Event(*row) for row in rows]

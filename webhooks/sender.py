@@ -6,7 +6,9 @@ public address at submission may resolve to a private one now. The connection th
 the very address that was checked (one urllib3 pool per receiver address, TLS still verified
 against the URL's host name), so DNS cannot swap it between the check and the connection.
 Deliveries run on a few worker threads, each try within a deadline; the job store is never
-touched, so tracking never waits for a receiver.
+touched, so tracking never waits for a receiver. The workers are shared between the clients
+that submitted the jobs (their `submitted_by`), so one client's receivers that never answer
+cannot hold them all: another client's event still starts at once.
 """
 from __future__ import annotations
 
@@ -35,8 +37,13 @@ logger = logging.getLogger(__name__)
 CONNECT_TIMEOUT, READ_TIMEOUT = 3.0, 10.0
 DEADLINE = 15.0  # seconds a whole try may take: the read timeout bounds each read, not the sum
 WORKERS = 8
-PER_RECEIVER = 4  # tries at once to one receiver: a slow one leaves workers for the others
-PAGE = 32  # due events read at a time, reading on past those whose receiver or job is busy
+# Tries at once to one receiver host (all its ports), each client's apart: a slow one leaves
+# workers for the others, and another client's receiver on that host keeps its own slots.
+PER_RECEIVER = 4
+# Workers a client with due events alone may not take: another client's first event starts at
+# once. With several clients waiting, each may hold an equal part of the workers.
+SPARE = 2
+PAGE = 32  # due events read at a time, reading on past those whose receiver, client or job is busy
 # Reading on past the first page scans every due event (a busy receiver's backlog included),
 # so it is done at most this often: a backlog delays another receiver's events by no more.
 READ_ON_EVERY = 0.2
@@ -49,13 +56,15 @@ class WebhookSender:
     """start(), stop(timeout), deliver_once(): the usual thread shape."""
 
     def __init__(self, outbox: Outbox, secret: str, *, allow_private: bool = False,
-                 comfy: frozenset = frozenset(), delays: tuple = DELAYS,
+                 comfy: frozenset = frozenset(), local: Callable[[], frozenset] = frozenset,
+                 delays: tuple = DELAYS,
                  give_up_after: float = GIVE_UP_AFTER, deadline: float = DEADLINE,
                  tick: float = 1.0, clock: Callable[[], float] = time.time, resolve=None):
         self.outbox = outbox
         self._signer = Webhook(secret)
         self.allow_private = allow_private
         self.comfy = comfy
+        self.local = local  # this host's addresses, as of now (webhooks/host.py)
         self.delays = delays
         self.give_up_after = give_up_after
         self.deadline = deadline
@@ -65,12 +74,13 @@ class WebhookSender:
         self.counts: Counter = Counter()  # delivered, failed_attempts, given_up
         self.on_delivered: Callable[[float], None] | None = None  # seconds from the event
         self._lock = threading.Lock()
-        self._trying: dict[str, str] = {}  # event id -> URL, of the tries under way
+        self._trying: dict[str, Event] = {}  # event id -> event, of the tries under way
         # Jobs with an event being tried: their next event waits for that try to end, so a
         # receiver that answers gets a job's events in order (started before completed). An
         # event that failed does not hold the next one back while it waits for its retry.
         self._jobs_trying: set[str] = set()
         self._per_receiver: Counter = Counter()  # origin -> tries under way
+        self._per_client: Counter = Counter()  # client -> tries under way
         self._held: dict[str, float] = {}  # event id -> when it may be tried again
         self._read_on_at = float("-inf")  # monotonic time from which _due may read on
         self._cutters: set[_Cutter] = set()  # of the tries under way, for stop()
@@ -122,8 +132,9 @@ class WebhookSender:
 
     def _idle(self, blocked: bool) -> float:
         """Seconds to sleep before the next pass; woken earlier by a new event or by the end of
-        a try. A pass that could start nothing (every due event's receiver or job busy) waits
-        for a try to end rather than asking the outbox again at once: that would spin."""
+        a try. A pass that could start nothing (every due event's receiver, client or job
+        busy) waits for a try to end rather than asking the outbox again at once: that would
+        spin."""
         due = self.outbox.next_due()
         if due is None:
             return self.tick
@@ -131,20 +142,23 @@ class WebhookSender:
         return self.tick if blocked and wait == 0.0 else min(self.tick, wait)
 
     def deliver_once(self, wait: bool = True) -> int:
-        """Start a try of every due event that may start now (a worker free, its receiver
-        and its job not busy); with `wait`, wait for those tries and return how many were
-        delivered, else return how many were started."""
-        started = []
-        for event in self._due():
-            origin = _origin(event.url)
+        """Start a try of every due event that may start now (a worker free, its receiver,
+        its client and its job not busy); with `wait`, wait for those tries and return how
+        many were delivered, else return how many were started."""
+        started, waiting = [], set()  # waiting: the clients with an event due in this pass
+        for event in self._due(waiting):
+            origin = _origin(event)
             with self._lock:
                 if len(self._trying) >= WORKERS:
                     break
+                waiting.add(event.client)
                 if self._per_receiver[origin] >= PER_RECEIVER or event.id in self._trying \
-                        or event.job_id in self._jobs_trying:
+                        or event.job_id in self._jobs_trying \
+                        or self._per_client[event.client] >= self._share(waiting):
                     continue
                 self._per_receiver[origin] += 1
-                self._trying[event.id] = event.url
+                self._per_client[event.client] += 1
+                self._trying[event.id] = event
                 self._jobs_trying.add(event.job_id)
             future = self._submit(event, origin)
             if future is None:
@@ -154,25 +168,34 @@ class WebhookSender:
             return len(started)
         return sum(1 for future in started if future.result())
 
-    def _due(self) -> Iterator[Event]:
+    def _share(self, waiting: set) -> int:
+        """Tries one client may hold at once (under the lock): all workers but SPARE while
+        no other client is known to wait, else an equal part for each of them."""
+        clients = len(waiting | {client for client, n in self._per_client.items() if n > 0})
+        return WORKERS - SPARE if clients <= 1 else max(1, WORKERS // clients)
+
+    def _due(self, waiting: set) -> Iterator[Event]:
         """The due events, oldest first, page by page, so that a backlog at a busy receiver
-        never hides another receiver's events; the SQL leaves out what surely cannot start."""
+        or of a busy client never hides other events; the SQL leaves out what surely cannot
+        start. `waiting`: the clients seen with due events so far in this pass."""
         now, after = self.clock(), None
         read_on = time.monotonic() >= self._read_on_at
         while True:
             with self._lock:
                 self._held = {key: until for key, until in self._held.items() if until > now}
                 full = {origin for origin, n in self._per_receiver.items() if n >= PER_RECEIVER}
+                share = self._share(waiting)
                 busy = {"skip": set(self._trying) | set(self._held),
                         "jobs": set(self._jobs_trying),
-                        "urls": {url for url in self._trying.values() if _origin(url) in full}}
+                        "urls": {e.url for e in self._trying.values() if _origin(e) in full},
+                        "clients": {c for c, n in self._per_client.items() if n >= share}}
             # The first page only as long as the free workers (the usual case: one receiver
             # with a try just ended); reading on takes whole pages.
-            # It leaves the full receivers to the loop below: excluding them in SQL scans their
-            # whole backlog, which only reading on (rate-limited) may do.
+            # It leaves the full receivers and clients to the loop below: excluding them in
+            # SQL scans their whole backlog, which only reading on (rate-limited) may do.
             limit = PAGE if after is not None else max(1, WORKERS - len(busy["skip"]))
             if after is None:
-                busy["urls"] = set()
+                busy["urls"], busy["clients"] = set(), set()
             page = self.outbox.due(now, limit, after=after, **busy)
             yield from page
             if len(page) < limit:
@@ -268,14 +291,15 @@ class WebhookSender:
         with self._lock:
             self._trying.pop(event.id, None)
             self._jobs_trying.discard(event.job_id)
-            self._per_receiver[origin] -= 1
+            _release(self._per_receiver, origin)
+            _release(self._per_client, event.client)
         self.outbox.wake.set()  # a job's next event, or a receiver's, may go now
 
     def _post(self, event: Event, cutter: _Cutter) -> str | None:
         """POST the event, signed; None if the receiver took it (2xx), else why not."""
         try:
             target = check_webhook(event.url, allow_private=self.allow_private, comfy=self.comfy,
-                                   resolve=self.resolve)
+                                   local=self.local(), resolve=self.resolve)
         except InvalidWebhook as exc:
             return f"refused: {exc}"
         now = self.clock()
@@ -466,10 +490,18 @@ def _let_go(response: urllib3.HTTPResponse, whole: bool) -> None:
     response.release_conn()  # the pool's slot back; the closed connection reconnects if reused
 
 
-def _origin(url: str) -> tuple:
-    """(scheme, host, port) of a URL: what the per-receiver limit counts by."""
-    parts = urlsplit(url)
-    return parts.scheme, parts.hostname, parts.port
+def _release(counts: Counter, key) -> None:
+    """One try fewer under `key`; a key with none left goes (hosts and clients come and go)."""
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
+
+
+def _origin(event: Event) -> tuple:
+    """(client, scheme, host) of an event: what the per-receiver limit counts by (a host's
+    ports together: more ports are no more slots)."""
+    parts = urlsplit(event.url)
+    return event.client, parts.scheme, parts.hostname
 
 
 def _host_header(target: Target) -> str:

@@ -8,6 +8,7 @@ from typing import Callable
 from comfy.jobs import Job
 from comfy.store import JobStore
 from webhooks.address import Target, check_webhook, comfy_endpoints
+from webhooks.host import HostAddresses
 from webhooks.outbox import Outbox
 from webhooks.secret import WebhookSecret, load_secret
 from webhooks.sender import WebhookSender
@@ -23,16 +24,18 @@ class Webhooks:
         self.secret: WebhookSecret = load_secret(data_dir, secret_file)
         self.allow_private = allow_private
         self.comfy = comfy_endpoints(comfy_base_url, gpus)
+        self.host = HostAddresses()  # read at the first check, not at start
         self.outbox = Outbox(db_path, render)
         store.commit_with(self.outbox.rows_for)
         store.observe(self.outbox.observed)
         self.sender = WebhookSender(self.outbox, self.secret.secret, allow_private=allow_private,
-                                    comfy=self.comfy, delays=delays, give_up_after=give_up_after)
+                                    comfy=self.comfy, local=self.host.current, delays=delays,
+                                    give_up_after=give_up_after)
 
     def check(self, url: str) -> Target:
         """A submission's webhook, checked (InvalidWebhook if Cylindria will not call it)."""
         return check_webhook(url, allow_private=self.allow_private, comfy=self.comfy,
-                             resolve=self.sender.resolve)
+                             local=self.host.current(), resolve=self.sender.resolve)
 
     def resolve_with(self, resolve) -> None:
         """Resolve host names with `resolve(host, port) -> [ip]` (tests: never a DNS query)."""
