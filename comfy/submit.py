@@ -68,7 +68,7 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
               auto=True, priority=priority, labels=labels or None, webhook=workflow.webhook,
               submitted_by=submitted_by)
     job.held_at = job.submitted_at
-    existing, created = store.reserve(job, workflow.source, admit)
+    existing, created = store.reserve(job, workflow.source, admit, workflow.withheld)
     if not created and existing.fingerprint != workflow.fingerprint:
         raise JobIdConflict(existing)
     if not created and store.in_flight(job_id):
@@ -86,7 +86,7 @@ def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workfl
               fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
               submitted_at=time.time(), attempts=1, priority=priority, webhook=workflow.webhook,
               submitted_by=submitted_by)
-    existing, created = store.reserve(job, workflow.source)
+    existing, created = store.reserve(job, workflow.source, withheld=workflow.withheld)
     if created:
         return post(store, gpus[gpu_id], existing, workflow, assets), True
     if existing.fingerprint != workflow.fingerprint:
