@@ -272,9 +272,8 @@ class Dispatcher:
                 if gpu.reachable is True and now >= gpu.resting_until}
 
     def _can_run(self, held: Held, index: int) -> bool:
-        """A pinned job goes to its own GPU only; any other to a GPU that has its node classes."""
-        if not held.auto:
-            return index == held.gpu_id
+        """Whether a GpuId=auto job may go to this GPU: it has the job's node classes (a
+        pinned job goes to its own GPU only, planned apart in dispatch_once)."""
         catalogue = self.gpus[index].catalogue
         return catalogue is not None and catalogue.knows(held.needs.classes)
 
