@@ -8,7 +8,7 @@ from comfy.events import finish
 from comfy.gpu import Gpu
 from comfy.held import cancel_held
 from comfy.jobs import Job, JobStatus
-from comfy.reconcile import settle_gone
+from comfy.reconcile import Seen, judge
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def cancel_job(store: JobStore, gpu: Gpu, job: Job) -> tuple[Job, bool]:
         # Deleted while waiting: ComfyUI never writes history for it, so nothing else will tell.
         logger.info("job %s: removed from GPU %d's queue", job.job_id, gpu.index)
         return _confirm(store, job), True
-    settle_gone(gpu, store, job)  # it ended before the cancel arrived
-    raise JobFinished(store.get(job.job_id) or job)
+    ended = judge(gpu, store, job, Seen(snapshot))  # it ended before the cancel arrived
+    raise JobFinished(ended or store.get(job.job_id) or job)
 
 
 def _interrupt(store: JobStore, gpu: Gpu, job: Job) -> Job:

@@ -25,7 +25,7 @@ from comfy.catalogue import Needs, needs_of
 from comfy.errors import ComfyError, ComfyRejected, ComfyTimeout, ComfyUnreachable
 from comfy.events import finish
 from comfy.gpu import Gpu
-from comfy.held import claim, expire
+from comfy.held import MAX_ATTEMPTS, claim, expire
 from comfy.jobs import Job, JobStatus
 from comfy.placing import AssetNotFound
 from comfy.store import JobStore
@@ -57,7 +57,8 @@ class Dispatcher:
     def __init__(self, gpus: list[Gpu], store: JobStore, depth: int = 2,
                  requeue_wait: float = 300.0, tick: float = 5.0,
                  ready: threading.Event | None = None, affinity: bool = True,
-                 assets: AssetStore | None = None, secrets: WithheldSecrets | None = None):
+                 assets: AssetStore | None = None, secrets: WithheldSecrets | None = None,
+                 max_attempts: int = MAX_ATTEMPTS):
         self.gpus = gpus
         self.store = store
         self.depth = depth
@@ -67,6 +68,7 @@ class Dispatcher:
         self.affinity = affinity
         self.assets = assets  # where a job's asset references are read from, to place them
         self.secrets = secrets  # the credentials jobs carry for ComfyUI (never stored)
+        self.max_attempts = max_attempts  # sends of a job whose every send fails, then failed
         self.affinity_counts: Counter = Counter()  # "hit" / "miss": jobs with model files sent
         self._lock = threading.Lock()
         self._order: list[tuple] = []  # the held jobs' keys, sorted: the queue
@@ -130,11 +132,6 @@ class Dispatcher:
         with self._lock:
             held = self._held.get(job_id)
             return None if held is None else bisect.bisect_left(self._order, held.key)
-
-    def held(self) -> int:
-        """Jobs in the queue now."""
-        with self._lock:
-            return len(self._order)
 
     def remember(self, job_id: str, fingerprint: str, needs: Needs) -> None:
         """What a job about to be held needs (known at submission: saves reading it back)."""
@@ -236,9 +233,15 @@ class Dispatcher:
         if not queue:
             return 0
         load = self._load()
+        # A pinned job goes to its own GPU as soon as that ComfyUI is reachable, whatever its
+        # depth: fresh pinned submissions skip this queue, so under steady pinned load a
+        # requeued one held to the depth would never go.
+        plan = [(held, held.gpu_id) for held in queue if not held.auto and held.gpu_id in load]
+        for _, index in plan:
+            load[index] += 1
         free = {i: self.depth - n for i, n in load.items() if n < self.depth}
-        plan, deferred = [], []
-        for held in queue:
+        deferred = []
+        for held in (held for held in queue if held.auto):
             if not free:
                 break
             if deferred and held.priority < deferred[0].priority:
@@ -269,9 +272,8 @@ class Dispatcher:
                 if gpu.reachable is True and now >= gpu.resting_until}
 
     def _can_run(self, held: Held, index: int) -> bool:
-        """A pinned job goes to its own GPU only; any other to a GPU that has its node classes."""
-        if not held.auto:
-            return index == held.gpu_id
+        """Whether a GpuId=auto job may go to this GPU: it has the job's node classes (a
+        pinned job goes to its own GPU only, planned apart in dispatch_once)."""
         catalogue = self.gpus[index].catalogue
         return catalogue is not None and catalogue.knows(held.needs.classes)
 
@@ -328,7 +330,7 @@ class Dispatcher:
             workflow = self._workflow(job)
             if workflow is None:
                 return
-            post(self.store, gpu, job, workflow, self.assets)
+            post(self.store, gpu, job, workflow, self.assets, self.max_attempts)
             gpu.rested()
         except (ComfyRejected, AssetNotFound) as exc:
             logger.info("job %s: not sent to GPU %d: %s", job.job_id, gpu.index, exc)
@@ -339,24 +341,30 @@ class Dispatcher:
                         gpu.index, exc)
         except ComfyError as exc:
             gpu.rest()
-            logger.warning("job %s: GPU %d answered its POST unusably (%s); back in the queue",
+            logger.warning("job %s: GPU %d answered its POST unusably (%s)",
                            job.job_id, gpu.index, exc)
         except Exception:
+            gpu.rest()  # the next job may fail the same way: not in a loop
             logger.exception("sending job %s to GPU %d failed", job.job_id, gpu.index)
         finally:
             self.store.release(job.job_id, job.prompt_id)  # idempotent: post() released it
             self._wake.set()
 
     def _expire_pinned(self) -> None:
-        """A job pinned to a GPU whose ComfyUI died waits for it up to requeue_wait: then lost."""
+        """A job pinned to a GPU whose ComfyUI refuses connections waits for it up to
+        requeue_wait, counted from when it became unreachable (or the job was held, if
+        later): then lost. Never while that ComfyUI is reachable."""
         now = time.monotonic()
         if now < self._next_expiry:
             return
         self._next_expiry = now + EXPIRY_CHECK
         cutoff = time.time() - self.requeue_wait
+        down = {gpu.index: gpu.unreachable_since for gpu in self.gpus
+                if gpu.reachable is False and gpu.unreachable_since is not None}
         with self._lock:
             late = [held for held in self._held.values()
-                    if not held.auto and held.held_at is not None and held.held_at < cutoff]
+                    if not held.auto and held.gpu_id in down
+                    and max(down[held.gpu_id], held.held_at or 0.0) < cutoff]
         for held in late:
             job = self.store.get(held.job_id)
             if job is not None:

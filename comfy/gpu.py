@@ -39,6 +39,7 @@ class Gpu:
         self._stats: dict | None = None
         self._stats_at = float("-inf")
         self.reachable: bool | None = None  # None until first asked
+        self.unreachable_since: float | None = None  # epoch seconds: refused since then
         self.created_at = time.monotonic()  # when Cylindria began with this GPU
         self.websocket_connected = False
         self.running = 0
@@ -84,6 +85,7 @@ class Gpu:
         with self._lock:
             came_back = self.reachable is False
             self.reachable = True
+            self.unreachable_since = None
             self.running, self.pending = len(snapshot.running), len(snapshot.pending)
             self.foreign_ahead = {item.prompt_id: item.number
                                   for item in snapshot.running + snapshot.pending
@@ -103,6 +105,8 @@ class Gpu:
         with self._lock:
             was = self.reachable
             self.reachable = False if refused else self.reachable
+            if refused and was is not False:
+                self.unreachable_since = time.time()
         if refused and was is not False:
             logger.warning("GPU %d: ComfyUI at %s refuses connections", self.index, self.base_url)
 

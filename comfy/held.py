@@ -11,17 +11,23 @@ from typing import Callable
 
 from comfy.events import finish
 from comfy.jobs import Job, JobStatus
-from comfy.outcome import lost_error
+from comfy.outcome import lost_error, send_failed_error
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
 
+MAX_ATTEMPTS = 3  # the contract's default for --max-attempts
+
 
 def claim(gpu_index: int, prompt_id: str) -> Callable[[Job], None]:
     """An edit that starts sending a held job to this GPU as a new attempt; it does nothing
-    if the job left the queue meanwhile (cancelled) or is pinned to another GPU."""
+    if the job left the queue meanwhile (cancelled) or is pinned to another GPU, and
+    cancels a job whose cancel was asked for instead of sending it."""
     def edit(job: Job) -> None:
         if job.status != JobStatus.HELD or (not job.auto and job.gpu_id != gpu_index):
+            return
+        if job.cancel_requested:
+            finish(JobStatus.CANCELLED)(job)
             return
         job.status = JobStatus.SUBMITTING
         job.gpu_id = gpu_index
@@ -31,15 +37,16 @@ def claim(gpu_index: int, prompt_id: str) -> Callable[[Job], None]:
     return edit
 
 
-def back_to_queue(reached_comfy: bool) -> Callable[[Job], None]:
+def back_to_queue(counted: bool) -> Callable[[Job], None]:
     """An edit that puts a job back in Cylindria's queue with no prompt (and no GPU, if it
-    may go to any). An attempt ComfyUI never got does not count as one."""
+    may go to any). An attempt not `counted` is given back: ComfyUI never got it (refused),
+    and nothing says the next one will fail too."""
     def edit(job: Job) -> None:
         job.status = JobStatus.HELD
         job.prompt_id = None
         if job.auto:
             job.gpu_id = None
-        if not reached_comfy:
+        if not counted:
             job.attempts = max(0, job.attempts - 1)
         job.held_at = time.time()
         # What the dead attempt had reached is not this job's any more: the next run
@@ -59,7 +66,7 @@ def unsent(store: JobStore, job: Job) -> Job | None:
     if not job.owed:
         store.discard(job.job_id, job.prompt_id)
         return None
-    again = store.change(job.job_id, back_to_queue(reached_comfy=False), prompt_id=job.prompt_id)
+    again = store.change(job.job_id, back_to_queue(counted=False), prompt_id=job.prompt_id)
     if again is not None and again.status == JobStatus.HELD:
         logger.info("job %s: GPU %s never got it; back in Cylindria's queue", job.job_id, job.gpu_id)
     return again
@@ -70,23 +77,49 @@ def died_under(store: JobStore, job: Job, max_attempts: int) -> Job | None:
     and history died with it. The job is sent again (back in the queue, ahead of its
     priority's others) until it has been sent `max_attempts` times; then it is lost.
     A job whose cancel was asked for is cancelled; a pinned first submission ComfyUI may
-    never have got is dropped. Returns the job as it is now (None: dropped)."""
-    if not job.owed:
-        store.discard(job.job_id, job.prompt_id)
+    never have got is dropped. Decided on the record as it is when the change is made (a
+    cancel asked for since `job` was read counts). Returns the job as it is now (None:
+    dropped)."""
+    if not job.owed and store.discard(job.job_id, job.prompt_id):
         return None
     gpu = job.gpu_id
-    if job.cancel_requested:
-        edit = finish(JobStatus.CANCELLED)
-    elif job.attempts >= max_attempts:
-        edit = finish(JobStatus.LOST, lost_error(gpu, f"stopped (connection refused) before the "
-                                                      f"job ended, on attempt {job.attempts} of "
-                                                      f"{max_attempts}"))
-    else:
-        edit = back_to_queue(reached_comfy=True)
+
+    def edit(current: Job) -> None:
+        if current.cancel_requested:
+            finish(JobStatus.CANCELLED)(current)
+        elif current.attempts >= max_attempts:
+            finish(JobStatus.LOST, lost_error(gpu, f"stopped (connection refused) before the "
+                                                   f"job ended, on attempt {current.attempts} "
+                                                   f"of {max_attempts}"))(current)
+        else:
+            back_to_queue(counted=True)(current)
     now = store.change(job.job_id, edit, prompt_id=job.prompt_id)
     if now is not None and now.status == JobStatus.HELD:
         logger.info("job %s: ComfyUI on GPU %d stopped under it; back in Cylindria's queue "
-                    "(sent %d of %d times)", job.job_id, gpu, job.attempts, max_attempts)
+                    "(sent %d of %d times)", job.job_id, gpu, now.attempts, max_attempts)
+    return now
+
+
+def send_failed(store: JobStore, job: Job, why: str, max_attempts: int) -> Job | None:
+    """ComfyUI answered this submission's POST with an error that is no validation refusal
+    (a 5xx, a 400 without `error`), or the send failed in Cylindria itself: the attempt
+    counts, so a send that fails every time ends. A job the client was promised goes back
+    to the queue until it has been sent `max_attempts` times, then fails with the reason;
+    a pinned first submission is dropped (its client is told). Returns the job as it is now
+    (None: dropped, or no longer this submission)."""
+    if not job.owed:
+        store.discard(job.job_id, job.prompt_id)
+        return None
+
+    def edit(current: Job) -> None:
+        if current.attempts < max_attempts:
+            back_to_queue(counted=True)(current)
+            return
+        finish(JobStatus.FAILED, send_failed_error(current.gpu_id, why, max_attempts))(current)
+    now = store.change(job.job_id, edit, prompt_id=job.prompt_id)
+    if now is not None:
+        logger.warning("job %s: sending it to GPU %s failed (%s); %s", job.job_id, job.gpu_id,
+                       why, "failed" if now.status.finished else "back in Cylindria's queue")
     return now
 
 

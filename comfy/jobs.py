@@ -1,7 +1,6 @@
 """The job record and its states."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -39,7 +38,6 @@ class JobStatus(str, Enum):
 
 
 FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.LOST})
-UNFINISHED = frozenset(JobStatus) - FINISHED
 _RANK = {JobStatus.HELD: 0, JobStatus.SUBMITTING: 1, JobStatus.QUEUED: 2, JobStatus.RUNNING: 3,
          JobStatus.COMPLETED: 4, JobStatus.FAILED: 4, JobStatus.CANCELLED: 4, JobStatus.LOST: 4}
 
@@ -82,7 +80,7 @@ class Job:
     nodes_total: int = 0
     auto: bool = False  # sent with GpuId=auto: Cylindria chooses the GPU at each attempt
     priority: int = 0
-    attempts: int = 0  # times sent to a ComfyUI (a POST ComfyUI never got does not count)
+    attempts: int = 0  # times sent to a ComfyUI (not counted: a POST refused by one that is down)
     held_at: float | None = None  # when it last entered Cylindria's queue; None: never held
     labels: dict | None = None  # the client's string labels (Comfy API v2 `metadata`)
     webhook: str | None = None  # the URL told when the job starts and ends (webhooks/)
@@ -94,10 +92,6 @@ class Job:
     progress_max: float = 0.0
     progress_node: str | None = None
     done_nodes: frozenset = field(default_factory=frozenset)
-
-    def copy(self) -> "Job":
-        """A shallow copy: callers get their own record, never the store's."""
-        return dataclasses.replace(self)
 
     @property
     def owed(self) -> bool:

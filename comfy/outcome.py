@@ -43,6 +43,14 @@ def lost_error(gpu_index: int, why: str) -> dict:
             "message": f"ComfyUI on GPU {gpu_index} {why}"}
 
 
+def send_failed_error(gpu_index: int, why: str, attempts: int) -> dict:
+    """The error object of a job whose every send failed (ComfyUI answered its POST with an
+    error that is no validation refusal, or Cylindria could not send it)."""
+    return {"type": "send_failed", "node_id": None, "node_type": None,
+            "message": f"the job could not be sent on any of its {attempts} attempts; "
+                       f"the last one, to GPU {gpu_index}: {why}"}
+
+
 def rejected_error(message: str, error, node_errors: dict) -> dict:
     """The error object of a job ComfyUI refused when it was sent (validation): its first
     refused node named, ComfyUI's whole answer in `details`."""

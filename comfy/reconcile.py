@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from comfy.errors import ComfyError, ComfyTimeout, ComfyUnreachable
 from comfy.events import finish, finish_from_history, start_running
 from comfy.gpu import Gpu
-from comfy.held import died_under, unsent
+from comfy.held import MAX_ATTEMPTS, died_under, unsent
 from comfy.jobs import Job, JobStatus
 from comfy.outcome import lost_error
-from comfy.queue import QueueSnapshot
+from comfy.queue import QueueItem, QueueSnapshot
 from comfy.store import JobStore
 
 logger = logging.getLogger(__name__)
-
-MAX_ATTEMPTS = 3  # the contract's default for --max-attempts
 
 
 def reconcile_gpu(gpu: Gpu, store: JobStore, max_attempts: int = MAX_ATTEMPTS) -> None:
@@ -39,42 +38,70 @@ def reconcile_gpu(gpu: Gpu, store: JobStore, max_attempts: int = MAX_ATTEMPTS) -
     except ComfyError as exc:
         logger.warning("GPU %d: /queue failed: %s", gpu.index, exc)
         return
-    if gpu.saw_queue(snapshot, {job.prompt_id for job in store.active(gpu.index)}):
-        _revive(gpu, store)
+    seen = Seen(snapshot)
     try:
-        _judge(gpu, store, jobs, snapshot)
+        if gpu.saw_queue(snapshot, {job.prompt_id for job in store.active(gpu.index)}):
+            _revive(gpu, store, seen)
+        for job in jobs:
+            if not _unchanged(job, seen):
+                judge(gpu, store, job, seen)
     except ComfyError as exc:
         logger.warning("GPU %d: reconciliation stopped: %s", gpu.index, exc)
 
 
-def _judge(gpu: Gpu, store: JobStore, jobs: list[Job], snapshot: QueueSnapshot) -> None:
-    """Each job is running, waiting, or gone (then its history tells how it ended)."""
-    items, positions = snapshot.items(), snapshot.positions()
-    running = {item.prompt_id for item in snapshot.running}
-    for job in jobs:
-        item = items.get(job.prompt_id)
-        if item is None:
-            settle_gone(gpu, store, job)
-        else:
-            is_running, position = job.prompt_id in running, positions.get(job.prompt_id)
-            nodes_total = item.nodes_to_run()
-            if not _unchanged(job, item.number, is_running, position, nodes_total):
-                store.change(job.job_id, _in_queue(item.number, is_running, position, nodes_total),
-                             prompt_id=job.prompt_id)
+class Seen:
+    """One /queue answer, indexed once to judge many jobs against it."""
+
+    def __init__(self, snapshot: QueueSnapshot):
+        self.items = snapshot.items()
+        self.positions = snapshot.positions()
+        self.running = {item.prompt_id for item in snapshot.running}
 
 
-def _unchanged(job: Job, number: float, is_running: bool, position: int | None,
-               nodes_total: int) -> bool:
+def judge(gpu: Gpu, store: JobStore, job: Job, seen: Seen | None,
+          allow_finished: bool = False,
+          never_got: Callable[[JobStore, Job], Job | None] = unsent) -> Job | None:
+    """ComfyUI's word on one submission, from its queue (`seen`; None when ComfyUI refuses
+    connections: its queue and history are gone) and then its history. In the queue, the
+    job waits or runs; in history, it ended as recorded there; in neither, ComfyUI never got
+    a submission (`never_got`: dropped, or back in Cylindria's queue) or lost a job it had.
+    Every change lands on this submission only (its prompt_id). Returns the job as it is
+    now; None when it was dropped or the id holds another submission by now."""
+    item = seen.items.get(job.prompt_id) if seen is not None else None
+    if item is not None:
+        return store.change(job.job_id, _in_queue(item, job.prompt_id in seen.running,
+                                                  seen.positions.get(job.prompt_id)),
+                            prompt_id=job.prompt_id)
+    entry = gpu.client.history(job.prompt_id) if seen is not None else None
+    if entry is not None:
+        return store.change(job.job_id, finish_from_history(entry), allow_finished=allow_finished,
+                            prompt_id=job.prompt_id)
+    if job.status == JobStatus.SUBMITTING:
+        logger.info("job %s: ComfyUI on GPU %d never got prompt %s", job.job_id, gpu.index,
+                    job.prompt_id)
+        return never_got(store, job)
+    if job.status.finished:
+        return store.get(job.job_id)
+    return store.change(job.job_id, finish(JobStatus.LOST, lost_error(
+        gpu.index, "no longer knows this prompt (restarted or cleared)")), prompt_id=job.prompt_id)
+
+
+def _unchanged(job: Job, seen: Seen) -> bool:
     """True when the queue says nothing new about a waiting job (the common case of a poll,
     skipped so a deep queue costs no store writes)."""
-    return (not is_running and job.status == JobStatus.QUEUED and job.number == number
-            and job.queue_position == position and job.nodes_total == nodes_total)
+    item = seen.items.get(job.prompt_id)
+    return (item is not None and job.prompt_id not in seen.running
+            and job.status == JobStatus.QUEUED and job.number == item.number
+            and job.queue_position == seen.positions.get(job.prompt_id)
+            and job.nodes_total == item.nodes_to_run())
 
 
-def _in_queue(number: float, is_running: bool, position: int | None, nodes_total: int):
+def _in_queue(item: QueueItem, is_running: bool, position: int | None) -> Callable[[Job], None]:
     """An edit for a job whose prompt is in ComfyUI's queue."""
+    nodes_total = item.nodes_to_run()
+
     def edit(job: Job) -> None:
-        job.number = number
+        job.number = item.number
         job.nodes_total = nodes_total
         if is_running:
             start_running(job)
@@ -82,22 +109,6 @@ def _in_queue(number: float, is_running: bool, position: int | None, nodes_total
             job.status = JobStatus.QUEUED
             job.queue_position = position
     return edit
-
-
-def settle_gone(gpu: Gpu, store: JobStore, job: Job, allow_finished: bool = False) -> None:
-    """A prompt no longer in the queue: finished (history says how), or unknown to ComfyUI."""
-    entry = gpu.client.history(job.prompt_id)
-    if entry is not None:
-        store.change(job.job_id, finish_from_history(entry), allow_finished=allow_finished,
-                     prompt_id=job.prompt_id)
-    elif job.status == JobStatus.SUBMITTING:
-        if unsent(store, job) is None:
-            logger.info("job %s: ComfyUI on GPU %d never got it; dropped so a retry can go "
-                        "through", job.job_id, gpu.index)
-    elif not job.status.finished:
-        store.change(job.job_id, finish(
-            JobStatus.LOST, lost_error(gpu.index, "no longer knows this prompt (restarted or cleared)")),
-            prompt_id=job.prompt_id)
 
 
 def _died(gpu: Gpu, store: JobStore, jobs: list[Job], max_attempts: int) -> None:
@@ -109,10 +120,10 @@ def _died(gpu: Gpu, store: JobStore, jobs: list[Job], max_attempts: int) -> None
             gpu.lost_in_outage.add(job.job_id)
 
 
-def _revive(gpu: Gpu, store: JobStore) -> None:
+def _revive(gpu: Gpu, store: JobStore, seen: Seen) -> None:
     """ComfyUI is back: a job lost in the outage gets its true outcome if history has it."""
     job_ids, gpu.lost_in_outage = gpu.lost_in_outage, set()
     for job_id in job_ids:
         job = store.get(job_id)
         if job is not None and job.status == JobStatus.LOST:
-            settle_gone(gpu, store, job, allow_finished=True)
+            judge(gpu, store, job, seen, allow_finished=True)

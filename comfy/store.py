@@ -18,13 +18,13 @@ logger = logging.getLogger(__name__)
 DURABLE = tuple(name for name in COLUMNS if name != "job_id")
 _durable = attrgetter(*DURABLE)  # the durable fields as one tuple, compared in C
 # Every field, in the constructor's order: Job(*_fields(job)) is a shallow copy in 0.7 us
-# where Job.copy (dataclasses.replace) takes 3.6; every submission copies twice.
+# where dataclasses.replace takes 3.6; every submission copies twice.
 _fields = attrgetter(*(f.name for f in dataclasses.fields(Job)))
 _IN_COMFY = frozenset({JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING})
 
 
 def _copy(job: Job) -> Job:
-    """A shallow copy of a job (what Job.copy gives, faster)."""
+    """A shallow copy of a job (what dataclasses.replace gives, faster)."""
     return Job(*_fields(job))
 
 
@@ -59,6 +59,7 @@ class JobStore:
         self._observers: list[Callable[[Job | None, Job], None]] = []
         self._watchers: list[Callable[[str], None]] = []
         self._companions: list[Callable[[Job, Job], list]] = []
+        self._keepers: list[Callable[[str, dict | None], None]] = []
         for job in db.load():
             self._publish(job)
 
@@ -117,6 +118,13 @@ class JobStore:
         nor written for a change that was not. Called under the lock: it must be quick."""
         self._companions.append(companion)
 
+    def withhold(self, keeper: Callable[[str, dict | None], None]) -> None:
+        """Call `keeper(job_id, credentials)` under the lock when a job is created with
+        credentials that are never stored, and `keeper(job_id, None)` when a submission is
+        discarded: a job's credentials are bound in the step that creates it, so a submission
+        that lost the race for its id never lends the winner its own."""
+        self._keepers.append(keeper)
+
     def counts(self) -> dict[tuple[int, JobStatus], int]:
         """How many jobs each GPU has in each status."""
         with self._lock:
@@ -127,14 +135,15 @@ class JobStore:
         with self._lock:
             return dict(self._accepted), dict(self._ended)
 
-    def reserve(self, job: Job, workflow: bytes,
-                admit: Callable[[int], None] | None = None) -> tuple[Job, bool]:
+    def reserve(self, job: Job, workflow: bytes, admit: Callable[[int], None] | None = None,
+                withheld: dict | None = None) -> tuple[Job, bool]:
         """Record a new job with its workflow (durably), or return the one already under its id.
 
         A job given as HELD enters Cylindria's queue; any other is recorded as submitting,
         its POST under way. `admit(held_jobs)` runs under the same lock as the insert and
         may refuse a new job by raising (a full queue), so concurrent submissions never
-        overshoot a limit; a retry of a known id is never refused.
+        overshoot a limit; a retry of a known id is never refused. `withheld` (credentials
+        kept in memory only) goes to the keepers only if this call creates the job.
         """
         with self._lock:
             existing = self._jobs.get(job.job_id)
@@ -152,6 +161,8 @@ class JobStore:
             except BaseException:
                 self._in_flight.pop(job.job_id, None)
                 raise
+            for keeper in self._keepers if withheld else ():
+                keeper(job.job_id, withheld)
             self._publish(job)
         self._notify(None, job)
         return job, True
@@ -226,6 +237,8 @@ class JobStore:
             self._counts[(job.gpu_id, job.status)] -= 1
             if self._in_flight.get(job_id) == prompt_id:
                 del self._in_flight[job_id]
+            for keeper in self._keepers:
+                keeper(job_id, None)
             self._settled.notify_all()
             return True
 
@@ -312,11 +325,10 @@ class JobStore:
         if after == before:
             return
         changed = [name for name, old, value in zip(DURABLE, before, after) if value != old]
-        if changed:
-            also = [statement for companion in self._companions
-                    for statement in companion(current, new)] \
-                if self._companions and new.status != current.status else ()
-            self._db.update(new, changed, also)
+        also = [statement for companion in self._companions
+                for statement in companion(current, new)] \
+            if self._companions and new.status != current.status else ()
+        self._db.update(new, changed, also)
         if new.status != current.status:
             # Acceptance is already the access log's `PUT /startjob/<id> 201` line: at INFO it
             # would double the log's volume under a burst of submissions (and its cost).

@@ -7,16 +7,19 @@ import uuid
 
 from comfy.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyTimeout, ComfyUnreachable
 from comfy.assets import AssetStore
-from comfy.events import finish, finish_from_history, start_running
+from comfy.events import finish
 from comfy.gpu import Gpu
-from comfy.held import unsent
+from comfy.held import MAX_ATTEMPTS, send_failed, unsent
 from comfy.jobs import Job, JobStatus
 from comfy.outcome import rejected_error
 from comfy.placing import AssetNotFound, place, resolve, with_files
+from comfy.reconcile import Seen, judge
 from comfy.store import JobStore
 from comfy.workflow import Workflow
 
 logger = logging.getLogger(__name__)
+
+RECHECK_WAIT = 2.0  # seconds before a second look for a prompt a POST without answer sent
 
 
 class JobIdConflict(Exception):
@@ -68,7 +71,7 @@ def hold_job(store: JobStore, job_id: str, workflow: Workflow, priority: int,
               auto=True, priority=priority, labels=labels or None, webhook=workflow.webhook,
               submitted_by=submitted_by)
     job.held_at = job.submitted_at
-    existing, created = store.reserve(job, workflow.source, admit)
+    existing, created = store.reserve(job, workflow.source, admit, workflow.withheld)
     if not created and existing.fingerprint != workflow.fingerprint:
         raise JobIdConflict(existing)
     if not created and store.in_flight(job_id):
@@ -86,7 +89,7 @@ def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workfl
               fingerprint=workflow.fingerprint, nodes_total=len(workflow.prompt),
               submitted_at=time.time(), attempts=1, priority=priority, webhook=workflow.webhook,
               submitted_by=submitted_by)
-    existing, created = store.reserve(job, workflow.source)
+    existing, created = store.reserve(job, workflow.source, withheld=workflow.withheld)
     if created:
         return post(store, gpus[gpu_id], existing, workflow, assets), True
     if existing.fingerprint != workflow.fingerprint:
@@ -113,7 +116,7 @@ def _settle_earlier(store: JobStore, gpu: Gpu, job: Job, wait: float) -> Job | N
 
 
 def post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow,
-         assets: AssetStore | None = None) -> Job:
+         assets: AssetStore | None = None, max_attempts: int = MAX_ATTEMPTS) -> Job:
     """POST the prompt of this submission and record what happened; raise what the client
     (or the dispatcher) must be told. The job is `submitting` and marked in flight. With
     `assets`, the workflow's asset references are placed in that ComfyUI first."""
@@ -139,17 +142,19 @@ def post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow,
         if isinstance(exc, ComfyUnreachable):
             gpu.saw_failure(refused=exc.refused)
         if exc.may_have_run:
-            settle_submission(store, gpu, job, exc)
+            settle_submission(store, gpu, job, exc, max_attempts)
+        elif isinstance(exc, ComfyBadResponse):  # an error answer: ComfyUI got it, and failed
+            send_failed(store, job, str(exc), max_attempts)
         else:
             unsent(store, job)
         raise
-    except Exception:
-        # Not one of ComfyUI's failures: requests failed to build the request, so nothing
-        # was sent; the job must not stay behind as `submitting`.
-        unsent(store, job)
+    except Exception as exc:
+        # Not one of ComfyUI's failures: Cylindria could not send it (an asset's file is
+        # gone, say). Nothing reached ComfyUI, but the next try would fail the same way.
+        send_failed(store, job, f"Cylindria could not send it: {exc!r}", max_attempts)
         raise
     else:
-        # Recorded before the job leaves in-flight, so the poller never judges it half-done.
+        # Set before the job leaves in-flight, so the poller never judges it half-done.
         gpu.last_submit_at = max(gpu.last_submit_at, sent_at)
         gpu.saw_answer()
         return accept(store, gpu, job, answer)
@@ -203,20 +208,17 @@ def accept(store: JobStore, gpu: Gpu, job: Job, answer: dict) -> Job:
     return store.change(job.job_id, edit, prompt_id=job.prompt_id)
 
 
-def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | None) -> Job | None:
-    """Decide a submission whose POST had no clear answer: adopt it if ComfyUI has the prompt,
-    drop it (or put it back in Cylindria's queue, if owed) if ComfyUI does not, keep it
-    `submitting` while ComfyUI cannot say.
+def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | None,
+                      max_attempts: int = MAX_ATTEMPTS) -> Job | None:
+    """Decide a submission whose POST had no clear answer (comfy.reconcile.judge): adopt it
+    if ComfyUI has the prompt, drop it (or put it back in Cylindria's queue, if owed) if
+    ComfyUI does not, keep it `submitting` while ComfyUI cannot say. A POST that ComfyUI
+    answered unusably and that it does not have counts as an attempt (held.send_failed).
 
-    Every decision lands on this submission only (its prompt_id). None when it was dropped,
-    here or meanwhile by another settler: the id may already hold a newer submission."""
+    None when it was dropped, here or meanwhile by another settler: the id may already
+    hold a newer submission."""
     try:
-        snapshot = gpu.client.queue()
-        item = snapshot.items().get(job.prompt_id)
-        if item is not None:
-            running = item in snapshot.running
-            return _adopt(store, job, item.number, running)
-        entry = gpu.client.history(job.prompt_id)
+        seen = _look(gpu, job)
     except ComfyTimeout:
         logger.warning("job %s: ComfyUI on GPU %d does not answer; submission left to settle",
                        job.job_id, gpu.index)
@@ -224,29 +226,26 @@ def settle_submission(store: JobStore, gpu: Gpu, job: Job, cause: Exception | No
     except ComfyUnreachable as exc:
         if not exc.refused:
             return _still(store, job)
-        entry = None  # refused: the process is gone, and any prompt it had with it
+        seen = None  # refused: the process is gone, and any prompt it had with it
     except ComfyBadResponse:
         return _still(store, job)
-    if entry is not None:
-        _adopt(store, job, None, False)
-        return store.change(job.job_id, finish_from_history(entry), prompt_id=job.prompt_id)
-    logger.info("job %s: ComfyUI on GPU %d never got prompt %s (%s)",
-                job.job_id, gpu.index, job.prompt_id, cause or "found at settlement")
-    return unsent(store, job)
+    if not isinstance(cause, ComfyBadResponse):
+        return judge(gpu, store, job, seen)
+    return judge(gpu, store, job, seen,
+                 never_got=lambda s, j: send_failed(s, j, str(cause), max_attempts))
 
 
-def _adopt(store: JobStore, job: Job, number: float | None, running: bool) -> Job:
-    """ComfyUI has the prompt: the job is accepted after all."""
-    def edit(current: Job) -> None:
-        current.number = number if number is not None else current.number
-        if running:
-            start_running(current)
-        elif current.status == JobStatus.SUBMITTING:
-            current.status = JobStatus.QUEUED
-    adopted = store.change(job.job_id, edit, prompt_id=job.prompt_id)
-    if adopted is not None:
-        logger.info("job %s: ComfyUI on GPU %d has the prompt; adopted", job.job_id, job.gpu_id)
-    return adopted
+def _look(gpu: Gpu, job: Job) -> Seen:
+    """ComfyUI's queue, looked at twice before a submission is judged never received:
+    ComfyUI's POST /prompt handler awaits the prompt's validation before it queues it, and
+    answers /queue and /history meanwhile, so a POST that timed out (or broke) may still be
+    in its hands, in neither. Validation of a prompt takes milliseconds to seconds, so a
+    second look RECHECK_WAIT later finds it queued (or refused: in neither, rightly)."""
+    seen = Seen(gpu.client.queue())
+    if job.prompt_id in seen.items or gpu.client.history(job.prompt_id) is not None:
+        return seen
+    time.sleep(RECHECK_WAIT)
+    return Seen(gpu.client.queue())
 
 
 def _still(store: JobStore, job: Job) -> Job | None:

@@ -2,7 +2,9 @@
 
 A job's workflow is stored until it ends so that it can be sent (again) after a restart or
 after its ComfyUI died; its credentials are not (comfy.workflow.Workflow.withheld). They wait
-here, under the job's id, until the job ends. A job that needs them after a restart of
+here, under the job's id, until the job ends. The store binds them in the step that creates
+the job (JobStore.reserve), so they are always those of the submission that created it, and
+there before the dispatcher can see the job. A job that needs them after a restart of
 Cylindria, before it was ever sent, cannot have them: the dispatcher fails it and says so.
 """
 from __future__ import annotations
@@ -19,30 +21,26 @@ class WithheldSecrets:
     def __init__(self, store: JobStore):
         self._lock = threading.Lock()
         self._secrets: dict[str, dict] = {}
-        self._store = store
+        store.withhold(self._bind)
         store.observe(self._observed)
-
-    def keep(self, job_id: str, secrets: dict) -> None:
-        """Hold a new submission's credentials (before its job is recorded, so a dispatcher
-        that sends it at once finds them); a retry of a known job changes nothing."""
-        if secrets and self._store.get(job_id) is None:
-            with self._lock:
-                self._secrets[job_id] = dict(secrets)
 
     def get(self, job_id: str) -> dict | None:
         """The credentials of this job, or None if none are held (never given, or lost)."""
         with self._lock:
             return self._secrets.get(job_id)
 
-    def refused(self, job_id: str) -> None:
-        """The submission was refused: drop its credentials unless a job exists under its id."""
-        if self._store.get(job_id) is None:
-            with self._lock:
-                self._secrets.pop(job_id, None)
-
     def __len__(self) -> int:
         with self._lock:
             return len(self._secrets)
+
+    def _bind(self, job_id: str, secrets: dict | None) -> None:
+        """Store keeper (under the store's lock): a new job's credentials, or None when its
+        submission was discarded."""
+        with self._lock:
+            if secrets:
+                self._secrets[job_id] = dict(secrets)
+            else:
+                self._secrets.pop(job_id, None)
 
     def _observed(self, old: Job | None, new: Job) -> None:
         """Store observer: a job that ended needs its credentials no more."""

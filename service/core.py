@@ -51,7 +51,7 @@ def build_context(config: Config) -> Context:
         raise ConfigError(str(exc)) from None
     dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,
                             requeue_wait=config.requeue_wait, tick=config.poll_interval,
-                            assets=assets, secrets=withheld)
+                            assets=assets, secrets=withheld, max_attempts=config.max_attempts)
     tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
                       max_attempts=config.max_attempts, after_check=dispatcher.wake)
     dispatcher.ready = tracker.reconciled

@@ -16,7 +16,7 @@ from comfy.database import Database
 from comfy.gpu import Gpu
 from comfy.jobs import Job, JobStatus
 from comfy.queue import QueueSnapshot
-from comfy.reconcile import settle_gone
+from comfy.reconcile import Seen, judge
 from comfy.store import JobStore
 from comfy.submit import submit_job
 from comfy.workflow import parse_workflow
@@ -141,7 +141,7 @@ def test_a_stale_poll_verdict_never_drops_a_submission_in_flight(store, gpu, com
     stale = store.get("dup")
     assert store.discard("dup", "p-first")  # a retry's settlement, then its new submission:
     store.reserve(Job(job_id="dup", gpu_id=0, prompt_id="p-second", fingerprint=workflow.fingerprint), b"{}")
-    settle_gone(gpu, store, stale)  # the poller's verdict on what it read before
+    judge(gpu, store, stale, Seen(comfy.queue()))  # the poller's verdict on what it read before
     job = store.get("dup")
     assert job.prompt_id == "p-second" and job.status == JobStatus.SUBMITTING
     assert store.in_flight("dup")

@@ -156,18 +156,19 @@ def test_a_client_cannot_claim_withheld_credentials_it_never_gave():
 
 
 def test_withheld_secrets_live_until_their_job_ends(tmp_path):
+    """Bound only when the job is created: a retry keeps what the job had, a discarded
+    submission leaves none, an ended job needs them no more."""
     store = JobStore(Database(tmp_path / "jobs.sqlite3"))
     secrets = WithheldSecrets(store)
-    secrets.keep("j", {"api_key_comfy_org": KEY})
-    store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f"), b"{}")
-    store.release("j", "p")
-    secrets.keep("j", {"api_key_comfy_org": "a retry's"})  # a known job keeps what it had
+    job = Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f")
+    store.reserve(job, b"{}", withheld={"api_key_comfy_org": KEY})
+    store.reserve(job, b"{}", withheld={"api_key_comfy_org": "a retry's"})
     assert secrets.get("j") == {"api_key_comfy_org": KEY}
+    assert store.discard("j", "p") and secrets.get("j") is None
+    store.reserve(job, b"{}", withheld={"api_key_comfy_org": KEY})
+    store.release("j", "p")
     store.change("j", finish(JobStatus.COMPLETED))
     assert secrets.get("j") is None and len(secrets) == 0
-    secrets.keep("refused", {"api_key_comfy_org": KEY})
-    secrets.refused("refused")
-    assert secrets.get("refused") is None
     store.close()
 
 

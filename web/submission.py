@@ -1,6 +1,7 @@
 """Taking a job in, for every surface that submits one (startjob, the Comfy API v2): its
-asset references checked and recorded, its credentials held in memory, and a GpuId=auto job
-checked against what the GPUs have installed before it is held in Cylindria's queue."""
+asset references checked and recorded, and a GpuId=auto job checked against what the GPUs
+have installed before it is held in Cylindria's queue. (Its credentials are bound to the job
+by the store, in the step that creates it: comfy.withheld.)"""
 from __future__ import annotations
 
 import time
@@ -23,18 +24,13 @@ START_WINDOW = 60.0
 
 @contextmanager
 def accepting(context, job_id: str, workflow: Workflow):
-    """Around one submission: its assets are checked and held (yields True if it has any),
-    its credentials held for the dispatcher; a refused submission leaves neither."""
+    """Around one submission: its assets are checked and held (yields True if it has any);
+    an asset deleted meanwhile is 400 asset_not_found, and a refused submission leaves no use."""
     with assets_held(context, job_id, workflow) as uses_assets:
-        context.secrets.keep(job_id, workflow.withheld)
         try:
             yield uses_assets
         except AssetNotFound as exc:  # deleted while this submission was under way
-            context.secrets.refused(job_id)
             raise asset_missing(exc) from None
-        except BaseException:
-            context.secrets.refused(job_id)
-            raise
 
 
 @contextmanager

@@ -27,7 +27,7 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled", "expired"})
 ERROR_CODES = {"lost": "job_lost", "comfy_rejected": "invalid_workflow",
                "invalid_workflow": "invalid_workflow", "asset_not_found": "missing_asset",
                "partner_key_lost": "partner_key_lost", "internal": "internal_error",
-               "unknown": "execution_failed"}
+               "unknown": "execution_failed", "send_failed": "execution_failed"}
 OUTPUT_SEPARATOR = "~"  # an output's id: <job id>~<index> (job ids never hold a ~)
 
 
