@@ -170,7 +170,13 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
 
     @auth.error_handler
     def unauthorized(status):
-        throttle.record_failure(request.remote_addr or "?")
+        address = request.remote_addr or "?"
+        wait = throttle.retry_after(address)
+        if wait is not None:  # a throttled address's wrong keys are not counted: they wait
+            return error_response(429, "too_many_requests",
+                                  "too many failed authentication attempts; try again later",
+                                  headers={"Retry-After": str(wait)})
+        throttle.record_failure(address)
         return error_response(401, "unauthorized",
                               "missing or wrong API key: send it as X-API-Key or Authorization: Bearer")
 
@@ -181,11 +187,8 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
         current = request._get_current_object()  # one proxy lookup instead of two
         if no_auth or current.endpoint in public:
             return None
-        wait = throttle.retry_after(current.remote_addr or "?")
-        if wait is not None:
-            return error_response(429, "too_many_requests",
-                                  "too many failed authentication attempts; try again later",
-                                  headers={"Retry-After": str(wait)})
+        # The key is checked first: the throttle answers wrong keys only (unauthorized), so
+        # a client sharing an address with someone guessing keys is never locked out.
         refused = guard()
         client = auth.current_user() if refused is None else None
         if client is not None:  # None for OPTIONS, which flask-httpauth lets through unchecked
