@@ -3,7 +3,7 @@
 A key may be named (`name:key` in the key file or --api-key; `name:key:own` for a key that
 sees and cancels only the jobs it submitted): the name, never the key, is what logs, metrics
 and jobs (`submitted_by`) show. An unnamed key is shown as `key-<8 hex of its SHA-256>`. With
---jwt-*, a Bearer token that is a valid JWT is accepted too, its `sub` the name."""
+--jwt-*, a Bearer token that is a valid JWT is accepted too, as client `jwt:<sub>` (web/tokens.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +33,7 @@ ENVIRON_CLIENT = "cylindria.client"  # WSGI environ key: the client's name, for 
 
 @dataclass(frozen=True)
 class Client:
-    """Who a request comes from: a key's name (or a JWT's subject), never the key."""
+    """Who a request comes from: a key's name (or `jwt:<sub>` for a JWT), never the key."""
 
     name: str
     own: bool = False  # sees and cancels only the jobs it submitted
@@ -163,9 +163,7 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
         if index is not None:
             return setup.clients[index]
         if tokens is not None and token and token.count(".") == 2:
-            subject = tokens.subject(token)
-            if subject is not None:
-                return Client(subject)
+            return tokens.client(token)
         return None
 
     @auth.error_handler
