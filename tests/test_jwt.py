@@ -273,16 +273,27 @@ def shared_service(fakes, tmp_path, jwks):
         yield service
 
 
-def test_a_token_subject_is_never_a_key_name(shared_service, signer):
+def test_a_token_subject_is_never_a_key_name(fakes, tmp_path, jwks, signer):
+    config = make_config(fakes, tmp_path, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER,
+                         jwt_audience=AUDIENCE, api_keys=(f"alice:{CAROL[::-1]}:own",))
+    with Service(config) as service:
+        alice = Api(service.url, key=CAROL[::-1])
+        assert alice.put("/startjob/by-key", json=workflows.core("key")).status_code == 201
+        as_alice = bearer(service.url, token(signer[0], sub="alice"))
+        assert as_alice.put("/startjob/by-token", json=workflows.core("tok")).status_code == 201
+        assert as_alice.status("by-token")["submitted_by"] == "jwt:alice"
+        # The key alice sees only her own jobs: the token's is not one of them.
+        assert alice.get("/jobstatus/by-token").status_code == 404
+        assert [job["job_id"] for job in alice.get("/jobs").json()["jobs"]] == ["by-key"]
+
+
+def test_an_own_token_and_an_own_key_see_only_their_own_jobs(shared_service, signer):
     alice = Api(shared_service.url, key=CAROL[::-1])
     assert alice.put("/startjob/by-key", json=workflows.core("key")).status_code == 201
     as_alice = bearer(shared_service.url, token(signer[0], sub="alice", scope="cylindria:own"))
     assert as_alice.put("/startjob/by-token", json=workflows.core("tok")).status_code == 201
-    assert as_alice.status("by-token")["submitted_by"] == "jwt:alice"
-    # Neither is the other: each sees its own job only.
     assert as_alice.get("/jobstatus/by-key").status_code == 404
     assert alice.get("/jobstatus/by-token").status_code == 404
-    assert [job["job_id"] for job in alice.get("/jobs").json()["jobs"]] == ["by-key"]
     assert [job["job_id"] for job in as_alice.get("/jobs").json()["jobs"]] == ["by-token"]
 
 
