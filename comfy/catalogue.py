@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 from comfy.errors import ComfyError
+from comfy.fileinputs import file_inputs_of
 from comfy.models import read_models
 from comfy.queue import nodes_needed
 from comfy.workflow import WorkflowError
@@ -52,8 +53,9 @@ class NodeClass:
 class Catalogue:
     """The node classes one ComfyUI knows, and its model files (comfy.models)."""
 
-    def __init__(self, nodes: dict[str, NodeClass]):
+    def __init__(self, nodes: dict[str, NodeClass], file_inputs: dict | None = None):
         self.nodes = nodes
+        self.file_inputs = file_inputs or {}  # class -> its inputs that load a file (fileinputs)
         self.models: dict = {}  # folder -> file names, read after the nodes (refresh_catalogue)
 
     @classmethod
@@ -68,7 +70,7 @@ class Catalogue:
             inputs = info.get("input") if isinstance(info.get("input"), dict) else {}
             required = inputs.get("required") if isinstance(inputs.get("required"), dict) else {}
             nodes[str(name)] = NodeClass(tuple(required), info.get("output_node") is True)
-        return cls(nodes)
+        return cls(nodes, file_inputs_of(body))
 
     def knows(self, classes) -> bool:
         """True when every one of these node classes is installed here."""

@@ -9,9 +9,9 @@ from typing import Callable
 
 import platformdirs
 
-from config.values import (algorithms, api_keys, comfy_url, duration, flag_bool, gpu_count,
-                           integer_in, ip_address, log_level, origin, port, positive_float,
-                           rate_limit, seconds, thread_count)
+from config.values import (algorithms, api_keys, claim_value, comfy_url, duration, flag_bool,
+                           gpu_count, integer_in, ip_address, log_level, origin, port,
+                           positive_float, rate_limit, seconds, thread_count)
 from webhooks.schedule import DELAYS, GIVE_UP_AFTER
 
 
@@ -92,6 +92,10 @@ OPTIONS = (
            "the `aud` a JWT must have", shown=""),
     Option("--jwt-algorithms", "jwt_algorithms", "CYLINDRIA_JWT_ALGORITHMS", algorithms,
            ("EdDSA",), "signature algorithms a JWT may use, comma separated", shown="EdDSA"),
+    Option("--jwt-own-claim", "jwt_own_claim", "CYLINDRIA_JWT_OWN_CLAIM", claim_value, None,
+           "claim=value (like scope=cylindria:own): a JWT whose claim holds the value (a word "
+           "of a space-separated string, or an item of a list) sees only its own jobs, as a "
+           "key marked :own", shown=""),
     Option("--max-asset-mb", "max_asset_mb", "CYLINDRIA_MAX_ASSET_MB", integer_in(1, 100_000), 100,
            "largest asset upload, in MiB (beyond: 413 asset_too_large)"),
     Option("--max-streams", "max_streams", "CYLINDRIA_MAX_STREAMS", integer_in(1, 1024), None,
@@ -158,6 +162,7 @@ class Config:
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_algorithms: tuple = ("EdDSA",)
+    jwt_own_claim: tuple | None = None  # (claim, value) giving a token's subject the own role
     docs_public: bool = False
     webhook_allow_private: bool = False
     webhook_secret_file: Path | None = None
@@ -231,6 +236,8 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
     jwks = values["jwt_jwks_url"] or values["jwt_jwks_file"]
     if (values["jwt_issuer"] or values["jwt_audience"]) and not jwks:
         raise ConfigError("--jwt-issuer and --jwt-audience need --jwt-jwks-url or --jwt-jwks-file")
+    if values["jwt_own_claim"] and not jwks:
+        raise ConfigError("--jwt-own-claim needs --jwt-jwks-url or --jwt-jwks-file")
     return Config(**values)
 
 

@@ -84,6 +84,14 @@ def algorithms(text: str) -> tuple:
     return names
 
 
+def claim_value(text: str) -> tuple:
+    """`claim=value`: a JWT claim and the word it must hold (neither empty, no spaces)."""
+    claim, equals, value = text.strip().partition("=")
+    if not equals or not claim or not value or any(c.isspace() for c in claim + value):
+        raise ValueError("must be claim=value, like scope=cylindria:own")
+    return claim, value
+
+
 def positive_float(text: str) -> float:
     """A number above zero."""
     try:

@@ -1,5 +1,6 @@
 """Optional JWT bearer tokens (--jwt-*): a token signed by a key of the JWKS (served over HTTP
-on loopback, or read from a file) is accepted beside API keys, its `sub` the client's name;
+on loopback, or read from a file) is accepted beside API keys, `jwt:<sub>` the client's name
+(never a key's), own when --jwt-own-claim's claim holds its value;
 expired, not yet valid, wrong issuer, audience or algorithm (none, and HS256 keyed with the
 public key) are 401. The JWKS cache is exercised as plain logic with a hand-moved clock."""
 from __future__ import annotations
@@ -18,7 +19,9 @@ from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
+from config.options import ConfigError, load_config
 from tests.helpers import Api, free_ports
+from web.auth import Client
 from web.tokens import UNKNOWN_KID_EVERY, TokenVerifier
 
 ISSUER, AUDIENCE = "https://login.example", "cylindria"
@@ -100,7 +103,7 @@ def bearer(url: str, value: str) -> Api:
 def test_a_valid_token_is_accepted_beside_keys_and_its_subject_submits(jwt_service, signer):
     api = bearer(jwt_service.url, token(signer[0]))
     assert api.put("/startjob/by-jwt", json=workflows.core("jwt")).status_code == 201
-    assert api.status("by-jwt")["submitted_by"] == "render-backend"
+    assert api.status("by-jwt")["submitted_by"] == "jwt:render-backend"
     assert Api(jwt_service.url).get("/jobstatus/by-jwt").status_code == 200  # the key still works
 
 
@@ -254,3 +257,84 @@ def test_a_slow_jwks_fetch_holds_up_only_the_thread_that_fetches():
         other.join(10)
     assert verifier.subject(token(rotated, kid="k2")) == "render-backend"  # keys swapped in
     assert load.calls == 2
+
+
+CAROL = "carol-key-0123456789"
+OWN_SCOPE = ("scope", "cylindria:own")
+
+
+@pytest.fixture
+def shared_service(fakes, tmp_path, jwks):
+    """Own keys alice and carol beside JWTs whose `scope` may give them the own role."""
+    config = make_config(fakes, tmp_path, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER,
+                         jwt_audience=AUDIENCE, jwt_own_claim=OWN_SCOPE,
+                         api_keys=(f"alice:{CAROL[::-1]}:own", f"carol:{CAROL}:own"))
+    with Service(config) as service:
+        yield service
+
+
+def test_a_token_subject_is_never_a_key_name(fakes, tmp_path, jwks, signer):
+    config = make_config(fakes, tmp_path, jwt_jwks_url=jwks.url, jwt_issuer=ISSUER,
+                         jwt_audience=AUDIENCE, api_keys=(f"alice:{CAROL[::-1]}:own",))
+    with Service(config) as service:
+        alice = Api(service.url, key=CAROL[::-1])
+        assert alice.put("/startjob/by-key", json=workflows.core("key")).status_code == 201
+        as_alice = bearer(service.url, token(signer[0], sub="alice"))
+        assert as_alice.put("/startjob/by-token", json=workflows.core("tok")).status_code == 201
+        assert as_alice.status("by-token")["submitted_by"] == "jwt:alice"
+        # The key alice sees only her own jobs: the token's is not one of them.
+        assert alice.get("/jobstatus/by-token").status_code == 404
+        assert [job["job_id"] for job in alice.get("/jobs").json()["jobs"]] == ["by-key"]
+
+
+def test_an_own_token_and_an_own_key_see_only_their_own_jobs(shared_service, signer):
+    alice = Api(shared_service.url, key=CAROL[::-1])
+    assert alice.put("/startjob/by-key", json=workflows.core("key")).status_code == 201
+    as_alice = bearer(shared_service.url, token(signer[0], sub="alice", scope="cylindria:own"))
+    assert as_alice.put("/startjob/by-token", json=workflows.core("tok")).status_code == 201
+    assert as_alice.get("/jobstatus/by-key").status_code == 404
+    assert alice.get("/jobstatus/by-token").status_code == 404
+    assert [job["job_id"] for job in as_alice.get("/jobs").json()["jobs"]] == ["by-token"]
+
+
+def test_the_own_claim_gives_a_token_the_own_role(shared_service, signer):
+    carol = Api(shared_service.url, key=CAROL)
+    assert carol.put("/startjob/carols", json=workflows.core("carol")).status_code == 201
+    carol.wait_status("carols", "completed")
+    own = bearer(shared_service.url, token(signer[0], sub="dave", scope="read cylindria:own"))
+    for path in ("/jobstatus/carols", "/jobresult/carols", "/api/v2/jobs/carols"):
+        assert own.get(path).status_code == 404, path
+    assert own.get("/jobs").json()["jobs"] == []
+    assert own.get("/jobs?submitted_by=carol").json()["jobs"] == []
+    # Without the scope's word (a longer one is not it), a token sees every job, as a key
+    # without :own does.
+    for scope in (None, "cylindria:owner read"):
+        other = bearer(shared_service.url, token(signer[0], sub="erin", scope=scope))
+        assert other.get("/jobstatus/carols").status_code == 200, scope
+
+
+def test_the_own_claim_may_be_a_list_or_a_space_separated_string(signer):
+    verifier = TokenVerifier(jwks_url="http://127.0.0.1:9/unused", own_claim=("roles", "own"),
+                             load=lambda url, path: {"keys": [signer[1]]})
+    private = signer[0]
+    assert verifier.client(token(private, roles=["viewer", "own"])) == Client("jwt:render-backend", True)
+    assert verifier.client(token(private, roles="viewer own")) == Client("jwt:render-backend", True)
+    for roles in (None, ["owner"], "owner", {"own": True}, 1):
+        assert verifier.client(token(private, roles=roles)) == Client("jwt:render-backend"), roles
+    assert TokenVerifier(jwks_url="http://127.0.0.1:9/unused",
+                         load=lambda url, path: {"keys": [signer[1]]}
+                         ).client(token(private, roles="own")) == Client("jwt:render-backend")
+
+
+def test_the_own_claim_flag(tmp_path):
+    jwks = ["--jwt-jwks-file", str(tmp_path / "jwks.json")]
+    assert load_config(jwks + ["--jwt-own-claim", "scope=cylindria:own"], {}).jwt_own_claim == \
+        ("scope", "cylindria:own")
+    assert load_config(jwks, {"CYLINDRIA_JWT_OWN_CLAIM": "groups=render"}).jwt_own_claim == \
+        ("groups", "render")
+    assert load_config(jwks, {}).jwt_own_claim is None
+    for wrong in ("scope", "=x", "scope=", "scope=a b"):
+        with pytest.raises(ConfigError, match="--jwt-own-claim"):
+            load_config(jwks + ["--jwt-own-claim", wrong], {})
+    with pytest.raises(ConfigError, match="--jwt-own-claim"):
+        load_config(["--jwt-own-claim", "scope=x"], {})

@@ -3,7 +3,7 @@
 A key may be named (`name:key` in the key file or --api-key; `name:key:own` for a key that
 sees and cancels only the jobs it submitted): the name, never the key, is what logs, metrics
 and jobs (`submitted_by`) show. An unnamed key is shown as `key-<8 hex of its SHA-256>`. With
---jwt-*, a Bearer token that is a valid JWT is accepted too, its `sub` the name."""
+--jwt-*, a Bearer token that is a valid JWT is accepted too, as client `jwt:<sub>` (web/tokens.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -33,7 +33,7 @@ ENVIRON_CLIENT = "cylindria.client"  # WSGI environ key: the client's name, for 
 
 @dataclass(frozen=True)
 class Client:
-    """Who a request comes from: a key's name (or a JWT's subject), never the key."""
+    """Who a request comes from: a key's name (or `jwt:<sub>` for a JWT), never the key."""
 
     name: str
     own: bool = False  # sees and cancels only the jobs it submitted
@@ -163,14 +163,18 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
         if index is not None:
             return setup.clients[index]
         if tokens is not None and token and token.count(".") == 2:
-            subject = tokens.subject(token)
-            if subject is not None:
-                return Client(subject)
+            return tokens.client(token)
         return None
 
     @auth.error_handler
     def unauthorized(status):
-        throttle.record_failure(request.remote_addr or "?")
+        address = request.remote_addr or "?"
+        wait = throttle.retry_after(address)
+        if wait is not None:  # a throttled address's wrong keys are not counted: they wait
+            return error_response(429, "too_many_requests",
+                                  "too many failed authentication attempts; try again later",
+                                  headers={"Retry-After": str(wait)})
+        throttle.record_failure(address)
         return error_response(401, "unauthorized",
                               "missing or wrong API key: send it as X-API-Key or Authorization: Bearer")
 
@@ -181,11 +185,8 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
         current = request._get_current_object()  # one proxy lookup instead of two
         if no_auth or current.endpoint in public:
             return None
-        wait = throttle.retry_after(current.remote_addr or "?")
-        if wait is not None:
-            return error_response(429, "too_many_requests",
-                                  "too many failed authentication attempts; try again later",
-                                  headers={"Retry-After": str(wait)})
+        # The key is checked first: the throttle answers wrong keys only (unauthorized), so
+        # a client sharing an address with someone guessing keys is never locked out.
         refused = guard()
         client = auth.current_user() if refused is None else None
         if client is not None:  # None for OPTIONS, which flask-httpauth lets through unchecked

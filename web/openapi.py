@@ -18,7 +18,7 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "output_not_found", "not_found", "method_not_allowed", "bad_request",
                "headers_too_large", "internal_error", "starting", "queue_full",
                "too_many_streams", "asset_not_found", "asset_in_use", "asset_too_large",
-               "invalid_asset", "invalid_webhook", "folder_not_found"]
+               "invalid_asset", "invalid_webhook", "folder_not_found", "file_not_allowed"]
 ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
               405: "Method not allowed", 409: "Conflict with the job's state",
               413: "Body too large",
@@ -268,8 +268,9 @@ def _paths(gpus: int) -> dict:
                               400: "Bad request: invalid_job_id, invalid_gpu_id, "
                                    "invalid_parameter (priority), invalid_webhook, invalid_json, "
                                    "ui_format_workflow, invalid_workflow (details: a "
-                                   "WorkflowProblem), comfy_rejected (pinned job; details: a "
-                                   "ComfyRejection)",
+                                   "WorkflowProblem), file_not_allowed (an input names a "
+                                   "file the client may not read; details: node_id, input), "
+                                   "comfy_rejected (pinned job; details: a ComfyRejection)",
                               429: "too_many_requests (--rate-limit, or failed authentications), or "
                                    "queue_full: Cylindria's queue holds --max-queued jobs"})}}},
         "/jobstatus/{job_id}": {"get": {

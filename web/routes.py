@@ -41,7 +41,7 @@ def startjob(job_id: str):
     workflow = parse_workflow(body)
     workflow = with_webhook(context, workflow, request.args.get("webhook"), workflow.asked_webhook)
     try:
-        with accepting(context, job_id, workflow) as uses_assets:
+        with accepting(context, job_id, workflow, gpu_id) as uses_assets:
             if gpu_id is None:
                 job, created = hold(context, job_id, workflow, priority, None, submitter())
             else:

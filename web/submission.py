@@ -1,18 +1,25 @@
-"""Taking a job in, for every surface that submits one (startjob, the Comfy API v2): its
-asset references checked and recorded, and a GpuId=auto job checked against what the GPUs
-have installed before it is held in Cylindria's queue. (Its credentials are bound to the job
-by the store, in the step that creates it: comfy.withheld.)"""
+"""Taking a job in, for every surface that submits one (startjob, the Comfy API v2): the
+files it reads checked, its asset references checked and recorded, and a GpuId=auto job
+checked against what the GPUs have installed before it is held in Cylindria's queue. (Its
+credentials are bound to the job by the store, in the step that creates it: comfy.withheld.)
+
+A workflow's own faults are answered the same whether or not another client's job holds the
+id (an own client must not learn which ids exist): only a job the client may see answers a
+retry in their stead."""
 from __future__ import annotations
 
 import time
 from contextlib import contextmanager
 
 from comfy.catalogue import check_workflow, needs_of
+from comfy.fileinputs import FileNotAllowed, check_files, merged, owns_output
 from comfy.placing import AssetNotFound, references, resolve
 from comfy.submit import QueueFull, hold_job
 from comfy.workflow import Workflow
 from web.assets import viewer
+from web.auth import current_client
 from web.errors import ApiError
+from web.lookup import visible
 from webhooks.address import InvalidWebhook
 
 QUEUE_FULL_RETRY = 5  # seconds a client is told to wait when Cylindria's queue is full
@@ -23,9 +30,11 @@ START_WINDOW = 60.0
 
 
 @contextmanager
-def accepting(context, job_id: str, workflow: Workflow):
-    """Around one submission: its assets are checked and held (yields True if it has any);
-    an asset deleted meanwhile is 400 asset_not_found, and a refused submission leaves no use."""
+def accepting(context, job_id: str, workflow: Workflow, gpu_id: int | None = None):
+    """Around one submission to GPU `gpu_id` (None: GpuId=auto): the files it reads checked,
+    its assets checked and held (yields True if it has any); an asset deleted meanwhile is 400
+    asset_not_found, and a refused submission leaves no use."""
+    check_file_inputs(context, job_id, workflow, gpu_id)
     with assets_held(context, job_id, workflow) as uses_assets:
         try:
             yield uses_assets
@@ -33,12 +42,33 @@ def accepting(context, job_id: str, workflow: Workflow):
             raise asset_missing(exc) from None
 
 
+def check_file_inputs(context, job_id: str, workflow: Workflow, gpu_id: int | None) -> None:
+    """400 file_not_allowed for an input naming a path outside ComfyUI's folders, or, for an
+    own client, a file input naming anything but its own assets and its own jobs' outputs."""
+    client = current_client()
+    own_output = None
+    if client is not None and client.own:
+        def own_output(subfolder: str, filename: str) -> bool:
+            return owns_output(context.store.jobs(), client.name, gpu_id, subfolder, filename)
+    # Every GPU's marks, pinned or not: a superset only refuses more, and a GPU's catalogue
+    # may change (a restarted ComfyUI) before a held or requeued job is sent.
+    file_inputs = merged(gpu.catalogue.file_inputs for gpu in context.gpus
+                         if gpu.catalogue is not None)
+    try:
+        check_files(workflow.prompt, file_inputs, own_output)
+    except FileNotAllowed as exc:
+        if not retried(context, job_id):
+            raise ApiError(400, "file_not_allowed", str(exc),
+                           {"node_id": exc.node_id, "input": exc.input}) from None
+
+
 @contextmanager
 def assets_held(context, job_id: str, workflow: Workflow):
     """Check the workflow's asset references (400 asset_not_found for one the client may not
     use: no job) and hold them for this submission while it runs, so a delete meanwhile is
     409; yields True if it has any. Once it ends, the uses are its job's, or go if it made
-    none. A retry of a job that exists is answered with the job even if its assets are gone."""
+    none. A retry of a job the client may see is answered with the job even if its assets
+    are gone."""
     if not references(workflow.prompt):
         yield False
         return
@@ -46,7 +76,7 @@ def assets_held(context, job_id: str, workflow: Workflow):
         note_assets(context, job_id, workflow)
         recorded = True
     except AssetNotFound as exc:
-        if context.store.get(job_id) is None:
+        if not retried(context, job_id):
             raise asset_missing(exc) from None
         recorded = False  # the job's own answer (200, or 409 for another workflow) follows
     try:
@@ -66,6 +96,14 @@ def note_assets(context, job_id: str, workflow: Workflow) -> None:
             raise AssetNotFound(node_id, name, workflow.prompt[node_id]["inputs"][name]["info"])
 
 
+def retried(context, job_id: str) -> bool:
+    """Whether the id holds a job the client may see: its own answer (200, or 409 for another
+    workflow) then follows whatever the workflow's faults. Another own client's job is as if
+    it did not exist, so the fault is answered as it would be for a free id."""
+    existing = context.store.get(job_id)
+    return existing is not None and visible(existing)
+
+
 def asset_missing(exc: AssetNotFound) -> ApiError:
     """400 asset_not_found naming the reference."""
     return ApiError(400, "asset_not_found", f"node {exc.node_id} input {exc.input} refers to an "
@@ -77,8 +115,7 @@ def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict |
          submitted_by: str | None = None):
     """GpuId=auto: check the workflow against what the reachable GPUs have installed, then
     hold it in Cylindria's queue (201 before any GPU has it). Returns (job, created)."""
-    existing = context.store.get(job_id)
-    if existing is None:  # a retry is answered whatever the GPUs look like now
+    if not retried(context, job_id):  # a retry is answered whatever the GPUs look like now
         check_workflow(workflow.prompt, catalogues(context.gpus))
         context.dispatcher.remember(job_id, workflow.fingerprint, needs_of(workflow.prompt))
     try:

@@ -1,4 +1,5 @@
-"""Throttling of repeated authentication failures per client address."""
+"""Throttling of repeated authentication failures per client address: it answers the wrong
+keys of an address that failed too often; a right key is never asked about it (web/auth.py)."""
 from __future__ import annotations
 
 import threading

@@ -1,8 +1,10 @@
 """Optional JWT bearer tokens beside API keys (--jwt-jwks-url or --jwt-jwks-file): verified
 with PyJWT against the keys of a JWKS, the algorithm taken from an allowlist (EdDSA by
 default; `none` and HS* never, so a public key can never be used as an HMAC secret), the
-issuer and audience checked when configured, `exp` required. The token's `sub` is the
-client's name.
+issuer and audience checked when configured, `exp` required. The token's subject is the
+client `jwt:<sub>`: a namespace of its own, never a key's name (a key name has no colon), so
+a token cannot act as a key's client. With --jwt-own-claim, a token whose claim holds the
+value is an own client (sees only its own jobs and assets).
 
 The JWKS is cached and fetched again every `refresh` seconds; a token naming a key id the
 cache does not hold triggers one early fetch at most every 30 s, so a key rotation is picked
@@ -25,6 +27,8 @@ import requests
 from jwt import PyJWK
 from jwt.exceptions import InvalidTokenError
 
+from web.auth import Client
+
 logger = logging.getLogger(__name__)
 
 REFRESH = 600.0  # seconds between fetches of the JWKS
@@ -32,6 +36,7 @@ UNKNOWN_KID_EVERY = 30.0  # seconds: at most one early fetch for a key id not in
 FETCH_TIMEOUT = 5.0
 LEEWAY = 30  # seconds of clock skew allowed on exp and nbf
 MAX_TOKEN = 8192  # characters: a longer bearer token is not looked at
+SUBJECT_PREFIX = "jwt:"  # a token's client name: jwt:<sub>
 
 
 class JwksUnavailable(Exception):
@@ -56,14 +61,16 @@ def load_jwks(url: str | None, path: Path | None) -> dict:
 
 
 class TokenVerifier:
-    """subject(token): the `sub` of a valid token, else None."""
+    """client(token): who a valid token is (subject(token): its `sub`), else None."""
 
     def __init__(self, *, jwks_url: str | None = None, jwks_file: Path | None = None,
                  issuer: str | None = None, audience: str | None = None,
                  algorithms: tuple = ("EdDSA",), refresh: float = REFRESH,
-                 clock: Callable[[], float] = time.monotonic, load=load_jwks):
+                 clock: Callable[[], float] = time.monotonic, load=load_jwks,
+                 own_claim: tuple | None = None):
         self.jwks_url, self.jwks_file = jwks_url, jwks_file
         self.issuer, self.audience = issuer, audience
+        self.own_claim = own_claim  # (claim, value) that makes a token's client own
         self.algorithms = tuple(algorithms)
         self.refresh = refresh
         self.clock = clock
@@ -75,8 +82,30 @@ class TokenVerifier:
         self._fetching = False  # one fetch at a time; the others use the cache meanwhile
         self.fetches = 0
 
+    def client(self, token: str) -> Client | None:
+        """The client `jwt:<sub>` of a valid token (own if it holds the own claim), else None."""
+        claims = self._claims(token)
+        if claims is None:
+            return None
+        return Client(SUBJECT_PREFIX + claims["sub"], self._own(claims))
+
     def subject(self, token: str) -> str | None:
-        """The token's subject if it is a valid JWT for this host, else None (never raises)."""
+        """The token's `sub` if it is a valid JWT for this host, else None (never raises)."""
+        claims = self._claims(token)
+        return None if claims is None else claims["sub"]
+
+    def _own(self, claims: dict) -> bool:
+        """Whether the own claim holds its value: a word of a string, or an item of a list."""
+        if self.own_claim is None:
+            return False
+        name, value = self.own_claim
+        held = claims.get(name)
+        if isinstance(held, str):
+            return value in held.split()
+        return isinstance(held, list) and value in held
+
+    def _claims(self, token: str) -> dict | None:
+        """The claims of a valid token with a usable `sub`, else None (never raises)."""
         if len(token) > MAX_TOKEN:
             return None
         try:
@@ -99,7 +128,7 @@ class TokenVerifier:
         except (jwt.PyJWTError, ValueError, TypeError):  # the caller chose the header: any
             return None  # key or token PyJWT will not use is a bad token, never a 500
         subject = claims.get("sub")
-        return subject if isinstance(subject, str) and 0 < len(subject) <= 128 \
+        return claims if isinstance(subject, str) and 0 < len(subject) <= 128 \
             and subject.isprintable() else None
 
     def _key(self, kid) -> dict | None:
@@ -145,4 +174,4 @@ def verifier_for(config) -> TokenVerifier | None:
         return None
     return TokenVerifier(jwks_url=config.jwt_jwks_url, jwks_file=config.jwt_jwks_file,
                          issuer=config.jwt_issuer, audience=config.jwt_audience,
-                         algorithms=config.jwt_algorithms)
+                         algorithms=config.jwt_algorithms, own_claim=config.jwt_own_claim)

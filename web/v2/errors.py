@@ -16,6 +16,7 @@ BY_CODE = {
     "invalid_workflow": (422, "invalid_workflow"),
     "ui_format_workflow": (422, "workflow_format_ui"),
     "comfy_rejected": (422, "invalid_workflow"),
+    "file_not_allowed": (422, "file_not_allowed"),  # a workflow fault, as v2 answers them
     "invalid_json": (400, "invalid_request"),
     "invalid_parameter": (400, "invalid_request"),
     "invalid_job_id": (400, "invalid_request"),

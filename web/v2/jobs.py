@@ -5,13 +5,18 @@ on /jobstatus too); this module only reads v2's requests and writes v2's shapes.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+import secrets
 import uuid
+from pathlib import Path
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 
 from comfy.cancel import JobFinished, cancel_anywhere
 from comfy.jobs import Job
+from comfy.private import generated_once
 from comfy.submit import JobIdConflict
 from comfy.workflow import SECRET_EXTRA_KEYS, WorkflowError, load_json, refuse_ui_format, workflow_of
 from web.context import ctx, wait_until_reconciled
@@ -31,11 +36,56 @@ bp.before_request(wait_until_reconciled)
 SETTLE_WAIT = 90.0  # seconds a cancel waits for a submission still under way
 # Idempotency keys name jobs: the same client's same key is the same job id, so the store's
 # own exactly-once (same id, same workflow: the job; another workflow: refused) does the rest.
-IDEMPOTENCY_NAMESPACE = uuid.UUID("6c1d3a1e-4f0b-5a51-9c8e-3f2b7d0c9a11")
+# The id is an HMAC of (client, key) under this installation's secret, kept in the data dir:
+# another client cannot compute it, so cannot take it first (startjob chooses ids freely).
+ID_SECRET_FILE = "idempotency_secret"
+ID_SECRET = "cylindria_v2_id_secret"  # app.extensions key
+# Before that, ids were uuid5 of (client, key) in this namespace: a key's job from then is
+# still found under it, if the same client submitted it.
+LEGACY_NAMESPACE = uuid.UUID("6c1d3a1e-4f0b-5a51-9c8e-3f2b7d0c9a11")
 MAX_LABELS, MAX_LABEL_KEY, MAX_LABEL_VALUE = 16, 64, 512
 LABEL_KEY = re.compile(r"[A-Za-z0-9_.:/-]{1,%d}" % MAX_LABEL_KEY)
 PAGE_DEFAULT, PAGE_MAX = 50, 100
 RESERVED = ("inputs",)  # the v2 contract refuses it today
+
+
+@bp.record_once
+def _load_id_secret(state) -> None:
+    """Read (or make, on the first start) the secret v2 job ids are derived with."""
+    data_dir = state.app.extensions["cylindria"].config.data_dir
+    state.app.extensions[ID_SECRET] = id_secret(Path(data_dir))
+
+
+def id_secret(data_dir: Path) -> bytes:
+    """This installation's secret for v2 job ids (32 random bytes, generated once)."""
+    text, _ = generated_once(data_dir / ID_SECRET_FILE, lambda: secrets.token_hex(32),
+                             _read_secret)
+    return bytes.fromhex(text)
+
+
+def _read_secret(path: Path) -> str:
+    """The secret file's 64 hex digits, or "" (then a new secret is made) for anything else."""
+    text = path.read_text(encoding="utf-8", errors="replace").strip()
+    return text if re.fullmatch(r"[0-9a-f]{64}", text) else ""
+
+
+def keyed_job_id(secret: bytes, client: str, key: str) -> str:
+    """The job id of a client's Idempotency-Key: a UUID only the secret's holder computes."""
+    digest = hmac.new(secret, f"{client}\0{key}".encode("utf-8", "surrogateescape"),
+                      hashlib.sha256).digest()
+    return str(uuid.UUID(bytes=digest[:16], version=4))
+
+
+def job_id_for(client: str | None, key: str | None) -> str:
+    """The job id a submission gets: its key's (the same job again for the same client and
+    key, also one submitted before ids were HMACs), or a new random one without a key."""
+    if not key:
+        return str(uuid.uuid4())
+    legacy = str(uuid.uuid5(LEGACY_NAMESPACE, f"{client or ''}\0{key}"))
+    existing = ctx().store.get(legacy)
+    if existing is not None and existing.submitted_by == client:
+        return legacy
+    return keyed_job_id(current_app.extensions[ID_SECRET], client or "", key)
 
 
 @bp.post("/jobs")
@@ -59,8 +109,7 @@ def submit():
                             document.get("webhook_url"), request.args.get("webhook"))
     key, client = idempotency_key(), submitter()
     # A key is the client's own: two clients choosing the same key submit two jobs.
-    job_id = str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{client or ''}\0{key}") if key
-                 else uuid.uuid4())
+    job_id = job_id_for(client, key)
     try:
         with accepting(context, job_id, workflow):
             job, created = hold(context, job_id, workflow, priority, labels, client)

@@ -32,8 +32,8 @@ ERROR_TEXT = {400: "invalid_request (a field or parameter of the wrong shape), i
               405: "method not allowed", 409: "hash_mismatch, or asset_in_use",
               413: "payload_too_large, or asset_too_large",
               416: "range_not_satisfiable",
-              422: "invalid_workflow, workflow_format_ui, missing_asset, metadata_invalid, "
-                   "invalid_request (priority), idempotency_key_reuse",
+              422: "invalid_workflow, workflow_format_ui, missing_asset, file_not_allowed, "
+                   "metadata_invalid, invalid_request (priority), idempotency_key_reuse",
               429: "too_many_requests (--rate-limit, or failed authentications), queue_full, or "
                    "too_many_streams",
               502: "upstream_error: ComfyUI answered something unusable",
