@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from flask import Flask
 
 from comfy import submit
 from comfy.database import Database
@@ -98,7 +99,8 @@ def test_the_job_created_keeps_its_own_clients_partner_key(tmp_path):
 
     def submit_as(name: str, key: str) -> None:
         workflow = core("contested", {"api_key_comfy_org": key})
-        with accepting(context, "contested", workflow):
+        # accepting() reads who is asking (the file-input check): a request of no named client
+        with Flask("submission").test_request_context(), accepting(context, "contested", workflow):
             results[name] = hold(context, "contested", workflow, 0)
 
     first = threading.Thread(target=submit_as, args=("first", "alice's key"), name="first")
