@@ -1,10 +1,11 @@
 """Asset endpoints: upload (multipart or raw), look up by hash, metadata, content, delete."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, jsonify, request
 
 from comfy.assets import Asset, AssetTooLarge, HashMismatch, UploadCut
 from comfy.status import iso_time
+from web import downloads
 from web.context import ctx
 from web.errors import ApiError
 from web.lookup import visible
@@ -96,9 +97,11 @@ def content(asset_id: str):
 
 
 def asset_file(asset: Asset):
-    """The response carrying an asset's bytes (Range and conditional requests answered)."""
-    return send_file(ctx().assets.path(asset), mimetype=asset.content_type,
-                     download_name=asset.comfy_name, conditional=True, etag=asset.hash[7:])
+    """The response carrying an asset's bytes (Range and conditional requests answered),
+    sent by waitress's loop (web/downloads.py)."""
+    return downloads.send_file(ctx().assets.path(asset), mimetype=asset.content_type,
+                               download_name=asset.comfy_name, conditional=True,
+                               etag=asset.hash[7:])
 
 
 @bp.delete("/assets/<asset_id>")
