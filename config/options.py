@@ -102,7 +102,8 @@ OPTIONS = (
            "downloads (assets, outputs) one client may have in flight at once; beyond: 429 "
            "too_many_downloads"),
     Option("--send-timeout", "send_timeout", "CYLINDRIA_SEND_TIMEOUT", seconds, 30.0,
-           "seconds an answer may wait for its client to read before the connection is cut",
+           "seconds an unsent answer (a download) may wait for its client to read any of it "
+           "before the connection is cut",
            shown="30"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
            "address of the reverse proxy (TLS) in front: client addresses come from its "

@@ -67,6 +67,13 @@ def read_to_end(conn: socket.socket) -> int:
     return received
 
 
+def closed_after_status(conn: socket.socket) -> int:
+    """The status of an answer whose client then goes away without reading the body."""
+    status = status_of(conn)
+    conn.close()
+    return status
+
+
 def others_are_served(service: Service) -> None:
     """/health (no key) and Alice's /jobstatus answer while Bob's downloads stall."""
     assert Api(service.url, None).get("/health", timeout=10).status_code == 200
@@ -135,3 +142,34 @@ def test_stalled_output_downloads_hold_no_worker_thread(fakes, tmp_path):
         assert ranged.headers["Content-Range"] == f"bytes {BIG - 10}-{BIG - 1}/{BIG}"
         for conn in conns:
             conn.close()
+
+
+def test_every_way_a_download_ends_gives_its_slot_back(fakes, tmp_path):
+    with Service(config_for(fakes, tmp_path, threads=4)) as service:
+        bob = as_client(service, "bob")
+        small = bytes(range(256)) * 64
+        asset = bob.request("POST", "/assets?name=small.bin", data=small).json()
+        bob.put("/startjob/out", json=workflows.core("out"))
+        bob.wait_status("out", "completed")
+        path = f"/assets/{asset['id']}/content"
+
+        def in_flight() -> int:
+            return service.app.extensions["cylindria_downloads"].in_flight("bob")
+
+        endings = [
+            lambda: bob.get(path).content == small,
+            lambda: bob.get(path, headers={"Range": "bytes=1000-1009"}).content == small[1000:1010],
+            lambda: bob.request("HEAD", path).status_code == 200,
+            lambda: bob.get(path, headers={"If-None-Match": bob.get(path).headers["ETag"]}
+                            ).status_code == 304,
+            lambda: bob.get(path, headers={"Range": "bytes=99999-"}).status_code == 416,
+            lambda: bob.get("/jobresult/out/0").status_code == 200,
+            lambda: bob.get("/jobresult/out/0", headers={"Range": "bytes=99999999-"}
+                            ).status_code == 416,
+            lambda: bob.get("/api/v2/assets/out~0/content", headers={"Range": "bytes=0-7"}
+                            ).status_code == 206,
+            lambda: closed_after_status(stalled(service, path, "bob", "bytes=0-")) == 206,
+        ]
+        for number, ending in enumerate(endings):
+            assert ending(), number
+            wait_for(lambda: in_flight() == 0, message=f"the slot of ending {number} back")
