@@ -35,7 +35,7 @@ class Slot:
     """One download of one client in flight; `release` is safe to call any number of times."""
 
     def __init__(self, slots: "DownloadSlots", who: str):
-        self._slots, self.who, self._held = slots, who, True
+        self._slots, self.who, self.held = slots, who, True
 
     def release(self) -> None:
         """Give the slot back (once, whichever path gets here first)."""
@@ -65,9 +65,9 @@ class DownloadSlots:
     def give_back(self, slot: Slot) -> None:
         """Free a slot taken with `take`; a slot already given back changes nothing."""
         with self._lock:
-            if not slot._held:
+            if not slot.held:
                 return
-            slot._held = False
+            slot.held = False
             left = self._counts.get(slot.who, 1) - 1
             if left > 0:
                 self._counts[slot.who] = left
