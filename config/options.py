@@ -105,6 +105,14 @@ OPTIONS = (
            "CYLINDRIA_MAX_STREAMS_PER_CLIENT", integer_in(1, 1024), None,
            "event streams and long-polls one client (key name or JWT subject) may hold at once",
            shown="max-streams / 4"),
+    Option("--max-downloads-per-client", "max_downloads_per_client",
+           "CYLINDRIA_MAX_DOWNLOADS_PER_CLIENT", integer_in(1, 1000), 4,
+           "downloads (assets, outputs) one client may have in flight at once; beyond: 429 "
+           "too_many_downloads"),
+    Option("--send-timeout", "send_timeout", "CYLINDRIA_SEND_TIMEOUT", seconds, 30.0,
+           "seconds an unsent answer (a download) may wait for its client to read any of it "
+           "before the connection is cut",
+           shown="30"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
            "address of the reverse proxy (TLS) in front: client addresses come from its "
            "X-Forwarded-For (for the failure throttle and the log)"),
@@ -151,6 +159,8 @@ class Config:
     max_asset_mb: int = 100
     max_streams: int | None = None  # None: a quarter of the worker threads (at least 1)
     max_streams_per_client: int | None = None  # None: a quarter of max_streams (at least 1)
+    max_downloads_per_client: int = 4
+    send_timeout: float = 30.0  # seconds an answer may wait for its client to read
     header_timeout: float = 10.0  # seconds a client gets to send a request's headers
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
     max_body_bytes: int = 32 * 1024 * 1024

@@ -10,6 +10,7 @@ from logging.handlers import QueueHandler, QueueListener, RotatingFileHandler
 from pathlib import Path
 
 from comfy.private import private_file
+from web.downloads import FileBody
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FILE_BYTES = 10 * 1024 * 1024  # rotate at 10 MiB...
@@ -183,6 +184,9 @@ class AccessLog:
             request.status = "500"
             request.log()
             raise
+        if isinstance(request.body, FileBody):  # waitress sends it from its loop only unwrapped
+            request.body.on_close(request.log)
+            return request.body
         if not request.wanted():
             return request.body  # a successful read below the logger's level: nothing to log
         # The wrapper has no len(): waitress would use len() == 1 to set Content-Length, but

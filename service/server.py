@@ -17,6 +17,7 @@ from config.options import Config
 from service.core import build_context
 from service.logs import AccessLog, access_logger, log_access
 from web.app import create_app
+from web.downloads import LoopSentChannel, cut_stalled
 from web.errors import error_body
 
 logger = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class Service:
                 wasyncore.loop(timeout=LOOP_TIMEOUT, map=self._map, count=1)
                 if time.monotonic() >= next_sweep:
                     self.sweep_slow_clients(time.monotonic())
+                    cut_stalled(self._server.active_channels.values(), time.time(),
+                                self.config.send_timeout)
                     next_sweep = time.monotonic() + 1.0
         finally:
             self._shutdown()
@@ -310,9 +313,10 @@ class LoggedErrorTask(ErrorTask):
                    status[:3], None, addr[0] if isinstance(addr, tuple) else "-")
 
 
-class Channel(HTTPChannel):
+class Channel(LoopSentChannel, HTTPChannel):
     """waitress's channel, answering its own errors through LoggedErrorTask, its requests
-    parsed with a body limit per path."""
+    parsed with a body limit per path, its workers never waiting on a client's reading of a
+    file body (web/downloads.py)."""
 
     error_task_class = LoggedErrorTask
     parser_class = PathLimitedParser

@@ -4,10 +4,11 @@ A key limited to its own jobs (`:own`) sees only its own assets: another's are a
 if they did not exist. Any other key sees every asset, and uploads the shared one."""
 from __future__ import annotations
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, jsonify, request
 
 from comfy.assets import SHARED, Asset, AssetTooLarge, EmptyUpload, HashMismatch, UploadCut
 from comfy.status import iso_time
+from web import downloads
 from web.auth import current_client
 from web.context import ctx
 from web.errors import ApiError
@@ -106,9 +107,11 @@ def content(asset_id: str):
 
 
 def asset_file(asset: Asset):
-    """The response carrying an asset's bytes (Range and conditional requests answered)."""
-    return send_file(ctx().assets.path(asset), mimetype=asset.content_type,
-                     download_name=asset.comfy_name, conditional=True, etag=asset.hash[7:])
+    """The response carrying an asset's bytes (Range and conditional requests answered),
+    sent by waitress's loop (web/downloads.py)."""
+    return downloads.send_file(ctx().assets.path(asset), mimetype=asset.content_type,
+                               download_name=asset.comfy_name, conditional=True,
+                               etag=asset.hash[7:])
 
 
 @bp.delete("/assets/<asset_id>")

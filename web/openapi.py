@@ -17,12 +17,14 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "too_many_requests", "comfy_bad_response", "comfy_unreachable", "invalid_parameter",
                "output_not_found", "not_found", "method_not_allowed", "bad_request",
                "headers_too_large", "internal_error", "starting", "queue_full",
-               "too_many_streams", "asset_not_found", "asset_in_use", "asset_too_large",
-               "invalid_asset", "invalid_webhook", "folder_not_found", "file_not_allowed"]
+               "too_many_streams", "too_many_downloads", "asset_not_found", "asset_in_use",
+               "asset_too_large", "invalid_asset", "invalid_webhook", "folder_not_found",
+               "file_not_allowed"]
 ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
               405: "Method not allowed", 409: "Conflict with the job's state",
               413: "Body too large",
-              429: "too_many_requests: --rate-limit spent, or too many failed authentications",
+              429: "too_many_requests: --rate-limit spent, or too many failed authentications; "
+                   "too_many_downloads: this client's --max-downloads-per-client in flight",
               502: "ComfyUI answered something unusable",
               503: "ComfyUI cannot be reached (comfy_unreachable), or Cylindria is still "
                    "reconciling after a start (starting)"}

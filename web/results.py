@@ -9,6 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from comfy.gone import gpu_at
 from comfy.jobs import Job, JobStatus
+from web import downloads
 from web.context import ctx, wait_until_reconciled
 from web.errors import ApiError
 from web.lookup import known_job
@@ -48,11 +49,17 @@ def jobresult_file(job_id: str, index: str):
 
 
 def output_download(gpu, output: dict, range_header: str | None) -> Response:
-    """One output file streamed from its ComfyUI's /view. A single byte range (`Range:
-    bytes=a-b`, `a-`, `-n`) is asked of ComfyUI, which answers 206 for its files; an answer of
-    200 (ComfyUI serving it whole) is cut to the range here. Other range forms are ignored,
-    as HTTP allows: the whole file is sent."""
-    wanted = parse_range(range_header)
+    """One output file from its ComfyUI's /view, spooled and sent by waitress's loop (see
+    web/downloads.py). The client's download slot is taken before ComfyUI is asked."""
+    with downloads.claimed() as slot:
+        return downloads.send_chunks(slot, *_from_view(gpu, output, parse_range(range_header)))
+
+
+def _from_view(gpu, output: dict, wanted) -> tuple:
+    """(chunks, status, headers, mimetype) of an output read from ComfyUI's /view. A single
+    byte range (`Range: bytes=a-b`, `a-`, `-n`) is asked of ComfyUI, which answers 206 for
+    its files; an answer of 200 (ComfyUI serving it whole) is cut to the range here. Other
+    range forms are ignored, as HTTP allows: the whole file is sent."""
     # Only what ComfyUI itself reported for this job reaches /view: never a client's value;
     # the range is rebuilt from the numbers parsed, never passed through.
     upstream = gpu.client.view(output["filename"], output["subfolder"], output["type"],
@@ -75,11 +82,7 @@ def output_download(gpu, output: dict, range_header: str | None) -> Response:
         first, last = satisfiable(wanted, int(length))
         status, body = 206, _slice(upstream, first, last)
         headers["Content-Range"] = f"bytes {first}-{last}/{length}"
-        length = str(last - first + 1)
-    if length.isdigit():
-        headers["Content-Length"] = length
-    return Response(body, status=status, headers=headers, direct_passthrough=True,
-                    mimetype=mimetype)
+    return body, status, headers, mimetype
 
 
 def parse_range(header: str | None) -> tuple[int | None, int | None] | None:

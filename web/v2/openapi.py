@@ -34,8 +34,8 @@ ERROR_TEXT = {400: "invalid_request (a field or parameter of the wrong shape), i
               416: "range_not_satisfiable",
               422: "invalid_workflow, workflow_format_ui, missing_asset, file_not_allowed, "
                    "metadata_invalid, invalid_request (priority), idempotency_key_reuse",
-              429: "too_many_requests (--rate-limit, or failed authentications), queue_full, or "
-                   "too_many_streams",
+              429: "too_many_requests (--rate-limit, or failed authentications), queue_full, "
+                   "too_many_streams, or too_many_downloads",
               502: "upstream_error: ComfyUI answered something unusable",
               503: "upstream_unreachable: ComfyUI cannot be reached; or starting"}
 
