@@ -75,8 +75,9 @@ class TokenVerifier:
         self._fetching = False  # one fetch at a time; the others use the cache meanwhile
         self.fetches = 0
 
-    def subject(self, token: str) -> str | None:
-        """The token's subject if it is a valid JWT for this host, else None (never raises)."""
+    def subject(self, token: str, cached: bool = False) -> str | None:
+        """The token's subject if it is a valid JWT for this host, else None (never raises).
+        `cached`: checked against the keys already fetched, never waiting for a fetch."""
         if len(token) > MAX_TOKEN:
             return None
         try:
@@ -86,7 +87,7 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
             return None  # none, HS*, or one the operator did not allow
-        jwk = self._key(header.get("kid"))
+        jwk = self._cached_key(header.get("kid")) if cached else self._key(header.get("kid"))
         if jwk is None or jwk.get("alg", algorithm) != algorithm:
             return None
         try:
@@ -101,6 +102,23 @@ class TokenVerifier:
         subject = claims.get("sub")
         return subject if isinstance(subject, str) and 0 < len(subject) <= 128 \
             and subject.isprintable() else None
+
+    def _cached_key(self, kid) -> dict | None:
+        """The cached JWK for this key id; if it is not cached, a fetch (when one is due) runs
+        on a thread of its own, for the client's next try."""
+        now = self.clock()
+        with self._lock:
+            jwk = self._keys.get(kid)
+            due = jwk is None and not self._fetching and (
+                now - self._fetched_at >= self.refresh or now - self._early_at >= UNKNOWN_KID_EVERY)
+        if due:
+            self.warm(kid)
+        return jwk
+
+    def warm(self, kid=None) -> None:
+        """Fetch the JWKS on a thread of its own if a fetch is due (_key decides again under
+        its lock: at most one fetch runs)."""
+        threading.Thread(target=self._key, args=(kid,), name="jwks-fetch", daemon=True).start()
 
     def _key(self, kid) -> dict | None:
         """The JWK for this key id, fetching the JWKS when it is due, or early (at most once
