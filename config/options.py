@@ -15,7 +15,7 @@ from config.values import (algorithms, api_keys, comfy_url, duration, flag_bool,
 from webhooks.schedule import DELAYS, GIVE_UP_AFTER
 
 
-MAX_BODY_MB = 16  # the default --max-body-mb: see docs (real API workflows stay far below)
+MAX_BODY_MB = 8  # the default --max-body-mb: API workflows are far smaller; big media go to /assets
 
 
 class ConfigError(ValueError):

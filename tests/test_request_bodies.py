@@ -74,7 +74,7 @@ def test_slow_bodies_are_cut_off_and_health_is_answered_meanwhile(fakes, tmp_pat
 
 
 @pytest.mark.parametrize("path, length", [
-    ("/assets", 90 * MIB), ("/api/v2/assets", 90 * MIB), ("/startjob/x", 10 * MIB),
+    ("/assets", 90 * MIB), ("/api/v2/assets", 90 * MIB), ("/startjob/x", 5 * MIB),
     ("/assets", None)], ids=["asset", "v2-asset", "workflow", "chunked"])
 def test_a_body_without_a_key_is_refused_from_its_headers(service, path, length):
     """Headers and 64 KiB of a large body without a key: the 401 comes while the client has
@@ -121,7 +121,7 @@ def held_body(port: int, job_id: str, size: int) -> socket.socket:
 
 
 def test_bodies_beyond_the_budget_are_busy_until_one_ends(fakes, tmp_path):
-    """A 1 MiB budget: one 100 KiB workflow in flight (it costs 8x) leaves no room for a
+    """A 1 MiB budget: one 100 KiB workflow in flight (it costs 10x) leaves no room for a
     second (503 busy, Retry-After); once the first is answered, the next is admitted."""
     size = 100 * 1024
     with Service(make_config(fakes, tmp_path, max_inflight_body_mb=1)) as service:
