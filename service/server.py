@@ -87,7 +87,9 @@ class Service:
         self._server.channel_class = type("Channel", (Channel,), {"parser_class": type(
             "Parser", (PathLimitedParser,), {"limits": limits, "gate": gate})})
         if check is not None and check.identify.tokens is not None:
-            check.identify.tokens.warm()  # bodies are let in on cached JWT keys only
+            # Bodies are let in on cached JWT keys only: the first ones are there at once
+            # (a JWKS that cannot be read costs this start FETCH_TIMEOUT, and is tried again).
+            check.identify.tokens.warm(wait=True)
         announce_keys(self)
         self.context.tracker.start()
         self.context.dispatcher.start()

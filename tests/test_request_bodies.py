@@ -15,6 +15,7 @@ from tests.conftest import make_config
 from tests import workflows
 from tests.helpers import API_KEY, Api, wait_for
 from tests.test_hostile_clients import Tricklers, closed_by_peer, connect, read_response
+from tests.test_jwt import ed25519_key, jwks, jwt_service, signer, token  # noqa: F401 (fixtures)
 
 SLOW_BODIES = 110  # more than the default connection limit (100)
 MIB = 1 << 20
@@ -163,3 +164,19 @@ def test_the_budget_is_given_back_on_every_path(fakes, tmp_path):
         assert closed_by_peer(stalled, timeout=30), "the stalled body was never cut off"
         wait_for(lambda: service.bodies.in_use == 0, message="a cut body to give back")
         stalled.close()
+
+
+def test_a_jwt_is_checked_from_the_headers_against_the_cached_keys(jwt_service, signer):
+    """A valid JWT's body is read (201); one signed by a key the JWKS does not hold is
+    refused from its headers, its body never waited for."""
+    valid = token(signer[0])
+    body = workflow_of_size(2000)
+    with connect(jwt_service.port) as sock:
+        sock.sendall(request_head("/startjob/jwt-ok", len(body), key=None).replace(
+            b"\r\n\r\n", f"\r\nAuthorization: Bearer {valid}\r\n\r\n".encode()) + body)
+        assert read_response(sock.makefile("rb"))[0] == 201
+    forged = token(ed25519_key("k1")[0])
+    with connect(jwt_service.port) as sock:
+        sock.sendall(request_head("/startjob/jwt-forged", 5 * MIB, key=None).replace(
+            b"\r\n\r\n", f"\r\nAuthorization: Bearer {forged}\r\n\r\n".encode()) + b"x" * 65536)
+        assert read_response(sock.makefile("rb"))[0] == 401

@@ -115,9 +115,12 @@ class TokenVerifier:
             self.warm(kid)
         return jwk
 
-    def warm(self, kid=None) -> None:
-        """Fetch the JWKS on a thread of its own if a fetch is due (_key decides again under
-        its lock: at most one fetch runs)."""
+    def warm(self, kid=None, wait: bool = False) -> None:
+        """Fetch the JWKS if a fetch is due (_key decides again under its lock: at most one
+        fetch runs): on a thread of its own, or at once with `wait` (a server's start)."""
+        if wait:
+            self._key(kid)
+            return
         threading.Thread(target=self._key, args=(kid,), name="jwks-fetch", daemon=True).start()
 
     def _key(self, kid) -> dict | None:
