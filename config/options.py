@@ -10,9 +10,12 @@ from typing import Callable
 import platformdirs
 
 from config.values import (algorithms, api_keys, claim_value, comfy_url, duration, flag_bool,
-                           gpu_count, integer_in, ip_address, log_level, origin, port,
+                           gpu_count, integer_in, ip_address, log_level, mebibytes, origin, port,
                            positive_float, rate_limit, seconds, thread_count)
 from webhooks.schedule import DELAYS, GIVE_UP_AFTER
+
+
+MAX_BODY_MB = 8  # the default --max-body-mb: API workflows are far smaller; big media go to /assets
 
 
 class ConfigError(ValueError):
@@ -113,6 +116,15 @@ OPTIONS = (
            "seconds an unsent answer (a download) may wait for its client to read any of it "
            "before the connection is cut",
            shown="30"),
+    Option("--body-timeout", "body_timeout", "CYLINDRIA_BODY_TIMEOUT", seconds, 30.0,
+           "seconds a client gets to send a request's whole body; then its connection is "
+           "closed", shown="30"),
+    Option("--max-body-mb", "max_body_bytes", "CYLINDRIA_MAX_BODY_MB", mebibytes(1, 1024),
+           MAX_BODY_MB << 20, "largest workflow body, in MiB (beyond: 413 payload_too_large)",
+           shown=str(MAX_BODY_MB)),
+    Option("--max-inflight-body-mb", "max_inflight_body_mb", "CYLINDRIA_MAX_INFLIGHT_BODY_MB",
+           integer_in(1, 1_000_000), 256, "memory request bodies being received and parsed "
+           "may take at once, in MiB (beyond: 503 busy)"),
     Option("--trusted-proxy", "trusted_proxy", "CYLINDRIA_TRUSTED_PROXY", ip_address, None,
            "address of the reverse proxy (TLS) in front: client addresses come from its "
            "X-Forwarded-For (for the failure throttle and the log)"),
@@ -163,7 +175,9 @@ class Config:
     send_timeout: float = 30.0  # seconds an answer may wait for its client to read
     header_timeout: float = 10.0  # seconds a client gets to send a request's headers
     idle_timeout: float = 30.0  # seconds an idle keep-alive connection is kept
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = MAX_BODY_MB << 20  # --max-body-mb, in bytes
+    body_timeout: float = 30.0  # seconds a client gets to send a request's body
+    max_inflight_body_mb: int = 256  # memory budget of the request bodies in flight
     websocket: bool = True  # off only in benchmarks that measure poll-only tracking
     rate_limit: str | None = None
     cors_origins: tuple = ()

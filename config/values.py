@@ -25,6 +25,12 @@ def integer_in(low: int, high: int) -> Callable[[str], int]:
     return convert
 
 
+def mebibytes(low: int, high: int) -> Callable[[str], int]:
+    """A converter for a whole number of MiB from `low` to `high`, to bytes."""
+    count = integer_in(low, high)
+    return lambda text: count(text) << 20
+
+
 port = integer_in(0, 65535)  # 0 lets the OS choose (tests)
 gpu_count = integer_in(1, 8)
 thread_count = integer_in(1, 256)

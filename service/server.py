@@ -14,6 +14,7 @@ from waitress.task import ErrorTask
 
 from comfy.private import show_once
 from config.options import Config
+from service.bodies import BodyBudget, BodyGate, is_upload
 from service.core import build_context
 from service.logs import AccessLog, access_logger, log_access
 from web.app import create_app
@@ -40,6 +41,7 @@ class Service:
         self._done = threading.Event()
         self._stop_asked_at: float | None = None  # monotonic time of the first stop request
         self.ready = threading.Event()  # set once listening (service hosts and tests wait on it)
+        self.bodies = BodyBudget(config.max_inflight_body_mb << 20)  # memory of bodies in flight
         self._thread: threading.Thread | None = None
 
     @property
@@ -80,8 +82,15 @@ class Service:
             self.context.close()
             raise
         limits = (self.config.max_body_bytes, asset_limit(self.config))
-        self._server.channel_class = type("Channel", (Channel,), {
-            "parser_class": type("Parser", (PathLimitedParser,), {"limits": limits})})
+        check = self.app.extensions.get("cylindria_header_check")
+        gate = BodyGate(self.bodies, check, self.app.extensions.get("cylindria_throttle"),
+                        self.config.trusted_proxy)
+        self._server.channel_class = type("Channel", (Channel,), {"parser_class": type(
+            "Parser", (PathLimitedParser,), {"limits": limits, "gate": gate})})
+        if check is not None and check.identify.tokens is not None:
+            # Bodies are let in on cached JWT keys only: the first ones are there at once
+            # (a JWKS that cannot be read costs this start FETCH_TIMEOUT, and is tried again).
+            check.identify.tokens.warm(wait=True)
         announce_keys(self)
         self.context.tracker.start()
         self.context.dispatcher.start()
@@ -115,21 +124,28 @@ class Service:
 
     def sweep_slow_clients(self, now: float) -> int:
         """Close connections whose request headers are not complete `header_timeout` seconds
-        after they began. waitress only drops *idle* connections, so a client trickling a
-        byte now and then would otherwise hold its slot for ever. Runs on the loop thread."""
-        closed = 0
+        after they began, or whose body is not complete `body_timeout` seconds after its
+        headers. waitress only drops *idle* connections, so a client trickling a byte now and
+        then would otherwise hold its slot for ever. Runs on the loop thread."""
+        late = {"headers": 0, "body": 0}
         for channel in list(self._map.values()):
             request = getattr(channel, "request", None)
-            if request is None or getattr(request, "headers_finished", True):
+            if request is None or not hasattr(request, "headers_finished") or request.completed:
                 continue
-            began = request.__dict__.setdefault("cylindria_began", now)
-            if now - began > self.config.header_timeout:
+            part, limit = ("body", self.config.body_timeout) if request.headers_finished \
+                else ("headers", self.config.header_timeout)
+            if channel.requests:  # the body waits (100 Continue, pipelining) while one is served
+                request.__dict__[f"cylindria_{part}_began"] = now
+            began = request.__dict__.setdefault(f"cylindria_{part}_began", now)
+            if now - began > limit:
                 channel.handle_close()
-                closed += 1
-        if closed:
-            logger.info("closed %d connection(s) that sent no complete headers in %.0fs",
-                        closed, self.config.header_timeout)
-        return closed
+                late[part] += 1
+        for part, limit in (("headers", self.config.header_timeout),
+                            ("body", self.config.body_timeout)):
+            if late[part]:
+                logger.info("closed %d connection(s) that sent no complete %s in %.0fs",
+                            late[part], part, limit)
+        return sum(late.values())
 
     def serve_in_thread(self) -> "Service":
         """start() and serve() on a named background thread (tests, the Windows service)."""
@@ -237,17 +253,20 @@ class RateLimitFilter(logging.Filter):
 def _waitress_error_as_json(self, ident=None, limit_bytes=None, code=None, path=None):
     """waitress's own error answers (bad request line, headers too large, body over its
     limit) in the contract's JSON error shape (or its surface's) instead of plain text."""
-    codes = {400: "bad_request", 413: "payload_too_large", 431: "headers_too_large",
-             500: "internal_error"}
+    codes = {400: "bad_request", 401: "unauthorized", 413: "payload_too_large",
+             429: "too_many_requests", 431: "headers_too_large", 500: "internal_error",
+             503: "busy"}
     # waitress's own text names its internal limits: the client gets the reason only.
     messages = {413: "request body is larger than the limit",
                 431: "request headers are larger than the limit"}
-    message = messages.get(self.code, f"{self.reason.lower()}: {self.body}")
+    message = getattr(self, "message", None) or messages.get(
+        self.code, f"{self.reason.lower()}: {self.body}")
     details = {"limit_bytes": limit_bytes} if self.code == 413 and limit_bytes is not None else None
     _, answer = error_body(path, self.code, code or codes.get(self.code, "bad_request"),
                            message, details)
     body = json.dumps(answer).encode("utf-8")
-    return f"{self.code} {self.reason}", [("Content-Type", "application/json")], body
+    headers = [("Content-Type", "application/json"), *getattr(self, "headers", ())]
+    return f"{self.code} {self.reason}", headers, body
 
 
 def body_limit(config) -> int:
@@ -267,29 +286,42 @@ class PathLimitedParser(HTTPRequestParser):
     """waitress's request parser with a body limit per path: waitress reads a whole body
     before the app sees it, so each endpoint's limit is kept here, from Content-Length
     before a byte of the body is read (and while a chunked body comes in). An asset upload
-    may be as large as --max-asset-mb; every other body is a workflow."""
+    may be as large as --max-asset-mb; every other body is a workflow. Past the limit, the
+    gate (service/bodies.py) decides from the headers whether the body is read at all: a
+    refused body is not read beyond what came with its headers (one read, 64 KiB)."""
 
     limits = (0, 0)  # (workflow bytes, asset upload bytes): set per server
+    gate: BodyGate | None = None  # set per server
 
     def received(self, data):
+        headers_before = self.headers_finished
         consumed = super().received(data)
         if self.error is None and self.headers_finished and not self.empty:
-            limit = self.limits[1] + ASSET_FRAMING if _is_asset(self.path) else self.limits[0] + BODY_MARGIN
+            limit = self.limits[1] + ASSET_FRAMING if is_upload(self.path) else self.limits[0] + BODY_MARGIN
             if max(self.content_length, self.body_bytes_received) > limit:
-                self.error = RequestEntityTooLarge("exceeds the limit of this endpoint")
-                self.completed = True
-                # No "100 Continue": a client that asked first (curl does above 1 MiB) then
-                # never sends the body it would only have had refused.
-                self.expect_continue = False
+                self.refuse(RequestEntityTooLarge("exceeds the limit of this endpoint"))
+            elif self.gate is not None:
+                refusal = self.gate.grow(self) if headers_before else self.gate.admit(self)
+                if refusal is not None:
+                    self.refuse(refusal)
+                    return len(data)  # the rest of this read is dropped, never parsed
         return consumed
 
+    def refuse(self, error) -> None:
+        """Answer `error` now, without the body."""
+        self.error = error
+        self.completed = True
+        # No "100 Continue": a client that asked first (curl does above 1 MiB) then never
+        # sends the body it would only have had refused.
+        self.expect_continue = False
+        self.close()  # its share of the body budget, and what was buffered, go now
 
-def _is_asset(path: str | None) -> bool:
-    """True for the asset endpoints, Cylindria's and the Comfy API v2's (case-insensitive, as
-    every endpoint name)."""
-    path = (path or "").lower()
-    return any(path == prefix or path.startswith(prefix + "/")
-               for prefix in ("/assets", "/api/v2/assets"))
+    def close(self):
+        """The request is done with (answered, or its connection gone): its body's share of
+        the budget is given back."""
+        if self.gate is not None:
+            self.gate.budget.release(self)
+        super().close()
 
 
 class LoggedErrorTask(ErrorTask):
@@ -299,8 +331,12 @@ class LoggedErrorTask(ErrorTask):
     def execute(self):
         request = self.request
         limit, code = self.channel.limit_for(getattr(request, "path", None))
+        error = request.error
+        gate = self.channel.parser_class.gate
+        if gate is not None:
+            error = gate.answer(error, self.channel.addr, request.headers)
         status, headers, body = _waitress_error_as_json(
-            request.error, limit_bytes=limit, code=code if request.error.code == 413 else None,
+            error, limit_bytes=limit, code=code if error.code == 413 else None,
             path=getattr(request, "path", None))
         self.status = status
         self.response_headers.extend(headers)
@@ -324,7 +360,19 @@ class Channel(LoopSentChannel, HTTPChannel):
     def limit_for(self, path: str | None) -> tuple[int, str | None]:
         """(the body limit a client must keep to on this path, the error code for it)."""
         workflow, asset = self.parser_class.limits
-        return (asset, "asset_too_large") if _is_asset(path) else (workflow, None)
+        return (asset, "asset_too_large") if is_upload(path) else (workflow, None)
+
+    def handle_close(self):
+        """The connection is gone: a request still coming in gives back its budget."""
+        if self.request is not None:
+            self.request.close()
+        super().handle_close()
+
+    def cancel(self):
+        """Requests never served (the server stops) give back their budget too."""
+        for request in list(self.requests):
+            request.close()
+        super().cancel()
 
 
 def install_waitress_integration() -> None:

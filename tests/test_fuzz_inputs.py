@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from config.options import Config
 from service.core import build_context
 from tests import workflows
 from tests.conftest import make_config
@@ -27,7 +28,7 @@ EXAMPLES = 100
 GPUS = 2
 CONTRACT_JOB_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 ASCII_GPU = re.compile(r"[0-9]{1,3}")  # the contract's "integer", as /openapi.json spells it
-LIMIT = 32 * 1024 * 1024
+LIMIT = Config().max_body_bytes  # --max-body-mb's default
 
 
 def for_all(strategy, check, soak: bool, examples: int = EXAMPLES, always=()) -> None:
@@ -298,7 +299,7 @@ def test_non_finite_numbers_are_invalid_json(client, fakes, soak):
 
 
 def test_a_body_over_the_limit_is_refused(client):
-    """One byte over 32 MiB: 413 payload_too_large, no job."""
+    """One byte over the limit: 413 payload_too_large, no job."""
     response = client.put("/startjob/huge", data=b" " * (LIMIT + 1), headers=KEY)
     assert_error(response, 413, "payload_too_large")
     no_job_left(client)

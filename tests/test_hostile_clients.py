@@ -16,11 +16,12 @@ import pytest
 import requests
 
 from service.server import Service
+from config.options import Config
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api, wait_for
 
 GIB = 1024 ** 3
-LIMIT = 32 * 1024 * 1024
+LIMIT = Config().max_body_bytes  # --max-body-mb's default
 WRONG_KEYS, SOAK_WRONG_KEYS = 10_000, 100_000
 BATCH = 250  # pipelined requests per write
 HEADER_TIMEOUT = 2.0  # seconds, in the short form (the default is 10)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from flask import Flask, g, request
 from flask_httpauth import HTTPTokenAuth
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import RoutingException
 
 from comfy.private import generated_once
 from web.errors import error_response
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 KEY_FILE_NAME = "api_key"
 PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready", "v2_health"})
 
+
+UNAUTHORIZED = "missing or wrong API key: send it as X-API-Key or Authorization: Bearer"
+THROTTLED = "too many failed authentication attempts; try again later"
 
 NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 ENVIRON_CLIENT = "cylindria.client"  # WSGI environ key: the client's name, for the access log
@@ -120,12 +125,17 @@ class ApiKeyAuth(HTTPTokenAuth):
 
     def get_auth(self):
         """The presented key, or None."""
-        key = request.headers.get("X-API-Key")
-        if key is None:
-            scheme, _, key = request.headers.get("Authorization", "").strip().partition(" ")
-            if scheme.lower() != "bearer":
-                return None
-        return PresentedKey(key.strip())
+        key = presented(request.headers.get("X-API-Key"), request.headers.get("Authorization"))
+        return None if key is None else PresentedKey(key)
+
+
+def presented(api_key: str | None, authorization: str | None) -> str | None:
+    """The key sent as X-API-Key, else as Authorization: Bearer; None if neither."""
+    if api_key is None:
+        scheme, _, api_key = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+    return api_key.strip()
 
 
 def key_index(candidate: str | None, keys: tuple[bytes, ...]) -> int | None:
@@ -139,6 +149,47 @@ def key_index(candidate: str | None, keys: tuple[bytes, ...]) -> int | None:
         if hmac.compare_digest(given, key) and found is None:
             found = index
     return found
+
+
+class Identify:
+    """Who a presented key or token is (a Client), or None."""
+
+    def __init__(self, setup: KeySetup, tokens=None):
+        self.setup, self.tokens = setup, tokens
+        self.encoded_keys = tuple(key.encode("utf-8") for key in setup.keys)
+
+    def __call__(self, token: str | None, cached: bool = False) -> Client | None:
+        """`cached`: a JWT is checked against the keys already fetched only (never waits)."""
+        index = key_index(token, self.encoded_keys)
+        if index is not None:
+            return self.setup.clients[index]
+        if self.tokens is not None and token and token.count(".") == 2:
+            return self.tokens.client(token, cached=cached)
+        return None
+
+
+class HeaderCheck:
+    """The key check of a request from its headers alone, before its body is read: the
+    serving loop calls it, so it never waits (a JWT is checked against cached keys)."""
+
+    def __init__(self, url_map, public: frozenset, identify: Identify):
+        self.adapter = url_map.bind("cylindria")
+        self.public, self.identify = public, identify
+
+    def allowed(self, method: str, path: str, api_key: str | None,
+                authorization: str | None) -> bool:
+        """True for a public endpoint, a browser's OPTIONS, or a valid key (`path`:
+        normalized as the app sees it)."""
+        if method == "OPTIONS" or self._endpoint(method, path) in self.public:
+            return True
+        return self.identify(presented(api_key, authorization), cached=True) is not None
+
+    def _endpoint(self, method: str, path: str) -> str | None:
+        """The endpoint this request goes to; None for none (the app asks for a key)."""
+        try:
+            return self.adapter.match(path, method)[0]
+        except (HTTPException, RoutingException):
+            return None
 
 
 def current_client() -> Client | None:
@@ -155,28 +206,23 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
     throttle = FailureThrottle()
     auth = ApiKeyAuth(scheme="Bearer", realm="Cylindria")
     app.extensions["cylindria_throttle"] = throttle
-    encoded_keys = tuple(key.encode("utf-8") for key in setup.keys)
+    identify = Identify(setup, tokens)
+    app.extensions["cylindria_header_check"] = None if no_auth else \
+        HeaderCheck(app.url_map, public, identify)
 
     @auth.verify_token
     def verify(token):
-        index = key_index(token, encoded_keys)
-        if index is not None:
-            return setup.clients[index]
-        if tokens is not None and token and token.count(".") == 2:
-            return tokens.client(token)
-        return None
+        return identify(token)
 
     @auth.error_handler
     def unauthorized(status):
         address = request.remote_addr or "?"
         wait = throttle.retry_after(address)
         if wait is not None:  # a throttled address's wrong keys are not counted: they wait
-            return error_response(429, "too_many_requests",
-                                  "too many failed authentication attempts; try again later",
+            return error_response(429, "too_many_requests", THROTTLED,
                                   headers={"Retry-After": str(wait)})
         throttle.record_failure(address)
-        return error_response(401, "unauthorized",
-                              "missing or wrong API key: send it as X-API-Key or Authorization: Bearer")
+        return error_response(401, "unauthorized", UNAUTHORIZED)
 
     guard = auth.login_required(lambda: None)  # built once: flask-httpauth's check, then nothing
 

@@ -16,7 +16,7 @@ from web.errors import ApiError
 from web.lookup import held_position, known_job, listed_by, submitter, visible, webhook_state
 from web.params import gpu_id_param, job_id_param, list_params, priority_param, raw_gpu_param
 from web.streams import wait_param, waited_job
-from web.submission import accepting, hold, with_webhook
+from web.submission import accepting, hold, request_body, with_webhook
 from web.views import accepted_view, job_view
 
 logger = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def startjob(job_id: str):
     context = ctx()
     job_id = job_id_param(job_id)
     gpu_id = gpu_id_param(len(context.gpus), raw_gpu_param(), word="auto")
-    body = request.get_data(cache=False)
+    body = request_body()
     if context.config.dev:
         save_dev_copy(context.config.dev_save_dir, job_id, without_secrets(body))
     priority = priority_param()

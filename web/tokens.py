@@ -82,16 +82,17 @@ class TokenVerifier:
         self._fetching = False  # one fetch at a time; the others use the cache meanwhile
         self.fetches = 0
 
-    def client(self, token: str) -> Client | None:
-        """The client `jwt:<sub>` of a valid token (own if it holds the own claim), else None."""
-        claims = self._claims(token)
+    def client(self, token: str, cached: bool = False) -> Client | None:
+        """The client `jwt:<sub>` of a valid token (own if it holds the own claim), else None.
+        `cached`: checked against the keys already fetched, never waiting for a fetch."""
+        claims = self._claims(token, cached)
         if claims is None:
             return None
         return Client(SUBJECT_PREFIX + claims["sub"], self._own(claims))
 
-    def subject(self, token: str) -> str | None:
+    def subject(self, token: str, cached: bool = False) -> str | None:
         """The token's `sub` if it is a valid JWT for this host, else None (never raises)."""
-        claims = self._claims(token)
+        claims = self._claims(token, cached)
         return None if claims is None else claims["sub"]
 
     def _own(self, claims: dict) -> bool:
@@ -104,7 +105,7 @@ class TokenVerifier:
             return value in held.split()
         return isinstance(held, list) and value in held
 
-    def _claims(self, token: str) -> dict | None:
+    def _claims(self, token: str, cached: bool = False) -> dict | None:
         """The claims of a valid token with a usable `sub`, else None (never raises)."""
         if len(token) > MAX_TOKEN:
             return None
@@ -115,7 +116,7 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if algorithm not in self.algorithms:
             return None  # none, HS*, or one the operator did not allow
-        jwk = self._key(header.get("kid"))
+        jwk = self._cached_key(header.get("kid")) if cached else self._key(header.get("kid"))
         if jwk is None or jwk.get("alg", algorithm) != algorithm:
             return None
         try:
@@ -130,6 +131,26 @@ class TokenVerifier:
         subject = claims.get("sub")
         return claims if isinstance(subject, str) and 0 < len(subject) <= 128 \
             and subject.isprintable() else None
+
+    def _cached_key(self, kid) -> dict | None:
+        """The cached JWK for this key id; if it is not cached, a fetch (when one is due) runs
+        on a thread of its own, for the client's next try."""
+        now = self.clock()
+        with self._lock:
+            jwk = self._keys.get(kid)
+            due = jwk is None and not self._fetching and (
+                now - self._fetched_at >= self.refresh or now - self._early_at >= UNKNOWN_KID_EVERY)
+        if due:
+            self.warm(kid)
+        return jwk
+
+    def warm(self, kid=None, wait: bool = False) -> None:
+        """Fetch the JWKS if a fetch is due (_key decides again under its lock: at most one
+        fetch runs): on a thread of its own, or at once with `wait` (a server's start)."""
+        if wait:
+            self._key(kid)
+            return
+        threading.Thread(target=self._key, args=(kid,), name="jwks-fetch", daemon=True).start()
 
     def _key(self, kid) -> dict | None:
         """The JWK for this key id, fetching the JWKS when it is due, or early (at most once

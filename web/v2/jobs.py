@@ -24,7 +24,7 @@ from web.errors import ApiError
 from web.lookup import held_position, listed_by, submitter, visible
 from web.params import JOB_ID, PRIORITY_RANGE
 from web.streams import event, event_stream
-from web.submission import accepting, hold, with_webhook
+from web.submission import accepting, hold, request_body, with_webhook
 from web.v2.errors import invalid_request, not_found
 from web.v2.headers import idempotency_key
 from web.v2.shapes import STATUS, TERMINAL, progress, shapes_now, status
@@ -94,7 +94,7 @@ def submit():
     201 with the job; a retry with the same Idempotency-Key and body is answered with the
     same job (Idempotency-Replayed: true) and never runs it twice."""
     context = ctx()
-    document = load_json(request.get_data(cache=False))
+    document = load_json(request_body())
     if not isinstance(document, dict):
         raise invalid_request("the body must be a JSON object with a 'workflow'")
     for name in RESERVED:
