@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
-MAX_BYTES = 32 * 1024 * 1024  # the server's default body limit; larger files would be refused anyway
+# Files past this are no API workflow; the server itself answers 413 past its --max-body-mb
+# (8 MiB by default).
+MAX_BYTES = 32 * 1024 * 1024
 
 
 class WorkflowError(ValueError):
