@@ -75,6 +75,9 @@ def run(config) -> int:
 
     try:
         service = Service(config)
+    except ConfigError as exc:  # the data dir in use by another Cylindria, a bad key entry
+        print(f"cylindria: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"cylindria: error: cannot use data dir {config.data_dir}: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +90,7 @@ def run(config) -> int:
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a signal during start-up: nothing serves yet
-        service.context.close()
+        service.close()
         logger.info("stopped on Ctrl+C or SIGTERM during start-up")
         return 0
     try:

@@ -16,6 +16,7 @@ from comfy.private import show_once
 from config.options import Config
 from service.bodies import BodyBudget, BodyGate, is_upload
 from service.core import build_context
+from service.instance import take_instance_lock
 from service.logs import AccessLog, access_logger, log_access
 from web.app import create_app
 from web.downloads import LoopSentChannel, cut_stalled
@@ -33,7 +34,13 @@ class Service:
 
     def __init__(self, config: Config, app=None):
         self.config = config
-        self.app = app or _app_for(config)
+        # First: a second Cylindria on this data dir (or node) stops here, having opened nothing.
+        self.instance = take_instance_lock(config)
+        try:
+            self.app = app or _app_for(config)
+        except BaseException:
+            self.instance.release()
+            raise
         self.context = self.app.extensions["cylindria"]
         self._map: dict = {}
         self._server = None
@@ -79,7 +86,7 @@ class Service:
                 # 1.7x faster (bench/assets.py); a small request costs the same.
                 recv_bytes=65536, **self._proxy())
         except OSError:
-            self.context.close()
+            self.close()
             raise
         limits = (self.config.max_body_bytes, asset_limit(self.config))
         check = self.app.extensions.get("cylindria_header_check")
@@ -100,6 +107,13 @@ class Service:
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
                     self.config.host, self.port, self.config.threads, len(self.context.gpus),
                     self.config.comfy_base_url)
+
+    def close(self) -> None:
+        """Close the core and give the instance lock back, when start() did not get to serve."""
+        try:
+            self.context.close()
+        finally:
+            self.instance.release()
 
     def _proxy(self) -> dict:
         """waitress settings that take the client's address from a trusted proxy's header."""
@@ -189,6 +203,7 @@ class Service:
             self.context.webhooks.close()
             self.context.store.close()
         finally:
+            self.instance.release()
             self._done.set()
             logger.info("Cylindria stopped in %.2fs", time.monotonic() - self._stop_asked_at)
 
