@@ -10,11 +10,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from comfy.private import write_private
 from config.options import ConfigError
 from service.instance import (LOCK_FILE_NAME, DataDirLock, InstanceBusy, NodeLock,
                               take_instance_lock)
 from tests import workflows
-from tests.helpers import Api
+from service.server import Service
+from tests.conftest import make_config
+from tests.helpers import API_KEY, Api
 from tests.postgres_cluster_h12 import PostgresCluster
 from tests.processes import ROOT, CylindriaProcess, terminate
 
@@ -209,3 +212,19 @@ def test_an_unreachable_database_is_one_line_without_the_password(tmp_path):
         take_instance_lock(config)
     assert "sesame" not in str(refused.value) and "\n" not in str(refused.value)
     DataDirLock(tmp_path / "data").take().release()  # the data dir was given back
+
+
+def test_a_start_that_fails_while_building_exits_2_and_frees_the_data_dir(fakes, tmp_path):
+    """A bad key entry is found after the lock is taken: one line, exit 2, the lock given back."""
+    data_dir = tmp_path / "data"
+    write_private(data_dir / "api_key", "short")
+    args = [a for a in CylindriaProcess(fakes[0].url, data_dir).args if a != API_KEY]
+    args.remove("--api-key")
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("CYLINDRIA_")}
+    done = subprocess.run(args, cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert (done.stdout + done.stderr).splitlines() == [
+        "cylindria: error: API keys: key entry 1: a key needs at least 8 characters"]
+    with pytest.raises(ConfigError):
+        Service(make_config(fakes, tmp_path, api_keys=()))
+    DataDirLock(data_dir).take().release()
