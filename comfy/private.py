@@ -42,8 +42,19 @@ def generated_once(path: Path, make: Callable[[], str],
         if found:
             return found, _unshown(path).exists()
     write_private(_unshown(path), "")  # first: a generated file is never kept without its mark
+    return kept_private(path, make, read), True
+
+
+def kept_private(path: Path, make: Callable[[], str], read: Callable[[Path], T]) -> T:
+    """What `read` finds in the private file `path`, written with `make()` first when the file
+    is missing or `read` finds nothing in it: a secret Cylindria keeps for itself and never
+    shows (so it has no mark)."""
+    if tighten(path).exists():
+        found = read(path)
+        if found:
+            return found
     write_private(path, make())
-    return read(path), True
+    return read(path)
 
 
 def show_once(what: str, path: Path, text: str) -> None:

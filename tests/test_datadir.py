@@ -55,7 +55,7 @@ def test_a_dir_and_files_left_open_by_an_older_start_are_tightened(fakes, tmp_pa
         assert mode(data) == 0o700
         assert {p.name: mode(p) for p in data.iterdir()} == {
             **{name: 0o600 for name in ("jobs.sqlite3", "jobs.sqlite3-wal", "jobs.sqlite3-shm",
-                                        "webhook_secret", "cylindria.lock")},
+                                        "webhook_secret", "cylindria.lock", "idempotency_secret")},
             "assets": 0o700}
 
 

@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from comfy.cancel import JobFinished, cancel_anywhere
 from comfy.jobs import Job
-from comfy.private import generated_once
+from comfy.private import kept_private
 from comfy.submit import JobIdConflict
 from comfy.workflow import SECRET_EXTRA_KEYS, WorkflowError, load_json, refuse_ui_format, workflow_of
 from web.context import ctx, wait_until_reconciled
@@ -58,8 +58,7 @@ def _load_id_secret(state) -> None:
 
 def id_secret(data_dir: Path) -> bytes:
     """This installation's secret for v2 job ids (32 random bytes, generated once)."""
-    text, _ = generated_once(data_dir / ID_SECRET_FILE, lambda: secrets.token_hex(32),
-                             _read_secret)
+    text = kept_private(data_dir / ID_SECRET_FILE, lambda: secrets.token_hex(32), _read_secret)
     return bytes.fromhex(text)
 
 
