@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
+from comfy.fileinputs import unsafe_path
 from config.options import Config
 from service.core import build_context
 from tests import workflows
@@ -307,11 +308,17 @@ def test_a_body_over_the_limit_is_refused(client):
 
 # -- through the real server -------------------------------------------------------------
 def test_valid_shapes_with_unknown_nodes_are_refused_by_comfy(api, fakes, soak):
-    """Well-shaped but unrunnable graphs reach ComfyUI, which refuses them: 400, no job."""
+    """Well-shaped but unrunnable graphs reach ComfyUI, which refuses them: 400, no job (or,
+    for a graph with a string input that is an absolute path or has a `..` segment, Cylindria
+    refuses it first: 400 file_not_allowed)."""
     def check(case):
         nodes, wrapped = case
         response = api.put("/startjob/unknown-nodes", json={"prompt": nodes} if wrapped else nodes)
-        assert response.status_code == 400 and response.json()["code"] == "comfy_rejected", \
+        expected = "file_not_allowed" if any(
+            unsafe_path(v) for node in nodes.values() for value in node["inputs"].values()
+            for v in (value if isinstance(value, list) else [value]) if isinstance(v, str)) \
+            else "comfy_rejected"
+        assert response.status_code == 400 and response.json()["code"] == expected, \
             response.text[:300]
     graphs = st.dictionaries(node_ids, good_nodes, min_size=1, max_size=4)
     for_all(st.tuples(graphs, st.booleans()), check, soak, examples=15)
