@@ -73,6 +73,10 @@ def create_app(context: Context) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = context.config.max_body_bytes
     app.json = FastJSONProvider(app)
     app.url_map.strict_slashes = False
+    # werkzeug looks, on every match, for an earlier rule of the endpoint whose defaults would
+    # build the URL (`/jobstatus` with job_id="" before `/jobstatus/<job_id>`) to redirect to
+    # it; no request can match an id argument with an empty id, so that never redirects.
+    app.url_map.redirect_defaults = False
     app.url_map.converters["anypath"] = AnyPath
     app.wsgi_app = PathNormalizer(app.wsgi_app)
     app.extensions["cylindria"] = context
