@@ -142,7 +142,7 @@ def jobstatus_throughput(bench: Bench, cyl: procs.ServerProcess) -> Figure:
     for name, rounds in results.items():
         check_errors(f"jobstatus throughput ({name})", pooled(rounds))
     return throughput_ratio("jobstatus_throughput",
-                            "GET /jobstatus throughput, 16 keep-alive clients", results, 0.8)
+                            "GET /jobstatus throughput, 16 keep-alive clients", results, 0.9)
 
 
 def jobstatus_scaling(bench: Bench, small: procs.ServerProcess, big: procs.ServerProcess) -> Figure:

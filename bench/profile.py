@@ -20,6 +20,11 @@ queue, none runs), as in the bench's proxy group; one client, one request at a t
   steps, inclusive, in microseconds per request, and the functions that take the most time
   themselves. cProfile's own cost inflates Python-heavy steps (about 2x): read it for where,
   not for how much.
+- `status` (in this process): the same for GET /jobstatus, the hot read path (the bench's
+  jobstatus_throughput): CPU per request of Cylindria's WSGI app over a store of finished
+  jobs, logging at INFO as served, then with one piece after another taken away (the access
+  log, the app's hooks), and of bench.minimal's constant answer; then the request's steps
+  under cProfile, inclusive, and the functions that take the most time themselves.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from bench.core import JSON_HEADERS, step, wait_websockets
 from bench.fakes import close_all, start_fakes
 from bench.procs import LoadClient, key_headers
 from bench.stats import median, percentile
+from bench.store import fill, job_id
 from comfy.client import ComfyClient
 from comfy.database import Database
 from comfy.encoding import to_json
@@ -251,7 +257,7 @@ def _startjob_job(port: int, headers: dict, workflow: dict, count: int) -> dict:
 # The steps of a PUT /startjob, outermost first: (label, file suffix, function name, depth).
 STEPS = (
     ("waitress: the request's work on its thread", "waitress/task.py", "service", 0),
-    ("access log (wrapper; the line's record)", "web/logs.py", "__call__", 1),
+    ("access log (wrapper; the line's record)", "service/logs.py", "__call__", 1),
     ("Flask: wsgi_app (routing, hooks, view, answer)", "flask/app.py", "wsgi_app", 2),
     ("before_request: wait_until_reconciled", "web/context.py", "wait_until_reconciled", 3),
     ("before_request: API key", "web/auth.py", "require_key", 3),
@@ -266,6 +272,124 @@ STEPS = (
     ("accepted_view + jsonify", "flask/json/__init__.py", "jsonify", 4),
     ("after_request: metrics", "web/metrics.py", "count", 3),
 )
+
+
+# -- status: GET /jobstatus, in-process -----------------------------------------------------------
+
+STATUS_JOBS = 100  # finished jobs in the store; the request asks for each in turn
+
+# The steps of a GET /jobstatus, outermost first (as STEPS).
+STATUS_STEPS = (
+    ("access log (wrapper)", "service/logs.py", "__call__", 0),
+    ("Flask: wsgi_app (routing, hooks, view, answer)", "flask/app.py", "wsgi_app", 1),
+    ("request context (environ, URL adapter, match)", "flask/ctx.py", "push", 2),
+    ("of which the URL adapter (host, bind)", "flask/app.py", "create_url_adapter", 3),
+    ("of which matching the rule", "werkzeug/routing/map.py", "match", 3),
+    ("before_request hooks (all)", "flask/app.py", "preprocess_request", 2),
+    ("before_request: wait_until_reconciled", "web/context.py", "wait_until_reconciled", 3),
+    ("before_request: API key", "web/auth.py", "require_key", 3),
+    ("view: jobstatus", "web/routes.py", "jobstatus", 2),
+    ("wait_param", "web/streams.py", "wait_param", 3),
+    ("known_job (id check, store, visible)", "web/lookup.py", "known_job", 3),
+    ("job_view", "web/views.py", "job_view", 3),
+    ("after_request hooks (all)", "flask/app.py", "process_response", 2),
+    ("after_request: metrics", "web/metrics.py", "count", 3),
+    ("the answer to WSGI (headers, start_response)", "werkzeug/wrappers/response.py",
+     "__call__", 2),
+    ("request context pop", "flask/ctx.py", "pop", 2),
+)
+
+
+def status(calls: int, repeats: int, top: int) -> str:
+    """The GET /jobstatus table and profile (module doc)."""
+    data = fill(Path(tempfile.mkdtemp(prefix="cylindria-status-")) / "data", STATUS_JOBS)
+    pipeline = setup_logging("INFO", console=False)  # as served: the access log is on
+    built = []
+
+    def cylindria(access_log=True, hooks=True):
+        config = load_config(["--comfy-base-url", "http://127.0.0.1:1", "--api-key", API_KEY,
+                              "--data-dir", str(data)])
+        app = create_app(build_context(config))
+        built.append(app.extensions["cylindria"])
+        if not hooks:
+            app.before_request_funcs.clear()  # the API key check, wait_until_reconciled
+            app.after_request_funcs.clear()  # the metrics
+        return AccessLog(app) if access_log else app
+
+    def cpu(make, headers=key_headers()) -> float:
+        return median([_status_cpu(make(), headers, calls) for _ in range(repeats)])
+
+    try:
+        rows = [("Cylindria's app (access log, Flask, hooks, view)", cpu(cylindria)),
+                ("  without the access log", cpu(lambda: cylindria(access_log=False))),
+                ("  ... and without the app's hooks (API key, reconciled, metrics)",
+                 cpu(lambda: cylindria(access_log=False, hooks=False))),
+                ("bench.minimal's app (a constant 300-byte answer)",
+                 cpu(bench.minimal.create_app, {}))]
+        lines = [f"GET /jobstatus, in-process CPU per request (median of {repeats} runs of "
+                 f"{calls}; {STATUS_JOBS} finished jobs)", "", f"{'':66} {'us':>6}"]
+        lines += [f"{label:66} {seconds * 1e6:6.0f}" for label, seconds in rows]
+        lines += ["", _status_profile(cylindria(), calls, top)]
+    finally:
+        for context in built:
+            context.close()
+        pipeline.stop()
+    return "\n".join(lines)
+
+
+def _status_environ(path: str, headers: dict) -> dict:
+    """A GET's WSGI environ as waitress builds it (werkzeug's EnvironBuilder costs more than
+    the request)."""
+    environ = {"REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": path, "QUERY_STRING": "",
+               "SERVER_NAME": procs.HOST, "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+               "REMOTE_ADDR": procs.HOST, "REMOTE_PORT": "50000", "HTTP_HOST": f"{procs.HOST}:8000",
+               "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(),
+               "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+               "wsgi.run_once": False}
+    environ.update(("HTTP_" + name.upper().replace("-", "_"), value)
+                   for name, value in headers.items())
+    return environ
+
+
+def _status_calls(app, headers: dict, calls: int):
+    """A function making `calls` GET /jobstatus through `app`, as a server would."""
+    paths = [f"/jobstatus/{job_id(n % STATUS_JOBS)}" for n in range(calls)]
+
+    def run():
+        for path in paths:
+            answer = []
+            chunks = app(_status_environ(path, headers),
+                         lambda status, h, exc_info=None: answer.append(status))
+            b"".join(chunks)
+            getattr(chunks, "close", lambda: None)()
+            if answer[0][:3] != "200":
+                raise RuntimeError(f"the app answered {answer[0]}")
+    return run
+
+
+def _status_cpu(app, headers: dict, calls: int) -> float:
+    """Process CPU per GET /jobstatus through a WSGI app, less building the environ."""
+    _status_calls(app, headers, min(calls, 200))()
+    run = _status_calls(app, headers, calls)
+    began = time.process_time()
+    run()
+    spent = time.process_time() - began
+    began = time.process_time()
+    for n in range(calls):
+        _status_environ(f"/jobstatus/{job_id(n % STATUS_JOBS)}", headers)
+    return (spent - (time.process_time() - began)) / calls
+
+
+def _status_profile(app, calls: int, top: int) -> str:
+    """The steps of `calls` GET /jobstatus under cProfile, and the costliest functions."""
+    import cProfile
+    run = _status_calls(app, key_headers(), calls)
+    run()  # warm: the first calls build caches
+    profiler = cProfile.Profile()
+    profiler.runcall(run)
+    return _steps_report(pstats.Stats(profiler), STATUS_STEPS, calls, top,
+                         f"profiled (cProfile, in-process): {calls} requests; cProfile inflates "
+                         "Python-heavy steps (about 2x)")
 
 
 def served(workflow: dict, requests: int, out: Path, top: int) -> str:
@@ -283,12 +407,17 @@ def served(workflow: dict, requests: int, out: Path, top: int) -> str:
             result = load.run(job)
     finally:
         close_all([fake])  # the server stopped first (SIGTERM): its profile is written
-    stats = pstats.Stats(str(out))
     calls = requests + WARMUP
-    lines = [f"served, profiled (cProfile): {calls} requests, client p50 "
-             f"{percentile(result['latencies'], 50) * 1000:.2f} ms under the profiler",
-             "", f"{'step (inclusive)':58} {'us/request':>10}"]
-    for label, path, name, depth in STEPS:
+    return _steps_report(pstats.Stats(str(out)), STEPS, calls, top,
+                         f"served, profiled (cProfile): {calls} requests, client p50 "
+                         f"{percentile(result['latencies'], 50) * 1000:.2f} ms under the profiler")
+
+
+def _steps_report(stats: pstats.Stats, steps: tuple, calls: int, top: int, title: str) -> str:
+    """The steps' inclusive time per request, then the functions that take the most time
+    themselves."""
+    lines = [title, "", f"{'step (inclusive)':58} {'us/request':>10}"]
+    for label, path, name, depth in steps:
         seconds = _inclusive(stats, path, name)
         if seconds is not None:
             lines.append(f"{'  ' * depth + label:58} {seconds / calls * 1e6:10.0f}")
@@ -316,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workflow", choices=sorted(WORKFLOWS), default="core")
-    parser.add_argument("--part", choices=("phases", "threads", "served", "all"), default="all")
+    parser.add_argument("--part", choices=("phases", "threads", "served", "status", "all"),
+                        default="all")
     parser.add_argument("--requests", type=int, default=2000, help="requests (threads, served)")
     parser.add_argument("--calls", type=int, default=2000, help="calls per run (phases)")
     parser.add_argument("--repeats", type=int, default=5, help="runs per row (phases)")
@@ -332,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.part in ("served", "all"):
         print(served(workflow, args.requests, args.out, args.top))
         print(f"profile written to {args.out} (python -m pstats {args.out})")
+    if args.part in ("status", "all"):
+        print("\n" + status(args.calls, args.repeats, args.top))
     return 0
 
 

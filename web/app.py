@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask
+from flask.sessions import NullSession, SecureCookieSessionInterface
 from werkzeug.routing import PathConverter
 
 from web import assets as web_assets
@@ -51,6 +52,18 @@ class CylindriaFlask(Flask):
             return wrapped
 
 
+class NoSessions(SecureCookieSessionInterface):
+    """Cylindria keeps no sessions (it has no secret key): every request is given the same
+    null session, which refuses writes, instead of Flask looking for a key and building one."""
+
+    def __init__(self):
+        self.null = NullSession()
+
+    def open_session(self, app, request):
+        """The shared null session."""
+        return self.null
+
+
 class AnyPath(PathConverter):
     """The rest of the path, newlines included, so a bad job id gets its 400 from
     job_id_param instead of matching no rule (werkzeug's path stops at a newline)."""
@@ -72,7 +85,12 @@ def create_app(context: Context) -> Flask:
     app = CylindriaFlask("cylindria")
     app.config["MAX_CONTENT_LENGTH"] = context.config.max_body_bytes
     app.json = FastJSONProvider(app)
+    app.session_interface = NoSessions()
     app.url_map.strict_slashes = False
+    # werkzeug looks, on every match, for an earlier rule of the endpoint whose defaults would
+    # build the URL (`/jobstatus` with job_id="" before `/jobstatus/<job_id>`) to redirect to
+    # it; no request can match an id argument with an empty id, so that never redirects.
+    app.url_map.redirect_defaults = False
     app.url_map.converters["anypath"] = AnyPath
     app.wsgi_app = PathNormalizer(app.wsgi_app)
     app.extensions["cylindria"] = context

@@ -1,7 +1,9 @@
 """Prometheus metrics: jobs by GPU and status, durations, GPU health, HTTP traffic."""
 from __future__ import annotations
 
+import threading
 import time
+from collections import Counter as Tally, deque
 
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -21,6 +23,7 @@ HELD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")
 WEBHOOK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60, 600, 3600, 86400,
                    float("inf"))
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, float("inf"))
+COUNT_EVERY = 256  # answered requests noted before they are counted (and at every scrape)
 
 
 class StateCollector:
@@ -141,23 +144,55 @@ class Metrics:
         self._clients: dict = {}  # name -> its counter child, at most MAX_CLIENT_LABELS
         context.store.observe(self.job_changed)
         self._children: dict = {}  # (rule, method, status) -> (counter, histogram): labels() once
+        # Answered requests not yet counted: a deque append is all a request pays; the
+        # counters' locks are taken once per COUNT_EVERY requests, by one thread.
+        self._answered: deque = deque()
+        self._counting = threading.Lock()
 
-    def count_request(self, rule: str, method: str, status: int, seconds: float | None) -> None:
-        """Count one answered request (on the hot path: label lookups are cached)."""
-        if method not in KNOWN_METHODS:
-            method = "other"  # a client can send any token as a method: keep labels bounded
+    def note_request(self, rule: str, method: str, status: int, seconds: float | None,
+                     client: str | None) -> None:
+        """Note one answered request; counted by count_noted() (every scrape runs it)."""
+        answered = self._answered
+        answered.append((rule, method, status, seconds, client))
+        if len(answered) >= COUNT_EVERY and self._counting.acquire(blocking=False):
+            try:
+                self._count(COUNT_EVERY)
+            finally:
+                self._counting.release()
+
+    def count_noted(self) -> None:
+        """Count every request noted so far."""
+        with self._counting:
+            self._count(len(self._answered))
+
+    def _count(self, noted: int) -> None:
+        """Count `noted` requests from the oldest (the caller holds _counting)."""
+        counts = Tally()  # counter child -> requests: one inc() each
+        for _ in range(noted):
+            rule, method, status, seconds, client = self._answered.popleft()
+            if method not in KNOWN_METHODS:
+                method = "other"  # a client can send any token as a method: keep labels bounded
+            children = self._request_children(rule, method, status)
+            counts[children[0]] += 1
+            if seconds is not None:
+                children[1].observe(seconds)
+            if client is not None:
+                counts[self._client_child(client)] += 1
+        for child, count in counts.items():
+            child.inc(count)
+
+    def _request_children(self, rule: str, method: str, status: int) -> tuple:
+        """The request counter's and latency histogram's children for these labels."""
         key = (rule, method, status)
         children = self._children.get(key)
         if children is None:
             children = self._children[key] = (self.requests.labels(rule, method, str(status)),
                                                self.latency.labels(rule))
-        children[0].inc()
-        if seconds is not None:
-            children[1].observe(seconds)
+        return children
 
-    def count_client(self, name: str) -> None:
-        """Count a request of this client (JWT subjects are unbounded: past MAX_CLIENT_LABELS
-        names, the rest are counted as "other")."""
+    def _client_child(self, name: str):
+        """The client counter's child for this name (JWT subjects are unbounded: past
+        MAX_CLIENT_LABELS names, the rest are counted as "other")."""
         child = self._clients.get(name)
         if child is None:
             if len(self._clients) >= MAX_CLIENT_LABELS:
@@ -165,7 +200,7 @@ class Metrics:
                 child = self._clients.get(name)
             if child is None:
                 child = self._clients[name] = self.by_client.labels(name)
-        child.inc()
+        return child
 
     def job_changed(self, old: Job | None, new: Job) -> None:
         """Store observer: time every job that just ended; count sends and requeues."""
@@ -211,13 +246,12 @@ def init_app(app: Flask, context) -> Metrics:
     @app.after_request
     def count(response):
         current = request._get_current_object()  # one proxy lookup instead of four
-        url_rule, started = current.url_rule, current.environ.get(ARRIVED)
-        metrics.count_request(url_rule.rule if url_rule is not None else "unmatched",
-                              current.method, response.status_code,
-                              None if started is None else time.perf_counter() - started)
-        client = current.environ.get(ENVIRON_CLIENT)
-        if client is not None:
-            metrics.count_client(client)
+        url_rule, environ = current.url_rule, current.environ
+        started = environ.get(ARRIVED)
+        metrics.note_request(url_rule.rule if url_rule is not None else "unmatched",
+                             current.method, response.status_code,
+                             None if started is None else time.perf_counter() - started,
+                             environ.get(ENVIRON_CLIENT))
         return response
 
     app.register_blueprint(bp)
@@ -231,6 +265,8 @@ def metrics():
     client = current_client()
     if client is not None and client.own:
         raise NotFound()
-    registry = current_app.extensions["cylindria_metrics"].registry
+    counts = current_app.extensions["cylindria_metrics"]
+    counts.count_noted()
+    registry = counts.registry
     # content_type, not mimetype: Flask would append a second "; charset=utf-8" to it.
     return Response(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,6 @@ from pathlib import Path
 from flask import Blueprint, Response, jsonify, request
 
 from comfy.cancel import JobFinished, cancel_anywhere
-from comfy.encoding import to_json
 from comfy.submit import JobIdConflict, submit_job
 from comfy.workflow import parse_workflow, without_secrets
 from web.context import ctx, wait_until_reconciled
@@ -17,7 +16,7 @@ from web.lookup import held_position, known_job, listed_by, submitter, visible, 
 from web.params import gpu_id_param, job_id_param, list_params, priority_param, raw_gpu_param
 from web.streams import wait_param, waited_job
 from web.submission import accepting, hold, request_body, with_webhook
-from web.views import accepted_view, job_view
+from web.views import EncodedViews, accepted_view, job_view
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +24,8 @@ bp = Blueprint("jobs", __name__)
 bp.before_request(wait_until_reconciled)
 
 SETTLE_WAIT = 90.0  # seconds a retry or cancel waits for a submission still under way
+# Shared by every app in the process: a body is kept with its record, which no other app has.
+encoded_views = EncodedViews()
 
 
 @bp.put("/startjob", defaults={"job_id": ""})
@@ -69,7 +70,7 @@ def jobstatus(job_id: str):
     """Where a job stands (the most frequent call: encoded directly, without jsonify's extras);
     with ?wait=N, once it has ended or after N seconds."""
     job = waited_job(known_job(job_id), wait_param())
-    return Response(to_json(job_view(job, held_position(job), webhook_state(job))),
+    return Response(encoded_views.body(job, held_position(job), webhook_state(job)),
                     mimetype="application/json")
 
 

@@ -82,6 +82,8 @@ def _refused(reason: str, details: dict) -> ApiError:
 
 def wait_param() -> float:
     """The `wait` query parameter: seconds from 0 to 60 (default 0: answer at once)."""
+    if not request.environ.get("QUERY_STRING"):
+        return 0.0  # the usual poll: no query string to parse
     values = request.args.getlist("wait")
     if not values:
         return 0.0
