@@ -171,7 +171,7 @@ class Service:
             self.context.retention.stop(timeout=STOP_TIMEOUT / 4)
             self.context.webhooks.stop(timeout=STOP_TIMEOUT / 8)
             self.context.webhooks.close()
-            self.context.store.close()
+            self.context.storage.close()
         finally:
             self._done.set()
             logger.info("Cylindria stopped in %.2fs", time.monotonic() - self._stop_asked_at)
