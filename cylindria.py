@@ -75,6 +75,9 @@ def run(config) -> int:
 
     try:
         service = Service(config)
+    except ConfigError as exc:  # a setting the core could not use (keys, database, secret)
+        print(f"cylindria: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"cylindria: error: cannot use data dir {config.data_dir}: {exc}", file=sys.stderr)
         return 2
