@@ -21,7 +21,8 @@ from comfy.assets import Asset, SHARED
 from comfy.jobs import Job
 from comfy.private import private_dir, private_file, tighten
 from storage import records
-from storage.interface import Health, JobIdTaken, OutboxRow, SchemaTooNew, guarded_by
+from storage.interface import (Health, JobIdTaken, OutboxRow, SchemaTooNew, StorageUnavailable,
+                               guarded_by)
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {}
 # Every statement of this backend, by name.
 SQL = {
     # meta
+    "ping": "SELECT 1 FROM meta LIMIT 1",
     "schema_version": "SELECT value FROM meta WHERE key = 'schema_version'",
     "set_schema_version": "INSERT INTO meta (key, value) VALUES ('schema_version', ?) "
                           "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
@@ -279,6 +281,7 @@ class SqliteStorage:
         # WAL + NORMAL: a commit survives a crash or kill of Cylindria without an fsync per
         # state change (only a power cut can lose the last commits).
         writer.conn.execute("PRAGMA journal_mode=WAL")
+        writer.conn.execute("PRAGMA synchronous=NORMAL")
         self._connections = [writer]
         try:
             _migrate(writer.conn)
@@ -312,8 +315,8 @@ class SqliteStorage:
     def ping(self) -> bool:
         """Whether the file can be read now."""
         try:
-            self.meta.get("instance_id", "")
-        except Exception:
+            self.meta.ping()
+        except StorageUnavailable:
             return False
         return True
 
@@ -389,6 +392,12 @@ class SqliteMeta:
 
     def __init__(self, writer: _Connection, health: Health):
         self._writer, self._health = writer, health
+
+    @_guarded
+    def ping(self) -> None:
+        """Read the file (StorageUnavailable if it cannot be)."""
+        with self._writer.lock:
+            self._writer.run("ping").fetchone()
 
     @_guarded
     def get(self, key: str, default: str) -> str:
