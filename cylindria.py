@@ -75,7 +75,7 @@ def run(config) -> int:
 
     try:
         service = Service(config)
-    except ConfigError as exc:  # the data dir in use by another Cylindria, a bad key entry
+    except ConfigError as exc:  # the data dir in use, a bad key entry, the database, the secret
         print(f"cylindria: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -22,8 +22,8 @@ setup(
     py_modules=["cylindria"],
     # Subpackages (web.v2, ...) found, not listed: a new one cannot be left out of the install.
     packages=find_packages(include=["comfy", "comfy.*", "config", "config.*", "service",
-                                      "service.*", "web", "web.*", "tester", "tester.*",
-                                      "webhooks", "webhooks.*"]),
+                                      "service.*", "storage", "storage.*", "web", "web.*",
+                                      "tester", "tester.*", "webhooks", "webhooks.*"]),
     install_requires=requirements(),
     entry_points={"console_scripts": ["cylindria=cylindria:main",
                                       "cylindria-tester=tester.app:main"]},

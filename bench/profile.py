@@ -54,11 +54,11 @@ from bench.procs import LoadClient, key_headers
 from bench.stats import median, percentile
 from bench.store import fill, job_id
 from comfy.client import ComfyClient
-from comfy.database import Database
 from comfy.encoding import to_json
 from comfy.workflow import parse_workflow
 from config.options import load_config
 from service.core import build_context
+from storage.sqlite import SqliteJobRows
 from service.logs import AccessLog, setup_logging
 from tests import workflows
 from tests.fake_comfy.costs import real_costs
@@ -114,8 +114,8 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
     rows.append(("  without the access log", cpu(lambda: cylindria(access_log=False))))
     rows.append(("  ... and without the app's hooks (API key, metrics)",
                  cpu(lambda: cylindria(access_log=False, hooks=False))))
-    with mock.patch.object(Database, "insert", lambda self, job, wf: 1), \
-            mock.patch.object(Database, "update", lambda self, job, names, also=(): None):
+    with mock.patch.object(SqliteJobRows, "insert", lambda self, job, wf: 1), \
+            mock.patch.object(SqliteJobRows, "update", lambda self, job, events=(): None):
         rows.append(("  ... and without SQLite (insert + commit, update + commit)",
                      cpu(lambda: cylindria(access_log=False, hooks=False))))
         parsed = parse_workflow(body)

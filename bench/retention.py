@@ -1,7 +1,7 @@
 """The retention group: a data dir holding 1,000,000 finished jobs that ended 40 days ago,
 served with `--retention 30d`, against an empty one.
 
-- First start: the expired rows are not loaded (Database.load skips them), so start-up and
+- First start: the expired rows are not loaded (JobRows.load skips them), so start-up and
   memory should be an empty store's; the sweep then deletes them in the background.
 - While the sweep works through the backlog: GET /jobstatus p99 (keep-alive clients on one
   live job) against the same server once the sweep is done, measured in the same run.
@@ -21,7 +21,7 @@ from bench.core import Bench, Figure, check_errors, step
 from bench.procs import key_headers
 from bench.stats import median, percentile, pooled
 from comfy.retention import RetentionSweep
-from service.core import DB_FILE_NAME
+from storage import DB_FILE_NAME
 
 DAY = 86400.0
 RETENTION = "30d"

@@ -6,9 +6,10 @@ import time
 import uuid
 from pathlib import Path
 
-from comfy.database import COLUMNS, Database, _to_db
 from comfy.jobs import Job, JobStatus
-from service.core import DB_FILE_NAME
+from storage import DB_FILE_NAME
+from storage.records import values
+from storage.sqlite import SqliteStorage
 
 
 def job_id(n: int) -> str:
@@ -32,17 +33,11 @@ def fill(data_dir: Path, count: int) -> Path:
     """Create `data_dir` holding `count` finished jobs; returns it."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(data_dir / DB_FILE_NAME)
+    db = SqliteStorage(data_dir / DB_FILE_NAME)
     now = time.time()
-    statement = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(COLUMNS))})")
     try:
-        # One transaction: Database.insert commits each row on its own, 100,000 commits is slow.
-        db._conn.execute("BEGIN")
-        db._conn.executemany(statement, (
-            [_to_db(name, getattr(finished_job(n, now), name)) for name in COLUMNS]
-            for n in range(count)))
-        db._conn.execute("COMMIT")
+        # One transaction: JobRows.insert commits each row on its own, 100,000 commits is slow.
+        db.jobs.import_rows(values(finished_job(n, now)) for n in range(count))
     finally:
         db.close()
     return data_dir
@@ -53,32 +48,28 @@ def bulk_fill(data_dir: Path, count: int, ended_at: float, first: int = 0) -> Pa
     `ended_at` on, 10 ms apart, to `data_dir`'s database; returns the dir.
 
     One executemany in one transaction, with the rows built directly (the first is checked
-    against what Database.insert would write for `finished_job`): a million rows in 11-14 s
+    against what JobRows.insert would write for `finished_job`): a million rows in 11-14 s
     here, where building Job objects alone takes about 26 s.
     """
     data_dir = Path(data_dir)
-    db = Database(data_dir / DB_FILE_NAME)  # creates the dir (0700) and the schema
-    statement = (f"INSERT INTO jobs ({', '.join(COLUMNS)}) "
-                 f"VALUES ({', '.join('?' * len(COLUMNS))})")
+    db = SqliteStorage(data_dir / DB_FILE_NAME)  # creates the dir (0700) and the schema
     now = ended_at - first * 0.01 + 3600  # finished_job(n, now) ends at now - 3600 + n * 0.01
     rows = _finished_rows(first, count, now)
     if count:
         sample = finished_job(first, now)
-        expected = tuple(_to_db(name, getattr(sample, name)) for name in COLUMNS)
+        expected = tuple(values(sample))
         row = next(_finished_rows(first, 1, now))
         if row[:2] + row[3:] != expected[:2] + expected[3:]:  # the prompt id is random
-            raise RuntimeError(f"bulk_fill's rows drifted from Database.insert's: {row} {expected}")
+            raise RuntimeError(f"bulk_fill's rows drifted from JobRows.insert's: {row} {expected}")
     try:
-        db._conn.execute("BEGIN")
-        db._conn.executemany(statement, rows)
-        db._conn.execute("COMMIT")
+        db.jobs.import_rows(rows)
     finally:
         db.close()
     return data_dir
 
 
 def _finished_rows(first: int, count: int, now: float):
-    """finished_job(n, now) for n in first..first+count-1 as rows in Database.COLUMNS' order
+    """finished_job(n, now) for n in first..first+count-1 as rows in records.COLUMNS' order
     (each with a new random prompt id, as finished_job gives it)."""
     completed = JobStatus.COMPLETED.value
     for n in range(first, first + count):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sqlite3
 import threading
 import time
 import uuid
@@ -24,11 +23,11 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import blake3
 
-from comfy.database import transaction
 from comfy.private import private_dir, private_file
 
 if TYPE_CHECKING:
     from comfy.store import JobStore
+    from storage.interface import AssetRows
 
 logger = logging.getLogger(__name__)
 
@@ -36,37 +35,6 @@ CHUNK = 1024 * 1024  # bytes read from the client at a time
 HASH = re.compile(r"blake3:([0-9a-f]{64})")
 ASSET_ID = re.compile(r"[0-9a-f]{32}")
 
-SCHEMA = """
--- One row per file on disk (named by its hash): it goes only once the file is unlinked, so
--- a file that could not be unlinked yet (open elsewhere, on Windows) is never an orphan.
-CREATE TABLE IF NOT EXISTS asset_files (
-    hash TEXT PRIMARY KEY,
-    size_bytes INTEGER NOT NULL,
-    content_type TEXT NOT NULL
-);
--- An asset as one client sees it: its own id and name over a shared file. `owner` is an own
--- key's name, or '' for the one asset of every key without :own.
-CREATE TABLE IF NOT EXISTS assets (
-    id TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    name TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    used_at REAL NOT NULL,
-    UNIQUE (owner, hash)
-);
-CREATE INDEX IF NOT EXISTS assets_by_hash ON assets (hash);
-CREATE INDEX IF NOT EXISTS assets_by_used_at ON assets (used_at);
--- Which jobs refer to which assets: an asset an unfinished job needs cannot be deleted.
-CREATE TABLE IF NOT EXISTS asset_uses (
-    asset_id TEXT NOT NULL,
-    job_id TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,  -- of the workflow that referred to it: an id reused by
-                                -- another workflow does not hold the asset
-    PRIMARY KEY (asset_id, job_id, fingerprint)
-);
-CREATE INDEX IF NOT EXISTS asset_uses_by_job ON asset_uses (job_id);
-"""
 SHARED = ""  # the owner of the assets of keys without :own
 
 # (magic bytes at offset, offset, content type, extension), first match wins.
@@ -156,14 +124,14 @@ def clean_name(name: str | None) -> str:
 
 
 class AssetStore:
-    """The asset files under `folder` and their rows in the job database (own connection).
+    """The asset files under `folder`, and their rows in the store of record (AssetRows).
 
     A file is stored once per content; each client has its own asset over it (its id, its
     name): an own key's asset is seen by that key and by keys without :own, the SHARED one
     by keys without :own. Lookups take `owner`: an own key's name, or None for any asset.
     """
 
-    def __init__(self, folder: Path, db_path: Path, max_bytes: int):
+    def __init__(self, folder: Path, rows: AssetRows, max_bytes: int):
         self.folder = private_dir(Path(folder))
         self.incoming = private_dir(self.folder / ".incoming")
         self.max_bytes = max_bytes
@@ -171,37 +139,8 @@ class AssetStore:
         # (job id, fingerprint) of submissions between their `use` and their `settle`: their
         # job may not be in the store yet, and their assets are theirs all the same.
         self._under_way: Counter = Counter()
-        self._conn = sqlite3.connect(str(db_path), check_same_thread=False, isolation_level=None,
-                                     timeout=30.0)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        if not self._give_owners():
-            self._create()
+        self._rows = rows
         self._clear_incoming()
-
-    def _create(self) -> None:
-        """The tables, one statement at a time (executescript would commit a transaction)."""
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                self._conn.execute(statement)
-
-    def _give_owners(self) -> bool:
-        """Move a data dir from before owners to the owners' tables (once): its assets are
-        the SHARED ones, which no own key sees. True if it moved one."""
-        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(assets)")}
-        if "size_bytes" not in columns:
-            return False
-        logger.info("giving the assets owners: those stored so far are no own key's (once)")
-        with transaction(self._conn):
-            self._conn.execute("ALTER TABLE assets RENAME TO assets_unowned")
-            self._create()
-            self._conn.execute("INSERT OR IGNORE INTO asset_files (hash, size_bytes, content_type)"
-                               " SELECT hash, size_bytes, content_type FROM assets_unowned")
-            self._conn.execute("INSERT INTO assets (id, owner, hash, name, created_at, used_at)"
-                               " SELECT id, ?, hash, name, created_at, used_at FROM assets_unowned",
-                               (SHARED,))
-            self._conn.execute("DROP TABLE assets_unowned")
-        return True
 
     def _clear_incoming(self) -> None:
         """Uploads a crash cut off: never assets."""
@@ -257,19 +196,16 @@ class AssetStore:
         asset = Asset(uuid.uuid4().hex, f"blake3:{digest}", name, size, content_type, now, now,
                       owner)
         with self._lock:
-            known = self._row("a.owner = ? AND a.hash = ?", (owner, asset.hash), None)
+            known = self._rows.find(hash_text=asset.hash, owner=owner)
             if known is not None:
-                self._touch(known.id)
+                self._rows.touch(known.id, time.time())
                 return known, False
             # The file's row first: a crash before the asset's row leaves a file the sweep
             # knows to remove, never one nothing names.
-            self._conn.execute("INSERT OR IGNORE INTO asset_files (hash, size_bytes, content_type)"
-                               " VALUES (?, ?, ?)", (asset.hash, size, content_type))
+            self._rows.add_file(asset.hash, size, content_type)
             if not self.path(asset).exists():
                 os.replace(temporary, self.path(asset))
-            self._conn.execute(
-                "INSERT INTO assets (id, owner, hash, name, created_at, used_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)", (asset.id, owner, asset.hash, name, now, now))
+            self._rows.add(asset)
         logger.info("asset %s stored (%d bytes, %s)", asset.id, size, content_type)
         return asset, True
 
@@ -280,9 +216,7 @@ class AssetStore:
             users = self._users(asset.id, jobs)
             if users:
                 return users
-            with transaction(self._conn):
-                self._conn.execute("DELETE FROM assets WHERE id = ?", (asset.id,))
-                self._conn.execute("DELETE FROM asset_uses WHERE asset_id = ?", (asset.id,))
+            self._rows.remove(asset.id)
             self._drop_file(asset.hash)
         return []
 
@@ -291,13 +225,12 @@ class AssetStore:
         counts from now: they are its until `settle`, and its job's after. Returns those
         deleted meanwhile (then nothing is recorded)."""
         with self._lock:
-            gone = [asset for asset in assets if self._row("a.id = ?", (asset.id,), None) is None]
+            gone = [asset for asset in assets if self._rows.find(asset_id=asset.id) is None]
             if gone:
                 return gone
             for asset in assets:
-                self._conn.execute("INSERT OR IGNORE INTO asset_uses (asset_id, job_id, "
-                                   "fingerprint) VALUES (?, ?, ?)", (asset.id, job_id, fingerprint))
-                self._touch(asset.id)
+                self._rows.add_use(asset.id, job_id, fingerprint)
+                self._rows.touch(asset.id, time.time())
             self._under_way[(job_id, fingerprint)] += 1
         return []
 
@@ -310,40 +243,31 @@ class AssetStore:
             if self._under_way[key] <= 0:
                 del self._under_way[key]
             if not self._holds(job_id, fingerprint, jobs, finished_too=True):
-                self._conn.execute("DELETE FROM asset_uses WHERE job_id = ? AND fingerprint = ?",
-                                   key)
+                self._rows.remove_uses(job_id, fingerprint)
 
     def users_ever(self) -> list[str]:
         """The ids of every job with a recorded use."""
         with self._lock:
-            return [job_id for (job_id,) in self._conn.execute(
-                "SELECT DISTINCT job_id FROM asset_uses").fetchall()]
+            return self._rows.users_ever()
 
     def forget_jobs(self, job_ids, jobs: JobStore) -> None:
         """The uses of these jobs go, where the job has left the store (retention)."""
         with self._lock:
             for job_id in job_ids:
-                rows = self._conn.execute("SELECT fingerprint FROM asset_uses WHERE job_id = ?",
-                                          (job_id,)).fetchall()
-                for (fingerprint,) in rows:
+                for fingerprint in self._rows.fingerprints_of(job_id):
                     if not self._holds(job_id, fingerprint, jobs, finished_too=True):
-                        self._conn.execute("DELETE FROM asset_uses WHERE job_id = ? AND "
-                                           "fingerprint = ?", (job_id, fingerprint))
+                        self._rows.remove_uses(job_id, fingerprint)
 
     def unused_since(self, cutoff: float, limit: int = 200) -> list[Asset]:
         """Assets no job has needed since `cutoff`, oldest first."""
         with self._lock:
-            rows = self._conn.execute(f"SELECT {_FIELDS} FROM {_TABLES} WHERE a.used_at < ? "
-                                      "ORDER BY a.used_at LIMIT ?", (cutoff, limit)).fetchall()
-        return [Asset(*row) for row in rows]
+            return self._rows.unused_since(cutoff, limit)
 
     def sweep_files(self, limit: int = 200) -> int:
         """Remove the files no asset holds any more whose unlink failed before (open
         elsewhere at the time, on Windows); how many went."""
         with self._lock:
-            left = self._conn.execute("SELECT hash FROM asset_files WHERE hash NOT IN "
-                                      "(SELECT hash FROM assets) LIMIT ?", (limit,)).fetchall()
-            return sum(self._drop_file(hash_text) for (hash_text,) in left)
+            return sum(self._drop_file(hash_text) for hash_text in self._rows.files_unheld(limit))
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -352,7 +276,7 @@ class AssetStore:
         if not ASSET_ID.fullmatch(asset_id or ""):
             return None
         with self._lock:
-            return self._row("a.id = ?", (asset_id,), owner)
+            return self._rows.find(asset_id=asset_id, owner=owner)
 
     def by_hash(self, hash_text: str, owner: str | None = None) -> Asset | None:
         """The asset with this hash ("blake3:<hex>") of `owner`; with None, the SHARED one
@@ -360,33 +284,19 @@ class AssetStore:
         if not HASH.fullmatch(hash_text or ""):
             return None
         with self._lock:
-            return self._row("a.hash = ?", (hash_text,), owner)
+            return self._rows.find(hash_text=hash_text, owner=owner)
 
     def path(self, asset: Asset) -> Path:
         """Where its bytes are: named by the hash alone."""
         return self._file(asset.hash)
 
-    def close(self) -> None:
-        """Close the connection."""
-        with self._lock:
-            self._conn.close()
-
     # -- under the lock ---------------------------------------------------------------------
-
-    def _row(self, where: str, values: tuple, owner: str | None) -> Asset | None:
-        if owner is not None:
-            where, values = f"{where} AND a.owner = ?", (*values, owner)
-        row = self._conn.execute(f"SELECT {_FIELDS} FROM {_TABLES} WHERE {where} "
-                                 "ORDER BY a.owner != ?, a.created_at LIMIT 1",
-                                 (*values, SHARED)).fetchone()
-        return None if row is None else Asset(*row)
 
     def _users(self, asset_id: str, jobs: JobStore) -> list[str]:
         """Who uses this asset: the unfinished jobs that referred to it, and the submissions
         under way that did (their job not in the store yet, or never if they are refused)."""
-        rows = self._conn.execute("SELECT job_id, fingerprint FROM asset_uses WHERE asset_id = ?",
-                                  (asset_id,)).fetchall()
-        return [job_id for job_id, fingerprint in rows if self._holds(job_id, fingerprint, jobs)]
+        return [job_id for job_id, fingerprint in self._rows.uses_of(asset_id)
+                if self._holds(job_id, fingerprint, jobs)]
 
     def _holds(self, job_id: str, fingerprint: str, jobs: JobStore,
                finished_too: bool = False) -> bool:
@@ -401,8 +311,7 @@ class AssetStore:
     def _drop_file(self, hash_text: str) -> bool:
         """Unlink a file no asset holds, then its row; a failed unlink keeps the row, so the
         sweep tries again. True if it went."""
-        if self._conn.execute("SELECT 1 FROM assets WHERE hash = ? LIMIT 1",
-                              (hash_text,)).fetchone() is not None:
+        if self._rows.file_held(hash_text):
             return False
         try:
             self._file(hash_text).unlink(missing_ok=True)
@@ -410,16 +319,8 @@ class AssetStore:
             logger.warning("asset file %s could not be removed yet (%s); the retention sweep "
                            "tries again", hash_text, exc)
             return False
-        self._conn.execute("DELETE FROM asset_files WHERE hash = ?", (hash_text,))
+        self._rows.remove_file(hash_text)
         return True
 
     def _file(self, hash_text: str) -> Path:
         return self.folder / hash_text[len("blake3:"):]
-
-    def _touch(self, asset_id: str) -> None:
-        self._conn.execute("UPDATE assets SET used_at = ? WHERE id = ?", (time.time(), asset_id))
-
-
-_FIELDS = ("a.id, a.hash, a.name, f.size_bytes, f.content_type, a.created_at, a.used_at, "
-           "a.owner")
-_TABLES = "assets AS a JOIN asset_files AS f ON f.hash = a.hash"

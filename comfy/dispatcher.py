@@ -32,6 +32,7 @@ from comfy.store import JobStore
 from comfy.submit import post
 from comfy.withheld import WithheldSecrets
 from comfy.workflow import WorkflowError, parse_stored
+from storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,9 @@ class Dispatcher:
         # What unfinished held jobs need, by job id, with the fingerprint of the workflow it
         # was read from (a submission that lost a race for its id must not lend its needs).
         self._needs: dict[str, tuple[str, Needs]] = {}
+        # Held jobs whose workflow could not be read (the database was unavailable): taken
+        # into the queue at a later pass, never left out of it.
+        self._unsynced: set[str] = set()
         self._next_expiry = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -120,6 +124,8 @@ class Dispatcher:
                 continue
             try:
                 self.dispatch_once()
+            except StorageUnavailable:  # logged once by the storage; the next pass tries again
+                logger.debug("dispatch pass: database unavailable")
             except Exception:
                 logger.exception("dispatch pass failed")
             self._wake.wait(self.tick)
@@ -160,8 +166,15 @@ class Dispatcher:
         lock and may run in any order, so the job is read again under this lock: whichever
         call comes last sees the last state."""
         job = self.store.get(job_id)
-        needs = self._needs_of(job) if job is not None and job.status == JobStatus.HELD else None
+        try:
+            needs = self._needs_of(job) if job is not None and job.status == JobStatus.HELD \
+                else None
+        except StorageUnavailable:
+            with self._lock:
+                self._unsynced.add(job_id)
+            return
         with self._lock:
+            self._unsynced.discard(job_id)
             job = self.store.get(job_id)
             old = self._held.pop(job_id, None)
             if old is not None:
@@ -227,6 +240,10 @@ class Dispatcher:
 
     def dispatch_once(self) -> int:
         """Send every held job that can go now; returns how many were sent."""
+        with self._lock:
+            unsynced = list(self._unsynced)
+        for job_id in unsynced:
+            self._sync(job_id)
         self._expire_pinned()
         with self._lock:
             queue = [self._held[key[-1]] for key in self._order]
@@ -334,6 +351,8 @@ class Dispatcher:
             gpu.rested()
         except (ComfyRejected, AssetNotFound) as exc:
             logger.info("job %s: not sent to GPU %d: %s", job.job_id, gpu.index, exc)
+        except StorageUnavailable:  # nothing sent: the poller judges the submission later
+            logger.debug("job %s: not sent, the database is unavailable", job.job_id)
         except ComfyTimeout as exc:
             logger.warning("job %s: GPU %d did not answer its POST (%s)", job.job_id, gpu.index, exc)
         except ComfyUnreachable as exc:

@@ -14,6 +14,7 @@ import websocket
 from comfy.events import handle_message
 from comfy.gpu import Gpu
 from comfy.store import JobStore
+from storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +161,13 @@ class Listener:
         except ValueError:
             logger.warning("GPU %d sent a websocket message that is not JSON", self.gpu.index)
             return
-        if isinstance(message, dict):
+        if not isinstance(message, dict):
+            return
+        try:
             handle_message(self.store, self.gpu.index, message)
+        except StorageUnavailable:  # logged once by the storage; the poller catches up later
+            logger.debug("GPU %d: a message was not recorded (database unavailable)",
+                         self.gpu.index)
 
     def check_deaf(self, now: float) -> bool:
         """Reopen a socket ComfyUI has stopped sending to; True if it did.

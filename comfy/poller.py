@@ -11,6 +11,7 @@ from comfy.catalogue import read_models_into, refresh_catalogue
 from comfy.gpu import Gpu
 from comfy.reconcile import MAX_ATTEMPTS, reconcile_gpu
 from comfy.store import JobStore
+from storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +149,8 @@ class Poller:
         """One GPU's poll; never lets an exception kill the pool worker silently."""
         try:
             self.check(gpu)
+        except StorageUnavailable:  # logged once by the storage; the next poll tries again
+            logger.debug("poll of GPU %d: database unavailable", gpu.index)
         except Exception:
             logger.exception("poll of GPU %d failed", gpu.index)
         finally:

@@ -7,13 +7,12 @@ import logging
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Callable
 
 from comfy.assets import AssetStore
-from comfy.database import Database
 from comfy.jobs import JobStatus
 from comfy.store import JobStore
+from storage import JobRows, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -22,28 +21,26 @@ class RetentionSweep:
     """One thread removing expired finished jobs in small batches.
 
     Each batch holds the store's lock only to drop a few hundred dict entries; the rows are
-    deleted on the sweep's own database connection, outside that lock, so reads of the
-    store (every /jobstatus) never wait for the disk. Memory goes first: a job is never
-    visible without its row, and a row left behind by a crash is found again by the next
-    pass (or gives way to a new job under its id, see Database.insert).
+    deleted outside that lock (JobRows.delete_expired, on the sweep's own connection where
+    the backend has one), so reads of the store (every /jobstatus) never wait for the disk.
+    Memory goes first: a job is never visible without its row, and a row left behind by a
+    crash (or a database gone mid-batch) is found again by the next pass, or gives way to a
+    new job under its id (JobRows.insert).
     """
 
     BATCH = 200  # jobs per pass: one short store lock and one small transaction
     PAUSE = 0.01  # seconds between full batches, so a backlog never monopolises the disk
 
-    def __init__(self, store: JobStore, db_path: Path, retention: float,
+    def __init__(self, store: JobStore, rows: JobRows, retention: float,
                  clock: Callable[[], float] = time.time, assets: AssetStore | None = None):
         self.store = store
         self.assets = assets
         self.retention = retention
         self.clock = clock
         self.interval = min(max(retention / 10, 0.5), 60.0)  # seconds between idle passes
-        self._db = Database(db_path, retention)
-        # Its batches touch few pages once: a small cache keeps a sweep of a million rows
-        # from leaving 2 MiB of pages behind in a process that runs for months.
-        self._db.limit_cache(256)
+        self._db = rows
         self._lock = threading.Lock()
-        self._retired = self._db.retired()
+        self._retired = rows.retired()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.run, name="cylindria-retention", daemon=True)
 
@@ -52,14 +49,12 @@ class RetentionSweep:
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Stop after the batch under way, and close the sweep's connection."""
+        """Stop after the batch under way."""
         self._stop.set()
         if self._thread.ident is not None:
             self._thread.join(timeout)
         if self._thread.is_alive():
             logger.warning("retention thread did not stop in %.1fs", timeout)
-            return
-        self._db.close()
 
     def run(self) -> None:
         """Sweep until stopped: batches back to back while a backlog lasts, then every interval."""
@@ -68,6 +63,8 @@ class RetentionSweep:
             try:
                 removed = self.sweep_once()
                 self.sweep_assets()
+            except StorageUnavailable:  # logged once by the storage; the next pass tries again
+                removed = 0
             except Exception:
                 logger.exception("retention sweep failed")
                 removed = 0
@@ -100,6 +97,8 @@ class RetentionSweep:
             job_ids = self.assets.users_ever()
             for start in range(0, len(job_ids), self.BATCH):  # the asset lock held briefly
                 self.assets.forget_jobs(job_ids[start:start + self.BATCH], self.store)
+        except StorageUnavailable:  # logged once by the storage; the next start tries again
+            pass
         except Exception:
             logger.exception("retention: forgetting old asset uses failed")
 

@@ -1,4 +1,5 @@
-"""The job store: one lock, an in-memory dict as the read path, SQLite written through."""
+"""The job store: one lock, an in-memory dict as the read path, the store of record
+(storage.JobRows: SQLite or PostgreSQL) written through."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,12 +11,12 @@ from collections import Counter
 from operator import attrgetter
 from typing import Callable, Iterable
 
-from comfy.database import COLUMNS, Database
 from comfy.jobs import Job, JobStatus, may_move
+from storage import JobIdTaken, JobRows, OutboxRow
+from storage.records import DURABLE
 
 logger = logging.getLogger(__name__)
 
-DURABLE = tuple(name for name in COLUMNS if name != "job_id")
 _durable = attrgetter(*DURABLE)  # the durable fields as one tuple, compared in C
 # Every field, in the constructor's order: Job(*_fields(job)) is a shallow copy in 0.7 us
 # where dataclasses.replace takes 3.6; every submission copies twice.
@@ -35,12 +36,13 @@ class JobStore:
     Records are copy-on-write snapshots: change() edits a copy and publishes it in place
     of the old record, which is never modified again, so a record handed out stays a
     consistent picture without copying it on every read (callers must not modify one).
-    A change to a durable field is committed to SQLite before the new record is
-    published, so nothing a client was told can be lost by a crash.
+    A change to a durable field is committed to the database before the new record is
+    published, so nothing a client was told can be lost by a crash; a write that fails
+    (storage.StorageUnavailable) publishes nothing, and the caller is told by the exception.
     """
 
-    def __init__(self, db: Database):
-        self._db = db
+    def __init__(self, rows: JobRows):
+        self._db = rows
         self._lock = threading.Lock()
         self._settled = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
@@ -54,19 +56,19 @@ class JobStore:
         # loaded and those retention removed before this start, then every acceptance (by
         # the GPU it was accepted for) and every end (a lost job later found completed ends
         # twice: lost when it was judged so, then its true end).
-        self._ended: Counter = db.retired()  # (gpu_id, status) -> jobs ended
+        self._ended: Counter = rows.retired()  # (gpu_id, status) -> jobs ended
         self._accepted: Counter = _by_gpu(self._ended)  # gpu_id -> jobs accepted
         self._observers: list[Callable[[Job | None, Job], None]] = []
         self._watchers: list[Callable[[str], None]] = []
-        self._companions: list[Callable[[Job, Job], list]] = []
+        self._companions: list[Callable[[Job, Job], list[OutboxRow]]] = []
         self._keepers: list[Callable[[str, dict | None], None]] = []
-        for job in db.load():
+        for job in rows.load():
             self._publish(job)
 
     def get(self, job_id: str) -> Job | None:
         """The job, or None. Without the lock: records are never modified once published and
         a dict lookup is atomic, so a status read never waits behind a write (which may wait
-        for SQLite's write lock held by another connection, see Database.BUSY_WAIT)."""
+        for the database: SQLite's write lock, a PostgreSQL round trip)."""
         return self._jobs.get(job_id)
 
     def active(self, gpu_id: int | None = None) -> list[Job]:
@@ -112,8 +114,8 @@ class JobStore:
         waiting on a job are woken by it); it must be cheap: it runs on every message."""
         self._watchers.append(watcher)
 
-    def commit_with(self, companion: Callable[[Job, Job], list]) -> None:
-        """At every status change, commit the statements `companion(old, new)` gives in the
+    def commit_with(self, companion: Callable[[Job, Job], list[OutboxRow]]) -> None:
+        """At every status change, commit the outbox rows `companion(old, new)` gives in the
         same transaction as the change: a row a change causes (a webhook event) is never lost,
         nor written for a change that was not. Called under the lock: it must be quick."""
         self._companions.append(companion)
@@ -157,8 +159,8 @@ class JobStore:
                 self._in_flight[job.job_id] = job.prompt_id
             job.submitted_at = job.submitted_at or time.time()
             try:
-                job.seq = self._db.insert(job, workflow)
-            except BaseException:
+                job.seq = self._insert(job, workflow)
+            except BaseException:  # nothing published: the client's retry starts afresh
                 self._in_flight.pop(job.job_id, None)
                 raise
             for keeper in self._keepers if withheld else ():
@@ -309,26 +311,21 @@ class JobStore:
             jobs = list(self._jobs.values())
         return jobs[::-1] if newest_first else jobs
 
-    def instance_id(self, default: str) -> str:
-        """This data dir's stable Cylindria id (used to name its websocket clients)."""
-        with self._lock:
-            return self._db.meta("instance_id", default)
-
-    def close(self) -> None:
-        """Close the database."""
-        with self._lock:
-            self._db.close()
-
     def _persist(self, current: Job, new: Job) -> None:
-        """Commit the durable fields that changed, before anyone can see them."""
+        """Commit a change of durable fields, before anyone can see it."""
         before, after = _durable(current), _durable(new)
         if after == before:
             return
-        changed = [name for name, old, value in zip(DURABLE, before, after) if value != old]
-        also = [statement for companion in self._companions
-                for statement in companion(current, new)] \
+        events = [row for companion in self._companions for row in companion(current, new)] \
             if self._companions and new.status != current.status else ()
-        self._db.update(new, changed, also)
+        if current.status != JobStatus.HELD or new.status != JobStatus.SUBMITTING:
+            self._db.update(new, events)
+        elif not self._db.claim_held(new, events):
+            # On one host this store writes every row, so a held job whose row is not held
+            # any more was claimed by a write whose acknowledgement was lost (the database
+            # went away as it committed; nothing was sent): this claim replaces it.
+            logger.warning("job %s: its row was claimed by an unacknowledged write", new.job_id)
+            self._db.update(new, events)
         if new.status != current.status:
             # Acceptance is already the access log's `PUT /startjob/<id> 201` line: at INFO it
             # would double the log's volume under a burst of submissions (and its cost).
@@ -336,6 +333,18 @@ class JobStore:
             where = "held" if new.gpu_id is None else f"on GPU {new.gpu_id}"
             logger.log(level, "job %s %s: %s -> %s", new.job_id, where,
                        current.status.value, new.status.value)
+
+    def _insert(self, job: Job, workflow: bytes) -> int:
+        """Insert a new job's row (caller holds the lock). A live row under its id that this
+        store does not hold was left by a write whose acknowledgement was lost (the database
+        went away as it committed, the client was told 503): nobody was told of it, so it
+        gives way to this submission."""
+        try:
+            return self._db.insert(job, workflow)
+        except JobIdTaken:
+            logger.warning("job %s: replacing a row left by an unacknowledged write", job.job_id)
+            self._db.delete(job.job_id)
+            return self._db.insert(job, workflow)
 
     def _held(self) -> int:
         """Held jobs (caller holds the lock)."""

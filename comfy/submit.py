@@ -16,6 +16,7 @@ from comfy.placing import AssetNotFound, place, resolve, with_files
 from comfy.reconcile import Seen, judge
 from comfy.store import JobStore
 from comfy.workflow import Workflow
+from storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -147,6 +148,8 @@ def post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow,
             send_failed(store, job, str(exc), max_attempts)
         else:
             unsent(store, job)
+        raise
+    except StorageUnavailable:  # an asset's row unreadable: nothing reached ComfyUI
         raise
     except Exception as exc:
         # Not one of ComfyUI's failures: Cylindria could not send it (an asset's file is

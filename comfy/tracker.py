@@ -13,6 +13,7 @@ from comfy.listener import Listener
 from comfy.poller import Poller
 from comfy.reconcile import MAX_ATTEMPTS
 from comfy.store import JobStore
+from storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,8 @@ class Tracker:
         try:
             lose_jobs_of_gone_gpus(self.store, len(self.gpus))
             self.reconcile_all()
+        except StorageUnavailable:  # the poller's ticks reconcile once it is back
+            logger.debug("start-up: database unavailable")
         finally:
             if not self._stopping.is_set():
                 self.poller.start()
@@ -72,6 +75,8 @@ class Tracker:
             for future in [pool.submit(self.poller.check, gpu) for gpu in self.gpus]:
                 try:
                     future.result()
+                except StorageUnavailable:  # the poller's ticks reconcile once it is back
+                    logger.debug("start-up reconciliation: database unavailable")
                 except Exception:
                     logger.exception("start-up reconciliation failed")
 

@@ -9,8 +9,9 @@ from typing import Callable
 
 import platformdirs
 
-from config.values import (algorithms, api_keys, claim_value, comfy_url, duration, flag_bool,
-                           gpu_count, integer_in, ip_address, log_level, mebibytes, origin, port,
+from config.values import (algorithms, api_keys, claim_value, comfy_url, database_url, duration,
+                           flag_bool, gpu_count, integer_in, ip_address, log_level, mebibytes,
+                           origin, port,
                            positive_float, rate_limit, seconds, thread_count)
 from webhooks.schedule import DELAYS, GIVE_UP_AFTER
 
@@ -52,6 +53,9 @@ OPTIONS = (
            "API key(s), comma separated", shown="a generated key kept in the data dir"),
     Option("--data-dir", "data_dir", "CYLINDRIA_DATA_DIR", Path, None,
            "where the job database and the generated key live", shown=str(default_data_dir())),
+    Option("--database", "database", "CYLINDRIA_DATABASE_URL", database_url, None,
+           "the store of record: postgresql://user:pass@host:port/db (libpq parameters and "
+           "PG* variables too)", shown="jobs.sqlite3 in the data dir"),
     Option("--poll-interval", "poll_interval", None, positive_float, 5.0,
            "seconds between /queue polls"),
     Option("--threads", "threads", "CYLINDRIA_THREADS", thread_count, 16,
@@ -155,6 +159,7 @@ class Config:
     no_auth: bool = False
     metrics_public: bool = False
     data_dir: Path = field(default_factory=default_data_dir)
+    database: str | None = None  # None: SQLite in the data dir; else a PostgreSQL URL
     poll_interval: float = 5.0
     threads: int = 16
     dev: bool = False
@@ -266,5 +271,5 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
 
 
 def _shown(option: Option, raw: str) -> str:
-    """The value as an error may show it: never an API key."""
-    return "(hidden)" if option.dest == "api_keys" else repr(raw)
+    """The value as an error may show it: never an API key nor a database password."""
+    return "(hidden)" if option.dest in ("api_keys", "database") else repr(raw)

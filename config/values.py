@@ -160,3 +160,14 @@ def seconds(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise ValueError("must be a number of seconds above 0, or a duration like 5m")
     return value
+
+
+def database_url(text: str) -> str:
+    """A store of record: `postgresql://...` (`postgres://`), libpq `key=value` parameters,
+    or `sqlite:///<path>`."""
+    text = text.strip()
+    scheme = text.split("://")[0].lower() if "://" in text else None
+    if scheme in ("postgresql", "postgres", "sqlite") or (scheme is None and "=" in text):
+        return text
+    raise ValueError("expected postgresql://user:pass@host:port/db (or libpq key=value "
+                     "parameters), or sqlite:///<path>")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 
 from comfy.assets import AssetStore
-from comfy.database import Database
 from comfy.dispatcher import Dispatcher
 from comfy.gpu import build_gpus
 from comfy.models import ModelCatalogue
@@ -15,6 +14,7 @@ from comfy.tracker import Tracker
 from comfy.watch import JobWatch
 from comfy.withheld import WithheldSecrets
 from config.options import Config, ConfigError, stream_limit, stream_share
+from storage import SchemaTooNew, StorageUnavailable, open_storage
 from web import auth
 from web.context import Context
 from web.streams import StreamSlots
@@ -22,7 +22,6 @@ from web.views import job_view
 from webhooks.secret import BadSecret
 from webhooks.wiring import Webhooks
 
-DB_FILE_NAME = "jobs.sqlite3"
 ASSETS_DIR = "assets"
 MIB = 1024 * 1024
 
@@ -34,20 +33,27 @@ def build_context(config: Config) -> Context:
         keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
     except auth.BadKeyEntry as exc:
         raise ConfigError(f"API keys: {exc}") from None
-    store = JobStore(Database(config.data_dir / DB_FILE_NAME, config.retention))
-    gpus = build_gpus(config.comfy_base_url, config.gpus, store.instance_id(secrets.token_hex(4)))
-    assets = AssetStore(config.data_dir / ASSETS_DIR, config.data_dir / DB_FILE_NAME,
-                        config.max_asset_mb * MIB)
+    try:
+        storage = open_storage(config)
+    except (SchemaTooNew, StorageUnavailable) as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        store = JobStore(storage.jobs)
+        instance_id = storage.meta.get("instance_id", secrets.token_hex(4))
+    except StorageUnavailable as exc:
+        storage.close()
+        raise ConfigError(str(exc)) from None
+    gpus = build_gpus(config.comfy_base_url, config.gpus, instance_id)
+    assets = AssetStore(config.data_dir / ASSETS_DIR, storage.assets, config.max_asset_mb * MIB)
     withheld = WithheldSecrets(store)
     try:
-        webhooks = Webhooks(store, config.data_dir / DB_FILE_NAME, job_view,
+        webhooks = Webhooks(store, storage.outbox, job_view,
                             data_dir=config.data_dir, secret_file=config.webhook_secret_file,
                             comfy_base_url=config.comfy_base_url, gpus=config.gpus,
                             allow_private=config.webhook_allow_private,
                             delays=config.webhook_delays, give_up_after=config.webhook_give_up)
     except BadSecret as exc:
-        assets.close()
-        store.close()
+        storage.close()
         raise ConfigError(str(exc)) from None
     dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,
                             requeue_wait=config.requeue_wait, tick=config.poll_interval,
@@ -55,8 +61,7 @@ def build_context(config: Config) -> Context:
     tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
                       max_attempts=config.max_attempts, after_check=dispatcher.wake)
     dispatcher.ready = tracker.reconciled
-    retention = RetentionSweep(store, config.data_dir / DB_FILE_NAME, config.retention,
-                               assets=assets)
+    retention = RetentionSweep(store, storage.jobs, config.retention, assets=assets)
     return Context(config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
                    StreamSlots(stream_limit(config), stream_share(config)), assets, withheld,
-                   webhooks, ModelCatalogue(gpus))
+                   webhooks, ModelCatalogue(gpus), storage=storage)

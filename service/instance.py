@@ -53,7 +53,7 @@ def take_instance_lock(config) -> InstanceLock:
     are this instance's (a node's data dir holds its key, assets and log)."""
     held = [DataDirLock(Path(config.data_dir)).take()]
     database = getattr(config, "database", None)
-    if database and database.startswith(("postgresql://", "postgres://")):
+    if database and not database.startswith("sqlite:"):  # PostgreSQL (a URL or key=value)
         node = getattr(config, "node", None) or socket.gethostname()
         try:
             held.append(NodeLock(database, node).take())

@@ -201,7 +201,7 @@ class Service:
             self.context.retention.stop(timeout=STOP_TIMEOUT / 4)
             self.context.webhooks.stop(timeout=STOP_TIMEOUT / 8)
             self.context.webhooks.close()
-            self.context.store.close()
+            self.context.storage.close()
         finally:
             self.instance.release()
             self._done.set()

@@ -8,8 +8,10 @@ import pytest
 
 from config.options import Config
 from service.server import Service
+from tests.backends import KINDS, Backend, close_opened
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports
+from tests.postgres import PostgresCluster
 
 TIME_SCALE = 0.05  # the fake's node sleeps shrink to 5 %: a 4 s "slow" node takes 0.2 s
 
@@ -66,9 +68,33 @@ def make_config(fakes, tmp_path, **overrides) -> Config:
     return dataclasses.replace(Config(), **values)
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One throwaway PostgreSQL for the whole run, started at the first test that needs it
+    (never skipped: without the binaries this fails, saying what to install)."""
+    with PostgresCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=KINDS)
+def backend(request, tmp_path) -> Backend:
+    """A fresh store of record on each backend in turn: the store-level tests run on both."""
+    cluster = request.getfixturevalue("postgres_cluster") if request.param == "postgresql" else None
+    backend = Backend(request.param, tmp_path / "data", cluster)
+    yield backend
+    backend.close()
+
+
 @pytest.fixture
-def config(fakes, tmp_path):
-    return make_config(fakes, tmp_path)
+def database_url():
+    """The --database of the `config` fixture's server: None (SQLite in the data dir); a
+    test module overrides it to serve from PostgreSQL."""
+    return None
+
+
+@pytest.fixture
+def config(fakes, tmp_path, database_url):
+    return make_config(fakes, tmp_path, database=database_url)
 
 
 @pytest.fixture
@@ -82,6 +108,13 @@ def service(config):
 def api(service):
     """A client of `service` that sends the key."""
     return Api(service.url)
+
+
+@pytest.fixture(autouse=True)
+def _close_storages():
+    """Every store a test opened with tests.backends.sqlite_storage is closed at its end."""
+    yield
+    close_opened()
 
 
 @pytest.fixture(autouse=True)

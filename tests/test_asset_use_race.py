@@ -1,10 +1,9 @@
 """Who uses an asset: a submission under way (its use recorded, its job not reserved yet)
 holds its assets against a delete and the retention sweep; a refused submission leaves no use
 behind, and a job's uses leave with the job. And a file that cannot be unlinked yet (an open
-file on Windows) is retried, never orphaned."""
+file on Windows) is retried, never orphaned. On every backend."""
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,12 @@ from tests.test_assets import asset_ref, upload
 
 DAY = 86400.0
 PNG = output_png("raced.png", 8)
+
+
+@pytest.fixture
+def database_url(backend):
+    """The servers of this module keep their rows on each backend in turn."""
+    return backend.database
 
 
 class Clock:
@@ -57,9 +62,9 @@ def submit_in_background(api: Api, job_id: str, asset: dict, gpu: str):
     return thread, answers
 
 
-def use_rows(service) -> list[tuple]:
-    with sqlite3.connect(service.context.config.data_dir / "jobs.sqlite3") as db:
-        return db.execute("SELECT job_id FROM asset_uses").fetchall()
+def use_rows(service) -> list[str]:
+    """The ids of the jobs with a recorded asset use."""
+    return sorted(service.context.storage.assets.users_ever())
 
 
 @pytest.mark.parametrize("gpu", ["0", "auto"])
@@ -84,8 +89,8 @@ def test_the_sweep_keeps_an_asset_a_submission_under_way_uses(service, api, monk
     asset = upload(api, PNG).json()
     blocked = BlockedReservation(context.store, monkeypatch)
     later = Clock(time.time() + 2 * DAY)  # the asset unused for longer than the retention
-    sweep = RetentionSweep(context.store, context.config.data_dir / "jobs.sqlite3", DAY,
-                           clock=later, assets=context.assets)
+    sweep = RetentionSweep(context.store, context.storage.jobs, DAY, clock=later,
+                           assets=context.assets)
     thread, answers = submit_in_background(api, "swept", asset, "0")
     try:
         assert blocked.entered.wait(30)
@@ -111,17 +116,17 @@ def test_a_refused_submission_leaves_no_use_behind(service, api, fake):
     assert api.delete(f"/assets/{asset['id']}").status_code == 200
 
 
-def test_a_jobs_asset_uses_leave_with_the_job(fakes, tmp_path):
-    with Service(make_config(fakes, tmp_path, retention=DAY)) as service:
+def test_a_jobs_asset_uses_leave_with_the_job(fakes, tmp_path, database_url):
+    with Service(make_config(fakes, tmp_path, retention=DAY, database=database_url)) as service:
         api = Api(service.url)
         asset = upload(api, PNG).json()
         workflow = workflows.core("kept")
         workflow["3"]["inputs"]["filename_prefix"] = asset_ref(asset)
         assert api.put("/startjob/kept", json=workflow).status_code == 201
         api.wait_status("kept", "completed")
-        assert use_rows(service) == [("kept",)]
+        assert use_rows(service) == ["kept"]
         context = service.context
-        sweep = RetentionSweep(context.store, context.config.data_dir / "jobs.sqlite3", DAY,
+        sweep = RetentionSweep(context.store, context.storage.jobs, DAY,
                                clock=Clock(time.time() + 2 * DAY), assets=context.assets)
         try:
             wait_for(lambda: sweep.sweep_once() or context.store.get("kept") is None)
@@ -148,8 +153,7 @@ def test_a_file_that_cannot_be_unlinked_yet_is_removed_by_a_later_sweep(service,
         assert api.delete(f"/assets/{asset['id']}").status_code == 200
     assert api.get(f"/assets/{asset['id']}").status_code == 404
     assert held_open.exists()
-    sweep = RetentionSweep(context.store, context.config.data_dir / "jobs.sqlite3", DAY,
-                           assets=context.assets)
+    sweep = RetentionSweep(context.store, context.storage.jobs, DAY, assets=context.assets)
     try:
         sweep.sweep_assets()
     finally:

@@ -17,6 +17,12 @@ from tests.helpers import API_KEY, Api, wait_for
 PNG = output_png("asset.png", 8)
 
 
+@pytest.fixture
+def database_url(backend):
+    """The servers of this module keep their rows on each backend in turn."""
+    return backend.database
+
+
 def upload(api: Api, data: bytes, name: str = "photo.png", raw: bool = False):
     if raw:
         return api.request("POST", f"/assets?name={name}", data=data,

@@ -11,7 +11,6 @@ import threading
 import pytest
 
 from comfy.catalogue import Catalogue, NodeClass
-from comfy.database import Database
 from comfy.dispatcher import Dispatcher
 from comfy.errors import ComfyUnreachable
 from comfy.gpu import Gpu
@@ -20,6 +19,7 @@ from comfy.jobs import JobStatus
 from comfy.queue import QueueItem, QueueSnapshot
 from comfy.reconcile import reconcile_gpu
 from comfy.store import JobStore
+from tests.backends import sqlite_storage
 from comfy.submit import hold_job
 from comfy.workflow import parse_workflow
 from tests import workflows
@@ -63,9 +63,7 @@ class GatedComfy:
 
 @pytest.fixture
 def store(tmp_path):
-    store = JobStore(Database(tmp_path / "jobs.sqlite3"))
-    yield store
-    store.close()
+    return JobStore(sqlite_storage(tmp_path).jobs)
 
 
 def ready_gpu(index: int, client) -> Gpu:

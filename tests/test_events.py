@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from comfy.database import Database
 from comfy.events import handle_message
 from comfy.jobs import Job, JobStatus
 from comfy.store import JobStore
+from tests.backends import sqlite_storage
 
 RECORDINGS = Path(__file__).parent / "recordings"
 
@@ -24,9 +24,7 @@ def first_prompt_id(messages) -> str:
 
 @pytest.fixture
 def store(tmp_path):
-    store = JobStore(Database(tmp_path / "jobs.sqlite3"))
-    yield store
-    store.close()
+    return JobStore(sqlite_storage(tmp_path).jobs)
 
 
 def track(store, messages, nodes_total=3) -> Job:

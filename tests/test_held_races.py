@@ -13,7 +13,6 @@ import pytest
 from flask import Flask
 
 from comfy import submit
-from comfy.database import Database
 from comfy.dispatcher import Dispatcher
 from comfy.errors import ComfyBadResponse, ComfyTimeout, ComfyUnreachable
 from comfy.events import finish
@@ -25,8 +24,9 @@ from comfy.store import JobStore
 from comfy.submit import accept, submit_job
 from comfy.withheld import WithheldSecrets
 from comfy.workflow import parse_workflow
+from storage import JobRows
 from tests import workflows
-from tests.test_dispatch_races import WAIT, ready_gpu, store  # noqa: F401 (store: a fixture)
+from tests.test_dispatch_races import WAIT, ready_gpu
 
 
 class StandIn:
@@ -67,8 +67,8 @@ class OrderedStore(JobStore):
     and "second"'s waits until "first" has reserved: both submissions are past everything they
     do before reserving when the first one creates the job."""
 
-    def __init__(self, db: Database):
-        super().__init__(db)
+    def __init__(self, rows: JobRows):
+        super().__init__(rows)
         self.arrived = {"first": threading.Event(), "second": threading.Event()}
         self.first_reserved = threading.Event()
 
@@ -85,12 +85,18 @@ class OrderedStore(JobStore):
         return super().reserve(job, workflow, *args, **kwargs)
 
 
-def test_the_job_created_keeps_its_own_clients_partner_key(tmp_path):
+@pytest.fixture
+def store(backend):
+    """The real store, on every backend."""
+    return JobStore(backend.open().jobs)
+
+
+def test_the_job_created_keeps_its_own_clients_partner_key(backend):
     """Two clients submit one new job id with different partner keys at once; the second is
     the last to pass everything before the reservation, the first creates the job. The job
     must carry the first client's key (the second's submission created nothing)."""
     from web.submission import accepting, hold
-    store = OrderedStore(Database(tmp_path / "jobs.sqlite3"))
+    store = OrderedStore(backend.open().jobs)
     gpu = ready_gpu(0, StandIn())
     dispatcher = Dispatcher([gpu], store)
     context = SimpleNamespace(store=store, gpus=[gpu], dispatcher=dispatcher, assets=None,
@@ -114,7 +120,6 @@ def test_the_job_created_keeps_its_own_clients_partner_key(tmp_path):
     assert results["first"][1] is True and results["second"][1] is False
     assert context.secrets.get("contested") == {"api_key_comfy_org": "alice's key"}
     dispatcher.stop()
-    store.close()
 
 
 # -- item 15: attempts that end -----------------------------------------------------------------

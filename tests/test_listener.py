@@ -1,15 +1,15 @@
 """The websocket listener's one step: frames in, store changes out (no socket needed)."""
 import json
 
-from comfy.database import Database
 from comfy.gpu import Gpu
 from comfy.jobs import Job, JobStatus
 from comfy.listener import Listener
 from comfy.store import JobStore
+from tests.backends import sqlite_storage
 
 
 def make_listener(tmp_path):
-    store = JobStore(Database(tmp_path / "jobs.sqlite3"))
+    store = JobStore(sqlite_storage(tmp_path).jobs)
     store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f"), b"{}")
     store.release("j", "p")
     asked = []

@@ -13,8 +13,9 @@ from tests.processes import CylindriaProcess
 def process_factory(fakes, tmp_path):
     started = []
 
-    def start():
-        proc = CylindriaProcess(fakes[0].url, tmp_path / "data").start()
+    def start(database: str | None = None):
+        extra = ("--database", database) if database else ()
+        proc = CylindriaProcess(fakes[0].url, tmp_path / "data", extra=extra).start()
         started.append(proc)
         return proc
     yield start
@@ -62,25 +63,26 @@ def test_killed_then_comfy_restarted_too_shows_lost(process_factory, fake):
     assert Api(second.url).wait_status("forgotten", "lost", timeout=10)["error"]["type"] == "lost"
 
 
-def test_crash_between_record_and_post_is_settled_at_start(process_factory, fake, tmp_path):
-    """Rows left `submitting` by a crash: adopted if ComfyUI got the prompt, else dropped."""
+def test_crash_between_record_and_post_is_settled_at_start(process_factory, fake, backend):
+    """Rows left `submitting` by a crash: adopted if ComfyUI got the prompt, else dropped
+    (on every backend)."""
     import time
     import uuid
 
-    from comfy.database import Database
     from comfy.jobs import Job
     from comfy.workflow import fingerprint
 
     got, never = str(uuid.uuid4()), str(uuid.uuid4())
-    db = Database(tmp_path / "data" / "jobs.sqlite3")
+    storage = backend.open()
     for job_id, prompt_id in (("got-it", got), ("never-got-it", never)):
-        db.insert(Job(job_id=job_id, gpu_id=0, prompt_id=prompt_id, submitted_at=time.time(),
-                      fingerprint=fingerprint(workflows.core(job_id))),
-                  json.dumps(workflows.core(job_id)).encode())
-    db.close()
+        storage.jobs.insert(Job(job_id=job_id, gpu_id=0, prompt_id=prompt_id,
+                                submitted_at=time.time(),
+                                fingerprint=fingerprint(workflows.core(job_id))),
+                            json.dumps(workflows.core(job_id)).encode())
+    storage.close()
     requests.post(f"{fake.url}/prompt", json={"prompt": workflows.core("got-it"), "prompt_id": got},
                   timeout=10).raise_for_status()
-    api = Api(process_factory().url)
+    api = Api(process_factory(backend.database).url)
     assert api.wait_status("got-it", "completed")["prompt_id"] == got
     assert api.get("/jobstatus/never-got-it").status_code == 404
     retry = api.put("/startjob/never-got-it", json=workflows.core("never-got-it"))

@@ -1,12 +1,11 @@
 """Retention: finished jobs older than --retention leave memory and the database; unfinished
-jobs never do; the removal counts survive restarts."""
+jobs never do; the removal counts survive restarts (the store-level tests on every backend)."""
 from __future__ import annotations
 
 import time
 
 import pytest
 
-from comfy.database import Database
 from comfy.events import finish
 from comfy.jobs import Job, JobStatus
 from comfy.retention import RetentionSweep
@@ -41,19 +40,15 @@ def add_job(store: JobStore, job_id: str, status: JobStatus, ended_at: float | N
         store.change(job_id, finish(status, when=ended_at))
 
 
-@pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "jobs.sqlite3"
-
-
-def test_the_sweep_removes_only_finished_jobs_older_than_retention(db_path):
+def test_the_sweep_removes_only_finished_jobs_older_than_retention(backend):
     now = time.time()
-    store = JobStore(Database(db_path, 30 * DAY))
+    storage = backend.open(30 * DAY)
+    store = JobStore(storage.jobs)
     add_job(store, "old-done", JobStatus.COMPLETED, now - 40 * DAY)
     add_job(store, "old-failed", JobStatus.FAILED, now - 31 * DAY)
     add_job(store, "recent", JobStatus.COMPLETED, now - 29 * DAY)
     add_job(store, "unfinished", JobStatus.QUEUED, None)
-    sweep = RetentionSweep(store, db_path, 30 * DAY, clock=Clock(now + 365 * DAY))
+    sweep = RetentionSweep(store, storage.jobs, 30 * DAY, clock=Clock(now + 365 * DAY))
     sweep.clock.now = now
     assert sweep.sweep_once() == 2
     assert store.get("old-done") is None and store.get("old-failed") is None
@@ -68,43 +63,40 @@ def test_the_sweep_removes_only_finished_jobs_older_than_retention(db_path):
     assert retired == {(0, JobStatus.COMPLETED): 2, (0, JobStatus.FAILED): 1}
     assert live == {(0, JobStatus.QUEUED): 1}
     sweep.stop()
-    store.close()
+    storage.close()
 
-    reopened = JobStore(Database(db_path, 30 * DAY))
+    reopened = JobStore(backend.open(30 * DAY).jobs)
     assert [job.job_id for job in reopened.jobs()] == ["unfinished"]
-    assert Database(db_path).retired() == retired  # durable, for /metrics across restarts
-    reopened.close()
+    assert backend.open().jobs.retired() == retired  # durable, for /metrics across restarts
 
 
-def test_a_backlog_is_removed_in_bounded_batches(db_path):
-    store = JobStore(Database(db_path, DAY))
+def test_a_backlog_is_removed_in_bounded_batches(backend):
+    storage = backend.open(DAY)
+    store = JobStore(storage.jobs)
     long_ago = time.time() - 10 * DAY
     total = RetentionSweep.BATCH * 2 + 7
     for n in range(total):
         add_job(store, f"j{n}", JobStatus.COMPLETED, long_ago + n)
-    sweep = RetentionSweep(store, db_path, DAY)
+    sweep = RetentionSweep(store, storage.jobs, DAY)
     passes = []
     while (removed := sweep.sweep_once()):
         passes.append(removed)
     assert passes == [RetentionSweep.BATCH, RetentionSweep.BATCH, 7]
     assert list(store.jobs()) == []
     sweep.stop()
-    store.close()
 
 
-def test_expired_rows_are_not_loaded_and_their_ids_can_be_used_again(db_path):
-    store = JobStore(Database(db_path))  # no retention while these are written
-    add_job(store, "reused", JobStatus.COMPLETED, time.time() - 40 * DAY)
-    store.close()
-    store = JobStore(Database(db_path, 30 * DAY))  # a restart with --retention 30d
+def test_expired_rows_are_not_loaded_and_their_ids_can_be_used_again(backend):
+    storage = backend.open()  # no retention while these are written
+    add_job(JobStore(storage.jobs), "reused", JobStatus.COMPLETED, time.time() - 40 * DAY)
+    storage.close()
+    store = JobStore(backend.open(30 * DAY).jobs)  # a restart with --retention 30d
     assert store.get("reused") is None  # expired: never loaded, though its row awaits the sweep
     job, created = store.reserve(Job(job_id="reused", gpu_id=1, prompt_id="p-new", fingerprint="g"), b"{}")
     assert created and job.prompt_id == "p-new"
-    store.close()
-    reopened = JobStore(Database(db_path, 30 * DAY))
+    reopened = JobStore(backend.open(30 * DAY).jobs)
     assert reopened.get("reused").prompt_id == "p-new"
-    assert Database(db_path).retired() == {(0, JobStatus.COMPLETED): 1}
-    reopened.close()
+    assert backend.open().jobs.retired() == {(0, JobStatus.COMPLETED): 1}
 
 
 def test_retention_is_a_duration_with_a_unit():
@@ -159,14 +151,15 @@ def test_metrics_totals_do_not_drop_when_jobs_are_removed(fakes, tmp_path):
         assert 'cylindria_jobs{gpu="0",status="completed"} 0.0' in text
 
 
-def test_assets_no_job_needed_for_the_retention_are_removed(db_path, tmp_path):
+def test_assets_no_job_needed_for_the_retention_are_removed(backend, tmp_path):
     """An asset last needed before the cutoff goes (row and file); one an unfinished job
     refers to stays however old; one needed recently stays."""
     import io
 
     from comfy.assets import AssetStore
-    store = JobStore(Database(db_path, DAY))
-    assets = AssetStore(tmp_path / "assets", db_path, 1024 * 1024)
+    storage = backend.open(DAY)
+    store = JobStore(storage.jobs)
+    assets = AssetStore(tmp_path / "assets", storage.assets, 1024 * 1024)
     old, held, fresh = (assets.add(io.BytesIO(data), name, None)[0]
                         for data, name in ((b"old bytes", "old"), (b"held bytes", "held"),
                                            (b"fresh bytes", "fresh")))
@@ -174,8 +167,8 @@ def test_assets_no_job_needed_for_the_retention_are_removed(db_path, tmp_path):
     assets.use("waiting", "f", [held])
     clock = Clock(time.time() + 2 * DAY)  # two days on: all three unused for more than a day,
     # but a job needed this one half a day ago
-    assets._conn.execute("UPDATE assets SET used_at = ? WHERE id = ?", (clock.now - DAY / 2, fresh.id))
-    sweep = RetentionSweep(store, db_path, DAY, clock=clock, assets=assets)
+    storage.assets.touch(fresh.id, clock.now - DAY / 2)
+    sweep = RetentionSweep(store, storage.jobs, DAY, clock=clock, assets=assets)
     try:
         assert sweep.sweep_assets() == 1
         assert assets.get(old.id) is None and not assets.path(old).exists()
@@ -183,5 +176,3 @@ def test_assets_no_job_needed_for_the_retention_are_removed(db_path, tmp_path):
         assert assets.get(fresh.id) is not None
     finally:
         sweep.stop()
-        assets.close()
-        store.close()

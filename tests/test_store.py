@@ -1,24 +1,22 @@
-"""The job store: write-through persistence, forward-only states, the submit handshake."""
+"""The job store: write-through persistence, forward-only states, the submit handshake
+(on every backend)."""
 import threading
 
 import pytest
 
-from comfy.database import Database
 from comfy.events import finish
 from comfy.jobs import Job, JobStatus
 from comfy.store import JobStore
 
 
 @pytest.fixture
-def db_path(tmp_path):
-    return tmp_path / "jobs.sqlite3"
+def storage(backend):
+    return backend.open()
 
 
 @pytest.fixture
-def store(db_path):
-    store = JobStore(Database(db_path))
-    yield store
-    store.close()
+def store(storage):
+    return JobStore(storage.jobs)
 
 
 def new_job(job_id="job-1", gpu_id=0, prompt_id="p-1") -> Job:
@@ -36,17 +34,16 @@ def test_reserve_records_submitting_and_a_second_reserve_returns_it(store):
     assert not created and again.prompt_id == "p-1"
 
 
-def test_every_state_change_survives_a_reopen(store, db_path):
+def test_every_state_change_survives_a_reopen(store, backend):
     store.reserve(new_job(), b"{}")
     store.release("job-1", "p-1")
     store.change("job-1", queued)
     store.change("job-1", finish(JobStatus.COMPLETED, outputs=[{"node_id": "3", "filename": "a.png",
                                                                 "subfolder": "", "type": "output"}]))
-    reopened = JobStore(Database(db_path))
+    reopened = JobStore(backend.open().jobs)
     job = reopened.get("job-1")
     assert job.status == JobStatus.COMPLETED and job.outputs[0]["filename"] == "a.png"
     assert job.finished_at is not None and reopened.active() == []
-    reopened.close()
 
 
 def test_states_never_move_backwards(store):
@@ -65,11 +62,11 @@ def test_lost_can_still_learn_its_true_outcome(store):
     assert job.status == JobStatus.COMPLETED and job.error is None
 
 
-def test_discard_leaves_nothing_so_a_retry_can_reserve_again(store, db_path):
+def test_discard_leaves_nothing_so_a_retry_can_reserve_again(store, backend):
     store.reserve(new_job(), b"{}")
     store.discard("job-1", "p-1")
     assert store.get("job-1") is None and not store.in_flight("job-1")
-    assert JobStore(Database(db_path)).get("job-1") is None
+    assert JobStore(backend.open().jobs).get("job-1") is None
     assert store.reserve(new_job(), b"{}")[1]
 
 
@@ -115,6 +112,7 @@ def test_settled_active_leaves_out_jobs_whose_post_is_under_way(store):
     assert [j.job_id for j in store.settled_active(0)] == ["b"]
 
 
-def test_instance_id_is_stable(store, db_path):
-    first = store.instance_id("abcd")
-    assert store.instance_id("zzzz") == first == "abcd"
+def test_instance_id_is_stable(storage, backend):
+    first = storage.meta.get("instance_id", "abcd")
+    assert storage.meta.get("instance_id", "zzzz") == first == "abcd"
+    assert backend.open().meta.get("instance_id", "other") == "abcd"

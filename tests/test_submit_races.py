@@ -12,7 +12,6 @@ import threading
 
 import pytest
 
-from comfy.database import Database
 from comfy.gpu import Gpu
 from comfy.jobs import Job, JobStatus
 from comfy.queue import QueueSnapshot
@@ -20,6 +19,7 @@ from comfy.reconcile import Seen, judge
 from comfy.store import JobStore
 from comfy.submit import submit_job
 from comfy.workflow import parse_workflow
+from storage import JobRows
 from tests import workflows
 
 WAIT = 10.0  # seconds any step may take before the test fails instead of hanging
@@ -57,8 +57,8 @@ class DummyComfy:
 class ObservedStore(JobStore):
     """The real store, telling the test when the slow settler's discard has been decided."""
 
-    def __init__(self, db: Database):
-        super().__init__(db)
+    def __init__(self, rows: JobRows):
+        super().__init__(rows)
         self.slow_discarded = threading.Event()
 
     def discard(self, job_id: str, prompt_id: str) -> bool:
@@ -69,10 +69,9 @@ class ObservedStore(JobStore):
 
 
 @pytest.fixture
-def store(tmp_path):
-    store = ObservedStore(Database(tmp_path / "jobs.sqlite3"))
-    yield store
-    store.close()
+def store(backend):
+    """The real store, on every backend."""
+    return ObservedStore(backend.open().jobs)
 
 
 @pytest.fixture

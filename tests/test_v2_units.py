@@ -9,14 +9,15 @@ import sqlite3
 import pytest
 from hypothesis import given, strategies as st
 
-from comfy.database import JOBS_TABLE, Database
 from comfy.events import finish
 from comfy.errors import ComfyTimeout
 from comfy.jobs import Job, JobStatus
 from comfy.store import JobStore
 from comfy.withheld import WithheldSecrets
 from comfy.workflow import WITHHELD, parse_stored, parse_workflow, workflow_of
+from storage.sqlite import JOBS_TABLE
 from tests import workflows
+from tests.backends import sqlite_storage
 from web.results import parse_range, satisfiable
 from web.v2.errors import envelope
 from web.v2.shapes import Shapes, error, output_id, parse_output_id, status
@@ -158,7 +159,7 @@ def test_a_client_cannot_claim_withheld_credentials_it_never_gave():
 def test_withheld_secrets_live_until_their_job_ends(tmp_path):
     """Bound only when the job is created: a retry keeps what the job had, a discarded
     submission leaves none, an ended job needs them no more."""
-    store = JobStore(Database(tmp_path / "jobs.sqlite3"))
+    store = JobStore(sqlite_storage(tmp_path).jobs)
     secrets = WithheldSecrets(store)
     job = Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f")
     store.reserve(job, b"{}", withheld={"api_key_comfy_org": KEY})
@@ -169,7 +170,6 @@ def test_withheld_secrets_live_until_their_job_ends(tmp_path):
     store.release("j", "p")
     store.change("j", finish(JobStatus.COMPLETED))
     assert secrets.get("j") is None and len(secrets) == 0
-    store.close()
 
 
 # -- database ---------------------------------------------------------------------------------
@@ -184,15 +184,13 @@ def test_an_older_database_gets_the_labels_column_and_keeps_its_rows(tmp_path):
                  "held_at) VALUES ('old', 0, 'p', 'f', 'completed', 1.0, 0.5)")
     conn.commit()
     conn.close()
-    db = Database(path)
+    db = sqlite_storage(tmp_path).jobs
     [job] = db.load()
     assert job.job_id == "old" and job.status is JobStatus.COMPLETED and job.labels is None
     db.insert(Job(job_id="new", gpu_id=None, prompt_id=None, fingerprint="f", status=JobStatus.HELD,
                   submitted_at=2.0, held_at=2.0, auto=True, labels={"team": "a"}), b"{}")
-    db.close()
-    reopened = Database(path)
+    reopened = sqlite_storage(tmp_path).jobs
     assert {job.job_id: job.labels for job in reopened.load()} == {"old": None, "new": {"team": "a"}}
-    reopened.close()
 
 
 # -- output sizes: asked of ComfyUI while a client waits -----------------------------------------

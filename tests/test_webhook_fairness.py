@@ -11,10 +11,10 @@ import time
 import pytest
 
 import webhooks.sender as sender_module
-from comfy.database import Database
 from comfy.events import finish
 from comfy.jobs import Job, JobStatus
 from comfy.store import JobStore
+from tests.backends import sqlite_storage
 from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
@@ -116,8 +116,9 @@ def test_one_clients_hanging_receivers_do_not_hold_back_another_clients_event(
 
 def hooked(path, *events: tuple[str, str]) -> tuple[JobStore, Outbox]:
     """A store and its outbox with one due event per (client, webhook URL), in this order."""
-    store = JobStore(Database(path))
-    outbox = Outbox(path, lambda job: {"job_id": job.job_id})
+    storage = sqlite_storage(path)
+    store = JobStore(storage.jobs)
+    outbox = Outbox(storage.outbox, lambda job: {"job_id": job.job_id})
     store.commit_with(outbox.rows_for)
     for n, (client, hook) in enumerate(events):
         store.reserve(Job(job_id=f"j{n}", gpu_id=0, prompt_id=f"p{n}", fingerprint="f",
@@ -148,7 +149,7 @@ def stuck(tmp_path):
     made = []
 
     def make(*events):
-        store, outbox = hooked(tmp_path / "jobs.sqlite3", *events)
+        store, outbox = hooked(tmp_path, *events)
         sender = Stuck(outbox)
         made.append((store, outbox, sender))
         return sender
@@ -156,8 +157,6 @@ def stuck(tmp_path):
     for store, outbox, sender in made:
         sender.release.set()
         sender.stop(timeout=10)
-        outbox.close()
-        store.close()
 
 
 def test_a_client_alone_leaves_workers_free_for_the_next_client(stuck):

@@ -1,29 +1,33 @@
 """The webhook outbox's rows and the retry schedule, as plain logic: an event is committed with
-the status change that causes it, or not at all."""
+the status change that causes it, or not at all (on every backend)."""
 from __future__ import annotations
 
 import sqlite3
 import time
 
+import psycopg
 import pytest
 
-from comfy.database import Database
 from comfy.events import finish, finish_from_history, start_running
 from comfy.jobs import Job, JobStatus
 from comfy.retention import RetentionSweep
 from comfy.store import JobStore
+from storage import OutboxRow
 from webhooks.outbox import Outbox, shown_url
 from webhooks.schedule import DELAYS, GIVE_UP_AFTER, JITTER, next_try
 
 
 @pytest.fixture
-def path(tmp_path):
-    return tmp_path / "jobs.sqlite3"
+def path(backend):
+    """Where the test's store lives (the name the tests were written with)."""
+    return backend
 
 
-def stored(path, outbox_render=lambda job: {"job_id": job.job_id, "status": job.status.public}):
-    store = JobStore(Database(path))
-    outbox = Outbox(path, outbox_render)
+def stored(backend, outbox_render=lambda job: {"job_id": job.job_id, "status": job.status.public},
+           retention=None):
+    storage = backend.open(retention)
+    store = JobStore(storage.jobs)
+    outbox = Outbox(storage.outbox, outbox_render)
     store.commit_with(outbox.rows_for)
     return store, outbox
 
@@ -63,13 +67,15 @@ def test_an_event_that_cannot_be_written_takes_the_status_change_with_it(path):
     """The same transaction: when the event's INSERT fails, the change is not committed."""
     store, outbox = stored(path)
     queued_job(store)
-    store.commit_with(lambda old, new: [("INSERT INTO no_such_table VALUES (?)", (1,))])
-    with pytest.raises(sqlite3.OperationalError):
+    twice = OutboxRow("msg_twice", "j", "http://receiver.example/h", "job.started", b"{}", 1.0,
+                      due_at=1.0)
+    store.commit_with(lambda old, new: [twice, twice])  # the second breaks the primary key
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
         store.change("j", running)
-    store.close()
-    reopened = JobStore(Database(path))
-    assert reopened.get("j").status is JobStatus.QUEUED
-    assert Outbox(path, lambda job: {}).depth() == 0
+    assert store.get("j").status is JobStatus.QUEUED  # not published either
+    reopened = path.open()
+    assert JobStore(reopened.jobs).get("j").status is JobStatus.QUEUED
+    assert reopened.outbox.depth() == 0
 
 
 def test_settled_events_sum_up_in_the_view(path):
@@ -163,52 +169,24 @@ def test_a_job_that_never_ran_sends_only_its_end(path):
 def test_the_retention_sweep_takes_a_jobs_settled_events_with_it_and_delivers_a_pending_one(path):
     """Settled events leave in the sweep's transaction with their job; one still due is not
     lost with it: it is tried on (the contract's day of retries), and goes once settled."""
-    store, outbox = stored(path)
     day = 86400.0
+    store, outbox = stored(path, retention=day)
     for job_id in ("settled", "pending"):
         queued_job(store, job_id)
         store.change(job_id, finish(JobStatus.COMPLETED, when=time.time() - 2 * day))
     settled, pending = outbox.due(float("inf"), 10)
     outbox.delivered(settled.id, time.time())
-    sweep = RetentionSweep(store, path, day)
+    events = path.open().outbox
+    sweep = RetentionSweep(store, path.open(day).jobs, day)
     try:
         assert sweep.sweep_once() == 2 and store.get("pending") is None
-        assert rows(path) == [pending.id]
+        assert events.of_job("settled", settled.url) == []
+        assert [e.id for e in events.of_job("pending", pending.url)] == [pending.id]
         assert [e.id for e in outbox.due(float("inf"), 10)] == [pending.id]
         outbox.delivered(pending.id, time.time())  # its job is gone: nothing else would remove it
-        assert rows(path) == []
+        assert events.of_job("pending", pending.url) == []
     finally:
         sweep.stop()
-        outbox.close()
-        store.close()
-
-
-def rows(path) -> list[str]:
-    """The ids of every event in the outbox, settled or not."""
-    with sqlite3.connect(str(path)) as conn:
-        return [row[0] for row in conn.execute("SELECT id FROM webhook_outbox")]
-
-
-def test_an_outbox_written_before_events_knew_their_client_gets_it_from_the_job(path):
-    """A data dir of an earlier Cylindria: its pending event is shared as its job's client's."""
-    store = JobStore(Database(path))
-    store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f",
-                      webhook="http://receiver.example/h", submitted_by="bob"), b"{}")
-    store.close()
-    with sqlite3.connect(str(path)) as conn:
-        conn.execute("CREATE TABLE webhook_outbox (id TEXT PRIMARY KEY, job_id TEXT NOT NULL, "
-                     "url TEXT NOT NULL, event TEXT NOT NULL, body BLOB NOT NULL, created_at "
-                     "REAL NOT NULL, due_at REAL, attempts INTEGER NOT NULL DEFAULT 0, "
-                     "last_error TEXT, delivered_at REAL, given_up_at REAL)")
-        conn.execute("INSERT INTO webhook_outbox (id, job_id, url, event, body, created_at, due_at)"
-                     " VALUES ('old', 'j', 'http://receiver.example/h', 'job.started', x'7b7d', 1, 1)")
-    outbox = Outbox(path, lambda job: {})
-    try:
-        [event] = outbox.due(float("inf"), 10)
-        assert (event.id, event.client) == ("old", "bob")
-        assert outbox.due(float("inf"), 10, clients={"bob"}) == []
-    finally:
-        outbox.close()
 
 
 def test_each_event_carries_its_jobs_client(path):

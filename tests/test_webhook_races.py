@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import threading
 
-from comfy.database import Database
 from comfy.events import finish
 from comfy.jobs import Job, JobStatus
 from comfy.store import JobStore
+from tests.backends import sqlite_storage
 from tests.webhook_receiver import Receiver
 from webhooks.outbox import Outbox
 from webhooks.sender import WebhookSender
@@ -18,9 +18,9 @@ def test_an_event_whose_outcome_is_being_recorded_is_not_picked_again(tmp_path):
     """A pass that runs while a delivered event's outcome is written must not see it as
     still due and send it a second time (the event stays "being tried" until recorded)."""
     receiver = Receiver().start()
-    path = tmp_path / "jobs.sqlite3"
-    store = JobStore(Database(path))
-    outbox = Outbox(path, lambda job: {"job_id": job.job_id})
+    storage = sqlite_storage(tmp_path)
+    store = JobStore(storage.jobs)
+    outbox = Outbox(storage.outbox, lambda job: {"job_id": job.job_id})
     store.commit_with(outbox.rows_for)
     store.reserve(Job(job_id="j", gpu_id=0, prompt_id="p", fingerprint="f",
                       webhook=f"{receiver.url}/h"), b"{}")
@@ -46,5 +46,3 @@ def test_an_event_whose_outcome_is_being_recorded_is_not_picked_again(tmp_path):
     finally:
         go_on.set()
         receiver.stop()
-        outbox.close()
-        store.close()

@@ -13,10 +13,10 @@ from contextlib import contextmanager
 import pytest
 
 import webhooks.sender as sender_module
-from comfy.database import Database
 from comfy.events import finish
 from comfy.jobs import Job, JobStatus
 from comfy.store import JobStore
+from tests.backends import sqlite_storage
 from webhooks.address import Target
 from webhooks.outbox import Outbox
 from webhooks.sender import PER_RECEIVER, WebhookSender
@@ -34,8 +34,9 @@ def add_hooked(store: JobStore, job_id: str, hook: str) -> None:
 
 def hooked_jobs(path, *hooks: str) -> tuple[JobStore, Outbox]:
     """A store and its outbox with one due event per webhook URL, in this order."""
-    store = JobStore(Database(path))
-    outbox = Outbox(path, lambda job: {"job_id": job.job_id})
+    storage = sqlite_storage(path)
+    store = JobStore(storage.jobs)
+    outbox = Outbox(storage.outbox, lambda job: {"job_id": job.job_id})
     store.commit_with(outbox.rows_for)
     for n, hook in enumerate(hooks):
         add_hooked(store, f"j{n}", hook)
@@ -134,7 +135,7 @@ def _read_request(requests) -> bool:
 
 @pytest.fixture
 def path(tmp_path):
-    return tmp_path / "jobs.sqlite3"
+    return tmp_path
 
 
 def test_an_outcome_the_database_refuses_is_logged_and_that_event_waits_before_its_next_try(
@@ -157,8 +158,6 @@ def test_an_outcome_the_database_refuses_is_logged_and_that_event_waits_before_i
         assert outbox.depth() == 0
     finally:
         sender.stop()
-        outbox.close()
-        store.close()
 
 
 def test_the_thread_lives_through_sql_errors_in_every_part_of_its_loop(path):
@@ -176,8 +175,6 @@ def test_the_thread_lives_through_sql_errors_in_every_part_of_its_loop(path):
         assert sender._thread.is_alive()
     finally:
         sender.stop()
-        outbox.close()
-        store.close()
 
 
 @pytest.mark.parametrize("one_url", [True, False], ids=["one-url", "a-url-per-job"])
@@ -203,8 +200,6 @@ def test_a_receivers_backlog_does_not_hold_back_another_receivers_events(path, m
     finally:
         release.set()
         sender.stop(timeout=10)
-        outbox.close()
-        store.close()
 
 
 @pytest.fixture
@@ -223,8 +218,6 @@ def sending_to(path, receiver: Stalling, scheme: str = "http", **options):
         yield store, outbox, sender
     finally:
         sender.stop()
-        outbox.close()
-        store.close()
 
 
 def test_a_try_is_cut_off_at_its_deadline_however_slowly_the_receiver_drips(path, hour_timeouts):
@@ -286,15 +279,11 @@ def test_connection_pools_are_capped_least_recently_used_first_and_closed_at_sto
 
     def target(address: str) -> Target:
         return Target(f"http://{address}/h", "http", address, 80, (address,))
-    try:
-        a = sender._pool(target("192.0.2.1"))
-        b = sender._pool(target("192.0.2.2"))
-        assert sender._pool(target("192.0.2.1")) is a  # used again: now the most recent
-        c = sender._pool(target("192.0.2.3"))
-        assert b.pool is None and a.pool is not None and c.pool is not None  # b closed
-        assert len(sender._pools) == 2
-        sender.stop()
-        assert a.pool is None and c.pool is None and not sender._pools
-    finally:
-        outbox.close()
-        store.close()
+    a = sender._pool(target("192.0.2.1"))
+    b = sender._pool(target("192.0.2.2"))
+    assert sender._pool(target("192.0.2.1")) is a  # used again: now the most recent
+    c = sender._pool(target("192.0.2.3"))
+    assert b.pool is None and a.pool is not None and c.pool is not None  # b closed
+    assert len(sender._pools) == 2
+    sender.stop()
+    assert a.pool is None and c.pool is None and not sender._pools

@@ -16,6 +16,7 @@ from comfy.tracker import Tracker
 from comfy.watch import JobWatch
 from comfy.withheld import WithheldSecrets
 from config.options import Config
+from storage import Storage
 from web.auth import KeySetup
 from web.errors import error_response
 from webhooks.wiring import Webhooks
@@ -39,16 +40,17 @@ class Context:
     webhooks: Webhooks
     models: ModelCatalogue
     output_sizes: OutputSizes = field(default_factory=OutputSizes)
+    storage: Storage | None = None  # the store of record the stores above write to
 
     def close(self) -> None:
-        """Stop dispatching, tracking and the retention sweep, and close the store."""
+        """Stop dispatching, tracking and the retention sweep, then close the storage."""
         self.watch.close()
         self.dispatcher.stop()
         self.tracker.stop()
         self.retention.stop()
         self.webhooks.close()
-        self.store.close()
-        self.assets.close()
+        if self.storage is not None:
+            self.storage.close()
 
 
 def ctx() -> Context:

@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from comfy.cancel import CancelRaced
 from comfy.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyUnreachable
 from comfy.workflow import WorkflowError
+from storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +91,13 @@ def _comfy_error(exc: ComfyError):
     return error_response(502, "comfy_bad_response", f"ComfyUI{gpu} failed")
 
 
+def _database_unavailable(exc: StorageUnavailable):
+    """The store of record cannot be reached: nothing was accepted, the client retries."""
+    return error_response(503, "database_unavailable",
+                          "Cylindria's database cannot be reached; nothing was accepted, "
+                          "try again shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def _unexpected(exc: Exception):
     """A bug: the traceback goes to the log, the client gets a plain 500."""
     logger.exception("unhandled error while serving a request")
@@ -103,6 +111,7 @@ def init_app(app: Flask) -> None:
     app.register_error_handler(
         WorkflowError, lambda e: error_response(400, e.code, e.message, e.details))
     app.register_error_handler(ComfyError, _comfy_error)
+    app.register_error_handler(StorageUnavailable, _database_unavailable)
     app.register_error_handler(CancelRaced, lambda e: error_response(
         503, "comfy_unreachable", str(e), headers={"Retry-After": "1"}))
     app.register_error_handler(HTTPException, _http_error)

@@ -10,8 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import NotFound
 
-from comfy.database import NO_GPU
 from comfy.jobs import FINISHED, Job, JobStatus
+from storage import StorageUnavailable
+from storage.records import NO_GPU
 from web.auth import ENVIRON_CLIENT, current_client
 
 bp = Blueprint("meta", __name__)
@@ -73,9 +74,13 @@ class StateCollector:
             family = CounterMetricFamily(f"cylindria_webhook_{name}", text)
             family.add_metric([], sender.counts[name])
             yield family
+        try:
+            waiting = self.context.webhooks.outbox.depth()
+        except StorageUnavailable:  # a scrape during an outage: the gauge is left out
+            return
         depth = GaugeMetricFamily("cylindria_webhook_outbox_depth",
                                   "Webhook events not yet delivered nor given up")
-        depth.add_metric([], self.context.webhooks.outbox.depth())
+        depth.add_metric([], waiting)
         yield depth
 
     def _queue_families(self, counts):

@@ -19,15 +19,16 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "headers_too_large", "internal_error", "starting", "queue_full",
                "too_many_streams", "too_many_downloads", "asset_not_found", "asset_in_use",
                "asset_too_large", "invalid_asset", "invalid_webhook", "folder_not_found",
-               "file_not_allowed"]
+               "file_not_allowed", "database_unavailable"]
 ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
               405: "Method not allowed", 409: "Conflict with the job's state",
               413: "Body too large",
               429: "too_many_requests: --rate-limit spent, or too many failed authentications; "
                    "too_many_downloads: this client's --max-downloads-per-client in flight",
               502: "ComfyUI answered something unusable",
-              503: "ComfyUI cannot be reached (comfy_unreachable), or Cylindria is still "
-                   "reconciling after a start (starting)"}
+              503: "ComfyUI cannot be reached (comfy_unreachable), Cylindria's database cannot "
+                   "be reached (database_unavailable: nothing was accepted), or Cylindria is "
+                   "still reconciling after a start (starting)"}
 # Every 429 and 503 error says when to try again.
 
 
@@ -226,7 +227,9 @@ SCHEMAS = {
                   "description": "Cylindria's own queue; full: /ready answers 503",
                   "properties": {"held": {"type": "integer", "minimum": 0},
                                  "max_queued": {"type": "integer", "minimum": 1},
-                                 "full": {"type": "boolean"}}}}},
+                                 "full": {"type": "boolean"}}},
+        "database": {"type": "string", "enum": ["ok", "unavailable"],
+                     "description": "whether the store of record answers; unavailable: 503"}}},
     "Asset": {"type": "object", "required": ["id", "hash", "name", "size_bytes", "content_type",
                                              "created_at"], "properties": {
         "id": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
@@ -375,11 +378,13 @@ def _paths(gpus: int) -> dict:
                 **_errors(404)}}},
         "/health": {"get": {"summary": "The process is alive", "security": [],
                             "responses": {"200": _json("Health", "Alive")}}},
-        "/ready": {"get": {"summary": "Reconciled, at least one GPU reachable, and room in "
-                                      "Cylindria's queue", "security": [],
+        "/ready": {"get": {"summary": "Reconciled, at least one GPU reachable, room in "
+                                      "Cylindria's queue, and its database answering",
+                           "security": [],
                            "responses": {"200": _json("Ready", "Ready"),
                                          "503": _json("Ready", "Still reconciling, no GPU "
-                                                      "reachable, or Cylindria's queue full")}}},
+                                                      "reachable, Cylindria's queue full, or "
+                                                      "its database unreachable")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
             "200": {"description": "Text format", "content": {"text/plain": {"schema": {"type": "string"}}}},
             **_errors()}}},

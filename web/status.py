@@ -36,15 +36,17 @@ def health():
 
 @bp.get("/ready")
 def ready():
-    """200 when at least one GPU's ComfyUI is reachable (as the tracker last saw it) and
-    Cylindria's queue has room, else 503 (a load balancer then sends work elsewhere)."""
+    """200 when at least one GPU's ComfyUI is reachable (as the tracker last saw it),
+    Cylindria's queue has room and its database answers, else 503 (a load balancer then
+    sends work elsewhere)."""
     context = ctx()
     gpus = [{"gpu_id": gpu.index, "reachable": gpu.reachable is True,
              "websocket": "connected" if gpu.websocket_connected else "disconnected"}
             for gpu in context.gpus]
     reconciled = context.tracker.reconciled.is_set()
     held, limit = context.store.held(), context.config.max_queued
-    ok = reconciled and any(gpu["reachable"] for gpu in gpus) and held < limit
+    database = context.storage is None or context.storage.ping()
+    ok = reconciled and any(gpu["reachable"] for gpu in gpus) and held < limit and database
     return jsonify({"ready": ok, "reconciling": not reconciled, "gpus": gpus,
-                    "queue": {"held": held, "max_queued": limit, "full": held >= limit}}), \
-        200 if ok else 503
+                    "queue": {"held": held, "max_queued": limit, "full": held >= limit},
+                    "database": "ok" if database else "unavailable"}), 200 if ok else 503

@@ -28,6 +28,7 @@ import certifi
 import urllib3
 from standardwebhooks.webhooks import Webhook
 
+from storage import StorageUnavailable
 from webhooks.address import InvalidWebhook, Target, check_webhook
 from webhooks.outbox import Event, Outbox, shown_url
 from webhooks.schedule import DELAYS, GIVE_UP_AFTER, next_try
@@ -125,6 +126,8 @@ class WebhookSender:
             try:
                 started = self.deliver_once(wait=False)
                 pause = self._idle(blocked=not started)
+            except StorageUnavailable:  # logged once by the storage; asks again later
+                pause = self.tick
             except Exception:  # a locked or full database: the thread lives on, asks again later
                 logger.exception("webhook delivery pass failed")
                 pause = self.tick
@@ -230,6 +233,10 @@ class WebhookSender:
             if error is not None and self._stop.is_set():
                 return False  # cut short by stop(): not the receiver's failure, and still due
             return self._record(event, error)
+        except StorageUnavailable:  # logged once by the storage; the event stays due
+            with self._lock:
+                self._held[event.id] = self.clock() + HOLD_AFTER_DB_ERROR
+            return False
         except Exception:  # its outcome is not written (a locked or full database): were it
             # picked again at once, it would be POSTed in a tight loop
             with self._lock:

@@ -7,6 +7,7 @@ from typing import Callable
 
 from comfy.jobs import Job
 from comfy.store import JobStore
+from storage import OutboxRows
 from webhooks.address import Target, check_webhook, comfy_endpoints
 from webhooks.host import HostAddresses
 from webhooks.outbox import Outbox
@@ -18,14 +19,14 @@ class Webhooks:
     """What the app holds: built with the store (before any job changes), started with the
     server, stopped before the store closes."""
 
-    def __init__(self, store: JobStore, db_path: Path, render: Callable[[Job], dict], *,
+    def __init__(self, store: JobStore, rows: OutboxRows, render: Callable[[Job], dict], *,
                  data_dir: Path, secret_file: Path | None, comfy_base_url: str, gpus: int,
                  allow_private: bool, delays: tuple, give_up_after: float):
         self.secret: WebhookSecret = load_secret(data_dir, secret_file)
         self.allow_private = allow_private
         self.comfy = comfy_endpoints(comfy_base_url, gpus)
         self.host = HostAddresses()  # read at the first check, not at start
-        self.outbox = Outbox(db_path, render)
+        self.outbox = Outbox(rows, render)
         store.commit_with(self.outbox.rows_for)
         store.observe(self.outbox.observed)
         self.sender = WebhookSender(self.outbox, self.secret.secret, allow_private=allow_private,
@@ -48,6 +49,5 @@ class Webhooks:
         self.sender.stop(timeout)
 
     def close(self) -> None:
-        """Stop sending and close the outbox's connection."""
+        """Stop sending (the outbox's rows close with the storage)."""
         self.sender.stop(0.1)
-        self.outbox.close()
