@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 from types import SimpleNamespace
 
 import pytest
@@ -18,7 +19,6 @@ from tests import workflows
 from service.server import Service
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api
-from tests.postgres_cluster_h12 import PostgresCluster
 from tests.processes import ROOT, CylindriaProcess, terminate
 
 HOST = socket.gethostname()
@@ -147,11 +147,12 @@ def test_another_process_holding_the_data_dir_is_named_and_its_death_frees_it(tm
         other.close()
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL cluster for this file's tests."""
-    with PostgresCluster() as cluster:
-        yield cluster
+@pytest.fixture
+def postgres(postgres_cluster):
+    """A fresh database on the run's throwaway PostgreSQL (tests/postgres.py)."""
+    name = f"lock_{uuid.uuid4().hex[:12]}"
+    yield SimpleNamespace(url=postgres_cluster.create_database(name))
+    postgres_cluster.drop_database(name)
 
 
 def test_a_node_name_is_one_holder_at_a_time(postgres):
