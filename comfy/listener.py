@@ -135,8 +135,8 @@ class Listener:
         if self._ws is not None and ws is not None and ws is not self._ws:
             return
         self._backoff = self.backoff_initial
+        self.connects += 1  # first: whoever sees the flag turn true must find this connect counted
         self.gpu.set_websocket(True)
-        self.connects += 1
         self.on_change(self.gpu.index)
 
     def handle_frame(self, ws, data, opcode=websocket.ABNF.OPCODE_TEXT, fin=True) -> None:

@@ -76,32 +76,41 @@ def test_an_auto_job_is_held_then_sent_with_its_own_prompt(tmp_path, fakes):
 
 
 def test_mixed_lengths_never_idle_a_gpu_while_jobs_are_held(tmp_path, fakes):
-    """10 jobs of mixed lengths over 2 GPUs: whenever a GPU ends a job while jobs are still
-    held, it still has one to run; no ComfyUI ever holds more than --gpu-queue-depth."""
-    for fake in fakes:
-        fake.hold = True
-    with serve(fakes, tmp_path, gpu_queue_depth=2) as service:
-        api = Api(service.url)
+    """10 jobs over 2 GPUs, ended one at a time in an uneven order (as mixed lengths end):
+    each end sends a held job to that GPU at once (the dispatcher's periodic pass and the
+    poller are an hour away), so whenever a GPU ends a job while jobs are held, it still has one to run; no
+    ComfyUI ever holds more than --gpu-queue-depth. The test decides when each prompt ends
+    (a timed race between a refill and the GPU's next end failed on a loaded machine)."""
+    gates = [threading.Semaphore(0) for _ in fakes]
+    for fake, gate in zip(fakes, gates):
+        fake.hold, fake.end_gate = True, gate
+    with serve(fakes, tmp_path, gpu_queue_depth=2, poll_interval=3600.0) as service:
+        api, store = Api(service.url), service.context.store
         wait_reachable(service, 0, 1)
+        service.context.dispatcher.tick = 3600.0  # with the poll: nothing but the ends refills
         timeline = Timeline(service)
-        # x0.05 at the tests' time scale: >= 0.4 s, so a refill (milliseconds) lands before the
-        # GPU's next end even on a loaded CI machine (at >= 0.2 s, CI once saw it land after)
-        seconds = [20, 8, 8, 16, 10, 8, 20, 12, 8, 10]
-        ids = [f"mix-{n}" for n in range(len(seconds))]
-        for job_id, length in zip(ids, seconds):
+        ids = [f"mix-{n}" for n in range(10)]
+        for job_id in ids:
             assert api.put(f"/startjob/{job_id}?GpuId=auto",
-                           json=workflows.slow(length, steps=2, prefix=job_id)).status_code == 201
-        wait_for(lambda: service.context.store.held() == 6, message="4 sent, 6 held")
+                           json=workflows.slow(1, steps=2, prefix=job_id)).status_code == 201
+        wait_for(lambda: store.held() == 6, message="4 sent, 6 held")
         for fake in fakes:
             fake.hold = False
+        order = [0, 1, 1, 0, 0, 0, 1, 0, 0, 1]  # the 6 refills go where the ends were
+        for n, gpu in enumerate(order):
+            gates[gpu].release()
+            wait_for(lambda: len(timeline.at_ends) == n + 1, message=f"end {n + 1} on GPU {gpu}")
+            wait_for(lambda: store.held() == 0 or store.unfinished_per_gpu()[gpu] == 2,
+                     message=f"a held job sent to GPU {gpu} after its end")
         for job_id in ids:
             assert api.wait_status(job_id, "completed")["attempts"] == 1
+    assert [gpu for gpu, _, _ in timeline.at_ends] == order
     assert max(timeline.most.values()) <= 2
     for gpu, held, per_gpu in timeline.at_ends:
         assert held == 0 or per_gpu.get(gpu, 0) >= 1, (gpu, held, per_gpu)
     sent = prompts_on(fakes[0]) + prompts_on(fakes[1])
     assert len(sent) == len(set(sent)) == 10
-    assert {len(prompts_on(f)) for f in fakes} != {10, 0}  # both GPUs worked
+    assert [len(prompts_on(f)) for f in fakes] == [6, 4]
 
 
 def test_higher_priority_goes_first_equal_priorities_keep_arrival_order(tmp_path, fakes):

@@ -4,6 +4,7 @@ import time
 
 import requests
 
+from comfy.gpu import Gpu
 from comfy.status import iso_time
 from service.server import Service
 from tests import workflows
@@ -143,6 +144,26 @@ def test_a_job_waiting_in_a_quiet_queue_does_not_look_like_a_deaf_socket(api, se
     api.put("/startjob/quiet", json=workflows.core("quiet"))
     time.sleep(4.0)  # past DEAF_AFTER and a few watchdog rounds
     assert listener.connects == connects and listener.gpu.websocket_connected
+
+
+def test_a_socket_shown_connected_has_its_connect_counted(fakes, tmp_path, monkeypatch):
+    """Whoever sees `websocket_connected` turn true finds that connect in `listener.connects`
+    already (a test read 0 there on a busy machine: the flag was set before the count moved).
+    The reader is run inside the setter, right after the flag turns, before the listener goes on."""
+    seen = []
+    set_websocket = Gpu.set_websocket
+
+    def set_and_read(gpu, connected):
+        set_websocket(gpu, connected)
+        if connected:
+            seen.append(listeners[gpu.index].connects)
+
+    monkeypatch.setattr(Gpu, "set_websocket", set_and_read)
+    service = Service(make_config(fakes, tmp_path))
+    listeners = service.context.tracker.listeners
+    with service:
+        wait_for(lambda: len(seen) >= len(listeners), message="every websocket connected")
+    assert 0 not in seen
 
 
 def test_a_job_sent_right_after_comfy_came_back_is_followed_at_once(fakes, tmp_path):

@@ -82,6 +82,11 @@ class Executor:
         task_id, item = self.queue.take()
         await PromptRun(self, task_id, item).execute()
 
+    async def end_permit(self) -> None:
+        """Before a prompt reports its end: one of `end_gate`'s permits, if a test set one."""
+        while (gate := self.knobs.end_gate) is not None and not gate.acquire(blocking=False):
+            await self._nap()
+
     async def _nap(self) -> None:
         """Sleep up to POLL, less if woken. Not wait_for: on 3.11 it can swallow a cancel."""
         self.wake.clear()
@@ -160,6 +165,7 @@ class PromptRun:
         cached = [n for n in self.prompt if self.executor.cache.get(self.sigs[n]) is not None]
         self.add_message("execution_cached", {"nodes": cached, "prompt_id": self.prompt_id}, False)
         success = await self._run_nodes()
+        await self.executor.end_permit()
         if success:
             self.add_message("execution_success", {"prompt_id": self.prompt_id}, False)
         self._finish(success)

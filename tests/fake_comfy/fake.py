@@ -77,6 +77,7 @@ class FakeComfy:
     ws_silent = _knob("ws_silent", bool)
     http_delay = _knob("http_delay", float)
     ignore_prompt_id = _knob("ignore_prompt_id", bool)
+    end_gate = _knob("end_gate", lambda gate: gate)
     time_scale = _knob("time_scale", float)
     costs = _knob("costs", _costs)
     models = _knob("models", _models)

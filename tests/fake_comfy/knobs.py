@@ -17,6 +17,9 @@ class Knobs:
     ws_silent: bool = False
     http_delay: float = 0.0
     ignore_prompt_id: bool = False
+    # When set, a prompt that has run its nodes reports its end only after taking one permit:
+    # a test then decides when each prompt ends, whatever the machine's load.
+    end_gate: threading.Semaphore | None = None
     costs: dict[str, float] | None = None  # route key -> seconds (costs.py); None: no cost
     # folder -> file names GET /models/{folder} lists, over the defaults (server.model_files)
     models: dict[str, tuple[str, ...]] = field(default_factory=dict)
