@@ -16,9 +16,20 @@ from tests.postgres import PostgresCluster
 TIME_SCALE = 0.05  # the fake's node sleeps shrink to 5 %: a 4 s "slow" node takes 0.2 s
 
 
+SOAK_TIMEOUT = 1800  # seconds: a --soak test's hang guard (300 fuzz examples per operation
+# take minutes on a loaded 2-core machine, past pytest.ini's 180 s meant for the short forms)
+
+
 def pytest_addoption(parser):
     parser.addoption("--soak", action="store_true", default=False,
                      help="run the long load/fault runs (60 s and more) instead of their short form")
+
+
+def pytest_collection_modifyitems(config, items):
+    """With --soak, every test's hang guard is SOAK_TIMEOUT: the long runs are long by design."""
+    if config.getoption("--soak"):
+        for item in items:
+            item.add_marker(pytest.mark.timeout(SOAK_TIMEOUT))
 
 
 @pytest.fixture
