@@ -74,3 +74,17 @@ class Api:
         wanted = {wanted} if isinstance(wanted, str) else set(wanted)
         return wait_for(lambda: (lambda j: j if j.get("status") in wanted else None)(
             self.status(job_id)), timeout, message=f"{job_id} to be {wanted}")
+
+
+def lose_a_finished_job(service, fake, api: "Api", job_id: str) -> None:
+    """Submit `job_id` (pinned to GPU 0, `fake`), let ComfyUI finish it, then stop that ComfyUI
+    before Cylindria learns the end (no websocket, no poll): the next poll finds it `lost`,
+    though ComfyUI's history (kept over a restart with keep_state) says it completed."""
+    from tests import workflows
+    api.put(f"/startjob/{job_id}", json=workflows.core(job_id))
+    wait_for(lambda: fake.prompts_received() and requests.get(
+        f"{fake.url}/history/{fake.prompts_received()[0]}", timeout=5).json())
+    fake.stop()
+    service.context.tracker.poller.request(0)
+    api.wait_status(job_id, "lost")
+

@@ -2,13 +2,12 @@
 later found completed, moves no count down (Prometheus would read a reset)."""
 from __future__ import annotations
 
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
-from tests.helpers import Api, wait_for
+from tests.helpers import Api, lose_a_finished_job
 
 COUNTERS = ("cylindria_jobs_submitted", "cylindria_jobs_finished")
 
@@ -49,12 +48,7 @@ def test_a_lost_job_found_completed_moves_no_counter_down(fakes, tmp_path):
     config = make_config(fakes, tmp_path, poll_interval=3600, websocket=False, max_attempts=1)
     with Service(config) as service:
         api = Api(service.url)
-        api.put("/startjob/back", json=workflows.core("back"))
-        wait_for(lambda: fakes[0].prompts_received() and requests.get(
-            f"{fakes[0].url}/history/{fakes[0].prompts_received()[0]}", timeout=5).json())
-        fakes[0].stop()
-        service.context.tracker.poller.request(0)
-        api.wait_status("back", "lost")
+        lose_a_finished_job(service, fakes[0], api, "back")
         lost = counters(api)
         assert lost[("cylindria_jobs_finished_total", (("gpu", "0"), ("status", "lost")))] == 1
         fakes[0].restart(keep_state=True)

@@ -9,7 +9,7 @@ from comfy.status import iso_time
 from service.server import Service
 from tests import workflows
 from tests.conftest import make_config
-from tests.helpers import Api, wait_for
+from tests.helpers import Api, lose_a_finished_job, wait_for
 
 
 def watch(api, job_id, until=("completed", "failed", "cancelled", "lost"), timeout=30):
@@ -116,12 +116,7 @@ def test_lost_job_gets_its_true_end_when_comfy_returns_with_history(fakes, tmp_p
     config = make_config(fakes, tmp_path, poll_interval=3600, websocket=False, max_attempts=1)
     with Service(config) as service:
         api = Api(service.url)
-        api.put("/startjob/back", json=workflows.core("back"))
-        wait_for(lambda: fakes[0].prompts_received() and requests.get(
-            f"{fakes[0].url}/history/{fakes[0].prompts_received()[0]}", timeout=5).json())
-        fakes[0].stop()
-        service.context.tracker.poller.request(0)
-        api.wait_status("back", "lost")
+        lose_a_finished_job(service, fakes[0], api, "back")
         fakes[0].restart(keep_state=True)
         service.context.tracker.poller.request(0)
         assert api.wait_status("back", "completed")["outputs"]
