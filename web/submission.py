@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from functools import partial
 
 from flask import request
 
@@ -56,10 +57,9 @@ def check_file_inputs(context, job_id: str, workflow: Workflow, gpu_id: int | No
     """400 file_not_allowed for an input naming a path outside ComfyUI's folders, or, for an
     own client, a file input naming anything but its own assets and its own jobs' outputs."""
     client = current_client()
-    own_output = None
+    own_output = None  # any key but an own one may name any file in ComfyUI's folders
     if client is not None and client.own:
-        def own_output(subfolder: str, filename: str) -> bool:
-            return owns_output(context.store.jobs(), client.name, gpu_id, subfolder, filename)
+        own_output = partial(_owns_output, context, client.name, gpu_id)
     # Every GPU's marks, pinned or not: a superset only refuses more, and a GPU's catalogue
     # may change (a restarted ComfyUI) before a held or requeued job is sent.
     file_inputs = merged(gpu.catalogue.file_inputs for gpu in context.gpus
@@ -70,6 +70,11 @@ def check_file_inputs(context, job_id: str, workflow: Workflow, gpu_id: int | No
         if not retried(context, job_id):
             raise ApiError(400, "file_not_allowed", str(exc),
                            {"node_id": exc.node_id, "input": exc.input}) from None
+
+
+def _owns_output(context, client: str, gpu_id: int | None, subfolder: str, filename: str) -> bool:
+    """Whether this output file is the client's own (the store's jobs read afresh per file)."""
+    return owns_output(context.store.jobs(), client, gpu_id, subfolder, filename)
 
 
 @contextmanager
