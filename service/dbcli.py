@@ -26,8 +26,9 @@ back, or between two of a kind. Copied: every job (finished and unfinished, with
 workflow; the held queue with its order, priorities and attempts), the assets with their
 owners, uses and files, the webhook outbox (pending and settled events with their attempt
 counts and due times), retention's counters and the instance id (the websocket clientId
-that running jobs were sent with). Not copied: what lives in the data dir as files (the API
-key file, the webhook signing secret, logs): copy those yourself to move a host.
+that running jobs were sent with; --merge keeps the target's). Not copied: what lives in the
+data dir as files (api_key, webhook_secret, idempotency_secret, logs): copy those yourself
+when the host moves.
 
 URLs as --database takes them: postgresql://user:pass@host:5432/db, libpq key=value
 parameters, sqlite:///path; a bare path is a SQLite file.

@@ -187,13 +187,16 @@ def test_a_non_empty_target_is_refused_without_merge(tmp_path, pg, capsys):
     target.close()
 
 
-def test_merge_adds_to_the_target_and_refuses_clashing_job_ids(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_merge_adds_to_the_target_and_refuses_clashing_job_ids(kind, tmp_path, capsys, request):
     a, b = tmp_path / "a", tmp_path / "b"
     fill(open_url(None, data_dir=a), a)
-    target = open_url(None, data_dir=b)
+    url = sqlite_url(b) if kind == "sqlite" else request.getfixturevalue("pg")()
+    target = opened(url, b)
     fill(target, b, prefix="t-")
     before = dump(target)
-    code, out, err = run(capsys, "--from", sqlite_url(a), "--to", sqlite_url(b), "--merge")
+    code, out, err = run(capsys, "--from", sqlite_url(a), "--to", url, "--to-data-dir", str(b),
+                         "--merge")
     assert (code, err) == (0, "")
     merged = dump(target)
     assert [row[1] for row in merged["jobs"]] == \
@@ -209,7 +212,8 @@ def test_merge_adds_to_the_target_and_refuses_clashing_job_ids(tmp_path, capsys)
     clashing.jobs.insert(job("zz-new", JobStatus.COMPLETED, finished_at=NOW), WORKFLOW)
     clashing.jobs.insert(job("t-done", JobStatus.COMPLETED, finished_at=NOW), WORKFLOW)
     clashing.close()
-    code, out, err = run(capsys, "--from", sqlite_url(c), "--to", sqlite_url(b), "--merge")
+    code, out, err = run(capsys, "--from", sqlite_url(c), "--to", url, "--to-data-dir", str(b),
+                         "--merge")
     assert (code, out) == (2, "")
     assert "1 job id(s) are in both stores: t-done" in err and err.count("\n") == 1
     assert dump(target) == merged
