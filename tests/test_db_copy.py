@@ -4,6 +4,7 @@ clashing job id, a running Cylindria), --merge, and a copy that fails midway."""
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +16,7 @@ import cylindria
 from comfy.assets import Asset
 from comfy.jobs import Job, JobStatus
 from service.core import ASSETS_DIR
-from service.instance import DataDirLock
+from service.instance import DataDirLock, NodeLock
 from service.server import Service
 from storage import DB_FILE_NAME, OutboxRow, open_url
 from storage.copy import Side, copy_store
@@ -271,3 +272,19 @@ def test_bad_ends_are_refused_in_one_line(tmp_path, capsys):
     fill(open_url(None, data_dir=tmp_path), tmp_path)
     code, _, err = run(capsys, "--from", sqlite_url(tmp_path), "--to", str(tmp_path / DB_FILE_NAME))
     assert code == 2 and "the same store" in err
+
+
+def test_a_database_a_running_cylindria_on_this_host_holds_is_refused(tmp_path, pg, capsys):
+    a = tmp_path / "a"
+    fill(open_url(None, data_dir=a), a)
+    url = pg()
+    lock = NodeLock(url, socket.gethostname()).take()  # a Cylindria of this host on the database
+    try:
+        code, out, err = run(capsys, "--from", sqlite_url(a), "--to", url)
+    finally:
+        lock.release()
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and f"the node {socket.gethostname()} is in use by" in err
+    target = opened(url, a)
+    assert target.whole.contents().jobs == 0
+    target.close()
