@@ -2,6 +2,7 @@
 
 Run: python cylindria.py --port 8000 --numberOfGpus 2
 As a service: python cylindria.py service install|remove|start|stop|status [flags]
+Move the store: python cylindria.py db copy --from URL --to URL [--merge]
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["service"]:
         from service.cli import main as service_main
         return service_main(argv[1:])
+    if argv[:1] == ["db"]:
+        from service.dbcli import main as db_main
+        return db_main(argv[1:])
     try:
         config = load_config(argv)
     except ConfigError as exc:

@@ -28,7 +28,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Protocol
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
 
 if TYPE_CHECKING:
     from comfy.assets import Asset
@@ -180,6 +180,42 @@ class OutboxRows(Protocol):
         """A job's events to this URL, oldest first."""
 
 
+@dataclass(frozen=True)
+class Contents:
+    """What a whole store holds: rows of each kind (a target of `db copy` must hold none)."""
+
+    jobs: int = 0
+    held: int = 0  # of the jobs, those in Cylindria's queue
+    workflows: int = 0
+    asset_files: int = 0
+    asset_bytes: int = 0  # the asset files' sizes, summed
+    assets: int = 0
+    asset_uses: int = 0
+    events: int = 0
+    pending_events: int = 0  # of the events, those neither delivered nor given up
+    retired: int = 0  # retention's (gpu, status) counters
+
+
+class WholeRows(Protocol):
+    """A whole store at once, for `cylindria db copy`: read kind by kind (the kinds of
+    storage.records.WHOLE, rows in their columns' order as records.portable gives them),
+    written in one transaction."""
+
+    def contents(self) -> Contents:
+        """How many rows of each kind the store holds."""
+
+    def read(self, kind: str, batch: int = 500) -> Iterator[list[tuple]]:
+        """Every row of a kind (the meta rows without the schema version), in batches."""
+
+    def write(self, batches: Iterable[tuple[str, list[tuple]]], merge: bool) -> None:
+        """Write every batch of (kind, rows) in one transaction: all of them, or nothing if
+        one fails or the iterable raises. Without `merge`, the jobs keep their seq (the held
+        queue's order and the list cursors stay) and meta values replace the store's; with
+        it, jobs are numbered after the store's own, in the order given, and meta keys the
+        store has stay as they are. Files and uses already there are left as they are;
+        retention counters are added to the store's."""
+
+
 class Meta(Protocol):
     """Settings kept with the data."""
 
@@ -194,6 +230,7 @@ class Storage(Protocol):
     assets: AssetRows
     outbox: OutboxRows
     meta: Meta
+    whole: WholeRows
     name: str  # what logs and errors call it (a URL without its password, or a path)
 
     def ping(self) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -19,7 +19,7 @@ from psycopg_pool import ConnectionPool
 from comfy.assets import Asset, SHARED
 from comfy.jobs import Job
 from storage import records
-from storage.interface import Health, JobIdTaken, OutboxRow, SchemaTooNew, guarded_by
+from storage.interface import Contents, Health, JobIdTaken, OutboxRow, SchemaTooNew, guarded_by
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +187,18 @@ SQL = {
                              "AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = o.job_id)",
     "depth": "SELECT COUNT(*) FROM webhook_outbox WHERE due_at IS NOT NULL",
     "events_of_job": f"SELECT {_EVENT} WHERE job_id = %s AND url = %s ORDER BY created_at",
+    # a whole store (cylindria db copy): read with records.whole_select, written with these
+    "whole_contents": records.COUNT_WHOLE,  # run without parameters: its % is a literal
+    "whole_job": f"INSERT INTO jobs (seq, {', '.join(records.COLUMNS)}) "
+                 f"VALUES ({', '.join(['%s'] * (1 + len(records.COLUMNS)))})",
+    # After jobs written with their own seq, the next job is numbered after them.
+    "whole_jobs_numbered": "SELECT setval(pg_get_serial_sequence('jobs', 'seq'), MAX(seq)) "
+                           "FROM jobs HAVING MAX(seq) IS NOT NULL",
+    "whole_workflow": "INSERT INTO workflows (job_id, body) VALUES (%s, %s)",
+    "whole_event": f"INSERT INTO webhook_outbox ({', '.join(records.EVENT_COLUMNS)}) "
+                   f"VALUES ({', '.join(['%s'] * len(records.EVENT_COLUMNS))})",
+    "meta_set": "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
 }
 
 
@@ -232,6 +244,7 @@ class PostgresStorage:
         self.assets = PostgresAssetRows(self._pool, self._health)
         self.outbox = PostgresOutboxRows(self._pool, self._health)
         self.meta = PostgresMeta(self._pool, self._health)
+        self.whole = PostgresWholeRows(self._pool, self._health)
 
     def _migrate(self) -> None:
         """Create the schema or bring it to this version, one start at a time (an advisory
@@ -511,3 +524,42 @@ class PostgresOutboxRows(_Rows):
 def _event(row) -> OutboxRow:
     """An outbox row as read."""
     return OutboxRow(row[0], row[1], row[2], row[3], bytes(row[4]), *row[5:])
+
+
+class PostgresWholeRows(_Rows):
+    """The whole store (cylindria db copy): each kind read through a server-side cursor,
+    everything written in one transaction."""
+
+    @_guarded
+    def contents(self) -> Contents:
+        with self._pool.connection() as conn:
+            return Contents(*(int(n) for n in conn.execute(SQL["whole_contents"]).fetchone()))
+
+    def read(self, kind: str, batch: int = 500) -> Iterator[list[tuple]]:
+        with self._pool.connection() as conn, conn.cursor(name=f"whole_{kind}") as cursor:
+            cursor.execute(records.whole_select(kind))
+            while rows := cursor.fetchmany(batch):
+                yield [records.portable(kind, row) for row in rows]
+
+    def write(self, batches: Iterable[tuple[str, list[tuple]]], merge: bool) -> None:
+        with self._pool.connection() as conn, conn.cursor() as cursor:
+            for kind, rows in batches:
+                for name, parameters in _whole_statements(kind, rows, merge):
+                    if parameters:
+                        cursor.executemany(SQL[name], parameters)
+            if not merge:
+                cursor.execute(SQL["whole_jobs_numbered"])
+
+
+def _whole_statements(kind: str, rows: list[tuple], merge: bool) -> Iterator[tuple[str, list]]:
+    """(statement, parameter rows) that write a batch of a kind's rows (see WholeRows.write)."""
+    if kind == "jobs":
+        yield ("insert_job", [row[1:] for row in rows]) if merge else ("whole_job", rows)
+    elif kind == "meta":
+        retired = [(key, value) for key, value in rows if key.startswith(records.RETIRED_PREFIX)]
+        others = [row for row in rows if not row[0].startswith(records.RETIRED_PREFIX)]
+        yield "count_retired", retired
+        yield ("meta_add" if merge else "meta_set"), others
+    else:
+        yield records.WHOLE_WRITES[kind], rows
+

@@ -15,14 +15,14 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from comfy.assets import Asset, SHARED
 from comfy.jobs import Job
 from comfy.private import private_dir, private_file, tighten
 from storage import records
-from storage.interface import (Health, JobIdTaken, OutboxRow, SchemaTooNew, StorageUnavailable,
-                               guarded_by)
+from storage.interface import (Contents, Health, JobIdTaken, OutboxRow, SchemaTooNew,
+                               StorageUnavailable, guarded_by)
 
 logger = logging.getLogger(__name__)
 
@@ -208,6 +208,16 @@ SQL = {
                              "webhook_outbox.job_id)",
     "depth": "SELECT COUNT(*) FROM webhook_outbox WHERE due_at IS NOT NULL",
     "events_of_job": f"SELECT {_EVENT} WHERE job_id = ? AND url = ? ORDER BY created_at",
+    # a whole store (cylindria db copy): read with records.whole_select, written with these
+    "whole_contents": records.COUNT_WHOLE,
+    "whole_job": f"INSERT INTO jobs (seq, {', '.join(records.COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * (1 + len(records.COLUMNS)))})",
+    "whole_workflow": "INSERT INTO workflows (job_id, body) VALUES (?, ?)",
+    "whole_event": f"INSERT INTO webhook_outbox ({', '.join(records.EVENT_COLUMNS)}) "
+                   f"VALUES ({', '.join('?' * len(records.EVENT_COLUMNS))})",
+    "meta_set": "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    "meta_keep": "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
     # Data dirs written before schemas had versions, brought to version 1 (once).
     "table_columns": "SELECT name FROM pragma_table_info(?)",
     "drop_old_indexes": "DROP INDEX IF EXISTS jobs_finished_at; "
@@ -297,6 +307,7 @@ class SqliteStorage:
                                   self._connections)
         self.assets = SqliteAssetRows(assets, self._health)
         self.outbox = SqliteOutboxRows(outbox, self._health)
+        self.whole = SqliteWholeRows(writer, self.path, self._health)
 
     def _open(self) -> _Connection:
         connection = _Connection(self.path)
@@ -671,3 +682,45 @@ class SqliteOutboxRows:
 def _event(row) -> OutboxRow:
     """An outbox row as read (body as bytes whatever the driver gives)."""
     return OutboxRow(row[0], row[1], row[2], row[3], bytes(row[4]), *row[5:])
+
+
+class SqliteWholeRows:
+    """The whole store (cylindria db copy): read on a read-only connection of its own,
+    written in one transaction on the writer."""
+
+    def __init__(self, writer: _Connection, path: Path, health: Health):
+        self._writer, self._path, self._health = writer, path, health
+
+    @_guarded
+    def contents(self) -> Contents:
+        with self._writer.lock:
+            return Contents(*self._writer.run("whole_contents").fetchone())
+
+    def read(self, kind: str, batch: int = 500) -> Iterator[list[tuple]]:
+        reader = _Connection(self._path, read_only=True)
+        try:
+            cursor = reader.conn.execute(records.whole_select(kind))
+            while rows := cursor.fetchmany(batch):
+                yield [records.portable(kind, row) for row in rows]
+        finally:
+            reader.close()
+
+    def write(self, batches: Iterable[tuple[str, list[tuple]]], merge: bool) -> None:
+        with self._writer.transaction() as tx:
+            for kind, rows in batches:
+                for name, row in _whole_rows(kind, rows, merge):
+                    tx.run(name, row)
+
+
+def _whole_rows(kind: str, rows: list[tuple], merge: bool) -> Iterator[tuple[str, tuple]]:
+    """(statement, parameters) that write a batch of a kind's rows (see WholeRows.write)."""
+    for row in rows:
+        if kind == "jobs":
+            yield ("insert_job", row[1:]) if merge else ("whole_job", row)
+        elif kind == "meta" and row[0].startswith(records.RETIRED_PREFIX):
+            yield "count_retired", (row[0], int(row[1]))
+        elif kind == "meta":
+            yield ("meta_keep" if merge else "meta_set"), row
+        else:
+            yield records.WHOLE_WRITES[kind], row
+
