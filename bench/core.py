@@ -187,8 +187,9 @@ class FreshCylindria:
     """A Cylindria started with a new, empty data dir for every round, stopped after it: the
     jobs one round leaves queued never weigh on the next."""
 
-    def __init__(self, bench: Bench, comfy_url: str, gpus: int = 1):
+    def __init__(self, bench: Bench, comfy_url: str, gpus: int = 1, extra=tuple):
         self.bench, self.comfy_url, self.gpus = bench, comfy_url, gpus
+        self.extra = extra  # called at every start: more flags (e.g. a fresh --database)
         self.process: procs.ServerProcess | None = None
         self._n = 0
 
@@ -201,7 +202,8 @@ class FreshCylindria:
         """A new Cylindria on a new data dir, once its websockets are up."""
         self._n += 1
         data_dir = self.bench.data_dir(f"fresh-{id(self)}-{self._n}")
-        self.process = self.bench.server(procs.cylindria(self.comfy_url, data_dir, gpus=self.gpus))
+        self.process = self.bench.server(procs.cylindria(self.comfy_url, data_dir, gpus=self.gpus,
+                                                         extra=self.extra()))
         wait_websockets(self.process, self.gpus)
         return self.process
 

@@ -274,10 +274,11 @@ def unload(fakes: list[DispatchFake], timeout: float = 10.0) -> None:
 # -- one run of jobs ----------------------------------------------------------------------------
 
 def timed_run(bench: Bench, fakes: list[DispatchFake], jobs: list[tuple[str, dict]], depth: int,
-              name: str, time_scale: float = 1.0) -> Run:
+              name: str, time_scale: float = 1.0, extra: tuple = ()) -> Run:
     """Jobs ((GpuId, workflow)...) PUT back to back by one client, in order, to a fresh
-    Cylindria; waits until every one ran to its end, then stops that Cylindria."""
-    cyl = start_cylindria(bench, fakes, name, depth)
+    Cylindria (`extra`: more of its flags); waits until every one ran to its end, then stops
+    that Cylindria."""
+    cyl = start_cylindria(bench, fakes, name, depth, extra)
     for fake in fakes:
         fake.sent_at.clear()
         fake.time_scale = time_scale
@@ -299,9 +300,10 @@ def timed_run(bench: Bench, fakes: list[DispatchFake], jobs: list[tuple[str, dic
 
 
 def start_cylindria(bench: Bench, fakes: list[DispatchFake], name: str,
-                    depth: int) -> procs.ServerProcess:
+                    depth: int, extra: tuple = ()) -> procs.ServerProcess:
     """A Cylindria on a new data dir for these GPUs, once it knows every GPU's node classes."""
-    process = procs.cylindria(fakes[0].url, bench.data_dir(f"dispatch-{name}"), gpus=len(fakes))
+    process = procs.cylindria(fakes[0].url, bench.data_dir(f"dispatch-{name}"), gpus=len(fakes),
+                              extra=extra)
     process.args += ["--gpu-queue-depth", str(depth), "--max-queued", str(MAX_QUEUED)]
     asked = [catalogue_reads(fake) for fake in fakes]
     bench.server(process)

@@ -109,7 +109,10 @@ def _settle_earlier(store: JobStore, gpu: Gpu, job: Job, wait: float) -> Job | N
     """A retry met a job still `submitting`: wait for its POST, or settle it with ComfyUI now."""
     if store.in_flight(job.job_id):
         job = store.wait_settled(job.job_id, wait)
-    elif job.gpu_id == gpu.index:
+    if job is not None and job.status == JobStatus.SUBMITTING and job.gpu_id == gpu.index \
+            and not store.in_flight(job.job_id):
+        # Never sent, or sent and its answer not recorded (the database failed meanwhile):
+        # ComfyUI says which (a database still down: 503 database_unavailable).
         job = settle_submission(store, gpu, job, None)
     if job is not None and job.status == JobStatus.SUBMITTING:
         raise SubmissionUnsettled("the job's earlier submission is still being settled", gpu.index)
@@ -160,7 +163,15 @@ def post(store: JobStore, gpu: Gpu, job: Job, workflow: Workflow,
         # Set before the job leaves in-flight, so the poller never judges it half-done.
         gpu.last_submit_at = max(gpu.last_submit_at, sent_at)
         gpu.saw_answer()
-        return accept(store, gpu, job, answer)
+        try:
+            return accept(store, gpu, job, answer)
+        except StorageUnavailable:
+            if str(answer.get("prompt_id")) != job.prompt_id:
+                raise
+            # ComfyUI has the prompt and the job's row is durable (submitting, under this
+            # prompt id): the submission stands, never a 503 for a job that runs. The
+            # settlers record ComfyUI's answer once the database is back.
+            return store.get(job.job_id) or job
     finally:
         store.release(job.job_id, job.prompt_id)
 

@@ -249,6 +249,11 @@ class Health:
         self._lock = threading.Lock()
         self._down = False
 
+    @property
+    def down(self) -> bool:
+        """Whether the last call failed to reach the database (an outage is under way)."""
+        return self._down
+
     def failed(self, exc: BaseException) -> StorageUnavailable:
         """Note a failed call; the StorageUnavailable to raise from it."""
         with self._lock:

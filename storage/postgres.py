@@ -3,7 +3,8 @@
 Every call borrows a pooled connection for one transaction (committed as the call returns,
 rolled back if it raises). The pool checks a connection before lending it and replaces the
 broken ones in the background, so a database that went away and came back is used again
-without a restart; meanwhile every call raises StorageUnavailable within POOL_WAIT seconds.
+without a restart; meanwhile every call raises StorageUnavailable within POOL_WAIT seconds,
+and within DOWN_WAIT once an outage is known (see OutagePool).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 POOL_SIZE = (2, 10)  # connections kept open, and at most
 POOL_WAIT = 3.0  # seconds a call waits for a working connection before StorageUnavailable
+DOWN_WAIT = 0.1  # the same while the database is known to be down
 CONNECT_TIMEOUT = 5  # seconds a new connection may take (unless the URL says otherwise)
 MIGRATION_LOCK = 0x6379_6C69  # advisory lock key: one start migrates at a time ("cyli")
 
@@ -218,6 +220,23 @@ def shown(conninfo: str) -> str:
 _guarded = guarded_by(psycopg.OperationalError)
 
 
+class OutagePool(ConnectionPool):
+    """A pool that waits DOWN_WAIT, not its full timeout, for a connection while the database
+    is known to be down: the job store writes under its one lock, so a wait of seconds per
+    write would queue every request behind it (all waitress threads stuck on the lock, and
+    status reads, which need no database, unanswered for the whole outage). The pool keeps
+    reconnecting in the background; the first call that gets a connection ends the outage."""
+
+    def __init__(self, health: Health, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._health = health
+
+    def getconn(self, timeout: float | None = None):
+        if timeout is None and self._health.down:
+            timeout = DOWN_WAIT
+        return super().getconn(timeout)
+
+
 class PostgresStorage:
     """Storage in a PostgreSQL database (see storage.interface.Storage)."""
 
@@ -228,9 +247,9 @@ class PostgresStorage:
         params = conninfo_to_dict(conninfo)
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params.setdefault("application_name", "cylindria")
-        self._pool = ConnectionPool(make_conninfo(**params), min_size=pool_size[0],
-                                    max_size=pool_size[1], timeout=wait, open=False,
-                                    check=ConnectionPool.check_connection, name="cylindria")
+        self._pool = OutagePool(self._health, make_conninfo(**params), min_size=pool_size[0],
+                                max_size=pool_size[1], timeout=wait, open=False,
+                                check=ConnectionPool.check_connection, name="cylindria")
         try:
             self._pool.open(wait=True, timeout=max(wait, CONNECT_TIMEOUT))
             self._migrate()

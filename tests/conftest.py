@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 
 import pytest
 
@@ -23,6 +24,9 @@ SOAK_TIMEOUT = 1800  # seconds: a --soak test's hang guard (300 fuzz examples pe
 def pytest_addoption(parser):
     parser.addoption("--soak", action="store_true", default=False,
                      help="run the long load/fault runs (60 s and more) instead of their short form")
+    parser.addoption("--database", choices=("sqlite", "postgresql"), default="sqlite",
+                     help="the store of record of the real-process load/fault runs: SQLite in "
+                          "the data dir (default) or a fresh database of the run's PostgreSQL")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -85,6 +89,19 @@ def postgres_cluster():
     (never skipped: without the binaries this fails, saying what to install)."""
     with PostgresCluster() as cluster:
         yield cluster
+
+
+@pytest.fixture
+def database_flags(request) -> tuple[str, ...]:
+    """The flags that put a real-process Cylindria (tests.processes) on the run's --database:
+    none (SQLite in its data dir), or --database <a fresh database of the session cluster>."""
+    if request.config.getoption("--database") != "postgresql":
+        yield ()
+        return
+    cluster = request.getfixturevalue("postgres_cluster")
+    name = f"t_{uuid.uuid4().hex}"
+    yield ("--database", cluster.create_database(name))
+    cluster.drop_database(name)
 
 
 @pytest.fixture(params=KINDS)

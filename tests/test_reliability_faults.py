@@ -38,8 +38,9 @@ SETTLE_TIMEOUT = 30.0
 class Faults:
     """Injects the faults and remembers when each happened."""
 
-    def __init__(self, fakes, cylindria: CylindriaProcess, load: LoadRun, data_dir):
-        self.fakes, self.cylindria, self.load, self.data_dir = fakes, cylindria, load, data_dir
+    def __init__(self, fakes, load: LoadRun, data_dir, extra: tuple = ()):
+        self.fakes, self.load, self.data_dir, self.extra = fakes, load, data_dir, extra
+        self.cylindria = CylindriaProcess(fakes[0].url, data_dir, extra=extra).start()
         self.kills: dict[int, list[float]] = {gpu: [] for gpu in range(len(fakes))}
         self.epoch_marks: dict[int, list[int]] = {gpu: [] for gpu in range(len(fakes))}
         self.counts: Counter = Counter()
@@ -65,7 +66,8 @@ class Faults:
     def kill_cylindria(self) -> None:
         """SIGKILL Cylindria mid-load and start it again on the same data dir."""
         self.cylindria.kill()
-        self.cylindria = CylindriaProcess(self.fakes[0].url, self.data_dir).start()
+        self.cylindria = CylindriaProcess(self.fakes[0].url, self.data_dir,
+                                          extra=self.extra).start()
         self.load.target.url = self.cylindria.url
         self.counts["cylindria_kills"] += 1
 
@@ -146,13 +148,14 @@ def run_rounds(faults: Faults, rounds: int, min_seconds: float) -> None:
         done += 1
 
 
-def test_no_job_is_lost_or_misreported_through_kills_and_drops(fakes, tmp_path, soak):
+def test_no_job_is_lost_or_misreported_through_kills_and_drops(fakes, tmp_path, soak,
+                                                               database_flags):
     """Kills of each ComfyUI and of Cylindria, websocket drops, all under 50 clients' load."""
     data_dir = tmp_path / "data"
     # The short form gives each client a think time: the 2-core CI machine then has room to
     # inject faults and check after each within seconds; --soak runs at full pace.
     load = LoadRun(Target(""), faults=True, seed=9, pause=0.0 if soak else SHORT_PAUSE)
-    faults = Faults(fakes, CylindriaProcess(fakes[0].url, data_dir).start(), load, data_dir)
+    faults = Faults(fakes, load, data_dir, database_flags)
     load.target.url = faults.cylindria.url
     load.start()
     try:
