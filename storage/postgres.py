@@ -29,6 +29,11 @@ POOL_SIZE = (2, 10)  # connections kept open, and at most
 POOL_WAIT = 3.0  # seconds a call waits for a working connection before StorageUnavailable
 DOWN_WAIT = 0.1  # the same while the database is known to be down
 CONNECT_TIMEOUT = 5  # seconds a new connection may take (unless the URL says otherwise)
+# A connection idle longer than this is checked (a round trip) before it is lent; one back
+# from use more recently is lent as it is: on a busy host a check per call would add a round
+# trip to every write, and a connection the server dropped since fails its call with
+# StorageUnavailable (503 with Retry-After) and is then discarded by the pool.
+CHECK_AFTER_IDLE = 2.0
 MIGRATION_LOCK = 0x6379_6C69  # advisory lock key: one start migrates at a time ("cyli")
 
 _FINISHED, _ASSET, _EVENT = records.FINISHED_LIST, records.ASSET_FROM, records.EVENT_FROM
@@ -237,6 +242,18 @@ class OutagePool(ConnectionPool):
         return super().getconn(timeout)
 
 
+def check_if_idle(conn) -> None:
+    """The pool's check before lending: a round trip only for a connection that has been idle
+    (CHECK_AFTER_IDLE); raises for a dead one, which the pool then replaces."""
+    if time.monotonic() - getattr(conn, "cylindria_returned_at", 0.0) > CHECK_AFTER_IDLE:
+        ConnectionPool.check_connection(conn)
+
+
+def note_returned(conn) -> None:
+    """The pool's reset on return: when this connection was last used."""
+    conn.cylindria_returned_at = time.monotonic()
+
+
 class PostgresStorage:
     """Storage in a PostgreSQL database (see storage.interface.Storage)."""
 
@@ -249,7 +266,7 @@ class PostgresStorage:
         params.setdefault("application_name", "cylindria")
         self._pool = OutagePool(self._health, make_conninfo(**params), min_size=pool_size[0],
                                 max_size=pool_size[1], timeout=wait, open=False,
-                                check=ConnectionPool.check_connection, name="cylindria")
+                                check=check_if_idle, reset=note_returned, name="cylindria")
         try:
             self._pool.open(wait=True, timeout=max(wait, CONNECT_TIMEOUT))
             self._migrate()
