@@ -76,7 +76,9 @@ def test_an_outage_and_the_return_give_one_warning_and_one_info_line(tmp_path, l
         service.stop()
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     url = f"http://127.0.0.1:{port}"
-    assert [r.getMessage() for r in records(caplog, level=logging.WARNING)] == [
-        f"GPU 0: ComfyUI at {url} refuses connections"]
+    # The outage's own lines (at stop, a poll of the 0.2 s interval may still be under way on
+    # a loaded machine: the poller says so at WARNING, a line about the stop, not the outage).
+    assert [r.getMessage() for r in records(caplog, level=logging.WARNING)
+            if r.name != "comfy.poller"] == [f"GPU 0: ComfyUI at {url} refuses connections"]
     assert [r.getMessage() for r in records(caplog, "comfy.gpu", logging.INFO)
             if "reachable" in r.getMessage()] == [f"GPU 0: ComfyUI at {url} is reachable again"]
