@@ -13,14 +13,14 @@ import blake3
 import pytest
 
 import cylindria
-from comfy.assets import Asset
-from comfy.jobs import Job, JobStatus
-from service.core import ASSETS_DIR
-from service.instance import DataDirLock, NodeLock
-from service.server import Service
-from storage import DB_FILE_NAME, OutboxRow, open_url
-from storage.copy import Side, copy_store
-from storage.records import WHOLE
+from comfy.inputs.assets import Asset
+from comfy.jobs.job import Job, JobStatus
+from cylindria.service.core import ASSETS_DIR
+from cylindria.service.instance import DataDirLock, NodeLock
+from cylindria.service.server import Service
+from cylindria.storage import DB_FILE_NAME, OutboxRow, open_url
+from cylindria.storage.copy import Side, copy_store
+from cylindria.storage.records import WHOLE
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from comfy.fileinputs import unsafe_path
-from config.options import Config
-from service.core import build_context
+from comfy.inputs.fileinputs import unsafe_path
+from cylindria.config.options import Config
+from cylindria.service.core import build_context
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import API_KEY
-from web.app import create_app
+from cylindria.web.app import create_app
 
 KEY = {"X-API-Key": API_KEY}
 EXAMPLES = 100

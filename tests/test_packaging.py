@@ -72,7 +72,7 @@ def test_cylindria_tester_command_runs_from_the_venv(venv):
 
 
 def test_installed_code_is_the_venvs_own(venv):
-    result = run(venv, "python", "-c", "import cylindria, service.server, comfy.store, tester.app; "
+    result = run(venv, "python", "-c", "import cylindria, cylindria.service.server, comfy.jobs.store, tester.app; "
                  "print(cylindria.__file__)")
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(venv)

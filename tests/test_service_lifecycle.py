@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from config.options import load_config
-from service import cli, winservice
-from service.logs import LOG_FILE_NAME
-from service.server import Service
-from service.winservice import ServiceRunner
+from cylindria.config.options import load_config
+from cylindria.service import cli, winservice
+from cylindria.service.logs import LOG_FILE_NAME
+from cylindria.service.server import Service
+from cylindria.service.winservice import ServiceRunner
 from tests.conftest import TIME_SCALE, make_config
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports, wait_for
@@ -26,7 +26,7 @@ def cylindria_threads() -> list[str]:
 
 def no_cylindria_threads() -> bool:
     """True once every cylindria-* thread is gone: a /queue poll already under way at stop() is
-    left to end by its own timeout (comfy.poller), so this waits for it, briefly."""
+    left to end by its own timeout (comfy.tracking.poller), so this waits for it, briefly."""
     return wait_for(lambda: cylindria_threads() == [], timeout=5, message="threads to end")
 
 

@@ -12,13 +12,13 @@ import time
 import psycopg
 import pytest
 
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
-from config.options import ConfigError, load_config
-from service.core import build_context
-from storage import JobIdTaken, StorageUnavailable, open_url
-from storage.postgres import shown
-from storage.sqlite import JOBS_TABLE
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
+from cylindria.config.options import ConfigError, load_config
+from cylindria.service.core import build_context
+from cylindria.storage import JobIdTaken, StorageUnavailable, open_url
+from cylindria.storage.postgres import shown
+from cylindria.storage.sqlite import JOBS_TABLE
 from tests.backends import sqlite_storage
 from tests.conftest import make_config
 from tests.helpers import free_ports
