@@ -57,7 +57,7 @@ from comfy.comfyui.client import ComfyClient
 from comfy.encoding import to_json
 from comfy.inputs.workflow import parse_workflow
 from cylindria.config.options import load_config
-from cylindria.service.core import build_context
+from cylindria.service.core import build_core
 from cylindria.storage.sqlite import SqliteJobRows
 from cylindria.service.logs import AccessLog, setup_logging
 from tests import workflows
@@ -99,7 +99,7 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
     def cylindria(access_log=True, hooks=True):
         config = load_config(["--comfy-base-url", "http://127.0.0.1:1", "--api-key", API_KEY,
                               "--data-dir", tempfile.mkdtemp()])
-        app = create_app(build_context(config))
+        app = create_app(build_core(config))
         app.extensions["cylindria"].gpus[0].client = CannedClient()
         if not hooks:
             app.before_request_funcs[None] = []  # the API key check
@@ -309,7 +309,7 @@ def status(calls: int, repeats: int, top: int) -> str:
     def cylindria(access_log=True, hooks=True):
         config = load_config(["--comfy-base-url", "http://127.0.0.1:1", "--api-key", API_KEY,
                               "--data-dir", str(data)])
-        app = create_app(build_context(config))
+        app = create_app(build_core(config))
         built.append(app.extensions["cylindria"])
         if not hooks:
             app.before_request_funcs.clear()  # the API key check, wait_until_reconciled

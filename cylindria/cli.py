@@ -1,4 +1,4 @@
-"""Cylindria: the authenticated door to a host's ComfyUI instances.
+"""Cylindria's command line (run by cylindria.py, `python -m cylindria` and `cylindria`).
 
 Run: python cylindria.py --port 8000 --numberOfGpus 2
 As a service: python cylindria.py service install|remove|start|stop|status [flags]
@@ -15,7 +15,6 @@ import threading
 
 from cylindria.config.options import ConfigError, load_config
 from cylindria.service.logs import remove_handlers, setup_logging
-from cylindria.service.winservice import CylindriaService  # noqa: F401  (pythonservice.exe loads it from here)
 
 logger = logging.getLogger("cylindria")
 

@@ -1,10 +1,12 @@
 """The service hosts' shared lifecycle: what the Windows service runs and stops, on Linux."""
 import logging
+import os
 import re
 import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +41,9 @@ def service_flags(fakes, data_dir) -> list[str]:
 def test_windows_service_module_imports_without_pywin32():
     has_pywin32 = winservice.win32serviceutil is not None
     assert (winservice.CylindriaService is not None) == has_pywin32
-    assert winservice.CLASS_STRING.endswith("cylindria.CylindriaService")
+    folder, _, dotted = winservice.CLASS_STRING.rpartition(os.sep)
+    assert dotted == "cylindria.service.winservice.CylindriaService"  # imported from `folder`
+    assert (Path(folder) / "cylindria" / "service" / "winservice.py").is_file()
     if not has_pywin32:
         with pytest.raises(OSError, match="pywin32"):
             winservice.install([])

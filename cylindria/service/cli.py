@@ -1,6 +1,6 @@
 """`cylindria service install|remove|start|stop|status`: Windows service or systemd unit.
 
-The service runs `python cylindria.py` with the flags given at install (and the CYLINDRIA_*
+The service runs `python cylindria.py` (installed: `python -m cylindria`) with the flags given at install (and the CYLINDRIA_*
 settings of the installing shell, written out as flags), pinned to absolute paths and an
 explicit data dir. The API key never goes into the unit or the service's command line: it is
 written to the data dir's key file, which Cylindria reads when no key is configured. A key
@@ -36,7 +36,14 @@ DESCRIPTIONS = {
     "status": "Show whether the service runs.",
 }
 ACTIONS = tuple(DESCRIPTIONS)
-ENTRY = Path(__file__).resolve().parents[1] / "cylindria.py"
+LAUNCHER = Path(__file__).resolve().parents[2] / "cylindria.py"  # the checkout's, if run from one
+
+
+def launch_command() -> list[str]:
+    """How a service starts this Cylindria: the checkout's launcher, else the installed package."""
+    if LAUNCHER.is_file():
+        return [sys.executable, str(LAUNCHER)]
+    return [sys.executable, "-m", "cylindria"]  # installed: cylindria.py is not in site-packages
 KEY_FLAG = "--api-key"
 KEY_ENV = "CYLINDRIA_API_KEY"
 
@@ -229,7 +236,7 @@ def install(args: argparse.Namespace, windows: bool, systemctl) -> int:
         store_secret(planned.config, None)
         winservice.install(planned.flags)
         return 0
-    unit = systemd.render_unit([sys.executable, str(ENTRY), *planned.flags],
+    unit = systemd.render_unit([*launch_command(), *planned.flags],
                                planned.config.data_dir, args.user)
     refuse_key(unit, planned.config.api_keys)
     if args.print_only:
@@ -244,7 +251,7 @@ def install(args: argparse.Namespace, windows: bool, systemctl) -> int:
     store_secret(planned.config, args.user)
     code = systemd.install(unit, args.unit_path, systemctl)
     if code == 0:
-        print(f"enabled at boot; start it now with: {sys.executable} {ENTRY} service start")
+        print(f"enabled at boot; start it now with: {' '.join(launch_command())} service start")
     return code
 
 

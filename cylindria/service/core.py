@@ -1,24 +1,24 @@
 """Cylindria's core, built from its settings: the job store, the GPUs, the assets, the
-webhooks, and the threads that dispatch, track and sweep (none started yet)."""
+webhooks, and the threads that dispatch, track and sweep (none started yet). It knows
+nothing of HTTP: the web layer (cylindria/web/) is built over it."""
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass, field
 
-from comfy.inputs.assets import AssetStore
-from comfy.dispatch.dispatcher import Dispatcher
-from comfy.comfyui.gpu import build_gpus
+from comfy.comfyui.gpu import Gpu, build_gpus
 from comfy.comfyui.models import ModelCatalogue
+from comfy.comfyui.outputs import OutputSizes
+from comfy.dispatch.dispatcher import Dispatcher
+from comfy.inputs.assets import AssetStore
 from comfy.jobs.retention import RetentionSweep
 from comfy.jobs.store import JobStore
-from comfy.tracking.tracker import Tracker
+from comfy.jobs.view import job_view
 from comfy.jobs.watch import JobWatch
 from comfy.jobs.withheld import WithheldSecrets
-from cylindria.config.options import Config, ConfigError, stream_limit, stream_share
-from cylindria.storage import SchemaTooNew, StorageUnavailable, open_storage
-from cylindria.web import auth
-from cylindria.web.context import Context
-from cylindria.web.streams import StreamSlots
-from cylindria.web.views import job_view
+from comfy.tracking.tracker import Tracker
+from cylindria.config.options import Config, ConfigError
+from cylindria.storage import SchemaTooNew, Storage, StorageUnavailable, open_storage
 from cylindria.webhooks.secret import BadSecret
 from cylindria.webhooks.wiring import Webhooks
 
@@ -26,13 +26,38 @@ ASSETS_DIR = "assets"
 MIB = 1024 * 1024
 
 
-def build_context(config: Config) -> Context:
-    """Everything the HTTP surface and the threads share; starts no thread and opens no
-    socket. A setting that cannot be used raises ConfigError with nothing left open."""
-    try:  # first: a bad key entry stops the start before anything is opened
-        keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
-    except auth.BadKeyEntry as exc:
-        raise ConfigError(f"API keys: {exc}") from None
+@dataclass
+class Core:
+    """What the HTTP surface and the threads share; the web layer keeps its own state beside it."""
+
+    config: Config
+    store: JobStore
+    gpus: list[Gpu]
+    tracker: Tracker
+    retention: RetentionSweep
+    dispatcher: Dispatcher
+    watch: JobWatch
+    assets: AssetStore
+    secrets: WithheldSecrets
+    webhooks: Webhooks
+    models: ModelCatalogue
+    output_sizes: OutputSizes = field(default_factory=OutputSizes)
+    storage: Storage | None = None  # the store of record the stores above write to
+
+    def close(self) -> None:
+        """Stop dispatching, tracking and the retention sweep, then close the storage."""
+        self.watch.close()
+        self.dispatcher.stop()
+        self.tracker.stop()
+        self.retention.stop()
+        self.webhooks.close()
+        if self.storage is not None:
+            self.storage.close()
+
+
+def build_core(config: Config) -> Core:
+    """The core; starts no thread and opens no socket. A setting that cannot be used raises
+    ConfigError with nothing left open."""
     try:
         storage = open_storage(config)
     except (SchemaTooNew, StorageUnavailable) as exc:
@@ -62,6 +87,5 @@ def build_context(config: Config) -> Context:
                       max_attempts=config.max_attempts, after_check=dispatcher.wake)
     dispatcher.ready = tracker.reconciled
     retention = RetentionSweep(store, storage.jobs, config.retention, assets=assets)
-    return Context(config, store, gpus, tracker, keys, retention, dispatcher, JobWatch(store),
-                   StreamSlots(stream_limit(config), stream_share(config)), assets, withheld,
-                   webhooks, ModelCatalogue(gpus), storage=storage)
+    return Core(config, store, gpus, tracker, retention, dispatcher, JobWatch(store), assets,
+                withheld, webhooks, ModelCatalogue(gpus), storage=storage)

@@ -15,10 +15,11 @@ from waitress.task import ErrorTask
 from comfy.private import show_once
 from cylindria.config.options import Config
 from cylindria.service.bodies import BodyBudget, BodyGate, is_upload
-from cylindria.service.core import build_context
+from cylindria.service.core import build_core
 from cylindria.service.instance import take_instance_lock
 from cylindria.service.logs import AccessLog, access_logger, log_access
 from cylindria.web.app import create_app
+from cylindria.web.context import build_web_state
 from cylindria.web.downloads import LoopSentChannel, cut_stalled
 from cylindria.web.errors import error_body
 
@@ -211,11 +212,12 @@ class Service:
 def _app_for(config: Config):
     """The core built from `config` and the HTTP surface over it (the core closed again if
     the surface cannot be built)."""
-    context = build_context(config)
+    web = build_web_state(config)  # first: a bad key entry stops the start before anything opens
+    core = build_core(config)
     try:
-        return create_app(context)
+        return create_app(core, web)
     except BaseException:
-        context.close()
+        core.close()
         raise
 
 

@@ -28,9 +28,9 @@ SERVICE_NAME = "Cylindria"
 DISPLAY_NAME = "Cylindria"
 DESCRIPTION = "Authenticated REST API in front of this host's ComfyUI instances"
 ARGS_OPTION = "Arguments"  # registry value (the service's Parameters key): the flags, as JSON
-ENTRY = Path(__file__).resolve().parents[1] / "cylindria"  # cylindria.py, checkout or installed
-# pythonservice.exe puts ENTRY's folder on sys.path and loads the class from cylindria.py,
-# which works the same from a checkout and from site-packages.
+# pythonservice.exe puts the class string's folder (the one holding the cylindria package: the
+# checkout or site-packages) on sys.path and imports the dotted module after it.
+ENTRY = Path(__file__).resolve().parents[2] / "cylindria.service.winservice"
 CLASS_STRING = f"{ENTRY}.CylindriaService"
 STATE_NAMES = {1: "stopped", 2: "starting", 3: "stopping", 4: "running",
                5: "continuing", 6: "pausing", 7: "paused"}

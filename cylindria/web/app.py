@@ -11,7 +11,7 @@ from cylindria.web import assets as web_assets
 from cylindria.web import models as web_models
 from cylindria.web import (auth, cors, docs, errors, metrics, openapi, ratelimit, results, routes, status,
                  streams, v2)
-from cylindria.web.context import Context
+from cylindria.web.context import Context, WebState, build_web_state
 from cylindria.web.jsonprovider import FastJSONProvider
 from cylindria.web.tokens import verifier_for
 
@@ -79,9 +79,11 @@ def normalize_path(path: str) -> str:
     return "/" + head.lower() + sep + rest
 
 
-def create_app(context: Context) -> Flask:
-    """The HTTP surface over a built core (cylindria.service.core.build_context); starts no thread and
-    opens no socket."""
+def create_app(core, web: WebState | None = None) -> Flask:
+    """The HTTP surface over a built core (cylindria/service/core.py's build_core), with the web
+    layer's state (built from the core's config unless given); starts no thread and opens no
+    socket."""
+    context = Context(core, web or build_web_state(core.config))
     app = CylindriaFlask("cylindria")
     app.config["MAX_CONTENT_LENGTH"] = context.config.max_body_bytes
     app.json = FastJSONProvider(app)

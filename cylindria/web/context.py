@@ -1,56 +1,59 @@
 """The state one Cylindria app shares between requests and threads."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flask import current_app
 
-from comfy.inputs.assets import AssetStore
-from comfy.dispatch.dispatcher import Dispatcher
-from comfy.comfyui.gpu import Gpu
-from comfy.comfyui.models import ModelCatalogue
-from comfy.comfyui.outputs import OutputSizes
-from comfy.jobs.retention import RetentionSweep
-from comfy.jobs.store import JobStore
-from comfy.tracking.tracker import Tracker
-from comfy.jobs.watch import JobWatch
-from comfy.jobs.withheld import WithheldSecrets
-from cylindria.config.options import Config
-from cylindria.storage import Storage
-from cylindria.web.auth import KeySetup
+from cylindria.config.options import Config, ConfigError, stream_limit, stream_share
+from cylindria.web import auth
 from cylindria.web.errors import error_response
-from cylindria.webhooks.wiring import Webhooks
 
 
 @dataclass
-class Context:
-    """Hangs off `app.extensions["cylindria"]`; never a module global."""
+class WebState:
+    """The web layer's own state: the API keys, the event-stream slots."""
 
-    config: Config
-    store: JobStore
-    gpus: list[Gpu]
-    tracker: Tracker
-    keys: KeySetup
-    retention: RetentionSweep
-    dispatcher: Dispatcher
-    watch: JobWatch
-    streams: "StreamSlots"
-    assets: AssetStore
-    secrets: WithheldSecrets
-    webhooks: Webhooks
-    models: ModelCatalogue
-    output_sizes: OutputSizes = field(default_factory=OutputSizes)
-    storage: Storage | None = None  # the store of record the stores above write to
+    keys: auth.KeySetup
+    streams: "StreamSlots"  # noqa: F821 (cylindria/web/streams.py, which imports this module)
+
+
+def build_web_state(config: Config) -> WebState:
+    """The web layer's state from the settings; a bad key entry raises ConfigError."""
+    from cylindria.web.streams import StreamSlots
+
+    try:
+        keys = auth.resolve_keys(config.api_keys, config.no_auth, config.data_dir)
+    except auth.BadKeyEntry as exc:
+        raise ConfigError(f"API keys: {exc}") from None
+    return WebState(keys, StreamSlots(stream_limit(config), stream_share(config)))
+
+
+class Context:
+    """Hangs off `app.extensions["cylindria"]` (never a module global): the core
+    (cylindria/service/core.py's Core: store, GPUs, tracker, dispatcher...) and the web
+    layer's state beside it. The core's parts read as the context's own (`ctx().store`)."""
+
+    def __init__(self, core, web: WebState):
+        object.__setattr__(self, "core", core)
+        object.__setattr__(self, "web", web)
+
+    def __getattr__(self, name: str):
+        if name in ("core", "web"):  # not set yet
+            raise AttributeError(name)
+        web = self.web
+        if name in WebState.__dataclass_fields__:
+            return getattr(web, name)
+        return getattr(self.core, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        """A part set on the context is set where it lives (tests replace parts)."""
+        owner = self.web if name in WebState.__dataclass_fields__ else self.core
+        setattr(owner, name, value)
 
     def close(self) -> None:
-        """Stop dispatching, tracking and the retention sweep, then close the storage."""
-        self.watch.close()
-        self.dispatcher.stop()
-        self.tracker.stop()
-        self.retention.stop()
-        self.webhooks.close()
-        if self.storage is not None:
-            self.storage.close()
+        """Close the core (its threads, then the storage)."""
+        self.core.close()
 
 
 def ctx() -> Context:

@@ -10,10 +10,10 @@ import threading
 import time
 import uuid
 from typing import Callable, Iterable
-from urllib.parse import urlsplit, urlunsplit
 
 from comfy.encoding import to_json
 from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.view import shown_url  # noqa: F401  (the sender and tests use it from here)
 from comfy.comfyui.status import iso_time
 from cylindria.storage import OutboxRow, OutboxRows, StorageUnavailable
 
@@ -24,14 +24,6 @@ EVENTS = {JobStatus.RUNNING: "job.started", JobStatus.COMPLETED: "job.completed"
 
 # An event to deliver is an outbox row (its fields: cylindria.storage.interface.OutboxRow).
 Event = OutboxRow
-
-
-def shown_url(url: str) -> str:
-    """The URL as views and logs show it: without its query string and user info, where a
-    receiver's token would be."""
-    parts = urlsplit(url)
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class Outbox:
