@@ -12,7 +12,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-import cylindria
+import cylindria.cli
 from comfy.inputs.assets import Asset
 from comfy.jobs.job import Job, JobStatus
 from cylindria.service.core import ASSETS_DIR
@@ -112,7 +112,7 @@ def pg(postgres_cluster):
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
     """`cylindria db copy ...` in this process: exit code, stdout, stderr."""
-    code = cylindria.main(["db", "copy", *args])
+    code = cylindria.cli.main(["db", "copy", *args])
     out, err = capsys.readouterr()
     return code, out, err
 

@@ -215,9 +215,23 @@ def rewrite_from(match: re.Match) -> str:
     return f"{head}{new_module(module)}{mid}{names}"
 
 
+LAUNCHER_NAMES = r"(?<![\w.])cylindria\.(main|run|exit_now|logger|_interrupt)\b"
+
+
+def rewrite_launcher_use(text: str) -> str:
+    """`import cylindria` then `cylindria.main(...)`: the launcher's code is cylindria/cli.py."""
+    if not re.search(r"^import cylindria\s*$", text, re.M) or not re.search(LAUNCHER_NAMES, text):
+        return text
+    text = re.sub(r"^import cylindria\s*$", "import cylindria.cli", text, flags=re.M)
+    return re.sub(LAUNCHER_NAMES, r"cylindria.cli.\1", text)
+
+
 def rewrite_python(text: str) -> str:
     """Imports, then strings and comments (by token), then names bound by `import a.b`."""
+    text = rewrite_launcher_use(text)
     text = IMPORT_FROM.sub(rewrite_from, text)
+    text = re.sub(r"^from cylindria import (main|run|exit_now)\b", r"from cylindria.cli import \1",
+                  text, flags=re.M)
     bound = set()
 
     def plain_import(match: re.Match) -> str:
