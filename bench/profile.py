@@ -46,7 +46,7 @@ import requests
 from requests.models import complexjson
 
 import bench.minimal
-import cylindria.web.routes
+from cylindria.web import routes as web_routes
 from bench import procs
 from bench.core import JSON_HEADERS, step, wait_websockets
 from bench.fakes import close_all, start_fakes
@@ -119,7 +119,7 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
         rows.append(("  ... and without SQLite (insert + commit, update + commit)",
                      cpu(lambda: cylindria(access_log=False, hooks=False))))
         parsed = parse_workflow(body)
-        with mock.patch.object(cylindria.web.routes, "parse_workflow", lambda raw: parsed):
+        with mock.patch.object(web_routes, "parse_workflow", lambda raw: parsed):
             rows.append(("  ... and without parse_workflow", cpu(
                 lambda: cylindria(access_log=False, hooks=False))))
     with mock.patch.object(bench.minimal.Forwarder, "session", lambda self: StubSession()):

@@ -232,18 +232,26 @@ def rewrite_python(text: str) -> str:
     text = IMPORT_FROM.sub(rewrite_from, text)
     text = re.sub(r"^from cylindria import (main|run|exit_now)\b", r"from cylindria.cli import \1",
                   text, flags=re.M)
-    bound = set()
+    bound: dict[str, str] = {}  # module bound by `import a.b` -> the name it is used by now
 
     def plain_import(match: re.Match) -> str:
-        new = new_module(match.group(2))
-        if new != match.group(2) and not match.group(3):
-            bound.add(match.group(2))
+        old = match.group(2)
+        new, parts = new_module(old), old.split(".")
+        if new != old and not match.group(3):
+            if parts[0] in TOP and len(parts) == 2:
+                # `import web.routes` -> `from cylindria.web import routes as web_routes`: a
+                # bare `cylindria.` prefix would be shadowed by anything named cylindria
+                alias = "_".join(parts)
+                bound[old] = alias
+                return f"{match.group(1).replace('import', 'from', 1)}cylindria.{parts[0]} " \
+                       f"import {parts[1]} as {alias}"
+            bound[old] = new
         return f"{match.group(1)}{new}{match.group(3)}"
 
     text = IMPORT.sub(plain_import, text)
     text = rewrite_tokens(text)
     for old in sorted(bound, key=len, reverse=True):  # `import web.streams` then `web.streams.X`
-        text = re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w])", new_module(old), text)
+        text = re.sub(rf"(?<![\w.]){re.escape(old)}(?![\w])", bound[old], text)
     return text
 
 
