@@ -4,5 +4,5 @@
 - tracking/: keeping each job's status true: websocket events, /queue polls, reconciliation, outcomes;
 - dispatch/: Cylindria's own queue (held jobs) and sending jobs to a GPU or cancelling them;
 - inputs/: what a workflow brings: the workflow, its assets and file inputs, and their placing on a GPU;
-- encoding.py: the JSON and bytes helpers; private.py: the fields a job keeps to itself.
+- encoding.py: JSON on the hot paths (orjson); private.py: the data dir and the files written private to the service's user.
 """

@@ -123,8 +123,8 @@ def comfy_map() -> str:
     lines = ['"""Everything that talks to or tracks ComfyUI, in folders named for what they hold:\n']
     for folder, (what, _) in FOLDERS.items():
         lines.append(f"- {folder}/: {what};\n")
-    lines.append("- encoding.py: the JSON and bytes helpers; private.py: the fields a job keeps "
-                 "to itself.\n")
+    lines.append("- encoding.py: JSON on the hot paths (orjson); private.py: the data dir "
+                 "and the files written private to the service's user.\n")
     return "".join(lines) + '"""\n'
 
 
