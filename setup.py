@@ -19,12 +19,9 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    py_modules=["cylindria"],
-    # Subpackages (web.v2, ...) found, not listed: a new one cannot be left out of the install.
-    packages=find_packages(include=["comfy", "comfy.*", "config", "config.*", "service",
-                                      "service.*", "storage", "storage.*", "web", "web.*",
-                                      "tester", "tester.*", "webhooks", "webhooks.*"]),
+    # Subpackages (cylindria.web.v2, ...) found, not listed: a new one cannot be left out of the install.
+    packages=find_packages(include=["cylindria", "cylindria.*", "comfy", "comfy.*", "tester", "tester.*"]),
     install_requires=requirements(),
-    entry_points={"console_scripts": ["cylindria=cylindria:main",
+    entry_points={"console_scripts": ["cylindria=cylindria.cli:main",
                                       "cylindria-tester=tester.app:main"]},
 )

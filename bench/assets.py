@@ -43,7 +43,7 @@ from bench.stats import median, spread
 
 MIB = 1024 * 1024
 SIZE_MIB = {"full": 50, "quick": 5}  # the asset, by profile
-CHUNK = MIB  # the baseline's writes and the floor's reads, as Cylindria's (comfy.assets.CHUNK)
+CHUNK = MIB  # the baseline's writes and the floor's reads, as Cylindria's (comfy.inputs.assets.CHUNK)
 SAMPLE_EVERY = 0.002  # seconds between RSS samples during an upload
 SETTLE = 0.5  # seconds after the answer before "after" is read, as the store group does
 RSS_LIMIT = 25.0  # per cent of the asset the peak may grow by

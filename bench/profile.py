@@ -46,24 +46,24 @@ import requests
 from requests.models import complexjson
 
 import bench.minimal
-import web.routes
+from cylindria.web import routes as web_routes
 from bench import procs
 from bench.core import JSON_HEADERS, step, wait_websockets
 from bench.fakes import close_all, start_fakes
 from bench.procs import LoadClient, key_headers
 from bench.stats import median, percentile
 from bench.store import fill, job_id
-from comfy.client import ComfyClient
+from comfy.comfyui.client import ComfyClient
 from comfy.encoding import to_json
-from comfy.workflow import parse_workflow
-from config.options import load_config
-from service.core import build_context
-from storage.sqlite import SqliteJobRows
-from service.logs import AccessLog, setup_logging
+from comfy.inputs.workflow import parse_workflow
+from cylindria.config.options import load_config
+from cylindria.service.core import build_core
+from cylindria.storage.sqlite import SqliteJobRows
+from cylindria.service.logs import AccessLog, setup_logging
 from tests import workflows
 from tests.fake_comfy.costs import real_costs
 from tests.helpers import API_KEY
-from web.app import create_app
+from cylindria.web.app import create_app
 
 WORKFLOWS = {"core": workflows.core, "chain60": lambda: workflows.chain(60)}
 WARMUP = 100
@@ -99,7 +99,7 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
     def cylindria(access_log=True, hooks=True):
         config = load_config(["--comfy-base-url", "http://127.0.0.1:1", "--api-key", API_KEY,
                               "--data-dir", tempfile.mkdtemp()])
-        app = create_app(build_context(config))
+        app = create_app(build_core(config))
         app.extensions["cylindria"].gpus[0].client = CannedClient()
         if not hooks:
             app.before_request_funcs[None] = []  # the API key check
@@ -119,7 +119,7 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
         rows.append(("  ... and without SQLite (insert + commit, update + commit)",
                      cpu(lambda: cylindria(access_log=False, hooks=False))))
         parsed = parse_workflow(body)
-        with mock.patch.object(web.routes, "parse_workflow", lambda raw: parsed):
+        with mock.patch.object(web_routes, "parse_workflow", lambda raw: parsed):
             rows.append(("  ... and without parse_workflow", cpu(
                 lambda: cylindria(access_log=False, hooks=False))))
     with mock.patch.object(bench.minimal.Forwarder, "session", lambda self: StubSession()):
@@ -257,20 +257,20 @@ def _startjob_job(port: int, headers: dict, workflow: dict, count: int) -> dict:
 # The steps of a PUT /startjob, outermost first: (label, file suffix, function name, depth).
 STEPS = (
     ("waitress: the request's work on its thread", "waitress/task.py", "service", 0),
-    ("access log (wrapper; the line's record)", "service/logs.py", "__call__", 1),
+    ("access log (wrapper; the line's record)", "cylindria/service/logs.py", "__call__", 1),
     ("Flask: wsgi_app (routing, hooks, view, answer)", "flask/app.py", "wsgi_app", 2),
-    ("before_request: wait_until_reconciled", "web/context.py", "wait_until_reconciled", 3),
-    ("before_request: API key", "web/auth.py", "require_key", 3),
-    ("view: startjob", "web/routes.py", "startjob", 3),
-    ("parse_workflow (JSON, checks, fingerprint)", "comfy/workflow.py", "parse_workflow", 4),
-    ("submit_job", "comfy/submit.py", "submit_job", 4),
-    ("store.reserve (SQLite: job + workflow)", "comfy/store.py", "reserve", 5),
-    ("ComfyClient.submit (POST /prompt)", "comfy/client.py", "submit", 5),
+    ("before_request: wait_until_reconciled", "cylindria/web/context.py", "wait_until_reconciled", 3),
+    ("before_request: API key", "cylindria/web/auth.py", "require_key", 3),
+    ("view: startjob", "cylindria/web/routes.py", "startjob", 3),
+    ("parse_workflow (JSON, checks, fingerprint)", "comfy/inputs/workflow.py", "parse_workflow", 4),
+    ("submit_job", "comfy/dispatch/submit.py", "submit_job", 4),
+    ("store.reserve (SQLite: job + workflow)", "comfy/jobs/store.py", "reserve", 5),
+    ("ComfyClient.submit (POST /prompt)", "comfy/comfyui/client.py", "submit", 5),
     ("of which waiting for the fake's answer", "~",
      "<method 'recv_into' of '_socket.socket' objects>", 6),
-    ("accept (store.change: SQLite update)", "comfy/submit.py", "accept", 5),
+    ("accept (store.change: SQLite update)", "comfy/dispatch/submit.py", "accept", 5),
     ("accepted_view + jsonify", "flask/json/__init__.py", "jsonify", 4),
-    ("after_request: metrics", "web/metrics.py", "count", 3),
+    ("after_request: metrics", "cylindria/web/metrics.py", "count", 3),
 )
 
 
@@ -280,20 +280,20 @@ STATUS_JOBS = 100  # finished jobs in the store; the request asks for each in tu
 
 # The steps of a GET /jobstatus, outermost first (as STEPS).
 STATUS_STEPS = (
-    ("access log (wrapper)", "service/logs.py", "__call__", 0),
+    ("access log (wrapper)", "cylindria/service/logs.py", "__call__", 0),
     ("Flask: wsgi_app (routing, hooks, view, answer)", "flask/app.py", "wsgi_app", 1),
     ("request context (environ, URL adapter, match)", "flask/ctx.py", "push", 2),
     ("of which the URL adapter (host, bind)", "flask/app.py", "create_url_adapter", 3),
     ("of which matching the rule", "werkzeug/routing/map.py", "match", 3),
     ("before_request hooks (all)", "flask/app.py", "preprocess_request", 2),
-    ("before_request: wait_until_reconciled", "web/context.py", "wait_until_reconciled", 3),
-    ("before_request: API key", "web/auth.py", "require_key", 3),
-    ("view: jobstatus", "web/routes.py", "jobstatus", 2),
-    ("wait_param", "web/streams.py", "wait_param", 3),
-    ("known_job (id check, store, visible)", "web/lookup.py", "known_job", 3),
-    ("job_view", "web/views.py", "job_view", 3),
+    ("before_request: wait_until_reconciled", "cylindria/web/context.py", "wait_until_reconciled", 3),
+    ("before_request: API key", "cylindria/web/auth.py", "require_key", 3),
+    ("view: jobstatus", "cylindria/web/routes.py", "jobstatus", 2),
+    ("wait_param", "cylindria/web/streams.py", "wait_param", 3),
+    ("known_job (id check, store, visible)", "cylindria/web/lookup.py", "known_job", 3),
+    ("job_view", "cylindria/web/views.py", "job_view", 3),
     ("after_request hooks (all)", "flask/app.py", "process_response", 2),
-    ("after_request: metrics", "web/metrics.py", "count", 3),
+    ("after_request: metrics", "cylindria/web/metrics.py", "count", 3),
     ("the answer to WSGI (headers, start_response)", "werkzeug/wrappers/response.py",
      "__call__", 2),
     ("request context pop", "flask/ctx.py", "pop", 2),
@@ -309,7 +309,7 @@ def status(calls: int, repeats: int, top: int) -> str:
     def cylindria(access_log=True, hooks=True):
         config = load_config(["--comfy-base-url", "http://127.0.0.1:1", "--api-key", API_KEY,
                               "--data-dir", str(data)])
-        app = create_app(build_context(config))
+        app = create_app(build_core(config))
         built.append(app.extensions["cylindria"])
         if not hooks:
             app.before_request_funcs.clear()  # the API key check, wait_until_reconciled

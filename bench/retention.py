@@ -20,8 +20,8 @@ from bench import procs, store
 from bench.core import Bench, Figure, check_errors, step
 from bench.procs import key_headers
 from bench.stats import median, percentile, pooled
-from comfy.retention import RetentionSweep
-from storage import DB_FILE_NAME
+from comfy.jobs.retention import RetentionSweep
+from cylindria.storage import DB_FILE_NAME
 
 DAY = 86400.0
 RETENTION = "30d"

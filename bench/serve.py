@@ -24,8 +24,8 @@ import sys
 import threading
 
 from bench.threadnames import name_threads
-from config.options import load_config
-from service.logs import setup_logging
+from cylindria.config.options import load_config
+from cylindria.service.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         name_threads()  # before the Service starts any thread
     config = dataclasses.replace(load_config(argv), websocket=websocket)
     setup_logging(config.log_level, config.log_file)
-    from service.server import Service
+    from cylindria.service.server import Service
 
     profiler = profile_requests() if profile_path else None
     service = Service(config)

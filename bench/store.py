@@ -6,10 +6,10 @@ import time
 import uuid
 from pathlib import Path
 
-from comfy.jobs import Job, JobStatus
-from storage import DB_FILE_NAME
-from storage.records import values
-from storage.sqlite import SqliteStorage
+from comfy.jobs.job import Job, JobStatus
+from cylindria.storage import DB_FILE_NAME
+from cylindria.storage.records import values
+from cylindria.storage.sqlite import SqliteStorage
 
 
 def job_id(n: int) -> str:

@@ -57,7 +57,7 @@ from bench.stats import percentile, spread
 from tests import workflows
 from tests.helpers import free_ports
 from tests.processes import terminate
-from webhooks.sender import PER_RECEIVER
+from cylindria.webhooks.sender import PER_RECEIVER
 
 BURST = {"full": 1000, "quick": 40}  # jobs ending at once, with or without a webhook
 ROUNDS = {"full": 4, "quick": 1}  # ABBA rounds of each side

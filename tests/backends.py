@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from storage import DB_FILE_NAME, Storage, open_url
+from cylindria.storage import DB_FILE_NAME, Storage, open_url
 
 KINDS = ("sqlite", "postgresql")
 

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from config.options import Config
-from service.server import Service
+from cylindria.config.options import Config
+from cylindria.service.server import Service
 from tests.backends import KINDS, Backend, close_opened
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports

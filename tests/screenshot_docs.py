@@ -6,7 +6,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests.browser import screenshot
 from tests.conftest import make_config
 from tests.fake_comfy import FakeComfy

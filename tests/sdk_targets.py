@@ -1,7 +1,7 @@
 """The two servers tests/test_comfy_sdk.py points the comfy-sdk client at.
 
 `target` is a parametrized fixture: each test runs once against
-- "cylindria": the real Cylindria (service.server.Service) in front of two fake ComfyUIs (GPUs),
+- "cylindria": the real Cylindria (cylindria.service.server.Service) in front of two fake ComfyUIs (GPUs),
 - "proxy": Comfy-Org's reference server comfy-api-proxy 0.1.6 (a subprocess of this test)
   in front of one fake ComfyUI, with --token so it checks the key like Cylindria does.
 
@@ -18,7 +18,7 @@ from typing import Callable
 import pytest
 import requests
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests.conftest import TIME_SCALE, make_config, start_fakes
 from tests.fake_comfy import FakeComfy, RecordedRequest
 from tests.helpers import API_KEY, Api, free_ports, wait_for

@@ -10,7 +10,7 @@ import time
 import blake3
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.fake_comfy.png import output_png

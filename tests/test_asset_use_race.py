@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy.retention import RetentionSweep
-from service.server import Service
+from comfy.jobs.retention import RetentionSweep
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.fake_comfy.png import output_png

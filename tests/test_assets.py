@@ -8,7 +8,7 @@ import stat
 import blake3
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.fake_comfy.png import decode_png, output_png, rgb_png

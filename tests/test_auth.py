@@ -6,11 +6,11 @@ import sys
 import pytest
 
 from comfy.private import show_once
-from service.server import Service
+from cylindria.service.server import Service
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api
-from web.auth import resolve_keys
-from webhooks.secret import load_secret
+from cylindria.web.auth import resolve_keys
+from cylindria.webhooks.secret import load_secret
 
 PROTECTED = [("GET", "/serverstatus"), ("GET", "/jobstatus/x"), ("PUT", "/startjob/x"),
              ("GET", "/no-such-endpoint")]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.fake_comfy import FakeComfy

@@ -8,8 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from comfy.client import ComfyClient
-from comfy.errors import ComfyBadResponse
+from comfy.comfyui.client import ComfyClient
+from comfy.comfyui.errors import ComfyBadResponse
 
 
 class Recording(ThreadingHTTPServer):

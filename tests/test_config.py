@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from config.options import ConfigError, default_data_dir, load_config
-from service import cli
-from web.auth import KEY_FILE_NAME
+from cylindria.config.options import ConfigError, default_data_dir, load_config
+from cylindria.service import cli
+from cylindria.web.auth import KEY_FILE_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 

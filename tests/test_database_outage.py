@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
@@ -81,7 +81,7 @@ def test_postgresql_stopped_then_started_loses_nothing(own_postgres, fakes, tmp_
         wait_for(lambda: api.get("/ready").status_code == 200, timeout=WAIT, message="/ready")
         assert dead(service) == []
     assert "unhandled error while serving a request" not in caplog.text
-    outages = [r for r in caplog.records if r.name == "storage.interface"
+    outages = [r for r in caplog.records if r.name == "cylindria.storage.interface"
                and "unavailable" in r.getMessage()]
     assert len(outages) == 1  # the outage logged once, not at every call that met it
 

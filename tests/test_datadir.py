@@ -7,8 +7,8 @@ import stat
 import pytest
 
 from comfy.private import private_dir
-from service.logs import remove_handlers, setup_logging
-from service.server import Service
+from cylindria.service.logs import remove_handlers, setup_logging
+from cylindria.service.server import Service
 from tests.conftest import make_config
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX modes (Windows: the per-user "
@@ -69,6 +69,6 @@ def test_a_shared_dir_like_tmp_is_left_as_it_is(tmp_path, caplog):
 
 
 def test_the_systemd_state_directory_is_made_private_by_systemd_too():
-    from service import systemd
+    from cylindria.service import systemd
     unit = systemd.render_unit(["python3", "cylindria.py"], systemd.DEFAULT_DATA_DIR, "cylindria")
     assert "StateDirectory=cylindria\nStateDirectoryMode=0700\n" in unit

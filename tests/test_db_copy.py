@@ -12,15 +12,15 @@ from pathlib import Path
 import blake3
 import pytest
 
-import cylindria
-from comfy.assets import Asset
-from comfy.jobs import Job, JobStatus
-from service.core import ASSETS_DIR
-from service.instance import DataDirLock, NodeLock
-from service.server import Service
-from storage import DB_FILE_NAME, OutboxRow, open_url
-from storage.copy import Side, copy_store
-from storage.records import WHOLE
+import cylindria.cli
+from comfy.inputs.assets import Asset
+from comfy.jobs.job import Job, JobStatus
+from cylindria.service.core import ASSETS_DIR
+from cylindria.service.instance import DataDirLock, NodeLock
+from cylindria.service.server import Service
+from cylindria.storage import DB_FILE_NAME, OutboxRow, open_url
+from cylindria.storage.copy import Side, copy_store
+from cylindria.storage.records import WHOLE
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api
@@ -112,7 +112,7 @@ def pg(postgres_cluster):
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
     """`cylindria db copy ...` in this process: exit code, stdout, stderr."""
-    code = cylindria.main(["db", "copy", *args])
+    code = cylindria.cli.main(["db", "copy", *args])
     out, err = capsys.readouterr()
     return code, out, err
 

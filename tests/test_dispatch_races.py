@@ -10,18 +10,18 @@ import threading
 
 import pytest
 
-from comfy.catalogue import Catalogue, NodeClass
-from comfy.dispatcher import Dispatcher
-from comfy.errors import ComfyUnreachable
-from comfy.gpu import Gpu
-from comfy.held import cancel_held, died_under
-from comfy.jobs import JobStatus
-from comfy.queue import QueueItem, QueueSnapshot
-from comfy.reconcile import reconcile_gpu
-from comfy.store import JobStore
+from comfy.comfyui.catalogue import Catalogue, NodeClass
+from comfy.dispatch.dispatcher import Dispatcher
+from comfy.comfyui.errors import ComfyUnreachable
+from comfy.comfyui.gpu import Gpu
+from comfy.dispatch.held import cancel_held, died_under
+from comfy.jobs.job import JobStatus
+from comfy.comfyui.queue import QueueItem, QueueSnapshot
+from comfy.tracking.reconcile import reconcile_gpu
+from comfy.jobs.store import JobStore
 from tests.backends import sqlite_storage
-from comfy.submit import hold_job
-from comfy.workflow import parse_workflow
+from comfy.dispatch.submit import hold_job
+from comfy.inputs.workflow import parse_workflow
 from tests import workflows
 
 WAIT = 10.0  # seconds any step may take before the test fails instead of hanging
@@ -227,7 +227,7 @@ def test_a_retry_meeting_a_send_under_way_is_answered_once_it_settles(store, dis
 def test_an_auto_submission_just_after_start_waits_for_the_first_node_classes():
     """A GPU is reachable, its /object_info still being read, when a GpuId=auto workflow
     arrives: the check waits for the classes instead of holding the workflow unchecked."""
-    from web.submission import catalogues
+    from cylindria.web.submission import catalogues
     gpu = Gpu(0, "http://127.0.0.1:9", "test-gpu0", client=GatedComfy())
     gpu.reachable = True
     read = threading.Event()
@@ -247,7 +247,7 @@ def test_an_auto_submission_just_after_start_waits_for_the_first_node_classes():
 def test_a_comfyui_silent_since_long_after_the_start_is_not_waited_for():
     """Reachability still unknown (never answered: hung, or answering garbage) well after the
     start: a submission does not wait for classes that are not coming."""
-    from web.submission import START_WINDOW, catalogues
+    from cylindria.web.submission import START_WINDOW, catalogues
     silent = Gpu(0, "http://127.0.0.1:9", "test-gpu0", client=GatedComfy())
     silent.created_at -= START_WINDOW + 1
 
@@ -261,8 +261,8 @@ def test_a_comfyui_silent_since_long_after_the_start_is_not_waited_for():
 def test_a_submission_refused_for_a_full_queue_leaves_nothing_remembered(store, dispatcher):
     from types import SimpleNamespace
 
-    from web.errors import ApiError
-    from web.submission import hold as hold_auto
+    from cylindria.web.errors import ApiError
+    from cylindria.web.submission import hold as hold_auto
     context = SimpleNamespace(store=store, gpus=dispatcher.gpus, dispatcher=dispatcher,
                               config=SimpleNamespace(max_queued=1))
     hold_auto(context, "fits", parse_workflow(json.dumps(workflows.core("fits")).encode()), 0)
@@ -275,7 +275,7 @@ def test_a_submission_refused_for_a_full_queue_leaves_nothing_remembered(store, 
 def test_a_submission_that_lost_the_race_for_its_id_lends_the_winner_no_needs(store, dispatcher):
     """Two submissions of one job id with different workflows: both remember their needs
     before either is held, the loser last. The held job's needs are its own workflow's."""
-    from comfy.catalogue import needs_of
+    from comfy.comfyui.catalogue import needs_of
     winner = parse_workflow(json.dumps(workflows.core("winner")).encode())
     loser = parse_workflow(json.dumps({"1": {"class_type": "OnlyOnGpu9", "inputs": {}}}).encode())
     dispatcher.remember("contested", winner.fingerprint, needs_of(winner.prompt))

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests.browser import find_chromium, rendered_dom
 from tests.conftest import make_config
 from tests.helpers import Api

@@ -25,7 +25,7 @@ def test_wrong_method_is_json_405(api):
 def test_body_over_the_limit_is_json_413_and_leaves_no_job(fakes, tmp_path):
     from tests.conftest import make_config
     from tests.helpers import Api
-    from service.server import Service
+    from cylindria.service.server import Service
     config = make_config(fakes, tmp_path, max_body_bytes=1024)
     with Service(config) as service:
         api = Api(service.url)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from comfy.events import handle_message
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
+from comfy.tracking.events import handle_message
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
 from tests.backends import sqlite_storage
 
 RECORDINGS = Path(__file__).parent / "recordings"
@@ -109,7 +109,7 @@ def test_messages_for_other_prompts_or_gpus_are_ignored(store):
 def test_times_from_history_never_precede_the_submission(store):
     """ComfyUI's history stamps (its own clock, truncated to ms) a few ms before Cylindria
     stamped the submission: the job still reads submitted <= started <= finished."""
-    from comfy.events import finish_from_history
+    from comfy.tracking.events import finish_from_history
     store.reserve(Job(job_id="h", gpu_id=0, prompt_id="ph", fingerprint="f", submitted_at=1000.0), b"{}")
     store.release("h", "ph")
     entry = {"status": {"status_str": "success", "completed": True, "messages": [

@@ -2,11 +2,11 @@
 exists end `lost` with the reason at start, every surface answers them, retention takes them."""
 from __future__ import annotations
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
-from web.v2.shapes import output_id
+from cylindria.web.v2.shapes import output_id
 
 
 def test_jobs_of_a_gpu_that_is_gone_are_lost_and_answered_everywhere(fakes, tmp_path):

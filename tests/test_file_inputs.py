@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.fake_comfy.png import output_png
@@ -24,7 +24,7 @@ RECORDED = Path(__file__).resolve().parent / "recordings" / "object-info.json"
 # -- the rule, as plain functions -------------------------------------------------------------
 
 def test_the_recorded_object_info_marks_the_core_loaders():
-    from comfy.fileinputs import file_inputs_of
+    from comfy.inputs.fileinputs import file_inputs_of
     marked = file_inputs_of(json.loads(RECORDED.read_text(encoding="utf-8")))
     assert marked["LoadImage"] == {"image"} and marked["LoadImageMask"] == {"image"}
     assert marked["LoadAudio"] == {"audio"} and marked["LoadVideo"] == {"file"}
@@ -39,7 +39,7 @@ def test_the_recorded_object_info_marks_the_core_loaders():
     "D:x.png", "../secret.png", "sub/../../x.png [output]", "..\\x.png", "x/..",
     "a/.../b.png", "a/.. /b.png", "../x.png [temp]"])
 def test_absolute_paths_and_dot_dot_segments_are_unsafe(value):
-    from comfy.fileinputs import unsafe_path
+    from comfy.inputs.fileinputs import unsafe_path
     assert unsafe_path(value)
 
 
@@ -47,12 +47,12 @@ def test_absolute_paths_and_dot_dot_segments_are_unsafe(value):
     "x.png", "sub/x.png [output]", "a photo of a cat...", "A: cat", "x..png", "..x.png",
     "version 1.2..3", "C:", "", "cylindria/abc.png"])
 def test_names_inside_the_folders_and_plain_text_are_safe(value):
-    from comfy.fileinputs import unsafe_path
+    from comfy.inputs.fileinputs import unsafe_path
     assert not unsafe_path(value)
 
 
 def test_an_own_clients_file_inputs_name_only_its_assets_and_outputs():
-    from comfy.fileinputs import CORE_FILE_INPUTS, FileNotAllowed, check_files
+    from comfy.inputs.fileinputs import CORE_FILE_INPUTS, FileNotAllowed, check_files
     mine = {("", "mine_00001_.png"), ("sub", "deep_00001_.png")}
 
     def own(subfolder, filename):
@@ -79,7 +79,7 @@ def test_an_own_clients_file_inputs_name_only_its_assets_and_outputs():
 
 
 def test_an_output_is_the_clients_on_a_gpu_when_its_newest_job_there_is():
-    from comfy.fileinputs import owns_output
+    from comfy.inputs.fileinputs import owns_output
 
     def job(by, gpu, name):
         return SimpleNamespace(submitted_by=by, gpu_id=gpu, outputs=(

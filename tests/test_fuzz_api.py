@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.helpers import API_KEY, Api
 

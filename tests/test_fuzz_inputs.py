@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from comfy.fileinputs import unsafe_path
-from config.options import Config
-from service.core import build_context
+from comfy.inputs.fileinputs import unsafe_path
+from cylindria.config.options import Config
+from cylindria.service.core import build_core
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import API_KEY
-from web.app import create_app
+from cylindria.web.app import create_app
 
 KEY = {"X-API-Key": API_KEY}
 EXAMPLES = 100
@@ -47,9 +47,9 @@ def for_all(strategy, check, soak: bool, examples: int = EXAMPLES, always=()) ->
 @pytest.fixture
 def client(fakes, tmp_path):
     """Flask's test client of an app in front of the two fakes (tracking not started)."""
-    context = build_context(make_config(fakes, tmp_path))
-    yield create_app(context).test_client()
-    context.close()
+    core = build_core(make_config(fakes, tmp_path))
+    yield create_app(core).test_client()
+    core.close()
 
 
 def no_job_left(client) -> None:

@@ -4,9 +4,9 @@ import logging
 
 import pytest
 
-from comfy.gpu import Gpu
-from comfy.listener import Listener
-from service.server import Service
+from comfy.comfyui.gpu import Gpu
+from comfy.comfyui.listener import Listener
+from cylindria.service.server import Service
 from tests.conftest import TIME_SCALE, make_config
 from tests.fake_comfy import FakeComfy
 from tests.helpers import free_ports, wait_for
@@ -53,7 +53,7 @@ def test_a_refusing_gpu_is_warned_once_however_often_the_listener_retries(librar
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
     warnings = records(caplog, level=logging.WARNING)
     assert [(r.name, r.getMessage()) for r in warnings] == [
-        ("comfy.gpu", f"GPU 3: ComfyUI at http://127.0.0.1:{port} refuses connections")]
+        ("comfy.comfyui.gpu", f"GPU 3: ComfyUI at http://127.0.0.1:{port} refuses connections")]
     library = records(caplog, "websocket")
     assert any("goodbye" in r.getMessage() for r in library)  # it did complain: at DEBUG
     assert {r.levelname for r in library} == {"DEBUG"}
@@ -79,6 +79,6 @@ def test_an_outage_and_the_return_give_one_warning_and_one_info_line(tmp_path, l
     # The outage's own lines (at stop, a poll of the 0.2 s interval may still be under way on
     # a loaded machine: the poller says so at WARNING, a line about the stop, not the outage).
     assert [r.getMessage() for r in records(caplog, level=logging.WARNING)
-            if r.name != "comfy.poller"] == [f"GPU 0: ComfyUI at {url} refuses connections"]
-    assert [r.getMessage() for r in records(caplog, "comfy.gpu", logging.INFO)
+            if r.name != "comfy.tracking.poller"] == [f"GPU 0: ComfyUI at {url} refuses connections"]
+    assert [r.getMessage() for r in records(caplog, "comfy.comfyui.gpu", logging.INFO)
             if "reachable" in r.getMessage()] == [f"GPU 0: ComfyUI at {url} is reachable again"]

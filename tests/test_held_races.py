@@ -12,19 +12,19 @@ from types import SimpleNamespace
 import pytest
 from flask import Flask
 
-from comfy import submit
-from comfy.dispatcher import Dispatcher
-from comfy.errors import ComfyBadResponse, ComfyTimeout, ComfyUnreachable
-from comfy.events import finish
-from comfy.gpu import Gpu
-from comfy.jobs import Job, JobStatus
-from comfy.queue import QueueItem, QueueSnapshot
-from comfy.reconcile import reconcile_gpu
-from comfy.store import JobStore
-from comfy.submit import accept, submit_job
-from comfy.withheld import WithheldSecrets
-from comfy.workflow import parse_workflow
-from storage import JobRows
+from comfy.dispatch import submit
+from comfy.dispatch.dispatcher import Dispatcher
+from comfy.comfyui.errors import ComfyBadResponse, ComfyTimeout, ComfyUnreachable
+from comfy.tracking.events import finish
+from comfy.comfyui.gpu import Gpu
+from comfy.jobs.job import Job, JobStatus
+from comfy.comfyui.queue import QueueItem, QueueSnapshot
+from comfy.tracking.reconcile import reconcile_gpu
+from comfy.jobs.store import JobStore
+from comfy.dispatch.submit import accept, submit_job
+from comfy.jobs.withheld import WithheldSecrets
+from comfy.inputs.workflow import parse_workflow
+from cylindria.storage import JobRows
 from tests import workflows
 from tests.test_dispatch_races import WAIT, ready_gpu
 
@@ -95,7 +95,7 @@ def test_the_job_created_keeps_its_own_clients_partner_key(backend):
     """Two clients submit one new job id with different partner keys at once; the second is
     the last to pass everything before the reservation, the first creates the job. The job
     must carry the first client's key (the second's submission created nothing)."""
-    from web.submission import accepting, hold
+    from cylindria.web.submission import accepting, hold
     store = OrderedStore(backend.open().jobs)
     gpu = ready_gpu(0, StandIn())
     dispatcher = Dispatcher([gpu], store)
@@ -159,7 +159,7 @@ def requeued_pinned(store: JobStore, job_id: str, held_for: float) -> Job:
                                fingerprint=workflow.fingerprint, attempts=1), workflow.source)
     store.release(job_id, job.prompt_id)
     store.change(job_id, lambda j: setattr(j, "status", JobStatus.QUEUED))
-    from comfy.held import died_under
+    from comfy.dispatch.held import died_under
     died_under(store, store.get(job_id), max_attempts=3)
 
     def backdate(j: Job) -> None:

@@ -15,8 +15,8 @@ import time
 import pytest
 import requests
 
-from service.server import Service
-from config.options import Config
+from cylindria.service.server import Service
+from cylindria.config.options import Config
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api, wait_for
 

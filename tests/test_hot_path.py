@@ -1,17 +1,17 @@
 """The hot read path's savings keep its answers: GET /jobstatus bodies encoded once per job
-record (web.views.EncodedViews), and requests counted in batches (web.metrics)."""
+record (cylindria.web.views.EncodedViews), and requests counted in batches (cylindria.web.metrics)."""
 import dataclasses
 import json
 import threading
 import time
 
 from bench.store import finished_job
-from comfy.jobs import JobStatus
+from comfy.jobs.job import JobStatus
 from tests.helpers import Api
 from tests.test_metrics import scrape
 from tests.test_named_keys import ALICE, BOB, named  # noqa: F401 - named is a fixture
-from web.metrics import COUNT_EVERY
-from web.views import EncodedViews, job_view
+from cylindria.web.metrics import COUNT_EVERY
+from cylindria.web.views import EncodedViews, job_view
 
 
 def test_an_unchanged_record_is_answered_with_the_bytes_encoded_the_first_time():

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 import pytest
 
 from comfy.private import write_private
-from config.options import ConfigError
-from service.instance import (LOCK_FILE_NAME, DataDirLock, InstanceBusy, NodeLock,
+from cylindria.config.options import ConfigError
+from cylindria.service.instance import (LOCK_FILE_NAME, DataDirLock, InstanceBusy, NodeLock,
                               take_instance_lock)
 from tests import workflows
-from service.server import Service
+from cylindria.service.server import Service
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api
 from tests.processes import ROOT, CylindriaProcess, terminate
@@ -105,7 +105,7 @@ HOLD = """
 import sys
 from types import SimpleNamespace
 from pathlib import Path
-from service.instance import take_instance_lock
+from cylindria.service.instance import take_instance_lock
 lock = take_instance_lock(SimpleNamespace(data_dir=Path(sys.argv[1]), database=sys.argv[2] or None,
                                           node=sys.argv[3] or None))
 print("held", flush=True)

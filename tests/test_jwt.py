@@ -16,13 +16,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from jwt.algorithms import OKPAlgorithm, RSAAlgorithm
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
-from config.options import ConfigError, load_config
+from cylindria.config.options import ConfigError, load_config
 from tests.helpers import Api, free_ports
-from web.auth import Client
-from web.tokens import UNKNOWN_KID_EVERY, TokenVerifier
+from cylindria.web.auth import Client
+from cylindria.web.tokens import UNKNOWN_KID_EVERY, TokenVerifier
 
 ISSUER, AUDIENCE = "https://login.example", "cylindria"
 

@@ -1,10 +1,10 @@
 """The websocket listener's one step: frames in, store changes out (no socket needed)."""
 import json
 
-from comfy.gpu import Gpu
-from comfy.jobs import Job, JobStatus
-from comfy.listener import Listener
-from comfy.store import JobStore
+from comfy.comfyui.gpu import Gpu
+from comfy.jobs.job import Job, JobStatus
+from comfy.comfyui.listener import Listener
+from comfy.jobs.store import JobStore
 from tests.backends import sqlite_storage
 
 

@@ -6,13 +6,13 @@ from logging.handlers import RotatingFileHandler
 
 import pytest
 
-from config.options import ConfigError, load_config
-from service.logs import FILE_BYTES, FILE_COUNT, AccessLog, remove_handlers, safe_query, setup_logging
-from service.server import Service
+from cylindria.config.options import ConfigError, load_config
+from cylindria.service.logs import FILE_BYTES, FILE_COUNT, AccessLog, remove_handlers, safe_query, setup_logging
+from cylindria.service.server import Service
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api, wait_for
 from tests.processes import CylindriaProcess
-from web.auth import unnamed
+from cylindria.web.auth import unnamed
 
 LINE = re.compile(r"^(GET|PUT|DELETE) (\S+) (\d{3}) \d+\.\dms 127\.0\.0\.1(?: (\S+))?$")
 WRONG_KEY = "not-the-key-but-secret-too-42"

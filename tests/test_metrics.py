@@ -61,7 +61,7 @@ def test_metrics_need_the_key(service):
 
 def test_metrics_can_be_made_public(fakes, tmp_path):
     from tests.conftest import make_config
-    from service.server import Service
+    from cylindria.service.server import Service
     with Service(make_config(fakes, tmp_path, metrics_public=True)) as service:
         public = Api(service.url, None)
         assert public.get("/metrics").status_code == 200

@@ -7,9 +7,9 @@ import threading
 import pytest
 import requests
 
-from comfy.errors import ComfyBadResponse, ComfyTimeout, ComfyUnreachable
-from comfy.models import merge, read_models
-from service.server import Service
+from comfy.comfyui.errors import ComfyBadResponse, ComfyTimeout, ComfyUnreachable
+from comfy.comfyui.models import merge, read_models
+from cylindria.service.server import Service
 from tests.conftest import make_config
 from tests.fake_comfy import DEFAULT_CHECKPOINTS, FakeComfy
 from tests.helpers import Api, wait_for

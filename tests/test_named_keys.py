@@ -6,12 +6,12 @@ import logging
 
 import pytest
 
-from config.options import ConfigError
-from service.server import Service
+from cylindria.config.options import ConfigError
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
-from web.auth import BadKeyEntry, resolve_keys, unnamed
+from cylindria.web.auth import BadKeyEntry, resolve_keys, unnamed
 
 ALICE, BOB, PLAIN = "alice-key-0123456", "bob-key-0123456789", "plain-key-000000"
 

@@ -5,7 +5,7 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for

@@ -2,9 +2,9 @@
 import json
 from pathlib import Path
 
-from comfy.events import finish_from_history
-from comfy.jobs import Job, JobStatus
-from comfy.outcome import files_from_output, outcome_from_history, times_from_history
+from comfy.tracking.events import finish_from_history
+from comfy.jobs.job import Job, JobStatus
+from comfy.tracking.outcome import files_from_output, outcome_from_history, times_from_history
 
 RECORDINGS = Path(__file__).parent / "recordings"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.fake_comfy.png import output_png

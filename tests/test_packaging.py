@@ -48,6 +48,10 @@ def venv(tmp_path_factory):
                    check=True, timeout=300)
     python = base / "venv" / BIN / "python"
     see_running_site_packages(python)
+    # PyPI's `config` first: a top-level name Cylindria once installed too (issue 26); the
+    # commands below must run beside it, and it must stay PyPI's.
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "config"], check=True, timeout=300,
+                   cwd=base)
     subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", str(source)],
                    check=True, timeout=600, cwd=base)
     shutil.rmtree(source)  # the installed commands must not need the source tree
@@ -72,7 +76,7 @@ def test_cylindria_tester_command_runs_from_the_venv(venv):
 
 
 def test_installed_code_is_the_venvs_own(venv):
-    result = run(venv, "python", "-c", "import cylindria, service.server, comfy.store, tester.app; "
+    result = run(venv, "python", "-c", "import cylindria, cylindria.service.server, comfy.jobs.store, tester.app; "
                  "print(cylindria.__file__)")
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(venv)
@@ -82,9 +86,30 @@ def test_installed_service_runs_the_installed_entry_point(venv, tmp_path):
     result = run(venv, "cylindria", "service", "install", "--print", "--no-auth",
                  "--data-dir", str(tmp_path))
     exec_start = next(line for line in result.stdout.splitlines() if line.startswith("ExecStart="))
-    python, entry = exec_start.removeprefix("ExecStart=").split()[:2]
-    assert Path(python).is_relative_to(venv) and Path(entry).is_relative_to(venv)
-    assert Path(entry).name == "cylindria.py"
+    python, *module = exec_start.removeprefix("ExecStart=").split()[:3]
+    assert Path(python).is_relative_to(venv) and module == ["-m", "cylindria"]
+
+
+def test_installed_beside_pypis_config_both_import(venv):
+    result = run(venv, "python", "-c", "import config, cylindria.config.options; "
+                 "print(config.__file__); print(cylindria.config.options.__file__)")
+    assert result.returncode == 0, result.stderr
+    theirs, ours = result.stdout.split()
+    assert Path(theirs).parent.name == "config" and Path(ours).parts[-3:-1] == ("cylindria", "config")
+
+
+def test_site_packages_gets_only_cylindria_comfy_and_tester(venv):
+    code = ("import importlib.metadata as m; print('\\n'.join(sorted({f.parts[0] for f in "
+            "m.files('cylindria') if f.suffix == '.py' and f.parts[0] != '..'})))")
+    result = run(venv, "python", "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["comfy", "cylindria", "tester"]
+
+
+def test_python_dash_m_cylindria_runs_from_the_checkout():
+    result = subprocess.run([sys.executable, "-m", "cylindria", "--help"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("usage: cylindria")
 
 
 def test_pywin32_is_required_on_windows_only(venv):

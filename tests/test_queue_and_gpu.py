@@ -2,8 +2,8 @@
 import json
 from pathlib import Path
 
-from comfy.gpu import gpu_base_url
-from comfy.queue import QueueSnapshot, nodes_needed
+from comfy.comfyui.gpu import gpu_base_url
+from comfy.comfyui.queue import QueueSnapshot, nodes_needed
 
 RECORDINGS = Path(__file__).parent / "recordings"
 

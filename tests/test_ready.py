@@ -19,7 +19,7 @@ def test_ready_flips_to_503_and_back(service, fakes):
 
 def test_health_answers_while_a_slow_comfy_is_reconciled_and_jobs_wait(fakes, tmp_path):
     from tests.conftest import make_config
-    from service.server import Service
+    from cylindria.service.server import Service
     fakes[0].http_delay = 1.5  # alive but slow: start-up reconciliation takes a while
     with Service(make_config(fakes, tmp_path)) as service:
         public = Api(service.url, key=None)

@@ -16,7 +16,7 @@ from collections import Counter
 import requests
 import websocket
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for

@@ -10,7 +10,7 @@ import socket
 import pytest
 import requests
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests.conftest import make_config
 from tests import workflows
 from tests.helpers import API_KEY, Api, wait_for

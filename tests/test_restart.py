@@ -69,8 +69,8 @@ def test_crash_between_record_and_post_is_settled_at_start(process_factory, fake
     import time
     import uuid
 
-    from comfy.jobs import Job
-    from comfy.workflow import fingerprint
+    from comfy.jobs.job import Job
+    from comfy.inputs.workflow import fingerprint
 
     got, never = str(uuid.uuid4()), str(uuid.uuid4())
     storage = backend.open()

@@ -6,13 +6,13 @@ import time
 
 import pytest
 
-from comfy.events import finish
-from comfy.jobs import Job, JobStatus
-from comfy.retention import RetentionSweep
-from comfy.store import JobStore
-from config.options import ConfigError, load_config
-from config.values import duration
-from service.server import Service
+from comfy.tracking.events import finish
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.retention import RetentionSweep
+from comfy.jobs.store import JobStore
+from cylindria.config.options import ConfigError, load_config
+from cylindria.config.values import duration
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
@@ -156,7 +156,7 @@ def test_assets_no_job_needed_for_the_retention_are_removed(backend, tmp_path):
     refers to stays however old; one needed recently stays."""
     import io
 
-    from comfy.assets import AssetStore
+    from comfy.inputs.assets import AssetStore
     storage = backend.open(DAY)
     store = JobStore(storage.jobs)
     assets = AssetStore(tmp_path / "assets", storage.assets, 1024 * 1024)

@@ -1,18 +1,20 @@
 """The service hosts' shared lifecycle: what the Windows service runs and stops, on Linux."""
 import logging
+import os
 import re
 import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from config.options import load_config
-from service import cli, winservice
-from service.logs import LOG_FILE_NAME
-from service.server import Service
-from service.winservice import ServiceRunner
+from cylindria.config.options import load_config
+from cylindria.service import cli, winservice
+from cylindria.service.logs import LOG_FILE_NAME
+from cylindria.service.server import Service
+from cylindria.service.winservice import ServiceRunner
 from tests.conftest import TIME_SCALE, make_config
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports, wait_for
@@ -26,7 +28,7 @@ def cylindria_threads() -> list[str]:
 
 def no_cylindria_threads() -> bool:
     """True once every cylindria-* thread is gone: a /queue poll already under way at stop() is
-    left to end by its own timeout (comfy.poller), so this waits for it, briefly."""
+    left to end by its own timeout (comfy.tracking.poller), so this waits for it, briefly."""
     return wait_for(lambda: cylindria_threads() == [], timeout=5, message="threads to end")
 
 
@@ -39,7 +41,9 @@ def service_flags(fakes, data_dir) -> list[str]:
 def test_windows_service_module_imports_without_pywin32():
     has_pywin32 = winservice.win32serviceutil is not None
     assert (winservice.CylindriaService is not None) == has_pywin32
-    assert winservice.CLASS_STRING.endswith("cylindria.CylindriaService")
+    folder, _, dotted = winservice.CLASS_STRING.rpartition(os.sep)
+    assert dotted == "cylindria.service.winservice.CylindriaService"  # imported from `folder`
+    assert (Path(folder) / "cylindria" / "service" / "winservice.py").is_file()
     if not has_pywin32:
         with pytest.raises(OSError, match="pywin32"):
             winservice.install([])

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from config.options import ConfigError, load_config
-from service import cli, systemd
-from service.server import announce_webhook_secret
+from cylindria.config.options import ConfigError, load_config
+from cylindria.service import cli, systemd
+from cylindria.service.server import announce_webhook_secret
 from tests.helpers import API_KEY
-from web.auth import KEY_FILE_NAME, resolve_keys
-from webhooks.secret import SECRET_FILE_NAME, load_secret
+from cylindria.web.auth import KEY_FILE_NAME, resolve_keys
+from cylindria.webhooks.secret import SECRET_FILE_NAME, load_secret
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """The Windows service class, run on Linux against a Dummy pywin32 and a real server.
 
 Only the service manager is faked: the class's SvcDoRun/SvcStop run the real ServiceRunner
-around a real service.server.Service, as they do under pythonservice.exe.
+around a real cylindria.service.server.Service, as they do under pythonservice.exe.
 """
 import importlib.util
 import json
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from config.options import load_config
-from service import cli, winservice
+from cylindria.config.options import load_config
+from cylindria.service import cli, winservice
 from tests.helpers import API_KEY, Api, wait_for
 from tests.test_service_lifecycle import no_cylindria_threads, service_flags
 
@@ -30,7 +30,7 @@ class ServiceManagerError(Exception):
 
 
 def dummy_pywin32() -> dict:
-    """The few pywin32 modules and names that service.winservice uses, recording their calls."""
+    """The few pywin32 modules and names that cylindria.service.winservice uses, recording their calls."""
     util = types.ModuleType("win32serviceutil")
     util.options, util.installed = {}, []
 
@@ -60,7 +60,7 @@ def dummy_pywin32() -> dict:
 
 @pytest.fixture
 def windows(monkeypatch):
-    """service.winservice loaded afresh (under another name) with the Dummy pywin32 importable."""
+    """cylindria.service.winservice loaded afresh (under another name) with the Dummy pywin32 importable."""
     modules = dummy_pywin32()
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)

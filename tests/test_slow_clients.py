@@ -1,7 +1,7 @@
 """A client that never finishes its headers loses its connection; others are served meanwhile."""
 import socket
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
 

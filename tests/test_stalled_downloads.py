@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for

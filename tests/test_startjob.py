@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api

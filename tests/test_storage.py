@@ -12,13 +12,13 @@ import time
 import psycopg
 import pytest
 
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
-from config.options import ConfigError, load_config
-from service.core import build_context
-from storage import JobIdTaken, StorageUnavailable, open_url
-from storage.postgres import shown
-from storage.sqlite import JOBS_TABLE
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
+from cylindria.config.options import ConfigError, load_config
+from cylindria.service.core import build_core
+from cylindria.storage import JobIdTaken, StorageUnavailable, open_url
+from cylindria.storage.postgres import shown
+from cylindria.storage.sqlite import JOBS_TABLE
 from tests.backends import sqlite_storage
 from tests.conftest import make_config
 from tests.helpers import free_ports
@@ -120,7 +120,7 @@ def set_schema_version(backend, version: int) -> None:
 def test_a_schema_newer_than_the_code_stops_the_start(backend, fakes, tmp_path):
     set_schema_version(backend, 99)
     with pytest.raises(ConfigError, match="newer Cylindria .*schema version 99"):
-        build_context(make_config(fakes, tmp_path, database=backend.database))
+        build_core(make_config(fakes, tmp_path, database=backend.database))
 
 
 def test_a_schema_newer_than_the_code_exits_2_with_one_line(tmp_path):
@@ -139,7 +139,7 @@ def test_a_schema_newer_than_the_code_exits_2_with_one_line(tmp_path):
 def test_an_unreachable_postgresql_at_start_stops_it_with_one_line(fakes, tmp_path):
     url = f"postgresql://nobody:secret@127.0.0.1:{free_ports(1)}/cylindria?connect_timeout=1"
     with pytest.raises(ConfigError, match="unavailable") as refused:
-        build_context(make_config(fakes, tmp_path, database=url))
+        build_core(make_config(fakes, tmp_path, database=url))
     assert "secret" not in str(refused.value) and "\n" not in str(refused.value)
 
 

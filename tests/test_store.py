@@ -4,9 +4,9 @@ import threading
 
 import pytest
 
-from comfy.events import finish
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
+from comfy.tracking.events import finish
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
 
 
 @pytest.fixture

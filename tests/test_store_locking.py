@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
 from tests.backends import sqlite_storage
 from tests.helpers import wait_for
 

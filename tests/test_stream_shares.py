@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import requests
 
-import config.options as options
-from service.server import Service
+import cylindria.config.options as options
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api

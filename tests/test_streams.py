@@ -6,7 +6,7 @@ import threading
 
 import requests
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import API_KEY, Api, wait_for
@@ -155,8 +155,8 @@ def test_a_held_job_streams_until_a_gpu_takes_it(fakes, tmp_path):
 def test_keepalives_come_on_time_though_the_job_is_touched_often(fakes, tmp_path, monkeypatch):
     """The poller touches a waiting job every interval; a comment is still due KEEPALIVE
     after the stream's last write, not after its last wake-up."""
-    import web.streams
-    monkeypatch.setattr(web.streams, "KEEPALIVE", 0.3)
+    from cylindria.web import streams as web_streams
+    monkeypatch.setattr(web_streams, "KEEPALIVE", 0.3)
     fakes[0].hold = True
     with Service(make_config(fakes, tmp_path, poll_interval=0.05)) as service:
         api = Api(service.url)

@@ -12,14 +12,14 @@ import threading
 
 import pytest
 
-from comfy.gpu import Gpu
-from comfy.jobs import Job, JobStatus
-from comfy.queue import QueueSnapshot
-from comfy.reconcile import Seen, judge
-from comfy.store import JobStore
-from comfy.submit import submit_job
-from comfy.workflow import parse_workflow
-from storage import JobRows
+from comfy.comfyui.gpu import Gpu
+from comfy.jobs.job import Job, JobStatus
+from comfy.comfyui.queue import QueueSnapshot
+from comfy.tracking.reconcile import Seen, judge
+from comfy.jobs.store import JobStore
+from comfy.dispatch.submit import submit_job
+from comfy.inputs.workflow import parse_workflow
+from cylindria.storage import JobRows
 from tests import workflows
 
 WAIT = 10.0  # seconds any step may take before the test fails instead of hanging

@@ -1,5 +1,5 @@
 """Throttling repeated authentication failures."""
-from web.throttle import FailureThrottle
+from cylindria.web.throttle import FailureThrottle
 
 
 def test_an_address_is_throttled_after_the_limit_and_others_are_not():

@@ -4,9 +4,9 @@ import time
 
 import requests
 
-from comfy.gpu import Gpu
-from comfy.status import iso_time
-from service.server import Service
+from comfy.comfyui.gpu import Gpu
+from comfy.comfyui.status import iso_time
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, lose_a_finished_job, wait_for

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api
-from web.auth import unnamed
+from cylindria.web.auth import unnamed
 
 ALICE, PLAIN = "alice-key-0123456", "plain-key-000000"
 

@@ -9,18 +9,18 @@ import sqlite3
 import pytest
 from hypothesis import given, strategies as st
 
-from comfy.events import finish
-from comfy.errors import ComfyTimeout
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
-from comfy.withheld import WithheldSecrets
-from comfy.workflow import WITHHELD, parse_stored, parse_workflow, workflow_of
-from storage.sqlite import JOBS_TABLE
+from comfy.tracking.events import finish
+from comfy.comfyui.errors import ComfyTimeout
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
+from comfy.jobs.withheld import WithheldSecrets
+from comfy.inputs.workflow import WITHHELD, parse_stored, parse_workflow, workflow_of
+from cylindria.storage.sqlite import JOBS_TABLE
 from tests import workflows
 from tests.backends import sqlite_storage
-from web.results import parse_range, satisfiable
-from web.v2.errors import envelope
-from web.v2.shapes import Shapes, error, output_id, parse_output_id, status
+from cylindria.web.results import parse_range, satisfiable
+from cylindria.web.v2.errors import envelope
+from cylindria.web.v2.shapes import Shapes, error, output_id, parse_output_id, status
 
 KEY = "partner-secret-value"
 
@@ -209,7 +209,7 @@ class SizedComfy:
 def test_an_output_size_is_asked_once_and_only_of_a_comfyui_known_to_answer():
     from types import SimpleNamespace
 
-    from comfy.outputs import QUIET_AFTER_FAILURE, OutputSizes
+    from comfy.comfyui.outputs import QUIET_AFTER_FAILURE, OutputSizes
     now = [100.0]
     sizes, comfy = OutputSizes(clock=lambda: now[0]), SizedComfy()
     gpu = SimpleNamespace(index=0, reachable=None, client=comfy)

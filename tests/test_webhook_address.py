@@ -4,7 +4,7 @@ import ipaddress
 import pytest
 from hypothesis import given, strategies as st
 
-from webhooks.address import (InvalidWebhook, Target, check_webhook, comfy_endpoints,
+from cylindria.webhooks.address import (InvalidWebhook, Target, check_webhook, comfy_endpoints,
                               forbidden_reason, parse_webhook_url)
 
 REFUSED = ["10.0.0.1", "10.255.255.255", "172.16.0.1", "172.31.255.255", "192.168.1.1",
@@ -162,7 +162,7 @@ def test_a_host_resolving_to_nothing_is_refused():
         check_webhook("http://empty.example/", allow_private=True, resolve=resolver({"empty.example": []}))
 
 
-# This host's own addresses, as webhooks/host.py would read them: given, never looked up, and
+# This host's own addresses, as cylindria/webhooks/host.py would read them: given, never looked up, and
 # never connected to (the check is pure).
 HOST = frozenset(map(ipaddress.ip_address, ["192.0.2.10", "2001:db8::10"]))
 

@@ -10,18 +10,18 @@ import time
 
 import pytest
 
-import webhooks.sender as sender_module
-from comfy.events import finish
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
+import cylindria.webhooks.sender as sender_module
+from comfy.tracking.events import finish
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
 from tests.backends import sqlite_storage
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
 from tests.webhook_receiver import Receiver
-from webhooks.outbox import Outbox
-from webhooks.sender import PER_RECEIVER, WORKERS, WebhookSender
+from cylindria.webhooks.outbox import Outbox
+from cylindria.webhooks.sender import PER_RECEIVER, WORKERS, WebhookSender
 
 SECRET = "whsec_" + "QUJD" * 8
 ALICE, BOB = "alice-key-0123456", "bob-key-0123456789"

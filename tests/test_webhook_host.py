@@ -1,4 +1,4 @@
-"""This host's own addresses (webhooks/host.py), read from texts given here, and their use by a
+"""This host's own addresses (cylindria/webhooks/host.py), read from texts given here, and their use by a
 running Cylindria's webhook check. Nothing is ever sent to a non-loopback address."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests.conftest import make_config
-from webhooks.address import InvalidWebhook
-from webhooks.host import READ_AGAIN_AFTER, HostAddresses, local_ipv4, local_ipv6
+from cylindria.webhooks.address import InvalidWebhook
+from cylindria.webhooks.host import READ_AGAIN_AFTER, HostAddresses, local_ipv4, local_ipv6
 
 FIB_TRIE = """Main:
   +-- 0.0.0.0/0 3 0 5
@@ -63,7 +63,7 @@ def test_a_running_cylindria_refuses_this_hosts_own_address_on_a_gpu_port(
     """The check a submission and every try pass through knows the host's addresses (given
     here: the test never sends to them)."""
     given = frozenset({ADDRESS("192.0.2.10")})
-    monkeypatch.setattr("webhooks.wiring.HostAddresses", lambda: HostAddresses(lambda: given))
+    monkeypatch.setattr("cylindria.webhooks.wiring.HostAddresses", lambda: HostAddresses(lambda: given))
     gpu_port = urlsplit(fakes[0].url).port
     with Service(make_config(fakes, tmp_path, webhook_allow_private=True)) as service:
         webhooks = service.context.webhooks

@@ -8,13 +8,13 @@ import time
 import psycopg
 import pytest
 
-from comfy.events import finish, finish_from_history, start_running
-from comfy.jobs import Job, JobStatus
-from comfy.retention import RetentionSweep
-from comfy.store import JobStore
-from storage import OutboxRow
-from webhooks.outbox import Outbox, shown_url
-from webhooks.schedule import DELAYS, GIVE_UP_AFTER, JITTER, next_try
+from comfy.tracking.events import finish, finish_from_history, start_running
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.retention import RetentionSweep
+from comfy.jobs.store import JobStore
+from cylindria.storage import OutboxRow
+from cylindria.webhooks.outbox import Outbox, shown_url
+from cylindria.webhooks.schedule import DELAYS, GIVE_UP_AFTER, JITTER, next_try
 
 
 @pytest.fixture
@@ -130,7 +130,7 @@ def test_a_start_learnt_only_with_the_end_still_sends_job_started_first(path):
 
 def test_a_revived_lost_job_sends_its_true_end_but_no_second_job_started(path):
     """It ran (job.started sent), its GPU went away (job.lost), then ComfyUI came back and its
-    history told the true end (comfy/reconcile.py's revival): job.completed follows, and the
+    history told the true end (comfy/tracking/reconcile.py's revival): job.completed follows, and the
     start, already announced, is not announced again."""
     store, outbox = stored(path)
     queued_job(store)

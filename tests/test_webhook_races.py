@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import threading
 
-from comfy.events import finish
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
+from comfy.tracking.events import finish
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
 from tests.backends import sqlite_storage
 from tests.webhook_receiver import Receiver
-from webhooks.outbox import Outbox
-from webhooks.sender import WebhookSender
+from cylindria.webhooks.outbox import Outbox
+from cylindria.webhooks.sender import WebhookSender
 
 SECRET = "whsec_" + "QUJD" * 8
 

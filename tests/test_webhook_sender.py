@@ -12,14 +12,14 @@ from contextlib import contextmanager
 
 import pytest
 
-import webhooks.sender as sender_module
-from comfy.events import finish
-from comfy.jobs import Job, JobStatus
-from comfy.store import JobStore
+import cylindria.webhooks.sender as sender_module
+from comfy.tracking.events import finish
+from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import JobStore
 from tests.backends import sqlite_storage
-from webhooks.address import Target
-from webhooks.outbox import Outbox
-from webhooks.sender import PER_RECEIVER, WebhookSender
+from cylindria.webhooks.address import Target
+from cylindria.webhooks.outbox import Outbox
+from cylindria.webhooks.sender import PER_RECEIVER, WebhookSender
 
 SECRET = "whsec_" + "QUJD" * 8
 
@@ -146,7 +146,7 @@ def test_an_outcome_the_database_refuses_is_logged_and_that_event_waits_before_i
     now = [time.time()]
     sender = Posting(Failing(outbox, "delivered"), clock=lambda: now[0])
     try:
-        with caplog.at_level(logging.WARNING, logger="webhooks.sender"):
+        with caplog.at_level(logging.WARNING, logger="cylindria.webhooks.sender"):
             assert sender.deliver_once() == 0
         [event_id] = sender.posted
         assert any(event_id in r.getMessage() and r.exc_info for r in caplog.records)

@@ -10,7 +10,7 @@ import logging
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from service.server import Service
+from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from tests.helpers import Api, free_ports, wait_for
@@ -115,7 +115,7 @@ def test_a_receiver_down_throughout_is_retried_then_given_up_and_the_job_is_unaf
         # A day later, as far as the sender can tell: the next failed try of each event is
         # its last (the give-up time moved, not slept out).
         service.context.webhooks.sender.give_up_after = 0.0
-        with caplog.at_level(logging.WARNING, logger="webhooks.sender"):
+        with caplog.at_level(logging.WARNING, logger="cylindria.webhooks.sender"):
             state = wait_for(lambda: (lambda w: w if w["given_up"] else None)(
                 api.status("unheard")["webhook"]), message="the events to be given up")
             wait_for(lambda: "cylindria_webhook_outbox_depth 0.0" in api.get("/metrics").text)
@@ -194,7 +194,7 @@ def test_the_secret_is_generated_once_kept_private_and_never_logged(fakes, tmp_p
 
 
 def test_an_operators_secret_file_is_used_and_a_bad_one_stops_the_start(fakes, tmp_path):
-    from config.options import ConfigError
+    from cylindria.config.options import ConfigError
     good = tmp_path / "mine"
     good.write_text("whsec_" + "QUJD" * 8 + "\n")  # 24 bytes
     service = start(fakes, tmp_path, webhook_secret_file=good)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from comfy.workflow import WorkflowError, fingerprint, parse_workflow
+from comfy.inputs.workflow import WorkflowError, fingerprint, parse_workflow
 
 CORE = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}

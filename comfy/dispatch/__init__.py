@@ -1,0 +1,1 @@
+"""Cylindria's own queue (held jobs) and sending jobs to a GPU or cancelling them."""

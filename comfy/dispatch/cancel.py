@@ -1,0 +1,89 @@
+"""Cancelling a job: a queued prompt is deleted from ComfyUI's queue, a running one interrupted."""
+from __future__ import annotations
+
+import logging
+
+from comfy.comfyui.errors import ComfyBadResponse
+from comfy.tracking.events import finish
+from comfy.comfyui.gpu import Gpu
+from comfy.dispatch.held import cancel_held
+from comfy.jobs.job import Job, JobStatus
+from comfy.tracking.reconcile import Seen, judge
+from comfy.jobs.store import JobStore
+
+logger = logging.getLogger(__name__)
+
+
+class JobFinished(Exception):
+    """The job had already ended (perhaps just now); nothing was cancelled."""
+
+    def __init__(self, job: Job):
+        super().__init__(f"job {job.job_id} already ended: {job.status.value}")
+        self.job = job
+
+
+class CancelRaced(Exception):
+    """The job kept moving between Cylindria's queue and a GPU while being cancelled."""
+
+
+def cancel_anywhere(store: JobStore, gpus: list[Gpu], job: Job,
+                    settle_wait: float) -> tuple[Job, bool]:
+    """Cancel the job wherever it is; returns (job, confirmed) like cancel_job. Held, it never
+    reaches ComfyUI; being sent, its POST is waited for; sent meanwhile by the dispatcher, it
+    is cancelled in that ComfyUI. JobFinished if it has ended."""
+    for _ in range(3):
+        if job.status == JobStatus.SUBMITTING:
+            job = store.wait_settled(job.job_id, settle_wait) or job
+        if job.status.finished:
+            raise JobFinished(job)
+        if job.status == JobStatus.HELD:
+            job = cancel_held(store, job)
+            if job.status == JobStatus.CANCELLED:
+                return job, True
+            continue  # sent meanwhile: cancel it in ComfyUI
+        return cancel_job(store, gpus[job.gpu_id], job)
+    raise CancelRaced("the job moved between Cylindria's queue and a GPU while being "
+                      "cancelled; try the cancel again")
+
+
+def cancel_job(store: JobStore, gpu: Gpu, job: Job) -> tuple[Job, bool]:
+    """Cancel an unfinished job; returns (job, confirmed).
+
+    confirmed is True when the job is cancelled now (it was waiting), False when a running
+    prompt was asked to stop and ComfyUI's confirmation is still to come.
+    """
+    snapshot = gpu.client.queue()
+    pending = {item.prompt_id for item in snapshot.pending}
+    if job.prompt_id in pending:
+        gpu.client.delete_queued([job.prompt_id])
+        snapshot = gpu.client.queue()  # it may have started between the two calls
+    running = {item.prompt_id for item in snapshot.running}
+    if job.prompt_id in running:
+        return _interrupt(store, gpu, job), False
+    if job.prompt_id in {item.prompt_id for item in snapshot.pending}:
+        raise ComfyBadResponse("ComfyUI kept a prompt it was asked to delete", gpu.index)
+    if job.prompt_id in pending:
+        # Deleted while waiting: ComfyUI never writes history for it, so nothing else will tell.
+        logger.info("job %s: removed from GPU %d's queue", job.job_id, gpu.index)
+        return _confirm(store, job), True
+    ended = judge(gpu, store, job, Seen(snapshot))  # it ended before the cancel arrived
+    raise JobFinished(ended or store.get(job.job_id) or job)
+
+
+def _interrupt(store: JobStore, gpu: Gpu, job: Job) -> Job:
+    """Mark the request (durably) and interrupt that prompt only."""
+    job = store.change(job.job_id, lambda j: setattr(j, "cancel_requested", True))
+    gpu.client.interrupt(job.prompt_id)
+    logger.info("job %s: interrupt sent to GPU %d", job.job_id, gpu.index)
+    return job
+
+
+def _confirm(store: JobStore, job: Job) -> Job:
+    """The job is cancelled now; a job that ended meanwhile keeps its true end."""
+    def edit(current: Job) -> None:
+        current.cancel_requested = True
+        finish(JobStatus.CANCELLED)(current)
+    current = store.change(job.job_id, edit)
+    if current.status != JobStatus.CANCELLED:
+        raise JobFinished(current)
+    return current

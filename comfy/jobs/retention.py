@@ -1,0 +1,120 @@
+"""The retention sweep: finished jobs older than --retention leave memory and the database,
+with their workflows, their asset uses and their settled webhook events; so do assets no job
+has needed for that long."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from typing import Callable
+
+from comfy.inputs.assets import AssetStore
+from comfy.jobs.job import JobStatus
+from comfy.jobs.store import JobStore
+from cylindria.storage import JobRows, StorageUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class RetentionSweep:
+    """One thread removing expired finished jobs in small batches.
+
+    Each batch holds the store's lock only to drop a few hundred dict entries; the rows are
+    deleted outside that lock (JobRows.delete_expired, on the sweep's own connection where
+    the backend has one), so reads of the store (every /jobstatus) never wait for the disk.
+    Memory goes first: a job is never visible without its row, and a row left behind by a
+    crash (or a database gone mid-batch) is found again by the next pass, or gives way to a
+    new job under its id (JobRows.insert).
+    """
+
+    BATCH = 200  # jobs per pass: one short store lock and one small transaction
+    PAUSE = 0.01  # seconds between full batches, so a backlog never monopolises the disk
+
+    def __init__(self, store: JobStore, rows: JobRows, retention: float,
+                 clock: Callable[[], float] = time.time, assets: AssetStore | None = None):
+        self.store = store
+        self.assets = assets
+        self.retention = retention
+        self.clock = clock
+        self.interval = min(max(retention / 10, 0.5), 60.0)  # seconds between idle passes
+        self._db = rows
+        self._lock = threading.Lock()
+        self._retired = rows.retired()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self.run, name="cylindria-retention", daemon=True)
+
+    def start(self) -> None:
+        """Start the sweep thread."""
+        self._thread.start()
+
+    def stop(self, timeout: float = 1.0) -> None:
+        """Stop after the batch under way."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("retention thread did not stop in %.1fs", timeout)
+
+    def run(self) -> None:
+        """Sweep until stopped: batches back to back while a backlog lasts, then every interval."""
+        self.forget_old_uses()
+        while not self._stop.is_set():
+            try:
+                removed = self.sweep_once()
+                self.sweep_assets()
+            except StorageUnavailable:  # logged once by the storage; the next pass tries again
+                removed = 0
+            except Exception:
+                logger.exception("retention sweep failed")
+                removed = 0
+            self._stop.wait(self.PAUSE if removed >= self.BATCH else self.interval)
+
+    def sweep_once(self) -> int:
+        """Remove one batch of finished jobs that ended more than `retention` ago; how many."""
+        cutoff = self.clock() - self.retention
+        rows = self._db.expired(cutoff, self.BATCH)
+        if not rows:
+            return 0
+        with self._lock:  # a scrape sees each job counted either live or retired, never both
+            self.store.forget_finished([job_id for _, job_id in rows], cutoff)
+            deleted = self._db.delete_expired([seq for seq, _ in rows], cutoff)
+            # Re-read, not added up: a new job under an expired id deletes that row too.
+            self._retired = self._db.retired()
+        if self.assets is not None:
+            self.assets.forget_jobs([job_id for _, job_id in rows], self.store)
+        removed = sum(deleted.values())
+        logger.debug("retention: removed %d finished job(s) that ended before %s", removed,
+                     time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cutoff)))
+        return removed
+
+    def forget_old_uses(self) -> None:
+        """Once a start: the asset uses of jobs no longer in the store that no pass will meet
+        (left by versions that kept them for ever, or by a submission a crash cut off)."""
+        if self.assets is None:
+            return
+        try:
+            job_ids = self.assets.users_ever()
+            for start in range(0, len(job_ids), self.BATCH):  # the asset lock held briefly
+                self.assets.forget_jobs(job_ids[start:start + self.BATCH], self.store)
+        except StorageUnavailable:  # logged once by the storage; the next start tries again
+            pass
+        except Exception:
+            logger.exception("retention: forgetting old asset uses failed")
+
+    def sweep_assets(self) -> int:
+        """Remove assets no job has needed for `retention` and no job needs now (nor a
+        submission under way), and retry files whose unlink failed; how many assets went."""
+        if self.assets is None:
+            return 0
+        removed = sum(not self.assets.delete(asset, self.store)
+                      for asset in self.assets.unused_since(self.clock() - self.retention))
+        self.assets.sweep_files()
+        if removed:
+            logger.info("retention: removed %d asset(s) no job needed", removed)
+        return removed
+
+    def counts(self) -> tuple[dict[tuple[int, JobStatus], int], Counter]:
+        """The store's live counts and the retired ones, read together (for /metrics)."""
+        with self._lock:
+            return self.store.counts(), Counter(self._retired)

@@ -1,0 +1,387 @@
+"""The job store: one lock, an in-memory dict as the read path, the store of record
+(storage.JobRows: SQLite or PostgreSQL) written through."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from bisect import bisect_left
+from collections import Counter
+from operator import attrgetter
+from typing import Callable, Iterable
+
+from comfy.jobs.job import Job, JobStatus, may_move
+from cylindria.storage import JobIdTaken, JobRows, OutboxRow
+from cylindria.storage.records import DURABLE
+
+logger = logging.getLogger(__name__)
+
+_durable = attrgetter(*DURABLE)  # the durable fields as one tuple, compared in C
+# Every field, in the constructor's order: Job(*_fields(job)) is a shallow copy in 0.7 us
+# where dataclasses.replace takes 3.6; every submission copies twice.
+_fields = attrgetter(*(f.name for f in dataclasses.fields(Job)))
+_IN_COMFY = frozenset({JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING})
+
+
+def _copy(job: Job) -> Job:
+    """A shallow copy of a job (what dataclasses.replace gives, faster)."""
+    return Job(*_fields(job))
+
+
+class JobStore:
+    """Every job Cylindria accepted. Public methods take the lock, but for the reads that
+    must never wait behind a write or a slow read (get, workflow; page only to copy).
+
+    Records are copy-on-write snapshots: change() edits a copy and publishes it in place
+    of the old record, which is never modified again, so a record handed out stays a
+    consistent picture without copying it on every read (callers must not modify one).
+    A change to a durable field is committed to the database before the new record is
+    published, so nothing a client was told can be lost by a crash; a write that fails
+    (storage.StorageUnavailable) publishes nothing, and the caller is told by the exception.
+    """
+
+    def __init__(self, rows: JobRows):
+        self._db = rows
+        self._lock = threading.Lock()
+        self._settled = threading.Condition(self._lock)
+        self._jobs: dict[str, Job] = {}
+        self._peak = 0  # most jobs the dict has held since it was last rebuilt
+        self._active: dict[str, str] = {}  # prompt_id -> job_id, unfinished jobs only
+        # job id -> the prompt_id whose POST /prompt is under way. Keyed by prompt as well, so
+        # the end of one submission's POST never clears the flag of a newer one under its id.
+        self._in_flight: dict[str, str] = {}
+        self._counts: Counter = Counter()  # (gpu_id, status) -> jobs, kept as jobs move
+        # Counted as they happen, never taken back (the counters of /metrics): from the jobs
+        # loaded and those retention removed before this start, then every acceptance (by
+        # the GPU it was accepted for) and every end (a lost job later found completed ends
+        # twice: lost when it was judged so, then its true end).
+        self._ended: Counter = rows.retired()  # (gpu_id, status) -> jobs ended
+        self._accepted: Counter = _by_gpu(self._ended)  # gpu_id -> jobs accepted
+        self._observers: list[Callable[[Job | None, Job], None]] = []
+        self._watchers: list[Callable[[str], None]] = []
+        self._companions: list[Callable[[Job, Job], list[OutboxRow]]] = []
+        self._keepers: list[Callable[[str, dict | None], None]] = []
+        for job in rows.load():
+            self._publish(job)
+
+    def get(self, job_id: str) -> Job | None:
+        """The job, or None. Without the lock: records are never modified once published and
+        a dict lookup is atomic, so a status read never waits behind a write (which may wait
+        for the database: SQLite's write lock, a PostgreSQL round trip)."""
+        return self._jobs.get(job_id)
+
+    def active(self, gpu_id: int | None = None) -> list[Job]:
+        """Unfinished jobs (of one GPU, or all), oldest first."""
+        with self._lock:
+            jobs = (self._jobs[j] for j in self._active.values())
+            return sorted((j for j in jobs if gpu_id is None or j.gpu_id == gpu_id),
+                          key=lambda j: j.seq)
+
+    def settled_active(self, gpu_id: int) -> list[Job]:
+        """Unfinished jobs of a GPU whose POST is not under way: the ones safe to judge."""
+        with self._lock:
+            jobs = (self._jobs[j] for j in self._active.values() if j not in self._in_flight)
+            return sorted((j for j in jobs if j.gpu_id == gpu_id), key=lambda j: j.seq)
+
+    def job_for_prompt(self, gpu_id: int, prompt_id: str) -> Job | None:
+        """The unfinished job that owns this prompt on this GPU, or None."""
+        with self._lock:
+            job_id = self._active.get(prompt_id)
+            job = self._jobs.get(job_id) if job_id else None
+            return job if job and job.gpu_id == gpu_id else None
+
+    def ahead_of(self, gpu_id: int) -> int:
+        """Cylindria's prompts waiting or running on a GPU (O(1): from the status counts).
+
+        ComfyUI numbers prompts in arrival order, so for a prompt just accepted these all
+        run before it.
+        """
+        with self._lock:
+            return self._counts[(gpu_id, JobStatus.QUEUED)] + self._counts[(gpu_id, JobStatus.RUNNING)]
+
+    def in_flight(self, job_id: str) -> bool:
+        """True while the job's POST /prompt is under way."""
+        with self._lock:
+            return job_id in self._in_flight
+
+    def observe(self, observer: Callable[[Job | None, Job], None]) -> None:
+        """Call `observer(old, new)` after every status change (old is None for a new job)."""
+        self._observers.append(observer)
+
+    def watch(self, watcher: Callable[[str], None]) -> None:
+        """Call `watcher(job_id)` after every change of a job, progress included (clients
+        waiting on a job are woken by it); it must be cheap: it runs on every message."""
+        self._watchers.append(watcher)
+
+    def commit_with(self, companion: Callable[[Job, Job], list[OutboxRow]]) -> None:
+        """At every status change, commit the outbox rows `companion(old, new)` gives in the
+        same transaction as the change: a row a change causes (a webhook event) is never lost,
+        nor written for a change that was not. Called under the lock: it must be quick."""
+        self._companions.append(companion)
+
+    def withhold(self, keeper: Callable[[str, dict | None], None]) -> None:
+        """Call `keeper(job_id, credentials)` under the lock when a job is created with
+        credentials that are never stored, and `keeper(job_id, None)` when a submission is
+        discarded: a job's credentials are bound in the step that creates it, so a submission
+        that lost the race for its id never lends the winner its own."""
+        self._keepers.append(keeper)
+
+    def counts(self) -> dict[tuple[int, JobStatus], int]:
+        """How many jobs each GPU has in each status."""
+        with self._lock:
+            return {key: n for key, n in self._counts.items() if n}
+
+    def totals(self) -> tuple[dict, dict]:
+        """(gpu_id -> jobs accepted, (gpu_id, status) -> jobs ended): counts that only grow."""
+        with self._lock:
+            return dict(self._accepted), dict(self._ended)
+
+    def reserve(self, job: Job, workflow: bytes, admit: Callable[[int], None] | None = None,
+                withheld: dict | None = None) -> tuple[Job, bool]:
+        """Record a new job with its workflow (durably), or return the one already under its id.
+
+        A job given as HELD enters Cylindria's queue; any other is recorded as submitting,
+        its POST under way. `admit(held_jobs)` runs under the same lock as the insert and
+        may refuse a new job by raising (a full queue), so concurrent submissions never
+        overshoot a limit; a retry of a known id is never refused. `withheld` (credentials
+        kept in memory only) goes to the keepers only if this call creates the job.
+        """
+        with self._lock:
+            existing = self._jobs.get(job.job_id)
+            if existing is not None:
+                return existing, False
+            if admit is not None:
+                admit(self._held())
+            job = _copy(job)
+            if job.status != JobStatus.HELD:
+                job.status = JobStatus.SUBMITTING
+                self._in_flight[job.job_id] = job.prompt_id
+            job.submitted_at = job.submitted_at or time.time()
+            try:
+                job.seq = self._insert(job, workflow)
+            except BaseException:  # nothing published: the client's retry starts afresh
+                self._in_flight.pop(job.job_id, None)
+                raise
+            for keeper in self._keepers if withheld else ():
+                keeper(job.job_id, withheld)
+            self._publish(job)
+        self._notify(None, job)
+        return job, True
+
+    def workflow(self, job_id: str) -> bytes | None:
+        """The workflow a job was submitted with, as received (credentials left out)."""
+        return self._db.workflow(job_id)  # its own connection: a 32 MiB read holds no one
+
+    def held(self) -> int:
+        """Jobs in Cylindria's own queue (O(GPUs): from the status counts)."""
+        with self._lock:
+            return self._held()
+
+    def unfinished_per_gpu(self) -> Counter:
+        """gpu_id -> Cylindria's prompts in that ComfyUI (submitting, queued or running)."""
+        with self._lock:
+            unfinished = Counter()
+            for (gpu_id, status), n in self._counts.items():
+                if n and gpu_id is not None and status in _IN_COMFY:
+                    unfinished[gpu_id] += n
+            return unfinished
+
+    def page(self, statuses: set | None, gpu_id: int | None, limit: int,
+             before: int | None, match: Callable[[Job], bool] | None = None
+             ) -> tuple[list[Job], int | None]:
+        """Newest-first jobs matching the filters (and `match`, if given), older than `before`
+        (a seq); and the next cursor."""
+        found: list[Job] = []
+        with self._lock:  # one copy of the references in C; the walk and filters go outside
+            jobs = list(self._jobs.values())
+        # The dict is in seq order (jobs are published in the order the database numbers them):
+        # a cursor starts where its page left off instead of skipping every newer job.
+        end = bisect_left(jobs, before, key=attrgetter("seq")) if before is not None else len(jobs)
+        for index in range(end - 1, -1, -1):
+            job = jobs[index]
+            if (statuses and job.status not in statuses) or \
+                    (gpu_id is not None and job.gpu_id != gpu_id) or \
+                    (match is not None and not match(job)):
+                continue
+            if len(found) == limit:
+                return found, found[-1].seq
+            found.append(job)
+        return found, None
+
+    def wait_settled(self, job_id: str, timeout: float) -> Job | None:
+        """Wait until nobody is submitting this job any more; the job then, or None if dropped."""
+        with self._settled:
+            self._settled.wait_for(lambda: job_id not in self._in_flight, timeout)
+            return self._jobs.get(job_id)
+
+    def release(self, job_id: str, prompt_id: str) -> None:
+        """The POST of this submission (job id and prompt) is over, whatever its outcome."""
+        with self._settled:
+            if self._in_flight.get(job_id) == prompt_id:
+                del self._in_flight[job_id]
+                self._settled.notify_all()
+
+    def discard(self, job_id: str, prompt_id: str) -> bool:
+        """Forget a submission ComfyUI never got, so the client's retry goes through.
+
+        Only the exact submission that was judged (its prompt_id) is forgotten, and only
+        while it is still `submitting`: by the time a slow judgment lands, the id may belong
+        to a newer submission whose POST is under way, and that one must live on.
+        """
+        with self._settled:
+            job = self._jobs.get(job_id)
+            if job is None or job.prompt_id != prompt_id or job.status != JobStatus.SUBMITTING:
+                return False
+            self._db.delete(job_id)
+            del self._jobs[job_id]
+            self._active.pop(job.prompt_id, None)
+            self._counts[(job.gpu_id, job.status)] -= 1
+            if self._in_flight.get(job_id) == prompt_id:
+                del self._in_flight[job_id]
+            for keeper in self._keepers:
+                keeper(job_id, None)
+            self._settled.notify_all()
+            return True
+
+    def change(self, job_id: str, edit: Callable[[Job], None],
+               allow_finished: bool = False, prompt_id: str | None = None,
+               sending: bool = False) -> Job | None:
+        """Apply `edit` to a copy of the job and publish it if it is a legal move.
+
+        A finished job is left alone (late messages must not touch it) unless
+        `allow_finished`; a status change that would move backwards is refused whole.
+        With `prompt_id`, only that submission is changed (None if the id now holds another):
+        what was learnt about one prompt never lands on a newer submission under the same id.
+        With `sending`, an edit that starts a new submission (submitting, with a new
+        prompt_id) marks its POST as under way in the same step, so no poll judges it.
+        """
+        with self._lock:
+            current = self._jobs.get(job_id)
+            if current is None or (prompt_id is not None and current.prompt_id != prompt_id):
+                return None
+            if current.status.finished and not allow_finished:
+                return current
+            new = _copy(current)
+            edit(new)
+            if new.status != current.status and not may_move(current.status, new.status):
+                return current
+            self._persist(current, new)
+            self._publish(new, previous=current)
+            if sending and new.status == JobStatus.SUBMITTING and new.prompt_id != current.prompt_id:
+                self._in_flight[job_id] = new.prompt_id
+        if new.status != current.status:
+            self._notify(current, new)
+        for watcher in self._watchers:
+            watcher(job_id)
+        return new
+
+    def change_by_prompt(self, gpu_id: int, prompt_id: str,
+                         edit: Callable[[Job], None]) -> Job | None:
+        """`change` for the unfinished job that owns this prompt on this GPU; None if not ours."""
+        with self._lock:
+            job_id = self._active.get(prompt_id)
+            if job_id is None or self._jobs[job_id].gpu_id != gpu_id:
+                return None
+        return self.change(job_id, edit, prompt_id=prompt_id)
+
+    def forget_finished(self, job_ids: Iterable[str], cutoff: float) -> int:
+        """Drop from memory those of these jobs that ended before `cutoff` (the retention
+        sweep's step; it deletes their rows itself). Unfinished jobs are never dropped."""
+        forgotten = 0
+        with self._lock:
+            for job_id in job_ids:
+                job = self._jobs.get(job_id)
+                if job is None or not job.status.finished or job.finished_at is None \
+                        or job.finished_at >= cutoff:
+                    continue
+                del self._jobs[job_id]
+                self._counts[(job.gpu_id, job.status)] -= 1
+                forgotten += 1
+            if forgotten and len(self._jobs) < self._peak // 4:
+                # A dict never shrinks by deletion: rebuilt once it is mostly empty, so a
+                # store that once held a million jobs does not keep their table for ever.
+                self._jobs = dict(self._jobs)
+                self._peak = len(self._jobs)
+        return forgotten
+
+    def jobs(self, newest_first: bool = True) -> Iterable[Job]:
+        """A snapshot of every job, newest first by default."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return jobs[::-1] if newest_first else jobs
+
+    def _persist(self, current: Job, new: Job) -> None:
+        """Commit a change of durable fields, before anyone can see it."""
+        before, after = _durable(current), _durable(new)
+        if after == before:
+            return
+        events = [row for companion in self._companions for row in companion(current, new)] \
+            if self._companions and new.status != current.status else ()
+        if current.status != JobStatus.HELD or new.status != JobStatus.SUBMITTING:
+            self._db.update(new, events)
+        elif not self._db.claim_held(new, events):
+            # On one host this store writes every row, so a held job whose row is not held
+            # any more was claimed by a write whose acknowledgement was lost (the database
+            # went away as it committed; nothing was sent): this claim replaces it.
+            logger.warning("job %s: its row was claimed by an unacknowledged write", new.job_id)
+            self._db.update(new, events)
+        if new.status != current.status:
+            # Acceptance is already the access log's `PUT /startjob/<id> 201` line: at INFO it
+            # would double the log's volume under a burst of submissions (and its cost).
+            level = logging.DEBUG if new.status == JobStatus.QUEUED else logging.INFO
+            where = "held" if new.gpu_id is None else f"on GPU {new.gpu_id}"
+            logger.log(level, "job %s %s: %s -> %s", new.job_id, where,
+                       current.status.value, new.status.value)
+
+    def _insert(self, job: Job, workflow: bytes) -> int:
+        """Insert a new job's row (caller holds the lock). A live row under its id that this
+        store does not hold was left by a write whose acknowledgement was lost (the database
+        went away as it committed, the client was told 503): nobody was told of it, so it
+        gives way to this submission."""
+        try:
+            return self._db.insert(job, workflow)
+        except JobIdTaken:
+            logger.warning("job %s: replacing a row left by an unacknowledged write", job.job_id)
+            self._db.delete(job.job_id)
+            return self._db.insert(job, workflow)
+
+    def _held(self) -> int:
+        """Held jobs (caller holds the lock)."""
+        return sum(n for (_, status), n in self._counts.items() if status == JobStatus.HELD)
+
+    def _notify(self, old: Job | None, new: Job) -> None:
+        """Tell the observers (metrics) about a status change; never let one break the store."""
+        for observer in self._observers:
+            try:
+                observer(old, new)
+            except Exception:
+                logger.exception("job observer failed")
+
+    def _publish(self, job: Job, previous: Job | None = None) -> None:
+        """Make `job` the current record and keep the prompt index to unfinished jobs."""
+        self._jobs[job.job_id] = job
+        self._peak = max(self._peak, len(self._jobs))
+        if previous is not None:
+            self._counts[(previous.gpu_id, previous.status)] -= 1
+        else:
+            self._accepted[job.gpu_id] += 1
+        self._counts[(job.gpu_id, job.status)] += 1
+        if job.status.finished and (previous is None or previous.status != job.status):
+            self._ended[(job.gpu_id, job.status)] += 1
+        if previous is not None and previous.prompt_id != job.prompt_id:
+            self._active.pop(previous.prompt_id, None)
+        if job.prompt_id is None:
+            return  # held: no ComfyUI has it, so no message or poll can be about it
+        if job.status.finished:
+            self._active.pop(job.prompt_id, None)
+        else:
+            self._active[job.prompt_id] = job.job_id
+
+
+def _by_gpu(counts: Counter) -> Counter:
+    """(gpu_id, status) -> n summed per GPU."""
+    per_gpu: Counter = Counter()
+    for (gpu_id, _), n in counts.items():
+        per_gpu[gpu_id] += n
+    return per_gpu

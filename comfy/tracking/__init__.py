@@ -1,0 +1,1 @@
+"""Keeping each job's status true: websocket events, /queue polls, reconciliation, outcomes."""

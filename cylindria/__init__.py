@@ -1,0 +1,1 @@
+"""Cylindria's server: settings, the core and its service, the HTTP surface, webhooks, storage."""

@@ -1,0 +1,91 @@
+"""Cylindria's core, built from its settings: the job store, the GPUs, the assets, the
+webhooks, and the threads that dispatch, track and sweep (none started yet). It knows
+nothing of HTTP: the web layer (cylindria/web/) is built over it."""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+
+from comfy.comfyui.gpu import Gpu, build_gpus
+from comfy.comfyui.models import ModelCatalogue
+from comfy.comfyui.outputs import OutputSizes
+from comfy.dispatch.dispatcher import Dispatcher
+from comfy.inputs.assets import AssetStore
+from comfy.jobs.retention import RetentionSweep
+from comfy.jobs.store import JobStore
+from comfy.jobs.view import job_view
+from comfy.jobs.watch import JobWatch
+from comfy.jobs.withheld import WithheldSecrets
+from comfy.tracking.tracker import Tracker
+from cylindria.config.options import Config, ConfigError
+from cylindria.storage import SchemaTooNew, Storage, StorageUnavailable, open_storage
+from cylindria.webhooks.secret import BadSecret
+from cylindria.webhooks.wiring import Webhooks
+
+ASSETS_DIR = "assets"
+MIB = 1024 * 1024
+
+
+@dataclass
+class Core:
+    """What the HTTP surface and the threads share; the web layer keeps its own state beside it."""
+
+    config: Config
+    store: JobStore
+    gpus: list[Gpu]
+    tracker: Tracker
+    retention: RetentionSweep
+    dispatcher: Dispatcher
+    watch: JobWatch
+    assets: AssetStore
+    secrets: WithheldSecrets
+    webhooks: Webhooks
+    models: ModelCatalogue
+    output_sizes: OutputSizes = field(default_factory=OutputSizes)
+    storage: Storage | None = None  # the store of record the stores above write to
+
+    def close(self) -> None:
+        """Stop dispatching, tracking and the retention sweep, then close the storage."""
+        self.watch.close()
+        self.dispatcher.stop()
+        self.tracker.stop()
+        self.retention.stop()
+        self.webhooks.close()
+        if self.storage is not None:
+            self.storage.close()
+
+
+def build_core(config: Config) -> Core:
+    """The core; starts no thread and opens no socket. A setting that cannot be used raises
+    ConfigError with nothing left open."""
+    try:
+        storage = open_storage(config)
+    except (SchemaTooNew, StorageUnavailable) as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        store = JobStore(storage.jobs)
+        instance_id = storage.meta.get("instance_id", secrets.token_hex(4))
+    except StorageUnavailable as exc:
+        storage.close()
+        raise ConfigError(str(exc)) from None
+    gpus = build_gpus(config.comfy_base_url, config.gpus, instance_id)
+    assets = AssetStore(config.data_dir / ASSETS_DIR, storage.assets, config.max_asset_mb * MIB)
+    withheld = WithheldSecrets(store)
+    try:
+        webhooks = Webhooks(store, storage.outbox, job_view,
+                            data_dir=config.data_dir, secret_file=config.webhook_secret_file,
+                            comfy_base_url=config.comfy_base_url, gpus=config.gpus,
+                            allow_private=config.webhook_allow_private,
+                            delays=config.webhook_delays, give_up_after=config.webhook_give_up)
+    except BadSecret as exc:
+        storage.close()
+        raise ConfigError(str(exc)) from None
+    dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,
+                            requeue_wait=config.requeue_wait, tick=config.poll_interval,
+                            assets=assets, secrets=withheld, max_attempts=config.max_attempts)
+    tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
+                      max_attempts=config.max_attempts, after_check=dispatcher.wake)
+    dispatcher.ready = tracker.reconciled
+    retention = RetentionSweep(store, storage.jobs, config.retention, assets=assets)
+    return Core(config, store, gpus, tracker, retention, dispatcher, JobWatch(store), assets,
+                withheld, webhooks, ModelCatalogue(gpus), storage=storage)

@@ -1,0 +1,244 @@
+"""One running Cylindria per data dir, and per node name on PostgreSQL.
+
+Two processes on one data dir would both dispatch the same held jobs and share one websocket
+clientId with ComfyUI; two nodes of one name would do the same across a fleet. The first
+start takes the lock and holds it for its life; a second stops at once with one line naming
+the first (InstanceBusy is a ConfigError: the start exits 2 with that line).
+
+Both locks end with their holder, however it ends: a process killed with SIGKILL, or a host
+that crashed, never leaves a lock that blocks the next start (see each lock for why).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+from comfy.private import private_dir, private_file
+from cylindria.config.options import ConfigError
+
+logger = logging.getLogger(__name__)
+
+LOCK_FILE_NAME = "cylindria.lock"
+# Windows locks are mandatory: the locked byte sits far past the holder's PID and host, which
+# a second process must still be able to read. (POSIX flock locks the whole file, advisory.)
+LOCK_OFFSET = 1 << 30
+HOLDER_WAIT = 1.0  # seconds a second start waits for a holder that has the lock to name itself
+APP_PREFIX = "cylindria pid="  # the holder's application_name on PostgreSQL
+
+
+class InstanceBusy(ConfigError):
+    """Another running Cylindria holds this data dir or node name."""
+
+
+class InstanceLock:
+    """The locks this process holds for its life; release() gives them all back."""
+
+    def __init__(self, locks: list):
+        self.locks = locks
+
+    def release(self) -> None:
+        """Give the locks back (the service's shutdown); releasing twice is harmless."""
+        for lock in reversed(self.locks):
+            lock.release()
+        self.locks = []
+
+
+def take_instance_lock(config) -> InstanceLock:
+    """The data dir's lock, and on PostgreSQL (a `database` URL) also the node name's: both
+    are this instance's (a node's data dir holds its key, assets and log)."""
+    held = [DataDirLock(Path(config.data_dir)).take()]
+    database = getattr(config, "database", None)
+    if database and not database.startswith("sqlite:"):  # PostgreSQL (a URL or key=value)
+        node = getattr(config, "node", None) or socket.gethostname()
+        try:
+            held.append(NodeLock(database, node).take())
+        except BaseException:
+            held[0].release()
+            raise
+    return InstanceLock(held)
+
+
+def holder_record() -> dict:
+    """Who holds a lock: this process's PID and host name."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+class DataDirLock:
+    """An OS lock on the data dir's lock file, which names the holder.
+
+    The OS drops the lock when its holder's file is closed, which it does for a process that
+    ends in any way (SIGKILL and crashes included): the lock file left behind blocks nothing.
+    The descriptor is not inherited by child processes (Python opens files non-inheritable),
+    so a child that outlives Cylindria cannot keep the lock.
+    """
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.path = data_dir / LOCK_FILE_NAME
+        self._fd: int | None = None
+
+    def take(self) -> "DataDirLock":
+        """Lock, then write our PID and host; InstanceBusy naming the holder if it is taken."""
+        private_dir(self.data_dir)
+        fd = os.open(private_file(self.path), os.O_RDWR | getattr(os, "O_BINARY", 0))
+        if not _lock(fd):
+            os.close(fd)
+            raise InstanceBusy(f"the data dir {self.data_dir} is in use by "
+                               f"{_named(self._holder())} (stop it first, or give another --data-dir)")
+        os.ftruncate(fd, 0)
+        os.write(fd, (json.dumps(holder_record()) + "\n").encode("utf-8"))
+        self._fd = fd
+        return self
+
+    def _holder(self) -> dict:
+        """What the holder wrote; it writes right after locking, so an empty file is waited
+        for briefly."""
+        deadline = time.monotonic() + HOLDER_WAIT
+        while True:
+            try:
+                return json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                if time.monotonic() >= deadline:
+                    return {}
+            time.sleep(0.02)
+
+    def release(self) -> None:
+        """Unlock and close the file; the file stays (deleting it would race a next start)."""
+        if self._fd is not None:
+            _unlock(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+
+def _named(holder: dict) -> str:
+    """'Cylindria PID 1234 on host h', from a holder's record."""
+    return (f"Cylindria PID {holder.get('pid', 'unknown')} on host "
+            f"{holder.get('host', 'unknown')}")
+
+
+def _lock(fd: int) -> bool:
+    """Take the OS lock without waiting; False if another holds it."""
+    if os.name == "nt":
+        import msvcrt
+
+        os.lseek(fd, LOCK_OFFSET, os.SEEK_SET)
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        finally:
+            os.lseek(fd, 0, os.SEEK_SET)
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    """Give the OS lock back (closing the file would too; this says so at once)."""
+    if os.name == "nt":
+        import msvcrt
+
+        os.lseek(fd, LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+HOLDER_SQL = """
+SELECT a.application_name, a.pid, a.client_addr::text
+FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.classid::bigint = %s AND l.objid::bigint = %s
+"""
+
+
+class NodeLock:
+    """A session-level advisory lock keyed by the node name, on a connection of its own kept
+    open for the process's life.
+
+    The server drops the lock with the session: when the holder's process ends in any way its
+    OS closes the connection, and the server ends the session. A host that vanished (power
+    lost) is noticed through the server's TCP keepalives (tcp_keepalives_idle), after which
+    its name is free again. The holder names itself in its session's application_name, which
+    a second start reads from pg_stat_activity; no table is needed.
+    """
+
+    def __init__(self, url: str, node: str):
+        self.url = url
+        self.node = node
+        self.key = node_key(node)
+        self._conn = None
+
+    def take(self) -> "NodeLock":
+        """Take the node's lock; InstanceBusy naming the holder if another session has it."""
+        conn = self._connect()
+        try:
+            taken = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
+            holder = None if taken else self._holder(conn)
+        except BaseException:
+            conn.close()
+            raise
+        if not taken:
+            conn.close()
+            raise InstanceBusy(f"the node {self.node} is in use by {holder} "
+                               "(stop it first, or give another --node)")
+        self._conn = conn
+        return self
+
+    def _connect(self):
+        """The lock's own connection, in autocommit (a session lock outlives transactions)."""
+        try:
+            import psycopg
+        except ImportError:
+            raise ConfigError("a postgresql:// database needs psycopg: "
+                              "pip install 'psycopg[binary]'") from None
+        record = holder_record()
+        try:  # PostgreSQL keeps 63 bytes of the name: the PID first, then as much host as fits
+            return psycopg.connect(self.url, autocommit=True,
+                                   application_name=f"{APP_PREFIX}{record['pid']} host={record['host']}")
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot reach the database to take the node {self.node}'s lock: "
+                              f"{_first_line(exc)}") from None
+
+    def _holder(self, conn) -> str:
+        """The holder as the second start's line names it, from its session."""
+        high, low = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
+        row = conn.execute(HOLDER_SQL, (high, low)).fetchone()
+        if row is None:  # gone in between, or not visible to this database user
+            return "another Cylindria"
+        name, session, address = row
+        if name and name.startswith(APP_PREFIX):
+            pid, _, host = name[len(APP_PREFIX):].partition(" host=")
+            return _named({"pid": pid, "host": host or "unknown"})
+        return f"database session {session} from {address or 'a local socket'}"
+
+    def release(self) -> None:
+        """Close the lock's connection: the server drops the lock with the session."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def node_key(node: str) -> int:
+    """The 64-bit advisory lock key of a node name (signed, as PostgreSQL's bigint)."""
+    digest = hashlib.sha256(b"cylindria node\0" + node.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    """An error's first line (libpq's messages run over several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,292 @@
+"""What Cylindria asks of its store of record, whichever database holds it.
+
+One `Protocol` per kind of record, named after what the job store, the asset store, the
+webhook outbox and the retention sweep need, not after SQL; `Storage` holds one of each.
+A backend (cylindria/storage/sqlite.py, cylindria/storage/postgres.py) implements them all, owns its schema,
+its migrations and the clean-up of dependent rows, and names each of its SQL statements in
+one table. Nothing outside a backend writes SQL.
+
+Every method may raise `StorageUnavailable`: the database cannot be reached now (PostgreSQL
+down or restarting, SQLite locked past its wait or its disk failing). Nothing the call was
+to write is written; a later call may succeed (the backend reconnects by itself).
+
+The fleet (several hosts, one PostgreSQL database; the next issue) takes the held queue's
+claim into the database through `JobRows.claim_held`, already the only way a held job is
+sent on both backends: a node's dispatcher ranks the held jobs it may run (the shared queue,
+kept current by LISTEN/NOTIFY) as the single host ranks its in-memory queue, then claims
+them one at a time. On PostgreSQL the claim locks the job's row `FOR UPDATE SKIP LOCKED` and
+writes the submission only while the row is still held, in one transaction: a row another
+node is claiming is skipped at once (False), never waited for, and a job is claimed by one
+node only. The outbox's deliveries will be claimed the same way (a `claimed_until` column
+written by `OutboxRows.due` under `FOR UPDATE SKIP LOCKED`), one retention sweep at a time
+under an advisory lock taken in `JobRows.delete_expired`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
+
+if TYPE_CHECKING:
+    from comfy.inputs.assets import Asset
+    from comfy.jobs.job import Job
+
+logger = logging.getLogger(__name__)
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached now; nothing asked for was written."""
+
+
+class SchemaTooNew(Exception):
+    """The database was written by a newer Cylindria (its schema version is unknown here)."""
+
+
+class JobIdTaken(Exception):
+    """A live row already holds this job id (one the caller does not know of)."""
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One webhook event: written with the status change that causes it, tried until settled."""
+
+    id: str  # the webhook-id: the same on every try of this event
+    job_id: str
+    url: str
+    event: str
+    body: bytes  # the bytes signed and sent, as of the change
+    created_at: float
+    attempts: int = 0
+    due_at: float | None = None  # the next try; None once delivered or given up
+    client: str = ""  # who submitted the job ('' for an unnamed key)
+    last_error: str | None = None
+    delivered_at: float | None = None
+    given_up_at: float | None = None
+
+
+class JobRows(Protocol):
+    """The jobs, their workflows and the retention counters."""
+
+    def load(self) -> list[Job]:
+        """Every job still within retention, oldest first (expired rows await the sweep)."""
+
+    def insert(self, job: Job, workflow: bytes) -> int:
+        """Add a job and its workflow in one transaction; its sequence number. An expired
+        row under its id gives way (deleted and counted in the same transaction); a live
+        one raises JobIdTaken."""
+
+    def update(self, job: Job, events: Iterable[OutboxRow] = ()) -> None:
+        """Write the job's durable fields, and the events its change causes, in one
+        transaction: both or neither."""
+
+    def claim_held(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
+        """`update`, only while the job's row is still held and no one else is claiming it;
+        False (nothing written) if another claimer took it or is taking it."""
+
+    def delete(self, job_id: str) -> None:
+        """Remove a job and what depends on it (a submission ComfyUI never got)."""
+
+    def workflow(self, job_id: str) -> bytes | None:
+        """The workflow a job was submitted with, as received (credentials left out)."""
+
+    def expired(self, cutoff: float, limit: int) -> list[tuple[int, str]]:
+        """(seq, job_id) of up to `limit` finished jobs that ended before `cutoff`, oldest first."""
+
+    def delete_expired(self, seqs: list[int], cutoff: float) -> Counter:
+        """Delete these rows, with their workflows and settled events, if they are still
+        finished before `cutoff`, and count them as retired; (gpu, status) -> deleted."""
+
+    def retired(self) -> Counter:
+        """(gpu, status) -> jobs removed by retention, over every life of this store."""
+
+
+class AssetRows(Protocol):
+    """The assets' rows (their files stay in the asset store's folder)."""
+
+    def find(self, *, asset_id: str | None = None, hash_text: str | None = None,
+             owner: str | None = None) -> Asset | None:
+        """The asset with this id or hash (of `owner`, unless None: then the shared one
+        first, else the oldest), or None."""
+
+    def add_file(self, hash_text: str, size_bytes: int, content_type: str) -> None:
+        """Record a file on disk by its hash (once; a second time changes nothing)."""
+
+    def add(self, asset: Asset) -> None:
+        """Record an asset over a recorded file."""
+
+    def remove(self, asset_id: str) -> None:
+        """Remove an asset and its uses."""
+
+    def file_held(self, hash_text: str) -> bool:
+        """Whether any asset holds the file with this hash."""
+
+    def remove_file(self, hash_text: str) -> None:
+        """Forget a file (unlinked already)."""
+
+    def files_unheld(self, limit: int) -> list[str]:
+        """Hashes of up to `limit` recorded files no asset holds."""
+
+    def touch(self, asset_id: str, when: float) -> None:
+        """A job needed the asset at `when`: retention counts from then."""
+
+    def add_use(self, asset_id: str, job_id: str, fingerprint: str) -> None:
+        """A submission (job id and workflow fingerprint) refers to the asset."""
+
+    def uses_of(self, asset_id: str) -> list[tuple[str, str]]:
+        """(job_id, fingerprint) of every recorded use of the asset."""
+
+    def fingerprints_of(self, job_id: str) -> list[str]:
+        """The fingerprints of a job id's recorded uses."""
+
+    def remove_uses(self, job_id: str, fingerprint: str) -> None:
+        """Forget the uses of one submission."""
+
+    def users_ever(self) -> list[str]:
+        """The ids of every job with a recorded use."""
+
+    def unused_since(self, cutoff: float, limit: int) -> list[Asset]:
+        """Up to `limit` assets no job has needed since `cutoff`, oldest first."""
+
+
+class OutboxRows(Protocol):
+    """The webhook events (written by JobRows.update with the change that causes them)."""
+
+    def due(self, now: float, limit: int, *, skip: Iterable[str] = (),
+            after: tuple | None = None, jobs: Iterable[str] = (), urls: Iterable[str] = (),
+            clients: Iterable[str] = ()) -> list[OutboxRow]:
+        """Up to `limit` events due by `now`, in due order, but those in `skip` and those of
+        the `jobs`, to the `urls` or of the `clients` given; `after`: the (due_at, id) of
+        the last event of the page before."""
+
+    def next_due(self) -> float | None:
+        """When the earliest undelivered event is due, or None."""
+
+    def delivered(self, event_id: str, now: float) -> None:
+        """The receiver took it (a try counted)."""
+
+    def retry(self, event_id: str, error: str, due_at: float) -> None:
+        """This try failed; the next at `due_at` (a try counted)."""
+
+    def give_up(self, event_id: str, error: str, now: float) -> None:
+        """No more tries (a try counted)."""
+
+    def depth(self) -> int:
+        """Events neither delivered nor given up."""
+
+    def of_job(self, job_id: str, url: str) -> list[OutboxRow]:
+        """A job's events to this URL, oldest first."""
+
+
+@dataclass(frozen=True)
+class Contents:
+    """What a whole store holds: rows of each kind (a target of `db copy` must hold none)."""
+
+    jobs: int = 0
+    held: int = 0  # of the jobs, those in Cylindria's queue
+    workflows: int = 0
+    asset_files: int = 0
+    asset_bytes: int = 0  # the asset files' sizes, summed
+    assets: int = 0
+    asset_uses: int = 0
+    events: int = 0
+    pending_events: int = 0  # of the events, those neither delivered nor given up
+    retired: int = 0  # retention's (gpu, status) counters
+
+
+class WholeRows(Protocol):
+    """A whole store at once, for `cylindria db copy`: read kind by kind (the kinds of
+    cylindria.storage.records.WHOLE, rows in their columns' order as records.portable gives them),
+    written in one transaction."""
+
+    def contents(self) -> Contents:
+        """How many rows of each kind the store holds."""
+
+    def read(self, kind: str, batch: int = 500) -> Iterator[list[tuple]]:
+        """Every row of a kind (the meta rows without the schema version), in batches."""
+
+    def write(self, batches: Iterable[tuple[str, list[tuple]]], merge: bool) -> None:
+        """Write every batch of (kind, rows) in one transaction: all of them, or nothing if
+        one fails or the iterable raises. Without `merge`, the jobs keep their seq (the held
+        queue's order and the list cursors stay) and meta values replace the store's; with
+        it, jobs are numbered after the store's own, in the order given, and meta keys the
+        store has stay as they are. Files and uses already there are left as they are;
+        retention counters are added to the store's."""
+
+
+class Meta(Protocol):
+    """Settings kept with the data."""
+
+    def get(self, key: str, default: str) -> str:
+        """The stored value, written with `default` the first time it is asked for."""
+
+
+class Storage(Protocol):
+    """One store of record: open from `storage.open_storage`, closed once at the end."""
+
+    jobs: JobRows
+    assets: AssetRows
+    outbox: OutboxRows
+    meta: Meta
+    whole: WholeRows
+    name: str  # what logs and errors call it (a URL without its password, or a path)
+
+    def ping(self) -> bool:
+        """Whether the database answers now (for /ready)."""
+
+    def close(self) -> None:
+        """Close every connection."""
+
+
+class Health:
+    """Whether a backend's last call reached its database: an outage is logged once when
+    it starts and once when it ends, however many calls meet it (threads then go on quietly)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._lock = threading.Lock()
+        self._down = False
+
+    @property
+    def down(self) -> bool:
+        """Whether the last call failed to reach the database (an outage is under way)."""
+        return self._down
+
+    def failed(self, exc: BaseException) -> StorageUnavailable:
+        """Note a failed call; the StorageUnavailable to raise from it."""
+        with self._lock:
+            first, self._down = not self._down, True
+        if first:
+            logger.warning("database %s unavailable: %s", self.name, _one_line(exc))
+        return StorageUnavailable(f"database {self.name} unavailable: {_one_line(exc)}")
+
+    def succeeded(self) -> None:
+        """Note a call that reached the database."""
+        if self._down:
+            with self._lock:
+                was, self._down = self._down, False
+            if was:
+                logger.warning("database %s reachable again", self.name)
+
+
+def guarded_by(errors):
+    """A decorator for a backend's methods: its driver's `errors` (a lost connection, a lock
+    waited for too long) become StorageUnavailable, noted in the object's `_health`."""
+    def decorate(method):
+        @functools.wraps(method)
+        def guarded(self, *args, **kwargs):
+            try:
+                result = method(self, *args, **kwargs)
+            except errors as exc:
+                raise self._health.failed(exc) from exc
+            self._health.succeeded()
+            return result
+        return guarded
+    return decorate
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
