@@ -27,7 +27,7 @@ from bench.core import (JSON_HEADERS, Bench, Figure, FreshCylindria, check_error
 from bench.dispatch import GPUS, JOBS, ROUNDS, STEPS, DispatchFake, abba, durations, timed_run
 from bench.procs import key_headers
 from bench.stats import median, pooled
-from storage import open_url
+from cylindria.storage import open_url
 from tests import workflows
 from tests.postgres import PostgresCluster
 

@@ -126,7 +126,7 @@ def test_postgresql_stopped_mid_load_loses_nothing(postgres_cluster, fakes, tmp_
     assert load.answers("outage", "503") > 0, "the outage was met by no request"
     # Status reads need no database: the outage must not stall them behind the writes that
     # wait for it (a same-run comparison with a wide margin, not a latency target; 0 reads
-    # were answered during the outage before storage.postgres.OutagePool).
+    # were answered during the outage before cylindria.storage.postgres.OutagePool).
     assert reads["outage"] >= reads["before"] / 20, reads
     assert load.accepted_in["before"] > 0 and load.accepted_in["after"] > 0
     assert unanswered == []
