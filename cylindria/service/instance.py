@@ -10,7 +10,6 @@ that crashed, never leaves a lock that blocks the next start (see each lock for 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,8 @@ from pathlib import Path
 
 from comfy.private import private_dir, private_file
 from cylindria.config.options import ConfigError
+from cylindria.storage.interface import StorageUnavailable
+from cylindria.storage.nodelock import NodeTaken, PostgresNodeLock, PsycopgMissing
 
 logger = logging.getLogger(__name__)
 
@@ -156,89 +157,41 @@ def _unlock(fd: int) -> None:
     fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-HOLDER_SQL = """
-SELECT a.application_name, a.pid, a.client_addr::text
-FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND l.classid::bigint = %s AND l.objid::bigint = %s
-"""
-
-
 class NodeLock:
-    """A session-level advisory lock keyed by the node name, on a connection of its own kept
-    open for the process's life.
-
-    The server drops the lock with the session: when the holder's process ends in any way its
-    OS closes the connection, and the server ends the session. A host that vanished (power
-    lost) is noticed through the server's TCP keepalives (tcp_keepalives_idle), after which
-    its name is free again. The holder names itself in its session's application_name, which
-    a second start reads from pg_stat_activity; no table is needed.
-    """
+    """The node name's lock on PostgreSQL (cylindria/storage/nodelock.py holds it: the SQL is
+    the storage layer's), with the refusals as the start shows them."""
 
     def __init__(self, url: str, node: str):
-        self.url = url
         self.node = node
-        self.key = node_key(node)
-        self._conn = None
+        self._lock = PostgresNodeLock(url, node, APP_PREFIX + "{pid} host={host}".format(
+            **holder_record()))
 
     def take(self) -> "NodeLock":
         """Take the node's lock; InstanceBusy naming the holder if another session has it."""
-        conn = self._connect()
         try:
-            taken = conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0]
-            holder = None if taken else self._holder(conn)
-        except BaseException:
-            conn.close()
-            raise
-        if not taken:
-            conn.close()
-            raise InstanceBusy(f"the node {self.node} is in use by {holder} "
-                               "(stop it first, or give another --node)")
-        self._conn = conn
-        return self
-
-    def _connect(self):
-        """The lock's own connection, in autocommit (a session lock outlives transactions)."""
-        try:
-            import psycopg
-        except ImportError:
+            self._lock.take()
+        except NodeTaken as taken:
+            raise InstanceBusy(f"the node {self.node} is in use by {self._named(taken)} "
+                               "(stop it first, or give another --node)") from None
+        except PsycopgMissing:
             raise ConfigError("a postgresql:// database needs psycopg: "
                               "pip install 'psycopg[binary]'") from None
-        record = holder_record()
-        try:  # PostgreSQL keeps 63 bytes of the name: the PID first, then as much host as fits
-            return psycopg.connect(self.url, autocommit=True,
-                                   application_name=f"{APP_PREFIX}{record['pid']} host={record['host']}")
-        except psycopg.Error as exc:
-            raise ConfigError(f"cannot reach the database to take the node {self.node}'s lock: "
-                              f"{_first_line(exc)}") from None
+        except StorageUnavailable as exc:
+            raise ConfigError(f"cannot reach the database to take the node {self.node}'s "
+                              f"lock: {exc}") from None
+        return self
 
-    def _holder(self, conn) -> str:
+    @staticmethod
+    def _named(taken: "NodeTaken") -> str:
         """The holder as the second start's line names it, from its session."""
-        high, low = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF
-        row = conn.execute(HOLDER_SQL, (high, low)).fetchone()
-        if row is None:  # gone in between, or not visible to this database user
-            return "another Cylindria"
-        name, session, address = row
-        if name and name.startswith(APP_PREFIX):
+        if taken.application_name is None and taken.session is None:
+            return "another Cylindria"  # gone in between, or not visible to this user
+        name = taken.application_name or ""
+        if name.startswith(APP_PREFIX):
             pid, _, host = name[len(APP_PREFIX):].partition(" host=")
             return _named({"pid": pid, "host": host or "unknown"})
-        return f"database session {session} from {address or 'a local socket'}"
+        return f"database session {taken.session} from {taken.address or 'a local socket'}"
 
     def release(self) -> None:
         """Close the lock's connection: the server drops the lock with the session."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-
-
-def node_key(node: str) -> int:
-    """The 64-bit advisory lock key of a node name (signed, as PostgreSQL's bigint)."""
-    digest = hashlib.sha256(b"cylindria node\0" + node.encode("utf-8")).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    """An error's first line (libpq's messages run over several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        self._lock.release()
