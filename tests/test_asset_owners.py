@@ -158,3 +158,17 @@ def test_assets_from_before_owners_are_no_own_keys(fakes, tmp_path):
 def uses(data) -> list:
     with sqlite3.connect(data / "jobs.sqlite3") as db:
         return db.execute("SELECT * FROM asset_uses").fetchall()
+
+
+def test_a_form_field_given_twice_is_refused_and_stores_nothing(shared):
+    """`expected_hash` (or `file_path`) sent twice in one v2 upload: which one was meant cannot
+    be told, so the upload is refused, whatever the two say (the fuzzer's soak found it kept
+    the first)."""
+    alice, _, _ = clients(shared)
+    for field, values in (("expected_hash", [HASH, "blake3:" + "0" * 64]),
+                          ("expected_hash", [HASH, HASH]), ("file_path", ["a.png", "b.png"])):
+        answer = alice.request("POST", "/api/v2/assets", data={field: values},
+                               files={"file": ("x.png", PNG, "image/png")})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"]["code"] == "invalid_request"
+    assert stored_files(shared) == []

@@ -66,8 +66,8 @@ def receive(name_field: str | None = None, hash_field: str | None = None) -> tup
             part = request.files.get("file")
             if part is None:
                 raise ApiError(400, "invalid_asset", "send the file as a multipart part named 'file'")
-            name = request.form.get(name_field) if name_field else None
-            expected = request.form.get(hash_field) if hash_field else None
+            name = single_field(name_field)
+            expected = single_field(hash_field)
             asset, created = store.add(part.stream, name or part.filename, None, expected, owner)
         else:
             if not length and request.headers.get("Transfer-Encoding", "").lower() != "chunked":
@@ -82,6 +82,18 @@ def receive(name_field: str | None = None, hash_field: str | None = None) -> tup
         raise ApiError(409, "hash_mismatch", str(exc),
                        {"expected": exc.expected[:80], "actual": exc.actual}) from None
     return asset, created
+
+
+def single_field(name: str | None) -> str | None:
+    """A multipart text field given at most once (None: absent, or no such field asked for);
+    given twice, it is refused (400 invalid_asset): which one was meant cannot be told."""
+    if name is None:
+        return None
+    values = request.form.getlist(name)
+    if len(values) > 1:
+        raise ApiError(400, "invalid_asset", f"the form field '{name}' is given more than once",
+                       {"field": name})
+    return values[0] if values else None
 
 
 @bp.get("/assets/by-hash/<anypath:hash>")
