@@ -197,9 +197,15 @@ def keyed_request(extra: str = "") -> bytes:
 def test_wrong_keys_are_throttled_and_the_right_key_still_works_elsewhere(service, soak):
     """10,000 wrong keys from 127.0.0.1: 401 ten times, then 429; 127.0.0.2 is not affected."""
     count = SOAK_WRONG_KEYS if soak else WRONG_KEYS
+    throttle = service.app.extensions["cylindria_throttle"]
+    began = time.monotonic()
     answers = pipelined(service.port, [wrong_key_request(n) for n in range(count)])
+    windows = 1 + int((time.monotonic() - began) // throttle.window)
     statuses = [status for status, _, _ in answers]
-    assert statuses[:10] == [401] * 10 and set(statuses[10:]) == {429}
+    # `limit` wrong keys answered per window of the throttle, the rest refused: a run longer
+    # than a window (--soak's 100,000 on a loaded machine) gets `limit` more tries per window.
+    assert statuses[:10] == [401] * 10 and set(statuses[10:]) <= {401, 429}
+    assert statuses.count(401) <= throttle.limit * windows, (statuses.count(401), windows)
     status, headers, body = answers[-1]
     assert int(headers["retry-after"]) >= 1 and b'"too_many_requests"' in body
     # A forged proxy header does not move the wrong keys elsewhere; the right key from the
