@@ -352,7 +352,8 @@ class Dispatcher:
         except (ComfyRejected, AssetNotFound) as exc:
             logger.info("job %s: not sent to GPU %d: %s", job.job_id, gpu.index, exc)
         except StorageUnavailable:  # nothing sent: the poller judges the submission later
-            logger.debug("job %s: not sent, the database is unavailable", job.job_id)
+            logger.info("job %s: not sent to GPU %d, the database is unavailable; left to the "
+                        "poller's judgement", job.job_id, gpu.index)
         except ComfyTimeout as exc:
             logger.warning("job %s: GPU %d did not answer its POST (%s)", job.job_id, gpu.index, exc)
         except ComfyUnreachable as exc:
