@@ -172,6 +172,7 @@ class Attack(ABC):
         self._threads: list[threading.Thread] = []
         self.counts: dict[str, int] = {}
         self._changed = threading.Condition()
+        self._socks: list[socket.socket] = []  # held open until stop()
 
     def start(self) -> None:
         self._stop.clear()
@@ -189,7 +190,10 @@ class Attack(ABC):
         """Open the attack (its threads, its sockets)."""
 
     def end(self) -> None:
-        """What stop() undoes beyond the threads."""
+        """What stop() undoes beyond the threads: the sockets held open are closed."""
+        for sock in self._socks:
+            sock.close()
+        self._socks.clear()
 
     def spawn(self, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, daemon=True,
@@ -256,7 +260,6 @@ class StalledDownloads(Attack):
     def __init__(self, port: int, asset_id: str):
         super().__init__(port)
         self.asset_id = asset_id
-        self._socks: list[socket.socket] = []
 
     def begin(self) -> None:
         for _ in range(self.SOCKETS):
@@ -272,11 +275,6 @@ class StalledDownloads(Attack):
                 self.count("opened")
             except OSError:
                 self.count("refused")
-
-    def end(self) -> None:
-        for sock in self._socks:
-            sock.close()
-        self._socks.clear()
 
 
 class BigBodies(Attack):
@@ -338,7 +336,6 @@ class StreamHog(Attack):
     def __init__(self, port: int, site: Site):
         super().__init__(port)
         self.site = site
-        self._socks: list[socket.socket] = []
 
     def begin(self) -> None:
         fake = self.site.fakes[1]
@@ -354,11 +351,8 @@ class StreamHog(Attack):
             self._socks.append(sock)
 
     def end(self) -> None:
-        for sock in self._socks:
-            sock.close()
-        self._socks.clear()
-        fake = self.site.fakes[1]
-        fake.hold = False
+        super().end()
+        self.site.fakes[1].hold = False
 
 
 class HangingReceiver:
