@@ -1,5 +1,7 @@
 """The job store's lock is never held for slow work: a workflow read, a walk of every job, or
-a wait for SQLite's write lock held by another connection (the webhook sender, the sweep)."""
+a wait for the database (SQLite's write lock held by another connection, the webhook sender or
+the sweep; a PostgreSQL round trip). A write waits on its own job's lock: other jobs' changes
+go on meanwhile, the same job's next change waits its turn."""
 from __future__ import annotations
 
 import sqlite3
@@ -100,8 +102,8 @@ def test_a_busy_database_does_not_stall_status_reads(tmp_path):
     other = sqlite3.connect(str(tmp_path / "jobs.sqlite3"), isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")  # the sender or the sweep, mid-transaction
-        changed = a_status_change(store)  # waits for SQLite's write lock, holding the store's
-        wait_for(store._lock.locked, DEADLINE, message="the change to hold the store's lock")
+        changed = a_status_change(store)  # waits for SQLite's write lock, holding its job's
+        wait_for(store._stripe("job-0").locked, DEADLINE, message="the change to hold job-0's lock")
         read = in_thread(lambda: store.get("job-2"))
         assert read.wait(DEADLINE)
         assert not changed.is_set()  # answered while the write still waited for SQLite
@@ -109,3 +111,39 @@ def test_a_busy_database_does_not_stall_status_reads(tmp_path):
         assert changed.wait(DEADLINE)
     finally:
         other.close()
+
+
+def test_a_write_waiting_for_the_database_holds_up_no_other_job(tmp_path):
+    writing, release = threading.Event(), threading.Event()
+    written: list[tuple[str, int]] = []
+
+    class GatedWrites:
+        """The job rows, job-0's first write held at a gate (a slow round trip)."""
+
+        def __init__(self, rows):
+            self._rows = rows
+
+        def __getattr__(self, name):
+            return getattr(self._rows, name)
+
+        def update(self, job, events=()):
+            if job.job_id == "job-0" and job.nodes_done == 1:
+                writing.set()
+                release.wait(DEADLINE)
+            self._rows.update(job, events)
+            written.append((job.job_id, job.nodes_done))
+
+    store = new_store(tmp_path, GatedWrites)
+    try:
+        first = a_status_change(store)
+        assert writing.wait(DEADLINE)
+        other = in_thread(lambda: store.change("job-1", lambda job: setattr(job, "nodes_done", 5)))
+        assert other.wait(DEADLINE) and not first.is_set()  # done while job-0's write waits
+        assert store.get("job-1").nodes_done == 5 and store.get("job-0").nodes_done == 0
+        again = in_thread(lambda: store.change("job-0", lambda job: setattr(job, "nodes_done", 2)))
+        release.set()
+        assert first.wait(DEADLINE) and again.wait(DEADLINE)
+        assert [w for w in written if w[0] == "job-0"] == [("job-0", 1), ("job-0", 2)]
+        assert store.get("job-0").nodes_done == 2
+    finally:
+        release.set()

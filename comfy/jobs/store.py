@@ -22,6 +22,10 @@ _durable = attrgetter(*DURABLE)  # the durable fields as one tuple, compared in 
 # where dataclasses.replace takes 3.6; every submission copies twice.
 _fields = attrgetter(*(f.name for f in dataclasses.fields(Job)))
 _IN_COMFY = frozenset({JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING})
+# Locks a job's writes are serialised by (a job's is picked by its id's hash): enough that
+# unrelated jobs rarely share one, as many as the threads that write (waitress's 16,
+# the trackers, the senders) would ever need.
+STRIPES = 64
 
 
 def _copy(job: Job) -> Job:
@@ -39,11 +43,20 @@ class JobStore:
     A change to a durable field is committed to the database before the new record is
     published, so nothing a client was told can be lost by a crash; a write that fails
     (storage.StorageUnavailable) publishes nothing, and the caller is told by the exception.
+
+    The database round trip of a write is made under the job's own lock (one of STRIPES),
+    not the store's: the store's lock is held only to read and to publish, microseconds. So
+    changes of different jobs go to the database side by side (PostgreSQL's pool), and a
+    burst of submissions never queues a GPU's tracking behind its writes; the changes of
+    one job stay in order. New jobs are inserted one at a time (`_inserting`), so they are
+    published in the order the database numbers them.
     """
 
     def __init__(self, rows: JobRows):
         self._db = rows
         self._lock = threading.Lock()
+        self._stripes = [threading.Lock() for _ in range(STRIPES)]
+        self._inserting = threading.Lock()
         self._settled = threading.Condition(self._lock)
         self._jobs: dict[str, Job] = {}
         self._peak = 0  # most jobs the dict has held since it was last rebuilt
@@ -147,25 +160,24 @@ class JobStore:
         overshoot a limit; a retry of a known id is never refused. `withheld` (credentials
         kept in memory only) goes to the keepers only if this call creates the job.
         """
-        with self._lock:
+        with self._stripe(job.job_id), self._inserting:
             existing = self._jobs.get(job.job_id)
             if existing is not None:
                 return existing, False
             if admit is not None:
-                admit(self._held())
+                with self._lock:
+                    admit(self._held())
             job = _copy(job)
             if job.status != JobStatus.HELD:
                 job.status = JobStatus.SUBMITTING
-                self._in_flight[job.job_id] = job.prompt_id
             job.submitted_at = job.submitted_at or time.time()
-            try:
-                job.seq = self._insert(job, workflow)
-            except BaseException:  # nothing published: the client's retry starts afresh
-                self._in_flight.pop(job.job_id, None)
-                raise
-            for keeper in self._keepers if withheld else ():
-                keeper(job.job_id, withheld)
-            self._publish(job)
+            job.seq = self._insert(job, workflow)  # raises: nothing published, a retry starts afresh
+            with self._lock:
+                if job.status == JobStatus.SUBMITTING:
+                    self._in_flight[job.job_id] = job.prompt_id
+                for keeper in self._keepers if withheld else ():
+                    keeper(job.job_id, withheld)
+                self._publish(job)
         self._notify(None, job)
         return job, True
 
@@ -229,19 +241,20 @@ class JobStore:
         while it is still `submitting`: by the time a slow judgment lands, the id may belong
         to a newer submission whose POST is under way, and that one must live on.
         """
-        with self._settled:
+        with self._stripe(job_id):
             job = self._jobs.get(job_id)
             if job is None or job.prompt_id != prompt_id or job.status != JobStatus.SUBMITTING:
                 return False
             self._db.delete(job_id)
-            del self._jobs[job_id]
-            self._active.pop(job.prompt_id, None)
-            self._counts[(job.gpu_id, job.status)] -= 1
-            if self._in_flight.get(job_id) == prompt_id:
-                del self._in_flight[job_id]
-            for keeper in self._keepers:
-                keeper(job_id, None)
-            self._settled.notify_all()
+            with self._settled:
+                del self._jobs[job_id]
+                self._active.pop(job.prompt_id, None)
+                self._counts[(job.gpu_id, job.status)] -= 1
+                if self._in_flight.get(job_id) == prompt_id:
+                    del self._in_flight[job_id]
+                for keeper in self._keepers:
+                    keeper(job_id, None)
+                self._settled.notify_all()
             return True
 
     def change(self, job_id: str, edit: Callable[[Job], None],
@@ -256,7 +269,7 @@ class JobStore:
         With `sending`, an edit that starts a new submission (submitting, with a new
         prompt_id) marks its POST as under way in the same step, so no poll judges it.
         """
-        with self._lock:
+        with self._stripe(job_id):
             current = self._jobs.get(job_id)
             if current is None or (prompt_id is not None and current.prompt_id != prompt_id):
                 return None
@@ -267,9 +280,13 @@ class JobStore:
             if new.status != current.status and not may_move(current.status, new.status):
                 return current
             self._persist(current, new)
-            self._publish(new, previous=current)
-            if sending and new.status == JobStatus.SUBMITTING and new.prompt_id != current.prompt_id:
-                self._in_flight[job_id] = new.prompt_id
+            with self._lock:
+                if self._jobs.get(job_id) is not current:
+                    return None  # forgotten meanwhile by retention (finished, row deleted)
+                self._publish(new, previous=current)
+                if sending and new.status == JobStatus.SUBMITTING \
+                        and new.prompt_id != current.prompt_id:
+                    self._in_flight[job_id] = new.prompt_id
         if new.status != current.status:
             self._notify(current, new)
         for watcher in self._watchers:
@@ -312,7 +329,8 @@ class JobStore:
         return jobs[::-1] if newest_first else jobs
 
     def _persist(self, current: Job, new: Job) -> None:
-        """Commit a change of durable fields, before anyone can see it."""
+        """Commit a change of durable fields, before anyone can see it (caller holds the
+        job's stripe, not the store's lock)."""
         before, after = _durable(current), _durable(new)
         if after == before:
             return
@@ -335,7 +353,7 @@ class JobStore:
                        current.status.value, new.status.value)
 
     def _insert(self, job: Job, workflow: bytes) -> int:
-        """Insert a new job's row (caller holds the lock). A live row under its id that this
+        """Insert a new job's row (caller holds its stripe and `_inserting`). A live row under its id that this
         store does not hold was left by a write whose acknowledgement was lost (the database
         went away as it committed, the client was told 503): nobody was told of it, so it
         gives way to this submission."""
@@ -345,6 +363,10 @@ class JobStore:
             logger.warning("job %s: replacing a row left by an unacknowledged write", job.job_id)
             self._db.delete(job.job_id)
             return self._db.insert(job, workflow)
+
+    def _stripe(self, job_id: str) -> threading.Lock:
+        """The lock a job's writes hold (taken before `_inserting` and the store's lock)."""
+        return self._stripes[hash(job_id) % STRIPES]
 
     def _held(self) -> int:
         """Held jobs (caller holds the lock)."""
