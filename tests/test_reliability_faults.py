@@ -177,14 +177,28 @@ def test_no_job_is_lost_or_misreported_through_kills_and_drops(fakes, tmp_path, 
 
 def assert_prompts_came_from_the_fakes(load: LoadRun, jobs: dict[str, dict], fakes) -> None:
     """Every accepted job's prompt, and every prompt an answer named, is one that GPU's
-    ComfyUI really accepted for that job (a job sent again has one per attempt)."""
+    ComfyUI really accepted for that job (a job sent again has one per attempt). An invalid
+    workflow accepted unchecked (GpuId=auto just after a restart, see LoadRun.accept) ends
+    failed on the prompt that GPU's ComfyUI refused: one it was sent and did not queue."""
     received = [prompts_by_job(fake) for fake in fakes]
-    unknown = [job_id for job_id in load.accepted
-               if jobs[job_id]["prompt_id"] not in
-               received[jobs[job_id]["gpu_id"]].get(job_id, [])]
+    refused = [posted_prompt_ids(fake) - set(fake.prompts_received()) for fake in fakes]
+
+    def came_from_the_fake(job_id: str, gpu: int, prompt_id: str) -> bool:
+        if load.accepted[job_id].kind == "invalid":
+            return jobs[job_id]["status"] == "failed" and prompt_id in refused[gpu]
+        return prompt_id in received[gpu].get(job_id, [])
+    unknown = [job_id for job_id, job in jobs.items() if job_id in load.accepted
+               and not came_from_the_fake(job_id, job["gpu_id"], job["prompt_id"])]
     named = [job_id for job_id, job in load.accepted.items() if job.prompt_id is not None
-             and job.prompt_id not in received[job.gpu_id].get(job_id, [])]
+             and not came_from_the_fake(job_id, job.gpu_id, job.prompt_id)]
     assert (unknown, named) == ([], [])
+
+
+def posted_prompt_ids(fake) -> set[str]:
+    """Every prompt id POSTed to this fake's /prompt, queued or refused."""
+    return {request.json.get("prompt_id") for request in fake.requests()
+            if request.method == "POST" and request.path == "/prompt"
+            and isinstance(request.json, dict)}
 
 
 def test_a_websocket_comfy_silently_forgot_is_noticed(fakes, tmp_path):
