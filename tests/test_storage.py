@@ -18,7 +18,7 @@ from cylindria.config.options import ConfigError, load_config
 from cylindria.service.core import build_core
 from cylindria.storage import JobIdTaken, StorageUnavailable, open_url
 from cylindria.storage.postgres import shown
-from cylindria.storage.sqlite import JOBS_TABLE
+from cylindria.storage.sqlite import JOBS_TABLE, SCHEMA_VERSION as SQLITE_VERSION
 from tests.backends import sqlite_storage
 from tests.conftest import make_config
 from tests.helpers import free_ports
@@ -117,6 +117,36 @@ def set_schema_version(backend, version: int) -> None:
         conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(version),))
 
 
+def test_a_version_1_store_gains_the_fleets_tables_in_place(backend):
+    """Schema version 2 (the fleet: a nodes table, each job's node) on a store of version 1,
+    made here by taking version 2's additions out of a fresh one, its job rows kept."""
+    storage = backend.open()
+    storage.jobs.insert(Job("kept", 0, "p", "f"), b"{}")
+    storage.close()
+    undo = ("DROP INDEX jobs_by_node", "DROP TABLE nodes", "ALTER TABLE jobs DROP COLUMN node",
+            "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    if backend.database is None:
+        with sqlite3.connect(backend.path) as conn:
+            for statement in undo:
+                conn.execute(statement)
+    else:
+        with psycopg.connect(backend.database, autocommit=True) as conn:
+            for statement in undo:
+                conn.execute(statement)
+    storage = backend.open()
+    try:
+        assert storage.meta.get("schema_version", "none") == "2"
+        assert [job.job_id for job in storage.jobs.load()] == ["kept"]
+    finally:
+        storage.close()
+    if backend.database is None:
+        with sqlite3.connect(backend.path) as conn:
+            assert conn.execute("SELECT COUNT(*), MIN(node) FROM nodes, jobs").fetchone() == (0, None)
+    else:
+        with psycopg.connect(backend.database) as conn:
+            assert conn.execute("SELECT COUNT(*), MIN(node) FROM nodes, jobs").fetchone() == (0, None)
+
+
 def test_a_schema_newer_than_the_code_stops_the_start(backend, fakes, tmp_path):
     set_schema_version(backend, 99)
     with pytest.raises(ConfigError, match="newer Cylindria .*schema version 99"):
@@ -144,14 +174,14 @@ def test_an_unreachable_postgresql_at_start_stops_it_with_one_line(fakes, tmp_pa
 
 
 # -- SQLite data dirs written by earlier versions -----------------------------------------------
-def test_an_unversioned_data_dir_is_brought_to_version_1_in_place(tmp_path):
+def test_an_unversioned_data_dir_is_brought_to_the_current_version_in_place(tmp_path):
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
         conn.execute(JOBS_TABLE)
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         conn.execute("INSERT INTO jobs (job_id, gpu_id, prompt_id, fingerprint, status, "
                      "submitted_at) VALUES ('old', 0, 'p', 'f', 'completed', 1.0)")
     storage = sqlite_storage(tmp_path)
-    assert storage.meta.get("schema_version", "none") == "1"
+    assert storage.meta.get("schema_version", "none") == str(SQLITE_VERSION)
     assert [job.job_id for job in storage.jobs.load()] == ["old"]
 
 

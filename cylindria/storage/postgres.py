@@ -24,7 +24,7 @@ from cylindria.storage.interface import Contents, Health, JobIdTaken, OutboxRow,
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 POOL_SIZE = (2, 10)  # connections kept open, and at most
 POOL_WAIT = 3.0  # seconds a call waits for a working connection before StorageUnavailable
 DOWN_WAIT = 0.1  # the same while the database is known to be down
@@ -40,6 +40,17 @@ _FINISHED, _ASSET, _EVENT = records.FINISHED_LIST, records.ASSET_FROM, records.E
 _NOT_BUSY = ("id <> ALL(%(skip)s::text[]) AND job_id <> ALL(%(jobs)s::text[]) "
              "AND url <> ALL(%(urls)s::text[]) AND client <> ALL(%(clients)s::text[])")
 _SET_DURABLE = ", ".join(f"{name} = %s" for name in records.DURABLE)
+
+# One row per node of the fleet: its lease (renewed_at, by the database's clock, plus
+# lease_seconds) and what /fleet shows of it (status: JSON of its GPUs and held jobs).
+FLEET_NODES_COLUMNS = """
+            name text PRIMARY KEY,
+            advertise_url text NOT NULL DEFAULT '',
+            started_at double precision NOT NULL,
+            renewed_at double precision NOT NULL,
+            lease_seconds double precision NOT NULL,
+            keys_hash text NOT NULL DEFAULT '',
+            status text NOT NULL DEFAULT '{}'"""
 
 # Version -> the statements that bring the schema of the version before to it.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -106,6 +117,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX webhook_outbox_due_order ON webhook_outbox (due_at, id) "
         "WHERE due_at IS NOT NULL",
         "CREATE INDEX webhook_outbox_job ON webhook_outbox (job_id)",
+    ),
+    # The fleet (CONTRACT "A fleet"): the nodes sharing this database, each with its lease,
+    # and the node each job belongs to (NULL: a job in the shared queue, or written by a
+    # Cylindria from before nodes, which the first node to start adopts).
+    2: (
+        f"""CREATE TABLE nodes ({FLEET_NODES_COLUMNS})""",
+        "ALTER TABLE jobs ADD COLUMN node text",
+        "CREATE INDEX jobs_by_node ON jobs (node) WHERE finished_at IS NULL",
     ),
 }
 

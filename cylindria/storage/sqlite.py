@@ -26,7 +26,7 @@ from cylindria.storage.interface import (Contents, Health, JobIdTaken, OutboxRow
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Seconds a statement waits for SQLite's write lock held by another connection (the webhook
 # sender's one-UPDATE tries, the retention sweep's batches of 200 rows: milliseconds each).
 # The store writes under its lock and nothing retries a failed commit (the state change would
@@ -40,7 +40,18 @@ _NOT_BUSY = ("id NOT IN (SELECT value FROM json_each(:skip)) "
              "AND url NOT IN (SELECT value FROM json_each(:urls)) "
              "AND client NOT IN (SELECT value FROM json_each(:clients))")
 
-# The schema of version 1 (the tables of every earlier data dir, brought together).
+# One row per node (see the PostgreSQL backend's nodes table).
+NODES_COLUMNS = """
+    name TEXT PRIMARY KEY,
+    advertise_url TEXT NOT NULL DEFAULT '',
+    started_at REAL NOT NULL,
+    renewed_at REAL NOT NULL,
+    lease_seconds REAL NOT NULL,
+    keys_hash TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL DEFAULT '{}'
+"""
+
+# The schema of this version (the tables of every earlier data dir, brought together).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -65,7 +76,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     held_at REAL,
     labels TEXT,
     webhook TEXT,
-    submitted_by TEXT
+    submitted_by TEXT,
+    node TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- The workflow of every job (the request body as received, credentials left out): a held
@@ -120,11 +132,19 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
 CREATE INDEX IF NOT EXISTS webhook_outbox_due_order ON webhook_outbox (due_at, id)
     WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhook_outbox_job ON webhook_outbox (job_id);
+-- The fleet (CONTRACT "A fleet"): on SQLite a fleet of one node, this one.
+CREATE TABLE IF NOT EXISTS nodes ({NODES});
+CREATE INDEX IF NOT EXISTS jobs_by_node ON jobs (node) WHERE finished_at IS NULL;
 """
+SCHEMA = SCHEMA.replace("{NODES}", NODES_COLUMNS)
 _SCHEMA_STATEMENTS = [s.strip() for s in SCHEMA.split(";") if s.strip()]
 JOBS_TABLE = _SCHEMA_STATEMENTS[0]
 # Version -> the statements that bring the schema of the version before to it.
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    2: (f"CREATE TABLE nodes ({NODES_COLUMNS})",
+        "ALTER TABLE jobs ADD COLUMN node TEXT",
+        "CREATE INDEX jobs_by_node ON jobs (node) WHERE finished_at IS NULL"),
+}
 
 # Every statement of this backend, by name.
 SQL = {
@@ -231,6 +251,7 @@ SQL = {
     "add_labels": "ALTER TABLE jobs ADD COLUMN labels TEXT",
     "add_webhook": "ALTER TABLE jobs ADD COLUMN webhook TEXT",
     "add_submitted_by": "ALTER TABLE jobs ADD COLUMN submitted_by TEXT",
+    "add_node": "ALTER TABLE jobs ADD COLUMN node TEXT",
     # Assets from before owners: those stored so far are the shared ones.
     "unowned_assets_aside": "ALTER TABLE assets RENAME TO assets_unowned",
     "unowned_assets_back": "INSERT OR IGNORE INTO asset_files (hash, size_bytes, content_type) "
@@ -373,7 +394,7 @@ def _create(conn: sqlite3.Connection) -> None:
             _script(conn, "first_jobs_aside")
             conn.execute(JOBS_TABLE)
             _script(conn, "first_jobs_back")
-        for added in ("labels", "webhook", "submitted_by"):
+        for added in ("labels", "webhook", "submitted_by", "node"):
             if jobs and "held_at" in jobs and added not in jobs:
                 conn.execute(SQL[f"add_{added}"])
         if "size_bytes" in assets:
