@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -11,7 +13,7 @@ import platformdirs
 
 from cylindria.config.values import (algorithms, api_keys, claim_value, comfy_url, database_url, duration,
                            flag_bool, gpu_count, integer_in, ip_address, log_level, mebibytes,
-                           origin, port,
+                           node_name, origin, port,
                            positive_float, rate_limit, seconds, thread_count)
 from cylindria.webhooks.schedule import DELAYS, GIVE_UP_AFTER
 
@@ -26,6 +28,16 @@ class ConfigError(ValueError):
 def default_data_dir() -> Path:
     """The per-user data dir (platformdirs knows Windows, macOS and Linux conventions)."""
     return Path(platformdirs.user_data_dir("Cylindria", appauthor=False))
+
+
+def default_node() -> str:
+    """This host's name as a node name (characters a node name may not have become '-')."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63] or "cylindria"
+
+
+def advertise_url(config: "Config") -> str:
+    """Where the other nodes reach this one: --advertise-url, or this host's name and port."""
+    return config.advertise_url or f"http://{socket.gethostname()}:{config.port}"
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,15 @@ OPTIONS = (
     Option("--database", "database", "CYLINDRIA_DATABASE_URL", database_url, None,
            "the store of record: postgresql://user:pass@host:port/db (libpq parameters and "
            "PG* variables too)", shown="jobs.sqlite3 in the data dir"),
+    Option("--node", "node", "CYLINDRIA_NODE", node_name, None,
+           "this Cylindria's name in a fleet (letters, digits, . _ -; unique among the nodes "
+           "on one database)", shown="this host's name"),
+    Option("--advertise-url", "advertise_url", "CYLINDRIA_ADVERTISE_URL", comfy_url, None,
+           "the URL at which the other nodes of a fleet reach this node's API",
+           shown="http://<this host's name>:<--port>"),
+    Option("--node-lease", "node_lease", "CYLINDRIA_NODE_LEASE", duration, 10.0,
+           "how long a node's lease lasts unrenewed (renewed every 2s) before the other "
+           "nodes of the fleet take its jobs over: 10s, 1m", shown="10s"),
     Option("--poll-interval", "poll_interval", None, positive_float, 5.0,
            "seconds between /queue polls"),
     Option("--threads", "threads", "CYLINDRIA_THREADS", thread_count, 16,
@@ -160,6 +181,9 @@ class Config:
     metrics_public: bool = False
     data_dir: Path = field(default_factory=default_data_dir)
     database: str | None = None  # None: SQLite in the data dir; else a PostgreSQL URL
+    node: str = field(default_factory=default_node)  # this Cylindria's name in a fleet
+    advertise_url: str | None = None  # None: http://<node>:<port>
+    node_lease: float = 10.0  # seconds a node's lease lasts unrenewed
     poll_interval: float = 5.0
     threads: int = 16
     dev: bool = False
@@ -257,6 +281,7 @@ def load_config(argv: list[str] | None = None, environ: dict | None = None) -> C
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: invalid value {_shown(option, raw)}: {exc}") from None
     values["data_dir"] = values["data_dir"] or default_data_dir()
+    values["node"] = values["node"] or default_node()
     if values["max_streams"] is not None and values["max_streams"] >= values["threads"]:
         raise ConfigError(f"--max-streams {values['max_streams']} must be below --threads "
                           f"{values['threads']}: every stream holds a worker thread")

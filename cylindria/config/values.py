@@ -3,6 +3,7 @@ or ValueError with a message an operator understands."""
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -43,6 +44,15 @@ def comfy_url(text: str) -> str:
         raise ValueError("must be an http:// or https:// URL with a host, like http://127.0.0.1:8188")
     parts.port  # raises ValueError for a bad port
     return text.strip().rstrip("/")
+
+
+def node_name(text: str) -> str:
+    """A fleet node's name: 1-63 letters, digits, '.', '_' or '-' (no ':', which separates
+    the node from the GPU in GpuId=<node>:<n>)."""
+    name = text.strip()
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,63}", name):
+        raise ValueError("must be 1 to 63 letters, digits, '.', '_' or '-'")
+    return name
 
 
 def api_keys(text: str) -> tuple:

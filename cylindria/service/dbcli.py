@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cylindria.config.options import ConfigError, default_data_dir
+from cylindria.config.options import ConfigError, default_data_dir, default_node
 from cylindria.config.values import database_url
 from cylindria.service.core import ASSETS_DIR
 from cylindria.service.instance import DataDirLock, InstanceLock, NodeLock
@@ -130,10 +130,9 @@ def take_locks(source: End, target: End) -> InstanceLock:
 
 
 def _node() -> str:
-    """This host's node name, as a Cylindria started here takes it."""
-    import socket
-
-    return socket.gethostname()
+    """This host's node name, as a Cylindria started here takes it (CYLINDRIA_NODE, or the
+    host's name)."""
+    return os.environ.get("CYLINDRIA_NODE") or default_node()
 
 
 def report(copied: Copied, source: End, target: End) -> str:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from comfy.private import private_dir, private_file
-from cylindria.config.options import ConfigError
+from cylindria.config.options import ConfigError, default_node
 from cylindria.storage.interface import StorageUnavailable
 from cylindria.storage.nodelock import NodeTaken, PostgresNodeLock, PsycopgMissing
 
@@ -55,7 +55,7 @@ def take_instance_lock(config) -> InstanceLock:
     held = [DataDirLock(Path(config.data_dir)).take()]
     database = getattr(config, "database", None)
     if database and not database.startswith("sqlite:"):  # PostgreSQL (a URL or key=value)
-        node = getattr(config, "node", None) or socket.gethostname()
+        node = getattr(config, "node", None) or default_node()
         try:
             held.append(NodeLock(database, node).take())
         except BaseException:
