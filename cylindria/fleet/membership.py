@@ -1,5 +1,5 @@
 """This node's membership of the fleet: a lease in the database, renewed every RENEW_EVERY
-seconds with what the other nodes show of it (its GPUs and held jobs, from memory only: a
+seconds (more often for a lease shorter than RENEWALS_PER_LEASE of them) with what the other nodes show of it (its GPUs and held jobs, from memory only: a
 renewal never asks ComfyUI anything), ended by `leave()` on a clean stop."""
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from cylindria.storage import NodeRows, StorageUnavailable
 logger = logging.getLogger(__name__)
 
 RENEW_EVERY = 2.0  # seconds between renewals (CONTRACT: "renewed every 2 s")
+RENEWALS_PER_LEASE = 3  # a lease shorter than 3 renewals is renewed more often: one late
+# renewal (a slow database round trip, a busy host) must not end it
 _QUEUED = (JobStatus.SUBMITTING, JobStatus.QUEUED)
 # Domain separation: a key's hash here is no hash any other part of Cylindria shows.
 _KEY_PREFIX = b"cylindria fleet key\0"
@@ -52,6 +54,7 @@ class Membership:
                  gpus: list[Gpu], store: JobStore):
         self.rows, self.name, self.advertise_url, self.lease = rows, name, advertise_url, lease
         self.gpus, self.store = gpus, store
+        self.every = min(RENEW_EVERY, lease / RENEWALS_PER_LEASE)  # seconds between renewals
         self.keys_hash = ""
         self._first = True  # the next renewal is this start's first (started_at: now)
         self._compared = False  # the keys compared with the live nodes' (once, at start)
@@ -80,8 +83,8 @@ class Membership:
             pass
 
     def run(self) -> None:
-        """Renew every RENEW_EVERY seconds until stopped."""
-        while not self._stop.wait(RENEW_EVERY):
+        """Renew every `every` seconds until stopped."""
+        while not self._stop.wait(self.every):
             self.renew_once()
 
     def renew_once(self) -> bool:
@@ -108,8 +111,8 @@ class Membership:
         """Log a failed renewal, once until one succeeds."""
         if not self._failing:
             self._failing = True
-            logger.warning("node %s: lease not renewed (%s); trying again every %.0fs",
-                           self.name, why, RENEW_EVERY, exc_info=trace)
+            logger.warning("node %s: lease not renewed (%s); trying again every %.1fs",
+                           self.name, why, self.every, exc_info=trace)
         return False
 
     def compare_keys(self) -> int:
