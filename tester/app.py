@@ -92,16 +92,18 @@ class App:
         buttons.grid(row=1, column=0, sticky="ew")
         self.status_button = ttk.Button(buttons, text="Server status", command=self.on_server_status)
         self.models_button = ttk.Button(buttons, text="Models", command=self.on_models)
+        self.fleet_button = ttk.Button(buttons, text="Fleet", command=self.on_fleet)
         self.upload_button = ttk.Button(buttons, text="Upload asset…", command=self.on_upload_asset)
         self.start_button = ttk.Button(buttons, text="Start job…", command=self.on_start_job)
         self.job_button = ttk.Button(buttons, text="Job status…", command=self.on_job_status)
         self.watch_button = ttk.Button(buttons, text="Watch job…", command=self.on_watch_job)
         self.clear_button = ttk.Button(buttons, text="Clear", command=self.on_clear)
-        for i, button in enumerate((self.status_button, self.models_button, self.upload_button,
-                                    self.start_button, self.job_button, self.watch_button)):
+        row = (self.status_button, self.models_button, self.fleet_button, self.upload_button,
+               self.start_button, self.job_button, self.watch_button)
+        for i, button in enumerate(row):
             button.grid(row=0, column=i, padx=(0, 6))
-        buttons.columnconfigure(6, weight=1)
-        self.clear_button.grid(row=0, column=7, sticky="e")
+        buttons.columnconfigure(len(row), weight=1)
+        self.clear_button.grid(row=0, column=len(row) + 1, sticky="e")
 
         watch = ttk.Frame(self.root, padding=(8, 4))
         watch.grid(row=2, column=0, sticky="ew")
@@ -152,6 +154,12 @@ class App:
         client = self.make_client("Models")
         if client:
             self.run_in_background("Models", client.models, self.show_result)
+
+    def on_fleet(self) -> None:
+        """List the nodes sharing the server's database and their GPUs (GET /fleet)."""
+        client = self.make_client("Fleet")
+        if client:
+            self.run_in_background("Fleet", client.fleet, self.show_result)
 
     def on_upload_asset(self) -> None:
         """Pick a file and upload it as an asset."""

@@ -119,6 +119,10 @@ class Client:
         """GET /models: every model folder, each file with the GPUs whose ComfyUI has it."""
         return self.request("GET", "/models")
 
+    def fleet(self) -> Result:
+        """GET /fleet: every node sharing the server's database, with its lease and GPUs."""
+        return self.request("GET", "/fleet")
+
     def job_status(self, job_id: str) -> Result:
         """GET /jobstatus/<job_id>/."""
         return self.request("GET", f"/jobstatus/{quote(job_id, safe='')}/")

@@ -106,6 +106,30 @@ def model_lines(data: dict) -> Lines:
     return lines
 
 
+def is_fleet(data: Any) -> bool:
+    """Tell whether an answer's data is the fleet (GET /fleet)."""
+    return isinstance(data, dict) and isinstance(data.get("nodes"), list) and "node" in data
+
+
+def fleet_lines(data: dict) -> Lines:
+    """The fleet as an operator reads it: each node with its lease and held jobs (a node whose
+    lease ran out in red), then each of its GPUs, e.g. ``  GPU 0 · reachable · 1 running``."""
+    nodes = [node for node in data["nodes"] if isinstance(node, dict)]
+    live = sum(1 for node in nodes if node.get("live"))
+    lines = [(f"{len(nodes)} node(s), {live} live · answered by {data.get('node')}", INFO)]
+    for node in nodes:
+        state = "live" if node.get("live") else "gone"
+        lines.append((f"{node.get('node')} · {state} · lease {node.get('lease_age_seconds')}s "
+                      f"of {node.get('lease_seconds')}s · {node.get('held_jobs')} held · "
+                      f"{node.get('advertise_url')}", INFO if node.get("live") else ERROR))
+        for gpu in node.get("gpus") or ():
+            reachable = "reachable" if gpu.get("reachable") else "unreachable"
+            lines.append((f"  GPU {gpu.get('gpu_id')} · {reachable} · websocket "
+                          f"{gpu.get('websocket')} · {gpu.get('running')} running · "
+                          f"{gpu.get('queue_length')} queued", BODY))
+    return lines
+
+
 def body_lines(result: Result) -> Lines:
     """The answer's body: pretty JSON, or the text cut to MAX_BODY_CHARS."""
     if result.status is None:
@@ -133,6 +157,8 @@ def format_lines(title: str, result: Result, now: datetime | None = None) -> Lin
         lines.append((asset_summary(result.data), INFO))
     elif result.ok and is_models(result.data):  # a listing, not its JSON: it may be long
         return lines + model_lines(result.data)
+    elif result.ok and is_fleet(result.data):
+        return lines + fleet_lines(result.data)
     return lines + body_lines(result)
 
 

@@ -28,7 +28,8 @@ def threads(service) -> dict:
     """Every long-lived thread of the core, by name."""
     context = service.context
     named = {"dispatcher": context.dispatcher._thread, "poller": context.tracker.poller._thread,
-             "retention": context.retention._thread, "webhooks": context.webhooks.sender._thread}
+             "retention": context.retention._thread, "webhooks": context.webhooks.sender._thread,
+             "lease": context.membership._thread}
     named.update({f"listener{n}": listener._thread
                   for n, listener in enumerate(context.tracker.listeners)})
     return named
@@ -43,6 +44,10 @@ def refused_for_the_database(answer, v2: bool = False) -> bool:
     code = answer.json()["error"]["code"] if v2 else answer.json()["code"]
     return answer.status_code == 503 and code == "database_unavailable" \
         and int(answer.headers["Retry-After"]) > 0
+
+
+def lease_failures(caplog) -> list:
+    return [r for r in caplog.records if "lease not renewed" in r.getMessage()]
 
 
 def test_postgresql_stopped_then_started_loses_nothing(own_postgres, fakes, tmp_path, caplog):
@@ -67,6 +72,8 @@ def test_postgresql_stopped_then_started_loses_nothing(own_postgres, fakes, tmp_
         assert ready.status_code == 503 and ready.json()["database"] == "unavailable"
         assert api.status("pinned")["status"] in ("queued", "running")  # read from memory
         assert api.get("/jobstatus/during").status_code == 404  # nothing was accepted
+        assert refused_for_the_database(api.get("/fleet"))
+        wait_for(lambda: lease_failures(caplog), message="the lease's failed renewal logged")
         fakes[1].hold = False  # it runs and ends while the database is down
         wait_for(lambda: api.get("/metrics").status_code == 200, message="a scrape")
         assert dead(service) == []
@@ -79,8 +86,11 @@ def test_postgresql_stopped_then_started_loses_nothing(own_postgres, fakes, tmp_
         for job_id in ("pinned", "auto", "during"):
             api.wait_status(job_id, "completed", timeout=WAIT)
         wait_for(lambda: api.get("/ready").status_code == 200, timeout=WAIT, message="/ready")
+        wait_for(lambda: "lease renewed again" in caplog.text, message="the lease renewed")
+        assert [node["live"] for node in api.get("/fleet").json()["nodes"]] == [True]
         assert dead(service) == []
     assert "unhandled error while serving a request" not in caplog.text
+    assert len(lease_failures(caplog)) == 1  # logged once, however many ticks met the outage
     outages = [r for r in caplog.records if r.name == "cylindria.storage.interface"
                and "unavailable" in r.getMessage()]
     assert len(outages) == 1  # the outage logged once, not at every call that met it

@@ -2,7 +2,7 @@
 the layers below it, so the core never depends on the HTTP surface.
 
     cylindria (cli, __main__)  >  cylindria.service  >  cylindria.web
-        >  cylindria.config, cylindria.webhooks  >  comfy, cylindria.storage
+        >  cylindria.config, cylindria.webhooks, cylindria.fleet  >  comfy, cylindria.storage
 
 comfy and cylindria.storage are one layer (the store's rows are comfy's records; comfy's
 stores write through storage's interface). tester/ is a client over HTTP: it imports neither.
@@ -15,7 +15,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [("cylindria.cli", "cylindria.__main__"), ("cylindria.service",), ("cylindria.web",),
-          ("cylindria.config", "cylindria.webhooks"), ("comfy", "cylindria.storage")]
+          ("cylindria.config", "cylindria.webhooks", "cylindria.fleet"),
+          ("comfy", "cylindria.storage")]
 
 
 def module_name(path: Path) -> str:

@@ -291,6 +291,16 @@ def test_models_lists_the_gpus_model_files(app, display):
     assert '"folders"' not in app.output()  # the listing, not the JSON
 
 
+def test_fleet_lists_the_one_node_of_a_single_host(app, display):
+    url = f"http://127.0.0.1:{app.port_var.get()}/fleet"
+    wait_for(app, lambda: requests.get(url, headers={"X-API-Key": KEY}, timeout=5).json()
+             ["nodes"][0]["gpus"][0]["reachable"], "a lease renewed since the GPU was reached")
+    click(display, app.fleet_button)
+    wait_for_text(app, "Fleet", "HTTP 200", "1 node(s), 1 live · answered by ",
+                  "  GPU 0 · reachable · websocket connected")
+    assert '"nodes"' not in app.output()  # the listing, not the JSON
+
+
 def test_start_job_then_watch_until_completed(app, tmp_path):
     job_id = run_job(app, tmp_path)
     out = app.output()

@@ -20,6 +20,15 @@ from tester.watch import MAX_CONNECTION_ERRORS, Watch, progress_percent
 from tester.workflow import WorkflowError, load_workflow
 
 KEY = "s3cret-key"
+FLEET = {"node": "a", "nodes": [
+    {"node": "a", "advertise_url": "http://10.0.0.1:8000", "live": True, "lease_age_seconds": 0.5,
+     "lease_seconds": 10.0, "started_at": "2025-03-01T09:00:00.000Z", "held_jobs": 4,
+     "gpus": [{"gpu_id": 0, "reachable": True, "websocket": "connected", "running": 1,
+               "queue_length": 2}]},
+    {"node": "b", "advertise_url": "http://10.0.0.2:8000", "live": False, "lease_age_seconds": 61.0,
+     "lease_seconds": 10.0, "started_at": "2025-03-01T08:00:00.000Z", "held_jobs": 0,
+     "gpus": [{"gpu_id": 0, "reachable": False, "websocket": "disconnected", "running": 0,
+               "queue_length": 0}]}]}
 MODELS = {"folders": {"checkpoints": [{"name": "sd15.safetensors", "gpus": [0, 1]},
                                       {"name": "sdxl\\base.safetensors", "gpus": [1]}],
                       "loras": [], "vae": [{"name": "ae.pt", "gpus": [0]}]}}
@@ -65,6 +74,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(200, {"gpu_id": 0, "reachable": True, "status": "ok"})
         if path == "/models":
             return self.reply(200, MODELS)
+        if path == "/fleet":
+            return self.reply(200, FLEET)
         if path.startswith("/jobstatus/"):
             return self.reply(404, {"error": "job not found", "code": "job_not_found"})
         self.reply(404, {"error": "no such route", "code": "not_found"})
@@ -319,6 +330,23 @@ def test_format_lists_models_by_folder_with_their_gpus_instead_of_the_json():
                          ("loras (none)", fmt.INFO),
                          ("vae (1)", fmt.INFO),
                          ("  ae.pt · GPU 0", fmt.BODY)]
+
+
+def test_fleet_asks_for_the_nodes_with_the_key(server):
+    result = Client(server.base_url, api_key=KEY).fleet()
+    assert result.ok and result.data == FLEET
+    sent = server.received[-1]
+    assert (sent["method"], sent["path"], sent["headers"]["X-API-Key"]) == ("GET", "/fleet", KEY)
+
+
+def test_format_lists_the_fleet_node_by_node_with_their_gpus():
+    result = Result("GET", "http://h:1/fleet", 200, 4.0, "OK", data=FLEET, is_json=True)
+    assert fmt.format_lines("Fleet", result)[3:] == [
+        ("2 node(s), 1 live · answered by a", fmt.INFO),
+        ("a · live · lease 0.5s of 10.0s · 4 held · http://10.0.0.1:8000", fmt.INFO),
+        ("  GPU 0 · reachable · websocket connected · 1 running · 2 queued", fmt.BODY),
+        ("b · gone · lease 61.0s of 10.0s · 0 held · http://10.0.0.2:8000", fmt.ERROR),
+        ("  GPU 0 · unreachable · websocket disconnected · 0 running · 0 queued", fmt.BODY)]
 
 
 def test_format_shows_a_refused_model_list_as_its_error():

@@ -17,7 +17,8 @@ from comfy.jobs.view import job_view
 from comfy.jobs.watch import JobWatch
 from comfy.jobs.withheld import WithheldSecrets
 from comfy.tracking.tracker import Tracker
-from cylindria.config.options import Config, ConfigError
+from cylindria.config.options import Config, ConfigError, advertise_url
+from cylindria.fleet.membership import Membership
 from cylindria.storage import SchemaTooNew, Storage, StorageUnavailable, open_storage
 from cylindria.webhooks.secret import BadSecret
 from cylindria.webhooks.wiring import Webhooks
@@ -43,14 +44,17 @@ class Core:
     models: ModelCatalogue
     output_sizes: OutputSizes = field(default_factory=OutputSizes)
     storage: Storage | None = None  # the store of record the stores above write to
+    membership: Membership | None = None  # this node's lease in the fleet
 
     def close(self) -> None:
-        """Stop dispatching, tracking and the retention sweep, then close the storage."""
+        """Stop dispatching, tracking, the retention sweep and the lease, then close the storage."""
         self.watch.close()
         self.dispatcher.stop()
         self.tracker.stop()
         self.retention.stop()
         self.webhooks.close()
+        if self.membership is not None:
+            self.membership.stop(0.1)
         if self.storage is not None:
             self.storage.close()
 
@@ -87,5 +91,7 @@ def build_core(config: Config) -> Core:
                       max_attempts=config.max_attempts, after_check=dispatcher.wake)
     dispatcher.ready = tracker.reconciled
     retention = RetentionSweep(store, storage.jobs, config.retention, assets=assets)
+    membership = Membership(storage.nodes, config.node, advertise_url(config), config.node_lease,
+                            gpus, store)
     return Core(config, store, gpus, tracker, retention, dispatcher, JobWatch(store), assets,
-                withheld, webhooks, ModelCatalogue(gpus), storage=storage)
+                withheld, webhooks, ModelCatalogue(gpus), storage=storage, membership=membership)

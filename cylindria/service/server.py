@@ -14,6 +14,7 @@ from waitress.task import ErrorTask
 
 from comfy.private import show_once
 from cylindria.config.options import Config
+from cylindria.fleet.membership import keys_hash
 from cylindria.service.bodies import BodyBudget, BodyGate, is_upload
 from cylindria.service.core import build_core
 from cylindria.service.instance import take_instance_lock
@@ -104,6 +105,7 @@ class Service:
         self.context.dispatcher.start()
         self.context.retention.start()
         self.context.webhooks.start()
+        self.context.membership.start(keys_hash(self.context.keys.keys))
         self.ready.set()
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
                     self.config.host, self.port, self.config.threads, len(self.context.gpus),
@@ -202,6 +204,7 @@ class Service:
             self.context.retention.stop(timeout=STOP_TIMEOUT / 4)
             self.context.webhooks.stop(timeout=STOP_TIMEOUT / 8)
             self.context.webhooks.close()
+            self.context.membership.stop(timeout=STOP_TIMEOUT / 8)
             self.context.storage.close()
         finally:
             self.instance.release()

@@ -196,6 +196,41 @@ class Contents:
     retired: int = 0  # retention's (gpu, status) counters
 
 
+@dataclass(frozen=True)
+class NodeRow:
+    """One node of the fleet as the database knows it: its lease, and what it last said of itself."""
+
+    name: str
+    advertise_url: str
+    started_at: float  # epoch seconds: when this node last started
+    renewed_at: float  # epoch seconds, by the database's clock: the last renewal
+    lease_seconds: float  # how long a renewal holds
+    keys_hash: str  # a hash over its API keys' hashes (never the keys)
+    status: str  # JSON: its GPUs and held jobs, as of the last renewal
+    lease_age: float  # seconds since the last renewal, by the same clock as renewed_at
+
+    @property
+    def live(self) -> bool:
+        """Whether its lease still holds."""
+        return self.lease_age <= self.lease_seconds
+
+
+class NodeRows(Protocol):
+    """The fleet's nodes and their leases. Every time is the database's (PostgreSQL's clock, or
+    this host's for SQLite, a fleet of one): the hosts' clocks never decide who is live."""
+
+    def renew(self, name: str, advertise_url: str, lease_seconds: float, keys_hash: str,
+              status: str, first: bool = False) -> None:
+        """Write this node's row with its lease renewed now (added if new); `first`: the node
+        has just started (its started_at is now)."""
+
+    def all(self) -> list[NodeRow]:
+        """Every node ever seen, by name, each with its lease age now."""
+
+    def leave(self, name: str) -> None:
+        """A clean stop: the node's lease ends now (its row stays, shown not live)."""
+
+
 class WholeRows(Protocol):
     """A whole store at once, for `cylindria db copy`: read kind by kind (the kinds of
     cylindria.storage.records.WHOLE, rows in their columns' order as records.portable gives them),
@@ -231,6 +266,7 @@ class Storage(Protocol):
     outbox: OutboxRows
     meta: Meta
     whole: WholeRows
+    nodes: NodeRows
     name: str  # what logs and errors call it (a URL without its password, or a path)
 
     def ping(self) -> bool:

@@ -20,7 +20,8 @@ from psycopg_pool import ConnectionPool
 from comfy.inputs.assets import Asset, SHARED
 from comfy.jobs.job import Job
 from cylindria.storage import records
-from cylindria.storage.interface import Contents, Health, JobIdTaken, OutboxRow, SchemaTooNew, guarded_by
+from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, OutboxRow, SchemaTooNew,
+                                        guarded_by)
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ _FINISHED, _ASSET, _EVENT = records.FINISHED_LIST, records.ASSET_FROM, records.E
 _NOT_BUSY = ("id <> ALL(%(skip)s::text[]) AND job_id <> ALL(%(jobs)s::text[]) "
              "AND url <> ALL(%(urls)s::text[]) AND client <> ALL(%(clients)s::text[])")
 _SET_DURABLE = ", ".join(f"{name} = %s" for name in records.DURABLE)
+# Now, in epoch seconds, by the database's clock (clock_timestamp: the time of the statement,
+# not of the transaction's start).
+_NOW = "extract(epoch FROM clock_timestamp())::double precision"
 
 # One row per node of the fleet: its lease (renewed_at, by the database's clock, plus
 # lease_seconds) and what /fleet shows of it (status: JSON of its GPUs and held jobs).
@@ -225,6 +229,18 @@ SQL = {
                    f"VALUES ({', '.join(['%s'] * len(records.EVENT_COLUMNS))})",
     "meta_set": "INSERT INTO meta (key, value) VALUES (%s, %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    # the fleet's nodes: every time by the database's clock, never a host's
+    "renew_node": f"INSERT INTO nodes (name, advertise_url, started_at, renewed_at, lease_seconds, "
+                  f"keys_hash, status) SELECT %(name)s, %(url)s, now, now, %(lease)s, %(keys)s, "
+                  f"%(status)s FROM (SELECT {_NOW} AS now) AS clock ON CONFLICT (name) DO UPDATE SET "
+                  "advertise_url = excluded.advertise_url, renewed_at = excluded.renewed_at, "
+                  "lease_seconds = excluded.lease_seconds, keys_hash = excluded.keys_hash, "
+                  "status = excluded.status, started_at = CASE WHEN %(first)s "
+                  "THEN excluded.started_at ELSE nodes.started_at END",
+    "all_nodes": "SELECT name, advertise_url, started_at, renewed_at, lease_seconds, keys_hash, "
+                 f"status, {_NOW} - renewed_at FROM nodes ORDER BY name",
+    # A second past the lease's end: no clock's resolution can show a node that left as live.
+    "leave_node": f"UPDATE nodes SET renewed_at = {_NOW} - lease_seconds - 1 WHERE name = %s",
 }
 
 
@@ -300,6 +316,7 @@ class PostgresStorage:
         self.outbox = PostgresOutboxRows(self._pool, self._health)
         self.meta = PostgresMeta(self._pool, self._health)
         self.whole = PostgresWholeRows(self._pool, self._health)
+        self.nodes = PostgresNodeRows(self._pool, self._health)
 
     def _migrate(self) -> None:
         """Create the schema or bring it to this version, one start at a time (an advisory
@@ -579,6 +596,24 @@ class PostgresOutboxRows(_Rows):
 def _event(row) -> OutboxRow:
     """An outbox row as read."""
     return OutboxRow(row[0], row[1], row[2], row[3], bytes(row[4]), *row[5:])
+
+
+class PostgresNodeRows(_Rows):
+    """The fleet's nodes and their leases, timed by the database's clock."""
+
+    @_guarded
+    def renew(self, name: str, advertise_url: str, lease_seconds: float, keys_hash: str,
+              status: str, first: bool = False) -> None:
+        self._run("renew_node", {"name": name, "url": advertise_url, "lease": lease_seconds,
+                                 "keys": keys_hash, "status": status, "first": first})
+
+    @_guarded
+    def all(self) -> list[NodeRow]:
+        return [NodeRow(*row) for row in self._all("all_nodes")]
+
+    @_guarded
+    def leave(self, name: str) -> None:
+        self._run("leave_node", (name,))
 
 
 class PostgresWholeRows(_Rows):

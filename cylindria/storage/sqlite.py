@@ -21,8 +21,8 @@ from comfy.inputs.assets import Asset, SHARED
 from comfy.jobs.job import Job
 from comfy.private import private_dir, private_file, tighten
 from cylindria.storage import records
-from cylindria.storage.interface import (Contents, Health, JobIdTaken, OutboxRow, SchemaTooNew,
-                               StorageUnavailable, guarded_by)
+from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, OutboxRow,
+                                        SchemaTooNew, StorageUnavailable, guarded_by)
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +238,17 @@ SQL = {
     "meta_set": "INSERT INTO meta (key, value) VALUES (?, ?) "
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     "meta_keep": "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+    # the fleet's nodes (here a fleet of one), timed by this host's clock, given as :now
+    "renew_node": "INSERT INTO nodes (name, advertise_url, started_at, renewed_at, lease_seconds, "
+                  "keys_hash, status) VALUES (:name, :url, :now, :now, :lease, :keys, :status) "
+                  "ON CONFLICT(name) DO UPDATE SET advertise_url = excluded.advertise_url, "
+                  "renewed_at = excluded.renewed_at, lease_seconds = excluded.lease_seconds, "
+                  "keys_hash = excluded.keys_hash, status = excluded.status, started_at = "
+                  "CASE WHEN :first THEN excluded.started_at ELSE nodes.started_at END",
+    "all_nodes": "SELECT name, advertise_url, started_at, renewed_at, lease_seconds, keys_hash, "
+                 "status, ? - renewed_at FROM nodes ORDER BY name",
+    # A second past the lease's end: no clock's resolution can show a node that left as live.
+    "leave_node": "UPDATE nodes SET renewed_at = ? - lease_seconds - 1 WHERE name = ?",
     # Data dirs written before schemas had versions, brought to version 1 (once).
     "table_columns": "SELECT name FROM pragma_table_info(?)",
     "drop_old_indexes": "DROP INDEX IF EXISTS jobs_finished_at; "
@@ -316,7 +327,7 @@ class SqliteStorage:
         self._connections = [writer]
         try:
             _migrate(writer.conn)
-            sweeper, assets, outbox = (self._open() for _ in range(3))
+            sweeper, assets, outbox, nodes = (self._open() for _ in range(4))
             # The sweep's batches touch few pages once: a small cache keeps a sweep of a
             # million rows from leaving 2 MiB of pages behind in a process that runs for months.
             sweeper.conn.execute("PRAGMA cache_size = -256")
@@ -329,6 +340,7 @@ class SqliteStorage:
         self.assets = SqliteAssetRows(assets, self._health)
         self.outbox = SqliteOutboxRows(outbox, self._health)
         self.whole = SqliteWholeRows(writer, self.path, self._health)
+        self.nodes = SqliteNodeRows(nodes, self._health)
 
     def _open(self) -> _Connection:
         connection = _Connection(self.path)
@@ -703,6 +715,32 @@ class SqliteOutboxRows:
 def _event(row) -> OutboxRow:
     """An outbox row as read (body as bytes whatever the driver gives)."""
     return OutboxRow(row[0], row[1], row[2], row[3], bytes(row[4]), *row[5:])
+
+
+class SqliteNodeRows:
+    """The node rows (this node's alone: SQLite is a fleet of one) on a connection of their
+    own, so a renewal never waits for the job store's lock."""
+
+    def __init__(self, connection: _Connection, health: Health):
+        self._c, self._health = connection, health
+
+    @_guarded
+    def renew(self, name: str, advertise_url: str, lease_seconds: float, keys_hash: str,
+              status: str, first: bool = False) -> None:
+        with self._c.lock:
+            self._c.run("renew_node", {"name": name, "url": advertise_url, "now": time.time(),
+                                       "lease": lease_seconds, "keys": keys_hash,
+                                       "status": status, "first": first})
+
+    @_guarded
+    def all(self) -> list[NodeRow]:
+        with self._c.lock:
+            return [NodeRow(*row) for row in self._c.run("all_nodes", (time.time(),))]
+
+    @_guarded
+    def leave(self, name: str) -> None:
+        with self._c.lock:
+            self._c.run("leave_node", (time.time(), name))
 
 
 class SqliteWholeRows:

@@ -9,8 +9,8 @@ from werkzeug.routing import PathConverter
 
 from cylindria.web import assets as web_assets
 from cylindria.web import models as web_models
-from cylindria.web import (auth, cors, docs, errors, metrics, openapi, ratelimit, results, routes, status,
-                 streams, v2)
+from cylindria.web import (auth, cors, docs, errors, fleet, metrics, openapi, ratelimit, results, routes,
+                 status, streams, v2)
 from cylindria.web.context import Context, WebState, build_web_state
 from cylindria.web.jsonprovider import FastJSONProvider
 from cylindria.web.tokens import verifier_for
@@ -106,7 +106,7 @@ def create_app(core, web: WebState | None = None) -> Flask:
     openapi.init_app(app)
     docs.init_app(app)
     for blueprint in (routes.bp, results.bp, status.bp, streams.bp, web_assets.bp,
-                      web_models.bp):
+                      web_models.bp, fleet.bp):
         app.register_blueprint(blueprint)
     v2.init_app(app)
     return app

@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from werkzeug.exceptions import NotFound
 
 from comfy.jobs.job import FINISHED, Job, JobStatus
+from cylindria.fleet.view import RecentNodes
 from cylindria.storage import StorageUnavailable
 from cylindria.storage.records import NO_GPU
 from cylindria.web.auth import ENVIRON_CLIENT, current_client
@@ -116,12 +117,42 @@ class StateCollector:
         yield from (queue, reachable, socket, reconnects)
 
 
+class FleetCollector:
+    """The fleet's live nodes and the jobs they hold, from the nodes' rows: read at a scrape,
+    at most every CACHE_SECONDS however often the scrapes (cylindria/fleet/view.py)."""
+
+    GAUGES = (("cylindria_fleet_live_nodes", "Nodes of the fleet whose lease holds (on SQLite: "
+               "this one)"),
+              ("cylindria_fleet_held_jobs", "Jobs held in Cylindria's queue, summed over the live "
+               "nodes (as of their last lease renewal)"))
+
+    def __init__(self, rows):
+        self.nodes = RecentNodes(rows)
+
+    def describe(self):
+        """The gauges' names, without a read (the registry asks when the collector joins)."""
+        return [GaugeMetricFamily(name, text) for name, text in self.GAUGES]
+
+    def collect(self):
+        """Both gauges; left out while the database cannot be read."""
+        try:
+            values = self.nodes.gauges()
+        except StorageUnavailable:
+            return
+        for (name, text), value in zip(self.GAUGES, values):
+            family = GaugeMetricFamily(name, text)
+            family.add_metric([], value)
+            yield family
+
+
 class Metrics:
     """One registry per app (never the global one), with the event-driven metrics."""
 
     def __init__(self, context):
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(StateCollector(context))
+        if context.storage is not None:
+            self.registry.register(FleetCollector(context.storage.nodes))
         self.job_duration = Histogram(
             "cylindria_job_duration_seconds", "Submission to end of a job, by GPU and final status",
             ["gpu", "status"], buckets=DURATION_BUCKETS, registry=self.registry)

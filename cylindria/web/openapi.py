@@ -241,6 +241,32 @@ SCHEMAS = {
         "created_new": {"type": "boolean", "description": "upload answers only: false when "
                                                           "these bytes were already held"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
+    "FleetGpu": {"type": "object", "required": ["gpu_id", "reachable", "websocket", "running",
+                                                "queue_length"], "properties": {
+        "gpu_id": {"type": "integer", "minimum": 0}, "reachable": {"type": "boolean"},
+        "websocket": {"type": "string", "enum": ["connected", "disconnected"]},
+        "running": {"type": "integer", "minimum": 0,
+                    "description": "Cylindria's jobs running on this GPU"},
+        "queue_length": {"type": "integer", "minimum": 0,
+                         "description": "Cylindria's jobs sent to this GPU, not yet running"}}},
+    "FleetNode": {"type": "object", "required": [
+        "node", "advertise_url", "live", "lease_age_seconds", "lease_seconds", "started_at",
+        "gpus", "held_jobs"], "properties": {
+        "node": {"type": "string"}, "advertise_url": {"type": "string"},
+        "live": {"type": "boolean", "description": "its lease holds (renewed within "
+                                                   "lease_seconds); false once it stopped or died"},
+        "lease_age_seconds": {"type": "number", "minimum": 0,
+                              "description": "since its last renewal, by the database's clock"},
+        "lease_seconds": {"type": "number", "description": "--node-lease of that node"},
+        "started_at": {"type": "string", "format": "date-time"},
+        "gpus": {"type": "array", "items": _ref("FleetGpu"),
+                 "description": "as of its last renewal (every 2 s)"},
+        "held_jobs": {"type": "integer", "minimum": 0,
+                      "description": "jobs held in its Cylindria queue at its last renewal"}}},
+    "Fleet": {"type": "object", "required": ["node", "nodes"], "properties": {
+        "node": {"type": "string", "description": "the node that answered"},
+        "nodes": {"type": "array", "items": _ref("FleetNode"),
+                  "description": "every node that shares this database, live or not, by name"}}},
     "Workflow": {"type": "object", "minProperties": 1, "description":
                  "API-format nodes {id: {class_type, inputs}}, or {prompt: nodes, extra_data, "
                  "webhook}",
@@ -376,6 +402,12 @@ def _paths(gpus: int) -> dict:
                 "304": {"description": "Not modified"},
                 "416": {"description": "Range not satisfiable"},
                 **_errors(404)}}},
+        "/fleet": {"get": {
+            "summary": "Every node of the fleet (the Cylindrias sharing this database; on "
+                       "SQLite, this one) with its lease, GPUs and held jobs",
+            "description": "Read from the database: what each node said of itself at its last "
+                           "lease renewal (every 2 s). /serverstatus stays about this node.",
+            "responses": {"200": _json("Fleet", "The fleet"), **_errors(503)}}},
         "/health": {"get": {"summary": "The process is alive", "security": [],
                             "responses": {"200": _json("Health", "Alive")}}},
         "/ready": {"get": {"summary": "Reconciled, at least one GPU reachable, room in "
