@@ -114,8 +114,9 @@ def note_assets(context, job_id: str, workflow: Workflow) -> None:
 def retried(context, job_id: str) -> bool:
     """Whether the id holds a job the client may see: its own answer (200, or 409 for another
     workflow) then follows whatever the workflow's faults. Another own client's job is as if
-    it did not exist, so the fault is answered as it would be for a free id."""
-    existing = context.store.get(job_id)
+    it did not exist, so the fault is answered as it would be for a free id. Any node's job
+    counts: a retry may go to any node of a fleet."""
+    existing = context.store.lookup(job_id)
     return existing is not None and visible(existing)
 
 
