@@ -86,9 +86,10 @@ class JobStore:
         self._watchers: list[Callable[[str], None]] = []
         self._companions: list[Callable[[Job, Job], list[OutboxRow]]] = []
         self._keepers: list[Callable[[str, dict | None], None]] = []
-        adopted = rows.adopt_unowned(node)
+        adopted = rows.adopt(node)
         if adopted:
-            logger.info("node %s adopted %d jobs written before nodes existed", node, adopted)
+            logger.info("node %s adopted %d jobs (written before nodes existed, or under "
+                        "another name in this host's own file)", node, adopted)
         for job in rows.load(node):
             job.node = node  # one of no node written since the adoption: ours from its next write
             self._publish(job)

@@ -145,7 +145,7 @@ SQL = {
                  "AND (finished_at IS NULL OR finished_at >= %s) ORDER BY seq",
     # Row locks make two starts at once take each unowned row once: the second waits for the
     # first's commit and then finds the row owned (READ COMMITTED re-checks the condition).
-    "adopt_unowned": "UPDATE jobs SET node = %s WHERE node IS NULL",
+    "adopt": "UPDATE jobs SET node = %s WHERE node IS NULL",
     "job": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs "
            "WHERE job_id = %s AND (finished_at IS NULL OR finished_at >= %s)",
     "insert_job": f"INSERT INTO jobs ({', '.join(records.COLUMNS)}) "
@@ -383,8 +383,8 @@ class PostgresJobRows(_Rows):
     shared = True  # the fleet's database: other nodes write it too
 
     @_guarded
-    def adopt_unowned(self, node: str) -> int:
-        return self._run("adopt_unowned", (node,))
+    def adopt(self, node: str) -> int:
+        return self._run("adopt", (node,))
 
     @_guarded
     def load(self, node: str) -> list[Job]:

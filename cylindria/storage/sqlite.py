@@ -162,7 +162,7 @@ SQL = {
                  "SELECT seq FROM jobs WHERE finished_at IS NULL UNION ALL "
                  "SELECT seq FROM jobs WHERE finished_at >= ?) "
                  "AND (node = ? OR node IS NULL) ORDER BY seq",
-    "adopt_unowned": "UPDATE jobs SET node = ? WHERE node IS NULL",
+    "adopt": "UPDATE jobs SET node = ? WHERE node IS NOT ?",
     "job": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs "
            "WHERE job_id = ? AND (finished_at IS NULL OR finished_at >= ?)",
     "insert_job": f"INSERT INTO jobs ({', '.join(records.COLUMNS)}) "
@@ -461,9 +461,9 @@ class SqliteJobRows:
     shared = False  # one host's file: every job it holds is in that host's memory
 
     @_guarded
-    def adopt_unowned(self, node: str) -> int:
+    def adopt(self, node: str) -> int:
         with self._writer.lock:
-            return self._writer.run("adopt_unowned", (node,)).rowcount
+            return self._writer.run("adopt", (node, node)).rowcount
 
     @_guarded
     def load(self, node: str) -> list[Job]:
