@@ -49,7 +49,7 @@ def fill(storage, data_dir: Path, prefix: str = "") -> None:
     jobs = [
         job(f"{prefix}done", JobStatus.COMPLETED, outputs=({"node_id": "3", "filename": "a.png",
             "subfolder": "", "type": "output"},), nodes_done=3, nodes_total=3,
-            labels={"project": "x"}, webhook="http://127.0.0.1:9/hook", **finished),
+            labels={"project": "x"}, webhook="http://127.0.0.1:9/hook", node="host-b", **finished),
         job(f"{prefix}failed", JobStatus.FAILED, error={"type": "execution_error",
             "message": "boom"}, warnings={"missing": ["x"]}, **finished),
         job(f"{prefix}held", JobStatus.HELD, gpu_id=None, prompt_id=None, auto=True,
@@ -57,7 +57,7 @@ def fill(storage, data_dir: Path, prefix: str = "") -> None:
         job(f"{prefix}requeued", JobStatus.HELD, gpu_id=1, prompt_id=None, attempts=2,
             held_at=NOW - 40, cancel_requested=False),
         job(f"{prefix}running", JobStatus.RUNNING, gpu_id=1, started_at=NOW - 30,
-            nodes_done=1, nodes_total=3, attempts=1),
+            nodes_done=1, nodes_total=3, attempts=1, node="host-a"),
         job(f"{prefix}old", JobStatus.COMPLETED, started_at=NOW - 10_000,
             finished_at=NOW - 9_000),
     ]
@@ -78,7 +78,7 @@ def fill(storage, data_dir: Path, prefix: str = "") -> None:
     events = [OutboxRow(f"{prefix}ev-{n}", f"{prefix}done", "http://127.0.0.1:9/hook",
                         "job.completed", b'{"n": %d}' % n, NOW - 70, due_at=NOW - 60,
                         client="alice") for n in (1, 2)]
-    storage.jobs.update(storage.jobs.load()[0], events)
+    storage.jobs.update(storage.jobs.get(f"{prefix}done"), events)
     storage.outbox.retry(f"{prefix}ev-1", "503 from the receiver", NOW + 30)  # pending, 1 try
     storage.outbox.delivered(f"{prefix}ev-2", NOW - 55)
     storage.meta.get("instance_id", f"{prefix}beef")
@@ -122,7 +122,7 @@ def test_a_store_goes_to_postgresql_and_back_row_by_row_and_serves(tmp_path, pg,
     source = open_url(None, data_dir=first)
     fill(source, first)
     expected = dump(source)
-    expected_jobs = source.jobs.load()
+    expected_jobs = source.jobs.load("local")
     source.close()
     url = pg()
 
@@ -134,7 +134,9 @@ def test_a_store_goes_to_postgresql_and_back_row_by_row_and_serves(tmp_path, pg,
     assert table["assets"][0] == "2" and table["asset files"][:2] == ["2", str(sum(map(len, FILES.values())))]
     assert table["outbox events"][:2] == ["2", "1"] and table["retention counters"] == ["1"]
     middle = opened(url, second)
-    assert dump(middle) == expected and middle.jobs.load() == expected_jobs
+    assert dump(middle) == expected and middle.jobs.load("local") == expected_jobs
+    assert (middle.jobs.get("running").node, middle.jobs.get("done").node,  # each job's node
+            middle.jobs.get("held").node) == ("host-a", "host-b", None)
     middle.close()
     for data in FILES.values():  # another data dir: the files were copied
         assert (second / ASSETS_DIR / hash_of(data)[len("blake3:"):]).read_bytes() == data
@@ -143,7 +145,7 @@ def test_a_store_goes_to_postgresql_and_back_row_by_row_and_serves(tmp_path, pg,
                          "--to", sqlite_url(third))
     assert (code, err) == (0, "")
     back = opened(sqlite_url(third), third)
-    assert dump(back) == expected and back.jobs.load() == expected_jobs
+    assert dump(back) == expected and back.jobs.load("local") == expected_jobs
     source_again = opened(url, second)
     assert back.outbox.depth() == 1 and back.jobs.retired() == source_again.jobs.retired()
     source_again.close()  # a pool left to the garbage collector warns from its own thread
@@ -156,7 +158,8 @@ def test_a_store_goes_to_postgresql_and_back_row_by_row_and_serves(tmp_path, pg,
         api = Api(service.url)
         done = api.status("done")
         assert (done["status"], done["gpu_id"], done["submitted_by"]) == ("completed", 0, "alice")
-        assert done["outputs"] == [dict(expected_jobs[0].outputs[0])]
+        assert done["outputs"] == [{"node_id": "3", "filename": "a.png", "subfolder": "",
+                                    "type": "output"}]  # another node's: read from its row
         assert api.status("failed")["error"] == {"type": "execution_error", "message": "boom"}
         held = api.status("held")  # the dispatcher may have sent it by now
         assert held["priority"] == 7 and held["status"] in ("queued", "submitting", "running",

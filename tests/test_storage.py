@@ -39,7 +39,7 @@ def test_a_held_job_is_claimed_once(backend):
     first = dataclasses.replace(job, status=SUBMITTING, gpu_id=0, prompt_id="p1", attempts=1)
     second = dataclasses.replace(job, status=SUBMITTING, gpu_id=1, prompt_id="p2", attempts=1)
     assert rows.claim_held(first) and not rows.claim_held(second)
-    [row] = backend.open().jobs.load()
+    [row] = backend.open().jobs.load("local")
     assert (row.status, row.gpu_id, row.prompt_id, row.attempts) == (SUBMITTING, 0, "p1", 1)
 
 
@@ -59,13 +59,14 @@ def test_a_row_left_by_an_unacknowledged_insert_gives_way_to_the_retry(backend):
     answered 503 and nothing is in memory. Its retry creates the job."""
     storage = backend.open()
     store = JobStore(storage.jobs)
-    storage.jobs.insert(Job("j", 0, "p-ghost", "f", submitted_at=time.time()), b"{}")
+    storage.jobs.insert(Job("j", 0, "p-ghost", "f", submitted_at=time.time(), node=store.node),
+                        b"{}")
     with pytest.raises(JobIdTaken):
         storage.jobs.insert(Job("j", 0, "p-other", "f", submitted_at=time.time()), b"{}")
     job, created = store.reserve(Job("j", 0, "p-retry", "f"), b'{"retry": 1}')
     assert created and job.prompt_id == "p-retry"
     reopened = backend.open().jobs
-    assert [row.prompt_id for row in reopened.load()] == ["p-retry"]
+    assert [row.prompt_id for row in reopened.load("local")] == ["p-retry"]
     assert reopened.workflow("j") == b'{"retry": 1}'
 
 
@@ -136,7 +137,7 @@ def test_a_version_1_store_gains_the_fleets_tables_in_place(backend):
     storage = backend.open()
     try:
         assert storage.meta.get("schema_version", "none") == "2"
-        assert [job.job_id for job in storage.jobs.load()] == ["kept"]
+        assert [job.job_id for job in storage.jobs.load("local")] == ["kept"]
     finally:
         storage.close()
     if backend.database is None:
@@ -182,7 +183,7 @@ def test_an_unversioned_data_dir_is_brought_to_the_current_version_in_place(tmp_
                      "submitted_at) VALUES ('old', 0, 'p', 'f', 'completed', 1.0)")
     storage = sqlite_storage(tmp_path)
     assert storage.meta.get("schema_version", "none") == str(SQLITE_VERSION)
-    assert [job.job_id for job in storage.jobs.load()] == ["old"]
+    assert [job.job_id for job in storage.jobs.load("local")] == ["old"]
 
 
 def test_an_outbox_written_before_events_knew_their_client_gets_it_from_the_job(tmp_path):

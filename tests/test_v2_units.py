@@ -185,12 +185,12 @@ def test_an_older_database_gets_the_labels_column_and_keeps_its_rows(tmp_path):
     conn.commit()
     conn.close()
     db = sqlite_storage(tmp_path).jobs
-    [job] = db.load()
+    [job] = db.load("local")
     assert job.job_id == "old" and job.status is JobStatus.COMPLETED and job.labels is None
     db.insert(Job(job_id="new", gpu_id=None, prompt_id=None, fingerprint="f", status=JobStatus.HELD,
                   submitted_at=2.0, held_at=2.0, auto=True, labels={"team": "a"}), b"{}")
     reopened = sqlite_storage(tmp_path).jobs
-    assert {job.job_id: job.labels for job in reopened.load()} == {"old": None, "new": {"team": "a"}}
+    assert {job.job_id: job.labels for job in reopened.load("local")} == {"old": None, "new": {"team": "a"}}
 
 
 # -- output sizes: asked of ComfyUI while a client waits -----------------------------------------

@@ -97,6 +97,10 @@ def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workfl
         raise JobIdConflict(existing)
     if existing.status != JobStatus.SUBMITTING:
         return existing, False
+    if existing.node != store.node:
+        # Another node's POST of it is under way: only that node can settle it (with its
+        # own ComfyUI); the client retries shortly and gets the job as it settled.
+        raise SubmissionUnsettled(f"job {job_id} is being submitted by node {existing.node}")
     settled = _settle_earlier(store, gpus[existing.gpu_id], existing, wait)
     if settled is None:
         return None  # the earlier attempt was dropped: try again, this one goes through as new

@@ -85,6 +85,7 @@ class Job:
     labels: dict | None = None  # the client's string labels (Comfy API v2 `metadata`)
     webhook: str | None = None  # the URL told when the job starts and ends (cylindria/webhooks/)
     submitted_by: str | None = None  # the name of the key (or JWT subject) that submitted it
+    node: str | None = None  # the fleet node that holds it (None: written before nodes existed)
     seq: int = 0
     # Volatile: rebuilt from ComfyUI after a restart, so never written to disk.
     queue_position: int | None = None

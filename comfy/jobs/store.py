@@ -12,6 +12,7 @@ from operator import attrgetter
 from typing import Callable, Iterable
 
 from comfy.jobs.job import Job, JobStatus, may_move
+from comfy.jobs.recent import RecentRows
 from cylindria.storage import JobIdTaken, JobRows, OutboxRow
 from cylindria.storage.records import DURABLE
 
@@ -26,6 +27,9 @@ _IN_COMFY = frozenset({JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.RUNNING
 # unrelated jobs rarely share one, as many as the threads that write (waitress's 16,
 # the trackers, the senders) would ever need.
 STRIPES = 64
+# The node a store is when none is named (tests, tools): on one host every row is its own.
+LOCAL_NODE = "local"
+INSERT_TRIES = 3  # a row that keeps vanishing and coming back under an id: JobIdTaken then
 
 
 def _copy(job: Job) -> Job:
@@ -50,10 +54,17 @@ class JobStore:
     burst of submissions never queues a GPU's tracking behind its writes; the changes of
     one job stay in order. New jobs are inserted one at a time (`_inserting`), so they are
     published in the order the database numbers them.
+
+    In a fleet (several nodes on one PostgreSQL database) the store holds only its node's
+    jobs (`node`): those it loaded at its start and those it creates. Another node's job is
+    never published here, so nothing on this node tracks or judges it; it is read from its
+    row when a client asks (`lookup`), and a submission under its id is answered with it.
     """
 
-    def __init__(self, rows: JobRows):
+    def __init__(self, rows: JobRows, node: str = LOCAL_NODE):
         self._db = rows
+        self.node = node
+        self._recent = RecentRows()  # other nodes' jobs as lately read (lookup)
         self._lock = threading.Lock()
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
         self._inserting = threading.Lock()
@@ -75,7 +86,12 @@ class JobStore:
         self._watchers: list[Callable[[str], None]] = []
         self._companions: list[Callable[[Job, Job], list[OutboxRow]]] = []
         self._keepers: list[Callable[[str, dict | None], None]] = []
-        for job in rows.load():
+        adopted = rows.adopt(node)
+        if adopted:
+            logger.info("node %s adopted %d jobs (written before nodes existed, or under "
+                        "another name in this host's own file)", node, adopted)
+        for job in rows.load(node):
+            job.node = node  # one of no node written since the adoption: ours from its next write
             self._publish(job)
 
     def get(self, job_id: str) -> Job | None:
@@ -83,6 +99,21 @@ class JobStore:
         a dict lookup is atomic, so a status read never waits behind a write (which may wait
         for the database: SQLite's write lock, a PostgreSQL round trip)."""
         return self._jobs.get(job_id)
+
+    def lookup(self, job_id: str) -> Job | None:
+        """The job, held here or another node's (read from its row: a status at most
+        FRESH_FOR seconds old), or None; never published here. A job held here is answered
+        without the database; another's read while the database is down raises
+        StorageUnavailable."""
+        job = self._jobs.get(job_id)
+        if job is not None or not self._db.shared:
+            return job
+        fresh, job = self._recent.get(job_id)
+        if fresh:
+            return job
+        job = self._db.get(job_id)
+        self._recent.put(job_id, job)
+        return self._jobs.get(job_id) or job  # published meanwhile (inserted here): the record
 
     def active(self, gpu_id: int | None = None) -> list[Job]:
         """Unfinished jobs (of one GPU, or all), oldest first."""
@@ -171,7 +202,11 @@ class JobStore:
             if job.status != JobStatus.HELD:
                 job.status = JobStatus.SUBMITTING
             job.submitted_at = job.submitted_at or time.time()
-            job.seq = self._insert(job, workflow)  # raises: nothing published, a retry starts afresh
+            job.node = job.node or self.node
+            theirs = self._insert(job, workflow)  # raises: nothing published, a retry starts afresh
+            if theirs is not None:
+                self._recent.put(job.job_id, theirs)
+                return theirs, False
             with self._lock:
                 if job.status == JobStatus.SUBMITTING:
                     self._in_flight[job.job_id] = job.prompt_id
@@ -352,17 +387,29 @@ class JobStore:
             logger.log(level, "job %s %s: %s -> %s", new.job_id, where,
                        current.status.value, new.status.value)
 
-    def _insert(self, job: Job, workflow: bytes) -> int:
-        """Insert a new job's row (caller holds its stripe and `_inserting`). A live row under its id that this
-        store does not hold was left by a write whose acknowledgement was lost (the database
-        went away as it committed, the client was told 503): nobody was told of it, so it
-        gives way to this submission."""
-        try:
-            return self._db.insert(job, workflow)
-        except JobIdTaken:
-            logger.warning("job %s: replacing a row left by an unacknowledged write", job.job_id)
-            self._db.delete(job.job_id)
-            return self._db.insert(job, workflow)
+    def _insert(self, job: Job, workflow: bytes) -> Job | None:
+        """Insert a new job's row and set its seq (caller holds its stripe and `_inserting`);
+        None, or the job of another node found under its id.
+
+        A live row under the id that this store does not hold is either this node's, left
+        by a write whose acknowledgement was lost (the database went away as it committed,
+        the client was told 503: nobody was told of it, so it gives way to this
+        submission), or another node's job (or one of no node): never touched, it is the
+        job under this id, answered as a retry would be."""
+        for _ in range(INSERT_TRIES):
+            try:
+                job.seq = self._db.insert(job, workflow)
+                return None
+            except JobIdTaken:
+                row = self._db.get(job.job_id)
+            if row is not None and row.node != self.node:
+                return row
+            if row is not None:
+                logger.warning("job %s: replacing a row left by an unacknowledged write",
+                               job.job_id)
+                self._db.delete(job.job_id)
+            # else gone between the two reads (a discarded submission): inserted again
+        raise JobIdTaken(job.job_id)
 
     def _stripe(self, job_id: str) -> threading.Lock:
         """The lock a job's writes hold (taken before `_inserting` and the store's lock)."""

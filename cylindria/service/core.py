@@ -67,7 +67,7 @@ def build_core(config: Config) -> Core:
     except (SchemaTooNew, StorageUnavailable) as exc:
         raise ConfigError(str(exc)) from None
     try:
-        store = JobStore(storage.jobs)
+        store = JobStore(storage.jobs, config.node)
         instance_id = storage.meta.get("instance_id", secrets.token_hex(4))
     except StorageUnavailable as exc:
         storage.close()

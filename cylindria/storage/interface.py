@@ -68,10 +68,28 @@ class OutboxRow:
 
 
 class JobRows(Protocol):
-    """The jobs, their workflows and the retention counters."""
+    """The jobs, their workflows and the retention counters.
 
-    def load(self) -> list[Job]:
-        """Every job still within retention, oldest first (expired rows await the sweep)."""
+    In a fleet (several nodes on one PostgreSQL database) every row names the node that
+    holds the job; a node loads, tracks and judges only its own (and adopts some at its
+    start: see `adopt`). `shared` says whether other nodes may write this store
+    (PostgreSQL): only then can a job missing from a node's memory be another node's, to be
+    read with `get`. SQLite is one host's: what it holds is in memory."""
+
+    shared: bool
+
+    def adopt(self, node: str) -> int:
+        """Make the rows this node is to hold its own, in one statement (so two nodes starting
+        at once never both take one); how many. On the fleet's database those of no node
+        (written before nodes existed); in one host's file every row not yet this node's (the
+        host's jobs under an earlier name, or copied in): a renamed host keeps its jobs."""
+
+    def load(self, node: str) -> list[Job]:
+        """The jobs of this node, and those of no node, still within retention, oldest first
+        (expired rows await the sweep)."""
+
+    def get(self, job_id: str) -> Job | None:
+        """The job under this id, whichever node holds it, if still within retention."""
 
     def insert(self, job: Job, workflow: bytes) -> int:
         """Add a job and its workflow in one transaction; its sequence number. An expired

@@ -145,7 +145,13 @@ SQL = {
     "meta_add": "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
     # jobs
     "load_jobs": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs "
-                 "WHERE finished_at IS NULL OR finished_at >= %s ORDER BY seq",
+                 "WHERE (node = %s OR node IS NULL) "
+                 "AND (finished_at IS NULL OR finished_at >= %s) ORDER BY seq",
+    # Row locks make two starts at once take each unowned row once: the second waits for the
+    # first's commit and then finds the row owned (READ COMMITTED re-checks the condition).
+    "adopt": "UPDATE jobs SET node = %s WHERE node IS NULL",
+    "job": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs "
+           "WHERE job_id = %s AND (finished_at IS NULL OR finished_at >= %s)",
     "insert_job": f"INSERT INTO jobs ({', '.join(records.COLUMNS)}) "
                   f"VALUES ({', '.join(['%s'] * len(records.COLUMNS))}) "
                   "ON CONFLICT (job_id) DO NOTHING RETURNING seq",
@@ -391,9 +397,20 @@ class PostgresJobRows(_Rows):
         super().__init__(pool, health)
         self.retention = retention  # seconds a finished job is kept; None: for ever
 
+    shared = True  # the fleet's database: other nodes write it too
+
     @_guarded
-    def load(self) -> list[Job]:
-        return [records.to_job(row) for row in self._all("load_jobs", (self._cutoff(),))]
+    def adopt(self, node: str) -> int:
+        return self._run("adopt", (node,))
+
+    @_guarded
+    def load(self, node: str) -> list[Job]:
+        return [records.to_job(row) for row in self._all("load_jobs", (node, self._cutoff()))]
+
+    @_guarded
+    def get(self, job_id: str) -> Job | None:
+        row = self._one("job", (job_id, self._cutoff()))
+        return None if row is None else records.to_job(row)
 
     @_guarded
     def insert(self, job: Job, workflow: bytes) -> int:

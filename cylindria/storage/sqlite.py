@@ -160,7 +160,11 @@ SQL = {
     # scan): a million expired rows cost a start nothing.
     "load_jobs": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE seq IN ("
                  "SELECT seq FROM jobs WHERE finished_at IS NULL UNION ALL "
-                 "SELECT seq FROM jobs WHERE finished_at >= ?) ORDER BY seq",
+                 "SELECT seq FROM jobs WHERE finished_at >= ?) "
+                 "AND (node = ? OR node IS NULL) ORDER BY seq",
+    "adopt": "UPDATE jobs SET node = ? WHERE node IS NOT ?",
+    "job": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs "
+           "WHERE job_id = ? AND (finished_at IS NULL OR finished_at >= ?)",
     "insert_job": f"INSERT INTO jobs ({', '.join(records.COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(records.COLUMNS))})",
     "insert_workflow": "INSERT OR REPLACE INTO workflows (job_id, body) VALUES (?, ?)",
@@ -466,11 +470,24 @@ class SqliteJobRows:
         self._reader_lock = threading.Lock()
         self._connections = connections
 
+    shared = False  # one host's file: every job it holds is in that host's memory
+
     @_guarded
-    def load(self) -> list[Job]:
+    def adopt(self, node: str) -> int:
         with self._writer.lock:
-            cursor = self._writer.run("load_jobs", (self._cutoff(),))
+            return self._writer.run("adopt", (node, node)).rowcount
+
+    @_guarded
+    def load(self, node: str) -> list[Job]:
+        with self._writer.lock:
+            cursor = self._writer.run("load_jobs", (self._cutoff(), node))
             return [records.to_job(row) for row in cursor]
+
+    @_guarded
+    def get(self, job_id: str) -> Job | None:
+        with self._writer.lock:
+            row = self._writer.run("job", (job_id, self._cutoff())).fetchone()
+        return None if row is None else records.to_job(row)
 
     @_guarded
     def insert(self, job: Job, workflow: bytes) -> int:

@@ -8,9 +8,12 @@ from cylindria.web.errors import ApiError
 from cylindria.web.params import job_id_param
 
 
-def known_job(job_id: str) -> Job:
-    """The job under a valid id, or the contract's 400/404."""
-    job = ctx().store.get(job_id_param(job_id))
+def known_job(job_id: str, anywhere: bool = False) -> Job:
+    """The job under a valid id, or the contract's 400/404. `anywhere`: a job of any node of
+    the fleet (another node's read from its row; 503 database_unavailable if it cannot be
+    read), for the reads any node answers; else only one held here, which it can act on."""
+    job_id = job_id_param(job_id)
+    job = ctx().store.lookup(job_id) if anywhere else ctx().store.get(job_id)
     if job is None or not visible(job):
         raise ApiError(404, "job_not_found", "job not found")
     return job

@@ -69,7 +69,7 @@ def _conflict(job_id: str, job) -> ApiError:
 def jobstatus(job_id: str):
     """Where a job stands (the most frequent call: encoded directly, without jsonify's extras);
     with ?wait=N, once it has ended or after N seconds."""
-    job = waited_job(known_job(job_id), wait_param())
+    job = waited_job(known_job(job_id, anywhere=True), wait_param())
     return Response(encoded_views.body(job, held_position(job), webhook_state(job)),
                     mimetype="application/json")
 

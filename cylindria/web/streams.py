@@ -12,6 +12,8 @@ from flask import Blueprint, Response, request
 
 from comfy.encoding import to_json
 from comfy.jobs.job import Job
+from comfy.jobs.recent import FRESH_FOR
+from cylindria.storage import StorageUnavailable
 from cylindria.web.auth import current_client
 from cylindria.web.context import ctx, wait_until_reconciled
 from cylindria.web.errors import ApiError
@@ -108,13 +110,13 @@ def waited_job(job: Job, seconds: float) -> Job:
         version = watch.begin(job_id)
         try:
             deadline = time.monotonic() + seconds
-            job = context.store.get(job_id) or job
+            job = current_job(context.store, job_id) or job
             while not job.status.finished and not watch.closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                version = watch.wait(job_id, version, left)
-                job = context.store.get(job_id) or job
+                version = watch.wait(job_id, version, wait_within(context.store, job_id, left))
+                job = current_job(context.store, job_id) or job
         finally:
             watch.end(job_id)
     return job
@@ -125,7 +127,7 @@ def waited_job(job: Job, seconds: float) -> Job:
 def jobevents(job_id: str):
     """The job's status at once and at every change, its progress in between; ends after
     the final status (or at shutdown)."""
-    job = known_job(job_id)
+    job = known_job(job_id, anywhere=True)
     context = ctx()
 
     def render(kind: str, job: Job) -> bytes:
@@ -166,7 +168,7 @@ def _events(context, job_id: str, version: int, finish, render):
     """The stream: status events on status changes, throttled progress events, keep-alives."""
     store, watch = context.store, context.watch
     try:
-        job = store.get(job_id)
+        job = current_job(store, job_id)
         if job is None:
             return
         yield render("status", job)
@@ -177,8 +179,8 @@ def _events(context, job_id: str, version: int, finish, render):
             pending = job.progress() != shown_progress
             quiet = written + KEEPALIVE - now  # a comment is due this long after the last write
             timeout = min(max(0.0, progress_at + PROGRESS_EVERY - now), quiet) if pending else quiet
-            version = watch.wait(job_id, version, max(0.0, timeout))
-            job = store.get(job_id)
+            version = watch.wait(job_id, version, wait_within(store, job_id, max(0.0, timeout)))
+            job = current_job(store, job_id)
             if job is None:
                 return
             now = time.monotonic()
@@ -195,6 +197,21 @@ def _events(context, job_id: str, version: int, finish, render):
             written = now
     finally:
         finish()
+
+
+def current_job(store, job_id: str) -> Job | None:
+    """The job as it stands: held here, or another node's as its row was last read (at most
+    FRESH_FOR old); None if it is gone, or its row cannot be read now (the stream ends)."""
+    try:
+        return store.lookup(job_id)
+    except StorageUnavailable:
+        return None
+
+
+def wait_within(store, job_id: str, seconds: float) -> float:
+    """How long to wait for a job's next change: another node's changes wake no one here, so
+    its row is read again every FRESH_FOR seconds."""
+    return seconds if store.get(job_id) is not None else min(seconds, FRESH_FOR)
 
 
 def _view(context, job: Job) -> dict:

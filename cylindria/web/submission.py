@@ -18,7 +18,7 @@ from comfy.comfyui.catalogue import check_workflow, needs_of
 from comfy.inputs.fileinputs import FileNotAllowed, check_files, merged, owns_output
 from comfy.inputs.placing import AssetNotFound, references, resolve
 from comfy.dispatch.submit import QueueFull, hold_job
-from comfy.inputs.workflow import Workflow
+from comfy.inputs.workflow import Workflow, WorkflowError
 from cylindria.web.assets import viewer
 from cylindria.web.auth import current_client
 from cylindria.web.errors import ApiError
@@ -114,8 +114,9 @@ def note_assets(context, job_id: str, workflow: Workflow) -> None:
 def retried(context, job_id: str) -> bool:
     """Whether the id holds a job the client may see: its own answer (200, or 409 for another
     workflow) then follows whatever the workflow's faults. Another own client's job is as if
-    it did not exist, so the fault is answered as it would be for a free id."""
-    existing = context.store.get(job_id)
+    it did not exist, so the fault is answered as it would be for a free id. Any node's job
+    counts: a retry may go to any node of a fleet."""
+    existing = context.store.lookup(job_id)
     return existing is not None and visible(existing)
 
 
@@ -130,12 +131,23 @@ def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict |
          submitted_by: str | None = None):
     """GpuId=auto: check the workflow against what the reachable GPUs have installed, then
     hold it in Cylindria's queue (201 before any GPU has it). Returns (job, created)."""
-    if not retried(context, job_id):  # a retry is answered whatever the GPUs look like now
-        check_workflow(workflow.prompt, catalogues(context.gpus))
-        context.dispatcher.remember(job_id, workflow.fingerprint, needs_of(workflow.prompt))
+    remembered = False
+    local = context.store.get(job_id)
+    # A retry is answered whatever the GPUs look like now. Whether the id is another node's
+    # job is asked of the database only when the workflow fails the check: a new id (nearly
+    # every submission) costs no read before its insert.
+    if local is None or not visible(local):
+        try:
+            check_workflow(workflow.prompt, catalogues(context.gpus))
+        except WorkflowError:
+            if not retried(context, job_id):
+                raise
+        else:
+            context.dispatcher.remember(job_id, workflow.fingerprint, needs_of(workflow.prompt))
+            remembered = True
     try:
-        return hold_job(context.store, job_id, workflow, priority, context.config.max_queued,
-                        labels, submitted_by)
+        job, created = hold_job(context.store, job_id, workflow, priority,
+                                context.config.max_queued, labels, submitted_by)
     except QueueFull as exc:
         context.dispatcher.forget(job_id, workflow.fingerprint)
         raise ApiError(429, "queue_full", f"Cylindria's queue is full ({exc.limit} jobs held); "
@@ -144,6 +156,9 @@ def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict |
     except BaseException:  # another workflow won this id, say: what we remembered goes
         context.dispatcher.forget(job_id, workflow.fingerprint)
         raise
+    if remembered and not created and context.store.get(job_id) is None:
+        context.dispatcher.forget(job_id, workflow.fingerprint)  # another node's job: not ours
+    return job, created
 
 
 def with_webhook(context, workflow: Workflow, *given) -> Workflow:

@@ -163,7 +163,7 @@ def list_jobs():
 @bp.get("/jobs/<job_id>")
 def get_job(job_id: str):
     """GET /jobs/{id}: the whole job, outputs included."""
-    job = _known(job_id)
+    job = _known(job_id, anywhere=True)
     return jsonify(shapes_now().job(job, held_position(job)))
 
 
@@ -171,7 +171,7 @@ def get_job(job_id: str):
 def get_workflow(job_id: str):
     """GET /jobs/{id}/workflow: the API-format graph as the client sent it (asset references
     as written; credentials never kept)."""
-    job = _known(job_id)
+    job = _known(job_id, anywhere=True)
     body = ctx().store.workflow(job.job_id)
     if body is None:
         raise not_found("the job's workflow (a job finished before this Cylindria version "
@@ -203,7 +203,7 @@ def events(job_id: str):
     `progress` (at most 4 a second), `output` as each output is written; ends after the
     terminal status. No `preview`: Cylindria drops ComfyUI's preview frames unread."""
     context = ctx()
-    job = _known(job_id)
+    job = _known(job_id, anywhere=True)
     shapes = shapes_now()
     shown_outputs = [0]
 
@@ -224,9 +224,11 @@ def events(job_id: str):
     return event_stream(context, job.job_id, render)
 
 
-def _known(job_id: str) -> Job:
-    """The job under this id, or 404 not_found (an id that could never exist included)."""
-    job = ctx().store.get(job_id) if JOB_ID.fullmatch(job_id) else None
+def _known(job_id: str, anywhere: bool = False) -> Job:
+    """The job under this id, or 404 not_found (an id that could never exist included).
+    `anywhere`: of any node of the fleet (see lookup.known_job); else one held here."""
+    store = ctx().store
+    job = (store.lookup if anywhere else store.get)(job_id) if JOB_ID.fullmatch(job_id) else None
     if job is None or not visible(job):
         raise not_found("job")
     return job

@@ -1,0 +1,123 @@
+"""Two Cylindria nodes (real processes, each with its own fake ComfyUI) on one PostgreSQL
+database: a job pinned to node a's GPU is answered by node b (its status, a retry of it, a
+different workflow under its id, ownership), and node b, restarted while the job is still in
+a's ComfyUI, neither loads it nor judges it against its own ComfyUI."""
+from __future__ import annotations
+
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests import workflows
+from tests.conftest import start_fakes
+from tests.helpers import API_KEY, Api, wait_for
+from tests.processes import CylindriaProcess
+
+BOB = "bob-key-0123456789"  # a key limited to its own jobs
+
+
+@pytest.fixture
+def fleet(postgres_cluster, tmp_path):
+    """Nodes a and b on one fresh database, each with one fake GPU: ({name: process}, {name: fake})."""
+    name = f"fleet_{uuid.uuid4().hex}"
+    url = postgres_cluster.create_database(name)
+    fakes, nodes = {}, {}
+    try:
+        for node in ("a", "b"):
+            [fakes[node]] = start_fakes(1)
+            nodes[node] = CylindriaProcess(
+                fakes[node].url, tmp_path / f"data-{node}", gpus=1,
+                extra=("--database", url, "--node", node, "--api-key", f"{API_KEY},bob:{BOB}:own",
+                       "--max-streams-per-client", "4")).start()
+        yield nodes, fakes
+    finally:
+        for process in nodes.values():
+            process.stop()
+        for fake in fakes.values():
+            fake.close()
+        postgres_cluster.drop_database(name)
+
+
+def test_any_node_answers_for_a_job_another_node_holds(fleet):
+    nodes, fakes = fleet
+    a, b = Api(nodes["a"].url), Api(nodes["b"].url)
+    job_id = str(uuid.uuid4())
+    workflow = workflows.core("fleet")
+    fakes["a"].hold = True  # the job waits in a's ComfyUI while b restarts
+    created = a.put(f"/startjob/{job_id}?GpuId=0", json=workflow)
+    assert created.status_code == 201, created.text
+    prompt_id = created.json()["prompt_id"]
+    a.wait_status(job_id, ("queued", "running"))
+
+    seen = wait_for(lambda: (lambda j: j if j.get("status") in ("queued", "running") else None)(
+        b.status(job_id)), message="node b to answer for a's job")
+    assert (seen["prompt_id"], seen["gpu_id"]) == (prompt_id, 0)
+    retried = b.put(f"/startjob/{job_id}?GpuId=0", json=workflow)
+    assert retried.status_code == 200 and retried.json()["prompt_id"] == prompt_id, retried.text
+    other = b.put(f"/startjob/{job_id}?GpuId=0", json=workflows.core("another"))
+    assert other.status_code == 409 and other.json()["code"] == "job_id_conflict", other.text
+
+    nodes["b"].stop()
+    nodes["b"].start()  # loads only its own jobs: a's is not judged against b's ComfyUI
+    assert b.status(job_id)["status"] in ("queued", "running")
+    assert a.status(job_id)["status"] in ("queued", "running")
+
+    with ThreadPoolExecutor(2) as pool:  # b follows a's job to its end: ?wait= and events
+        waited = pool.submit(b.get, f"/jobstatus/{job_id}?wait=30", timeout=60)
+        streamed = pool.submit(statuses_streamed, nodes["b"].url, job_id)
+        fakes["a"].hold = False
+        done = a.wait_status(job_id, "completed")
+        assert waited.result().json()["status"] == "completed"
+        assert streamed.result()[-1] == "completed"
+    assert done["outputs"]
+    there = b.wait_status(job_id, "completed")  # its row, read again within a second
+    assert (there["prompt_id"], there["outputs"]) == (prompt_id, done["outputs"])
+    v2 = b.get(f"/api/v2/jobs/{job_id}")
+    assert v2.status_code == 200 and v2.json()["id"] == job_id, v2.text
+    assert fakes["a"].prompts_received() == [prompt_id] and fakes["b"].prompts_received() == []
+    for api in (Api(nodes["a"].url, key=BOB), Api(nodes["b"].url, key=BOB)):
+        assert api.get(f"/jobstatus/{job_id}").status_code == 404  # another client's job
+        assert api.get(f"/api/v2/jobs/{job_id}").status_code == 404
+    assert "lost" not in nodes["b"].log()
+
+
+def statuses_streamed(url: str, job_id: str) -> list[str]:
+    """The statuses GET /jobevents/<id> sends, until its stream ends."""
+    statuses = []
+    with requests.get(f"{url}/jobevents/{job_id}", headers={"X-API-Key": API_KEY},
+                      stream=True, timeout=60) as response:
+        assert response.status_code == 200, response.text
+        name = None
+        for line in response.iter_lines(decode_unicode=True):
+            if line.startswith("event: "):
+                name = line[len("event: "):]
+            elif line.startswith("data: ") and name == "status":
+                statuses.append(json.loads(line[len("data: "):])["status"])
+    return statuses
+
+
+def test_a_gpuid_auto_retry_on_another_node_is_the_same_job(fleet):
+    """A GpuId=auto job held by node a (its GPU busy), retried on node b: 200 with a's job,
+    nothing held on b; another workflow under the id: 409 on b too."""
+    nodes, fakes = fleet
+    a, b = Api(nodes["a"].url), Api(nodes["b"].url)
+    fakes["a"].hold = True
+    for n in range(3):  # a's GPU full (its depth is 2): the next auto job stays held on a
+        assert a.put(f"/startjob/busy-{n}?GpuId=0", json=workflows.core(f"busy{n}")).status_code == 201
+    job_id = str(uuid.uuid4())
+    workflow = workflows.core("fleet-auto")
+    created = a.put(f"/startjob/{job_id}?GpuId=auto", json=workflow)
+    assert created.status_code == 201 and created.json()["gpu_id"] is None, created.text
+    retried = b.put(f"/startjob/{job_id}?GpuId=auto", json=workflow)
+    assert retried.status_code == 200 and retried.json()["job_id"] == job_id, retried.text
+    other = b.put(f"/startjob/{job_id}?GpuId=auto", json=workflows.core("another"))
+    assert other.status_code == 409 and other.json()["code"] == "job_id_conflict", other.text
+    held = {node["node"]: node["held_jobs"] for node in b.get("/fleet").json()["nodes"]}
+    wait_for(lambda: {n["node"]: n["held_jobs"] for n in b.get("/fleet").json()["nodes"]}
+             == {"a": 1, "b": 0}, message=f"one job held, on a (was {held})")
+    fakes["a"].hold = False
+    a.wait_status(job_id, "completed")
+    assert fakes["b"].prompts_received() == []
