@@ -13,6 +13,7 @@ from tests.backends import KINDS, Backend, close_opened
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports
 from tests.postgres import PostgresCluster
+from tests.processes import CylindriaProcess
 
 TIME_SCALE = 0.05  # the fake's node sleeps shrink to 5 %: a 4 s "slow" node takes 0.2 s
 
@@ -150,3 +151,39 @@ def _quiet_third_party_logs():
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     logging.getLogger("websocket").setLevel(logging.CRITICAL)
     yield
+
+
+FLEET_LEASE = "2s"  # short, so a test sees a killed node's lease run out soon
+
+
+@pytest.fixture
+def fleet_database(postgres_cluster):
+    """A fresh database of the session's cluster, dropped after the test."""
+    name = f"fleet_{uuid.uuid4().hex}"
+    url = postgres_cluster.create_database(name)
+    yield url
+    postgres_cluster.drop_database(name)
+
+
+@pytest.fixture
+def start_node(fleet_database, tmp_path):
+    """start_node(name, *flags): a Cylindria process of the fleet (`--node name`, a lease of
+    FLEET_LEASE, its URL advertised) in front of its own fake ComfyUI (`node.fake`); every one
+    started is stopped (and its fake closed) at the end."""
+    started = []
+
+    def start(name: str, *flags: str) -> CylindriaProcess:
+        [fake] = start_fakes(1)
+        (tmp_path / name).mkdir()
+        node = CylindriaProcess(fake.url, tmp_path / name / "data", gpus=1,
+                                extra=("--database", fleet_database, "--node", name,
+                                       "--node-lease", FLEET_LEASE, *flags))
+        node.args += ["--advertise-url", node.url]
+        node.fake = fake
+        started.append((node, fake))
+        return node.start()
+
+    yield start
+    for node, fake in started:
+        node.stop()
+        fake.close()

@@ -12,33 +12,17 @@ import pytest
 import requests
 
 from tests import workflows
-from tests.conftest import start_fakes
 from tests.helpers import API_KEY, Api, wait_for
-from tests.processes import CylindriaProcess
 
 BOB = "bob-key-0123456789"  # a key limited to its own jobs
 
 
 @pytest.fixture
-def fleet(postgres_cluster, tmp_path):
+def fleet(start_node):
     """Nodes a and b on one fresh database, each with one fake GPU: ({name: process}, {name: fake})."""
-    name = f"fleet_{uuid.uuid4().hex}"
-    url = postgres_cluster.create_database(name)
-    fakes, nodes = {}, {}
-    try:
-        for node in ("a", "b"):
-            [fakes[node]] = start_fakes(1)
-            nodes[node] = CylindriaProcess(
-                fakes[node].url, tmp_path / f"data-{node}", gpus=1,
-                extra=("--database", url, "--node", node, "--api-key", f"{API_KEY},bob:{BOB}:own",
-                       "--max-streams-per-client", "4")).start()
-        yield nodes, fakes
-    finally:
-        for process in nodes.values():
-            process.stop()
-        for fake in fakes.values():
-            fake.close()
-        postgres_cluster.drop_database(name)
+    nodes = {node: start_node(node, "--api-key", f"{API_KEY},bob:{BOB}:own",
+                              "--max-streams-per-client", "4") for node in ("a", "b")}
+    return nodes, {name: node.fake for name, node in nodes.items()}
 
 
 def test_any_node_answers_for_a_job_another_node_holds(fleet):

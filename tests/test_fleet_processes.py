@@ -3,43 +3,8 @@ node's /fleet lists all three live with their GPUs; a node SIGKILLed is shown no
 lease has run out; a node started with other API keys warns, naming how many live nodes differ."""
 from __future__ import annotations
 
-import pytest
-
-from tests.conftest import start_fakes
 from tests.helpers import Api, wait_for
 from tests.processes import CylindriaProcess
-
-LEASE = "2s"
-
-
-@pytest.fixture
-def fleet_database(postgres_cluster):
-    """A fresh database of the session's cluster, dropped after the test."""
-    url = postgres_cluster.create_database("fleet_membership")
-    yield url
-    postgres_cluster.drop_database("fleet_membership")
-
-
-@pytest.fixture
-def start_node(fleet_database, tmp_path):
-    """start_node(name, *flags): a Cylindria process of the fleet in front of its own fake
-    ComfyUI; every one started is stopped (and its fake closed) at the end."""
-    started = []
-
-    def start(name: str, *flags: str) -> CylindriaProcess:
-        [fake] = start_fakes(1)
-        (tmp_path / name).mkdir()
-        node = CylindriaProcess(fake.url, tmp_path / name / "data", gpus=1,
-                                extra=("--database", fleet_database, "--node", name,
-                                       "--node-lease", LEASE, *flags))
-        node.args += ["--advertise-url", node.url]
-        started.append((node, fake))
-        return node.start()
-
-    yield start
-    for node, fake in started:
-        node.stop()
-        fake.close()
 
 
 def fleet(node: CylindriaProcess, key: str | None = None) -> dict:
