@@ -7,10 +7,12 @@ A lost session is made by ending the lock's backend from another connection
 under other tests. One test restarts a cluster of its own."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import subprocess
+import threading
 import uuid
 from types import SimpleNamespace
 
@@ -155,14 +157,15 @@ def test_postgresql_restarted_under_the_lock(caplog):
     with PostgresCluster() as cluster:  # the test's own: the run's is never stopped
         url = cluster.create_database("restart")
         lock = NodeLock(url, "keep-4").take()
+        lost = []
         try:
-            lock.keep(lambda line: pytest.fail(line))
+            lock.keep(lost.append)
             cluster.stop()
             wait_for(lambda: records(caplog, logging.WARNING), message="the loss to be noticed")
             cluster.start()
             wait_for(lambda: records(caplog, logging.INFO), timeout=30,
                      message="the lock to be held again")
-            assert holder(url, "keep-4").name == ME
+            assert holder(url, "keep-4").name == ME and lost == []
             assert len(records(caplog, logging.WARNING)) == 1  # once, not at every retry
         finally:
             lock.release()
@@ -217,3 +220,72 @@ def test_a_cylindria_whose_name_was_taken_meanwhile_stops_with_an_error(node_db,
 def environment() -> dict:
     """This environment without CYLINDRIA_* settings (the flags say everything)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("CYLINDRIA_")}
+
+
+class CuttableLink:
+    """A TCP relay to PostgreSQL whose client sides can be cut while the server sides stay
+    open: a network cut as the client sees it, the server's session living on until its own
+    end is noticed (keepalives; here end_server_sides())."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url_port = self.listener.getsockname()[1]
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, name="test-link", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            server = socket.create_connection(("127.0.0.1", self.port))
+            self.pairs.append((client, server))
+            for source, target in ((client, server), (server, client)):
+                threading.Thread(target=relay, args=(source, target), daemon=True).start()
+
+    def cut_client_sides(self) -> None:
+        """The clients see their connections end; PostgreSQL sees nothing."""
+        for client, _ in self.pairs:
+            client.shutdown(socket.SHUT_RDWR)
+            client.close()
+
+    def close(self) -> None:
+        """Every server side ended, and no new connection taken."""
+        self.listener.close()
+        for sock in (sock for pair in self.pairs for sock in pair):
+            with contextlib.suppress(OSError):  # shutdown wakes a relay blocked on it
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def relay(source: socket.socket, target: socket.socket) -> None:
+    """Copy one direction until either side fails; the other direction's sockets are left."""
+    try:
+        while data := source.recv(65536):
+            target.sendall(data)
+    except OSError:
+        pass
+
+
+def test_its_own_lost_session_still_holding_the_lock_is_waited_for(node_db, postgres_cluster):
+    """A cut seen by the client only: its old session, still alive on the server, holds the
+    name. That is no other Cylindria: the keeper waits for the server to end it."""
+    link = CuttableLink(postgres_cluster.port)
+    via_link = node_db.url.replace(f":{postgres_cluster.port}/", f":{link.url_port}/")
+    mine = PostgresNodeLock(via_link, "keep-5", ME).take()
+    holders = []
+    keeper = NodeKeeper(mine, holders.append)
+    try:
+        old = holder(node_db.admin_url, "keep-5").pid
+        link.cut_client_sides()
+        assert keeper.keep_once() is True and keeper.lost  # its own old session: wait
+        assert holder(node_db.admin_url, "keep-5").pid == old and holders == []
+        end_session(node_db.admin_url, old)  # the server notices at last
+        wait_for(lambda: holder(node_db.admin_url, "keep-5") is None, message="the session's end")
+        assert keeper.keep_once() is True and not keeper.lost and holders == []
+        assert new_holder(node_db.admin_url, "keep-5", old).name == ME
+    finally:
+        mine.release()
+        link.close()

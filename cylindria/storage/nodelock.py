@@ -106,10 +106,15 @@ class PostgresNodeLock:
 
     def _take_on_new_connection(self):
         """A new connection holding the lock; NodeTaken naming the holder if it is taken."""
-        conn = self._connect()
+        conn = self._connect()  # PsycopgMissing without psycopg
+        import psycopg
+
         try:
             taken = conn.execute(SQL["take"], (self.key,)).fetchone()[0]
             holder = None if taken else self._holder(conn)
+        except psycopg.Error as exc:  # the server went away again (shutting down, say)
+            conn.close()
+            raise StorageUnavailable(_first_line(exc)) from None
         except BaseException:
             conn.close()
             raise
