@@ -95,14 +95,14 @@ def run(config) -> int:
     except KeyboardInterrupt:  # a signal during start-up: nothing serves yet
         service.close()
         logger.info("stopped on Ctrl+C or SIGTERM during start-up")
-        return 0
+        return service.exit_code
     try:
         service.serve()
     except KeyboardInterrupt:
         logger.info("stopped on Ctrl+C or SIGTERM")
     finally:
         service.stop()
-    return 0
+    return service.exit_code  # 0, or 2 once another Cylindria took this node's name
 
 
 if __name__ == "__main__":

@@ -16,9 +16,11 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Callable
 
 from comfy.private import private_dir, private_file
 from cylindria.config.options import ConfigError, default_node
+from cylindria.service.nodekeeper import NodeKeeper
 from cylindria.storage.interface import StorageUnavailable
 from cylindria.storage.nodelock import NodeTaken, PostgresNodeLock, PsycopgMissing
 
@@ -41,6 +43,13 @@ class InstanceLock:
 
     def __init__(self, locks: list):
         self.locks = locks
+
+    def keep(self, on_lost: Callable[[str], None]) -> None:
+        """Keep the node name's lock (if one is held) through lost database sessions;
+        on_lost(line) once another Cylindria took the name meanwhile."""
+        for lock in self.locks:
+            if isinstance(lock, NodeLock):
+                lock.keep(on_lost)
 
     def release(self) -> None:
         """Give the locks back (the service's shutdown); releasing twice is harmless."""
@@ -165,6 +174,7 @@ class NodeLock:
         self.node = node
         self._lock = PostgresNodeLock(url, node, APP_PREFIX + "{pid} host={host}".format(
             **holder_record()))
+        self.keeper: NodeKeeper | None = None
 
     def take(self) -> "NodeLock":
         """Take the node's lock; InstanceBusy naming the holder if another session has it."""
@@ -192,6 +202,23 @@ class NodeLock:
             return _named({"pid": pid, "host": host or "unknown"})
         return f"database session {taken.session} from {taken.address or 'a local socket'}"
 
+    def keep(self, on_lost: Callable[[str], None]) -> None:
+        """Keep the lock for the process's life (NodeKeeper: taken again after its session was
+        lost). If another Cylindria took the name meanwhile, an ERROR line names it and
+        on_lost(line) is called: this process must stop being this node."""
+        def lost(taken: NodeTaken) -> None:
+            line = (f"the node {self.node} was taken by {self._named(taken)} while this "
+                    "Cylindria's database session was gone: stopping (two of one name would "
+                    "do the same work twice)")
+            logger.error(line)
+            on_lost(line)
+
+        self.keeper = NodeKeeper(self._lock, lost)
+        self.keeper.start()
+
     def release(self) -> None:
-        """Close the lock's connection: the server drops the lock with the session."""
+        """Stop keeping the lock, then close its connection: the server drops the lock with
+        the session."""
+        if self.keeper is not None:
+            self.keeper.stop()
         self._lock.release()

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 LOOP_TIMEOUT = 0.2  # seconds: how soon the serving loop notices stop()
 STOP_TIMEOUT = 1.0  # seconds: everything is down within this of stop()
 BODY_MARGIN = 65536  # bytes waitress's body limit sits above Flask's (see Service.start)
+NODE_TAKEN = 2  # the exit code once the node name was lost to another Cylindria (as at start)
 
 
 class Service:
@@ -52,6 +53,7 @@ class Service:
         self.ready = threading.Event()  # set once listening (service hosts and tests wait on it)
         self.bodies = BodyBudget(config.max_inflight_body_mb << 20)  # memory of bodies in flight
         self._thread: threading.Thread | None = None
+        self.exit_code = 0  # the process's: NODE_TAKEN once another Cylindria took the node name
 
     @property
     def port(self) -> int:
@@ -90,6 +92,7 @@ class Service:
         except OSError:
             self.close()
             raise
+        self.instance.keep(self._node_taken)  # on PostgreSQL: through database restarts
         limits = (self.config.max_body_bytes, asset_limit(self.config))
         check = self.app.extensions.get("cylindria_header_check")
         gate = BodyGate(self.bodies, check, self.app.extensions.get("cylindria_throttle"),
@@ -110,6 +113,14 @@ class Service:
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
                     self.config.host, self.port, self.config.threads, len(self.context.gpus),
                     self.config.comfy_base_url)
+
+    def _node_taken(self, line: str) -> None:
+        """Another Cylindria took this node's name while the lock's session was gone (the
+        keeper logged the line): this one stops, and its process exits as a start refused the
+        name would. Called on the keeper's thread: it asks for the stop and does not wait."""
+        self.exit_code = NODE_TAKEN
+        self.stop_asked()
+        self._stop.set()
 
     def close(self) -> None:
         """Close the core and give the instance lock back, when start() did not get to serve."""
