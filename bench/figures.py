@@ -16,6 +16,7 @@ from bench.core import (INSTANT, JSON_HEADERS, Backend, Bench, Figure, FreshCyli
                         throughput_ratio, check_errors, wait_websockets)
 from bench.dispatch import ORDER as DISPATCH_ORDER, dispatch_figures
 from bench.postgres import ORDER as POSTGRES_ORDER, postgres_figures
+from bench.fleet import ORDER as FLEET_ORDER, fleet_figures
 from bench.fakes import TimedFake
 from bench.procs import key_headers
 from bench.retention import ORDER as RETENTION_ORDER, retention_figures
@@ -321,11 +322,11 @@ def submit_throughput(bench: Bench, backend: Backend = INSTANT) -> list[Figure]:
 GROUPS = {"proxy": proxy_latency, "store": store_figures, "completion": completion,
           "submit": submit_throughput, "retention": retention_figures, "dispatch": dispatch_figures,
           "assets": assets_figures, "webhooks": webhook_figures, "abuse": abuse_figures,
-          "postgres": postgres_figures}
+          "postgres": postgres_figures, "fleet": fleet_figures}
 COSTED = ("proxy", "submit")  # the groups that also run against the real-cost fakes
 ORDER = ("startjob_core_latency", "startjob_latency", "serverstatus_latency",
          "jobstatus_throughput", "jobstatus_latency_big_store", "memory_per_job", "startup",
          "completion_ws", "completion_poll", "submit_throughput", *RETENTION_ORDER, *DISPATCH_ORDER,
          *ASSETS_ORDER, *WEBHOOKS_ORDER, *ABUSE_ORDER,
          "startjob_core_latency_real", "startjob_latency_real", "serverstatus_latency_real",
-         "submit_throughput_real", *POSTGRES_ORDER)
+         "submit_throughput_real", *POSTGRES_ORDER, *FLEET_ORDER)

@@ -19,6 +19,8 @@ REAL = {"startjob_core_latency_real", "startjob_latency_real", "serverstatus_lat
         "submit_throughput_real"}
 # PostgreSQL over SQLite, on the real-cost fakes (no instant counterpart).
 POSTGRES = {"postgres_startjob_latency", "postgres_jobstatus_throughput", "postgres_makespan"}
+# A fleet node over a single PostgreSQL host, on the real-cost fakes too.
+FLEET = {"fleet_startjob_latency", "fleet_jobstatus_throughput"}
 # Against the instant fake these measure only the stack's fixed cost: reported, not targets.
 REPORTED = {"startjob_core_latency", "startjob_latency", "serverstatus_latency",
             "submit_throughput",
@@ -70,7 +72,7 @@ def test_quick_benchmark_runs_and_writes_every_figure(tmp_path):
             assert figure["target"].startswith("reported") and figure["met"] is None, key
         else:
             assert isinstance(figure["met"], bool), key
-        assert figure["backend"] == ("real-cost" if key in REAL | POSTGRES else "instant"), key
+        assert figure["backend"] == ("real-cost" if key in REAL | POSTGRES | FLEET else "instant"), key
         if key in REAL:  # the same figure as the instant one, against the costed fakes
             instant = result["figures"][key.removesuffix("_real")]
             assert instant["title"] in figure["title"], key

@@ -1,0 +1,141 @@
+"""The fleet group: a node of a two-node fleet against a single Cylindria host, both on
+PostgreSQL, in the same run, the sides alternating (ABBA), on fakes that cost what ComfyUI
+costs (bench.core.real_backend()).
+
+- PUT /startjob p50 (core workflow, one client, the GPU busy so only the submit path is
+  timed; every round a fresh database and fresh Cylindrias): a fleet node (node b of nodes a
+  and b, each renewing its lease) over a single host, target <= 1.2.
+- GET /jobstatus throughput (16 keep-alive clients over 100 finished jobs): node b answering
+  for jobs node a ran (read from the database, each row kept at most a second) over a single
+  host answering for its own (from memory), target >= 0.9. Reads of a node's own jobs are
+  the single host's path: the figure is the dearer one.
+
+Makespan, the idle gap and failover need the fleet-wide GpuId=auto queue (not built yet): this
+group does not print them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import time
+
+from bench import procs, store
+from bench.core import (JSON_HEADERS, Bench, Figure, check_errors, clear_queues, latency_job,
+                        p50_ratio, real_backend, step, throughput_job, throughput_ratio,
+                        wait_websockets)
+from bench.procs import key_headers
+from bench.stats import pooled
+from cylindria.storage import open_url
+from tests import workflows
+from tests.postgres import PostgresCluster
+
+SUBMIT_LIMIT, STATUS_LIMIT = 1.2, 0.9
+SIDES = ("single", "fleet")
+ORDER = ("fleet_startjob_latency", "fleet_jobstatus_throughput")
+
+
+class Fresh:
+    """Every round: a new database, and on it either one Cylindria (`single`) or nodes a and
+    b (`fleet`, b the one measured); `port` is the measured one's."""
+
+    def __init__(self, bench: Bench, cluster: PostgresCluster, comfy_urls: dict[str, str]):
+        self.bench, self.cluster, self.comfy_urls = bench, cluster, comfy_urls  # node -> URL
+        self.running: list[procs.ServerProcess] = []
+        self.port = 0
+        self._n = itertools.count()
+
+    def start(self, side: str) -> None:
+        """The side's Cylindria(s) on a fresh database, once their websockets are up."""
+        url = self.cluster.create_database(f"fleet_{next(self._n)}")
+        for name in ("b",) if side == "single" else ("a", "b"):
+            process = start_node(self.bench, self.comfy_urls[name], url, name,
+                                 f"{side}-{name}-{url[-6:]}")
+            self.running.append(process)
+        self.port = self.running[-1].port
+
+    def stop(self) -> None:
+        """Stop what runs."""
+        for process in self.running:
+            process.stop()
+        self.running.clear()
+
+
+def start_node(bench: Bench, comfy_url: str, url: str, name: str, work: str) -> procs.ServerProcess:
+    """One node on `url`, its URL advertised, started and its websocket up."""
+    process = procs.cylindria(comfy_url, bench.data_dir(work),
+                              extra=("--database", url, "--node", name))
+    process.args += ["--advertise-url", f"http://127.0.0.1:{process.port}"]
+    bench.server(process)
+    wait_websockets(process, 1)
+    return process
+
+
+def fleet_figures(bench: Bench) -> list[Figure]:
+    """Submit latency and status throughput: a fleet node over a single host."""
+    cluster = PostgresCluster().start()
+    bench.stack.callback(cluster.close)
+    figures = [startjob_latency(bench, cluster), jobstatus_throughput(bench, cluster)]
+    backend = real_backend()
+    for figure in figures:
+        figure.backend = backend.name
+        figure.details.update(backend.costs_ms("POST /prompt 200"))
+    return figures
+
+
+def startjob_latency(bench: Bench, cluster: PostgresCluster) -> Figure:
+    """One client's PUT /startjob p50 on node b of a fleet, and on a single host."""
+    fakes = bench.fakes(2, costs=real_backend().costs)
+    for fake in fakes:
+        fake.hold = True  # the GPUs are busy: prompts queue up, only the submit path is timed
+    fresh = Fresh(bench, cluster, {"b": fakes[0].url, "a": fakes[1].url})
+    workflow, headers = workflows.core(), {**key_headers(), **JSON_HEADERS}
+
+    def job(side: str):
+        return lambda: latency_job(bench, [[step("PUT", fresh.port, "/startjob/{uid}?GpuId=0",
+                                                 headers, workflow, ok=(201,))]])
+    results = bench.alternate({side: job(side) for side in SIDES},
+                              before=fresh.start,
+                              after=lambda side: (fresh.stop(), clear_queues(fakes)))
+    return p50_ratio("fleet_startjob_latency",
+                     "PUT /startjob p50, a fleet node over a single PostgreSQL host, fake at "
+                     "real cost", results, SUBMIT_LIMIT, base="single", target="fleet")
+
+
+def jobstatus_throughput(bench: Bench, cluster: PostgresCluster) -> Figure:
+    """16 keep-alive clients on /jobstatus of 100 finished jobs: node b reading node a's from
+    the database against a single host reading its own from memory."""
+    count = bench.profile.small_store
+    fakes = bench.fakes(3, costs=real_backend().costs)
+    single_db = cluster.create_database("fleet_status_single")
+    fleet_db = cluster.create_database("fleet_status_fleet")
+    fill(single_db, count, "single")
+    fill(fleet_db, count, "a")
+    servers = {"single": start_node(bench, fakes[0].url, single_db, "single", "status-single")}
+    start_node(bench, fakes[1].url, fleet_db, "a", "status-a")
+    servers["fleet"] = start_node(bench, fakes[2].url, fleet_db, "b", "status-b")
+    ids = [store.job_id(n) for n in range(count)]
+    results = bench.alternate({
+        side: throughput_job(bench, 16, [[step("GET", server.port, "/jobstatus/{pick}",
+                                               key_headers())]], ids)
+        for side, server in servers.items()})
+    for side, rounds in results.items():
+        check_errors(f"fleet jobstatus throughput ({side})", pooled(rounds))
+    figure = throughput_ratio("fleet_jobstatus_throughput",
+                              "GET /jobstatus throughput, 16 clients, node b reading node a's "
+                              "jobs over a single host reading its own",
+                              {"baseline": results["single"], "cylindria": results["fleet"]},
+                              STATUS_LIMIT)
+    figure.details["sides"] = {"baseline": "single host, its own jobs",
+                               "cylindria": "fleet node b, node a's jobs"}
+    return figure
+
+
+def fill(url: str, count: int, node: str) -> None:
+    """`count` finished jobs (bench.store's) of `node` in a PostgreSQL database."""
+    storage = open_url(url)
+    now = time.time()
+    try:
+        for n in range(count):
+            storage.jobs.insert(dataclasses.replace(store.finished_job(n, now), node=node), b"{}")
+    finally:
+        storage.close()
