@@ -120,6 +120,7 @@ def test_page_lists_every_nodes_jobs_newest_first_with_the_filters(backend):
     assert ids(None, None, 10, None, submitted_by="bob") == ["b2", "b1"]
     assert ids(["failed"], 0, 10, None, submitted_by="bob") == ["b2"]
     assert ids(None, None, 10, None, submitted_by="nobody") == []
+    assert ids(None, None, 10, None, submitted_by="\0nobody") == []  # the own key's "no one"
     [b1] = rows.page(None, 1, 1, None)
     assert b1 == dataclasses.replace(jobs[1], seq=seqs["b1"])
 

@@ -523,6 +523,8 @@ class PostgresJobRows(_Rows):
     @_guarded
     def page(self, statuses: Iterable[str] | None, gpu_id: int | None, limit: int,
              before: int | None, submitted_by: str | None = None) -> list[Job]:
+        if submitted_by is not None and "\0" in submitted_by:
+            return []  # no row's name holds a NUL (PostgreSQL's text cannot), nor may a parameter
         rows = self._all("page_jobs", {
             "before": records.NO_CURSOR if before is None else before,
             "statuses": None if statuses is None else list(statuses), "gpu": gpu_id,
