@@ -21,7 +21,7 @@ from cylindria.storage import CancelListener, StorageUnavailable
 
 logger = logging.getLogger(__name__)
 
-WAIT = 0.5  # seconds one wait for a notice lasts: how soon a stop is seen
+WAIT = 0.2  # seconds one wait for a notice lasts: how soon a stop is seen
 RECHECK_EVERY = 10.0  # seconds between readings of the flags, notices or not
 RETRY_EVERY = (0.2, 2.0)  # seconds before the first reconnection, and at most between them
 SETTLE_WAIT = 10.0  # seconds a cancel waits for a submission still under way
@@ -33,6 +33,11 @@ class CancelNotices:
 
     def __init__(self, listener: CancelListener, store: JobStore, gpus: list[Gpu]):
         self.listener, self.store, self.gpus = listener, store, gpus
+        # The jobs this listener has cancelled (interrupt sent, or done): a notice repeated
+        # (a second cancel asked) or a flag found again by the re-check is not acted on twice.
+        # Not the job's own cancel_requested: a job loaded at a start carries its row's flag,
+        # set while this node was down, and has yet to be acted on.
+        self._acted: set[str] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self.run, name="cylindria-cancels", daemon=True)
 
@@ -40,10 +45,11 @@ class CancelNotices:
         self._thread.start()
 
     def stop(self, timeout: float = 1.0) -> None:
-        """Stop listening (within WAIT seconds) and close the connection."""
+        """Stop listening (within WAIT seconds: waited for at least that) and close the
+        connection."""
         self._stop.set()
         if self._thread.ident is not None:
-            self._thread.join(timeout)
+            self._thread.join(max(timeout, 2 * WAIT))
             if self._thread.is_alive():
                 logger.warning("cancel listener did not stop in %.1fs", timeout)
                 return
@@ -77,17 +83,19 @@ class CancelNotices:
     def recheck(self) -> int:
         """Apply every cancel asked of this node's jobs that it has not acted on; how many."""
         applied = 0
-        for job_id in self.store.cancels_requested():
+        asked = self.store.cancels_requested()
+        self._acted &= set(asked)  # those that ended are found no more
+        for job_id in asked:
             if self.apply(job_id):
                 logger.info("job %s: cancel asked while no notice was heard", job_id)
                 applied += 1
         return applied
 
     def apply(self, job_id: str) -> bool:
-        """Cancel this node's job as a local cancel would, unless it has ended or this node
-        has asked ComfyUI already (its own cancel_requested); whether it acted."""
+        """Cancel this node's job as a local cancel would, unless it has ended or this listener
+        has acted on it already; whether it acted."""
         job = self.store.get(job_id)
-        if job is None or job.status.finished or job.cancel_requested:
+        if job is None or job.status.finished or job_id in self._acted:
             return False
         try:
             job, confirmed = cancel_anywhere(self.store, self.gpus, job, SETTLE_WAIT)
@@ -97,6 +105,7 @@ class CancelNotices:
             # The flag stays in the row: the next recheck tries again.
             logger.warning("job %s: cancel asked by another node not done yet: %s", job_id, exc)
             return False
+        self._acted.add(job_id)
         logger.info("job %s: cancelled as another node asked (%s)", job_id,
                     "done" if confirmed else "interrupt sent")
         return True
