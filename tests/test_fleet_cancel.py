@@ -160,3 +160,16 @@ def test_the_job_list_on_any_node_is_the_fleets(fleet):
     v2 = b.get("/api/v2/jobs?limit=3").json()
     assert [job["id"] for job in v2["jobs"]] == newest_first[:3] and v2["next_cursor"]
     fleet["a"].fake.hold = False
+
+
+def test_a_cancel_asked_while_the_owner_was_stopped_is_done_at_its_start(fleet):
+    a, b = Api(fleet["a"].url), Api(fleet["b"].url)
+    job_id = str(uuid.uuid4())
+    prompt_id = a.put(f"/startjob/{job_id}?GpuId=0", json=workflows.slow(seconds=60)).json()["prompt_id"]
+    a.wait_status(job_id, "running")
+    fleet["a"].stop()  # the prompt runs on in a's ComfyUI
+    answer = b.delete(f"/job/{job_id}")
+    assert answer.status_code == 202 and answer.json()["cancel_requested"] is True, answer.text
+    fleet["a"].start()  # loads the job with its row's flag: still to be acted on
+    assert a.wait_status(job_id, "cancelled")["cancel_requested"] is True
+    assert comfy_calls(fleet["a"].fake, "/interrupt") == [{"prompt_id": prompt_id}]
