@@ -22,6 +22,10 @@ class JobFinished(Exception):
         self.job = job
 
 
+class JobGone(Exception):
+    """Another node's job was removed (a submission its ComfyUI never got) as it was cancelled."""
+
+
 class CancelRaced(Exception):
     """The job kept moving between Cylindria's queue and a GPU while being cancelled."""
 
@@ -30,7 +34,10 @@ def cancel_anywhere(store: JobStore, gpus: list[Gpu], job: Job,
                     settle_wait: float) -> tuple[Job, bool]:
     """Cancel the job wherever it is; returns (job, confirmed) like cancel_job. Held, it never
     reaches ComfyUI; being sent, its POST is waited for; sent meanwhile by the dispatcher, it
-    is cancelled in that ComfyUI. JobFinished if it has ended."""
+    is cancelled in that ComfyUI; another node's, that node is asked to (ask_owner).
+    JobFinished if it has ended."""
+    if store.get(job.job_id) is None:
+        return ask_owner(store, job)
     for _ in range(3):
         if job.status == JobStatus.SUBMITTING:
             job = store.wait_settled(job.job_id, settle_wait) or job
@@ -44,6 +51,21 @@ def cancel_anywhere(store: JobStore, gpus: list[Gpu], job: Job,
         return cancel_job(store, gpus[job.gpu_id], job)
     raise CancelRaced("the job moved between Cylindria's queue and a GPU while being "
                       "cancelled; try the cancel again")
+
+
+def ask_owner(store: JobStore, job: Job) -> tuple[Job, bool]:
+    """Cancel another node's job: the flag in its row and a notice to its node, which cancels
+    it as its own (cylindria/fleet/notices.py). Answered as a cancel under way (the job as its
+    row reads now, cancel_requested), or confirmed if its node has cancelled it already;
+    JobFinished if it had ended, JobGone if its row is gone."""
+    job_id = job.job_id
+    asked, job = store.request_cancel(job_id)
+    if job is None:
+        raise JobGone(f"job {job_id} is gone")
+    if job.status.finished and not (asked and job.status == JobStatus.CANCELLED):
+        raise JobFinished(job)  # ended before (or, not cancelled, as) the cancel was asked
+    logger.info("job %s: cancel asked of node %s", job.job_id, job.node)
+    return job, job.status == JobStatus.CANCELLED
 
 
 def cancel_job(store: JobStore, gpu: Gpu, job: Job) -> tuple[Job, bool]:

@@ -235,10 +235,13 @@ class JobStore:
             return unfinished
 
     def page(self, statuses: set | None, gpu_id: int | None, limit: int,
-             before: int | None, match: Callable[[Job], bool] | None = None
-             ) -> tuple[list[Job], int | None]:
+             before: int | None, match: Callable[[Job], bool] | None = None,
+             submitted_by: str | None = None) -> tuple[list[Job], int | None]:
         """Newest-first jobs matching the filters (and `match`, if given), older than `before`
-        (a seq); and the next cursor."""
+        (a seq); and the next cursor. In a fleet every node's jobs, read from the database
+        (see _fleet_page); on one host those in memory."""
+        if self._db.shared:
+            return self._fleet_page(statuses, gpu_id, limit, before, match, submitted_by)
         found: list[Job] = []
         with self._lock:  # one copy of the references in C; the walk and filters go outside
             jobs = list(self._jobs.values())
@@ -247,14 +250,47 @@ class JobStore:
         end = bisect_left(jobs, before, key=attrgetter("seq")) if before is not None else len(jobs)
         for index in range(end - 1, -1, -1):
             job = jobs[index]
-            if (statuses and job.status not in statuses) or \
-                    (gpu_id is not None and job.gpu_id != gpu_id) or \
-                    (match is not None and not match(job)):
+            if not _listed(job, statuses, gpu_id, match, submitted_by):
                 continue
             if len(found) == limit:
                 return found, found[-1].seq
             found.append(job)
         return found, None
+
+    def _fleet_page(self, statuses: set | None, gpu_id: int | None, limit: int,
+                    before: int | None, match: Callable[[Job], bool] | None,
+                    submitted_by: str | None) -> tuple[list[Job], int | None]:
+        """`page` over every node's rows (the database is the truth of each job's durable
+        fields), the filters in SQL. This node's own jobs are shown as held in memory (their
+        progress may be fresher than their rows) and filtered again as such. Rows are read in
+        batches one more than the page, until the page and one job after it are found."""
+        found: list[Job] = []
+        values = None if not statuses else sorted(status.value for status in statuses)
+        batch = limit + 1
+        while True:
+            rows = self._db.page(values, gpu_id, batch, before, submitted_by)
+            for row in rows:
+                job = self._jobs.get(row.job_id) or row
+                if not _listed(job, statuses, gpu_id, match, submitted_by):
+                    continue
+                if len(found) == limit:
+                    return found, found[-1].seq
+                found.append(job)
+            if len(rows) < batch:
+                return found, None
+            before = rows[-1].seq
+
+    def request_cancel(self, job_id: str) -> tuple[bool, Job | None]:
+        """Ask the node holding another node's job to cancel it (the flag in its row, and a
+        notice on PostgreSQL): (asked, the job as its row reads now, or None: gone)."""
+        asked = self._db.request_cancel(job_id)
+        job = self._db.get(job_id)
+        self._recent.put(job_id, job)
+        return asked, job
+
+    def cancels_requested(self) -> list[str]:
+        """This node's unfinished jobs whose cancel another node asked for (in their rows)."""
+        return self._db.cancels_requested(self.node)
 
     def wait_settled(self, job_id: str, timeout: float) -> Job | None:
         """Wait until nobody is submitting this job any more; the job then, or None if dropped."""
@@ -446,6 +482,15 @@ class JobStore:
             self._active.pop(job.prompt_id, None)
         else:
             self._active[job.prompt_id] = job.job_id
+
+
+def _listed(job: Job, statuses: set | None, gpu_id: int | None,
+            match: Callable[[Job], bool] | None, submitted_by: str | None) -> bool:
+    """Whether a job passes a job list's filters."""
+    return not ((statuses and job.status not in statuses)
+                or (gpu_id is not None and job.gpu_id != gpu_id)
+                or (submitted_by is not None and job.submitted_by != submitted_by)
+                or (match is not None and not match(job)))
 
 
 def _by_gpu(counts: Counter) -> Counter:

@@ -19,6 +19,7 @@ from comfy.jobs.withheld import WithheldSecrets
 from comfy.tracking.tracker import Tracker
 from cylindria.config.options import Config, ConfigError, advertise_url
 from cylindria.fleet.membership import Membership
+from cylindria.fleet.notices import CancelNotices
 from cylindria.storage import SchemaTooNew, Storage, StorageUnavailable, open_storage
 from cylindria.webhooks.secret import BadSecret
 from cylindria.webhooks.wiring import Webhooks
@@ -45,6 +46,20 @@ class Core:
     output_sizes: OutputSizes = field(default_factory=OutputSizes)
     storage: Storage | None = None  # the store of record the stores above write to
     membership: Membership | None = None  # this node's lease in the fleet
+    cancels: CancelNotices | None = None  # cancels other nodes ask of this one (PostgreSQL)
+
+    def start_fleet(self, keys_hash: str) -> None:
+        """Take part in the fleet: the lease, and the cancels asked by other nodes."""
+        self.membership.start(keys_hash)
+        if self.cancels is not None:
+            self.cancels.start()
+
+    def stop_fleet(self, timeout: float) -> None:
+        """Leave the fleet: stop hearing cancels, end the lease (before the storage closes)."""
+        if self.cancels is not None:
+            self.cancels.stop(timeout)
+        if self.membership is not None:
+            self.membership.stop(timeout)
 
     def close(self) -> None:
         """Stop dispatching, tracking, the retention sweep and the lease, then close the storage."""
@@ -53,8 +68,7 @@ class Core:
         self.tracker.stop()
         self.retention.stop()
         self.webhooks.close()
-        if self.membership is not None:
-            self.membership.stop(0.1)
+        self.stop_fleet(0.1)
         if self.storage is not None:
             self.storage.close()
 
@@ -93,5 +107,8 @@ def build_core(config: Config) -> Core:
     retention = RetentionSweep(store, storage.jobs, config.retention, assets=assets)
     membership = Membership(storage.nodes, config.node, advertise_url(config), config.node_lease,
                             gpus, store)
+    listener = storage.cancel_listener(config.node)
+    cancels = CancelNotices(listener, store, gpus) if listener is not None else None
     return Core(config, store, gpus, tracker, retention, dispatcher, JobWatch(store), assets,
-                withheld, webhooks, ModelCatalogue(gpus), storage=storage, membership=membership)
+                withheld, webhooks, ModelCatalogue(gpus), storage=storage, membership=membership,
+                cancels=cancels)

@@ -108,7 +108,7 @@ class Service:
         self.context.dispatcher.start()
         self.context.retention.start()
         self.context.webhooks.start()
-        self.context.membership.start(keys_hash(self.context.keys.keys))
+        self.context.start_fleet(keys_hash(self.context.keys.keys))
         self.ready.set()
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
                     self.config.host, self.port, self.config.threads, len(self.context.gpus),
@@ -215,7 +215,7 @@ class Service:
             self.context.retention.stop(timeout=STOP_TIMEOUT / 4)
             self.context.webhooks.stop(timeout=STOP_TIMEOUT / 8)
             self.context.webhooks.close()
-            self.context.membership.stop(timeout=STOP_TIMEOUT / 8)
+            self.context.stop_fleet(timeout=STOP_TIMEOUT / 8)
             self.context.storage.close()
         finally:
             self.instance.release()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cylindria.storage.interface import (AssetRows, JobIdTaken, JobRows, Meta, NodeRow, NodeRows,
+from cylindria.storage.interface import (AssetRows, CancelListener, JobIdTaken, JobRows, Meta, NodeRow, NodeRows,
                                OutboxRow, OutboxRows, SchemaTooNew, Storage, StorageUnavailable)
 
 DB_FILE_NAME = "jobs.sqlite3"  # the default store, in the data dir
 SQLITE_SCHEME = "sqlite:///"
 
-__all__ = ["AssetRows", "DB_FILE_NAME", "JobIdTaken", "JobRows", "Meta", "NodeRow", "NodeRows", "OutboxRow",
+__all__ = ["AssetRows", "CancelListener", "DB_FILE_NAME", "JobIdTaken", "JobRows", "Meta", "NodeRow", "NodeRows", "OutboxRow",
            "OutboxRows", "SchemaTooNew", "Storage", "StorageUnavailable",
            "open_storage", "open_url"]
 

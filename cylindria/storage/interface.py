@@ -120,6 +120,35 @@ class JobRows(Protocol):
     def retired(self) -> Counter:
         """(gpu, status) -> jobs removed by retention, over every life of this store."""
 
+    def page(self, statuses: Iterable[str] | None, gpu_id: int | None, limit: int,
+             before: int | None, submitted_by: str | None = None) -> list[Job]:
+        """Up to `limit` jobs of every node, newest first (by seq), older than `before` (a
+        seq), within retention, with one of these status values, on this GPU, submitted by
+        this name (None: any)."""
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Ask the node holding an unfinished job to cancel it: its `cancel_requested` set
+        (nothing else written) and, on PostgreSQL, `NOTIFY cylindria_cancel, '<job_id>'`
+        in the same transaction; False if no unfinished job has this id."""
+
+    def cancels_requested(self, node: str) -> list[str]:
+        """The ids of this node's unfinished jobs whose cancel was asked for, oldest first
+        (what a node missed while it was not listening)."""
+
+
+class CancelListener(Protocol):
+    """A connection of its own that listens for `request_cancel`'s notices (PostgreSQL)."""
+
+    def listen(self) -> None:
+        """(Re)connect and start listening; StorageUnavailable if the database cannot be reached."""
+
+    def wait(self, timeout: float) -> list[str]:
+        """The job ids notified since the last call, waiting up to `timeout` seconds for one
+        (an empty list then); StorageUnavailable once the connection is lost (listen again)."""
+
+    def close(self) -> None:
+        """Close the connection (listen opens a new one)."""
+
 
 class AssetRows(Protocol):
     """The assets' rows (their files stay in the asset store's folder)."""
@@ -289,6 +318,10 @@ class Storage(Protocol):
 
     def ping(self) -> bool:
         """Whether the database answers now (for /ready)."""
+
+    def cancel_listener(self, name: str) -> CancelListener | None:
+        """A listener for cancels other nodes ask of this one (`name`: this node, as the
+        database's session list shows it); None where no other node writes (SQLite)."""
 
     def close(self) -> None:
         """Close every connection."""

@@ -40,7 +40,13 @@ MIGRATION_LOCK = 0x6379_6C69  # advisory lock key: one start migrates at a time 
 _FINISHED, _ASSET, _EVENT = records.FINISHED_LIST, records.ASSET_FROM, records.EVENT_FROM
 _NOT_BUSY = ("id <> ALL(%(skip)s::text[]) AND job_id <> ALL(%(jobs)s::text[]) "
              "AND url <> ALL(%(urls)s::text[]) AND client <> ALL(%(clients)s::text[])")
-_SET_DURABLE = ", ".join(f"{name} = %s" for name in records.DURABLE)
+# A cancel another node asked for (request_cancel) is never written back to false by the
+# owner's next write of the job from its memory, which may not know of it yet.
+_SET_DURABLE = ", ".join(f"{name} = (jobs.{name} OR %s)" if name == "cancel_requested"
+                         else f"{name} = %s" for name in records.DURABLE)
+CANCEL_CHANNEL = "cylindria_cancel"  # NOTIFY'd with a job id: its node is to cancel it
+LISTENER_NAME = "cylindria cancels {node}"  # the listener's application_name
+_UNFINISHED = f"status NOT IN ({records.FINISHED_LIST})"
 # Now, in epoch seconds, by the database's clock (clock_timestamp: the time of the statement,
 # not of the transaction's start).
 _NOW = "extract(epoch FROM clock_timestamp())::double precision"
@@ -164,6 +170,19 @@ SQL = {
                       f"WHERE job_id = %s AND status = '{records.HELD}' "
                       "FOR UPDATE SKIP LOCKED) AS held WHERE jobs.seq = held.seq",
     "delete_job": "DELETE FROM jobs WHERE job_id = %s",
+    # Every node's jobs, newest first: a backward walk of the primary key, filtered (a filter
+    # not asked for is NULL, so one statement serves every combination).
+    "page_jobs": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE seq < %(before)s "
+                 "AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[])) "
+                 "AND (%(gpu)s::integer IS NULL OR gpu_id = %(gpu)s::integer) "
+                 "AND (%(by)s::text IS NULL OR submitted_by = %(by)s::text) "
+                 "AND (finished_at IS NULL OR finished_at >= %(cutoff)s) "
+                 "ORDER BY seq DESC LIMIT %(limit)s",
+    "request_cancel": f"UPDATE jobs SET cancel_requested = true WHERE job_id = %s AND {_UNFINISHED}",
+    "notify_cancel": f"SELECT pg_notify('{CANCEL_CHANNEL}', %s)",
+    "listen_cancels": f"LISTEN {CANCEL_CHANNEL}",
+    "cancels_requested": "SELECT job_id FROM jobs WHERE node = %s AND finished_at IS NULL "
+                         f"AND cancel_requested AND {_UNFINISHED} ORDER BY seq",
     "delete_workflows": "DELETE FROM workflows WHERE job_id = ANY(%s::text[])",
     "workflow": "SELECT body FROM workflows WHERE job_id = %s",
     "expired": "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < %s "
@@ -305,7 +324,8 @@ class PostgresStorage:
         params = conninfo_to_dict(conninfo)
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params.setdefault("application_name", "cylindria")
-        self._pool = OutagePool(self._health, make_conninfo(**params), min_size=pool_size[0],
+        self._conninfo = make_conninfo(**params)
+        self._pool = OutagePool(self._health, self._conninfo, min_size=pool_size[0],
                                 max_size=pool_size[1], timeout=wait, open=False,
                                 check=check_if_idle, reset=note_returned, name="cylindria")
         try:
@@ -353,9 +373,45 @@ class PostgresStorage:
         self._health.succeeded()
         return True
 
+    def cancel_listener(self, name: str) -> PostgresCancelListener:
+        return PostgresCancelListener(self._conninfo, name, Health(f"{self.name} (cancels)"))
+
     def close(self) -> None:
         """Close the pool (and its background workers)."""
         self._pool.close()
+
+
+class PostgresCancelListener:
+    """A connection outside the pool (it stays in LISTEN for as long as the node runs) that
+    hears `request_cancel`'s notices. Its outages are its own (its own Health): one lost
+    listening connection says nothing of the pool's."""
+
+    def __init__(self, conninfo: str, node: str, health: Health):
+        self._conninfo = make_conninfo(conninfo, application_name=LISTENER_NAME.format(node=node))
+        self._health = health
+        self._conn: psycopg.Connection | None = None
+
+    @_guarded
+    def listen(self) -> None:
+        self.close()
+        conn = psycopg.connect(self._conninfo, autocommit=True)
+        try:
+            conn.execute(SQL["listen_cancels"])
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    @_guarded
+    def wait(self, timeout: float) -> list[str]:
+        if self._conn is None or self._conn.closed:
+            raise psycopg.OperationalError("not listening")
+        return [notice.payload for notice in self._conn.notifies(timeout=timeout, stop_after=1)]
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
 class _Rows:
@@ -463,6 +519,29 @@ class PostgresJobRows(_Rows):
     @_guarded
     def retired(self) -> Counter:
         return records.retired_counts(self._all("retired"))
+
+    @_guarded
+    def page(self, statuses: Iterable[str] | None, gpu_id: int | None, limit: int,
+             before: int | None, submitted_by: str | None = None) -> list[Job]:
+        if submitted_by is not None and "\0" in submitted_by:
+            return []  # no row's name holds a NUL (PostgreSQL's text cannot), nor may a parameter
+        rows = self._all("page_jobs", {
+            "before": records.NO_CURSOR if before is None else before,
+            "statuses": None if statuses is None else list(statuses), "gpu": gpu_id,
+            "by": submitted_by, "cutoff": self._cutoff(), "limit": limit})
+        return [records.to_job(row) for row in rows]
+
+    @_guarded
+    def request_cancel(self, job_id: str) -> bool:
+        with self._pool.connection() as conn:
+            if conn.execute(SQL["request_cancel"], (job_id,)).rowcount != 1:
+                return False
+            conn.execute(SQL["notify_cancel"], (job_id,))  # sent when this commits
+        return True
+
+    @_guarded
+    def cancels_requested(self, node: str) -> list[str]:
+        return [row[0] for row in self._all("cancels_requested", (node,))]
 
     def _cutoff(self) -> float:
         """Finished jobs that ended before this are past retention (-inf: keep all)."""

@@ -24,6 +24,7 @@ ASSET_FROM = ("a.id, a.hash, a.name, f.size_bytes, f.content_type, a.created_at,
 EVENT_COLUMNS = ("id", "job_id", "url", "event", "body", "created_at", "attempts", "due_at",
                  "client", "last_error", "delivered_at", "given_up_at")
 EVENT_FROM = f"{', '.join(EVENT_COLUMNS)} FROM webhook_outbox"
+NO_CURSOR = 2 ** 63 - 1  # a page's `before` when none is given: after every seq
 NO_GPU = "none"  # the GPU of a job never sent to one (a held GpuId=auto job cancelled)
 RETIRED_PREFIX = "retired:"
 STATUS = {status.value: status for status in JobStatus}

@@ -173,6 +173,17 @@ SQL = {
     "claim_held_job": f"UPDATE jobs SET {', '.join(f'{n} = ?' for n in records.DURABLE)} "
                       f"WHERE job_id = ? AND status = '{records.HELD}'",
     "delete_job": "DELETE FROM jobs WHERE job_id = ?",
+    # Newest first, filtered (a filter not asked for is NULL); the in-memory page is the
+    # single host's listing, this one the same over the rows (a fleet of one).
+    "page_jobs": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE seq < :before "
+                 "AND (:statuses IS NULL OR status IN (SELECT value FROM json_each(:statuses))) "
+                 "AND (:gpu IS NULL OR gpu_id = :gpu) AND (:by IS NULL OR submitted_by = :by) "
+                 "AND (finished_at IS NULL OR finished_at >= :cutoff) "
+                 "ORDER BY seq DESC LIMIT :limit",
+    "request_cancel": "UPDATE jobs SET cancel_requested = 1 WHERE job_id = ? "
+                      f"AND status NOT IN ({_FINISHED})",
+    "cancels_requested": "SELECT job_id FROM jobs WHERE node = ? AND finished_at IS NULL "
+                         f"AND cancel_requested AND status NOT IN ({_FINISHED}) ORDER BY seq",
     "delete_workflow": "DELETE FROM workflows WHERE job_id = ?",
     "workflow": "SELECT body FROM workflows WHERE job_id = ?",
     "expired": "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
@@ -345,6 +356,10 @@ class SqliteStorage:
         self.outbox = SqliteOutboxRows(outbox, self._health)
         self.whole = SqliteWholeRows(writer, self.path, self._health)
         self.nodes = SqliteNodeRows(nodes, self._health)
+
+    def cancel_listener(self, name: str) -> None:
+        """None: one host's file, no other node to ask it anything."""
+        return None
 
     def _open(self) -> _Connection:
         connection = _Connection(self.path)
@@ -555,6 +570,27 @@ class SqliteJobRows:
     def retired(self) -> Counter:
         with self._sweeper.lock:
             return records.retired_counts(self._sweeper.run("retired"))
+
+    @_guarded
+    def page(self, statuses: Iterable[str] | None, gpu_id: int | None, limit: int,
+             before: int | None, submitted_by: str | None = None) -> list[Job]:
+        parameters = {"before": records.NO_CURSOR if before is None else before,
+                      "statuses": None if statuses is None else json.dumps(list(statuses)),
+                      "gpu": gpu_id, "by": submitted_by, "cutoff": self._cutoff(),
+                      "limit": limit}
+        with self._writer.lock:
+            return [records.to_job(row) for row in self._writer.run("page_jobs", parameters)]
+
+    @_guarded
+    def request_cancel(self, job_id: str) -> bool:
+        # One host's file: the node asked is the one holding the job, so nothing to notify.
+        with self._writer.lock:
+            return self._writer.run("request_cancel", (job_id,)).rowcount == 1
+
+    @_guarded
+    def cancels_requested(self, node: str) -> list[str]:
+        with self._writer.lock:
+            return [row[0] for row in self._writer.run("cancels_requested", (node,))]
 
     def import_rows(self, rows: Iterable[tuple]) -> None:
         """Rows in records.COLUMNS' order, inserted in one transaction (bulk loads)."""

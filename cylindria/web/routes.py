@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import Blueprint, Response, jsonify, request
 
-from comfy.dispatch.cancel import JobFinished, cancel_anywhere
+from comfy.dispatch.cancel import JobFinished, JobGone, cancel_anywhere
 from comfy.dispatch.submit import JobIdConflict, submit_job
 from comfy.inputs.workflow import parse_workflow, without_secrets
 from cylindria.web.context import ctx, wait_until_reconciled
@@ -77,11 +77,14 @@ def jobstatus(job_id: str):
 @bp.delete("/job", defaults={"job_id": ""})
 @bp.delete("/job/<anypath:job_id>")
 def cancel(job_id: str):
-    """Cancel a job: 200 once cancelled, 202 while ComfyUI is interrupting it, 409 if it ended."""
+    """Cancel a job: 200 once cancelled, 202 while ComfyUI (or, for another node's job, that
+    node) is cancelling it, 409 if it ended."""
     context = ctx()
-    job = known_job(job_id)
+    job = known_job(job_id, anywhere=True)
     try:
         job, confirmed = cancel_anywhere(context.store, context.gpus, job, SETTLE_WAIT)
+    except JobGone:
+        raise ApiError(404, "job_not_found", "job not found") from None
     except JobFinished as exc:
         status = exc.job.status.public
         raise ApiError(409, "job_finished", f"job {job_id} already ended: {status}",
@@ -95,9 +98,7 @@ def jobs():
     context = ctx()
     statuses, gpu, limit, before = list_params(len(context.gpus))
     owner = listed_by(request.args.get("submitted_by"))
-    page, next_before = context.store.page(
-        statuses, gpu, limit, before,
-        match=None if owner is None else lambda job: job.submitted_by == owner)
+    page, next_before = context.store.page(statuses, gpu, limit, before, submitted_by=owner)
     return jsonify({"jobs": [job_view(job, held_position(job), webhook_state(job)) for job in page],
                     "next_before": str(next_before) if next_before else None})
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
 
-from comfy.dispatch.cancel import JobFinished, cancel_anywhere
+from comfy.dispatch.cancel import JobFinished, JobGone, cancel_anywhere
 from comfy.jobs.job import Job
 from comfy.private import kept_private
 from comfy.dispatch.submit import JobIdConflict
@@ -151,10 +151,10 @@ def list_jobs():
     def matches(job: Job) -> bool:
         labels = job.labels or {}
         return (wanted is None or status(job) in wanted) and \
-            all(labels.get(k) == v for k, v in filters) and \
-            (owner is None or job.submitted_by == owner)
+            all(labels.get(k) == v for k, v in filters)
     page, next_before = context.store.page(None, None, limit, int(cursor) if cursor else None,
-                                           match=matches if wanted or filters or owner else None)
+                                           match=matches if wanted or filters else None,
+                                           submitted_by=owner)
     shapes = shapes_now()
     return jsonify({"jobs": [shapes.summary(job, held_position(job)) for job in page],
                     "next_cursor": str(next_before) if next_before else None})
@@ -189,9 +189,11 @@ def cancel(job_id: str):
     """POST /jobs/{id}/cancel: idempotent; answers the job `canceled`, `canceling` (ComfyUI
     is interrupting it), or as it ended."""
     context = ctx()
-    job = _known(job_id)
+    job = _known(job_id, anywhere=True)
     try:
         job, _ = cancel_anywhere(context.store, context.gpus, job, SETTLE_WAIT)
+    except JobGone:
+        raise not_found("job") from None
     except JobFinished as exc:
         job = exc.job
     return jsonify(shapes_now().job(job, held_position(job)))
