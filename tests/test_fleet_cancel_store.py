@@ -17,6 +17,7 @@ from comfy.jobs.store import JobStore
 from cylindria.storage import StorageUnavailable
 from cylindria.storage.postgres import LISTENER_NAME
 from tests import workflows
+from tests.backends import Backend
 
 BODY = json.dumps({"prompt": workflows.core("fleet")}).encode()
 
@@ -53,10 +54,18 @@ def test_request_cancel_sets_only_the_flag_of_an_unfinished_job(backend):
     assert rows.cancels_requested("a") == ["held"]  # ended: nothing left to do
 
 
-def test_a_nodes_write_from_memory_never_takes_back_a_cancel_asked_in_its_row(backend):
-    rows = backend.open().jobs
-    if not rows.shared:
-        pytest.skip("one host's file: the cancel is asked of the node that writes the row")
+@pytest.fixture
+def shared(postgres_cluster, tmp_path):
+    """A fresh PostgreSQL store, the only one several nodes share (a host's SQLite file has
+    one writer, so what follows has no SQLite counterpart)."""
+    backend = Backend("postgresql", tmp_path / "data", postgres_cluster)
+    yield backend
+    backend.close()
+
+
+def test_a_nodes_write_from_memory_never_takes_back_a_cancel_asked_in_its_row(shared):
+    rows = shared.open().jobs
+    assert rows.shared
     rows.insert(row("j", "a"), BODY)
     assert rows.request_cancel("j")
     rows.update(dataclasses.replace(rows.get("j"), cancel_requested=False, nodes_done=3))
@@ -125,10 +134,9 @@ def test_page_lists_every_nodes_jobs_newest_first_with_the_filters(backend):
     assert b1 == dataclasses.replace(jobs[1], seq=seqs["b1"])
 
 
-def test_a_fleet_nodes_page_shows_its_own_jobs_from_memory(backend):
-    storage = backend.open()
-    if not storage.jobs.shared:
-        pytest.skip("one host's file: its page is the memory's (tests/test_jobs_list.py)")
+def test_a_fleet_nodes_page_shows_its_own_jobs_from_memory(shared):
+    storage = shared.open()
+    assert storage.jobs.shared  # one host's page is its memory's (tests/test_jobs_list.py)
     store = JobStore(storage.jobs, "a")
     for n in range(3):
         store.reserve(Job(f"a{n}", 0, f"pa{n}", "f"), BODY)
