@@ -18,7 +18,9 @@ from comfy.jobs.watch import JobWatch
 from comfy.jobs.withheld import WithheldSecrets
 from comfy.tracking.tracker import Tracker
 from cylindria.config.options import Config, ConfigError, advertise_url
+from cylindria.fleet.credential import load_credential
 from cylindria.fleet.membership import Membership
+from cylindria.fleet.peers import Peers
 from cylindria.storage import SchemaTooNew, Storage, StorageUnavailable, open_storage
 from cylindria.webhooks.secret import BadSecret
 from cylindria.webhooks.wiring import Webhooks
@@ -45,6 +47,7 @@ class Core:
     output_sizes: OutputSizes = field(default_factory=OutputSizes)
     storage: Storage | None = None  # the store of record the stores above write to
     membership: Membership | None = None  # this node's lease in the fleet
+    peers: Peers | None = None  # the other nodes, called with the fleet credential
 
     def close(self) -> None:
         """Stop dispatching, tracking, the retention sweep and the lease, then close the storage."""
@@ -69,6 +72,7 @@ def build_core(config: Config) -> Core:
     try:
         store = JobStore(storage.jobs, config.node)
         instance_id = storage.meta.get("instance_id", secrets.token_hex(4))
+        peers = Peers(storage.nodes, load_credential(storage.meta))
     except StorageUnavailable as exc:
         storage.close()
         raise ConfigError(str(exc)) from None
@@ -94,4 +98,5 @@ def build_core(config: Config) -> Core:
     membership = Membership(storage.nodes, config.node, advertise_url(config), config.node_lease,
                             gpus, store)
     return Core(config, store, gpus, tracker, retention, dispatcher, JobWatch(store), assets,
-                withheld, webhooks, ModelCatalogue(gpus), storage=storage, membership=membership)
+                withheld, webhooks, ModelCatalogue(gpus), storage=storage, membership=membership,
+                peers=peers)
