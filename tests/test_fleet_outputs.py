@@ -4,12 +4,14 @@ them (Range too, v2 too), asked of it with the fleet credential, never a client'
 node holding them down is 503 node_unreachable with Retry-After."""
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from cylindria.fleet.credential import HEADER, META_KEY
+from cylindria.fleet.credential import HEADER, META_KEY, load_credential
 from cylindria.storage import open_url
 from tests import workflows
 from tests.helpers import API_KEY, Api, wait_for
@@ -147,3 +149,26 @@ def test_a_node_down_is_node_unreachable_for_its_outputs(fleet, start_node):
     wait_for(lambda: "node a cannot be reached: its lease has ended" in nodes["b"].log()
              and "node c cannot be reached: ConnectionError" in nodes["b"].log(),
              message="b to log why each node could not be asked")
+
+
+def test_nodes_starting_together_read_one_credential(fleet_database):
+    """The first node to ask creates the credential; nodes asking at the same instant all read
+    that one (the meta row is added only if absent). Its repr shows nothing of it."""
+    storages = [open_url(fleet_database) for _ in range(4)]
+    barrier = threading.Barrier(len(storages))
+
+    def load(storage):
+        barrier.wait()
+        return load_credential(storage.meta)
+
+    try:
+        with ThreadPoolExecutor(len(storages)) as pool:
+            loaded = list(pool.map(load, storages))
+    finally:
+        for storage in storages:
+            storage.close()
+    stored = credential_in(fleet_database)
+    assert all(credential.headers() == {HEADER: stored} for credential in loaded)
+    assert all(credential.accepts(stored) and not credential.accepts(stored + "x")
+               for credential in loaded)
+    assert stored not in repr(loaded[0]) and stored not in str(loaded[0])
