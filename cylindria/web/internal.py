@@ -7,7 +7,8 @@ from flask import Blueprint, request
 
 from cylindria.fleet.peers import OUTPUTS_PATH
 from cylindria.web.context import wait_until_reconciled
-from cylindria.web.results import completed_job, local_output, output_index
+from cylindria.web.lookup import known_job
+from cylindria.web.results import local_output, output_index
 
 bp = Blueprint("internal", __name__)
 bp.before_request(wait_until_reconciled)
@@ -15,7 +16,8 @@ bp.before_request(wait_until_reconciled)
 
 @bp.get(f"{OUTPUTS_PATH}/<job_id>/<index>")
 def fleet_output(job_id: str, index: str):
-    """One output of a completed job this node holds, as /jobresult/<id>/<n> sends it (the
-    same bytes, status and headers, Range included); another node's job is 404 here."""
-    job = completed_job(job_id)
+    """One output of a job this node holds, as /jobresult/<id>/<n> sends it (the same bytes,
+    status and headers, Range included); another node's job is 404 here. Whether the job must
+    have completed is the asking node's rule (/jobresult: yes; v2: an output once written)."""
+    job = known_job(job_id)
     return local_output(job, output_index(job, index), request.headers.get("Range"))
