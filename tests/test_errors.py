@@ -39,7 +39,7 @@ def test_body_over_the_limit_is_json_413_and_leaves_no_job(fakes, tmp_path):
 def test_unexpected_exception_is_500_without_traceback(api, service, caplog):
     def explode(*args, **kwargs):
         raise RuntimeError("boom-secret-detail")
-    service.context.store.get = explode
+    service.context.store.lookup = explode  # what /jobstatus reads a job with
     response = api.get("/jobstatus/anything")
     assert_json_error(response, 500, "internal_error")
     assert "boom" not in response.text and "Traceback" not in response.text

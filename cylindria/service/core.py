@@ -18,8 +18,10 @@ from comfy.jobs.watch import JobWatch
 from comfy.jobs.withheld import WithheldSecrets
 from comfy.tracking.tracker import Tracker
 from cylindria.config.options import Config, ConfigError, advertise_url
+from cylindria.fleet.credential import load_credential
 from cylindria.fleet.membership import Membership
 from cylindria.fleet.notices import CancelNotices
+from cylindria.fleet.peers import Peers
 from cylindria.storage import SchemaTooNew, Storage, StorageUnavailable, open_storage
 from cylindria.webhooks.secret import BadSecret
 from cylindria.webhooks.wiring import Webhooks
@@ -47,6 +49,7 @@ class Core:
     storage: Storage | None = None  # the store of record the stores above write to
     membership: Membership | None = None  # this node's lease in the fleet
     cancels: CancelNotices | None = None  # cancels other nodes ask of this one (PostgreSQL)
+    peers: Peers | None = None  # the other nodes, called with the fleet credential
 
     def start_fleet(self, keys_hash: str) -> None:
         """Take part in the fleet: the lease, and the cancels asked by other nodes."""
@@ -83,6 +86,7 @@ def build_core(config: Config) -> Core:
     try:
         store = JobStore(storage.jobs, config.node)
         instance_id = storage.meta.get("instance_id", secrets.token_hex(4))
+        peers = Peers(storage.nodes, load_credential(storage.meta))
     except StorageUnavailable as exc:
         storage.close()
         raise ConfigError(str(exc)) from None
@@ -111,4 +115,4 @@ def build_core(config: Config) -> Core:
     cancels = CancelNotices(listener, store, gpus) if listener is not None else None
     return Core(config, store, gpus, tracker, retention, dispatcher, JobWatch(store), assets,
                 withheld, webhooks, ModelCatalogue(gpus), storage=storage, membership=membership,
-                cancels=cancels)
+                cancels=cancels, peers=peers)

@@ -302,7 +302,8 @@ class Meta(Protocol):
     """Settings kept with the data."""
 
     def get(self, key: str, default: str) -> str:
-        """The stored value, written with `default` the first time it is asked for."""
+        """The stored value, written with `default` the first time it is asked for (added
+        only if absent: callers racing to be first all read the one value that was added)."""
 
 
 class Storage(Protocol):

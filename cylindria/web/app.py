@@ -9,8 +9,8 @@ from werkzeug.routing import PathConverter
 
 from cylindria.web import assets as web_assets
 from cylindria.web import models as web_models
-from cylindria.web import (auth, cors, docs, errors, fleet, metrics, openapi, ratelimit, results, routes,
-                 status, streams, v2)
+from cylindria.web import (auth, cors, docs, errors, fleet, internal, metrics, openapi, ratelimit,
+                           results, routes, status, streams, v2)
 from cylindria.web.context import Context, WebState, build_web_state
 from cylindria.web.jsonprovider import FastJSONProvider
 from cylindria.web.tokens import verifier_for
@@ -101,12 +101,13 @@ def create_app(core, web: WebState | None = None) -> Flask:
     metrics.init_app(app, context)  # before auth, so refused requests are timed too
     cors.init_app(app, config.cors_origins)  # before auth: a browser's preflight has no key
     auth.init_app(app, context.keys, config.no_auth, config.metrics_public, tokens=verifier_for(config),
-                  public_extra=DOCS_ENDPOINTS if config.docs_public else frozenset())
+                  public_extra=DOCS_ENDPOINTS if config.docs_public else frozenset(),
+                  fleet=context.peers.credential if context.peers is not None else None)
     ratelimit.init_app(app, config.rate_limit)  # after auth: it limits per checked key
     openapi.init_app(app)
     docs.init_app(app)
     for blueprint in (routes.bp, results.bp, status.bp, streams.bp, web_assets.bp,
-                      web_models.bp, fleet.bp):
+                      web_models.bp, fleet.bp, internal.bp):
         app.register_blueprint(blueprint)
     v2.init_app(app)
     return app

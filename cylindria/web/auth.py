@@ -20,6 +20,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import RoutingException
 
 from comfy.private import generated_once
+from cylindria.fleet.credential import ENVIRON_HEADER as ENVIRON_FLEET_HEADER
 from cylindria.web.errors import error_response
 from cylindria.web.throttle import FailureThrottle
 
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 KEY_FILE_NAME = "api_key"
 PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready", "v2_health"})
+# The nodes' internal endpoints (cylindria/web/internal.py): the fleet credential only, never
+# an API key; none of them takes a body, so the serving loop's key check refuses every body.
+FLEET_ENDPOINTS = frozenset({"internal.fleet_output"})
+FLEET_CALL = "cylindria_fleet_call"  # flask.g: the request is another node's, with the credential
 
 
 UNAUTHORIZED = "missing or wrong API key: send it as X-API-Key or Authorization: Bearer"
@@ -203,11 +208,17 @@ def current_client() -> Client | None:
     return g.get("cylindria_client_record")
 
 
+def fleet_call() -> bool:
+    """Whether the request being answered is another node's (it showed the fleet credential)."""
+    return g.get(FLEET_CALL, False)
+
+
 def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = False,
-             tokens=None, public_extra: frozenset = frozenset()) -> None:
+             tokens=None, public_extra: frozenset = frozenset(), fleet=None) -> None:
     """Guard every endpoint but /health and /ready (and /metrics, if made public, and the
     endpoints of `public_extra`). `tokens`: a JWT verifier (cylindria/web/tokens.py) whose valid
-    tokens are accepted beside the keys."""
+    tokens are accepted beside the keys. `fleet`: the fleet credential (a FleetCredential),
+    the only thing the FLEET_ENDPOINTS accept, with or without --no-auth."""
     public = PUBLIC_ENDPOINTS | ({"meta.metrics"} if metrics_public else set()) | public_extra
     throttle = FailureThrottle()
     auth = ApiKeyAuth(scheme="Bearer", realm="Cylindria")
@@ -235,9 +246,11 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
         # flask-httpauth's login_required, step by step: its wrapper asks current_app and
         # request through their proxies five times, a third of what a /jobstatus costs here.
         current = request._get_current_object()  # one proxy lookup instead of several
+        environ = current.environ
+        if current.endpoint in FLEET_ENDPOINTS:
+            return fleet_checked(environ)
         if no_auth or current.endpoint in public:
             return None
-        environ = current.environ
         if current.method == "OPTIONS":
             return None  # let through unchecked, as login_required does (a CORS preflight)
         # The key is checked first: the throttle answers wrong keys only (unauthorized), so
@@ -248,4 +261,12 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
             return auth.auth_error_callback(401)  # flask-httpauth's answer: WWW-Authenticate
         g.cylindria_client_record = client  # current_client(); the rate limit's key
         environ[ENVIRON_CLIENT] = client.name
+        return None
+
+    def fleet_checked(environ):
+        """None for a call with the fleet credential; else the answer to a wrong key."""
+        if fleet is None or not fleet.accepts(environ.get(ENVIRON_FLEET_HEADER)):
+            return auth.auth_error_callback(401)
+        g.setdefault(FLEET_CALL, True)
+        environ[ENVIRON_CLIENT] = "fleet"
         return None

@@ -20,7 +20,7 @@ from flask import current_app, request
 from waitress.buffers import ReadOnlyFileBasedBuffer
 from werkzeug.utils import send_file as werkzeug_send_file
 
-from cylindria.web.auth import current_client
+from cylindria.web.auth import current_client, fleet_call
 from cylindria.web.context import ctx
 from cylindria.web.errors import RETRY_AFTER_SECONDS, ApiError
 
@@ -50,11 +50,12 @@ class DownloadSlots:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
 
-    def take(self, who: str) -> Slot:
-        """A slot for `who`, or 429 too_many_downloads at once."""
+    def take(self, who: str, capped: bool = True) -> Slot:
+        """A slot for `who`, or 429 too_many_downloads at once (`capped` False: counted, never
+        refused)."""
         with self._lock:
             held = self._counts.get(who, 0)
-            if held >= self.limit:
+            if capped and held >= self.limit:
                 raise ApiError(429, "too_many_downloads",
                                f"{self.limit} downloads of this client are in flight, the limit; "
                                "finish or close one first", {"max_downloads": self.limit},
@@ -136,6 +137,8 @@ def slots() -> DownloadSlots:
 
 def client_key() -> str:
     """Whom a download counts against: the client's name, or its address without a key."""
+    if fleet_call():
+        return f"fleet node at {request.remote_addr}"
     client = current_client()
     return client.name if client is not None else f"address {request.remote_addr}"
 
@@ -143,8 +146,9 @@ def client_key() -> str:
 @contextmanager
 def claimed():
     """A slot of this request's client for the block; given back if the block fails (on
-    success the block has handed it to a FileBody, which gives it back when closed)."""
-    slot = slots().take(client_key())
+    success the block has handed it to a FileBody, which gives it back when closed). Another
+    node asking for an output is not capped: the node it serves took its client's slot."""
+    slot = slots().take(client_key(), capped=not fleet_call())
     try:
         yield slot
     except BaseException:

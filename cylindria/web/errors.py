@@ -12,6 +12,7 @@ from werkzeug.exceptions import HTTPException
 from comfy.dispatch.cancel import CancelRaced
 from comfy.comfyui.errors import ComfyBadResponse, ComfyError, ComfyRejected, ComfyUnreachable
 from comfy.inputs.workflow import WorkflowError
+from cylindria.fleet.peers import NodeUnreachable
 from cylindria.storage import StorageUnavailable
 
 logger = logging.getLogger(__name__)
@@ -98,6 +99,15 @@ def _database_unavailable(exc: StorageUnavailable):
                           "try again shortly", headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 
+def _node_unreachable(exc: NodeUnreachable):
+    """The node holding a job's outputs cannot be asked now (it is down, or its lease ended)."""
+    logger.info("%s", exc)
+    return error_response(503, "node_unreachable",
+                          f"node {exc.node}, which holds this job's outputs, cannot be reached; "
+                          "try again shortly", {"node": exc.node},
+                          headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
 def _unexpected(exc: Exception):
     """A bug: the traceback goes to the log, the client gets a plain 500."""
     logger.exception("unhandled error while serving a request")
@@ -112,6 +122,7 @@ def init_app(app: Flask) -> None:
         WorkflowError, lambda e: error_response(400, e.code, e.message, e.details))
     app.register_error_handler(ComfyError, _comfy_error)
     app.register_error_handler(StorageUnavailable, _database_unavailable)
+    app.register_error_handler(NodeUnreachable, _node_unreachable)
     app.register_error_handler(CancelRaced, lambda e: error_response(
         503, "comfy_unreachable", str(e), headers={"Retry-After": "1"}))
     app.register_error_handler(HTTPException, _http_error)

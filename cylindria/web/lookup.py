@@ -19,6 +19,12 @@ def known_job(job_id: str, anywhere: bool = False) -> Job:
     return job
 
 
+def held_elsewhere(job: Job, context=None) -> bool:
+    """Whether another node of the fleet holds the job (its outputs are in that node's
+    ComfyUI, its GPU index names that node's GPU)."""
+    return job.node is not None and job.node != (context or ctx()).config.node
+
+
 def visible(job: Job) -> bool:
     """Whether the client may see this job: any, unless its key is limited to its own jobs
     (then another client's job is answered as if it did not exist)."""

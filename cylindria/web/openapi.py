@@ -19,7 +19,7 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "headers_too_large", "internal_error", "starting", "queue_full",
                "too_many_streams", "too_many_downloads", "asset_not_found", "asset_in_use",
                "asset_too_large", "invalid_asset", "invalid_webhook", "folder_not_found",
-               "file_not_allowed", "database_unavailable"]
+               "file_not_allowed", "database_unavailable", "node_unreachable"]
 ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
               405: "Method not allowed", 409: "Conflict with the job's state",
               413: "Body too large",
@@ -27,8 +27,9 @@ ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not fou
                    "too_many_downloads: this client's --max-downloads-per-client in flight",
               502: "ComfyUI answered something unusable",
               503: "ComfyUI cannot be reached (comfy_unreachable), Cylindria's database cannot "
-                   "be reached (database_unavailable: nothing was accepted), or Cylindria is "
-                   "still reconciling after a start (starting)"}
+                   "be reached (database_unavailable: nothing was accepted), the fleet node "
+                   "holding a job's outputs cannot be reached (node_unreachable), or Cylindria "
+                   "is still reconciling after a start (starting)"}
 # Every 429 and 503 error says when to try again.
 
 

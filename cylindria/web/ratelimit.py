@@ -9,7 +9,7 @@ import time
 from flask import Flask, request
 from flask_limiter import Limiter, RateLimitExceeded
 
-from cylindria.web.auth import PUBLIC_ENDPOINTS, current_client
+from cylindria.web.auth import PUBLIC_ENDPOINTS, current_client, fleet_call
 from cylindria.web.errors import error_response
 
 logger = logging.getLogger(__name__)
@@ -27,8 +27,9 @@ def rate_key() -> str:
 
 def exempt() -> bool:
     """Probes spend nothing: they must answer whatever a client has spent (the contract
-    exempts /health and /ready, the endpoints no key is needed for)."""
-    return request.endpoint in PUBLIC_ENDPOINTS
+    exempts /health and /ready, the endpoints no key is needed for); nor does another node's
+    call (its client spent its budget on the node it asked)."""
+    return request.endpoint in PUBLIC_ENDPOINTS or fleet_call()
 
 
 def seconds_left(limiter: Limiter) -> int:

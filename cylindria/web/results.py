@@ -1,4 +1,5 @@
-"""Job outputs: the list, and each file streamed from ComfyUI's /view."""
+"""Job outputs: the list, and each file streamed from ComfyUI's /view (this node's; a job
+another node holds is asked of that node, see cylindria/web/remote.py)."""
 from __future__ import annotations
 
 import logging
@@ -12,7 +13,8 @@ from comfy.jobs.job import Job, JobStatus
 from cylindria.web import downloads
 from cylindria.web.context import ctx, wait_until_reconciled
 from cylindria.web.errors import ApiError
-from cylindria.web.lookup import known_job
+from cylindria.web.lookup import held_elsewhere, known_job
+from cylindria.web.remote import remote_output
 
 logger = logging.getLogger(__name__)
 
@@ -22,12 +24,11 @@ bp.before_request(wait_until_reconciled)
 CHUNK = 64 * 1024
 
 
-
 @bp.get("/jobresult", defaults={"job_id": ""})
 @bp.get("/jobresult/<job_id>")
 def jobresult(job_id: str):
-    """The completed job's output files, each with its download path."""
-    job = completed_job(job_id)
+    """The completed job's output files, each with its download path (a job of any node)."""
+    job = completed_job(job_id, anywhere=True)
     outputs = [{"index": n, **output, "url": f"/jobresult/{job.job_id}/{n}"}
                for n, output in enumerate(job.outputs)]
     return jsonify({"job_id": job.job_id, "outputs": outputs})
@@ -35,17 +36,37 @@ def jobresult(job_id: str):
 
 @bp.get("/jobresult/<job_id>/<index>")
 def jobresult_file(job_id: str, index: str):
-    """Stream output `index` from ComfyUI without holding it in memory (Range supported)."""
-    job = completed_job(job_id)
+    """Stream output `index` without holding it in memory (Range supported), from this
+    node's ComfyUI or from the node that holds the job."""
+    job = completed_job(job_id, anywhere=True)
+    return job_output(job, output_index(job, index), request.headers.get("Range"))
+
+
+def output_index(job: Job, index: str) -> int:
+    """The output number a path names, or 404 output_not_found."""
     if not re.fullmatch(r"[0-9]{1,6}", index) or int(index) >= len(job.outputs):
-        raise ApiError(404, "output_not_found", f"job {job_id} has no output {index[:20]}",
+        raise ApiError(404, "output_not_found", f"job {job.job_id} has no output {index[:20]}",
                        {"outputs": len(job.outputs)})
+    return int(index)
+
+
+def job_output(job: Job, index: int, range_header: str | None) -> Response:
+    """Output `index` of a completed job as a download: read from this node's ComfyUI, or
+    asked of the node that holds the job (503 node_unreachable when it cannot be)."""
+    if held_elsewhere(job):
+        wanted = parse_range(range_header)
+        return remote_output(job, index, range_text(wanted) if wanted else None)
+    return local_output(job, index, range_header)
+
+
+def local_output(job: Job, index: int, range_header: str | None) -> Response:
+    """Output `index` of a job this node holds, from its GPU's ComfyUI."""
     gpu = gpu_at(ctx().gpus, job.gpu_id)
     if gpu is None:
-        raise ApiError(404, "output_not_found", f"job {job_id} ran on GPU {job.gpu_id}, which "
+        raise ApiError(404, "output_not_found", f"job {job.job_id} ran on GPU {job.gpu_id}, which "
                        "is no longer configured: its outputs cannot be read",
                        {"outputs": len(job.outputs), "gpu_id": job.gpu_id})
-    return output_download(gpu, job.outputs[int(index)], request.headers.get("Range"))
+    return output_download(gpu, job.outputs[index], range_header)
 
 
 def output_download(gpu, output: dict, range_header: str | None) -> Response:
@@ -117,9 +138,10 @@ def satisfiable(wanted: tuple[int | None, int | None], size: int) -> tuple[int, 
     return first, size - 1 if last is None else min(last, size - 1)
 
 
-def completed_job(job_id: str) -> Job:
-    """The job, if it completed; else the contract's 404 or 409."""
-    job = known_job(job_id)
+def completed_job(job_id: str, anywhere: bool = False) -> Job:
+    """The job, if it completed; else the contract's 404 or 409. `anywhere`: of any node of
+    the fleet (see lookup.known_job)."""
+    job = known_job(job_id, anywhere)
     if job.status != JobStatus.COMPLETED:
         raise ApiError(409, "job_not_finished", f"job {job_id} has not completed: {job.status.public}",
                        {"status": job.status.public})

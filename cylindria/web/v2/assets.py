@@ -1,6 +1,6 @@
 """Comfy API v2 assets: the assets of Cylindria's asset store (one per client and content
 hash; an own key sees only its own), and a job's outputs read as assets (their ids are
-`<job id>~<index>`, their bytes ComfyUI's)."""
+`<job id>~<index>`, their bytes ComfyUI's, asked of the node holding the job)."""
 from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
@@ -12,9 +12,9 @@ from comfy.inputs.workflow import WorkflowError, load_json
 from cylindria.web.assets import asset_file, receive, remove, viewer
 from cylindria.web.context import ctx
 from cylindria.web.errors import ApiError
-from cylindria.web.lookup import visible
+from cylindria.web.lookup import held_elsewhere, visible
 from cylindria.web.params import JOB_ID
-from cylindria.web.results import output_download
+from cylindria.web.results import job_output
 from cylindria.web.v2.errors import invalid_request, not_found
 from cylindria.web.v2.headers import idempotency_key
 from cylindria.web.v2.shapes import parse_output_id, shapes_now
@@ -84,7 +84,7 @@ def content(asset_id: str):
     if output is None:
         return asset_file(_uploaded(asset_id))
     job, index = output
-    return output_download(ctx().gpus[job.gpu_id], job.outputs[index], request.headers.get("Range"))
+    return job_output(job, index, request.headers.get("Range"))
 
 
 @bp.delete("/assets/<asset_id:asset_id>")
@@ -107,14 +107,15 @@ def _uploaded(asset_id: str) -> Asset:
 
 
 def _output(asset_id: str):
-    """(job, index) when the id names an output of a job Cylindria holds; None when the id
-    is not an output's; 404 when it is one of no output Cylindria holds."""
+    """(job, index) when the id names an output of a job of the fleet; None when the id is
+    not an output's; 404 when it is one of no output the fleet holds."""
     parsed = parse_output_id(asset_id)
     if parsed is None:
         return None
     job_id, index = parsed
-    job = ctx().store.get(job_id) if JOB_ID.fullmatch(job_id) else None
-    if job is None or not visible(job) or index >= len(job.outputs) \
-            or gpu_at(ctx().gpus, job.gpu_id) is None:  # never sent, or its GPU is gone
+    job = ctx().store.lookup(job_id) if JOB_ID.fullmatch(job_id) else None
+    if job is None or not visible(job) or index >= len(job.outputs) or job.gpu_id is None:
+        raise not_found("output")
+    if not held_elsewhere(job) and gpu_at(ctx().gpus, job.gpu_id) is None:  # its GPU is gone
         raise not_found("output")
     return job, index

@@ -16,6 +16,7 @@ from comfy.jobs.job import Job, JobStatus
 from comfy.comfyui.outputs import content_type, kind
 from comfy.comfyui.status import iso_time
 from cylindria.web.context import ctx
+from cylindria.web.lookup import held_elsewhere
 from cylindria.web.views import queue_position
 
 PREFIX = "/api/v2"
@@ -55,11 +56,12 @@ class Shapes:
     """Builds v2 objects for one request: links are made from the address the client used,
     expiry times from the retention, output sizes asked of ComfyUI once."""
 
-    def __init__(self, host_url: str, retention: float, sizes, gpus):
+    def __init__(self, host_url: str, retention: float, sizes, gpus, context=None):
         self.base = host_url.rstrip("/") + PREFIX  # absolute: Output.url must be a full URL
         self.retention = retention
         self.sizes = sizes
         self.gpus = gpus
+        self.context = context  # the app's (which node this is); None: the request's
 
     def expires(self, job: Job) -> float:
         """When retention removes the job: from its end (an unfinished job: at least this)."""
@@ -92,7 +94,9 @@ class Shapes:
     def output(self, job: Job, index: int) -> dict:
         """One output, as the job lists it and as its `output` event carries it."""
         output = job.outputs[index]
-        gpu = gpu_at(self.gpus, job.gpu_id)
+        # Another node's output is not in this node's ComfyUI (a file of the same name there
+        # is another file): its size reads unknown here.
+        gpu = None if held_elsewhere(job, self.context) else gpu_at(self.gpus, job.gpu_id)
         size = self.sizes.size(gpu, job.job_id, output)
         asset_id = output_id(job.job_id, index)
         return {"node_id": str(output["node_id"]), "name": output["filename"],
@@ -126,7 +130,8 @@ class Shapes:
 def shapes_now() -> Shapes:
     """The Shapes of the request being answered."""
     context = ctx()
-    return Shapes(request.host_url, context.config.retention, context.output_sizes, context.gpus)
+    return Shapes(request.host_url, context.config.retention, context.output_sizes, context.gpus,
+                  context)
 
 
 def progress(job: Job) -> dict | None:
