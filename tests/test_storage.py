@@ -293,7 +293,8 @@ def test_two_nodes_claim_each_event_once(shared):
     a, b = shared.open().outbox, shared.open().outbox
     add_events(shared.open(), *(event(f"e{n}") for n in range(6)))
     now = time.time()
-    assert [e.id for e in a.due(now, 10)] == [e.id for e in b.due(now, 10)] == [f"e{n}" for n in range(6)]
+    every = [f"e{n}" for n in range(6)]
+    assert [e.id for e in a.due(now, 10)] == [e.id for e in b.due(now, 10)] == every
     taken = {"a": [], "b": []}
     for n, found in enumerate(a.due(now, 10)):  # both nodes try every event, in turns
         first, second = (("a", a), ("b", b)) if n % 2 == 0 else (("b", b), ("a", a))
@@ -335,7 +336,7 @@ def test_a_lapsed_claim_is_claimable_again_and_a_settled_try_ends_the_claim(shar
     assert [e.id for e in a.due(now, 10)] == ["e1"]  # due again, by anyone
     assert a.claim("e1", "a", now, 30.0)
     assert not b.claim("e0", "b", now, 30.0)  # delivered: nothing to claim
-    [row] = [e for e in shared.open().outbox.of_job("j", "http://receiver.example/h") if e.id == "e0"]
+    [row] = [e for e in a.of_job("j", "http://receiver.example/h") if e.id == "e0"]
     assert row.delivered_at == now and row.attempts == 1
 
 

@@ -8,9 +8,9 @@ against the URL's host name), so DNS cannot swap it between the check and the co
 In a fleet every node reads every due event (any node can send any from its row), and a
 try starts only once its event is claimed in the database (Outbox.claim): one node sends an
 event at a time. Deliveries run on a few worker threads, each try within a deadline; the job
-store is never touched, so tracking never waits for a receiver. The workers are shared between the clients
-that submitted the jobs (their `submitted_by`), so one client's receivers that never answer
-cannot hold them all: another client's event still starts at once.
+store is never touched, so tracking never waits for a receiver. The workers are shared between
+the clients that submitted the jobs (their `submitted_by`), so one client's receivers that
+never answer cannot hold them all: another client's event still starts at once.
 """
 from __future__ import annotations
 
