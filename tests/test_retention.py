@@ -14,6 +14,7 @@ from cylindria.config.options import ConfigError, load_config
 from cylindria.config.values import duration
 from cylindria.service.server import Service
 from tests import workflows
+from tests.backends import Backend
 from tests.conftest import make_config
 from tests.helpers import Api, wait_for
 
@@ -97,6 +98,38 @@ def test_expired_rows_are_not_loaded_and_their_ids_can_be_used_again(backend):
     reopened = JobStore(backend.open(30 * DAY).jobs)
     assert reopened.get("reused").prompt_id == "p-new"
     assert backend.open().jobs.retired() == {(0, JobStatus.COMPLETED): 1}
+
+
+def test_two_nodes_sweep_one_at_a_time_and_each_forgets_its_own_jobs(postgres_cluster, tmp_path):
+    """A fleet on one PostgreSQL: one sweep at a time deletes every node's expired rows, each
+    counted once; the node whose rows another node deleted drops them from memory itself."""
+    shared = Backend("postgresql", tmp_path / "data", postgres_cluster)
+    try:
+        now = time.time()
+        stores, sweeps = {}, {}
+        for node in ("a", "b"):
+            rows = shared.open(30 * DAY).jobs
+            stores[node] = JobStore(rows, node)
+            sweeps[node] = RetentionSweep(stores[node], rows, 30 * DAY, clock=Clock(now))
+            for n in range(3):
+                add_job(stores[node], f"{node}-old-{n}", JobStatus.COMPLETED, now - 40 * DAY)
+            add_job(stores[node], f"{node}-recent", JobStatus.FAILED, now - DAY)
+        other = shared.open(30 * DAY).jobs
+        with other.sweep_turn() as ours:  # a third node mid-sweep: b deletes nothing...
+            assert ours and sweeps["b"].sweep_once() == 0
+        assert len(other.expired(now - 30 * DAY, 100)) == 6
+        assert [j.job_id for j in stores["b"].jobs()] == ["b-recent"]  # ...but forgets its own
+        assert sweeps["b"].sweep_once() == 6  # every node's expired rows, b's turn now
+        assert {j.job_id for j in stores["a"].jobs()} == {"a-old-0", "a-old-1", "a-old-2",
+                                                          "a-recent"}
+        assert sweeps["a"].sweep_once() == 0  # nothing left to delete: a forgets its own
+        assert [j.job_id for j in stores["a"].jobs()] == ["a-recent"]
+        assert other.expired(now - 30 * DAY, 100) == []
+        assert sum(other.retired().values()) == 6  # each deleted row counted once
+        assert other.retired() == {(0, JobStatus.COMPLETED): 6}
+        assert [sum(sweep.counts()[1].values()) for sweep in sweeps.values()] == [6, 6]
+    finally:
+        shared.close()
 
 
 def test_retention_is_a_duration_with_a_unit():

@@ -16,15 +16,28 @@ from comfy.jobs.job import Job, JobStatus
 from comfy.jobs.store import JobStore
 from cylindria.config.options import ConfigError, load_config
 from cylindria.service.core import build_core
-from cylindria.storage import JobIdTaken, StorageUnavailable, open_url
+from cylindria.storage import JobIdTaken, OutboxRow, StorageUnavailable, open_url
 from cylindria.storage.postgres import shown
 from cylindria.storage.sqlite import JOBS_TABLE, SCHEMA_VERSION as SQLITE_VERSION
-from tests.backends import sqlite_storage
+from tests.backends import Backend, sqlite_storage
 from tests.conftest import make_config
 from tests.helpers import free_ports
 from tests.processes import ROOT
 
 SUBMITTING, QUEUED, HELD = JobStatus.SUBMITTING, JobStatus.QUEUED, JobStatus.HELD
+
+
+def event(event_id: str, job_id: str = "j") -> OutboxRow:
+    """A webhook event due now."""
+    now = time.time()
+    return OutboxRow(event_id, job_id, "http://receiver.example/h", "job.started", b"{}", now,
+                     due_at=now)
+
+
+def add_events(storage, *events: OutboxRow) -> None:
+    """Job "j" and these events of it (a settled event of no job would go at once)."""
+    storage.jobs.insert(Job("j", 0, "p", "f"), b"{}")
+    storage.jobs.update(Job("j", 0, "p", "f"), events)
 
 
 def held_job(job_id: str = "h") -> Job:
@@ -118,34 +131,73 @@ def set_schema_version(backend, version: int) -> None:
         conn.execute("UPDATE meta SET value = %s WHERE key = 'schema_version'", (str(version),))
 
 
+# What each schema version added, taken out of a fresh store to make one of the version before.
+ADDED_BY = {
+    2: ("DROP INDEX jobs_by_node", "DROP TABLE nodes", "ALTER TABLE jobs DROP COLUMN node"),
+    3: ("ALTER TABLE webhook_outbox DROP COLUMN claimed_until",
+        "ALTER TABLE webhook_outbox DROP COLUMN claimed_by"),
+}
+
+
+def run_sql(backend, *statements: str) -> list:
+    """Run statements on the backend's database outside Cylindria; the last one's rows."""
+    if backend.database is None:
+        with sqlite3.connect(backend.path) as conn:
+            return [conn.execute(statement) for statement in statements][-1].fetchall()
+    with psycopg.connect(backend.database, autocommit=True) as conn:
+        cursors = [conn.execute(statement) for statement in statements]
+        return cursors[-1].fetchall() if cursors[-1].description else []
+
+
+def outbox_columns(backend) -> set:
+    """The names of webhook_outbox's columns."""
+    query = ("SELECT name FROM pragma_table_info('webhook_outbox')" if backend.database is None
+             else "SELECT column_name FROM information_schema.columns "
+                  "WHERE table_name = 'webhook_outbox'")
+    return {row[0] for row in run_sql(backend, query)}
+
+
+def make_older(backend, version: int) -> None:
+    """Turn the backend's (closed) store into one of schema `version`, its rows kept."""
+    undo = [statement for added in sorted(ADDED_BY, reverse=True) if added > version
+            for statement in ADDED_BY[added]]
+    run_sql(backend, *undo, f"UPDATE meta SET value = '{version}' WHERE key = 'schema_version'")
+
+
 def test_a_version_1_store_gains_the_fleets_tables_in_place(backend):
     """Schema version 2 (the fleet: a nodes table, each job's node) on a store of version 1,
-    made here by taking version 2's additions out of a fresh one, its job rows kept."""
+    made here by taking the later versions' additions out of a fresh one, its job rows kept."""
     storage = backend.open()
     storage.jobs.insert(Job("kept", 0, "p", "f"), b"{}")
     storage.close()
-    undo = ("DROP INDEX jobs_by_node", "DROP TABLE nodes", "ALTER TABLE jobs DROP COLUMN node",
-            "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    if backend.database is None:
-        with sqlite3.connect(backend.path) as conn:
-            for statement in undo:
-                conn.execute(statement)
-    else:
-        with psycopg.connect(backend.database, autocommit=True) as conn:
-            for statement in undo:
-                conn.execute(statement)
+    make_older(backend, 1)
     storage = backend.open()
     try:
-        assert storage.meta.get("schema_version", "none") == "2"
+        assert storage.meta.get("schema_version", "none") == "3"
         assert [job.job_id for job in storage.jobs.load("local")] == ["kept"]
     finally:
         storage.close()
-    if backend.database is None:
-        with sqlite3.connect(backend.path) as conn:
-            assert conn.execute("SELECT COUNT(*), MIN(node) FROM nodes, jobs").fetchone() == (0, None)
-    else:
-        with psycopg.connect(backend.database) as conn:
-            assert conn.execute("SELECT COUNT(*), MIN(node) FROM nodes, jobs").fetchone() == (0, None)
+    assert run_sql(backend, "SELECT COUNT(*), MIN(node) FROM nodes, jobs") == [(0, None)]
+
+
+def test_a_version_2_store_gains_the_webhook_claims_in_place(backend):
+    """Schema version 3 (webhook_outbox's claimed_by and claimed_until) on a store of version
+    2: its pending event is still due, unclaimed, and can be claimed and delivered."""
+    storage = backend.open()
+    add_events(storage, event("e1"))
+    storage.close()
+    make_older(backend, 2)
+    assert "claimed_by" not in outbox_columns(backend)
+    storage = backend.open()
+    try:
+        assert storage.meta.get("schema_version", "none") == "3"
+        assert [e.id for e in storage.outbox.due(time.time(), 10)] == ["e1"]
+        assert storage.outbox.claim("e1", "a", time.time(), 30.0)
+        storage.outbox.delivered("e1", time.time())
+        assert storage.outbox.due(time.time(), 10) == []
+    finally:
+        storage.close()
+    assert {"claimed_by", "claimed_until"} <= outbox_columns(backend)
 
 
 def test_a_schema_newer_than_the_code_stops_the_start(backend, fakes, tmp_path):
@@ -175,6 +227,20 @@ def test_an_unreachable_postgresql_at_start_stops_it_with_one_line(fakes, tmp_pa
 
 
 # -- SQLite data dirs written by earlier versions -----------------------------------------------
+def test_one_hosts_file_grants_every_claim_and_every_sweep_turn(tmp_path):
+    """A fleet of one (the instance lock keeps a second Cylindria off the file): a claim is
+    granted without a write, and the events stay due until settled."""
+    storage = sqlite_storage(tmp_path)
+    add_events(storage, event("e1"))
+    now = time.time()
+    assert storage.outbox.claim("e1", "a", now, 30.0) and storage.outbox.claim("e1", "b", now, 30.0)
+    assert [e.id for e in storage.outbox.due(now, 10)] == ["e1"]
+    storage.outbox.delivered("e1", now)
+    assert storage.outbox.due(now, 10) == []
+    with storage.jobs.sweep_turn() as ours, storage.jobs.sweep_turn() as again:
+        assert ours and again
+
+
 def test_an_unversioned_data_dir_is_brought_to_the_current_version_in_place(tmp_path):
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
         conn.execute(JOBS_TABLE)
@@ -206,6 +272,85 @@ def test_an_outbox_written_before_events_knew_their_client_gets_it_from_the_job(
 
 
 # -- PostgreSQL's own ---------------------------------------------------------------------------
+@pytest.fixture
+def shared(postgres_cluster, tmp_path):
+    """A fleet's PostgreSQL database, opened by each node as `shared.open()`."""
+    backend = Backend("postgresql", tmp_path / "data", postgres_cluster)
+    yield backend
+    backend.close()
+
+
+def claims(backend) -> dict:
+    """event id -> (claimed_by, whether its claim still holds), as the database has them."""
+    rows = run_sql(backend, "SELECT id, claimed_by, claimed_until > extract(epoch FROM "
+                            "clock_timestamp()) FROM webhook_outbox ORDER BY id")
+    return {event_id: (node, holds) for event_id, node, holds in rows}
+
+
+def test_two_nodes_claim_each_event_once(shared):
+    """Every node reads every due event; the claim gives each to one of them, and an event
+    one node holds is no longer due for the other."""
+    a, b = shared.open().outbox, shared.open().outbox
+    add_events(shared.open(), *(event(f"e{n}") for n in range(6)))
+    now = time.time()
+    every = [f"e{n}" for n in range(6)]
+    assert [e.id for e in a.due(now, 10)] == [e.id for e in b.due(now, 10)] == every
+    taken = {"a": [], "b": []}
+    for n, found in enumerate(a.due(now, 10)):  # both nodes try every event, in turns
+        first, second = (("a", a), ("b", b)) if n % 2 == 0 else (("b", b), ("a", a))
+        assert first[1].claim(found.id, first[0], now, 30.0)
+        assert not second[1].claim(found.id, second[0], now, 30.0)
+        taken[first[0]].append(found.id)
+    assert taken == {"a": ["e0", "e2", "e4"], "b": ["e1", "e3", "e5"]}
+    assert a.due(now, 10) == b.due(now, 10) == []
+    assert a.next_due() is None
+    assert claims(shared) == {f"e{n}": ("a" if n % 2 == 0 else "b", True) for n in range(6)}
+
+
+def test_a_claim_another_node_is_taking_is_skipped_at_once(shared):
+    outbox = shared.open().outbox
+    add_events(shared.open(), event("e1"))
+    with psycopg.connect(shared.database) as other:  # another node, mid-claim
+        other.execute("SELECT id FROM webhook_outbox WHERE id = 'e1' FOR UPDATE")
+        assert not outbox.claim("e1", "a", time.time(), 30.0)  # returned while the lock is held
+    assert outbox.claim("e1", "a", time.time(), 30.0)
+
+
+def test_a_lapsed_claim_is_claimable_again_and_a_settled_try_ends_the_claim(shared):
+    """A node that died mid-try leaves a claim that lapses: another node then sends the event
+    (at least once). Delivered, retried and given up each end the claim."""
+    a, b = shared.open().outbox, shared.open().outbox
+    add_events(shared.open(), *(event(f"e{n}") for n in range(3)))
+    now = time.time()
+    for event_id in ("e0", "e1", "e2"):
+        assert a.claim(event_id, "a", now, 30.0)
+    # a dies; a minute later by the database's clock its claims have lapsed
+    run_sql(shared, "UPDATE webhook_outbox SET claimed_until = claimed_until - 60")
+    assert [e.id for e in b.due(now, 10)] == ["e0", "e1", "e2"]
+    assert all(b.claim(event_id, "b", now, 30.0) for event_id in ("e0", "e1", "e2"))
+    assert b.due(now, 10) == [] and not a.claim("e0", "a", now, 30.0)
+    b.delivered("e0", now)
+    b.retry("e1", "HTTP 500", now - 1)
+    b.give_up("e2", "HTTP 500", now)
+    assert claims(shared) == {"e0": (None, None), "e1": (None, None), "e2": (None, None)}
+    assert [e.id for e in a.due(now, 10)] == ["e1"]  # due again, by anyone
+    assert a.claim("e1", "a", now, 30.0)
+    assert not b.claim("e0", "b", now, 30.0)  # delivered: nothing to claim
+    [row] = [e for e in a.of_job("j", "http://receiver.example/h") if e.id == "e0"]
+    assert row.delivered_at == now and row.attempts == 1
+
+
+def test_one_retention_sweep_at_a_time(shared):
+    """The sweep's turn is one node's at a time, never waited for, and free again after."""
+    a, b = shared.open().jobs, shared.open().jobs
+    with a.sweep_turn() as ours:
+        assert ours
+        with b.sweep_turn() as theirs:
+            assert not theirs
+    with b.sweep_turn() as theirs:
+        assert theirs
+
+
 def test_a_claim_skips_a_row_another_claimer_holds_at_once(postgres_cluster):
     """The fleet's claim: a held row another node is claiming is skipped, never waited for."""
     url = postgres_cluster.create_database("claim_skips")

@@ -71,15 +71,27 @@ class RetentionSweep:
             self._stop.wait(self.PAUSE if removed >= self.BATCH else self.interval)
 
     def sweep_once(self) -> int:
-        """Remove one batch of finished jobs that ended more than `retention` ago; how many."""
+        """Remove one batch of finished jobs that ended more than `retention` ago, if no
+        other node is sweeping (in a fleet one sweep deletes every node's expired rows); how
+        many rows it deleted. A pass that is not working through a backlog then drops from
+        memory this node's jobs of that age whose rows another node's sweep deleted."""
         cutoff = self.clock() - self.retention
+        with self._db.sweep_turn() as ours:
+            removed = self._delete_batch(cutoff) if ours else 0
+        if removed < self.BATCH:  # a walk over memory once per idle pass, not per batch
+            self._forget_deleted_elsewhere(cutoff)
+        return removed
+
+    def _delete_batch(self, cutoff: float) -> int:
+        """Forget and delete one batch of expired jobs (this sweep's turn held); how many rows."""
         rows = self._db.expired(cutoff, self.BATCH)
         if not rows:
             return 0
         with self._lock:  # a scrape sees each job counted either live or retired, never both
             self.store.forget_finished([job_id for _, job_id in rows], cutoff)
             deleted = self._db.delete_expired([seq for seq, _ in rows], cutoff)
-            # Re-read, not added up: a new job under an expired id deletes that row too.
+            # Re-read, not added up: a new job under an expired id deletes that row too, and
+            # in a fleet the other nodes' sweeps add theirs.
             self._retired = self._db.retired()
         if self.assets is not None:
             self.assets.forget_jobs([job_id for _, job_id in rows], self.store)
@@ -87,6 +99,19 @@ class RetentionSweep:
         logger.debug("retention: removed %d finished job(s) that ended before %s", removed,
                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(cutoff)))
         return removed
+
+    def _forget_deleted_elsewhere(self, cutoff: float) -> None:
+        """Drop this node's jobs that ended before `cutoff` from memory, a batch per store
+        lock: their rows went with another node's sweep (counted there), or go with a later
+        pass of this one (a job is then briefly neither in memory nor gone: its row is past
+        retention, and no read answers an expired row)."""
+        job_ids = self.store.finished_before(cutoff)
+        if not job_ids:
+            return
+        with self._lock:
+            for start in range(0, len(job_ids), self.BATCH):
+                self.store.forget_finished(job_ids[start:start + self.BATCH], cutoff)
+            self._retired = self._db.retired()
 
     def forget_old_uses(self) -> None:
         """Once a start: the asset uses of jobs no longer in the store that no pass will meet

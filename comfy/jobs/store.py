@@ -373,9 +373,18 @@ class JobStore:
                 return None
         return self.change(job_id, edit, prompt_id=prompt_id)
 
+    def finished_before(self, cutoff: float) -> list[str]:
+        """The ids of the jobs held here that ended before `cutoff` (the lock held only to
+        copy the references; the walk goes outside, as in `page`)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return [job.job_id for job in jobs if job.status.finished
+                and job.finished_at is not None and job.finished_at < cutoff]
+
     def forget_finished(self, job_ids: Iterable[str], cutoff: float) -> int:
         """Drop from memory those of these jobs that ended before `cutoff` (the retention
-        sweep's step; it deletes their rows itself). Unfinished jobs are never dropped."""
+        sweep's step; a sweep deletes their rows, this node's or another's). Unfinished
+        jobs are never dropped."""
         forgotten = 0
         with self._lock:
             for job_id in job_ids:

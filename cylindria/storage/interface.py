@@ -17,9 +17,10 @@ kept current by LISTEN/NOTIFY) as the single host ranks its in-memory queue, the
 them one at a time. On PostgreSQL the claim locks the job's row `FOR UPDATE SKIP LOCKED` and
 writes the submission only while the row is still held, in one transaction: a row another
 node is claiming is skipped at once (False), never waited for, and a job is claimed by one
-node only. The outbox's deliveries will be claimed the same way (a `claimed_until` column
-written by `OutboxRows.due` under `FOR UPDATE SKIP LOCKED`), one retention sweep at a time
-under an advisory lock taken in `JobRows.delete_expired`.
+node only. A webhook event is claimed the same way before each try (`OutboxRows.claim`: its
+`claimed_by`/`claimed_until`, by the database's clock, ended by the try's outcome or by
+time if its node dies mid-try), and one retention sweep runs at a time (`JobRows.sweep_turn`,
+an advisory lock).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, ContextManager, Iterable, Iterator, Protocol
 
 if TYPE_CHECKING:
     from comfy.inputs.assets import Asset
@@ -118,7 +119,12 @@ class JobRows(Protocol):
         finished before `cutoff`, and count them as retired; (gpu, status) -> deleted."""
 
     def retired(self) -> Counter:
-        """(gpu, status) -> jobs removed by retention, over every life of this store."""
+        """(gpu, status) -> jobs removed by retention, over every life of this store (in a
+        fleet: of every node's jobs, each counted once by the sweep that deleted it)."""
+
+    def sweep_turn(self) -> ContextManager[bool]:
+        """`with rows.sweep_turn() as ours:` True if this node may sweep now, held until the
+        block ends; False at once (never waited for) while another node sweeps."""
 
     def page(self, statuses: Iterable[str] | None, gpu_id: int | None, limit: int,
              before: int | None, submitted_by: str | None = None) -> list[Job]:
@@ -204,12 +210,18 @@ class OutboxRows(Protocol):
     def due(self, now: float, limit: int, *, skip: Iterable[str] = (),
             after: tuple | None = None, jobs: Iterable[str] = (), urls: Iterable[str] = (),
             clients: Iterable[str] = ()) -> list[OutboxRow]:
-        """Up to `limit` events due by `now`, in due order, but those in `skip` and those of
-        the `jobs`, to the `urls` or of the `clients` given; `after`: the (due_at, id) of
-        the last event of the page before."""
+        """Up to `limit` events due by `now`, in due order, but those in `skip`, those of
+        the `jobs`, to the `urls` or of the `clients` given, and those another claim holds;
+        `after`: the (due_at, id) of the last event of the page before."""
 
     def next_due(self) -> float | None:
-        """When the earliest undelivered event is due, or None."""
+        """When the earliest undelivered event no other node is trying is due, or None."""
+
+    def claim(self, event_id: str, node: str, now: float, seconds: float) -> bool:
+        """Take the event for one try by `node` for `seconds` (by the database's clock), if it
+        is still due by `now` and no one else's claim holds it; False at once otherwise.
+        `delivered`, `retry` and `give_up` end the claim; a claim whose node died lapses,
+        and another node sends the event (at least once)."""
 
     def delivered(self, event_id: str, now: float) -> None:
         """The receiver took it (a try counted)."""

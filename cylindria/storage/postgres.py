@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import psycopg
@@ -25,7 +26,7 @@ from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, 
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 POOL_SIZE = (2, 10)  # connections kept open, and at most
 POOL_WAIT = 3.0  # seconds a call waits for a working connection before StorageUnavailable
 DOWN_WAIT = 0.1  # the same while the database is known to be down
@@ -36,6 +37,7 @@ CONNECT_TIMEOUT = 5  # seconds a new connection may take (unless the URL says ot
 # StorageUnavailable (503 with Retry-After) and is then discarded by the pool.
 CHECK_AFTER_IDLE = 2.0
 MIGRATION_LOCK = 0x6379_6C69  # advisory lock key: one start migrates at a time ("cyli")
+SWEEP_LOCK = 0x6379_6C72  # advisory lock key: one retention sweep at a time in a fleet ("cylr")
 
 _FINISHED, _ASSET, _EVENT = records.FINISHED_LIST, records.ASSET_FROM, records.EVENT_FROM
 _NOT_BUSY = ("id <> ALL(%(skip)s::text[]) AND job_id <> ALL(%(jobs)s::text[]) "
@@ -50,6 +52,8 @@ _UNFINISHED = f"status NOT IN ({records.FINISHED_LIST})"
 # Now, in epoch seconds, by the database's clock (clock_timestamp: the time of the statement,
 # not of the transaction's start).
 _NOW = "extract(epoch FROM clock_timestamp())::double precision"
+# An event no node is trying: never claimed, or its claim lapsed (its node died mid-try).
+_UNCLAIMED = f"(claimed_until IS NULL OR claimed_until < {_NOW})"
 
 # One row per node of the fleet: its lease (renewed_at, by the database's clock, plus
 # lease_seconds) and what /fleet shows of it (status: JSON of its GPUs and held jobs).
@@ -136,6 +140,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE jobs ADD COLUMN node text",
         "CREATE INDEX jobs_by_node ON jobs (node) WHERE finished_at IS NULL",
     ),
+    # One webhook sender per event at a time: the node trying an event claims it until a
+    # time by the database's clock. No index: the claim is read only on the due rows, which
+    # webhook_outbox_due_order finds already.
+    3: (
+        "ALTER TABLE webhook_outbox ADD COLUMN claimed_by text",
+        "ALTER TABLE webhook_outbox ADD COLUMN claimed_until double precision",
+    ),
 }
 
 # Every statement of this backend, by name.
@@ -198,6 +209,9 @@ SQL = {
     "count_retired": "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) "
                      "DO UPDATE SET value = (meta.value::bigint + excluded.value::bigint)::text",
     "retired": f"SELECT key, value FROM meta WHERE key LIKE '{records.RETIRED_PREFIX}%%'",
+    # One sweep at a time in a fleet: held by the sweeping session, never waited for.
+    "sweep_lock": "SELECT pg_try_advisory_lock(%s)",
+    "sweep_unlock": "SELECT pg_advisory_unlock(%s)",
     # assets
     "asset_by_id": f"SELECT {_ASSET} WHERE a.id = %s "
                    f"ORDER BY a.owner <> '{SHARED}', a.created_at LIMIT 1",
@@ -226,18 +240,29 @@ SQL = {
     # the webhook outbox
     "insert_event": "INSERT INTO webhook_outbox (id, job_id, url, event, body, created_at, "
                     "due_at, client) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+    # Every node reads every due event (any node can send any): those another node is
+    # trying are left out, so no node keeps meeting them.
     "due": f"SELECT {_EVENT} WHERE due_at IS NOT NULL AND due_at <= %(now)s AND {_NOT_BUSY} "
-           "ORDER BY due_at, id LIMIT %(limit)s",
+           f"AND {_UNCLAIMED} ORDER BY due_at, id LIMIT %(limit)s",
     "due_after": f"SELECT {_EVENT} WHERE due_at IS NOT NULL AND due_at <= %(now)s "
-                 f"AND (due_at, id) > (%(due_at)s, %(id)s) AND {_NOT_BUSY} "
+                 f"AND (due_at, id) > (%(due_at)s, %(id)s) AND {_NOT_BUSY} AND {_UNCLAIMED} "
                  "ORDER BY due_at, id LIMIT %(limit)s",
-    "next_due": "SELECT MIN(due_at) FROM webhook_outbox WHERE due_at IS NOT NULL",
+    "next_due": f"SELECT MIN(due_at) FROM webhook_outbox WHERE due_at IS NOT NULL "
+                f"AND {_UNCLAIMED}",
+    # The claim: the row locked only if no other node is claiming it (SKIP LOCKED: never
+    # waited for), and taken only while the event is still due and unclaimed (READ
+    # COMMITTED re-reads the row a claim committed meanwhile, and finds it claimed).
+    "claim_event": f"UPDATE webhook_outbox SET claimed_by = %(node)s, claimed_until = {_NOW} "
+                   "+ %(seconds)s FROM (SELECT id FROM webhook_outbox WHERE id = %(id)s "
+                   f"AND due_at IS NOT NULL AND due_at <= %(now)s AND {_UNCLAIMED} "
+                   "FOR UPDATE SKIP LOCKED) AS free WHERE webhook_outbox.id = free.id",
+    # A settled try ends its claim.
     "delivered": "UPDATE webhook_outbox SET due_at = NULL, delivered_at = %s, last_error = NULL, "
-                 "attempts = attempts + 1 WHERE id = %s",
-    "retry": "UPDATE webhook_outbox SET due_at = %s, last_error = %s, attempts = attempts + 1 "
-             "WHERE id = %s",
+                 "attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = %s",
+    "retry": "UPDATE webhook_outbox SET due_at = %s, last_error = %s, attempts = attempts + 1, "
+             "claimed_by = NULL, claimed_until = NULL WHERE id = %s",
     "give_up": "UPDATE webhook_outbox SET due_at = NULL, given_up_at = %s, last_error = %s, "
-               "attempts = attempts + 1 WHERE id = %s",
+               "attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL WHERE id = %s",
     "delete_settled_orphan": "DELETE FROM webhook_outbox AS o WHERE o.id = %s AND o.due_at IS NULL "
                              "AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = o.job_id)",
     "depth": "SELECT COUNT(*) FROM webhook_outbox WHERE due_at IS NOT NULL",
@@ -543,9 +568,49 @@ class PostgresJobRows(_Rows):
     def cancels_requested(self, node: str) -> list[str]:
         return [row[0] for row in self._all("cancels_requested", (node,))]
 
+    @contextmanager
+    def sweep_turn(self) -> Iterator[bool]:
+        """A session-level advisory lock on a connection of the pool, held for the sweep's
+        pass (committed at once: no transaction stays open meanwhile), released after."""
+        conn = self._take_sweep_lock()
+        if conn is None:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            _give_back_sweep_lock(self._pool, conn)
+
+    @_guarded
+    def _take_sweep_lock(self) -> psycopg.Connection | None:
+        """A connection holding the sweep lock, or None if another node's session holds it."""
+        conn = self._pool.getconn()
+        try:
+            ours = conn.execute(SQL["sweep_lock"], (SWEEP_LOCK,)).fetchone()[0]
+            conn.commit()
+        except BaseException:
+            self._pool.putconn(conn)
+            raise
+        if not ours:
+            self._pool.putconn(conn)
+            return None
+        return conn
+
     def _cutoff(self) -> float:
         """Finished jobs that ended before this are past retention (-inf: keep all)."""
         return float("-inf") if self.retention is None else time.time() - self.retention
+
+
+def _give_back_sweep_lock(pool: ConnectionPool, conn: psycopg.Connection) -> None:
+    """Release the sweep lock and return its connection; one that cannot release it is
+    closed (its session's end releases the lock), never lent again still holding it."""
+    try:
+        conn.execute(SQL["sweep_unlock"], (SWEEP_LOCK,))
+        conn.commit()
+    except psycopg.Error:
+        conn.close()
+    finally:
+        pool.putconn(conn)
 
 
 def _durable(job: Job) -> list:
@@ -661,6 +726,11 @@ class PostgresOutboxRows(_Rows):
     @_guarded
     def next_due(self) -> float | None:
         return self._one("next_due")[0]
+
+    @_guarded
+    def claim(self, event_id: str, node: str, now: float, seconds: float) -> bool:
+        return self._run("claim_event", {"id": event_id, "node": node, "now": now,
+                                         "seconds": seconds}) == 1
 
     @_guarded
     def delivered(self, event_id: str, now: float) -> None:

@@ -21,6 +21,8 @@ HELD = JobStatus.HELD.value
 FINISHED_LIST = ", ".join(f"'{value}'" for value in FINISHED_VALUES)
 ASSET_FROM = ("a.id, a.hash, a.name, f.size_bytes, f.content_type, a.created_at, a.used_at, "
               "a.owner FROM assets AS a JOIN asset_files AS f ON f.hash = a.hash")
+# Without claimed_by and claimed_until (schema 3): a claim is one node's try under way, never
+# carried by `db copy`; the copied events are unclaimed, due for the target's senders.
 EVENT_COLUMNS = ("id", "job_id", "url", "event", "body", "created_at", "attempts", "due_at",
                  "client", "last_error", "delivered_at", "given_up_at")
 EVENT_FROM = f"{', '.join(EVENT_COLUMNS)} FROM webhook_outbox"

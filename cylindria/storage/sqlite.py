@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -26,7 +26,7 @@ from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, 
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Seconds a statement waits for SQLite's write lock held by another connection (the webhook
 # sender's one-UPDATE tries, the retention sweep's batches of 200 rows: milliseconds each).
 # The store writes under its lock and nothing retries a failed commit (the state change would
@@ -127,7 +127,9 @@ CREATE TABLE IF NOT EXISTS webhook_outbox (
     last_error TEXT,
     delivered_at REAL,
     given_up_at REAL,
-    client TEXT NOT NULL DEFAULT ''
+    client TEXT NOT NULL DEFAULT '',
+    claimed_by TEXT,
+    claimed_until REAL
 );
 CREATE INDEX IF NOT EXISTS webhook_outbox_due_order ON webhook_outbox (due_at, id)
     WHERE due_at IS NOT NULL;
@@ -144,6 +146,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: (f"CREATE TABLE nodes ({NODES_COLUMNS})",
         "ALTER TABLE jobs ADD COLUMN node TEXT",
         "CREATE INDEX jobs_by_node ON jobs (node) WHERE finished_at IS NULL"),
+    # The webhook claims of a fleet on PostgreSQL; here only the same shape (one host's
+    # sender claims nothing: see SqliteOutboxRows.claim).
+    3: ("ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT",
+        "ALTER TABLE webhook_outbox ADD COLUMN claimed_until REAL"),
 }
 
 # Every statement of this backend, by name.
@@ -436,6 +442,9 @@ def _create(conn: sqlite3.Connection) -> None:
             _script(conn, "unowned_assets_back")
         if outbox and "client" not in outbox:
             _script(conn, "add_event_client")
+        if outbox and "claimed_by" not in outbox:
+            for statement in MIGRATIONS[3]:
+                conn.execute(statement)
         conn.execute(SQL["set_schema_version"], (str(SCHEMA_VERSION),))
     except BaseException:
         conn.execute("ROLLBACK")
@@ -592,6 +601,10 @@ class SqliteJobRows:
         with self._writer.lock:
             return [row[0] for row in self._writer.run("cancels_requested", (node,))]
 
+    def sweep_turn(self) -> nullcontext:
+        """Always this host's turn: one Cylindria per file (the instance lock), one sweep in it."""
+        return nullcontext(True)
+
     def import_rows(self, rows: Iterable[tuple]) -> None:
         """Rows in records.COLUMNS' order, inserted in one transaction (bulk loads)."""
         with self._writer.transaction() as tx:
@@ -732,6 +745,12 @@ class SqliteOutboxRows:
     def next_due(self) -> float | None:
         with self._c.lock:
             return self._c.run("next_due").fetchone()[0]
+
+    def claim(self, event_id: str, node: str, now: float, seconds: float) -> bool:
+        """Always granted, nothing written: one host's file has one sender (the instance
+        lock), which never tries an event twice at once; a write per try would only add to
+        SQLite's one write lock."""
+        return True
 
     @_guarded
     def delivered(self, event_id: str, now: float) -> None:

@@ -1,7 +1,8 @@
 """The webhook outbox: one row per event a job's status change causes, written in the same
 transaction as the change (through JobStore.commit_with, into storage.OutboxRows), so a
 crash never loses an event nor leaves one for a change that did not happen. The sender
-(cylindria/webhooks/sender.py) reads the due rows and settles each: delivered, tried again later, or
+(cylindria/webhooks/sender.py) reads the due rows, claims each before its try (in a fleet any
+node may send any event, one node at a time) and settles it: delivered, tried again later, or
 given up.
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Callable, Iterable
 
 from comfy.encoding import to_json
 from comfy.jobs.job import Job, JobStatus
+from comfy.jobs.store import LOCAL_NODE
 from comfy.jobs.view import shown_url  # noqa: F401  (the sender and tests use it from here)
 from comfy.comfyui.status import iso_time
 from cylindria.storage import OutboxRow, OutboxRows, StorageUnavailable
@@ -31,8 +33,9 @@ class Outbox:
     sender's writes never wait for the job store's lock, and the store's never for a delivery."""
 
     def __init__(self, rows: OutboxRows, render: Callable[[Job], dict],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, node: str = LOCAL_NODE):
         self._rows = rows
+        self.node = node  # the name this node's claims carry
         self._render = render
         self._clock = clock
         self.wake = threading.Event()  # set once a change has committed an event
@@ -78,6 +81,11 @@ class Outbox:
     def next_due(self) -> float | None:
         """When the earliest undelivered event is due, or None if none waits."""
         return self._rows.next_due()
+
+    def claim(self, event_id: str, now: float, seconds: float) -> bool:
+        """Take the event for one try lasting at most `seconds`: False if another node is
+        trying it, or has settled it since it was read as due."""
+        return self._rows.claim(event_id, self.node, now, seconds)
 
     def delivered(self, event_id: str, now: float) -> None:
         """The receiver took it."""

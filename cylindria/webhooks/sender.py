@@ -5,10 +5,12 @@ Each try checks the receiver's address again (cylindria/webhooks/address.py): a 
 public address at submission may resolve to a private one now. The connection then goes to
 the very address that was checked (one urllib3 pool per receiver address, TLS still verified
 against the URL's host name), so DNS cannot swap it between the check and the connection.
-Deliveries run on a few worker threads, each try within a deadline; the job store is never
-touched, so tracking never waits for a receiver. The workers are shared between the clients
-that submitted the jobs (their `submitted_by`), so one client's receivers that never answer
-cannot hold them all: another client's event still starts at once.
+In a fleet every node reads every due event (any node can send any from its row), and a
+try starts only once its event is claimed in the database (Outbox.claim): one node sends an
+event at a time. Deliveries run on a few worker threads, each try within a deadline; the job
+store is never touched, so tracking never waits for a receiver. The workers are shared between
+the clients that submitted the jobs (their `submitted_by`), so one client's receivers that
+never answer cannot hold them all: another client's event still starts at once.
 """
 from __future__ import annotations
 
@@ -51,6 +53,10 @@ READ_ON_EVERY = 0.2
 MAX_POOLS = 64  # receiver addresses whose connections are kept; the least recently used go
 KEEP_ANSWER = 1024  # an answer this short (by its Content-Length) is read to keep the connection
 HOLD_AFTER_DB_ERROR = 30.0  # seconds an event whose outcome could not be recorded is not tried
+# Seconds a claim outlives a try's deadline: the address check before the connection and the
+# write of the outcome after it are outside the deadline. A claim that lapses while its try
+# still runs only lets another node send the event again (at least once).
+CLAIM_MARGIN = 15.0
 
 
 class WebhookSender:
@@ -229,6 +235,8 @@ class WebhookSender:
         """One try of one event, its outcome recorded before the event may be picked again
         (else a pass in between would see it still due, and send it twice). True if delivered."""
         try:
+            if not self.outbox.claim(event.id, self.clock(), self.deadline + CLAIM_MARGIN):
+                return False  # another node is trying it, or settled it since it was read
             error = self._attempt(event)
             if error is not None and self._stop.is_set():
                 return False  # cut short by stop(): not the receiver's failure, and still due

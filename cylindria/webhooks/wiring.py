@@ -26,7 +26,7 @@ class Webhooks:
         self.allow_private = allow_private
         self.comfy = comfy_endpoints(comfy_base_url, gpus)
         self.host = HostAddresses()  # read at the first check, not at start
-        self.outbox = Outbox(rows, render)
+        self.outbox = Outbox(rows, render, node=store.node)
         store.commit_with(self.outbox.rows_for)
         store.observe(self.outbox.observed)
         self.sender = WebhookSender(self.outbox, self.secret.secret, allow_private=allow_private,
