@@ -81,6 +81,10 @@ def lose_a_finished_job(service, fake, api: "Api", job_id: str) -> None:
     before Cylindria learns the end (no websocket, no poll): the next poll finds it `lost`,
     though ComfyUI's history (kept over a restart with keep_state) says it completed."""
     from tests import workflows
+    poller = service.context.tracker.poller
+    # The poller's first tick polls every GPU right after start-up reconciliation: over before
+    # the job is sent, or it may learn the end before ComfyUI is stopped (no `lost` then).
+    wait_for(lambda: poller.ticks >= 1 and poller.idle(), message="the poller's first tick")
     api.put(f"/startjob/{job_id}", json=workflows.core(job_id))
     wait_for(lambda: fake.prompts_received() and requests.get(
         f"{fake.url}/history/{fake.prompts_received()[0]}", timeout=5).json())

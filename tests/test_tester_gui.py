@@ -293,8 +293,9 @@ def test_models_lists_the_gpus_model_files(app, display):
 
 def test_fleet_lists_the_one_node_of_a_single_host(app, display):
     url = f"http://127.0.0.1:{app.port_var.get()}/fleet"
-    wait_for(app, lambda: requests.get(url, headers={"X-API-Key": KEY}, timeout=5).json()
-             ["nodes"][0]["gpus"][0]["reachable"], "a lease renewed since the GPU was reached")
+    wait_for(app, lambda: (lambda gpu: gpu["reachable"] and gpu["websocket"] == "connected")(
+        requests.get(url, headers={"X-API-Key": KEY}, timeout=5).json()["nodes"][0]["gpus"][0]),
+        "a lease renewed since the GPU was reached and its websocket connected")
     click(display, app.fleet_button)
     wait_for_text(app, "Fleet", "HTTP 200", "1 node(s), 1 live · answered by ",
                   "  GPU 0 · reachable · websocket connected")

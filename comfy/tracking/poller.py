@@ -35,6 +35,7 @@ class Poller:
         self._lock = threading.Lock()
         self._wanted: set[int] = set()
         self._running: dict[int, Future] = {}
+        self.ticks = 0  # full polls of every GPU begun (the first one right at start)
         self._pool = ThreadPoolExecutor(max_workers=max(1, len(gpus)),
                                         thread_name_prefix="cylindria-poll")
         # Model-file lists (GET /models), read apart from the polls that must not wait for them.
@@ -68,6 +69,10 @@ class Poller:
         else:  # every poll and read is over: the workers exit at once
             self._pool.shutdown(wait=True)
             self._models.shutdown(wait=True)
+
+    def idle(self) -> bool:
+        """No GPU's poll is under way."""
+        return all(future.done() for future in list(self._running.values()))
 
     def request(self, gpu_index: int) -> None:
         """Reconcile this GPU now (after a websocket connect or drop), not at the next tick."""
@@ -104,6 +109,7 @@ class Poller:
             self._wanted.clear()
         for gpu in self.gpus:
             self._launch(gpu)
+        self.ticks += 1
 
     def _poll_wanted(self) -> None:
         """Start the reconciliations asked for since the last tick."""

@@ -399,7 +399,9 @@ class PostgresStorage:
         return True
 
     def cancel_listener(self, name: str) -> PostgresCancelListener:
-        return PostgresCancelListener(self._conninfo, name, Health(f"{self.name} (cancels)"))
+        # The pool's Health: one outage is one WARNING (and one "reachable again"), whichever
+        # of the pool's calls or the listener meets it first.
+        return PostgresCancelListener(self._conninfo, name, self._health)
 
     def close(self) -> None:
         """Close the pool (and its background workers)."""
