@@ -89,6 +89,10 @@ def test_the_owners_refusal_is_the_clients_answer(fleet, fleet_database):
     assert node_of(fleet_database, "refused") is None
     bad = b.put("/startjob/bad-json?GpuId=a:0", data=b"{not json")
     assert bad.status_code == 400 and bad.json()["code"] == "invalid_json"
+    # An id of dots reaches a as that id (never read as a dot segment of the path).
+    dots = b.put("/startjob/%2E%2E?GpuId=a:0", json=workflows.core("dots"))
+    assert dots.status_code == 201 and dots.json()["job_id"] == "..", dots.text
+    assert node_of(fleet_database, "..") == "a"
 
 
 @pytest.mark.parametrize("gpu_id, node", [("zz:0", "zz"), ("a:5", "a"), ("a:auto", None),

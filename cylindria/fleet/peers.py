@@ -49,7 +49,7 @@ class Peers:
     def output(self, node: str, job_id: str, index: int, byte_range: str | None) -> requests.Response:
         """The node's answer for one output of its job (headers read, body not yet), or
         NodeUnreachable. `byte_range`: a Range header Cylindria built, never a client's."""
-        url = f"{self.advertise_url(node)}{OUTPUTS_PATH}/{quote(job_id, safe='')}/{index}"
+        url = f"{self.advertise_url(node)}{OUTPUTS_PATH}/{path_part(job_id)}/{index}"
         headers = self.credential.headers()
         if byte_range:
             headers["Range"] = byte_range
@@ -66,7 +66,7 @@ class Peers:
         `client` (name, own) as this node authenticated it. NodeUnreachable if it cannot be
         asked, or its answer does not come (it may then have taken the job: a retry of
         the id is answered with it)."""
-        url = f"{live_url(row)}{JOBS_PATH}/{quote(job_id, safe='')}"
+        url = f"{live_url(row)}{JOBS_PATH}/{path_part(job_id)}"
         headers = {**self.credential.headers(), **client_headers(client),
                    "Content-Type": "application/json"}
         try:
@@ -105,6 +105,12 @@ def live_url(row: NodeRow) -> str:
         raise NodeUnreachable(row.name, f"its lease has ended (last renewed "
                                         f"{row.lease_age:.0f} s ago)")
     return row.advertise_url.rstrip("/")
+
+
+def path_part(job_id: str) -> str:
+    """A job id as one path segment: dots encoded too, so that an id "." or ".." is never
+    taken for a dot segment and resolved away on the way."""
+    return quote(job_id, safe="").replace(".", "%2E")
 
 
 def client_headers(client: tuple[str, bool] | None) -> dict[str, str]:
