@@ -37,4 +37,5 @@ def fleet_submit(job_id: str):
     # what an own key may see), for every check the submission makes.
     g.setdefault(CLIENT_RECORD, None if client is None else Client(*client))
     context = ctx()
-    return start_job(context, job_id_param(job_id), gpu_id_param(len(context.gpus), raw_gpu_param()))
+    gpu_id = gpu_id_param(len(context.gpus), raw_gpu_param())
+    return start_job(context, job_id_param(job_id), gpu_id)

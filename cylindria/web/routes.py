@@ -13,8 +13,8 @@ from comfy.inputs.workflow import parse_workflow, without_secrets
 from cylindria.web.context import ctx, wait_until_reconciled
 from cylindria.web.errors import ApiError
 from cylindria.web.lookup import held_position, known_job, listed_by, submitter, visible, webhook_state
-from cylindria.web.params import (gpu_id_param, job_id_param, list_params, pinned_node, priority_param,
-                                  raw_gpu_param)
+from cylindria.web.params import (gpu_id_param, job_id_param, list_params, pinned_node,
+                                  priority_param, raw_gpu_param)
 from cylindria.web.pinning import forward_pinned
 from cylindria.web.streams import wait_param, waited_job
 from cylindria.web.submission import accepting, hold, request_body, with_webhook
