@@ -29,9 +29,10 @@ logger = logging.getLogger(__name__)
 KEY_FILE_NAME = "api_key"
 PUBLIC_ENDPOINTS = frozenset({"status.health", "status.ready", "v2_health"})
 # The nodes' internal endpoints (cylindria/web/internal.py): the fleet credential only, never
-# an API key; none of them takes a body, so the serving loop's key check refuses every body.
-FLEET_ENDPOINTS = frozenset({"internal.fleet_output"})
+# an API key (the serving loop's key check too lets a body in on the credential alone).
+FLEET_ENDPOINTS = frozenset({"internal.fleet_output", "internal.fleet_submit"})
 FLEET_CALL = "cylindria_fleet_call"  # flask.g: the request is another node's, with the credential
+CLIENT_RECORD = "cylindria_client_record"  # flask.g: the Client the request is from
 
 
 UNAUTHORIZED = "missing or wrong API key: send it as X-API-Key or Authorization: Bearer"
@@ -183,15 +184,21 @@ class HeaderCheck:
     """The key check of a request from its headers alone, before its body is read: the
     serving loop calls it, so it never waits (a JWT is checked against cached keys)."""
 
-    def __init__(self, url_map, public: frozenset, identify: Identify):
+    def __init__(self, url_map, public: frozenset, identify: Identify, fleet=None):
         self.adapter = url_map.bind("cylindria")
-        self.public, self.identify = public, identify
+        self.public, self.identify, self.fleet = public, identify, fleet
 
     def allowed(self, method: str, path: str, api_key: str | None,
-                authorization: str | None) -> bool:
+                authorization: str | None, fleet_credential: str | None = None) -> bool:
         """True for a public endpoint, a browser's OPTIONS, or a valid key (`path`:
-        normalized as the app sees it)."""
-        if method == "OPTIONS" or self._endpoint(method, path) in self.public:
+        normalized as the app sees it); for a nodes' internal endpoint, the fleet credential
+        and nothing else."""
+        if method == "OPTIONS":
+            return True
+        endpoint = self._endpoint(method, path)
+        if endpoint in FLEET_ENDPOINTS:
+            return self.fleet is not None and self.fleet.accepts(fleet_credential)
+        if endpoint in self.public:
             return True
         return self.identify(presented(api_key, authorization), cached=True) is not None
 
@@ -205,7 +212,7 @@ class HeaderCheck:
 
 def current_client() -> Client | None:
     """Who the request being answered comes from (None: a public endpoint, or --no-auth)."""
-    return g.get("cylindria_client_record")
+    return g.get(CLIENT_RECORD)
 
 
 def fleet_call() -> bool:
@@ -225,7 +232,7 @@ def init_app(app: Flask, setup: KeySetup, no_auth: bool, metrics_public: bool = 
     app.extensions["cylindria_throttle"] = throttle
     identify = Identify(setup, tokens)
     app.extensions["cylindria_header_check"] = None if no_auth else \
-        HeaderCheck(app.url_map, public, identify)
+        HeaderCheck(app.url_map, public, identify, fleet)
 
     @auth.verify_token
     def verify(token):

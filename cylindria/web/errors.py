@@ -100,11 +100,12 @@ def _database_unavailable(exc: StorageUnavailable):
 
 
 def _node_unreachable(exc: NodeUnreachable):
-    """The node holding a job's outputs cannot be asked now (it is down, or its lease ended)."""
+    """The node holding a job's outputs, or the GPU a job is pinned to, cannot be asked now
+    (it is down, or its lease ended)."""
     logger.info("%s", exc)
     return error_response(503, "node_unreachable",
-                          f"node {exc.node}, which holds this job's outputs, cannot be reached; "
-                          "try again shortly", {"node": exc.node},
+                          f"node {exc.node} cannot be reached ({exc.reason}); try again shortly",
+                          {"node": exc.node},
                           headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
 

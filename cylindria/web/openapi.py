@@ -19,7 +19,8 @@ ERROR_CODES = ["invalid_gpu_id", "invalid_job_id", "invalid_json", "invalid_work
                "headers_too_large", "internal_error", "starting", "queue_full",
                "too_many_streams", "too_many_downloads", "asset_not_found", "asset_in_use",
                "asset_too_large", "invalid_asset", "invalid_webhook", "folder_not_found",
-               "file_not_allowed", "database_unavailable", "node_unreachable"]
+               "file_not_allowed", "database_unavailable", "node_unreachable",
+               "asset_on_other_node"]
 ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not found",
               405: "Method not allowed", 409: "Conflict with the job's state",
               413: "Body too large",
@@ -28,7 +29,8 @@ ERROR_TEXT = {400: "Bad request", 401: "Missing or wrong API key", 404: "Not fou
               502: "ComfyUI answered something unusable",
               503: "ComfyUI cannot be reached (comfy_unreachable), Cylindria's database cannot "
                    "be reached (database_unavailable: nothing was accepted), the fleet node "
-                   "holding a job's outputs cannot be reached (node_unreachable), or Cylindria "
+                   "holding a job's outputs, or the GPU a job is pinned to, cannot be reached "
+                   "(node_unreachable), or Cylindria "
                    "is still reconciling after a start (starting)"}
 # Every 429 and 503 error says when to try again.
 
@@ -56,13 +58,15 @@ JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,128}$"}}
 
 
-def _gpu_param(word: str, gpus: int, meaning: str) -> dict:
-    """GpuId: one of this host's GPU indexes, or the word (any case)."""
+def _gpu_param(word: str, gpus: int, meaning: str, pinned: str = "") -> dict:
+    """GpuId: one of this host's GPU indexes, or the word (any case); with `pinned` (what it
+    means), also <node>:<n>, a GPU of a node of the fleet."""
     any_case = "".join(f"[{c.upper()}{c}]" for c in word)
+    node = "|[A-Za-z0-9._-]{1,63}:[0-9]" if pinned else ""
     return {"name": "GpuId", "in": "query", "required": False,
             "description": f"GPU index 0..{gpus - 1} (default 0), or {word} (any case): "
-                           f"{meaning}; also spelled gpuid / gpu_id",
-            "schema": {"type": "string", "pattern": f"^([0-{gpus - 1}]|{any_case})$"}}
+                           f"{meaning}{pinned}; also spelled gpuid / gpu_id",
+            "schema": {"type": "string", "pattern": f"^([0-{gpus - 1}]|{any_case}{node})$"}}
 
 
 WEBHOOK_URL = {"type": "string", "maxLength": 2048, "pattern": "^https?://[^\\s]+$",
@@ -121,7 +125,8 @@ SCHEMAS = {
         "details": {"description": "Only where it says more, by code: invalid_workflow a "
                                    "WorkflowProblem; comfy_rejected a ComfyRejection; "
                                    "queue_full {max_queued}; invalid_parameter {parameter}; "
-                                   "invalid_gpu_id {gpu_id, number_of_gpus}; invalid_job_id "
+                                   "invalid_gpu_id {gpu_id, number_of_gpus, node (GpuId="
+                                   "<node>:<n>)}; node_unreachable {node}; invalid_job_id "
                                    "{job_id}; job_finished {status}; job_id_conflict {status, "
                                    "gpu_id}; payload_too_large {limit_bytes}"}}},
     "WorkflowProblem": {
@@ -290,7 +295,10 @@ def _paths(gpus: int) -> dict:
                            "queue and answered at once (status queued, gpu_id and prompt_id "
                            "null); it is sent to a GPU when one is ready for it.",
             "parameters": [JOB_ID, _gpu_param("auto", gpus, "held in Cylindria's own queue "
-                                              "and sent to the first GPU ready for it"),
+                                              "and sent to the first GPU ready for it",
+                                              "; or <node>:<n>, GPU n of that node of the fleet "
+                                              "(submitted by that node: its answer is this one; "
+                                              "this node's own name: GpuId=n)"),
                            PRIORITY, WEBHOOK],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("Workflow")}}},
             "responses": {"201": _json("Accepted", "Accepted: sent to ComfyUI, or held in "
@@ -303,6 +311,9 @@ def _paths(gpus: int) -> dict:
                                    "WorkflowProblem), file_not_allowed (an input names a "
                                    "file the client may not read; details: node_id, input), "
                                    "comfy_rejected (pinned job; details: a ComfyRejection)",
+                              409: "job_id_conflict: the id is taken by another workflow; "
+                                   "asset_on_other_node: an asset uploaded to another node of "
+                                   "the fleet (not usable here yet)",
                               429: "too_many_requests (--rate-limit, or failed authentications), or "
                                    "queue_full: Cylindria's queue holds --max-queued jobs"})}}},
         "/jobstatus/{job_id}": {"get": {

@@ -31,8 +31,22 @@ def raw_gpu_param() -> str | None:
     return values[0] if values else None
 
 
-def gpu_id_param(gpu_count: int, raw: str | None, word: str | None = None) -> int | None:
-    """The GPU index (default 0); None when `word` ("auto", "all") is allowed and given."""
+def pinned_node(raw: str | None, this_node: str) -> tuple[str | None, str | None]:
+    """GpuId=<node>:<n> split: (the other node named, or None for this one; the GPU part).
+    `<this node>:<n>` is exactly GpuId=n; a value without ':' is this node's."""
+    if raw is None or ":" not in raw:
+        return None, raw
+    node, _, gpu = raw.rpartition(":")
+    if not node or not re.fullmatch(r"[0-9]", gpu):
+        raise ApiError(400, "invalid_gpu_id", "GpuId=<node>:<n> is a node's name and one of "
+                       "its GPU indexes (auto is never pinned to a node)", {"gpu_id": raw[:50]})
+    return (None if node == this_node else node), gpu
+
+
+def gpu_id_param(gpu_count: int, raw: str | None, word: str | None = None,
+                 given: str | None = None) -> int | None:
+    """The GPU index (default 0); None when `word` ("auto", "all") is allowed and given.
+    `given`: the value as the client wrote it, if `raw` is a part of it (<node>:<n>)."""
     if raw is None:
         return 0
     text = raw
@@ -42,7 +56,7 @@ def gpu_id_param(gpu_count: int, raw: str | None, word: str | None = None) -> in
         also = f", or {word}" if word else ""
         raise ApiError(400, "invalid_gpu_id",
                        f"GpuId must be an integer from 0 to {gpu_count - 1}{also}",
-                       {"gpu_id": raw[:50], "number_of_gpus": gpu_count})
+                       {"gpu_id": (given or raw)[:50], "number_of_gpus": gpu_count})
     return int(text)
 
 

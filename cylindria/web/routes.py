@@ -13,7 +13,9 @@ from comfy.inputs.workflow import parse_workflow, without_secrets
 from cylindria.web.context import ctx, wait_until_reconciled
 from cylindria.web.errors import ApiError
 from cylindria.web.lookup import held_position, known_job, listed_by, submitter, visible, webhook_state
-from cylindria.web.params import gpu_id_param, job_id_param, list_params, priority_param, raw_gpu_param
+from cylindria.web.params import (gpu_id_param, job_id_param, list_params, pinned_node,
+                                  priority_param, raw_gpu_param)
+from cylindria.web.pinning import forward_pinned
 from cylindria.web.streams import wait_param, waited_job
 from cylindria.web.submission import accepting, hold, request_body, with_webhook
 from cylindria.web.views import EncodedViews, accepted_view, job_view
@@ -31,10 +33,20 @@ encoded_views = EncodedViews()
 @bp.put("/startjob", defaults={"job_id": ""})
 @bp.put("/startjob/<anypath:job_id>")
 def startjob(job_id: str):
-    """Submit a workflow to a GPU (or GpuId=auto), exactly once per job id."""
+    """Submit a workflow to a GPU (or GpuId=auto), exactly once per job id; a job pinned to
+    another node's GPU (GpuId=<node>:<n>) is submitted by that node."""
     context = ctx()
     job_id = job_id_param(job_id)
-    gpu_id = gpu_id_param(len(context.gpus), raw_gpu_param(), word="auto")
+    given = raw_gpu_param()
+    node, gpu = pinned_node(given, context.config.node)
+    if node is not None:
+        return forward_pinned(context, job_id, node, gpu)
+    return start_job(context, job_id, gpu_id_param(len(context.gpus), gpu, "auto", given))
+
+
+def start_job(context, job_id: str, gpu_id: int | None):
+    """The submission of the request's workflow to this node's GPU `gpu_id` (None: held in
+    Cylindria's queue), for the client the request is from: 201, or 200 for a retry."""
     body = request_body()
     if context.config.dev:
         save_dev_copy(context.config.dev_save_dir, job_id, without_secrets(body))

@@ -101,10 +101,20 @@ def assets_held(context, job_id: str, workflow: Workflow):
             context.assets.settle(job_id, workflow.fingerprint, context.store)
 
 
+class AssetElsewhere(AssetNotFound):
+    """An asset whose row the fleet's database has but whose file this node does not: it
+    was uploaded to another node, and files do not travel between nodes yet."""
+
+
 def note_assets(context, job_id: str, workflow: Workflow) -> None:
     """Record that this submission needs the assets its references name among those the
-    client may see (AssetNotFound for the first it may not use, or one deleted meanwhile)."""
+    client may see (AssetNotFound for the first it may not use, or one deleted meanwhile;
+    AssetElsewhere for one whose file another node holds)."""
     resolved = resolve(workflow.prompt, context.assets, viewer())
+    for (node_id, name), asset in resolved.items():
+        # No file and still a row (not deleted meanwhile): another node's upload.
+        if not context.assets.path(asset).is_file() and context.assets.get(asset.id) is not None:
+            raise AssetElsewhere(node_id, name, workflow.prompt[node_id]["inputs"][name]["info"])
     gone = context.assets.use(job_id, workflow.fingerprint, resolved.values())
     for (node_id, name), asset in resolved.items():
         if asset in gone:
@@ -121,10 +131,16 @@ def retried(context, job_id: str) -> bool:
 
 
 def asset_missing(exc: AssetNotFound) -> ApiError:
-    """400 asset_not_found naming the reference."""
+    """400 asset_not_found naming the reference; 409 asset_on_other_node for an asset
+    uploaded to another node of the fleet."""
+    details = {"node_id": exc.node_id, "input": exc.input, "info": exc.info}
+    if isinstance(exc, AssetElsewhere):
+        return ApiError(409, "asset_on_other_node", f"node {exc.node_id} input {exc.input} "
+                        "refers to an asset uploaded to another node of the fleet: its file is "
+                        "not on this node, and assets do not move between nodes yet (upload it "
+                        "to this node, or pin the job to the node it was uploaded to)", details)
     return ApiError(400, "asset_not_found", f"node {exc.node_id} input {exc.input} refers to an "
-                    "asset Cylindria does not hold",
-                    {"node_id": exc.node_id, "input": exc.input, "info": exc.info})
+                    "asset Cylindria does not hold", details)
 
 
 def hold(context, job_id: str, workflow: Workflow, priority: int, labels: dict | None = None,
