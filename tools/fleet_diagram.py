@@ -90,6 +90,10 @@ def svg() -> str:
         parts += host(x, name, gpus)
         parts.append(arrow(600, 80, x + 170, 188, "" if n != 1 else "any job, on any node"))
         parts.append(to_database(x, n))
+        if n:  # node to node, over the advertise URLs
+            parts.append(arrow(x - 70, 240, x + 28, 240, both=True, color=ACCENT))
+    parts.append(text(600, 424, "node to node, with the fleet credential: outputs, jobs pinned "
+                      "with GpuId=<node>:<n>", 13, fill=ACCENT))
     parts += [text(40, 500 + 20 * n, line, 13, anchor="start", fill=ACCENT)
               for n, line in enumerate(("each node writes its lease,", "its own jobs' rows;",
                                         "any node reads any job"))]
