@@ -85,7 +85,7 @@ def test_the_node_hears_a_cancel_when_it_commits_and_after_listening_again(backe
     try:
         assert not storage.jobs.request_cancel("ended")  # nothing asked: nothing sent
         assert storage.jobs.request_cancel("first")
-        assert listener.wait(30) == ["first"]
+        assert listener.wait(30) == [("cylindria_cancel", "first")]
 
         terminate(backend.database, LISTENER_NAME.format(node="a"))
         with pytest.raises(StorageUnavailable):
@@ -95,7 +95,7 @@ def test_the_node_hears_a_cancel_when_it_commits_and_after_listening_again(backe
         listener.listen()
         assert storage.jobs.cancels_requested("a") == ["first", "second"]  # the re-check's
         assert storage.jobs.request_cancel("second")
-        assert listener.wait(30) == ["second"]
+        assert listener.wait(30) == [("cylindria_cancel", "second")]
     finally:
         listener.close()
 

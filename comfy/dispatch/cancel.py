@@ -34,7 +34,8 @@ def cancel_anywhere(store: JobStore, gpus: list[Gpu], job: Job,
                     settle_wait: float) -> tuple[Job, bool]:
     """Cancel the job wherever it is; returns (job, confirmed) like cancel_job. Held, it never
     reaches ComfyUI; being sent, its POST is waited for; sent meanwhile by the dispatcher, it
-    is cancelled in that ComfyUI; another node's, that node is asked to (ask_owner).
+    is cancelled in that ComfyUI; another node's (or one of the fleet's shared queue that
+    another node claimed as it was cancelled), that node is asked to (ask_owner).
     JobFinished if it has ended."""
     if store.get(job.job_id) is None:
         return ask_owner(store, job)
@@ -47,6 +48,8 @@ def cancel_anywhere(store: JobStore, gpus: list[Gpu], job: Job,
             job = cancel_held(store, job)
             if job.status == JobStatus.CANCELLED:
                 return job, True
+            if store.get(job.job_id) is None:
+                return ask_owner(store, job)  # of the shared queue, claimed by another node
             continue  # sent meanwhile: cancel it in ComfyUI
         return cancel_job(store, gpus[job.gpu_id], job)
     raise CancelRaced("the job moved between Cylindria's queue and a GPU while being "

@@ -90,6 +90,7 @@ class Dispatcher:
                          for gpu in gpus]
         self._thread = threading.Thread(target=self.run, name="cylindria-dispatcher", daemon=True)
         store.observe(self._observed)
+        store.on_shared(self._shared_moved)
 
     # -- the thread -------------------------------------------------------------------------
 
@@ -160,6 +161,15 @@ class Dispatcher:
                 self._needs.pop(new.job_id, None)
         if new.status.finished or new.status == JobStatus.HELD or was_held:
             self._wake.set()
+
+    def _shared_moved(self, job_id: str) -> None:
+        """A job of the fleet's shared queue came into this node's store (work: a pass now) or
+        left it (another node took it)."""
+        self._sync(job_id)
+        if self.store.get(job_id) is None:
+            with self._lock:
+                self._needs.pop(job_id, None)
+        self._wake.set()
 
     def _sync(self, job_id: str) -> None:
         """Make the queue agree with the job as it is now. Observers run outside the store's

@@ -55,10 +55,15 @@ class JobStore:
     one job stay in order. New jobs are inserted one at a time (`_inserting`), so they are
     published in the order the database numbers them.
 
-    In a fleet (several nodes on one PostgreSQL database) the store holds only its node's
-    jobs (`node`): those it loaded at its start and those it creates. Another node's job is
-    never published here, so nothing on this node tracks or judges it; it is read from its
-    row when a client asks (`lookup`), and a submission under its id is answered with it.
+    In a fleet (several nodes on one PostgreSQL database) the store holds its node's jobs
+    (`node`): those it loaded at its start and those it creates, and the shared queue: the
+    held GpuId=auto jobs of no node, which every node holds (`take_in`, on each notice of
+    the database) so that its dispatcher ranks them with its own. Claiming one makes it this
+    node's, fenced by the row (`claim_held`: only while still held); a claim another node
+    won drops it from memory, as does the notice of another node's claim (`forget_shared`).
+    Another node's own job is never published here, so nothing on this node tracks or
+    judges it; it is read from its row when a client asks (`lookup`), and a submission
+    under its id is answered with it.
     """
 
     def __init__(self, rows: JobRows, node: str = LOCAL_NODE):
@@ -86,12 +91,18 @@ class JobStore:
         self._watchers: list[Callable[[str], None]] = []
         self._companions: list[Callable[[Job, Job], list[OutboxRow]]] = []
         self._keepers: list[Callable[[str, dict | None], None]] = []
+        self._movers: list[Callable[[str], None]] = []  # told of shared jobs coming and going
+        self._shared: set[str] = set()  # the shared queue's jobs held here
+        # Jobs created here with credentials kept in this node's memory only: only this node
+        # can send them, so they never enter the shared queue.
+        self._private: set[str] = set()
         adopted = rows.adopt(node)
         if adopted:
             logger.info("node %s adopted %d jobs (written before nodes existed, or under "
                         "another name in this host's own file)", node, adopted)
         for job in rows.load(node):
-            job.node = node  # one of no node written since the adoption: ours from its next write
+            if not self._in_queue(job):
+                job.node = node  # of no node, written since the adoption: ours from its next write
             self._publish(job)
 
     def get(self, job_id: str) -> Job | None:
@@ -153,6 +164,12 @@ class JobStore:
         """Call `observer(old, new)` after every status change (old is None for a new job)."""
         self._observers.append(observer)
 
+    def on_shared(self, mover: Callable[[str], None]) -> None:
+        """Call `mover(job_id)` when a job of the shared queue enters this store or leaves it
+        without a change of its own (another node's submission, or its claim): the
+        dispatcher's queue follows. Called outside the store's lock."""
+        self._movers.append(mover)
+
     def watch(self, watcher: Callable[[str], None]) -> None:
         """Call `watcher(job_id)` after every change of a job, progress included (clients
         waiting on a job are woken by it); it must be cheap: it runs on every message."""
@@ -202,7 +219,9 @@ class JobStore:
             if job.status != JobStatus.HELD:
                 job.status = JobStatus.SUBMITTING
             job.submitted_at = job.submitted_at or time.time()
-            job.node = job.node or self.node
+            shared = self._db.shared and job.status == JobStatus.HELD and job.auto \
+                and not withheld
+            job.node = None if shared else (job.node or self.node)
             theirs = self._insert(job, workflow)  # raises: nothing published, a retry starts afresh
             if theirs is not None:
                 self._recent.put(job.job_id, theirs)
@@ -212,6 +231,8 @@ class JobStore:
                     self._in_flight[job.job_id] = job.prompt_id
                 for keeper in self._keepers if withheld else ():
                     keeper(job.job_id, withheld)
+                if withheld and self._db.shared:
+                    self._private.add(job.job_id)
                 self._publish(job)
         self._notify(None, job)
         return job, True
@@ -221,9 +242,61 @@ class JobStore:
         return self._db.workflow(job_id)  # its own connection: a 32 MiB read holds no one
 
     def held(self) -> int:
-        """Jobs in Cylindria's own queue (O(GPUs): from the status counts)."""
+        """Jobs in Cylindria's own queue (O(GPUs): from the status counts), the fleet's shared
+        queue included: what this node sees of the fleet's queue."""
         with self._lock:
             return self._held()
+
+    def held_here(self) -> tuple[int, int]:
+        """(held jobs of this node's own, jobs of the shared queue): the fleet counts the
+        shared queue once, not once per node."""
+        with self._lock:
+            return self._held() - len(self._shared), len(self._shared)
+
+    def take_in(self, job_id: str, row: Job | None = None) -> bool:
+        """A job entered the shared queue (a notice of the database): publish it here as it
+        reads now (`row`, or read), if it is still there; one no longer there is dropped if
+        held here as shared. Never touches a job of this node's own. Whether it is held here now."""
+        with self._stripe(job_id):
+            current = self._jobs.get(job_id)
+            if current is not None and not self._in_queue(current):
+                return False  # this node's own: it knows better than any notice
+            if current is not None and row is None:
+                return True
+            row = row if row is not None else self._db.get(job_id)
+            with self._lock:
+                if row is not None and self._in_queue(row):
+                    self._publish(row, previous=current, accepted=False)
+                elif current is not None:
+                    self._unpublish(current)
+                else:
+                    return False
+        self._moved(job_id)
+        return job_id in self._shared
+
+    def forget_shared(self, job_id: str) -> bool:
+        """Another node took this job from the shared queue (its notice): drop it from memory,
+        if held here as a job of the shared queue (never one of this node's own; the database
+        is not touched). Whether it was dropped."""
+        with self._stripe(job_id):  # a claim of ours under way publishes the job as ours first
+            with self._lock:
+                current = self._jobs.get(job_id)
+                if current is None or not self._in_queue(current):
+                    return False
+                self._unpublish(current)
+        self._moved(job_id)
+        return True
+
+    def resync_shared(self) -> None:
+        """Make the shared queue held here agree with the database (after notices may have been
+        missed: at a (re)connection of the listener)."""
+        rows = self._db.shared_held()
+        for row in rows:
+            self.take_in(row.job_id, row)
+        with self._lock:
+            stale = self._shared - {row.job_id for row in rows}
+        for job_id in stale:  # read again: one inserted here after the read above stays
+            self.take_in(job_id, self._db.get(job_id) or _GONE)
 
     def unfinished_per_gpu(self) -> Counter:
         """gpu_id -> Cylindria's prompts in that ComfyUI (submitting, queued or running)."""
@@ -350,7 +423,13 @@ class JobStore:
             edit(new)
             if new.status != current.status and not may_move(current.status, new.status):
                 return current
-            self._persist(current, new)
+            self._place(current, new)
+            if not self._persist(current, new):
+                with self._lock:  # claimed by another node: its job now, not this one's
+                    if self._jobs.get(job_id) is current:
+                        self._unpublish(current)
+                self._moved(job_id)
+                return None
             with self._lock:
                 if self._jobs.get(job_id) is not current:
                     return None  # forgotten meanwhile by retention (finished, row deleted)
@@ -408,15 +487,34 @@ class JobStore:
             jobs = list(self._jobs.values())
         return jobs[::-1] if newest_first else jobs
 
-    def _persist(self, current: Job, new: Job) -> None:
+    def _place(self, current: Job, new: Job) -> None:
+        """The node a changed job belongs to: a job leaving the shared queue is this node's
+        (its claim, or its cancel), a GpuId=auto job put back in the queue on the fleet's
+        database goes to the shared queue (unless only this node holds its credentials)."""
+        if self._in_queue(current) and new.status != JobStatus.HELD:
+            new.node = self.node
+        elif self._db.shared and new.auto and new.status == JobStatus.HELD \
+                and current.status != JobStatus.HELD and new.job_id not in self._private:
+            new.node = None
+        if new.status.finished:
+            self._private.discard(new.job_id)
+
+    def _persist(self, current: Job, new: Job) -> bool:
         """Commit a change of durable fields, before anyone can see it (caller holds the
-        job's stripe, not the store's lock)."""
+        job's stripe, not the store's lock). False: a job of the shared queue that another
+        node claimed (nothing written)."""
         before, after = _durable(current), _durable(new)
         if after == before:
-            return
+            return True
         events = [row for companion in self._companions for row in companion(current, new)] \
             if self._companions and new.status != current.status else ()
-        if current.status != JobStatus.HELD or new.status != JobStatus.SUBMITTING:
+        if self._in_queue(current):
+            # Fenced by the row: written only while it is still in the queue, and not while
+            # another node is claiming it.
+            if not self._db.claim_held(new, events):
+                logger.debug("job %s: taken by another node", new.job_id)
+                return False
+        elif current.status != JobStatus.HELD or new.status != JobStatus.SUBMITTING:
             self._db.update(new, events)
         elif not self._db.claim_held(new, events):
             # On one host this store writes every row, so a held job whose row is not held
@@ -431,6 +529,7 @@ class JobStore:
             where = "held" if new.gpu_id is None else f"on GPU {new.gpu_id}"
             logger.log(level, "job %s %s: %s -> %s", new.job_id, where,
                        current.status.value, new.status.value)
+        return True
 
     def _insert(self, job: Job, workflow: bytes) -> Job | None:
         """Insert a new job's row and set its seq (caller holds its stripe and `_inserting`);
@@ -460,6 +559,27 @@ class JobStore:
         """The lock a job's writes hold (taken before `_inserting` and the store's lock)."""
         return self._stripes[hash(job_id) % STRIPES]
 
+    def _in_queue(self, job: Job) -> bool:
+        """Whether a job is in the fleet's shared queue (held, GpuId=auto, of no node)."""
+        return job.node is None and job.auto and job.status == JobStatus.HELD \
+            and self._db.shared
+
+    def _moved(self, job_id: str) -> None:
+        """Tell the movers a shared job came or went; never let one break the store."""
+        for mover in self._movers:
+            try:
+                mover(job_id)
+            except Exception:
+                logger.exception("shared queue observer failed")
+
+    def _unpublish(self, job: Job) -> None:
+        """Drop a job from memory, not from the database (caller holds the lock)."""
+        del self._jobs[job.job_id]
+        self._counts[(job.gpu_id, job.status)] -= 1
+        self._shared.discard(job.job_id)
+        if job.prompt_id is not None:
+            self._active.pop(job.prompt_id, None)
+
     def _held(self) -> int:
         """Held jobs (caller holds the lock)."""
         return sum(n for (_, status), n in self._counts.items() if status == JobStatus.HELD)
@@ -472,13 +592,19 @@ class JobStore:
             except Exception:
                 logger.exception("job observer failed")
 
-    def _publish(self, job: Job, previous: Job | None = None) -> None:
-        """Make `job` the current record and keep the prompt index to unfinished jobs."""
+    def _publish(self, job: Job, previous: Job | None = None, accepted: bool = True) -> None:
+        """Make `job` the current record and keep the prompt index to unfinished jobs (and
+        the set of the shared queue's). `accepted`: a new job counts as accepted here (not
+        one taken in from the shared queue)."""
         self._jobs[job.job_id] = job
         self._peak = max(self._peak, len(self._jobs))
+        if self._in_queue(job):
+            self._shared.add(job.job_id)
+        else:
+            self._shared.discard(job.job_id)
         if previous is not None:
             self._counts[(previous.gpu_id, previous.status)] -= 1
-        else:
+        elif accepted:
             self._accepted[job.gpu_id] += 1
         self._counts[(job.gpu_id, job.status)] += 1
         if job.status.finished and (previous is None or previous.status != job.status):
@@ -491,6 +617,10 @@ class JobStore:
             self._active.pop(job.prompt_id, None)
         else:
             self._active[job.prompt_id] = job.job_id
+
+
+# What resync_shared reads of a job whose row is gone: nothing in the queue.
+_GONE = Job(job_id="", gpu_id=None, prompt_id=None, fingerprint="", status=JobStatus.CANCELLED)
 
 
 def _listed(job: Job, statuses: set | None, gpu_id: int | None,

@@ -34,15 +34,17 @@ def keys_hash(keys: Iterable[str]) -> str:
 
 def node_status(gpus: list[Gpu], store: JobStore) -> dict:
     """What /fleet shows of this node: per GPU its reachability and websocket as the tracker
-    last saw them, and Cylindria's own jobs running and queued there; the jobs held in
-    Cylindria's queue."""
+    last saw them, and Cylindria's own jobs running and queued there; the jobs held for
+    this node only (pinned, or carrying credentials only it holds), and the fleet's shared
+    queue as this node sees it (the fleet gauge counts it once)."""
     counts = store.counts()
+    own, shared = store.held_here()  # the shared queue, held by every node, is counted apart
     return {"gpus": [{"gpu_id": gpu.index, "reachable": gpu.reachable is True,
                       "websocket": "connected" if gpu.websocket_connected else "disconnected",
                       "running": counts.get((gpu.index, JobStatus.RUNNING), 0),
                       "queue_length": sum(counts.get((gpu.index, s), 0) for s in _QUEUED)}
                      for gpu in gpus],
-            "held_jobs": store.held()}
+            "held_jobs": own, "shared_queue": shared}
 
 
 class Membership:

@@ -6,7 +6,12 @@ local cancel would (comfy.dispatch.cancel.cancel_anywhere: held, queued or runni
 A notice sent while this node was not listening (its connection lost, the database
 restarting) is not replayed by PostgreSQL: after every (re)connection, and every RECHECK_EVERY
 seconds besides (a cancel that failed, its ComfyUI unreachable, is tried again), the flags in
-this node's unfinished jobs' rows are read again."""
+this node's unfinished jobs' rows are read again.
+
+The same connection hears the fleet's shared queue: a job entering it (`cylindria_held`) is
+taken into this node's store, where its dispatcher (woken by the store) may claim it; a job
+another node claimed (`cylindria_taken`) is dropped from it. After every (re)connection, and
+at each re-check, the shared queue held here is made to agree with the database."""
 from __future__ import annotations
 
 import logging
@@ -18,6 +23,7 @@ from comfy.comfyui.gpu import Gpu
 from comfy.dispatch.cancel import CancelRaced, JobFinished, cancel_anywhere
 from comfy.jobs.store import JobStore
 from cylindria.storage import CancelListener, StorageUnavailable
+from cylindria.storage.postgres import CANCEL_CHANNEL, HELD_CHANNEL, TAKEN_CHANNEL
 
 logger = logging.getLogger(__name__)
 
@@ -65,10 +71,11 @@ class CancelNotices:
                     self.listener.listen()
                     listening, delay, checked = True, RETRY_EVERY[0], 0.0
                 if time.monotonic() - checked >= RECHECK_EVERY:
+                    self.store.resync_shared()
                     self.recheck()
                     checked = time.monotonic()
-                for job_id in self.listener.wait(WAIT):
-                    self.apply(job_id)
+                for channel, job_id in self.listener.wait(WAIT):
+                    self.heard(channel, job_id)
             except StorageUnavailable:  # logged by the listener's health, once an outage
                 listening = False
                 self.listener.close()
@@ -79,6 +86,15 @@ class CancelNotices:
                 listening = False
                 self.listener.close()
                 self._stop.wait(RETRY_EVERY[1])
+
+    def heard(self, channel: str, job_id: str) -> None:
+        """Act on one notice."""
+        if channel == HELD_CHANNEL:
+            self.store.take_in(job_id)
+        elif channel == TAKEN_CHANNEL:
+            self.store.forget_shared(job_id)
+        elif channel == CANCEL_CHANNEL:
+            self.apply(job_id)
 
     def recheck(self) -> int:
         """Apply every cancel asked of this node's jobs that it has not acted on; how many."""

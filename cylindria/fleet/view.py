@@ -57,6 +57,8 @@ class RecentNodes:
             return self._read
 
     def gauges(self) -> tuple[int, int]:
-        """(live nodes, held jobs summed over the live nodes)."""
+        """(live nodes, held jobs: each live node's own, plus the shared queue once, as the
+        node that sees most of it says)."""
         live = [row for row in self.current() if row.live]
-        return len(live), sum(int(said(row).get("held_jobs", 0)) for row in live)
+        shared = max((int(said(row).get("shared_queue", 0)) for row in live), default=0)
+        return len(live), shared + sum(int(said(row).get("held_jobs", 0)) for row in live)

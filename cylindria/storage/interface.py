@@ -108,6 +108,11 @@ class JobRows(Protocol):
     def delete(self, job_id: str) -> None:
         """Remove a job and what depends on it (a submission ComfyUI never got)."""
 
+    def shared_held(self) -> list[Job]:
+        """The shared queue: held GpuId=auto jobs of no node, oldest first (empty on one
+        host's file). Inserting one, or putting one back (`update`), notifies every node; a
+        claim of one (`claim_held` naming a node) notifies that it was taken."""
+
     def workflow(self, job_id: str) -> bytes | None:
         """The workflow a job was submitted with, as received (credentials left out)."""
 
@@ -148,9 +153,10 @@ class CancelListener(Protocol):
     def listen(self) -> None:
         """(Re)connect and start listening; StorageUnavailable if the database cannot be reached."""
 
-    def wait(self, timeout: float) -> list[str]:
-        """The job ids notified since the last call, waiting up to `timeout` seconds for one
-        (an empty list then); StorageUnavailable once the connection is lost (listen again)."""
+    def wait(self, timeout: float) -> list[tuple[str, str]]:
+        """The (channel, job id) notices since the last call, waiting up to `timeout` seconds
+        for one (an empty list then): cancels asked, jobs entering and leaving the shared
+        queue; StorageUnavailable once the connection is lost (listen again)."""
 
     def close(self) -> None:
         """Close the connection (listen opens a new one)."""

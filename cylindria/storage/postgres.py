@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from comfy.inputs.assets import Asset, SHARED
-from comfy.jobs.job import Job
+from comfy.jobs.job import Job, JobStatus
 from cylindria.storage import records
 from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, OutboxRow, SchemaTooNew,
                                         guarded_by)
@@ -47,8 +47,11 @@ _NOT_BUSY = ("id <> ALL(%(skip)s::text[]) AND job_id <> ALL(%(jobs)s::text[]) "
 _SET_DURABLE = ", ".join(f"{name} = (jobs.{name} OR %s)" if name == "cancel_requested"
                          else f"{name} = %s" for name in records.DURABLE)
 CANCEL_CHANNEL = "cylindria_cancel"  # NOTIFY'd with a job id: its node is to cancel it
+HELD_CHANNEL = "cylindria_held"  # NOTIFY'd with a job id: a job entered the shared queue
+TAKEN_CHANNEL = "cylindria_taken"  # NOTIFY'd with a job id: a node took it from the shared queue
 LISTENER_NAME = "cylindria cancels {node}"  # the listener's application_name
 _UNFINISHED = f"status NOT IN ({records.FINISHED_LIST})"
+_SHARED_HELD = f"(status = '{records.HELD}' AND auto)"
 # Now, in epoch seconds, by the database's clock (clock_timestamp: the time of the statement,
 # not of the transaction's start).
 _NOW = "extract(epoch FROM clock_timestamp())::double precision"
@@ -166,7 +169,10 @@ SQL = {
                  "AND (finished_at IS NULL OR finished_at >= %s) ORDER BY seq",
     # Row locks make two starts at once take each unowned row once: the second waits for the
     # first's commit and then finds the row owned (READ COMMITTED re-checks the condition).
-    "adopt": "UPDATE jobs SET node = %s WHERE node IS NULL",
+    # A held GpuId=auto job of no node is in the shared queue: every node holds it, none adopts it.
+    "adopt": f"UPDATE jobs SET node = %s WHERE node IS NULL AND NOT {_SHARED_HELD}",
+    "shared_held": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs "
+                   f"WHERE node IS NULL AND {_SHARED_HELD} ORDER BY seq",
     "job": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs "
            "WHERE job_id = %s AND (finished_at IS NULL OR finished_at >= %s)",
     "insert_job": f"INSERT INTO jobs ({', '.join(records.COLUMNS)}) "
@@ -191,7 +197,9 @@ SQL = {
                  "ORDER BY seq DESC LIMIT %(limit)s",
     "request_cancel": f"UPDATE jobs SET cancel_requested = true WHERE job_id = %s AND {_UNFINISHED}",
     "notify_cancel": f"SELECT pg_notify('{CANCEL_CHANNEL}', %s)",
-    "listen_cancels": f"LISTEN {CANCEL_CHANNEL}",
+    "notify_held": f"SELECT pg_notify('{HELD_CHANNEL}', %s)",
+    "notify_taken": f"SELECT pg_notify('{TAKEN_CHANNEL}', %s)",
+    "listen_cancels": f"LISTEN {CANCEL_CHANNEL}; LISTEN {HELD_CHANNEL}; LISTEN {TAKEN_CHANNEL}",
     "cancels_requested": "SELECT job_id FROM jobs WHERE node = %s AND finished_at IS NULL "
                          f"AND cancel_requested AND {_UNFINISHED} ORDER BY seq",
     "delete_workflows": "DELETE FROM workflows WHERE job_id = ANY(%s::text[])",
@@ -430,10 +438,11 @@ class PostgresCancelListener:
         self._conn = conn
 
     @_guarded
-    def wait(self, timeout: float) -> list[str]:
+    def wait(self, timeout: float) -> list[tuple[str, str]]:
         if self._conn is None or self._conn.closed:
             raise psycopg.OperationalError("not listening")
-        return [notice.payload for notice in self._conn.notifies(timeout=timeout, stop_after=1)]
+        return [(notice.channel, notice.payload)
+                for notice in self._conn.notifies(timeout=timeout, stop_after=1)]
 
     def close(self) -> None:
         conn, self._conn = self._conn, None
@@ -505,6 +514,7 @@ class PostgresJobRows(_Rows):
                     raise JobIdTaken(job.job_id)
                 inserted = conn.execute(SQL["insert_job"], row).fetchone()
             conn.execute(SQL["insert_workflow"], (job.job_id, workflow))
+            _notify_shared(conn, job)
         return inserted[0]
 
     @_guarded
@@ -512,6 +522,7 @@ class PostgresJobRows(_Rows):
         with self._pool.connection() as conn:
             conn.execute(SQL["update_job"], _durable(job))
             _insert_events(conn, events)
+            _notify_shared(conn, job)  # a job put back in the shared queue
 
     @_guarded
     def claim_held(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
@@ -519,7 +530,13 @@ class PostgresJobRows(_Rows):
             if conn.execute(SQL["claim_held_job"], _durable(job)).rowcount != 1:
                 return False
             _insert_events(conn, events)
+            if job.node is not None:  # out of the shared queue: the others drop it
+                conn.execute(SQL["notify_taken"], (job.job_id,))
         return True
+
+    @_guarded
+    def shared_held(self) -> list[Job]:
+        return [records.to_job(row) for row in self._all("shared_held")]
 
     @_guarded
     def delete(self, job_id: str) -> None:
@@ -613,6 +630,13 @@ def _give_back_sweep_lock(pool: ConnectionPool, conn: psycopg.Connection) -> Non
         conn.close()
     finally:
         pool.putconn(conn)
+
+
+def _notify_shared(conn: psycopg.Connection, job: Job) -> None:
+    """Tell every node (when the caller's transaction commits) of a job now in the shared
+    queue: held, GpuId=auto, of no node."""
+    if job.node is None and job.auto and job.status == JobStatus.HELD:
+        conn.execute(SQL["notify_held"], (job.job_id,))
 
 
 def _durable(job: Job) -> list:

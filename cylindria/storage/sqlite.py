@@ -547,6 +547,9 @@ class SqliteJobRows:
             _insert_events(tx, list(events))
         return True
 
+    def shared_held(self) -> list[Job]:
+        return []  # one host's file: no other node, no shared queue
+
     @_guarded
     def delete(self, job_id: str) -> None:
         with self._writer.transaction() as tx:
