@@ -137,7 +137,7 @@ def test_the_status_is_built_from_memory(tmp_path, fakes):
         {"gpu_id": 0, "reachable": False, "websocket": "disconnected", "running": 0,
          "queue_length": 0},
         {"gpu_id": 1, "reachable": True, "websocket": "connected", "running": 0,
-         "queue_length": 0}], "held_jobs": 0}
+         "queue_length": 0}], "held_jobs": 0, "shared_queue": 0}
     assert fakes[0].requests() == [] and fakes[1].requests() == []  # ComfyUI never asked
 
 
@@ -164,3 +164,13 @@ def test_the_fleet_gauges_sum_the_live_nodes_and_read_at_most_every_so_often(tmp
     fresh = RecentNodes(rows, max_age=0)
     fresh.gauges(), fresh.gauges()
     assert rows.reads == 3
+
+
+def test_the_fleet_gauge_counts_the_shared_queue_once(tmp_path):
+    storage = sqlite_storage(tmp_path)
+    for name, held, shared in (("a", 1, 4), ("b", 2, 5), ("gone", 7, 9)):
+        storage.nodes.renew(name, "", 60.0, "h", json.dumps(
+            {"gpus": [], "held_jobs": held, "shared_queue": shared}))
+    storage.nodes.leave("gone")
+    # each live node's own, plus the shared queue as the node that sees most of it says
+    assert RecentNodes(storage.nodes, max_age=0).gauges() == (2, 1 + 2 + 5)

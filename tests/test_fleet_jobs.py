@@ -84,13 +84,16 @@ def statuses_streamed(url: str, job_id: str) -> list[str]:
 
 
 def test_a_gpuid_auto_retry_on_another_node_is_the_same_job(fleet):
-    """A GpuId=auto job held by node a (its GPU busy), retried on node b: 200 with a's job,
-    nothing held on b; another workflow under the id: 409 on b too."""
+    """A GpuId=auto job held in the fleet's shared queue (every GPU busy), retried on node b:
+    200 with the job; another workflow under the id: 409 on b too; /fleet counts it in no
+    node's own held jobs and once in the fleet's gauge; it runs once, on one node."""
     nodes, fakes = fleet
     a, b = Api(nodes["a"].url), Api(nodes["b"].url)
-    fakes["a"].hold = True
-    for n in range(3):  # a's GPU full (its depth is 2): the next auto job stays held on a
-        assert a.put(f"/startjob/busy-{n}?GpuId=0", json=workflows.core(f"busy{n}")).status_code == 201
+    for name, api in (("a", a), ("b", b)):  # both GPUs full (their depth is 2)
+        fakes[name].hold = True
+        for n in range(2):
+            answer = api.put(f"/startjob/busy-{name}{n}?GpuId=0", json=workflows.core(f"busy{n}"))
+            assert answer.status_code == 201, answer.text
     job_id = str(uuid.uuid4())
     workflow = workflows.core("fleet-auto")
     created = a.put(f"/startjob/{job_id}?GpuId=auto", json=workflow)
@@ -99,9 +102,11 @@ def test_a_gpuid_auto_retry_on_another_node_is_the_same_job(fleet):
     assert retried.status_code == 200 and retried.json()["job_id"] == job_id, retried.text
     other = b.put(f"/startjob/{job_id}?GpuId=auto", json=workflows.core("another"))
     assert other.status_code == 409 and other.json()["code"] == "job_id_conflict", other.text
-    held = {node["node"]: node["held_jobs"] for node in b.get("/fleet").json()["nodes"]}
-    wait_for(lambda: {n["node"]: n["held_jobs"] for n in b.get("/fleet").json()["nodes"]}
-             == {"a": 1, "b": 0}, message=f"one job held, on a (was {held})")
-    fakes["a"].hold = False
-    a.wait_status(job_id, "completed")
-    assert fakes["b"].prompts_received() == []
+    wait_for(lambda: "cylindria_fleet_held_jobs 1.0" in b.get("/metrics").text,
+             message="the shared queue counted once in the fleet's gauge")
+    assert {n["node"]: n["held_jobs"] for n in b.get("/fleet").json()["nodes"]} == {"a": 0, "b": 0}
+    fakes["a"].hold = fakes["b"].hold = False
+    b.wait_status(job_id, "completed")
+    ran = [prompt for fake in fakes.values() for prompt in fake.prompts_received()
+           if prompt == a.status(job_id)["prompt_id"]]
+    assert len(ran) == 1
