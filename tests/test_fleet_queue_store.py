@@ -49,6 +49,7 @@ def test_an_auto_job_is_in_the_shared_queue_and_every_node_holds_it(shared):
     pinned, _ = a.reserve(Job(job_id="p", gpu_id=0, prompt_id=None, fingerprint="f",
                               status=JobStatus.HELD, submitted_at=time.time()), BODY)
     assert pinned.node == "a" and a.held_here() == (1, 1) and not b.take_in("p")
+    assert a.in_shared_queue("q") and b.in_shared_queue("q") and not a.in_shared_queue("p")
 
 
 def test_one_of_two_claims_wins_and_the_loser_forgets_the_job(shared):

@@ -310,6 +310,8 @@ class Dispatcher:
         (as it would have been refused at submission) instead of waiting for ever."""
         if not held.auto or any(gpu.catalogue is None for gpu in self.gpus):
             return
+        if self.store.in_shared_queue(held.job_id):
+            return  # the fleet's: another node's GPUs may have it (checked at submission)
         if any(self._can_run(held, gpu.index) for gpu in self.gpus):
             return
         missing = sorted(held.needs.classes - set().union(

@@ -253,6 +253,11 @@ class JobStore:
         with self._lock:
             return self._held() - len(self._shared), len(self._shared)
 
+    def in_shared_queue(self, job_id: str) -> bool:
+        """Whether this job is held here as one of the fleet's shared queue (any node may
+        run it)."""
+        return job_id in self._shared
+
     def take_in(self, job_id: str, row: Job | None = None) -> bool:
         """A job entered the shared queue (a notice of the database): publish it here as it
         reads now (`row`, or read), if it is still there; one no longer there is dropped if
