@@ -88,3 +88,23 @@ def test_one_id_sent_to_two_nodes_at_once_is_one_job(start_node):
     for job_id in job_ids:
         prompts = prompts_by_job(a.fake).get(job_id, []) + prompts_by_job(b.fake).get(job_id, [])
         assert len(prompts) == 1, job_id
+
+
+def test_a_shared_job_cancelled_on_another_node_never_runs(start_node):
+    a, b = start_node("a", "--gpu-queue-depth", "1"), start_node("b", "--gpu-queue-depth", "1")
+    api_a, api_b = Api(a.url), Api(b.url)
+    for node, api in ((a, api_a), (b, api_b)):  # every GPU full: the job stays in the queue
+        node.fake.hold = True
+        busy = str(uuid.uuid4())
+        assert api.put(f"/startjob/{busy}?GpuId=0", json=workflows.core(busy)).status_code == 201
+        api.wait_status(busy, "queued")
+    job_id = str(uuid.uuid4())
+    assert api_a.put(f"/startjob/{job_id}?GpuId=auto",
+                     json=workflows.core(job_id)).status_code == 201
+    # b holds it as a job of the shared queue (cancelled there, fenced by the row), or has
+    # not heard of it yet (asked of the nodes holding it): either way it never runs
+    cancelled = api_b.delete(f"/job/{job_id}/")
+    assert cancelled.status_code in (200, 202), cancelled.text
+    api_a.wait_status(job_id, "cancelled")
+    a.fake.hold = b.fake.hold = False
+    assert job_id not in prompts_by_job(a.fake) and job_id not in prompts_by_job(b.fake)
