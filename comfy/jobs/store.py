@@ -266,8 +266,8 @@ class JobStore:
             current = self._jobs.get(job_id)
             if current is not None and not self._in_queue(current):
                 return False  # this node's own: it knows better than any notice
-            if current is not None and row is None:
-                return True
+            if current is not None and (row is None or _durable(row) == _durable(current)):
+                return True  # known as it is: nothing to publish
             row = row if row is not None else self._db.get(job_id)
             with self._lock:
                 if row is not None and self._in_queue(row):
