@@ -147,7 +147,7 @@ def test_a_job_held_here_is_answered_while_the_database_is_down(backend):
 def test_rows_read_are_answered_for_a_second_then_read_again():
     now = [100.0]
     recent = RecentRows(fresh_for=1.0, size=3, clock=lambda: now[0])
-    job = row("x", "b")
+    job = row("x", "b", JobStatus.RUNNING)
     recent.put("x", job)
     recent.put("gone", None)
     assert recent.get("x") == (True, job) and recent.get("gone") == (True, None)
@@ -167,3 +167,16 @@ def test_a_storm_of_distinct_ids_keeps_only_the_newest_rows():
     recent.put("later", None)  # the stale ones go
     assert len(recent) == 1
 
+
+
+def test_a_final_row_is_answered_for_a_minute_a_lost_one_for_a_second():
+    """completed/failed/cancelled never change (a lost job may still get its true end)."""
+    now = [100.0]
+    recent = RecentRows(fresh_for=1.0, size=10, clock=lambda: now[0], settled_for=60.0)
+    done, lost = row("done", "b"), row("lost", "b", JobStatus.LOST)
+    recent.put("done", done)
+    recent.put("lost", lost)
+    now[0] += 1.5
+    assert recent.get("done") == (True, done) and recent.get("lost") == (False, None)
+    now[0] += 60.0
+    assert recent.get("done") == (False, None)

@@ -157,7 +157,11 @@ def threads_alive(cylindria: CylindriaProcess, gpus: int, load: OutageLoad) -> N
                  timeout=RECONNECT_WAIT, interval=0.2, message=f"GPU {gpu}'s websocket")
     probes = {f"probe-{gpu}": str(gpu) for gpu in range(gpus)} | {"probe-auto": "auto"}
     for job_id, gpu in probes.items():
-        answer = api.put(f"/startjob/{job_id}?GpuId={gpu}", json=workflow_for("core", job_id))
+        # The load has just stopped: at full pace (--soak) it may have filled Cylindria's
+        # queue (429 queue_full, nothing created), which drains now: the probe waits its turn.
+        answer = wait_for(lambda: (lambda a: None if a.status_code == 429 else a)(
+            api.put(f"/startjob/{job_id}?GpuId={gpu}", json=workflow_for("core", job_id))),
+            timeout=RECONNECT_WAIT, interval=0.5, message=f"{job_id} accepted")
         assert answer.status_code == 201, answer.text
         load.accept(job_id, "core", answer.json(), answer.status_code)
     for job_id in probes:
