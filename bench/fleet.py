@@ -28,9 +28,8 @@ from bench import procs, store
 from bench.core import (JSON_HEADERS, Bench, Figure, check_errors, clear_queues, latency_job,
                         p50_ratio, real_backend, step, throughput_job, throughput_ratio,
                         wait_websockets)
-from bench.dispatch import (DispatchFake, MAKESPAN_LIMIT, MAX_QUEUED, SETTLE, STEPS, JOBS, Run,
-                            catalogue_reads, clients_job, durations, executions, gap_figure,
-                            wait_done, wait_until)
+from bench.dispatch import (DispatchFake, MAKESPAN_LIMIT, STEPS, JOBS, Run, clients_job,
+                            durations, executions, gap_figure, start_cylindria, wait_done)
 from bench.procs import key_headers
 from bench.stats import pooled
 from cylindria.storage import open_url
@@ -159,7 +158,8 @@ def makespan(bench: Bench, cluster: PostgresCluster) -> list[Figure]:
     url = cluster.create_database("fleet_makespan")
     fakes = {name: bench.fakes(GPUS_PER_NODE, cls=DispatchFake, costs=real_backend().costs)
              for name in NODES}
-    nodes = {name: start_gpus_node(bench, fakes[name], url, name) for name in NODES}
+    nodes = {name: start_cylindria(bench, fakes[name], f"fleet-{name}", 2,
+                                   extra=("--database", url, "--node", name)) for name in NODES}
     every = [fake for name in NODES for fake in fakes[name]]
     for fake in every:
         fake.sent_at.clear()
@@ -187,18 +187,3 @@ def makespan(bench: Bench, cluster: PostgresCluster) -> list[Figure]:
     gap.title = (f"idle gap p99 between jobs while jobs are held, fleet-wide ({len(NODES)} nodes "
                  f"x {GPUS_PER_NODE} GPUs, --gpu-queue-depth 2)")
     return [figure, gap]
-
-
-def start_gpus_node(bench: Bench, fakes: list, url: str, name: str) -> procs.ServerProcess:
-    """A node of GPUs `fakes` (consecutive ports) on `url`, once it knows their node classes."""
-    process = procs.cylindria(fakes[0].url, bench.data_dir(f"makespan-{name}"), gpus=len(fakes),
-                              extra=("--database", url, "--node", name, "--gpu-queue-depth", "2",
-                                     "--max-queued", str(MAX_QUEUED)))
-    process.args += ["--advertise-url", f"http://127.0.0.1:{process.port}"]
-    asked = [catalogue_reads(fake) for fake in fakes]
-    bench.server(process)
-    wait_websockets(process, len(fakes))
-    wait_until(lambda: all(catalogue_reads(f) > n for f, n in zip(fakes, asked)), 20.0,
-               f"node {name} never read its GPUs' /object_info; log: {process.log_path}")
-    time.sleep(SETTLE)  # the answer parsed and recorded: no GPU waits for its catalogue
-    return process
