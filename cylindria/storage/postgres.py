@@ -178,8 +178,14 @@ SQL = {
     "insert_job": f"INSERT INTO jobs ({', '.join(records.COLUMNS)}) "
                   f"VALUES ({', '.join(['%s'] * len(records.COLUMNS))}) "
                   "ON CONFLICT (job_id) DO NOTHING RETURNING seq",
-    "insert_workflow": "INSERT INTO workflows (job_id, body) VALUES (%s, %s) "
-                       "ON CONFLICT (job_id) DO UPDATE SET body = excluded.body",
+    # The job and its workflow in one statement (one round trip, not two, on every
+    # submission); the workflow only if the job's row was inserted (a taken id writes nothing).
+    "insert_job_and_workflow": f"WITH job AS (INSERT INTO jobs ({', '.join(records.COLUMNS)}) "
+                               f"VALUES ({', '.join(['%s'] * len(records.COLUMNS))}) "
+                               "ON CONFLICT (job_id) DO NOTHING RETURNING seq, job_id), "
+                               "body AS (INSERT INTO workflows (job_id, body) "
+                               "SELECT job_id, %s FROM job ON CONFLICT (job_id) "
+                               "DO UPDATE SET body = excluded.body) SELECT seq FROM job",
     "update_job": f"UPDATE jobs SET {_SET_DURABLE} WHERE job_id = %s",
     # The claim: the row locked only if no one else holds it (SKIP LOCKED: a contested
     # claim fails at once), and written only while it is still held.
@@ -508,12 +514,12 @@ class PostgresJobRows(_Rows):
     def insert(self, job: Job, workflow: bytes) -> int:
         row = records.values(job, flags_as_int=False)
         with self._pool.connection() as conn:
-            inserted = conn.execute(SQL["insert_job"], row).fetchone()
+            inserted = conn.execute(SQL["insert_job_and_workflow"], [*row, workflow]).fetchone()
             if inserted is None:
                 if not _delete_expired(conn, "delete_expired_id", job.job_id, self._cutoff()):
                     raise JobIdTaken(job.job_id)
-                inserted = conn.execute(SQL["insert_job"], row).fetchone()
-            conn.execute(SQL["insert_workflow"], (job.job_id, workflow))
+                inserted = conn.execute(SQL["insert_job_and_workflow"],
+                                        [*row, workflow]).fetchone()
             _notify_shared(conn, job)
         return inserted[0]
 
