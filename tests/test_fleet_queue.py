@@ -46,13 +46,19 @@ def test_the_fleet_runs_every_auto_job_once_whichever_node_receives_it(start_nod
                        seen[0]["outputs"]) for s in seen), seen
 
 
+def fill(node, api: Api) -> None:
+    """The node's only GPU full at --gpu-queue-depth 1: its ComfyUI takes a pinned prompt and
+    starts none (held)."""
+    node.fake.hold = True
+    busy = str(uuid.uuid4())
+    assert api.put(f"/startjob/{busy}?GpuId=0", json=workflows.core(busy)).status_code == 201
+    api.wait_status(busy, "queued")
+
+
 def test_a_job_received_by_a_busy_node_runs_on_a_free_one(start_node, fleet_database):
     a, b = start_node("a", "--gpu-queue-depth", "1"), start_node("b", "--gpu-queue-depth", "1")
     api_a = Api(a.url)
-    a.fake.hold = True  # a's only GPU takes prompts but starts none: full at depth 1
-    busy = str(uuid.uuid4())
-    assert api_a.put(f"/startjob/{busy}?GpuId=0", json=workflows.core(busy)).status_code == 201
-    api_a.wait_status(busy, "queued")
+    fill(a, api_a)
     job_id = str(uuid.uuid4())
     assert api_a.put(f"/startjob/{job_id}?GpuId=auto",
                      json=workflows.core(job_id)).status_code == 201
@@ -94,10 +100,7 @@ def test_a_shared_job_cancelled_on_another_node_never_runs(start_node):
     a, b = start_node("a", "--gpu-queue-depth", "1"), start_node("b", "--gpu-queue-depth", "1")
     api_a, api_b = Api(a.url), Api(b.url)
     for node, api in ((a, api_a), (b, api_b)):  # every GPU full: the job stays in the queue
-        node.fake.hold = True
-        busy = str(uuid.uuid4())
-        assert api.put(f"/startjob/{busy}?GpuId=0", json=workflows.core(busy)).status_code == 201
-        api.wait_status(busy, "queued")
+        fill(node, api)
     job_id = str(uuid.uuid4())
     assert api_a.put(f"/startjob/{job_id}?GpuId=auto",
                      json=workflows.core(job_id)).status_code == 201
