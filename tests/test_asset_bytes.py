@@ -116,7 +116,7 @@ def test_a_node_without_the_file_fetches_it_checked_by_its_hash(fleet, tmp_path)
     are refused, and nothing is left behind."""
     a = store_on(fleet.open(), tmp_path / "a")
     c = store_on(fleet.open(), tmp_path / "c")
-    data = os.urandom(3 * CHUNK_BYTES + 7)
+    data = os.urandom(12 * CHUNK_BYTES + 7)
     asset, _ = a.add(io.BytesIO(data), "photo.png", None)
     assert not c.path(asset).exists() and c.available(asset)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
@@ -28,6 +29,11 @@ logger = logging.getLogger(__name__)
 
 HEX_NAME_LENGTH = 64  # a file's name: its BLAKE3 digest in hex
 BATCH = 200  # files looked up in the database per query
+# Uploads whose bytes are written to the database at once: each holds one of the pool's
+# connections for the whole file, and the job store's writes need the others. Fetches go one
+# at a time (one connection more), so a burst of jobs needing one new file on every GPU of
+# the node fetches it once.
+UPLOADS = 2
 
 
 class AssetUnavailable(Exception):
@@ -55,6 +61,8 @@ class AssetFiles:
         self.folder = private_dir(Path(folder))
         self.incoming = private_dir(self.folder / ".incoming")
         self._rows = rows
+        self._uploads = threading.BoundedSemaphore(UPLOADS)
+        self._fetching = threading.Lock()
         for leftover in self.incoming.glob("*.part"):  # cut off by a crash: never files
             leftover.unlink(missing_ok=True)
 
@@ -71,12 +79,20 @@ class AssetFiles:
         if not self.path(hash_text).exists():
             os.replace(temporary, self.path(hash_text))
 
+    def record(self, hash_text: str, size: int, content_type: str, complete: Path) -> None:
+        """Record an upload's file (the complete file `complete`) with its bytes, where the
+        database holds them (AssetRows.add_file), as one of the UPLOADS."""
+        with self._uploads:
+            self._rows.add_file(hash_text, size, content_type, complete)
+
     def local(self, hash_text: str) -> Path:
         """The file on this node's disk, fetched from the store of record first if this node
         does not have it; AssetUnavailable if it cannot be had."""
         path = self.path(hash_text)
         if not path.is_file():
-            self._fetch(hash_text, path)
+            with self._fetching:
+                if not path.is_file():  # fetched meanwhile by the fetch waited for
+                    self._fetch(hash_text, path)
         return path
 
     def available(self, hash_text: str) -> bool:

@@ -194,7 +194,7 @@ class AssetStore:
         # file) first, outside the lock, which every asset lookup takes: a crash before the
         # asset's row leaves a file the sweep knows to remove, never one nothing names. Bytes
         # a database lacks (a file recorded before it held them) are added too.
-        self._rows.add_file(asset.hash, size, content_type, temporary)
+        self.files.record(asset.hash, size, content_type, temporary)
         with self._lock:
             known = self._rows.find(hash_text=asset.hash, owner=owner)
             if known is not None:

@@ -209,11 +209,11 @@ def _place_files(files: dict[str, int], reader: _Reader, source: Path,
     """Write the files the target's folder lacks (none when both are one folder and it has
     them); the paths created. Each is written under a temporary name and renamed when whole."""
     private_dir(target)
-    placed = []
+    same, placed = _same_folder(source, target), []
     try:
         for hash_text, size in files.items():
             path = asset_file(target, hash_text)
-            if path.is_file() and (path.stat().st_size == size or _same_folder(source, target)):
+            if path.is_file() and (same or path.stat().st_size == size):
                 continue
             _write_file(reader.checked(hash_text), path)
             placed.append(path)
