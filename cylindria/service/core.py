@@ -22,11 +22,10 @@ from cylindria.fleet.credential import load_credential
 from cylindria.fleet.membership import Membership
 from cylindria.fleet.notices import CancelNotices
 from cylindria.fleet.peers import Peers
-from cylindria.storage import SchemaTooNew, Storage, StorageUnavailable, open_storage
+from cylindria.storage import ASSETS_DIR, SchemaTooNew, Storage, StorageUnavailable, open_storage
 from cylindria.webhooks.secret import BadSecret
 from cylindria.webhooks.wiring import Webhooks
 
-ASSETS_DIR = "assets"
 MIB = 1024 * 1024
 
 

@@ -29,6 +29,7 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, ContextManager, Iterable, Iterator, Protocol
 
 if TYPE_CHECKING:
@@ -163,15 +164,34 @@ class CancelListener(Protocol):
 
 
 class AssetRows(Protocol):
-    """The assets' rows (their files stay in the asset store's folder)."""
+    """The assets' rows and their files' bytes. On PostgreSQL the database holds the bytes
+    (`holds_bytes`), a file's in rows of records.CHUNK_BYTES written in the transaction that
+    records it, so any node of a fleet reads any upload, and each node's asset folder is a
+    cache of them; on SQLite (one host) the asset folder in the data dir is their store."""
+
+    holds_bytes: bool
 
     def find(self, *, asset_id: str | None = None, hash_text: str | None = None,
              owner: str | None = None) -> Asset | None:
         """The asset with this id or hash (of `owner`, unless None: then the shared one
         first, else the oldest), or None."""
 
-    def add_file(self, hash_text: str, size_bytes: int, content_type: str) -> None:
-        """Record a file on disk by its hash (once; a second time changes nothing)."""
+    def add_file(self, hash_text: str, size_bytes: int, content_type: str,
+                 content: Path | None = None) -> None:
+        """Record a file by its hash, with its bytes where the database holds them (read from
+        the complete file `content` a chunk at a time, in the same transaction). Once: a second
+        time changes nothing, except that a recorded file whose bytes the database lacks
+        (recorded by a version that left them on its node's disk) gains them. SQLite records
+        the row: the bytes are the asset folder's file, which the asset store keeps."""
+
+    def read_file(self, hash_text: str) -> Iterator[bytes]:
+        """A recorded file's bytes in order, at most records.CHUNK_BYTES at a time (never whole
+        in memory); FileNotFoundError, once iterated, if the store has none. SQLite reads the
+        file in its asset folder."""
+
+    def stored(self, hashes: list[str]) -> dict[str, bool]:
+        """The recorded files among these hashes, each with whether `read_file` has its bytes
+        (a hash no file row names is left out)."""
 
     def add(self, asset: Asset) -> None:
         """Record an asset over a recorded file."""
@@ -183,7 +203,8 @@ class AssetRows(Protocol):
         """Whether any asset holds the file with this hash."""
 
     def remove_file(self, hash_text: str) -> None:
-        """Forget a file (unlinked already)."""
+        """Forget a file, with its bytes where the database holds them (its file in the asset
+        folder unlinked already)."""
 
     def files_unheld(self, limit: int) -> list[str]:
         """Hashes of up to `limit` recorded files no asset holds."""

@@ -12,12 +12,14 @@ import logging
 import time
 from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from comfy.inputs.assetfiles import read_chunks
 from comfy.inputs.assets import Asset, SHARED
 from comfy.jobs.job import Job, JobStatus
 from cylindria.storage import records
@@ -26,7 +28,7 @@ from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, 
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 POOL_SIZE = (2, 10)  # connections kept open, and at most
 POOL_WAIT = 3.0  # seconds a call waits for a working connection before StorageUnavailable
 DOWN_WAIT = 0.1  # the same while the database is known to be down
@@ -150,6 +152,19 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE webhook_outbox ADD COLUMN claimed_by text",
         "ALTER TABLE webhook_outbox ADD COLUMN claimed_until double precision",
     ),
+    # The asset files' bytes, so a job on any node can use an upload to any other, also once
+    # that node is gone: rows of records.CHUNK_BYTES (numbered from 0) per file, written in
+    # the transaction that records the file and deleted with its row. Stored EXTERNAL: the
+    # files are images, audio and video, already compressed, which TOAST would try again.
+    # A file recorded before (its bytes on its node's disk) gains them when that node starts.
+    5: (
+        """CREATE TABLE asset_chunks (
+            hash text NOT NULL,
+            n integer NOT NULL,
+            bytes bytea NOT NULL,
+            PRIMARY KEY (hash, n))""",
+        "ALTER TABLE asset_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL",
+    ),
 }
 
 # Every statement of this backend, by name.
@@ -241,6 +256,16 @@ SQL = {
     "remove_asset_uses": "DELETE FROM asset_uses WHERE asset_id = %s",
     "file_held": "SELECT 1 FROM assets WHERE hash = %s LIMIT 1",
     "remove_file": "DELETE FROM asset_files WHERE hash = %s",
+    # A file's bytes: whether it has them, its row locked so that two nodes adding them at
+    # once write them once (the second finds them); each chunk; in order; gone with the row.
+    "file_has_bytes": "SELECT EXISTS (SELECT 1 FROM asset_chunks AS c WHERE c.hash = f.hash) "
+                      "FROM asset_files AS f WHERE f.hash = %s FOR UPDATE",
+    "add_chunk": "INSERT INTO asset_chunks (hash, n, bytes) VALUES (%s, %s, %b) "
+                 "ON CONFLICT (hash, n) DO NOTHING",
+    "file_chunks": "SELECT bytes FROM asset_chunks WHERE hash = %s ORDER BY n",
+    "remove_chunks": "DELETE FROM asset_chunks WHERE hash = %s",
+    "files_stored": "SELECT f.hash, EXISTS (SELECT 1 FROM asset_chunks AS c WHERE c.hash = f.hash) "
+                    "FROM asset_files AS f WHERE f.hash = ANY(%s::text[])",
     "files_unheld": "SELECT hash FROM asset_files AS f WHERE NOT EXISTS "
                     "(SELECT 1 FROM assets AS a WHERE a.hash = f.hash) LIMIT %s",
     "touch_asset": "UPDATE assets SET used_at = %s WHERE id = %s",
@@ -395,7 +420,7 @@ class PostgresStorage:
                 raise SchemaTooNew(f"the database {self.name} was written by a newer Cylindria "
                                    f"(schema version {version}; this one knows up to "
                                    f"{SCHEMA_VERSION})")
-            for target in range(version + 1, SCHEMA_VERSION + 1):
+            for target in sorted(v for v in MIGRATIONS if version < v <= SCHEMA_VERSION):
                 logger.info("database %s: schema version %d", self.name, target)
                 for statement in MIGRATIONS[target]:
                     conn.execute(statement)
@@ -675,7 +700,9 @@ def _insert_events(conn: psycopg.Connection, events: Iterable[OutboxRow]) -> Non
 
 
 class PostgresAssetRows(_Rows):
-    """Asset rows."""
+    """Asset rows, and their files' bytes in asset_chunks."""
+
+    holds_bytes = True
 
     @_guarded
     def find(self, *, asset_id: str | None = None, hash_text: str | None = None,
@@ -686,8 +713,37 @@ class PostgresAssetRows(_Rows):
         return None if row is None else Asset(*row)
 
     @_guarded
-    def add_file(self, hash_text: str, size_bytes: int, content_type: str) -> None:
-        self._run("add_file", (hash_text, size_bytes, content_type))
+    def add_file(self, hash_text: str, size_bytes: int, content_type: str,
+                 content: Path | None = None) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(SQL["add_file"], (hash_text, size_bytes, content_type))
+            if content is None or conn.execute(SQL["file_has_bytes"], (hash_text,)).fetchone()[0]:
+                return
+            for n, chunk in enumerate(read_chunks(content)):
+                conn.execute(SQL["add_chunk"], (hash_text, n, chunk))
+
+    def read_file(self, hash_text: str) -> Iterator[bytes]:
+        # A generator: the connection is taken at the first chunk and held until the last
+        # (one transaction, so a removal meanwhile never cuts a file short), each chunk
+        # fetched on its own from a server-side cursor, in binary (no hex copy).
+        try:
+            with self._pool.connection() as conn, \
+                    conn.cursor(name="file_chunks", binary=True) as cursor:
+                cursor.execute(SQL["file_chunks"], (hash_text,))
+                found = False
+                while (row := cursor.fetchone()) is not None:
+                    found = True
+                    yield bytes(row[0])
+        except psycopg.OperationalError as exc:
+            raise self._health.failed(exc) from exc
+        self._health.succeeded()
+        if not found:
+            raise FileNotFoundError(f"the database {self._health.name} holds no bytes of "
+                                    f"{hash_text}")
+
+    @_guarded
+    def stored(self, hashes: list[str]) -> dict[str, bool]:
+        return dict(self._all("files_stored", (list(hashes),)))
 
     @_guarded
     def add(self, asset: Asset) -> None:
@@ -706,7 +762,9 @@ class PostgresAssetRows(_Rows):
 
     @_guarded
     def remove_file(self, hash_text: str) -> None:
-        self._run("remove_file", (hash_text,))
+        with self._pool.connection() as conn:
+            conn.execute(SQL["remove_chunks"], (hash_text,))
+            conn.execute(SQL["remove_file"], (hash_text,))
 
     @_guarded
     def files_unheld(self, limit: int) -> list[str]:

@@ -55,9 +55,14 @@ WHOLE = {
     "events": Kind("webhook_outbox", EVENT_COLUMNS, "created_at, id"),
     "meta": Kind("meta", ("key", "value"), "key", f"key <> '{SCHEMA_VERSION_KEY}'"),
 }
+# The bytes of the asset files, in rows of (hash, n, bytes) of at most CHUNK_BYTES each: a
+# kind of its own, outside WHOLE, since only a store whose database holds the bytes
+# (AssetRows.holds_bytes) has their rows; `db copy` reads them with AssetRows.read_file.
+CHUNKS = "asset_chunks"
+CHUNK_BYTES = 1024 * 1024
 # The statement each backend writes a copied row of a kind with (jobs and meta: by the mode).
 WHOLE_WRITES = {"workflows": "whole_workflow", "asset_files": "add_file", "assets": "add_asset",
-                "asset_uses": "add_use", "events": "whole_event"}
+                "asset_uses": "add_use", "events": "whole_event", CHUNKS: "add_chunk"}
 # What a whole store holds, in one statement for both engines (run without parameters).
 COUNT_WHOLE = ("SELECT (SELECT COUNT(*) FROM jobs), "
                f"(SELECT COUNT(*) FROM jobs WHERE status = '{HELD}'), "

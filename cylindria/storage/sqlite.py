@@ -17,10 +17,11 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from comfy.inputs.assets import Asset, SHARED
+from comfy.inputs.assetfiles import file_name, read_chunks
+from comfy.inputs.assets import SHARED, Asset
 from comfy.jobs.job import Job
 from comfy.private import private_dir, private_file, tighten
-from cylindria.storage import records
+from cylindria.storage import ASSETS_DIR, records
 from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, OutboxRow,
                                         SchemaTooNew, StorageUnavailable, guarded_by)
 
@@ -218,6 +219,8 @@ SQL = {
     "remove_asset": "DELETE FROM assets WHERE id = ?",
     "remove_asset_uses": "DELETE FROM asset_uses WHERE asset_id = ?",
     "file_held": "SELECT 1 FROM assets WHERE hash = ? LIMIT 1",
+    "files_recorded": "SELECT hash FROM asset_files WHERE hash IN "
+                      "(SELECT value FROM json_each(?))",
     "remove_file": "DELETE FROM asset_files WHERE hash = ?",
     "files_unheld": "SELECT hash FROM asset_files WHERE hash NOT IN (SELECT hash FROM assets) "
                     "LIMIT ?",
@@ -335,7 +338,8 @@ _guarded = guarded_by(sqlite3.OperationalError)
 class SqliteStorage:
     """Storage in one SQLite file (see cylindria.storage.interface.Storage)."""
 
-    def __init__(self, path: Path, retention: float | None = None):
+    def __init__(self, path: Path, retention: float | None = None, assets: Path | None = None):
+        """`assets`: the folder holding the asset files (default: `assets` beside the file)."""
         self.path = Path(path)
         self.name = str(self.path)
         self._make_private()
@@ -348,7 +352,7 @@ class SqliteStorage:
         self._connections = [writer]
         try:
             _migrate(writer.conn)
-            sweeper, assets, outbox, nodes = (self._open() for _ in range(4))
+            sweeper, asset_rows, outbox, nodes = (self._open() for _ in range(4))
             # The sweep's batches touch few pages once: a small cache keeps a sweep of a
             # million rows from leaving 2 MiB of pages behind in a process that runs for months.
             sweeper.conn.execute("PRAGMA cache_size = -256")
@@ -358,7 +362,8 @@ class SqliteStorage:
         self.meta = SqliteMeta(writer, self._health)
         self.jobs = SqliteJobRows(writer, sweeper, self.path, retention, self._health,
                                   self._connections)
-        self.assets = SqliteAssetRows(assets, self._health)
+        self.assets = SqliteAssetRows(asset_rows, self._health,
+                                      assets or self.path.parent / ASSETS_DIR)
         self.outbox = SqliteOutboxRows(outbox, self._health)
         self.whole = SqliteWholeRows(writer, self.path, self._health)
         self.nodes = SqliteNodeRows(nodes, self._health)
@@ -639,10 +644,13 @@ def _insert_events(tx: _Connection, events: list[OutboxRow]) -> None:
 
 
 class SqliteAssetRows:
-    """Asset rows on a connection of their own."""
+    """Asset rows on a connection of their own; the files' bytes are in the data dir's asset
+    folder (one host's store: the asset store writes them there, this reads them)."""
 
-    def __init__(self, connection: _Connection, health: Health):
-        self._c, self._health = connection, health
+    holds_bytes = False
+
+    def __init__(self, connection: _Connection, health: Health, folder: Path):
+        self._c, self._health, self._folder = connection, health, Path(folder)
 
     @_guarded
     def find(self, *, asset_id: str | None = None, hash_text: str | None = None,
@@ -657,9 +665,20 @@ class SqliteAssetRows:
         return None if row is None else Asset(*row)
 
     @_guarded
-    def add_file(self, hash_text: str, size_bytes: int, content_type: str) -> None:
-        with self._c.lock:
+    def add_file(self, hash_text: str, size_bytes: int, content_type: str,
+                 content: Path | None = None) -> None:
+        with self._c.lock:  # the bytes: the folder's file, which the asset store keeps
             self._c.run("add_file", (hash_text, size_bytes, content_type))
+
+    def read_file(self, hash_text: str) -> Iterator[bytes]:
+        return read_chunks(self._folder / file_name(hash_text))
+
+    @_guarded
+    def stored(self, hashes: list[str]) -> dict[str, bool]:
+        with self._c.lock:
+            recorded = [row[0] for row in self._c.run("files_recorded", (json.dumps(hashes),))]
+        return {hash_text: (self._folder / file_name(hash_text)).is_file()
+                for hash_text in recorded}
 
     @_guarded
     def add(self, asset: Asset) -> None:
