@@ -21,6 +21,7 @@ from comfy.tracking.events import finish, start_running
 from cylindria.fleet.takeover import Takeover, rework
 from cylindria.storage import OutboxRow, Taken
 from tests import workflows
+from tests.helpers import wait_for
 
 BODY = json.dumps({"prompt": workflows.core("failover")}).encode()
 HOOK = "http://127.0.0.1:9/hook"
@@ -50,6 +51,11 @@ class Fleet:
         self.events.append(new.job_id)
         return [OutboxRow(f"e{len(self.events)}", new.job_id, HOOK, f"job.{new.status.value}",
                           b"{}", time.time(), due_at=time.time())]
+
+    def strand(self) -> None:
+        """a stops renewing: its lease (of no length) has ended once the clock has moved."""
+        self.storage.nodes.renew("a", "", 0.0, "", "{}")
+        wait_for(lambda: not self.storage.nodes.all()[0].live, message="a's lease to end")
 
     def taker(self, requeue_wait: float = 300.0, max_attempts: int = 3) -> Takeover:
         return Takeover(self.rows, self.b, [], requeue_wait=requeue_wait,
@@ -91,7 +97,7 @@ def test_a_stranded_nodes_jobs_are_taken_over_once(fleet):
     fleet.pinned("pinned")
     taker = fleet.taker()
     assert fleet.rows.stranded() == [] and taker.tick() == 0  # a's lease holds
-    fleet.storage.nodes.leave("a")
+    fleet.strand()
     assert fleet.rows.stranded() == ["a"]
 
     assert taker.tick() == 2  # the pinned job waits for a
@@ -124,7 +130,7 @@ def test_the_old_owners_writes_change_nothing_once_taken(fleet):
     fleet.pinned("pinned")
     fleet.pinned("unsent", status=JobStatus.SUBMITTING)  # a's POST under way as a stops
     stale = {job_id: fleet.a.get(job_id) for job_id in ("auto", "pinned", "unsent")}
-    fleet.storage.nodes.leave("a")
+    fleet.strand()
     assert fleet.taker(requeue_wait=0.0).tick() == 3
     taken = {job_id: fleet.row(job_id) for job_id in stale}
 
@@ -149,7 +155,7 @@ def test_the_old_owners_writes_change_nothing_once_taken(fleet):
 def test_the_old_owner_back_lets_go_of_what_was_taken(fleet):
     fleet.running_auto("auto")
     fleet.running_auto("kept")
-    fleet.storage.nodes.leave("a")
+    fleet.strand()
     assert fleet.taker().tick() == 2
     back = Takeover(fleet.rows, fleet.a, [], requeue_wait=300.0)
     fleet.storage.nodes.renew("a", "", 10.0, "", "{}")
@@ -169,7 +175,7 @@ def test_the_old_owner_back_lets_go_of_what_was_taken(fleet):
 
 def test_a_renewal_racing_a_takeover_waits_and_learns_it_was_taken_over(fleet):
     fleet.running_auto("auto")
-    fleet.storage.nodes.leave("a")
+    fleet.strand()
     inside, go = threading.Event(), threading.Event()
 
     def paused(job: Job, ended_for: float):
@@ -200,17 +206,27 @@ def test_a_renewal_racing_a_takeover_waits_and_learns_it_was_taken_over(fleet):
 
 def test_a_renewal_first_leaves_the_node_its_jobs(fleet):
     fleet.running_auto("auto")
-    fleet.storage.nodes.leave("a")
+    fleet.strand()
     fleet.storage.nodes.renew("a", "", 10.0, "", "{}")  # back before anyone took it over
     assert fleet.rows.stranded() == [] and fleet.taker().take_over("a") == []
     assert fleet.a.change("auto", finish(JobStatus.COMPLETED)).status == JobStatus.COMPLETED
+
+
+def test_a_node_stopped_cleanly_is_given_one_lease_to_come_back(fleet):
+    fleet.running_auto("auto")
+    fleet.storage.nodes.renew("a", "", 3.0, "", "{}")
+    fleet.storage.nodes.leave("a")  # not live at once (the fleet's view), its jobs kept a lease
+    assert not fleet.storage.nodes.all()[0].live
+    assert fleet.rows.stranded() == [] and fleet.taker().take_over("a") == []
+    wait_for(lambda: fleet.rows.stranded() == ["a"], message="a's lease after it left to end")
+    assert len(fleet.taker().take_over("a")) == 1
 
 
 def test_a_renewal_under_way_is_never_waited_for(fleet, backend):
     if backend.database is None:
         pytest.skip("one writer at a time on SQLite: a takeover waits its turn")
     fleet.running_auto("auto")
-    fleet.storage.nodes.leave("a")
+    fleet.strand()
     with psycopg.connect(backend.database) as renewing:  # a's renewal, between its statements
         renewing.execute("SELECT 1 FROM nodes WHERE name = 'a' FOR UPDATE")
         assert fleet.taker().take_over("a") == []
@@ -224,7 +240,7 @@ def test_a_job_back_in_the_shared_queue_runs_its_second_attempt_anywhere(fleet, 
     listener = fleet.storage.cancel_listener("b")
     listener.listen()
     try:
-        fleet.storage.nodes.leave("a")
+        fleet.strand()
         assert fleet.taker().tick() == 1
         assert listener.wait(WAIT) == [("cylindria_held", "auto")]
     finally:

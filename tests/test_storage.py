@@ -137,7 +137,8 @@ ADDED_BY = {
     3: ("ALTER TABLE webhook_outbox DROP COLUMN claimed_until",
         "ALTER TABLE webhook_outbox DROP COLUMN claimed_by"),
     4: ("DROP INDEX takeovers_by_node", "DROP TABLE takeovers",
-        "ALTER TABLE nodes DROP COLUMN taken_over_at", "ALTER TABLE jobs DROP COLUMN fence"),
+        "ALTER TABLE nodes DROP COLUMN left_at", "ALTER TABLE nodes DROP COLUMN taken_over_at",
+        "ALTER TABLE jobs DROP COLUMN fence"),
 }
 
 

@@ -55,6 +55,10 @@ _SHARED_HELD = f"(status = '{records.HELD}' AND auto)"
 # Now, in epoch seconds, by the database's clock (clock_timestamp: the time of the statement,
 # not of the transaction's start).
 _NOW = "extract(epoch FROM clock_timestamp())::double precision"
+# When a node's jobs may be taken over: its lease's end, or, for a node that stopped cleanly
+# (whose lease ends at once for every other purpose), one lease after it left: a restart
+# finds its jobs as it left them.
+_TAKEN_AFTER = "GREATEST(renewed_at, COALESCE(left_at, renewed_at)) + lease_seconds"
 # An event no node is trying: never claimed, or its claim lapsed (its node died mid-try).
 _UNCLAIMED = f"(claimed_until IS NULL OR claimed_until < {_NOW})"
 
@@ -151,11 +155,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE webhook_outbox ADD COLUMN claimed_until double precision",
     ),
     # Failover (CONTRACT "A fleet"): a job row's fence, raised by each takeover and named by
-    # every write of its owner; when a node was last taken over (its next renewal tells it);
-    # the jobs taken from each node, which it drops from memory and its ComfyUI once back.
+    # every write of its owner; when a node was last taken over (its next renewal tells it)
+    # and when it stopped cleanly; the jobs taken from each node, which it drops from memory
+    # and its ComfyUI once back.
     4: (
         "ALTER TABLE jobs ADD COLUMN fence integer NOT NULL DEFAULT 0",
         "ALTER TABLE nodes ADD COLUMN taken_over_at double precision",
+        "ALTER TABLE nodes ADD COLUMN left_at double precision",
         """CREATE TABLE takeovers (
             job_id text NOT NULL,
             fence integer NOT NULL,
@@ -229,11 +235,11 @@ SQL = {
     # the jobs_by_node index); its row is locked, only while its lease has still ended, by one
     # taker at a time (SKIP LOCKED: another taker, or its own renewal under way, is never
     # waited for); its jobs' rows are locked for the takeover's transaction.
-    "stranded": f"SELECT name FROM nodes WHERE {_NOW} - renewed_at > lease_seconds AND EXISTS "
+    "stranded": f"SELECT name FROM nodes WHERE {_NOW} > {_TAKEN_AFTER} AND EXISTS "
                 "(SELECT 1 FROM jobs WHERE jobs.node = nodes.name AND jobs.finished_at IS NULL "
                 f"AND jobs.{_UNFINISHED}) ORDER BY name",
-    "lock_ended_node": f"SELECT {_NOW} - renewed_at - lease_seconds FROM nodes WHERE name = %s "
-                       f"AND {_NOW} - renewed_at > lease_seconds FOR UPDATE SKIP LOCKED",
+    "lock_ended_node": f"SELECT {_NOW} - {_TAKEN_AFTER} FROM nodes WHERE name = %s "
+                       f"AND {_NOW} > {_TAKEN_AFTER} FOR UPDATE SKIP LOCKED",
     "unfinished_of_node": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE node = %s "
                           f"AND finished_at IS NULL AND {_UNFINISHED} ORDER BY seq FOR UPDATE",
     "take_job": f"UPDATE jobs SET {_SET_DURABLE}, fence = fence + 1 WHERE job_id = %s "
@@ -339,11 +345,13 @@ SQL = {
                   "advertise_url = excluded.advertise_url, renewed_at = excluded.renewed_at, "
                   "lease_seconds = excluded.lease_seconds, keys_hash = excluded.keys_hash, "
                   "status = excluded.status, started_at = CASE WHEN %(first)s "
-                  "THEN excluded.started_at ELSE nodes.started_at END, taken_over_at = NULL",
+                  "THEN excluded.started_at ELSE nodes.started_at END, taken_over_at = NULL, "
+                  "left_at = NULL",
     "all_nodes": "SELECT name, advertise_url, started_at, renewed_at, lease_seconds, keys_hash, "
                  f"status, {_NOW} - renewed_at FROM nodes ORDER BY name",
     # A second past the lease's end: no clock's resolution can show a node that left as live.
-    "leave_node": f"UPDATE nodes SET renewed_at = {_NOW} - lease_seconds - 1 WHERE name = %s",
+    "leave_node": f"UPDATE nodes SET renewed_at = {_NOW} - lease_seconds - 1, left_at = {_NOW} "
+                  "WHERE name = %s",
 }
 
 

@@ -40,6 +40,8 @@ _NOT_BUSY = ("id NOT IN (SELECT value FROM json_each(:skip)) "
              "AND url NOT IN (SELECT value FROM json_each(:urls)) "
              "AND client NOT IN (SELECT value FROM json_each(:clients))")
 _SET_DURABLE = ", ".join(f"{name} = ?" for name in records.DURABLE)
+# When a node's jobs may be taken over (see the PostgreSQL backend).
+_TAKEN_AFTER = "MAX(renewed_at, COALESCE(left_at, renewed_at)) + lease_seconds"
 
 # One row per node (see the PostgreSQL backend's nodes table).
 NODES_COLUMNS = """
@@ -137,7 +139,7 @@ CREATE INDEX IF NOT EXISTS webhook_outbox_due_order ON webhook_outbox (due_at, i
     WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhook_outbox_job ON webhook_outbox (job_id);
 -- The fleet (CONTRACT "A fleet"): on SQLite a fleet of one node, this one.
-CREATE TABLE IF NOT EXISTS nodes ({NODES}, taken_over_at REAL);
+CREATE TABLE IF NOT EXISTS nodes ({NODES}, taken_over_at REAL, left_at REAL);
 CREATE INDEX IF NOT EXISTS jobs_by_node ON jobs (node) WHERE finished_at IS NULL;
 -- Failover (see the PostgreSQL backend's takeovers table): here the statements' shape only, a
 -- fleet of one takes nothing from another node.
@@ -169,6 +171,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # Failover's fence, takeover mark and taken jobs (see the PostgreSQL backend's version 4).
     4: ("ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE nodes ADD COLUMN taken_over_at REAL",
+        "ALTER TABLE nodes ADD COLUMN left_at REAL",
         f"CREATE TABLE takeovers ({TAKEOVERS_COLUMNS})",
         "CREATE INDEX takeovers_by_node ON takeovers (node)"),
 }
@@ -212,11 +215,11 @@ SQL = {
     "cancels_requested": "SELECT job_id FROM jobs WHERE node = ? AND finished_at IS NULL "
                          f"AND cancel_requested AND status NOT IN ({_FINISHED}) ORDER BY seq",
     # Failover, as on PostgreSQL (one writer at a time here: BEGIN IMMEDIATE is the lock).
-    "stranded": "SELECT name FROM nodes WHERE :now - renewed_at > lease_seconds AND EXISTS "
+    "stranded": f"SELECT name FROM nodes WHERE :now > {_TAKEN_AFTER} AND EXISTS "
                 "(SELECT 1 FROM jobs WHERE jobs.node = nodes.name AND jobs.finished_at IS NULL "
                 f"AND jobs.status NOT IN ({_FINISHED})) ORDER BY name",
-    "ended_node": "SELECT :now - renewed_at - lease_seconds FROM nodes WHERE name = :name "
-                  "AND :now - renewed_at > lease_seconds",
+    "ended_node": f"SELECT :now - {_TAKEN_AFTER} FROM nodes WHERE name = :name "
+                  f"AND :now > {_TAKEN_AFTER}",
     "unfinished_of_node": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE node = ? "
                           f"AND finished_at IS NULL AND status NOT IN ({_FINISHED}) ORDER BY seq",
     "take_job": f"UPDATE jobs SET {_SET_DURABLE}, fence = fence + 1 WHERE job_id = ? AND fence = ?",
@@ -304,11 +307,12 @@ SQL = {
                   "renewed_at = excluded.renewed_at, lease_seconds = excluded.lease_seconds, "
                   "keys_hash = excluded.keys_hash, status = excluded.status, started_at = "
                   "CASE WHEN :first THEN excluded.started_at ELSE nodes.started_at END, "
-                  "taken_over_at = NULL",
+                  "taken_over_at = NULL, left_at = NULL",
     "all_nodes": "SELECT name, advertise_url, started_at, renewed_at, lease_seconds, keys_hash, "
                  "status, ? - renewed_at FROM nodes ORDER BY name",
     # A second past the lease's end: no clock's resolution can show a node that left as live.
-    "leave_node": "UPDATE nodes SET renewed_at = ? - lease_seconds - 1 WHERE name = ?",
+    "leave_node": "UPDATE nodes SET renewed_at = :now - lease_seconds - 1, left_at = :now "
+                  "WHERE name = :name",
     # Data dirs written before schemas had versions, brought to version 1 (once).
     "table_columns": "SELECT name FROM pragma_table_info(?)",
     "drop_old_indexes": "DROP INDEX IF EXISTS jobs_finished_at; "
@@ -904,7 +908,7 @@ class SqliteNodeRows:
     @_guarded
     def leave(self, name: str) -> None:
         with self._c.lock:
-            self._c.run("leave_node", (time.time(), name))
+            self._c.run("leave_node", {"now": time.time(), "name": name})
 
 
 class SqliteWholeRows:
