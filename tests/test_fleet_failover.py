@@ -17,12 +17,15 @@ from tests.test_reliability_load import prompts_by_job
 from tests.webhook_receiver import Receiver
 
 WAIT = 60
-ON_A = 1.0  # a's fake runs nodes for as long as they say: its jobs are still under way as it dies
+# a's fake runs nodes 5 times as long as they say (b's, 1/20th): a's jobs are still under way
+# when it dies or wakes up, however slow the machine; b's end in a second or two.
+ON_A = 5.0
 
 
 def submit(api: Api, job_id: str, gpu: str, receiver: Receiver, seconds: float) -> dict:
+    """A slow job (many short steps: the fake sees an interrupt between two) to this node."""
     answer = api.put(f"/startjob/{job_id}?GpuId={gpu}&webhook={receiver.url}/{job_id}",
-                     json=workflows.slow(seconds=seconds, prefix=job_id))
+                     json=workflows.slow(seconds=seconds, steps=100, prefix=job_id))
     assert answer.status_code == 201, answer.text
     return answer.json()
 
@@ -97,10 +100,10 @@ def test_a_pinned_job_waits_for_its_node_and_runs_on_when_it_comes_back(start_no
         a.fake.time_scale = ON_A
         api_a = Api(a.url)
         auto, pinned = f"auto-{uuid.uuid4().hex[:8]}", f"pinned-{uuid.uuid4().hex[:8]}"
-        first = submit(api_a, auto, "auto", receiver, 30)
+        submit(api_a, auto, "auto", receiver, 30)
         api_a.wait_status(auto, "running")
         first = api_a.status(auto)["prompt_id"]
-        submit(api_a, pinned, "0", receiver, 2)  # behind the auto job in a's ComfyUI
+        submit(api_a, pinned, "0", receiver, 0.4)  # behind the auto job in a's ComfyUI
         b = start_node("b", *flags)
         api_b = Api(b.url)
         a.kill()
@@ -132,7 +135,7 @@ def test_a_node_paused_past_its_lease_lets_go_of_what_was_taken_and_writes_nothi
         api_a.wait_status(running, "running")
         submit(api_a, queued, "auto", receiver, 30)
         api_a.wait_status(queued, "queued")
-        submit(api_a, pinned, "0", receiver, 2)
+        submit(api_a, pinned, "0", receiver, 0.4)
         first = {job_id: api_a.status(job_id)["prompt_id"] for job_id in (running, queued)}
         b = start_node("b", "--webhook-allow-private")
         api_b = Api(b.url)

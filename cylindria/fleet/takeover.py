@@ -170,6 +170,9 @@ class Takeover:
         if self.store.let_go(taken.job_id, taken.fence) is not None:
             logger.warning("job %s: taken over by the fleet while this node's lease had ended; "
                            "let go", taken.job_id)
+            # Its notice, heard while the stale copy was held, was not acted on: the shared
+            # queue held here takes it in now if it is still there.
+            self.store.take_in(taken.job_id)
         if taken.prompt_id is None or taken.gpu_id is None \
                 or not 0 <= taken.gpu_id < len(self.gpus):
             return True
