@@ -234,14 +234,17 @@ SQL = {
     # Failover. A node is stranded once its lease has ended with unfinished jobs (those of
     # the jobs_by_node index); its row is locked, only while its lease has still ended, by one
     # taker at a time (SKIP LOCKED: another taker, or its own renewal under way, is never
-    # waited for); its jobs' rows are locked for the takeover's transaction.
+    # waited for); its jobs' rows are locked for the takeover's transaction, but those locked
+    # already, skipped till the next tick: a transaction the stranded node left open (paused,
+    # or cut off as it wrote) holds its locks until its session ends, and no taker waits on it.
     "stranded": f"SELECT name FROM nodes WHERE {_NOW} > {_TAKEN_AFTER} AND EXISTS "
                 "(SELECT 1 FROM jobs WHERE jobs.node = nodes.name AND jobs.finished_at IS NULL "
                 f"AND jobs.{_UNFINISHED}) ORDER BY name",
     "lock_ended_node": f"SELECT {_NOW} - {_TAKEN_AFTER} FROM nodes WHERE name = %s "
                        f"AND {_NOW} > {_TAKEN_AFTER} FOR UPDATE SKIP LOCKED",
     "unfinished_of_node": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE node = %s "
-                          f"AND finished_at IS NULL AND {_UNFINISHED} ORDER BY seq FOR UPDATE",
+                          f"AND finished_at IS NULL AND {_UNFINISHED} ORDER BY seq "
+                          "FOR UPDATE SKIP LOCKED",
     "take_job": f"UPDATE jobs SET {_SET_DURABLE}, fence = fence + 1 WHERE job_id = %s "
                 "AND fence = %s",
     "record_taken": "INSERT INTO takeovers (job_id, fence, node, gpu_id, prompt_id, taken_at) "
