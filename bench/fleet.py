@@ -208,12 +208,12 @@ def failover(bench: Bench, cluster: PostgresCluster) -> Figure:
     delays.sort()
     bound = FAILOVER_LEASE + FAILOVER_SLACK
     p50, worst = delays[len(delays) // 2], delays[-1]
-    return Figure("fleet_failover", f"failover: a killed node's {FAILOVER_JOBS} GpuId=auto jobs "
-                  f"reaching another node's GPUs after the kill, max over lease "
-                  f"({FAILOVER_LEASE:g} s) + {FAILOVER_SLACK:g} s", f"lease + {FAILOVER_SLACK:g} s = "
-                  f"{bound:g} s", f"p50 {p50:.2f} s, max {worst:.2f} s", worst / bound, "x", "<=",
-                  1.0, {"p50_s": p50, "max_s": worst, "bound_s": bound, "jobs": len(delays),
-                        "rounds": bench.profile.rounds})
+    title = (f"failover: a killed node's {FAILOVER_JOBS} GpuId=auto jobs reaching another node's "
+             f"GPUs after the kill, max over lease ({FAILOVER_LEASE:g} s) + {FAILOVER_SLACK:g} s")
+    return Figure("fleet_failover", title, f"lease + {FAILOVER_SLACK:g} s = {bound:g} s",
+                  f"p50 {p50:.2f} s, max {worst:.2f} s", worst / bound, "x", "<=", 1.0,
+                  {"p50_s": p50, "max_s": worst, "bound_s": bound, "jobs": len(delays),
+                   "rounds": bench.profile.rounds})
 
 
 def failover_round(bench: Bench, cluster: PostgresCluster, fakes: dict, n: int) -> list[float]:

@@ -339,7 +339,9 @@ class NodeRows(Protocol):
         """Every node ever seen, by name, each with its lease age now."""
 
     def leave(self, name: str) -> None:
-        """A clean stop: the node's lease ends now (its row stays, shown not live)."""
+        """A clean stop: the node's lease ends now (its row stays, shown not live); its jobs
+        are taken over only one lease later (JobRows.stranded): a restart finds them as it
+        left them."""
 
 
 class WholeRows(Protocol):
