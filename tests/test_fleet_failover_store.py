@@ -193,7 +193,9 @@ def test_a_renewal_racing_a_takeover_waits_and_learns_it_was_taken_over(fleet):
                threading.Thread(target=lambda: inside.wait(WAIT) and results.update(
                    renewed=fleet.storage.nodes.renew("a", "", 10.0, "", "{}"))),
                threading.Thread(target=lambda: inside.wait(WAIT) and results.update(
-                   written=fleet.a.change("auto", finish(JobStatus.COMPLETED))))]
+                   written=fleet.a.change("auto", finish(JobStatus.COMPLETED)))),
+               threading.Thread(target=lambda: inside.wait(WAIT) and results.update(
+                   second=fleet.taker().take_over("a")))]  # another taker at once
     for thread in threads:
         thread.start()
     assert inside.wait(WAIT)
@@ -205,6 +207,7 @@ def test_a_renewal_racing_a_takeover_waits_and_learns_it_was_taken_over(fleet):
     assert [new.status for _, new in results["taken"]] == [HELD]
     assert results["renewed"] is True  # and a lets go of what was taken
     assert results["written"] is None and fleet.row("auto").status == HELD
+    assert results["second"] == []  # one taker only
     assert fleet.rows.take_over("a", paused) == []  # a's lease holds again
 
 
