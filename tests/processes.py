@@ -1,6 +1,8 @@
 """Cylindria as a real process, for tests where a kill or a restart is the point."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +48,15 @@ class CylindriaProcess:
         self.proc.kill()
         self.proc.wait(timeout=30)
         self._log.close()
+
+    def pause(self) -> None:
+        """SIGSTOP: frozen as a process that lost the CPU (or its network) would be; its
+        connections stay open, unanswered."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after pause()."""
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop it if it still runs."""

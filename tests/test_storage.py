@@ -16,7 +16,7 @@ from comfy.jobs.job import Job, JobStatus
 from comfy.jobs.store import JobStore
 from cylindria.config.options import ConfigError, load_config
 from cylindria.service.core import build_core
-from cylindria.storage import JobIdTaken, OutboxRow, StorageUnavailable, open_url
+from cylindria.storage import JobIdTaken, OutboxRow, StorageUnavailable, Taken, open_url
 from cylindria.storage.postgres import SCHEMA_VERSION as POSTGRES_VERSION, shown
 from cylindria.storage.sqlite import JOBS_TABLE, SCHEMA_VERSION as SQLITE_VERSION
 from tests.backends import Backend, sqlite_storage
@@ -137,6 +137,9 @@ ADDED_BY = {
     2: ("DROP INDEX jobs_by_node", "DROP TABLE nodes", "ALTER TABLE jobs DROP COLUMN node"),
     3: ("ALTER TABLE webhook_outbox DROP COLUMN claimed_until",
         "ALTER TABLE webhook_outbox DROP COLUMN claimed_by"),
+    4: ("DROP INDEX takeovers_by_node", "DROP TABLE takeovers",
+        "ALTER TABLE nodes DROP COLUMN left_at", "ALTER TABLE nodes DROP COLUMN taken_over_at",
+        "ALTER TABLE jobs DROP COLUMN fence"),
     5: ("DROP TABLE asset_chunks",),
 }
 CURRENT = {"sqlite": SQLITE_VERSION, "postgresql": POSTGRES_VERSION}
@@ -201,6 +204,32 @@ def test_a_version_2_store_gains_the_webhook_claims_in_place(backend):
     finally:
         storage.close()
     assert {"claimed_by", "claimed_until"} <= outbox_columns(backend)
+
+
+def test_a_version_3_store_gains_failovers_fence_in_place(backend):
+    """Schema version 4 (each job's fence, the nodes' takeover mark, the takeovers table) on a
+    store of version 3: its jobs are of fence 0, written as before, and can be taken over."""
+    storage = backend.open()
+    storage.jobs.insert(Job("kept", 0, "p", "f", node="gone"), b"{}")
+    storage.nodes.renew("gone", "", 0.0, "", "{}")
+    storage.close()
+    make_older(backend, 3)
+    storage = backend.open()
+    try:
+        assert storage.meta.get("schema_version", "none") == str(CURRENT[backend.kind])
+        [job] = storage.jobs.load("gone")
+        assert job.fence == 0
+        job.status = QUEUED
+        assert storage.jobs.update(job)
+        [(before, after)] = storage.jobs.take_over("gone", lambda job, ended: (
+            dataclasses.replace(job, status=JobStatus.LOST, node="a"), []))
+        assert (before.status, after.status, after.fence) == (QUEUED, JobStatus.LOST, 1)
+        assert storage.jobs.taken_from("gone") == [Taken("kept", 1, 0, "p")]
+        assert not storage.nodes.renew("a", "", 10.0, "", "{}")
+        assert storage.nodes.renew("gone", "", 10.0, "", "{}")  # told once
+        assert not storage.nodes.renew("gone", "", 10.0, "", "{}")
+    finally:
+        storage.close()
 
 
 def test_a_schema_newer_than_the_code_stops_the_start(backend, fakes, tmp_path):

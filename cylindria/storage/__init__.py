@@ -6,14 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from cylindria.storage.interface import (AssetRows, CancelListener, JobIdTaken, JobRows, Meta, NodeRow, NodeRows,
-                               OutboxRow, OutboxRows, SchemaTooNew, Storage, StorageUnavailable)
+                               OutboxRow, OutboxRows, SchemaTooNew, Storage, StorageUnavailable,
+                               Taken)
 
 DB_FILE_NAME = "jobs.sqlite3"  # the default store, in the data dir
 ASSETS_DIR = "assets"  # the asset files' folder in the data dir (SQLite's store of their bytes)
 SQLITE_SCHEME = "sqlite:///"
 
 __all__ = ["ASSETS_DIR", "AssetRows", "CancelListener", "DB_FILE_NAME", "JobIdTaken", "JobRows", "Meta", "NodeRow", "NodeRows", "OutboxRow",
-           "OutboxRows", "SchemaTooNew", "Storage", "StorageUnavailable",
+           "OutboxRows", "SchemaTooNew", "Storage", "StorageUnavailable", "Taken",
            "open_storage", "open_url"]
 
 

@@ -10,8 +10,10 @@ from comfy.jobs.job import FINISHED, Job, JobStatus
 COLUMNS = ("job_id", "gpu_id", "prompt_id", "fingerprint", "status", "number", "submitted_at",
            "started_at", "finished_at", "error", "outputs", "warnings", "cancel_requested",
            "nodes_done", "nodes_total", "auto", "priority", "attempts", "held_at", "labels",
-           "webhook", "submitted_by", "node")
-DURABLE = COLUMNS[1:]  # what an update writes (the job id names the row)
+           "webhook", "submitted_by", "node", "fence")
+# What an update writes: the job id names the row, and the fence (Job.fence) is the row's
+# owner token, which a write names and never sets (only a takeover raises it).
+DURABLE = COLUMNS[1:-1]
 JSON_COLUMNS = frozenset({"error", "outputs", "warnings", "labels"})
 FLAGS = frozenset({"cancel_requested", "auto"})
 FINISHED_VALUES = tuple(sorted(status.value for status in FINISHED))
@@ -114,12 +116,12 @@ def to_job(row) -> Job:
     """A row of (seq, *COLUMNS) as a Job (positionally: a start loads every row through here)."""
     (seq, job_id, gpu_id, prompt_id, fingerprint, status, number, submitted_at, started_at,
      finished_at, error, outputs, warnings, cancel_requested, nodes_done, nodes_total,
-     auto, priority, attempts, held_at, labels, webhook, submitted_by, node) = row
+     auto, priority, attempts, held_at, labels, webhook, submitted_by, node, fence) = row
     return Job(job_id, gpu_id, prompt_id, fingerprint, STATUS[status], number, submitted_at,
                started_at, finished_at, _json_or_none(error),
                tuple(json.loads(outputs)) if outputs else (), _json_or_none(warnings),
                bool(cancel_requested), nodes_done, nodes_total, bool(auto), priority, attempts,
-               held_at, _json_or_none(labels), webhook, submitted_by, node, seq)
+               held_at, _json_or_none(labels), webhook, submitted_by, node, fence, seq)
 
 
 def retired_key(gpu_id: int | None, status: str) -> str:
