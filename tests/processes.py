@@ -12,6 +12,8 @@ import requests
 from tests.helpers import API_KEY, free_ports, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
+PORT_TAKEN = "Address already in use"  # what Cylindria says when its port is taken
+PORT_TRIES = 5
 
 
 class CylindriaProcess:
@@ -29,11 +31,30 @@ class CylindriaProcess:
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "CylindriaProcess":
-        """Start it and wait until it answers /health."""
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, timeout=60, interval=0.05, message="Cylindria to start")
-        return self
+        """Start it and wait until it answers /health. At its first start only, a port taken
+        meanwhile (free_ports found it free, then another process of the run got it first) is
+        replaced by another one; a restart keeps its port, which its URL was given out as."""
+        for _ in range(PORT_TRIES if self.proc is None else 1):
+            self._log = open(self.log_path, "ab")
+            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log,
+                                         stderr=subprocess.STDOUT)
+            try:
+                wait_for(self._healthy, timeout=60, interval=0.05, message="Cylindria to start")
+                return self
+            except AssertionError:
+                self._log.close()
+                if PORT_TAKEN not in self.log():
+                    raise
+                self._move_to(free_ports(1))
+        raise AssertionError(f"no free port for Cylindria in {PORT_TRIES} tries: {self.log()}")
+
+    def _move_to(self, port: int) -> None:
+        """Use `port` instead: in the arguments (--port, and the URL advertised) and the URL."""
+        old = self.port
+        self.args = [str(port) if arg == str(old) else arg.replace(f"127.0.0.1:{old}", f"127.0.0.1:{port}")
+                     for arg in self.args]
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+        self.log_path = self.log_path.with_name(f"cylindria-{port}.log")
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
