@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from dataclasses import dataclass
 
 import psycopg
 import requests
 
-from tests.helpers import API_KEY, Api, wait_for
+from tests.helpers import API_KEY, Api
 
 # Job ids, prompt ids and output file names as they appear in a request to ComfyUI (a path,
 # a query, a JSON body): the tests' ids are letters, digits and hyphens, and an output file is
@@ -103,19 +104,16 @@ def answers_for(url: str, job_id: str) -> dict:
             "v2": (v2.status_code, json.loads(v2.text.replace(url, "")))}
 
 
-def same_answers(urls: list[str], job_id: str) -> dict:
+def same_answers(urls: list[str], job_id: str, timeout: float = 10.0) -> dict:
     """Every node's answers for a completed job, once they are the same (another node's row
     is read again within a second of its change); they are returned."""
-    seen: list = []
-
-    def alike():
-        seen[:] = [answers_for(url, job_id) for url in urls]
-        return all(answers == seen[0] for answers in seen)
-
-    try:
-        wait_for(alike, timeout=10, interval=0.2, message=f"every node to answer alike for {job_id}")
-    except AssertionError:
-        differing = {key: [answers[key] for answers in seen] for key in seen[0]
-                     if any(answers[key] != seen[0][key] for answers in seen)}
-        raise AssertionError(f"{job_id}: nodes answer differently: {differing}") from None
-    return seen[0]
+    deadline = time.monotonic() + timeout
+    while True:
+        seen = [answers_for(url, job_id) for url in urls]
+        if all(answers == seen[0] for answers in seen):
+            return seen[0]
+        if time.monotonic() > deadline:
+            differing = {key: [answers[key] for answers in seen] for key in seen[0]
+                         if any(answers[key] != seen[0][key] for answers in seen)}
+            raise AssertionError(f"{job_id}: the nodes answer differently: {differing}")
+        time.sleep(0.2)
