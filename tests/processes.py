@@ -28,8 +28,16 @@ class CylindriaProcess:
 
     def start(self) -> "CylindriaProcess":
         """Start it and wait until it answers /health."""
+        return self.launch().wait_started()
+
+    def launch(self) -> "CylindriaProcess":
+        """Start it, without waiting (several start at once, then `wait_started` each)."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_started(self) -> "CylindriaProcess":
+        """Wait until it answers /health."""
         wait_for(self._healthy, timeout=60, interval=0.05, message="Cylindria to start")
         return self
 
@@ -55,6 +63,15 @@ class CylindriaProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_all(processes) -> None:
+    """Stop several at once: each is asked to stop (by its PID), then each is waited for."""
+    for process in processes:
+        if process.proc is not None and process.proc.poll() is None:
+            process.proc.terminate()
+    for process in processes:
+        process.stop()
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> None:

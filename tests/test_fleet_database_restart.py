@@ -136,7 +136,7 @@ def refused_for_the_database(answer: requests.Response) -> bool:
 
 def test_postgresql_restarted_under_a_fleet_loses_nothing_acknowledged(
         postgres_cluster, fleet_database, start_node, soak):
-    nodes = {name: start_node(name, "--node-lease", "5m") for name in NODES}
+    nodes = start_node.many(NODES, "--node-lease", "5m")
     load = FleetLoad({name: node.url for name, node in nodes.items()}).start()
     try:
         for restart in range(RESTARTS[soak]):

@@ -19,8 +19,8 @@ BOB = "bob-key-0123456789"  # a key limited to its own jobs
 @pytest.fixture
 def fleet(start_node):
     """Nodes a and b on one fresh database, each with one fake GPU: ({name: process}, {name: fake})."""
-    nodes = {node: start_node(node, "--api-key", f"{API_KEY},bob:{BOB}:own",
-                              "--max-streams-per-client", "4") for node in ("a", "b")}
+    nodes = start_node.many(("a", "b"), "--api-key", f"{API_KEY},bob:{BOB}:own",
+                            "--max-streams-per-client", "4")
     return nodes, {name: node.fake for name, node in nodes.items()}
 
 

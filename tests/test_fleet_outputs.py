@@ -53,7 +53,7 @@ def same_answer(asked: requests.Response, owner: requests.Response) -> None:
 @pytest.fixture
 def fleet(start_node):
     """Nodes a and b on one fresh database: (a's Api, b's Api, {name: process})."""
-    nodes = {name: start_node(name, *KEYS) for name in ("a", "b")}
+    nodes = start_node.many(("a", "b"), *KEYS)
     return Api(nodes["a"].url), Api(nodes["b"].url), nodes
 
 

@@ -28,8 +28,8 @@ def test_the_fleet_runs_every_auto_job_once_whichever_node_receives_it(start_nod
                                                                       fleet_database, soak):
     # Room for the comparisons' event streams, also one whose slot the node has not yet
     # given back as the client reads its end.
-    nodes = {name: start_node(name, "--gpu-queue-depth", "1", "--max-streams-per-client",
-                              str(4 * COMPARING)) for name in NODES}
+    nodes = start_node.many(NODES, "--gpu-queue-depth", "1", "--max-streams-per-client",
+                            str(4 * COMPARING))
     urls = [node.url for node in nodes.values()]
     job_ids = [f"q{n}-{uuid.uuid4().hex[:8]}" for n in range(JOBS[soak])]
 
@@ -81,7 +81,7 @@ def fill(node, api: Api) -> None:
 
 
 def test_a_job_received_by_a_busy_node_runs_on_a_free_one(start_node, fleet_database):
-    a, b = start_node("a", "--gpu-queue-depth", "1"), start_node("b", "--gpu-queue-depth", "1")
+    a, b = start_node.many(("a", "b"), "--gpu-queue-depth", "1").values()
     api_a = Api(a.url)
     fill(a, api_a)
     job_id = str(uuid.uuid4())
@@ -99,7 +99,7 @@ def test_one_id_sent_to_two_nodes_at_once_is_one_job(start_node, fleet_database,
     (201 and 200) and one prompt; another workflow under that id, sent to both at once, is
     409 on both; two different workflows under a new id at once: one 201, one 409, and the
     job is the 201's."""
-    nodes = {name: start_node(name) for name in ("a", "b")}
+    nodes = start_node.many(("a", "b"))
     urls = [node.url for node in nodes.values()]
     job_ids, rivals = [], {}
     for n in range(TWICE[soak]):
@@ -140,7 +140,7 @@ def at_once(urls: list[str], job_id: str, bodies: list[dict]) -> list:
 
 
 def test_a_shared_job_cancelled_on_another_node_never_runs(start_node):
-    a, b = start_node("a", "--gpu-queue-depth", "1"), start_node("b", "--gpu-queue-depth", "1")
+    a, b = start_node.many(("a", "b"), "--gpu-queue-depth", "1").values()
     api_a, api_b = Api(a.url), Api(b.url)
     for node, api in ((a, api_a), (b, api_b)):  # every GPU full: the job stays in the queue
         fill(node, api)

@@ -13,7 +13,8 @@ JOBS_PER_NODE = 6
 
 
 def test_each_expired_job_is_deleted_once_and_no_node_answers_for_it(start_node, fleet_database):
-    apis = {name: Api(start_node(name, "--retention", "1s").url) for name in NODES}
+    apis = {name: Api(node.url) for name, node in
+            start_node.many(NODES, "--retention", "1s").items()}
     jobs = {f"{name}-{n}": api for name, api in apis.items() for n in range(JOBS_PER_NODE)}
     for job_id, api in jobs.items():  # pinned to each node's own GPU 0
         created = api.put(f"/startjob/{job_id}?GpuId=0", json=workflows.core(job_id))

@@ -22,7 +22,8 @@ def test_every_event_is_delivered_by_one_node_at_a_time(start_node, soak):
     failures = FAILURES[soak]
     receiver = Receiver(delay=0.2, failures=failures).start()  # slow: other nodes read the
     try:                                                          # outbox mid-try
-        apis = {name: Api(start_node(name, "--webhook-allow-private").url) for name in NODES}
+        apis = {name: Api(node.url) for name, node in
+                start_node.many(NODES, "--webhook-allow-private").items()}
         jobs = {f"{name}-{n}": api for name, api in apis.items()
                 for n in range(JOBS_PER_NODE[soak])}
         for job_id, api in jobs.items():  # pinned to each node's own GPU 0
