@@ -1,8 +1,8 @@
 """Three Cylindria nodes (real processes) on one PostgreSQL database, every node's webhook
 sender reading the whole outbox: each event is claimed in the database before its try, so
 every event is delivered, never by two nodes at once, under the id it was written with; a run
-without faults delivers each exactly once. `--soak`: 200 jobs, and every event's first try
-fails (503), so each is tried again, by whichever node claims it then."""
+without faults delivers each exactly once. `--soak`: 201 jobs (67 a node), and every event's
+first try fails (503), so each is tried again, by whichever node claims it then."""
 from __future__ import annotations
 
 import json
