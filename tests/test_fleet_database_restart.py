@@ -119,7 +119,8 @@ class FleetLoad:
             with self.lock:
                 self.refused[(phase, node)] += 1
             return answer
-        self._problem(f"{phase} {method} {path} on {node}: {answer.status_code} {answer.text[:300]}")
+        self._problem(f"{phase} {method} {path} on {node}: {answer.status_code} "
+                      f"{answer.text[:300]}")
         return None
 
     def _problem(self, text: str) -> None:
