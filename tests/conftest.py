@@ -13,7 +13,7 @@ from tests.backends import KINDS, Backend, close_opened
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports
 from tests.postgres import PostgresCluster
-from tests.processes import CylindriaProcess
+from tests.processes import CylindriaProcess, stop_all
 
 TIME_SCALE = 0.05  # the fake's node sleeps shrink to 5 %: a 4 s "slow" node takes 0.2 s
 
@@ -169,10 +169,11 @@ def fleet_database(postgres_cluster):
 def start_node(fleet_database, tmp_path):
     """start_node(name, *flags): a Cylindria process of the fleet (`--node name`, a lease of
     FLEET_LEASE, its URL advertised) in front of its own fake ComfyUI (`node.fake`); every one
-    started is stopped (and its fake closed) at the end."""
+    started is stopped (and its fake closed) at the end. `start_node.many(names, *flags)`: a
+    node of each name, started at once (as a fleet's hosts may be): {name: node}."""
     started = []
 
-    def start(name: str, *flags: str) -> CylindriaProcess:
+    def launch(name: str, *flags: str) -> CylindriaProcess:
         [fake] = start_fakes(1)
         (tmp_path / name).mkdir()
         node = CylindriaProcess(fake.url, tmp_path / name / "data", gpus=1,
@@ -181,9 +182,17 @@ def start_node(fleet_database, tmp_path):
         node.args += ["--advertise-url", node.url]
         node.fake = fake
         started.append((node, fake))
-        return node.start()
+        return node.launch()
 
+    def start(name: str, *flags: str) -> CylindriaProcess:
+        return launch(name, *flags).wait_started()
+
+    def many(names, *flags: str) -> dict[str, CylindriaProcess]:
+        nodes = {name: launch(name, *flags) for name in names}
+        return {name: node.wait_started() for name, node in nodes.items()}
+
+    start.many = many
     yield start
-    for node, fake in started:
-        node.stop()
+    stop_all([node for node, _ in started])
+    for _, fake in started:
         fake.close()

@@ -28,25 +28,36 @@ class CylindriaProcess:
                      "--data-dir", str(data_dir), "--poll-interval", str(poll_interval), *extra]
         self.log_path = Path(data_dir).parent / f"cylindria-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self._launches = 0  # starts on this port: only the first may move to another
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "CylindriaProcess":
-        """Start it and wait until it answers /health. At its first start only, a port taken
-        meanwhile (free_ports found it free, then another process of the run got it first) is
-        replaced by another one; a restart keeps its port, which its URL was given out as."""
-        for _ in range(PORT_TRIES if self.proc is None else 1):
-            self._log = open(self.log_path, "ab")
-            self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log,
-                                         stderr=subprocess.STDOUT)
+        """Start it and wait until it answers /health."""
+        return self.launch().wait_started()
+
+    def launch(self) -> "CylindriaProcess":
+        """Start it, without waiting (several start at once, then `wait_started` each)."""
+        self._launches += 1
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_started(self) -> "CylindriaProcess":
+        """Wait until it answers /health. At its first start only, a port taken meanwhile
+        (free_ports found it free, then another process of the run got it first) is replaced
+        by another one; a restart keeps its port, which its URL was given out as."""
+        for tries_left in range(PORT_TRIES - 1, -1, -1):
             try:
                 wait_for(self._healthy, timeout=60, interval=0.05, message="Cylindria to start")
                 return self
             except AssertionError:
                 self._log.close()
-                if PORT_TAKEN not in self.log():
+                if self._launches > 1 or PORT_TAKEN not in self.log() or not tries_left:
                     raise
                 self._move_to(free_ports(1))
-        raise AssertionError(f"no free port for Cylindria in {PORT_TRIES} tries: {self.log()}")
+                self._launches = 0
+                self.launch()
+        return self
 
     def _move_to(self, port: int) -> None:
         """Use `port` instead: in the arguments (--port, and the URL advertised) and the URL."""
@@ -87,6 +98,15 @@ class CylindriaProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_all(processes) -> None:
+    """Stop several at once: each is asked to stop (by its PID), then each is waited for."""
+    for process in processes:
+        if process.proc is not None and process.proc.poll() is None:
+            process.proc.terminate()
+    for process in processes:
+        process.stop()
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> None:

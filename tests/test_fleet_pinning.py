@@ -24,7 +24,7 @@ KEYS = ("--api-key", f"{API_KEY},bob:{BOB}:own,carol:{CAROL}:own")
 @pytest.fixture
 def fleet(start_node):
     """Nodes a and b on one fresh database: (a's Api, b's Api, {name: process})."""
-    nodes = {name: start_node(name, *KEYS) for name in ("a", "b")}
+    nodes = start_node.many(("a", "b"), *KEYS)
     return Api(nodes["a"].url), Api(nodes["b"].url), nodes
 
 
