@@ -170,8 +170,9 @@ def read_models_into(catalogue: Catalogue, gpu, stop: threading.Event | None = N
         logger.exception("GPU %d: reading its model files failed", gpu.index)
         return
     if lists is not catalogue.models:  # read now, not the last known lists kept
-        logger.log(_level(gpu.is_news("model files", lists)), "GPU %d: %d model files in %d folders",
-                   gpu.index, sum(len(files) for files in lists.values()), len(lists))
+        logger.log(_level(gpu.is_news("model files", lists)),
+                   "GPU %d: %d model files in %d folders", gpu.index,
+                   sum(len(files) for files in lists.values()), len(lists))
     catalogue.models = lists
 
 
