@@ -99,8 +99,8 @@ def test_a_block_that_leaves_a_process_running_or_calls_another_host_is_refused(
     with pytest.raises(readme_sandbox.RunFailed, match="^line 1: left processes running"):
         readme_samples.check(markdown(tmp_path, run("sleep 60 &")))
     with pytest.raises(ValueError, match="^line 1: a runnable block may call 127.0.0.1 only, "
-                                         "not backend.example"):
-        readme_samples.check(markdown(tmp_path, run("curl http://backend.example/hook")))
+                                         "not backend.example.com"):
+        readme_samples.check(markdown(tmp_path, run("curl http://backend.example.com/hook")))
 
 
 def test_a_background_block_that_ends_or_never_answers_fails_clearly(tmp_path, monkeypatch):
@@ -145,3 +145,7 @@ def test_ports_are_free_ones_in_runs_and_outputs_name_the_readmes():
     mapping = readme_sandbox.Ports.for_steps(found).mapping
     assert {8000, 8188, 8195, 9000, 9007} <= set(mapping) and 8196 not in mapping
     assert mapping[8189] == mapping[8188] + 1 and len(set(mapping.values())) == len(mapping)
+    receiver = steps("<!-- run: background ready=http://127.0.0.1:9000/ -->\n```bash\n"
+                     "python receiver.py secret\n```\n")  # listens on its own default, 9000
+    ports = readme_sandbox.Ports.for_steps(receiver)
+    assert 9000 not in ports.mapping and ports.of(9000) == 9000 and ports.of(8000) != 8000

@@ -92,6 +92,16 @@ def test_rewritten_takes_the_real_values_and_keeps_the_elisions():
     assert unmatched == 'a line\n{"job_id": "render-0001", "...": "..."}'
 
 
+def test_an_answer_shown_as_curl_prints_it_is_written_back_so():
+    shown = real(status="queued").strip()
+    assert rewritten(shown, real()) == real().strip()  # as printed, byte for byte
+    elided = '{"job_id":"render-0001","status":"queued","...":"..."}'
+    assert rewritten(elided, real()) == '{"job_id":"render-0001","status":"completed","...":"..."}'
+    assert differences(elided, real())[-2:] == [
+        '-{"job_id":"render-0001","status":"queued","...":"..."}',
+        '+{"job_id":"render-0001","status":"completed","...":"..."}']
+
+
 def test_long_answers_are_wrapped_inside_their_brackets():
     text = wrap_json({"a": {"b": list(range(40)), "c": "x" * 50}, "d": 1})
     assert text == ('{"a": {"b": [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, '
@@ -107,6 +117,8 @@ SAMPLE = """Intro.
 ```bash
 fake
 ```
+
+What it prints, after prose:
 
 <!-- output -->
 ```
@@ -124,8 +136,10 @@ old
   {"a": 1}
   ```
 
+```markdown
+<!-- run -->
 ```bash
-not marked
+shown as text, not marked
 ```
 """
 
@@ -133,7 +147,7 @@ not marked
 def test_marked_blocks_are_found_in_order_with_their_outputs():
     found = steps(SAMPLE)
     assert [(s.line, s.block.text, s.background, s.ready) for s in found] == [
-        (3, "fake", True, "http://127.0.0.1:8188/x"), (15, "curl a", False, None)]
+        (3, "fake", True, "http://127.0.0.1:8188/x"), (17, "curl a", False, None)]
     assert [s.output.text for s in found] == ["old", '{"a": 1}']
     rewritten_file = with_outputs(SAMPLE, {found[0].output.opening: "new\nlines",
                                            found[1].output.opening: '{"a": 2}'})
@@ -146,7 +160,9 @@ def test_marked_blocks_are_found_in_order_with_their_outputs():
     ("<!-- run -->\n```bash\nx\n", "README.md:1: the fenced block is never closed"),
     ("<!-- run: background -->\n```bash\nx\n```\n", "README.md:1: a background block needs"),
     ("<!-- run: later -->\n```bash\nx\n```\n", "README.md:1: unknown run option 'later'"),
-    ("text\n<!-- output -->\n```\nx\n```\n", "README.md:2: <!-- output --> is not right after"),
+    ("text\n<!-- output -->\n```\nx\n```\n", "README.md:2: <!-- output --> does not follow a run"),
+    ("<!-- run -->\n```bash\nx\n```\n```\ny\n```\n<!-- output -->\n```\nz\n```\n",
+     "README.md:8: <!-- output --> does not follow a run block"),
 ])
 def test_a_marker_that_marks_nothing_runnable_is_an_error(text, message):
     with pytest.raises(MarkupError, match="^" + message.replace("(", r"\(").replace("`", "`")):

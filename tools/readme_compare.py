@@ -119,9 +119,9 @@ def differences(shown: str, real: str, prefix_only: bool = False) -> list[str]:
 
 
 def _canonical(want: list[Item], prefix_only: bool) -> str:
-    """The shown items as rewritten() writes items (JSON wrapped alike), to diff with it."""
+    """The shown items laid out as rewritten() lays them out, to diff with it."""
     kept = want[:-1] if prefix_only else want
-    return "\n".join(_render(None, item) for item in kept)
+    return "\n".join(_styled(item.value, item) if item.is_json else item.text for item in kept)
 
 
 def _align(want: list[Item], got: list[Item]) -> tuple[int, list[tuple]]:
@@ -255,12 +255,30 @@ def rewritten(shown: str, real: str, prefix_only: bool = False) -> str:
 
 
 def _render(want: Item | None, got: Item) -> str:
-    """One real item as written back: JSON shaped like the shown value, a whole value
-    wrapped, one after a prefix (an event's data line) on its line."""
-    if not got.is_json:
+    """One real item as written back: JSON shaped like the shown value (its elisions) and
+    laid out as the shown one was (curl's compact line as printed, or wrapped at WIDTH); an
+    item nothing was shown for, as printed."""
+    if not got.is_json or want is None or not want.is_json:
         return got.text
-    shaped = shape(want.value, got.value) if want is not None and want.is_json else got.value
-    return got.prefix + compact(shaped) if got.prefix else wrap_json(shaped)
+    shaped = shape(want.value, got.value)
+    if shaped == got.value and _is_compact(want) and _is_compact(got):
+        return got.text
+    return _styled(shaped, want)
+
+
+def _styled(value, like: Item) -> str:
+    """A JSON value laid out as `like` is: after its prefix on one line, compact, or wrapped."""
+    if like.prefix:
+        return like.prefix + compact(value)
+    if _is_compact(like):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return wrap_json(value)
+
+
+def _is_compact(item: Item) -> bool:
+    """Shown as curl prints Cylindria's answers: one line, no spaces between items."""
+    return item.text[len(item.prefix):] == json.dumps(item.value, ensure_ascii=False,
+                                                      separators=(",", ":"))
 
 
 def shape(shown, real):

@@ -4,16 +4,18 @@ file with new shown outputs written in.
     <!-- run -->                                   the next ```bash block runs to completion
     <!-- run: background ready=<url> -->           it runs in the background until the end;
                                                    the next block waits until <url> answers
-    <!-- output -->                                the next fenced block, right after a run
-                                                   block, is what that block printed
+    <!-- output -->                                the next fenced block is what the run block
+                                                   before it printed (prose may come between,
+                                                   not another fenced block)
 
 A marker is on the line immediately before its fence, with the fence's indentation (a block
-in a list item is indented). A marker anywhere else is an error, never ignored.
+in a list item is indented). A marker that marks nothing runnable is an error, never ignored;
+markers inside an unmarked fenced block are text.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MARKER = re.compile(
     r"^(?P<indent>\s*)<!--\s*(?P<kind>run|output)\b(?::\s*(?P<options>.*?))?\s*-->\s*$")
@@ -48,27 +50,42 @@ class Step:
 
 
 def steps(markdown: str, name: str = "README.md") -> list[Step]:
-    """Every marked block in order; MarkupError for a marker that marks nothing runnable."""
+    """Every marked block in order; MarkupError for a marker that marks nothing runnable.
+    Unmarked fenced blocks are skipped whole (one may show these markers as text)."""
     lines = markdown.splitlines()
     found: list[Step] = []
+    last = None  # the run block an output may still follow (no fenced block since)
     at = 0
     while at < len(lines):
         marker = MARKER.match(lines[at])
-        if marker is None:
+        if marker is not None:
+            where = f"{name}:{at + 1}"
+            block = _fenced(lines, at + 1, marker["indent"], where)
+            if marker["kind"] == "output":
+                if last is None:
+                    raise MarkupError(f"{where}: <!-- output --> does not follow a run block "
+                                      "(or another fenced block comes between)")
+                found[last] = replace(found[last], output=block)
+                last = None
+            else:
+                found.append(_step(at + 1, block, marker["options"], where))
+                last = len(found) - 1
+            at = block.closing + 1
+        elif FENCE.match(lines[at].strip()):
+            at = _closing(lines, at) + 1
+            last = None
+        else:
             at += 1
-            continue
-        where = f"{name}:{at + 1}"
-        if marker["kind"] == "output":
-            raise MarkupError(f"{where}: <!-- output --> is not right after a run block")
-        block = _fenced(lines, at + 1, marker["indent"], where)
-        if block.info.strip().split(" ")[0] not in RUNNABLE:
-            raise MarkupError(f"{where}: a run marker needs a ```bash block after it, "
-                              f"not ```{block.info}")
-        background, ready = _options(marker["options"], where)
-        output, next_line = _output_after(lines, block.closing + 1, name)
-        found.append(Step(at + 1, block, background, ready, output))
-        at = next_line
     return found
+
+
+def _step(line: int, block: Fenced, options: str | None, where: str) -> Step:
+    """A run marker's step; its block must be a shell block."""
+    if block.info.split(" ")[0] not in RUNNABLE:
+        raise MarkupError(f"{where}: a run marker needs a ```bash block after it, "
+                          f"not ```{block.info}")
+    background, ready = _options(options, where)
+    return Step(line, block, background, ready)
 
 
 def _options(text: str | None, where: str) -> tuple[bool, str | None]:
@@ -93,26 +110,18 @@ def _fenced(lines: list[str], at: int, indent: str, where: str) -> Fenced:
         and lines[at].startswith(indent) else None
     if opening is None:
         raise MarkupError(f"{where}: the marker is not immediately followed by a fenced block")
-    ticks = opening["ticks"]
-    for closing in range(at + 1, len(lines)):
-        if lines[closing].strip() == ticks:
-            body = [line[len(indent):] if line.startswith(indent) else line.lstrip()
-                    for line in lines[at + 1:closing]]
-            return Fenced(at, closing, indent, opening["info"].strip(), "\n".join(body))
-    raise MarkupError(f"{where}: the fenced block is never closed")
+    closing = _closing(lines, at)
+    if closing == len(lines):
+        raise MarkupError(f"{where}: the fenced block is never closed")
+    body = [line[len(indent):] if line.startswith(indent) else line.lstrip()
+            for line in lines[at + 1:closing]]
+    return Fenced(at, closing, indent, opening["info"].strip(), "\n".join(body))
 
 
-def _output_after(lines: list[str], at: int, name: str) -> tuple[Fenced | None, int]:
-    """The `<!-- output -->` block right after a run block (blank lines between allowed),
-    and the line to go on from."""
-    ahead = at
-    while ahead < len(lines) and not lines[ahead].strip():
-        ahead += 1
-    marker = MARKER.match(lines[ahead]) if ahead < len(lines) else None
-    if marker is None or marker["kind"] != "output":
-        return None, at
-    block = _fenced(lines, ahead + 1, marker["indent"], f"{name}:{ahead + 1}")
-    return block, block.closing + 1
+def _closing(lines: list[str], at: int) -> int:
+    """The line closing the fence opened at line `at` (len(lines) if none does)."""
+    ticks = FENCE.match(lines[at].strip())["ticks"]
+    return next((n for n in range(at + 1, len(lines)) if lines[n].strip() == ticks), len(lines))
 
 
 def with_outputs(markdown: str, new: dict[int, str]) -> str:

@@ -13,12 +13,14 @@ How blocks are marked: tools/readme_markdown.py. How outputs are compared and wh
   it left (`K=$(cat ...)` in one block, `$K` in the next), as in one terminal.
 - A clean environment (as `env -i`): PATH, a HOME of its own with the XDG folders under it
   (Cylindria's data dir comes from platformdirs: ~/.local/share/Cylindria), LC_ALL=C.UTF-8.
-- Only 127.0.0.1: a URL in a runnable block that names another host fails the run. No fixed
-  port: each port the blocks name (8000, 8188, 8189...) is replaced by a free one (a run of 8
-  consecutive ones for each group of nearby ports, as GPU n listens on the first port + n),
-  CYLINDRIA_PORT and COMFYUI_BASE_URL give the programs' defaults the same, and the outputs
-  name the README's ports again. A ready URL whose port takes connections before its block
-  starts fails the run, saying so.
+- Only 127.0.0.1: a URL in a runnable block that names another host (but one under the
+  reserved .example and .invalid, which never resolve) fails the run. Ports: each port the
+  blocks name (8000, 8188, 8189...) is replaced by a free one (a run of 8 consecutive ones
+  for each group of nearby ports, as GPU n listens on the first port + n), CYLINDRIA_PORT and
+  COMFYUI_BASE_URL give the programs' defaults the same, and the outputs name the README's
+  ports again. A server not told its port (its ready URL's port is near no port its block
+  names: the webhook receiver's 9000) keeps the README's. A ready URL whose port takes
+  connections before its block starts fails the run, saying so.
 - The install commands do not install. `.venv` is made beforehand as a virtualenv of the
   Python running this, whose site-packages reads this environment's (a .pth file), with a
   `pip`; `python3` on PATH is that Python, except that `python3 -m venv .venv` leaves the
@@ -30,12 +32,12 @@ How blocks are marked: tools/readme_markdown.py. How outputs are compared and wh
   `.venv` from the network with the system's python3 (the caller's PIP_* and proxy
   variables pass through, as the machine's way to the packages).
 - A block's output is what it printed on stdout: the answers (curl -i's headers too), the
-  keys printed at a first start. Its stderr (curl's progress meters, which a terminal does
-  not show, Cylindria's timestamped log) is shown only when the block fails. A block that
-  leaves a process running fails the run (the process is stopped). A background
-  block runs in a process group of its own until every block has run, then its group is
-  sent SIGTERM (SIGKILL if it has not ended in 15 s); its shown output is the beginning of
-  what it printed.
+  keys printed at a first start. Its stderr is shown only when the block fails: curl's
+  progress meters (which a terminal does not show), and a server's log, whose lines a
+  writer thread interleaves with the printed ones in no fixed order. A block that leaves a
+  process running fails the run (the process is stopped). A background block runs in a
+  process group of its own until every block has run, then its group is sent SIGTERM
+  (SIGKILL if it has not ended in 15 s); its shown output is the beginning of its stdout.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ from tools.readme_sandbox import LOOPBACK, REPO, RunFailed, sandbox
 
 README = REPO / "README.md"
 URL_HOST = re.compile(r"\bhttps?://([^/:\s\"'$]+)")
+UNRESOLVABLE = (".example", ".invalid")
 
 
 @dataclass
@@ -94,9 +97,10 @@ def check(readme: Path = README, real_install: bool = False, keep: bool = False)
 
 
 def _loopback_only(step: Step) -> None:
-    """A runnable block calls this machine only (an example.com URL is for reading)."""
+    """A runnable block calls this machine only. Names under the reserved .example and
+    .invalid (RFC 6761) never resolve, so a block may show that such a URL is refused."""
     for host in URL_HOST.findall(step.block.text + " " + (step.ready or "")):
-        if host not in LOOPBACK:
+        if host not in LOOPBACK and not host.endswith(UNRESOLVABLE):
             raise ValueError(f"line {step.line}: a runnable block may call 127.0.0.1 only, "
                              f"not {host}")
 

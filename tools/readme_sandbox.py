@@ -27,7 +27,8 @@ from tools.readme_markdown import Step
 
 REPO = Path(__file__).resolve().parents[1]
 PORT_GROUP = 8  # ports a group may span: GPU n of a ComfyUI base port p is p + n
-DEFAULT_PORTS = (8000, 8188)  # Cylindria's --port and GPU 0's ComfyUI when no flag names them
+CYLINDRIA_PORT = 8000  # Cylindria's default --port: CYLINDRIA_PORT moves it when no flag does
+COMFY_PORT = 8188  # GPU 0's ComfyUI by default: COMFYUI_BASE_URL moves it (the fake: --port)
 HOST_PORT = re.compile(r"(?<=127\.0\.0\.1:)\d{2,5}\b|(?<=localhost:)\d{2,5}\b")
 PORT_FLAG = re.compile(r"(?<=--port[ =])\d{2,5}\b")
 LOOPBACK = ("127.0.0.1", "localhost")
@@ -78,17 +79,24 @@ class Ports:
 
     @classmethod
     def for_steps(cls, found: list[Step]) -> "Ports":
-        """A free port for each port the blocks name (and the programs' defaults)."""
-        named = set(DEFAULT_PORTS)
+        """A free port for each port the blocks name (and the programs' defaults), but for
+        a server not told its port (kept as the README has it)."""
+        named = {CYLINDRIA_PORT, COMFY_PORT}
         for step in found:
             named |= {int(p) for p in _ports_in(step.block.text + " " + (step.ready or ""))}
+        kept = _untold(found)
         mapping: dict[int, int] = {}
-        for start in sorted(named):
+        for start in sorted(named - kept):
             if start in mapping:
                 continue
             base = free_ports(PORT_GROUP)
-            mapping.update({start + n: base + n for n in range(PORT_GROUP)})
+            mapping.update({start + n: base + n for n in range(PORT_GROUP)
+                            if start + n not in kept})
         return cls(mapping)
+
+    def of(self, port: int) -> int:
+        """This run's port for one of the README's."""
+        return self.mapping.get(port, port)
 
     def here(self, text: str) -> str:
         """The README's ports in `text` replaced by this run's."""
@@ -103,6 +111,20 @@ class Ports:
 
 def _ports_in(text: str) -> list[str]:
     return HOST_PORT.findall(text) + PORT_FLAG.findall(text)
+
+
+def _untold(found: list[Step]) -> set[int]:
+    """Ports of ready URLs whose block names no port near them: the server listens on its own
+    default (the README's examples/webhook_receiver.py on 9000), which the run cannot move."""
+    kept = set()
+    for step in found:
+        if step.ready is None:
+            continue
+        port = urlsplit(step.ready).port or 80
+        told = [int(p) for p in _ports_in(step.block.text)]
+        if port != CYLINDRIA_PORT and not any(0 <= port - p < PORT_GROUP for p in told):
+            kept.add(port)
+    return kept
 
 
 class Sandbox:
@@ -140,8 +162,8 @@ class Sandbox:
                "XDG_CONFIG_HOME": str(self.home / ".config"),
                "XDG_CACHE_HOME": str(self.home / ".cache"),
                "XDG_STATE_HOME": str(self.home / ".local/state"),
-               "CYLINDRIA_PORT": str(self.ports.mapping[8000]),
-               "COMFYUI_BASE_URL": f"http://127.0.0.1:{self.ports.mapping[8188]}",
+               "CYLINDRIA_PORT": str(self.ports.of(CYLINDRIA_PORT)),
+               "COMFYUI_BASE_URL": f"http://127.0.0.1:{self.ports.of(COMFY_PORT)}",
                "PIP_DISABLE_PIP_VERSION_CHECK": "1", "__readme_state": str(self.state)}
         if self.real_install:  # the machine's way to the packages (its mirror, proxy, CA)
             env.update({k: v for k, v in os.environ.items()
