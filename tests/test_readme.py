@@ -22,9 +22,10 @@ def test_readme_runs_as_written_and_shows_what_it_answers(soak):
         result = readme_samples.check(readme_samples.README, real_install=soak)
     except ValueError as exc:  # nothing marked: say so, never pass or skip quietly
         pytest.fail(str(exc))
-    assert not result.problems, "\n\n".join(result.problems) + (
-        "\n\nIf the program is right, write the real outputs in: "
-        "python -m tools.readme_samples --write")
+    if result.problems:
+        pytest.fail("\n\n".join(result.problems) + "\n\nIf the program is right, write the "
+                    "real outputs in: python -m tools.readme_samples --write (a line `...` "
+                    "stands for lines left out, such as pip's)", pytrace=False)
 
 
 def test_the_sample_runs_and_shows_what_it_answers():
