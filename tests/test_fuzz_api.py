@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, assume, settings
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
 from cylindria.service.server import Service
@@ -71,6 +71,10 @@ def bounded(case):
     frame the HTTP message are left to the HTTP client."""
     for name in [name for name in (case.headers or {}) if name.lower() in FRAMING]:
         del case.headers[name]
+    # HTTP strips a field value's leading and trailing whitespace (RFC 9110, 5.5): such a
+    # value cannot reach the app as generated ("key " arrives as "key", which the document
+    # allows), so the example is discarded, not judged.
+    assume(all(str(value) == str(value).strip(" \t") for value in (case.headers or {}).values()))
     wait = (case.query or {}).get("wait")
     try:
         if isinstance(wait, (int, float, str)) and 0 < float(wait) <= 60:
