@@ -167,23 +167,25 @@ def fleet_database(postgres_cluster):
 
 @pytest.fixture
 def start_node(fleet_database, tmp_path):
-    """start_node(name, *flags): a Cylindria process of the fleet (`--node name`, a lease of
-    FLEET_LEASE, its URL advertised) in front of its own fake ComfyUI (`node.fake`); every one
-    started is stopped (and its fake closed) at the end."""
+    """start_node(name, *flags, gpus=1): a Cylindria process of the fleet (`--node name`, a
+    lease of FLEET_LEASE, its URL advertised) in front of its own fake ComfyUIs (`node.fakes`,
+    one per GPU; `node.fake` is GPU 0's); every one started is stopped (and its fakes closed)
+    at the end."""
     started = []
 
-    def start(name: str, *flags: str) -> CylindriaProcess:
-        [fake] = start_fakes(1)
+    def start(name: str, *flags: str, gpus: int = 1) -> CylindriaProcess:
+        fakes = start_fakes(gpus)
         (tmp_path / name).mkdir()
-        node = CylindriaProcess(fake.url, tmp_path / name / "data", gpus=1,
+        node = CylindriaProcess(fakes[0].url, tmp_path / name / "data", gpus=gpus,
                                 extra=("--database", fleet_database, "--node", name,
                                        "--node-lease", FLEET_LEASE, *flags))
         node.args += ["--advertise-url", node.url]
-        node.fake = fake
-        started.append((node, fake))
+        node.fake, node.fakes = fakes[0], fakes
+        started.append(node)
         return node.start()
 
     yield start
-    for node, fake in started:
+    for node in started:
         node.stop()
-        fake.close()
+        for fake in node.fakes:
+            fake.close()

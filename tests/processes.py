@@ -1,6 +1,7 @@
 """Cylindria as a real process, for tests where a kill or a restart is the point."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -46,6 +47,15 @@ class CylindriaProcess:
         self.proc.kill()
         self.proc.wait(timeout=30)
         self._log.close()
+
+    def pause(self) -> None:
+        """SIGSTOP (POSIX only): the process keeps its sockets and database sessions and does
+        nothing at all, as a host frozen by its hypervisor or a debugger would."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a paused process carries on where it stopped."""
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop it if it still runs."""
