@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import json
 import random
+import re
 import time
 from collections import defaultdict
 from functools import cached_property
@@ -309,14 +310,17 @@ def unacknowledged(load: FleetLoad, jobs: dict[str, dict], lost_ok) -> dict[str,
             and not (jobs[job_id]["status"] == "lost" and lost_ok(jobs[job_id]))}
 
 
-def evidence(nodes: dict[str, CylindriaProcess], job_ids, lines: int = 8) -> str:
-    """What each node logged about these jobs: the first lines naming each."""
-    found = []
-    for name, node in nodes.items():
-        log = node.log().splitlines()
-        for job_id in sorted(job_ids)[:5]:
-            found += [f"[{name}] {line}" for line in log if job_id in line][:lines]
-    return "\n".join(found)
+def evidence(nodes: dict[str, CylindriaProcess], found, lines: int = 15) -> str:
+    """The findings (job ids, or lines starting with one), then what each node logged about
+    the first few jobs: the lines naming each, in order."""
+    findings = sorted(found)
+    text = [f"{len(findings)} found: {findings[:20]}"]
+    for job_id in {finding.split(" ")[0].rstrip(":") for finding in findings[:5]}:
+        named = re.compile(rf"(?<![\w.-]){re.escape(job_id)}(?![\w.-])")
+        for name, node in nodes.items():
+            text += [f"[{name}] {line}" for line in node.log().splitlines()
+                     if named.search(line)][:lines]
+    return "\n".join(text)
 
 
 def test_the_fleet_loses_nothing_and_reports_each_job_once(start_node, soak):
@@ -361,7 +365,7 @@ def test_the_fleet_loses_nothing_and_reports_each_job_once(start_node, soak):
     assert load.untolerated == []
     assert missing == [], evidence(nodes, missing)
     wrong = check_final(load, jobs, faults.fakes, lost_ok=faults.lost_ok)
-    assert wrong == [], evidence(nodes, [w.split(" ")[0].rstrip(":") for w in wrong])
+    assert wrong == [], evidence(nodes, wrong)
     assert [j for j, a in load.accepted.items() if a.created > 1] == [], "two 201s for one id"
     assert unacknowledged(load, jobs, faults.lost_ok) == {}
     assert all(seen == listed["a"] for seen in listed.values()), "the nodes list different jobs"
