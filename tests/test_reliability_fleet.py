@@ -6,7 +6,8 @@ node's GPU (GpuId=n to that node, GpuId=<node>:<n> to the others), each with a w
 loopback receiver.
 
 Faults under the load: ComfyUIs killed and restarted, websockets dropped, nodes SIGKILLed and
-started again (at once: within their lease), nodes SIGSTOPped within their lease. Throughout,
+started again (at once, within their lease; after it ran out; after the jobs pinned to them
+waited --requeue-wait too), nodes SIGSTOPped (within their lease, and past it). Throughout,
 every node answers for every acknowledged job (a client's read of one is never a 404). After
 each fault: no job stays unfinished once its prompt is gone from ComfyUI. At the end:
 every acknowledged job reached its true final status (`lost` only where a fault of a ComfyUI
@@ -40,15 +41,19 @@ from tests.webhook_receiver import Receiver
 
 NODES, GPUS = ("a", "b", "c"), 2
 LEASE = 6.0  # seconds: long enough for a SIGKILLed node to be started again within it
-FLAGS = ("--node-lease", f"{LEASE:g}s", "--webhook-allow-private")
+REQUEUE_WAIT = 5.0  # seconds a job pinned to a node gone past its lease waits for it
+FLAGS = ("--node-lease", f"{LEASE:g}s", "--requeue-wait", f"{REQUEUE_WAIT:g}",
+         "--webhook-allow-private")
 AUTO_SHARE = 0.6  # of fresh jobs sent GpuId=auto; the others pinned to one node's GPU
-NODE_TIMEOUT = 10.0  # seconds a client waits for one node before it asks the next
+NODE_TIMEOUT = 5.0  # seconds a client waits for one node before it asks the next
 RETRY_PAUSE = 0.2  # seconds between a client's tries on successive nodes
 CLIENTS = {False: 10, True: 16}  # client threads (short form, --soak)
 PAUSE = 0.2  # seconds each client waits between two operations
-SOAK_ROUNDS, SOAK_SECONDS = 4, 180.0
+SOAK_ROUNDS, SOAK_SECONDS = 3, 180.0
 GAP = {False: 4.0, True: 3.0}  # seconds of load between two faults: new jobs in every state
-PAUSE_WITHIN_LEASE = 3.0  # seconds a node stays SIGSTOPped: its lease holds throughout
+WITHIN_LEASE = 3.0  # seconds a node stays SIGSTOPped: its lease holds throughout
+PAST_LEASE = LEASE + 3.0  # seconds a node stays down or SIGSTOPped: its lease runs out
+PAST_REQUEUE = LEASE + REQUEUE_WAIT + 3.0  # ... and the jobs pinned to it wait no longer
 LEASE_MARGIN = 1.0  # an outage this close to the lease is counted as past it (lenient)
 FINAL_WAIT = {False: 60, True: 180}  # seconds for every job, then every webhook, to end
 FINAL_EVENTS = {f"job.{status}" for status in FINAL}
@@ -249,23 +254,26 @@ class FleetFaults(ComfyFaults):
 
 def run_faults(faults: FleetFaults, soak: bool) -> None:
     """The short form: a ComfyUI killed, the websockets dropped, a node killed and started
-    again; --soak: rounds of every fault, on each node in turn, for SOAK_SECONDS at least."""
+    again once its lease ran out; --soak: rounds of every fault, on each node in turn, for
+    SOAK_SECONDS at least."""
     if not soak:
         for fault in (lambda: faults.kill_comfy_of("b", 1), faults.drop_websockets,
-                      lambda: faults.kill_node("c")):
+                      lambda: faults.kill_node("c", PAST_LEASE)):
             time.sleep(GAP[soak])
             fault()
             faults.check()
         return
     rng, started, done = random.Random(27), time.monotonic(), 0
     while done < SOAK_ROUNDS or time.monotonic() - started < SOAK_SECONDS:
-        name = NODES[done % len(NODES)]
-        other = NODES[(done + 1) % len(NODES)]
+        name, other, third = (NODES[(done + k) % len(NODES)] for k in range(3))
         for fault in (lambda: faults.kill_comfy_of(name, rng.randrange(GPUS)),
                       lambda: faults.kill_comfy_of(other, rng.randrange(GPUS)),
                       faults.drop_websockets,
                       lambda: faults.kill_node(name),
-                      lambda: faults.pause_node(other, PAUSE_WITHIN_LEASE)):
+                      lambda: faults.pause_node(other, WITHIN_LEASE),
+                      lambda: faults.kill_node(name, PAST_LEASE),
+                      lambda: faults.pause_node(other, PAST_LEASE),
+                      lambda: faults.kill_node(third, PAST_REQUEUE)):
             time.sleep(GAP[soak])
             fault()
             faults.check()
