@@ -229,6 +229,21 @@ def greedy(seconds: list[float], gpus: int) -> float:
     return max(free)
 
 
+def queued_greedy(seconds: list[float], gpus: int, depth: int) -> float:
+    """The makespan of sending each job, in order, to the GPU whose queue (`depth` places,
+    the running job's included) opens a place first: a job sent behind a running one waits
+    for it even if another GPU frees meanwhile."""
+    places = [(0.0, gpu) for gpu in range(gpus) for _ in range(depth)]
+    heapq.heapify(places)
+    busy_until = [0.0] * gpus
+    for duration in seconds:
+        opened, gpu = heapq.heappop(places)
+        start = max(busy_until[gpu], opened)
+        busy_until[gpu] = start + duration
+        heapq.heappush(places, (start, gpu))  # its place opens again when it starts
+    return max(busy_until)
+
+
 # -- model loads ------------------------------------------------------------------------------
 
 def model_loads(bench: Bench, fakes: list[DispatchFake]) -> Figure:

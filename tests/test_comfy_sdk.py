@@ -296,21 +296,24 @@ def test_partner_key_reaches_comfyui_with_an_asset_too(target, client, tmp_path)
 
 
 def readme_example() -> str:
-    """The Python block of the README's "Use it from comfy-sdk" section."""
+    """The Python lines of the README's "From comfy-sdk" section: the here-document the README
+    feeds to `.venv/bin/python - "$OUT/inverted.png"`."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = text[text.index("## Use it from comfy-sdk"):]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = text[text.index("## From comfy-sdk"):]
+    return re.search(r'python - "\$OUT/inverted.png" <<\'EOF\'\n(.*?)\nEOF\n', section, re.S).group(1)
 
 
 def test_the_readme_example_runs_as_written(target, tmp_path):
-    """The README's five lines, in a process of their own, as a user runs them: in a
-    checkout (here a copy of its examples/), with COMFY_BASE_URL and COMFY_API_KEY set."""
+    """The README's lines, in a process of their own, as a user runs them: in a checkout (here a
+    copy of its examples/), with COMFY_BASE_URL and COMFY_API_KEY set, the output file named."""
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     env = {**os.environ, "COMFY_BASE_URL": target.base_url, "COMFY_API_KEY": target.key}
-    done = subprocess.run([sys.executable, "-c", readme_example()], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
+    out = tmp_path / "out" / "inverted.png"
+    out.parent.mkdir()
+    done = subprocess.run([sys.executable, "-", str(out)], input=readme_example(), cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     source = decode_png((ROOT / "examples" / "gradient.png").read_bytes())
-    inverted = decode_png((tmp_path / "inverted.png").read_bytes())
+    inverted = decode_png(out.read_bytes())
     assert (inverted.width, inverted.height) == (source.width, source.height)
     assert all(abs(a + b - 255) <= 1 for a, b in zip(inverted.rgb, source.rgb))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 import pytest
+import requests
 from standardwebhooks.webhooks import Webhook
 
 from cylindria.service.server import Service
@@ -241,34 +242,46 @@ def test_an_event_kept_through_a_kill_is_delivered_after_the_restart(fake, tmp_p
         receiver.stop()
 
 
-def test_the_readme_receiver_verifies_real_calls(hooked, tmp_path):
-    """The README's receiver, as written but for its port and the secret file's path, in a
-    process of its own: it verifies Cylindria's calls with the standardwebhooks package."""
-    import re
+def test_the_example_receiver_verifies_real_calls(hooked, tmp_path):
+    """examples/webhook_receiver.py, as the README runs it (the secret's path, here a port of
+    its own), in a process of its own: it verifies Cylindria's calls with the standardwebhooks
+    package, prints them, and refuses a call that Cylindria did not sign."""
     import subprocess
     import sys
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    section = readme[readme.index("## Webhooks"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    script = Path(__file__).resolve().parents[1] / "examples" / "webhook_receiver.py"
     port = free_ports(1)
     secret_path = str(hooked.context.webhooks.secret.path)
-    code = code.replace('open("webhook_secret")', f"open({secret_path!r})").replace("9000", str(port))
-    receiver = subprocess.Popen([sys.executable, "-u", "-c", code], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    receiver = subprocess.Popen([sys.executable, "-u", str(script), secret_path, str(port)],
+                                cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
     try:
+        forged = {"webhook-id": "msg_forged", "webhook-timestamp": "1700000000",
+                  "webhook-signature": "v1,AAAA"}
+        wait_for(lambda: _answers(port))
+        assert requests.post(f"http://127.0.0.1:{port}/", data=b"{}", headers=forged,
+                             timeout=10).status_code == 400
         api = Api(hooked.url)
         wait_for(lambda: api.put(f"/startjob/readme-hook?webhook=http://127.0.0.1:{port}/",
                                  json=workflows.core("readme_hook")).status_code in (200, 201))
-        events = set()  # the two events come concurrently, in either order, between log lines
+        events = set()  # the two events come concurrently, in either order
         while len(events) < 2:
             line = receiver.stdout.readline()
             assert line, "the receiver stopped"
-            if line.startswith("job."):
-                events.add(line.strip())
+            assert line.startswith("job."), line  # it prints the events, nothing else
+            events.add(line.strip())
         assert events == {"job.started readme-hook running", "job.completed readme-hook completed"}
         wait_for(lambda: api.status("readme-hook")["webhook"]["delivered"])
     finally:
         receiver.kill()
         receiver.wait(timeout=10)
+
+
+def _answers(port: int) -> bool:
+    """Whether something answers HTTP on that loopback port (the receiver answers GET 501)."""
+    try:
+        requests.get(f"http://127.0.0.1:{port}/", timeout=2)
+        return True
+    except requests.ConnectionError:
+        return False
