@@ -318,6 +318,12 @@ def unacknowledged(load: FleetLoad, jobs: dict[str, dict], lost_ok) -> dict[str,
             and not (jobs[job_id]["status"] == "lost" and lost_ok(jobs[job_id]))}
 
 
+def all_live(node: CylindriaProcess) -> bool:
+    """Whether this node's /fleet shows every node of the test live."""
+    listed = Api(node.url).get("/fleet").json()["nodes"]
+    return {entry["node"]: entry["live"] for entry in listed} == dict.fromkeys(NODES, True)
+
+
 def evidence(nodes: dict[str, CylindriaProcess], found, lines: int = 15) -> str:
     """The findings (job ids, or lines starting with one), then what each node logged about
     the first few jobs: the lines naming each, in order."""
@@ -346,8 +352,10 @@ def test_the_fleet_loses_nothing_and_reports_each_job_once(start_node, soak):
     try:
         run_faults(faults, soak)
         load.stop()
-        for name, node in nodes.items():  # every node's threads came through
+        for name, node in nodes.items():  # every node's threads came through, its lease too
             threads_alive(node, GPUS, load, prefix=f"probe-{name}")
+            wait_for(lambda: all_live(node), timeout=LEASE * 3, interval=0.5,
+                     message=f"{name} to see every node live")
         wait_for(lambda: not all_jobs(faults.url, UNFINISHED), timeout=FINAL_WAIT[soak],
                  interval=0.5, message="every job to end")
         jobs = all_jobs(faults.url)
