@@ -45,6 +45,9 @@ REQUEUE_WAIT = 5.0  # seconds a job pinned to a node gone past its lease waits f
 FLAGS = ("--node-lease", f"{LEASE:g}s", "--requeue-wait", f"{REQUEUE_WAIT:g}",
          "--webhook-allow-private")
 AUTO_SHARE = 0.6  # of fresh jobs sent GpuId=auto; the others pinned to one node's GPU
+# Slow jobs more often and longer than on one host (1 s; the fakes' clock runs at 5 %): each
+# node has jobs queued and running when a fault strikes it, not only ones just ended.
+KIND_WEIGHTS, SLOW_SECONDS = (60, 10, 20, 10), 20.0
 NODE_TIMEOUT = 5.0  # seconds a client waits for one node before it asks the next
 RETRY_PAUSE = 0.2  # seconds between a client's tries on successive nodes
 CLIENTS = {False: 10, True: 16}  # client threads (short form, --soak)
@@ -66,8 +69,18 @@ def gpu_param(gpu: str, node: str) -> str:
     return index if owner == node else gpu
 
 
+def fleet_workflow(kind: str, job_id: str) -> dict:
+    """The load's workflow of this kind, a slow one lasting SLOW_SECONDS of the fake's clock."""
+    workflow = workflow_for(kind, job_id)
+    if kind == "slow":
+        workflow["2"]["inputs"].update(seconds=SLOW_SECONDS, steps=10)
+    return workflow
+
+
 class FleetLoad(LoadRun):
     """LoadRun's clients and checks, spread over the fleet's nodes."""
+
+    kind_weights = KIND_WEIGHTS
 
     def __init__(self, nodes: dict[str, CylindriaProcess], webhook_url: str, pause: float):
         super().__init__(Target(""), faults=True, seed=27, pause=pause)
@@ -98,7 +111,7 @@ class FleetLoad(LoadRun):
         params = {"webhook": f"{self.webhook_url}/{job_id}"}
         response = self.send(session, "PUT", f"/startjob/{job_id}",
                              lambda node: {**params, "GpuId": gpu_param(gpu, node)},
-                             json=workflow_for(kind, job_id))
+                             json=fleet_workflow(kind, job_id))
         return response is not None and self.judge(job_id, kind, gpu, retry, response)
 
     def call(self, session: requests.Session, method: str, path: str, params=None,

@@ -69,6 +69,8 @@ class Target:
 class LoadRun:
     """The clients' shared bookkeeping, and the client loop each thread runs."""
 
+    kind_weights = KIND_WEIGHTS  # how often a fresh job is of each of KINDS
+
     def __init__(self, target: Target, faults: bool = False, seed: int = 8, pause: float = 0.0):
         self.target = target
         self.faults = faults  # with faults, 503 comfy_unreachable and `lost` are legitimate
@@ -133,7 +135,7 @@ class LoadRun:
     def start_new(self, rng: random.Random, session: requests.Session) -> None:
         """A fresh job; now and then the client retries it at once as after a timeout."""
         job_id = f"c{next(self._ids)}"
-        kind = rng.choices(KINDS, KIND_WEIGHTS)[0]
+        kind = rng.choices(KINDS, self.kind_weights)[0]
         gpu = self.pick_gpu(rng)
         if self.submit(session, job_id, kind, gpu) and rng.random() < 0.3:
             self.submit(session, job_id, kind, gpu, retry=True)
