@@ -16,8 +16,11 @@ costs (bench.core.real_backend()).
   database, woken by NOTIFY, not a poll): at --gpu-queue-depth 1, where every next job is such
   a claim, and the gap again at depth 2, where the next prompt waits in ComfyUI's queue.
 
-Failover (a killed node's jobs running elsewhere) is not printed: a dead node's jobs wait for
-it until failover is built.
+- Failover: node a (3 fake GPUs) holds 6 GpuId=auto jobs in its ComfyUIs when it is killed
+  (SIGKILL); node b (3 fake GPUs) takes them over once a's lease (--node-lease 4s) has ended
+  and sends them to its own. Each job's delay from the kill to its prompt reaching one of b's
+  ComfyUIs, p50 and max over every round; the max against its bound, the lease plus 2 s
+  (the takeover's tick and the claim), target <= 1.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from bench.core import (JSON_HEADERS, Bench, Figure, check_errors, clear_queues,
                         wait_websockets)
 from bench.dispatch import (DispatchFake, MAKESPAN_LIMIT, STEPS, JOBS, Run, clients_job,
                             durations, executions, gap_figure, greedy, queued_greedy,
-                            start_cylindria, wait_done)
+                            start_cylindria, wait_done, wait_until)
 from bench.procs import key_headers
 from bench.stats import pooled
 from cylindria.storage import open_url
@@ -39,10 +42,11 @@ from tests import workflows
 from tests.postgres import PostgresCluster
 
 SUBMIT_LIMIT, STATUS_LIMIT = 1.2, 0.9
+FAILOVER_LEASE, FAILOVER_SLACK, FAILOVER_JOBS = 4.0, 2.0, 6  # s, s, jobs on the node killed
 SIDES = ("single", "fleet")
 NODES, GPUS_PER_NODE = ("a", "b", "c"), 3
 ORDER = ("fleet_startjob_latency", "fleet_jobstatus_throughput", "fleet_makespan",
-         "fleet_idle_gap", "fleet_idle_gap_depth_2")
+         "fleet_idle_gap", "fleet_idle_gap_depth_2", "fleet_failover")
 
 
 class Fresh:
@@ -86,7 +90,8 @@ def fleet_figures(bench: Bench) -> list[Figure]:
     cluster = PostgresCluster().start()
     bench.stack.callback(cluster.close)
     figures = [startjob_latency(bench, cluster), jobstatus_throughput(bench, cluster),
-               *makespan(bench, cluster, depth=1), makespan(bench, cluster, depth=2)[1]]
+               *makespan(bench, cluster, depth=1), makespan(bench, cluster, depth=2)[1],
+               failover(bench, cluster)]
     backend = real_backend()
     for figure in figures:
         figure.backend = backend.name
@@ -200,3 +205,52 @@ def makespan(bench: Bench, cluster: PostgresCluster, depth: int) -> list[Figure]
     gap.title = (f"idle gap p99 between jobs while jobs are held, fleet-wide ({len(NODES)} nodes "
                  f"x {GPUS_PER_NODE} GPUs, --gpu-queue-depth {depth})")
     return [figure, gap]
+
+
+def failover(bench: Bench, cluster: PostgresCluster) -> Figure:
+    """Rounds of: node a holding GpuId=auto jobs in its ComfyUIs killed, node b taking them
+    over; from the kill to each job's prompt reaching b's ComfyUI, against lease + 2 s."""
+    fakes = {name: bench.fakes(GPUS_PER_NODE, cls=DispatchFake, costs=real_backend().costs)
+             for name in ("a", "b")}
+    for fake in fakes["a"] + fakes["b"]:
+        fake.hold = True  # prompts wait in the queues: only their arrival is timed
+    delays: list[float] = []
+    for n in range(bench.profile.rounds):
+        delays += failover_round(bench, cluster, fakes, n)
+        clear_queues(fakes["a"] + fakes["b"])
+    delays.sort()
+    bound = FAILOVER_LEASE + FAILOVER_SLACK
+    p50, worst = delays[len(delays) // 2], delays[-1]
+    title = (f"failover: a killed node's {FAILOVER_JOBS} GpuId=auto jobs reaching another node's "
+             f"GPUs after the kill, max over lease ({FAILOVER_LEASE:g} s) + {FAILOVER_SLACK:g} s")
+    return Figure("fleet_failover", title, f"lease + {FAILOVER_SLACK:g} s = {bound:g} s",
+                  f"p50 {p50:.2f} s, max {worst:.2f} s", worst / bound, "x", "<=", 1.0,
+                  {"p50_s": p50, "max_s": worst, "bound_s": bound, "jobs": len(delays),
+                   "rounds": bench.profile.rounds})
+
+
+def failover_round(bench: Bench, cluster: PostgresCluster, fakes: dict, n: int) -> list[float]:
+    """One round on a fresh database: the seconds from a's kill to each job reaching b."""
+    url = cluster.create_database(f"fleet_failover_{n}")
+    lease = ("--database", url, "--node-lease", f"{FAILOVER_LEASE:g}s")
+    sent = {fake: len(fake.sent_at) for fake in fakes["a"] + fakes["b"]}
+    a = start_cylindria(bench, fakes["a"], f"failover-a-{n}", 2, extra=(*lease, "--node", "a"))
+    headers = {**key_headers(), **JSON_HEADERS}
+    steps = [step("PUT", a.port, f"/startjob/failover-{n}-{k}?GpuId=auto", headers,
+                  workflows.slow(60, STEPS, prefix=f"failover_{n}_{k}"), ok=(201,))
+             for k in range(FAILOVER_JOBS)]
+    check_errors("fleet failover", bench.load.run(clients_job([steps])))
+    wait_sent(fakes["a"], sent, FAILOVER_JOBS, a)
+    b = start_cylindria(bench, fakes["b"], f"failover-b-{n}", 2, extra=(*lease, "--node", "b"))
+    killed = time.time()
+    a.kill()
+    wait_sent(fakes["b"], sent, FAILOVER_JOBS, b)
+    b.stop()
+    a.stop()
+    return [at - killed for fake in fakes["b"] for at in list(fake.sent_at.values())[sent[fake]:]]
+
+
+def wait_sent(fakes: list, before: dict, count: int, node: procs.ServerProcess) -> None:
+    """Wait until these fakes accepted `count` prompts more than `before` (fake -> count)."""
+    wait_until(lambda: sum(len(fake.sent_at) - before[fake] for fake in fakes) >= count, 60.0,
+               f"the fleet's jobs never reached the GPUs; log: {node.log_path}", pause=0.005)

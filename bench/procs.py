@@ -102,6 +102,11 @@ class ServerProcess:
         """Its resident memory now."""
         return rss_bytes(self.proc.pid)
 
+    def kill(self) -> None:
+        """SIGKILL by PID: no clean-up runs (a crash)."""
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
     def stop(self) -> None:
         """Terminate it by PID (kill if it lingers)."""
         if self.proc is not None:

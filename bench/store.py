@@ -77,4 +77,4 @@ def _finished_rows(first: int, count: int, now: float):
         yield (job_id(n), 0, str(uuid.uuid4()), hashlib.blake2b(str(n).encode(), digest_size=16)
                .hexdigest(), completed, float(n), finished - 5.0, finished - 4.0, finished, None,
                f'[{{"node_id": "3", "filename": "cyl_{n:05d}_.png", "subfolder": "", '
-               f'"type": "output"}}]', None, 0, 3, 3, 0, 0, 1, None, None, None, None, None)
+               f'"type": "output"}}]', None, 0, 3, 3, 0, 0, 1, None, None, None, None, None, 0)

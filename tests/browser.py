@@ -2,6 +2,11 @@
 
 It may reach loopback only: every other host name resolves to nothing and every other request
 goes to a dead loopback proxy, and its background services (updates, sync, metrics) are off.
+
+It always runs with --no-sandbox: chromium refuses to start as root without it ("Running as
+root without --no-sandbox is not supported"), and so does it where unprivileged user
+namespaces are off (containers, Ubuntu 24.04's AppArmor rule). The sandbox guards against
+hostile pages; the only pages loaded here are Cylindria's own, from loopback.
 """
 from __future__ import annotations
 

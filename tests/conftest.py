@@ -13,7 +13,7 @@ from tests.backends import KINDS, Backend, close_opened
 from tests.fake_comfy import FakeComfy
 from tests.helpers import API_KEY, Api, free_ports
 from tests.postgres import PostgresCluster
-from tests.processes import CylindriaProcess
+from tests.processes import CylindriaProcess, stop_all
 
 TIME_SCALE = 0.05  # the fake's node sleeps shrink to 5 %: a 4 s "slow" node takes 0.2 s
 
@@ -170,10 +170,11 @@ def start_node(fleet_database, tmp_path):
     """start_node(name, *flags, gpus=1): a Cylindria process of the fleet (`--node name`, a
     lease of FLEET_LEASE, its URL advertised) in front of its own fake ComfyUIs (`node.fakes`,
     one per GPU; `node.fake` is GPU 0's); every one started is stopped (and its fakes closed)
-    at the end."""
+    at the end. `start_node.many(names, *flags, gpus=1)`: a node of each name, started at once
+    (as a fleet's hosts may be): {name: node}."""
     started = []
 
-    def start(name: str, *flags: str, gpus: int = 1) -> CylindriaProcess:
+    def launch(name: str, *flags: str, gpus: int = 1) -> CylindriaProcess:
         fakes = start_fakes(gpus)
         (tmp_path / name).mkdir()
         node = CylindriaProcess(fakes[0].url, tmp_path / name / "data", gpus=gpus,
@@ -182,10 +183,18 @@ def start_node(fleet_database, tmp_path):
         node.args += ["--advertise-url", node.url]
         node.fake, node.fakes = fakes[0], fakes
         started.append(node)
-        return node.start()
+        return node.launch()
 
+    def start(name: str, *flags: str, gpus: int = 1) -> CylindriaProcess:
+        return launch(name, *flags, gpus=gpus).wait_started()
+
+    def many(names, *flags: str, gpus: int = 1) -> dict[str, CylindriaProcess]:
+        nodes = {name: launch(name, *flags, gpus=gpus) for name in names}
+        return {name: node.wait_started() for name, node in nodes.items()}
+
+    start.many = many
     yield start
+    stop_all(started)
     for node in started:
-        node.stop()
         for fake in node.fakes:
             fake.close()

@@ -1,6 +1,7 @@
 """Cylindria as a real process, for tests where a kill or a restart is the point."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import requests
 from tests.helpers import API_KEY, free_ports, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
+PORT_TAKEN = "Address already in use"  # what Cylindria says when its port is taken
+PORT_TRIES = 5
 
 
 class CylindriaProcess:
@@ -25,14 +28,44 @@ class CylindriaProcess:
                      "--data-dir", str(data_dir), "--poll-interval", str(poll_interval), *extra]
         self.log_path = Path(data_dir).parent / f"cylindria-{self.port}.log"
         self.proc: subprocess.Popen | None = None
+        self._launches = 0  # starts on this port: only the first may move to another
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "CylindriaProcess":
         """Start it and wait until it answers /health."""
+        return self.launch().wait_started()
+
+    def launch(self) -> "CylindriaProcess":
+        """Start it, without waiting (several start at once, then `wait_started` each)."""
+        self._launches += 1
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(self._healthy, timeout=60, interval=0.05, message="Cylindria to start")
         return self
+
+    def wait_started(self) -> "CylindriaProcess":
+        """Wait until it answers /health. At its first start only, a port taken meanwhile
+        (free_ports found it free, then another process of the run got it first) is replaced
+        by another one; a restart keeps its port, which its URL was given out as."""
+        for tries_left in range(PORT_TRIES - 1, -1, -1):
+            try:
+                wait_for(self._healthy, timeout=60, interval=0.05, message="Cylindria to start")
+                return self
+            except AssertionError:
+                self._log.close()
+                if self._launches > 1 or PORT_TAKEN not in self.log() or not tries_left:
+                    raise
+                self._move_to(free_ports(1))
+                self._launches = 0
+                self.launch()
+        return self
+
+    def _move_to(self, port: int) -> None:
+        """Use `port` instead: in the arguments (--port, and the URL advertised) and the URL."""
+        old = self.port
+        self.args = [str(port) if arg == str(old) else arg.replace(f"127.0.0.1:{old}", f"127.0.0.1:{port}")
+                     for arg in self.args]
+        self.port, self.url = port, f"http://127.0.0.1:{port}"
+        self.log_path = self.log_path.with_name(f"cylindria-{port}.log")
 
     def _healthy(self) -> bool:
         if self.proc.poll() is not None:
@@ -49,13 +82,13 @@ class CylindriaProcess:
         self._log.close()
 
     def pause(self) -> None:
-        """SIGSTOP (POSIX only): the process keeps its sockets and database sessions and does
-        nothing at all, as a host frozen by its hypervisor or a debugger would."""
-        self.proc.send_signal(signal.SIGSTOP)
+        """SIGSTOP: frozen as a process that lost the CPU (or its network) would be; its
+        connections stay open, unanswered."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
 
     def resume(self) -> None:
-        """SIGCONT: a paused process carries on where it stopped."""
-        self.proc.send_signal(signal.SIGCONT)
+        """SIGCONT after pause()."""
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop it if it still runs."""
@@ -65,6 +98,15 @@ class CylindriaProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_all(processes) -> None:
+    """Stop several at once: each is asked to stop (by its PID), then each is waited for."""
+    for process in processes:
+        if process.proc is not None and process.proc.poll() is None:
+            process.proc.terminate()
+    for process in processes:
+        process.stop()
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> None:

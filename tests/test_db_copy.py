@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 import blake3
+import psycopg
 import pytest
 
 import cylindria.cli
@@ -70,7 +71,8 @@ def fill(storage, data_dir: Path, prefix: str = "") -> None:
     for owner, (name, data) in (("alice", ("own", FILES["own"])), ("", ("shared", FILES["shared"]))):
         hash_text = hash_of(data)
         (folder / hash_text[len("blake3:"):]).write_bytes(data)
-        storage.assets.add_file(hash_text, len(data), "image/png")
+        storage.assets.add_file(hash_text, len(data), "image/png",
+                                folder / hash_text[len("blake3:"):])
         storage.assets.add(Asset(uuid.uuid4().hex, hash_text, f"{name}.png", len(data),
                                  "image/png", NOW - 60, NOW - 20, owner))
         asset = storage.assets.find(hash_text=hash_text, owner=owner)
@@ -110,6 +112,12 @@ def pg(postgres_cluster):
         postgres_cluster.drop_database(name)
 
 
+def run_on(url: str, statement: str) -> list:
+    """A statement's rows, read from a PostgreSQL database outside Cylindria."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(statement).fetchall()
+
+
 def run(capsys, *args: str) -> tuple[int, str, str]:
     """`cylindria db copy ...` in this process: exit code, stdout, stderr."""
     code = cylindria.cli.main(["db", "copy", *args])
@@ -133,13 +141,15 @@ def test_a_store_goes_to_postgresql_and_back_row_by_row_and_serves(tmp_path, pg,
     assert table["jobs"][:2] == ["5", "2"]  # 5 jobs, 2 held
     assert table["assets"][0] == "2" and table["asset files"][:2] == ["2", str(sum(map(len, FILES.values())))]
     assert table["outbox events"][:2] == ["2", "1"] and table["retention counters"] == ["1"]
+    assert table["asset files"][3:] == ["2", "files", "written", "to", "the", "database"]
     middle = opened(url, second)
     assert dump(middle) == expected and middle.jobs.load("local") == expected_jobs
     assert (middle.jobs.get("running").node, middle.jobs.get("done").node,  # each job's node
             middle.jobs.get("held").node) == ("host-a", "host-b", None)
+    for data in FILES.values():  # the bytes are in the database, which every node reads
+        assert b"".join(middle.assets.read_file(hash_of(data))) == data
     middle.close()
-    for data in FILES.values():  # another data dir: the files were copied
-        assert (second / ASSETS_DIR / hash_of(data)[len("blake3:"):]).read_bytes() == data
+    assert not (second / ASSETS_DIR).exists()  # no node's cache was written
 
     code, out, err = run(capsys, "--from", url, "--from-data-dir", str(second),
                          "--to", sqlite_url(third))
@@ -150,7 +160,7 @@ def test_a_store_goes_to_postgresql_and_back_row_by_row_and_serves(tmp_path, pg,
     assert back.outbox.depth() == 1 and back.jobs.retired() == source_again.jobs.retired()
     source_again.close()  # a pool left to the garbage collector warns from its own thread
     back.close()
-    for data in FILES.values():
+    for data in FILES.values():  # from the database: the source's folder has none
         assert (third / ASSETS_DIR / hash_of(data)[len("blake3:"):]).read_bytes() == data
 
     config = make_config(fakes, tmp_path, database=url, data_dir=second)
@@ -173,9 +183,29 @@ def test_a_move_on_one_host_keeps_the_files_where_they_are(tmp_path, pg, capsys)
     url = pg()
     code, out, err = run(capsys, "--from", sqlite_url(data_dir), "--to", url)
     assert code == 0, err
-    assert f"files kept in {data_dir / ASSETS_DIR}" in out
+    assert "2 files written to the database" in out
     assert sorted(p.name for p in (data_dir / ASSETS_DIR).iterdir() if p.is_file()) == \
-        sorted(hash_of(d)[len("blake3:"):] for d in FILES.values())
+        sorted(hash_of(d)[len("blake3:"):] for d in FILES.values())  # kept: this node's cache
+    target = opened(url, data_dir)
+    assert target.assets.stored([hash_of(d) for d in FILES.values()]) == \
+        {hash_of(d): True for d in FILES.values()}
+    target.close()
+
+
+def test_a_file_whose_bytes_are_not_its_hash_is_not_copied(tmp_path, pg, capsys):
+    """A source file changed on disk: the copy fails, and the target's transaction (rows and
+    bytes) is rolled back."""
+    data_dir = tmp_path / "data"
+    fill(open_url(None, data_dir=data_dir), data_dir)
+    (data_dir / ASSETS_DIR / hash_of(FILES["own"])[len("blake3:"):]).write_bytes(b"changed")
+    url = pg()
+    code, out, err = run(capsys, "--from", sqlite_url(data_dir), "--to", url)
+    assert (code, out) == (1, "")
+    assert "the copy failed, the target is unchanged" in err and "another hash" in err
+    target = opened(url, data_dir)
+    assert target.whole.contents().asset_files == 0
+    assert run_on(url, "SELECT COUNT(*) FROM asset_chunks") == [(0,)]
+    target.close()
 
 
 def test_a_non_empty_target_is_refused_without_merge(tmp_path, pg, capsys):
@@ -230,7 +260,8 @@ def test_a_copy_that_fails_midway_leaves_the_target_as_it_was(tmp_path, pg):
     source_dir, target_dir = tmp_path / "a", tmp_path / "b"
     source = open_url(None, data_dir=source_dir)
     fill(source, source_dir)
-    target = opened(pg(), target_dir)
+    target_url = pg()
+    target = opened(target_url, target_dir)
     target.meta.get("instance_id", "target's")
     before = dump(target)
 
@@ -250,10 +281,12 @@ def test_a_copy_that_fails_midway_leaves_the_target_as_it_was(tmp_path, pg):
 
     class Standin:
         whole = Failing(source.whole)
+        assets = source.assets
 
     with pytest.raises(OSError):
         copy_store(Side(Standin(), source_dir / ASSETS_DIR), Side(target, target_dir / ASSETS_DIR))
     assert dump(target) == before
+    assert run_on(target_url, "SELECT COUNT(*) FROM asset_chunks") == [(0,)]  # written, undone
     assert not (target_dir / ASSETS_DIR).exists() or not any((target_dir / ASSETS_DIR).iterdir())
     target.close()
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import struct
 from html.parser import HTMLParser
 
 import pytest
 
 from cylindria.service.server import Service
+from tests import screenshot_docs
 from tests.browser import find_chromium, rendered_dom
 from tests.conftest import make_config
 from tests.helpers import Api
@@ -110,3 +112,15 @@ def test_a_real_browser_renders_every_operation_from_cylindrias_files_only(fakes
     assert rendered == set(document["paths"]), "Swagger UI did not render the document"
     assert "Cylindria" in dom and 'class="swagger-ui' in dom
     assert "Failed to load API definition" not in dom
+
+
+@pytest.mark.skipif(find_chromium() is None,
+                    reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_screenshot_command_writes_the_page_also_as_root(tmp_path, capsys):
+    """python -m tests.screenshot_docs: chromium as root starts only with --no-sandbox."""
+    out = tmp_path / "swagger-ui.png"
+    assert screenshot_docs.main([str(out)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(out)
+    header = out.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", header[16:24]) == screenshot_docs.SIZE

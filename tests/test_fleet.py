@@ -50,9 +50,13 @@ def test_the_lease_says_what_the_node_runs(api, service, fakes):
 
 
 def test_metrics_show_the_fleet(api, service):
+    assert api.put("/startjob/auto?GpuId=auto", json=workflows.core("auto")).status_code == 201
+    api.wait_status("auto", "completed")
     text = api.get("/metrics").text
     assert "cylindria_fleet_live_nodes 1.0" in text
     assert "cylindria_fleet_held_jobs 0.0" in text
+    # One host has no shared queue: its GpuId=auto jobs are sent from its own, no claim.
+    assert f'cylindria_fleet_claims_total{{node="{service.config.node}"}} 0.0' in text
 
 
 def test_the_keys_hash_is_of_the_keys_not_their_order_nor_the_keys_themselves():

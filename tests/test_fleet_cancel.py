@@ -23,7 +23,7 @@ BOB = "bob-key-0123456789"  # a key limited to its own jobs
 @pytest.fixture
 def fleet(start_node):
     """Nodes a and b on one fresh database, each with one fake GPU: {name: process}."""
-    return {node: start_node(node, "--api-key", f"{API_KEY},bob:{BOB}:own") for node in ("a", "b")}
+    return start_node.many(("a", "b"), "--api-key", f"{API_KEY},bob:{BOB}:own")
 
 
 def comfy_calls(fake, path: str) -> list:

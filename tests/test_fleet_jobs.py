@@ -4,14 +4,13 @@ different workflow under its id, ownership), and node b, restarted while the job
 a's ComfyUI, neither loads it nor judges it against its own ComfyUI."""
 from __future__ import annotations
 
-import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import requests
 
 from tests import workflows
+from tests.fleet_checks import events_streamed
 from tests.helpers import API_KEY, Api, wait_for
 
 BOB = "bob-key-0123456789"  # a key limited to its own jobs
@@ -20,8 +19,8 @@ BOB = "bob-key-0123456789"  # a key limited to its own jobs
 @pytest.fixture
 def fleet(start_node):
     """Nodes a and b on one fresh database, each with one fake GPU: ({name: process}, {name: fake})."""
-    nodes = {node: start_node(node, "--api-key", f"{API_KEY},bob:{BOB}:own",
-                              "--max-streams-per-client", "4") for node in ("a", "b")}
+    nodes = start_node.many(("a", "b"), "--api-key", f"{API_KEY},bob:{BOB}:own",
+                            "--max-streams-per-client", "4")
     return nodes, {name: node.fake for name, node in nodes.items()}
 
 
@@ -70,17 +69,7 @@ def test_any_node_answers_for_a_job_another_node_holds(fleet):
 
 def statuses_streamed(url: str, job_id: str) -> list[str]:
     """The statuses GET /jobevents/<id> sends, until its stream ends."""
-    statuses = []
-    with requests.get(f"{url}/jobevents/{job_id}", headers={"X-API-Key": API_KEY},
-                      stream=True, timeout=60) as response:
-        assert response.status_code == 200, response.text
-        name = None
-        for line in response.iter_lines(decode_unicode=True):
-            if line.startswith("event: "):
-                name = line[len("event: "):]
-            elif line.startswith("data: ") and name == "status":
-                statuses.append(json.loads(line[len("data: "):])["status"])
-    return statuses
+    return [data["status"] for name, data in events_streamed(url, job_id) if name == "status"]
 
 
 def test_a_gpuid_auto_retry_on_another_node_is_the_same_job(fleet):

@@ -53,7 +53,7 @@ def same_answer(asked: requests.Response, owner: requests.Response) -> None:
 @pytest.fixture
 def fleet(start_node):
     """Nodes a and b on one fresh database: (a's Api, b's Api, {name: process})."""
-    nodes = {name: start_node(name, *KEYS) for name in ("a", "b")}
+    nodes = start_node.many(("a", "b"), *KEYS)
     return Api(nodes["a"].url), Api(nodes["b"].url), nodes
 
 
@@ -65,6 +65,10 @@ def test_any_node_sends_another_nodes_output_as_that_node_does(fleet):
     expected = nodes["a"].fake.output_bytes(output["filename"])
     assert len(expected) > 200  # room for the ranges below
     views_on_b = len([r for r in nodes["b"].fake.requests() if r.path == "/view"])
+    for api in (b, a):  # the v2 views give the file's size whichever node is asked
+        [shown] = api.get(f"/api/v2/jobs/{job_id}").json()["outputs"]
+        assert shown["size_bytes"] == len(expected), shown
+        assert api.get(f"/api/v2/assets/{job_id}~0").json()["size_bytes"] == len(expected)
 
     for path in (f"/jobresult/{job_id}/0", f"/api/v2/assets/{job_id}~0/content"):
         whole = b.get(path)

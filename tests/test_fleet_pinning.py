@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg
 import pytest
 import requests
 
@@ -23,7 +24,7 @@ KEYS = ("--api-key", f"{API_KEY},bob:{BOB}:own,carol:{CAROL}:own")
 @pytest.fixture
 def fleet(start_node):
     """Nodes a and b on one fresh database: (a's Api, b's Api, {name: process})."""
-    nodes = {name: start_node(name, *KEYS) for name in ("a", "b")}
+    nodes = start_node.many(("a", "b"), *KEYS)
     return Api(nodes["a"].url), Api(nodes["b"].url), nodes
 
 
@@ -149,9 +150,10 @@ def test_an_own_key_pins_its_own_job(fleet):
     assert bob.put(f"/startjob/{job_id}?GpuId=a:0", json=workflows.core("bob")).status_code == 200
 
 
-def test_assets_are_used_on_the_node_they_were_uploaded_to(fleet):
-    """An asset uploaded to a runs on a when pinned there through b; one uploaded to b only
-    cannot be used on a yet (its file is on b's disk): 409 asset_on_other_node, no job."""
+def test_an_asset_only_its_nodes_disk_holds_is_used_on_that_node_only(fleet, fleet_database):
+    """An asset uploaded to a runs on a when pinned there through b. One whose bytes the
+    database lacks (as for a file kept before it held them) cannot be used on a: 409
+    asset_on_other_node, no job; on b, which has its file, it runs; uploaded again, anywhere."""
     a, b, nodes = fleet
     on_a = upload(a, PNG).json()
     workflow = workflows.core("asset-a")
@@ -162,14 +164,20 @@ def test_assets_are_used_on_the_node_they_were_uploaded_to(fleet):
     assert [r for r in nodes["a"].fake.requests() if r.path == "/upload/image"]
 
     on_b = upload(b, PNG + b"b").json()
+    with psycopg.connect(fleet_database) as conn:
+        conn.execute("DELETE FROM asset_chunks WHERE hash = %s", (on_b["hash"],))
     workflow = workflows.core("asset-b")
     workflow["3"]["inputs"]["filename_prefix"] = asset_ref(on_b)
     refused = b.put("/startjob/asset-b?GpuId=a:0", json=workflow)
     assert refused.status_code == 409, refused.text
     assert refused.json()["code"] == "asset_on_other_node"
     assert refused.json()["details"]["node_id"] == "3"
+    assert a.get(f"/assets/{on_b['id']}/content").json()["code"] == "asset_on_other_node"
     assert b.get("/jobstatus/asset-b").status_code == 404
     assert b.put("/startjob/asset-b?GpuId=b:0", json=workflow).status_code == 201
+    assert upload(a, PNG + b"b").status_code == 200  # the asset it was: its bytes now stored
+    assert b.put("/startjob/asset-b2?GpuId=a:0", json=workflow).status_code == 201
+    a.wait_status("asset-b2", "completed")
 
 
 def test_the_internal_submission_takes_the_fleet_credential_only(fleet, fleet_database):

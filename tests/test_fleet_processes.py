@@ -20,7 +20,7 @@ def live(node: CylindriaProcess) -> dict:
 
 
 def test_every_node_lists_the_fleet_and_a_killed_node_drops_out(start_node):
-    nodes = {name: start_node(name) for name in ("n1", "n2", "n3")}
+    nodes = start_node.many(("n1", "n2", "n3"))
     for name, node in nodes.items():
         answer = wait_for(lambda: (lambda f: f if all(live(node).values()) else None)(fleet(node)),
                           message=f"{name} to see the fleet live")

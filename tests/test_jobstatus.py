@@ -49,3 +49,21 @@ def test_queued_job_reports_how_many_prompts_run_before_it(api, fake):
     api.wait_status("q0", ["running", "completed"])
     job = api.wait_status("q2", "queued")
     assert job["queue_position"] in (1, 2)
+
+
+def test_every_form_of_the_answer_ends_with_a_newline_like_other_json_answers(api, fakes):
+    """The encoded-once body (kept per job record), ?wait=, and a held job's (encoded each
+    time) all end with a newline, as jsonify's answers and the error bodies do."""
+    api.put("/startjob/nl-done", json=workflows.core())
+    api.wait_status("nl-done", "completed")
+    for gpu, fake in enumerate(fakes):  # both GPUs full (2 prompts): an auto job is held
+        fake.hold = True
+        for n in range(2):
+            api.put(f"/startjob/nl-busy{gpu}-{n}?GpuId={gpu}", json=workflows.slow(seconds=1.0))
+    api.put("/startjob/nl-held?GpuId=auto", json=workflows.core("held"))
+    answers = [api.get("/jobstatus/nl-done"), api.get("/jobstatus/nl-done"),
+               api.get("/jobstatus/nl-done?wait=1"), api.get("/jobstatus/nl-held"),
+               api.get("/jobs"), api.get("/jobstatus/never-heard-of-it")]
+    assert answers[3].json()["status"] == "queued" and answers[3].json()["gpu_id"] is None
+    assert [a.content[-1:] for a in answers] == [b"\n"] * len(answers)
+    assert all(a.content[-2:-1] == b"}" for a in answers)

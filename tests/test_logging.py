@@ -1,4 +1,5 @@
-"""Logging: one access line per request (never a key), a rotating log file, the same fields."""
+"""Logging: one access line per request (never a key), a rotating log file, the same fields;
+each GPU's node classes and model files said once, then at each change."""
 import logging
 import re
 import socket
@@ -223,3 +224,33 @@ def test_waitress_own_answers_are_logged_with_the_client(service, caplog):
     assert answer.startswith(b"HTTP/1.1 400") and b'"code": "bad_request"' in answer
     line = wait_for(lambda: access_lines(caplog))[0]
     assert line.startswith("GET /jobs 400 - ") and line.endswith(" 127.0.0.1")
+
+
+READS = ("node classes installed", "model files in")
+
+
+def said(caplog, gpu: int, what: str, level: int | None = None) -> list[logging.LogRecord]:
+    """The catalogue's log records about this GPU's `what` (at `level`, if given)."""
+    return [r for r in caplog.records if r.name == "comfy.comfyui.catalogue"
+            and r.getMessage().startswith(f"GPU {gpu}: ") and what in r.getMessage()
+            and (level is None or r.levelno == level)]
+
+
+def test_each_gpu_says_its_node_classes_and_model_files_once_then_each_change(fakes, tmp_path,
+                                                                             caplog):
+    """Read at the start-up reconciliation, then again as each websocket first connects:
+    said once (the second read at DEBUG); a changed list is said again, an unchanged one not."""
+    caplog.set_level(logging.DEBUG, logger="comfy.comfyui.catalogue")
+    with Service(make_config(fakes, tmp_path)):
+        wait_for(lambda: all(len(said(caplog, gpu, what)) == 2 for gpu in (0, 1) for what in READS),
+                 message="both reads of both GPUs")
+        assert [len(said(caplog, gpu, what, logging.INFO)) for gpu in (0, 1) for what in READS] \
+            == [1, 1, 1, 1]
+        fakes[0].models = {"loras": ["new.safetensors"]}  # a file added, then ComfyUI reconnects
+        fakes[0].drop_websockets()
+        wait_for(lambda: len(said(caplog, 0, "model files in")) == 3, message="GPU 0's third read")
+        wait_for(lambda: len(said(caplog, 0, "node classes installed")) == 3)
+    assert [len(said(caplog, gpu, what, logging.INFO)) for gpu in (0, 1) for what in READS] \
+        == [1, 2, 1, 1]
+    assert said(caplog, 0, "model files in", logging.INFO)[-1].getMessage() \
+        == "GPU 0: 3 model files in 19 folders"

@@ -130,8 +130,9 @@ def test_a_write_waiting_for_the_database_holds_up_no_other_job(tmp_path):
             if job.job_id == "job-0" and job.nodes_done == 1:
                 writing.set()
                 release.wait(DEADLINE)
-            self._rows.update(job, events)
+            done = self._rows.update(job, events)
             written.append((job.job_id, job.nodes_done))
+            return done
 
     store = new_store(tmp_path, GatedWrites)
     try:

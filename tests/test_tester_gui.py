@@ -1,4 +1,5 @@
-"""The tester's real window under Xvfb, driving a real Cylindria served with the fake ComfyUI.
+"""The tester's real window under Xvfb, driving a real Cylindria served with the fake ComfyUI
+(tests/desktop.py).
 
 Needs the Debian packages xvfb and xdotool (``apt-get install -y xvfb xdotool``).
 """
@@ -6,13 +7,8 @@ Needs the Debian packages xvfb and xdotool (``apt-get install -y xvfb xdotool``)
 import gc
 import json
 import os
-import select
-import socket
 import subprocess
-import sys
-import time
 import tkinter as tk
-from contextlib import contextmanager
 from pathlib import Path
 
 import blake3
@@ -23,115 +19,11 @@ from tester import settings as settings_mod
 from tester.app import App
 from tester.watch import POLLING
 from tests import workflows
+from tests.desktop import (KEY, WAIT_S, cylindria, cylindria_with_fake_comfy, fill, free_port,
+                           log_tail, pump_until as wait_for, xvfb)
 from tests.fake_comfy.png import output_png
 from tests.test_tester_events import FULL_STREAM, SseHandler
 from tests.test_tester_logic import Server
-
-REPO = Path(__file__).resolve().parents[1]
-KEY = "tester-gui-key-0123456789"
-WAIT_S = 20  # upper bound of every wait; never asserted on
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """Stop one process we started, by its PID."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-
-
-def log_tail(path: Path, chars: int = 3000) -> str:
-    """The end of a subprocess's log, for failure messages."""
-    try:
-        return path.read_text(errors="replace")[-chars:]
-    except OSError:
-        return "(no log)"
-
-
-@contextmanager
-def xvfb():
-    """Start Xvfb on a display it picks itself (-displayfd), yield ':N', stop it."""
-    read_fd, write_fd = os.pipe()
-    proc = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
-        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(write_fd)
-    try:
-        number = b""
-        deadline = time.monotonic() + WAIT_S
-        while not number.endswith(b"\n") and time.monotonic() < deadline:
-            ready, _, _ = select.select([read_fd], [], [], 0.2)
-            if ready:
-                chunk = os.read(read_fd, 16)
-                if not chunk:
-                    break
-                number += chunk
-        assert number.strip().isdigit(), f"Xvfb did not report its display (exit {proc.poll()})"
-        yield f":{number.decode().strip()}"
-    finally:
-        os.close(read_fd)
-        stop(proc)
-
-
-def start(args: list[str], log: Path) -> subprocess.Popen:
-    """Start a Python module or script from the repo root, logging to ``log``."""
-    with open(log, "wb") as out:
-        return subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def wait_until_up(proc: subprocess.Popen, log: Path, check) -> None:
-    """Wait (bounded) until ``check()`` is true, failing early if the process died."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"{proc.args} exited {proc.returncode}:\n{log_tail(log)}"
-        try:
-            if check():
-                return
-        except (OSError, requests.RequestException):
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"{proc.args} did not come up:\n{log_tail(log)}")
-
-
-@contextmanager
-def cylindria(work: Path, comfy_port: int, name: str = "cylindria", *flags: str):
-    """Run a real Cylindria (one GPU) in front of the ComfyUI at ``comfy_port``; yield its port."""
-    port, log = free_port(), work / f"{name}.log"
-    proc = start(["cylindria.py", "--host", "127.0.0.1", "--port", str(port),
-                  "--comfy-base-url", f"http://127.0.0.1:{comfy_port}", "--numberOfGpus", "1",
-                  "--api-key", KEY, "--data-dir", str(work / f"{name}-data"),
-                  "--poll-interval", "0.5", *flags], log)
-    try:
-        url = f"http://127.0.0.1:{port}/health"
-        wait_until_up(proc, log, lambda: requests.get(url, timeout=1).status_code == 200)
-        yield port
-    finally:
-        stop(proc)
-
-
-@contextmanager
-def cylindria_with_fake_comfy(work: Path, name: str = "cylindria", *flags: str):
-    """Run a fake ComfyUI and a real Cylindria in front of it; yield Cylindria's port."""
-    comfy_port, comfy_log = free_port(), work / f"{name}-fake_comfy.log"
-    comfy = start(["-m", "tests.fake_comfy", "--port", str(comfy_port), "--count", "1",
-                   "--time-scale", "0.05"], comfy_log)
-    try:
-        wait_until_up(comfy, comfy_log,
-                      lambda: socket.create_connection(("127.0.0.1", comfy_port), 1).close() or True)
-        with cylindria(work, comfy_port, name, *flags) as port:
-            yield port
-    finally:
-        stop(comfy)
 
 
 @pytest.fixture(scope="module")
@@ -203,23 +95,6 @@ def discard(app: App) -> None:
         pass
     app.__dict__.clear()
     gc.collect()
-
-
-def fill(entry, text: str) -> None:
-    """Replace an entry's text as typing would."""
-    entry.delete(0, "end")
-    entry.insert(0, text)
-
-
-def wait_for(app: App, predicate, what: str) -> None:
-    """Pump Tk events until ``predicate()`` holds (bounded wait, not a timing assertion)."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        app.root.update()
-        if predicate():
-            return
-        time.sleep(0.02)
-    pytest.fail(f"gave up waiting for {what}; text window:\n{app.output()}")
 
 
 def wait_for_text(app: App, *parts: str) -> None:

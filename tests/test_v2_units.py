@@ -223,3 +223,34 @@ def test_an_output_size_is_asked_once_and_only_of_a_comfyui_known_to_answer():
     comfy.fail = False
     assert sizes.size(gpu, "j", output) == 1234 and comfy.asked == 2
     assert sizes.size(gpu, "j", output) == 1234 and comfy.asked == 2  # remembered
+
+
+def test_an_output_size_asked_of_another_node_is_remembered_and_a_failure_quiets_that_node():
+    """A job another node holds: its output sizes are asked of that node (Shapes.size), each
+    once; a node that failed to answer is not asked again at once, the others still are."""
+    from comfy.comfyui.outputs import QUIET_AFTER_FAILURE, OutputSizes
+
+    class Down(Exception):
+        pass
+
+    now, asked = [100.0], []
+
+    def ask(node: str, size: int | None):
+        def asking():
+            asked.append(node)
+            if size is None:
+                raise Down(node)
+            return size
+        return asking
+
+    sizes = OutputSizes(clock=lambda: now[0])
+    output = {"node_id": "9", "filename": "a.png", "subfolder": "", "type": "output"}
+    other = {**output, "filename": "b.png"}
+    assert sizes.asked(("node", "b"), "j", output, ask("b", None), failures=(Down,)) is None
+    assert sizes.asked(("node", "b"), "j", other, ask("b", 7), failures=(Down,)) is None
+    assert sizes.asked(("node", "c"), "k", output, ask("c", 5), failures=(Down,)) == 5
+    assert asked == ["b", "c"]  # b just failed: not asked again at once; c is another source
+    now[0] += QUIET_AFTER_FAILURE
+    assert sizes.asked(("node", "b"), "j", other, ask("b", 7), failures=(Down,)) == 7
+    assert sizes.asked(("node", "b"), "j", other, ask("b", 8), failures=(Down,)) == 7
+    assert asked == ["b", "c", "b"]  # remembered: an output file never changes

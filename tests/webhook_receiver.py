@@ -20,13 +20,15 @@ class Received:
 
 class Receiver:
     """start() on `port` (a free one by default), stop(); `failures`: statuses answered to the
-    first tries of each event (then 200); `delay`: seconds spent before answering."""
+    first tries of each event (then 200); `delay`: seconds spent before answering. `spans`:
+    (webhook-id, start, end) of every request answered, by time.monotonic()."""
 
     def __init__(self, port: int | None = None, failures: tuple = (), delay: float = 0.0):
         self.port = port or free_ports(1)
         self.failures = failures
         self.delay = delay
         self.received: list[Received] = []
+        self.spans: list[tuple[str, float, float]] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -39,6 +41,7 @@ class Receiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
+                started = time.monotonic()
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver._lock:
                     tries = sum(1 for r in receiver.received
@@ -56,6 +59,9 @@ class Receiver:
                     self.wfile.write(b"ok")
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the sender gave up on this try (killed, or out of time): it is recorded
+                with receiver._lock:
+                    receiver.spans.append((self.headers.get("webhook-id"), started,
+                                           time.monotonic()))
 
             def log_message(self, *args):
                 pass
@@ -70,6 +76,16 @@ class Receiver:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+
+    def overlapping(self) -> list[str]:
+        """The webhook-ids of which two requests were answered at once (one began before the
+        other's answer was written)."""
+        by_id: dict[str, list[tuple[float, float]]] = {}
+        with self._lock:
+            for event_id, started, ended in self.spans:
+                by_id.setdefault(event_id, []).append((started, ended))
+        return [event_id for event_id, spans in by_id.items()
+                if any(later[0] < earlier[1] for earlier, later in zip(sorted(spans), sorted(spans)[1:]))]
 
     def of_type(self, kind: str) -> list[Received]:
         """The requests whose body is an event of this type."""

@@ -136,7 +136,7 @@ def _node_order(node_id: str):
 def refresh_catalogue(gpu, read_models_later=None) -> bool:
     """Read the GPU's /object_info if it is wanted (first time, or its websocket just
     connected: ComfyUI may have restarted with other nodes); True if it was read now.
-    `read_models_later(catalogue, client)` reads its model files apart (the poller's own
+    `read_models_later(catalogue, gpu)` reads its model files apart (the poller's own
     workers); without it they are read here, after the classes."""
     if not gpu.catalogue_wanted:
         return False
@@ -149,21 +149,33 @@ def refresh_catalogue(gpu, read_models_later=None) -> bool:
     previous = gpu.catalogue
     catalogue.models = previous.models if previous is not None else {}
     gpu.set_catalogue(catalogue)
-    logger.info("GPU %d: %d node classes installed", gpu.index, len(catalogue.nodes))
+    logger.log(_level(gpu.is_news("node classes", frozenset(catalogue.nodes))),
+               "GPU %d: %d node classes installed", gpu.index, len(catalogue.nodes))
     # Then its model files, apart: the poll (this GPU's reconciliation, the dispatcher's
     # wake-up) never waits for 20 calls to a ComfyUI that may be slow. Until they are read
     # (or if they cannot be) the last known ones stand.
     if read_models_later is not None:
-        read_models_later(catalogue, gpu.client)
+        read_models_later(catalogue, gpu)
     else:
-        read_models_into(catalogue, gpu.client)
+        read_models_into(catalogue, gpu)
     return True
 
 
-def read_models_into(catalogue: Catalogue, client, stop: threading.Event | None = None) -> None:
-    """Read a ComfyUI's model files onto its catalogue (a newer catalogue, after another
+def read_models_into(catalogue: Catalogue, gpu, stop: threading.Event | None = None) -> None:
+    """Read a GPU's model files onto its catalogue (a newer catalogue, after another
     reconnect, is left to its own read)."""
     try:
-        catalogue.models = read_models(client, catalogue.models, stop)
+        lists = read_models(gpu.client, catalogue.models, stop)
     except Exception:
-        logger.exception("GPU %d: reading its model files failed", client.gpu_id)
+        logger.exception("GPU %d: reading its model files failed", gpu.index)
+        return
+    if lists is not catalogue.models:  # read now, not the last known lists kept
+        logger.log(_level(gpu.is_news("model files", lists)),
+                   "GPU %d: %d model files in %d folders", gpu.index,
+                   sum(len(files) for files in lists.values()), len(lists))
+    catalogue.models = lists
+
+
+def _level(news: bool) -> int:
+    """INFO for what changed (or is new), DEBUG for the same again."""
+    return logging.INFO if news else logging.DEBUG

@@ -66,6 +66,17 @@ class Gpu:
         self.resting_until = float("-inf")
         self.placed: set[str] = set()  # asset files this ComfyUI has in input/cylindria
         self._rest = 0.0
+        self._told: dict[str, object] = {}  # topic -> what the log last said of it
+
+    def is_news(self, topic: str, value) -> bool:
+        """True if `value` differs from what the log last said of `topic` for this GPU (and
+        remember it). The node classes and model files are read again at every websocket
+        connection, the first one just after the start-up read: the same lists are said
+        once, a change each time it happens."""
+        with self._lock:
+            news = topic not in self._told or self._told[topic] != value
+            self._told[topic] = value
+        return news
 
     def system_stats(self) -> dict | None:
         """ComfyUI's /system_stats, asked at most once a second however many callers ask."""

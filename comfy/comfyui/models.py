@@ -62,8 +62,6 @@ def read_models(client: ModelSource, previous: ModelLists,
         logger.warning("GPU %d: could not read its model files (%s); keeping the last known",
                        client.gpu_id, exc)
         return previous
-    logger.info("GPU %d: %d model files in %d folders", client.gpu_id,
-                sum(len(files) for files in lists.values()), len(lists))
     return lists
 
 

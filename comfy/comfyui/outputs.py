@@ -6,6 +6,7 @@ import mimetypes
 import threading
 import time
 from collections import OrderedDict
+from typing import Callable
 
 from comfy.comfyui.errors import ComfyError
 from comfy.comfyui.gpu import Gpu
@@ -32,32 +33,43 @@ QUIET_AFTER_FAILURE = 30.0  # seconds a ComfyUI that failed one is not asked aga
 
 
 class OutputSizes:
-    """Output file sizes, each asked of ComfyUI (HEAD /view) the first time someone wants it
-    and remembered (an output file never changes), at most `limit` of them. They are asked
-    while a client waits: a ComfyUI not known to answer, or that just failed to, is not asked
-    (the size reads unknown) rather than hold every request of a job with many outputs."""
+    """Output file sizes, each asked the first time someone wants it (of ComfyUI: HEAD /view;
+    of the fleet node that holds the job: see `asked`) and remembered (an output file never
+    changes), at most `limit` of them. They are asked while a client waits: a ComfyUI not
+    known to answer, or a source that just failed to, is not asked (the size reads unknown)
+    rather than hold every request of a job with many outputs."""
 
     def __init__(self, limit: int = 20000, clock=time.monotonic):
         self.limit = limit
         self.clock = clock
         self._lock = threading.Lock()
         self._sizes: OrderedDict[tuple, int] = OrderedDict()
-        self._quiet_until: dict[int, float] = {}  # by GPU index
+        self._quiet_until: dict[tuple, float] = {}  # by source: ("gpu", index), ("node", name)
 
     def size(self, gpu: Gpu | None, job_id: str, output: dict) -> int | None:
-        """The file's size in bytes; None when its ComfyUI cannot say now."""
-        key = (job_id, output["node_id"], output["filename"], output["subfolder"], output["type"])
+        """The file's size in bytes, asked of its GPU's ComfyUI; None when it cannot say now."""
+        if gpu is None or gpu.reachable is not True:
+            with self._lock:
+                return self._sizes.get(_key(job_id, output))
+        return self.asked(("gpu", gpu.index), job_id, output, lambda: gpu.client.view_size(
+            output["filename"], output["subfolder"], output["type"], timeout=ASK_TIMEOUT))
+
+    def asked(self, source: tuple, job_id: str, output: dict, ask: Callable[[], int | None],
+              failures: tuple = (ComfyError,)) -> int | None:
+        """The file's size in bytes: remembered, else `ask()`ed of `source` (what holds the
+        file), unless that failed (raised one of `failures`) in the last QUIET_AFTER_FAILURE
+        seconds; None when it cannot say now."""
+        key = _key(job_id, output)
         with self._lock:
             known = self._sizes.get(key)
-        if known is not None or gpu is None or gpu.reachable is not True \
-                or self.clock() < self._quiet_until.get(gpu.index, float("-inf")):
+            quiet = self.clock() < self._quiet_until.get(source, float("-inf"))
+        if known is not None or quiet:
             return known
         try:
-            size = gpu.client.view_size(output["filename"], output["subfolder"], output["type"],
-                                        timeout=ASK_TIMEOUT)
-        except ComfyError:
+            size = ask()
+        except failures:
             with self._lock:
-                self._quiet_until[gpu.index] = self.clock() + QUIET_AFTER_FAILURE
+                self._quiet_until[source] = self.clock() + QUIET_AFTER_FAILURE
             return None
         if size is not None:
             with self._lock:
@@ -65,3 +77,8 @@ class OutputSizes:
                 if len(self._sizes) > self.limit:
                     self._sizes.popitem(last=False)
         return size
+
+
+def _key(job_id: str, output: dict) -> tuple:
+    """What names one output file of one job."""
+    return job_id, output["node_id"], output["filename"], output["subfolder"], output["type"]

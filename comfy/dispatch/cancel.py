@@ -95,6 +95,24 @@ def cancel_job(store: JobStore, gpu: Gpu, job: Job) -> tuple[Job, bool]:
     raise JobFinished(ended or store.get(job.job_id) or job)
 
 
+def remove_prompt(gpu: Gpu, prompt_id: str) -> str | None:
+    """Take a prompt out of this ComfyUI, whose job is no longer this node's (the fleet took it
+    over): deleted from its queue if waiting, interrupted if running (that prompt only); what
+    was done ("deleted", "interrupted"), or None if ComfyUI has it no more."""
+    snapshot = gpu.client.queue()
+    done = None
+    if prompt_id in {item.prompt_id for item in snapshot.pending}:
+        gpu.client.delete_queued([prompt_id])
+        done = "deleted"
+        snapshot = gpu.client.queue()  # it may have started between the two calls
+    if prompt_id in {item.prompt_id for item in snapshot.running}:
+        gpu.client.interrupt(prompt_id)
+        return "interrupted"
+    if prompt_id in {item.prompt_id for item in snapshot.pending}:
+        raise ComfyBadResponse("ComfyUI kept a prompt it was asked to delete", gpu.index)
+    return done
+
+
 def _interrupt(store: JobStore, gpu: Gpu, job: Job) -> Job:
     """Mark the request (durably) and interrupt that prompt only."""
     job = store.change(job.job_id, lambda j: setattr(j, "cancel_requested", True))

@@ -3,15 +3,15 @@
 Content-addressed by BLAKE3 (the Comfy API v2 and its SDK name assets by it): the same
 bytes are one file, whoever uploads them. Each client has its own asset over that file (its
 own id and name), so an own key never learns what another client holds. An upload streams
-into a temporary file in the assets folder while it is hashed, and is renamed into place only
-when complete, so a cut-off upload leaves nothing, and no upload is ever held whole in
-memory. The client's file name is kept as metadata only: on disk and in ComfyUI a file is
-named by its hash, with an extension from the type sniffed from its first bytes.
+into a temporary file in the assets folder while it is hashed, and is kept only when
+complete (its bytes written to the database where it holds them, then renamed into place),
+so a cut-off upload leaves nothing, and no upload is ever held whole in memory. The client's
+file name is kept as metadata only: on disk and in ComfyUI a file is named by its hash, with
+an extension from the type sniffed from its first bytes. Where the files are: assetfiles.py.
 """
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, BinaryIO
 
 import blake3
 
-from comfy.private import private_dir, private_file
+from comfy.inputs.assetfiles import AssetFiles
+from comfy.private import private_file
 
 if TYPE_CHECKING:
     from comfy.jobs.store import JobStore
@@ -132,20 +133,14 @@ class AssetStore:
     """
 
     def __init__(self, folder: Path, rows: AssetRows, max_bytes: int):
-        self.folder = private_dir(Path(folder))
-        self.incoming = private_dir(self.folder / ".incoming")
+        self.files = AssetFiles(folder, rows)
+        self.folder = self.files.folder
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         # (job id, fingerprint) of submissions between their `use` and their `settle`: their
         # job may not be in the store yet, and their assets are theirs all the same.
         self._under_way: Counter = Counter()
         self._rows = rows
-        self._clear_incoming()
-
-    def _clear_incoming(self) -> None:
-        """Uploads a crash cut off: never assets."""
-        for leftover in self.incoming.glob("*.part"):
-            leftover.unlink(missing_ok=True)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -157,7 +152,7 @@ class AssetStore:
         (HashMismatch)."""
         if length is not None and length > self.max_bytes:
             raise AssetTooLarge(self.max_bytes)  # refused before reading a byte
-        temporary = self.incoming / f"{uuid.uuid4().hex}.part"
+        temporary = self.files.temporary()
         try:
             digest, size, head = self._receive(stream, temporary, length)
             if expected_hash is not None and expected_hash != f"blake3:{digest}":
@@ -195,16 +190,20 @@ class AssetStore:
         now = time.time()
         asset = Asset(uuid.uuid4().hex, f"blake3:{digest}", name, size, content_type, now, now,
                       owner)
+        # The file's row (and, where the database holds them, its bytes: seconds for a large
+        # file) first, outside the lock, which every asset lookup takes: a crash before the
+        # asset's row leaves a file the sweep knows to remove, never one nothing names. Bytes
+        # a database lacks (a file recorded before it held them) are added too.
+        self.files.record(asset.hash, size, content_type, temporary)
         with self._lock:
             known = self._rows.find(hash_text=asset.hash, owner=owner)
             if known is not None:
                 self._rows.touch(known.id, time.time())
                 return known, False
-            # The file's row first: a crash before the asset's row leaves a file the sweep
-            # knows to remove, never one nothing names.
-            self._rows.add_file(asset.hash, size, content_type)
-            if not self.path(asset).exists():
-                os.replace(temporary, self.path(asset))
+            # Again under the lock (nothing to write if it is there): the file's last asset
+            # may have been deleted meanwhile, and its file with it.
+            self._rows.add_file(asset.hash, size, content_type, temporary)
+            self.files.keep(temporary, asset.hash)
             self._rows.add(asset)
         logger.info("asset %s stored (%d bytes, %s)", asset.id, size, content_type)
         return asset, True
@@ -265,9 +264,28 @@ class AssetStore:
 
     def sweep_files(self, limit: int = 200) -> int:
         """Remove the files no asset holds any more whose unlink failed before (open
-        elsewhere at the time, on Windows); how many went."""
+        elsewhere at the time, on Windows), and, where the folder is a cache of the database,
+        the cached files whose row another node removed; how many went."""
         with self._lock:
-            return sum(self._drop_file(hash_text) for hash_text in self._rows.files_unheld(limit))
+            removed = sum(self._drop_file(hash_text)
+                          for hash_text in self._rows.files_unheld(limit))
+        if self._rows.holds_bytes:
+            for hashes in self.files.names():
+                with self._lock:  # an upload's file goes into place under it, its row before
+                    for hash_text in self.files.unrecorded(hashes):
+                        removed += self._unlink(hash_text)
+        return removed
+
+    def share_files(self) -> int:
+        """Once a start, where the database holds the bytes: give it those of the files this
+        node kept on its disk before it did (a fleet's database of schema 4 or older), so that
+        every node can use them; how many."""
+        if not self._rows.holds_bytes:
+            return 0
+        shared = sum(self.files.share(hashes) for hashes in self.files.names())
+        if shared:
+            logger.info("%d asset file(s) of this node's folder written to the database", shared)
+        return shared
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -287,8 +305,17 @@ class AssetStore:
             return self._rows.find(hash_text=hash_text, owner=owner)
 
     def path(self, asset: Asset) -> Path:
-        """Where its bytes are: named by the hash alone."""
-        return self._file(asset.hash)
+        """Where this node keeps its bytes: named by the hash alone (see `local`)."""
+        return self.files.path(asset.hash)
+
+    def local(self, asset: Asset) -> Path:
+        """Its file on this node's disk, fetched from the database first if this node does
+        not have it (another node's upload); AssetUnavailable if it cannot be had."""
+        return self.files.local(asset.hash)
+
+    def available(self, asset: Asset) -> bool:
+        """Whether this node has its file or can fetch it."""
+        return self.files.available(asset.hash)
 
     # -- under the lock ---------------------------------------------------------------------
 
@@ -311,16 +338,17 @@ class AssetStore:
     def _drop_file(self, hash_text: str) -> bool:
         """Unlink a file no asset holds, then its row; a failed unlink keeps the row, so the
         sweep tries again. True if it went."""
-        if self._rows.file_held(hash_text):
-            return False
-        try:
-            self._file(hash_text).unlink(missing_ok=True)
-        except OSError as exc:
-            logger.warning("asset file %s could not be removed yet (%s); the retention sweep "
-                           "tries again", hash_text, exc)
+        if self._rows.file_held(hash_text) or not self._unlink(hash_text):
             return False
         self._rows.remove_file(hash_text)
         return True
 
-    def _file(self, hash_text: str) -> Path:
-        return self.folder / hash_text[len("blake3:"):]
+    def _unlink(self, hash_text: str) -> bool:
+        """Unlink this node's file; False (logged) if it cannot be yet."""
+        try:
+            self.files.remove(hash_text)
+        except OSError as exc:
+            logger.warning("asset file %s could not be removed yet (%s); the retention sweep "
+                           "tries again", hash_text, exc)
+            return False
+        return True

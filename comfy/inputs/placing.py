@@ -76,11 +76,12 @@ def with_files(prompt: dict, resolved: dict[tuple[str, str], Asset]) -> dict:
 def place(gpu, assets: AssetStore, needed) -> None:
     """Upload to this GPU's ComfyUI every one of these assets it does not have yet (as far
     as Cylindria knows: `gpu.placed` is forgotten when its websocket drops, and when it
-    refuses a prompt over a missing file)."""
+    refuses a prompt over a missing file), each from this node's file (fetched from the
+    database first where another node uploaded it)."""
     for asset in {asset.hash: asset for asset in needed}.values():
         if asset.comfy_name in gpu.placed:
             continue
-        with open(assets.path(asset), "rb") as file:
+        with open(assets.local(asset), "rb") as file:
             gpu.client.upload_image(file, asset.comfy_name, SUBFOLDER, asset.content_type)
         logger.info("asset %s uploaded to GPU %d as %s", asset.id, gpu.index, comfy_path(asset))
         gpu.placed.add(asset.comfy_name)

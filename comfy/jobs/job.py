@@ -86,6 +86,10 @@ class Job:
     webhook: str | None = None  # the URL told when the job starts and ends (cylindria/webhooks/)
     submitted_by: str | None = None  # the name of the key (or JWT subject) that submitted it
     node: str | None = None  # the fleet node that holds it (None: written before nodes existed)
+    # The row's owner token: raised by each takeover of the job (cylindria/fleet/takeover.py),
+    # never by its owner's writes, every one of which names the value it read: a node that
+    # lost the job to the fleet (paused, cut off) can change nothing about it any more.
+    fence: int = 0
     seq: int = 0
     # Volatile: rebuilt from ComfyUI after a restart, so never written to disk.
     queue_position: int | None = None

@@ -58,7 +58,7 @@ class RetentionSweep:
 
     def run(self) -> None:
         """Sweep until stopped: batches back to back while a backlog lasts, then every interval."""
-        self.forget_old_uses()
+        self.at_start()
         while not self._stop.is_set():
             try:
                 removed = self.sweep_once()
@@ -113,23 +113,26 @@ class RetentionSweep:
                 self.store.forget_finished(job_ids[start:start + self.BATCH], cutoff)
             self._retired = self._db.retired()
 
-    def forget_old_uses(self) -> None:
+    def at_start(self) -> None:
         """Once a start: the asset uses of jobs no longer in the store that no pass will meet
-        (left by versions that kept them for ever, or by a submission a crash cut off)."""
+        (left by versions that kept them for ever, or by a submission a crash cut off), and,
+        where the database holds asset files, those this node kept on its disk before it did."""
         if self.assets is None:
             return
         try:
             job_ids = self.assets.users_ever()
             for start in range(0, len(job_ids), self.BATCH):  # the asset lock held briefly
                 self.assets.forget_jobs(job_ids[start:start + self.BATCH], self.store)
+            self.assets.share_files()
         except StorageUnavailable:  # logged once by the storage; the next start tries again
             pass
         except Exception:
-            logger.exception("retention: forgetting old asset uses failed")
+            logger.exception("retention: the start's asset clean-up failed")
 
     def sweep_assets(self) -> int:
         """Remove assets no job has needed for `retention` and no job needs now (nor a
-        submission under way), and retry files whose unlink failed; how many assets went."""
+        submission under way), retry files whose unlink failed, and drop cached files other
+        nodes removed; how many assets went."""
         if self.assets is None:
             return 0
         removed = sum(not self.assets.delete(asset, self.store)

@@ -64,6 +64,11 @@ class JobStore:
     Another node's own job is never published here, so nothing on this node tracks or
     judges it; it is read from its row when a client asks (`lookup`), and a submission
     under its id is answered with it.
+
+    Every write of a job names its row's fence (Job.fence), which only a takeover by another
+    node raises (cylindria/fleet/takeover.py: this node's lease ended, paused or cut off from
+    the database): a write that finds the fence raised writes nothing, and the job is dropped
+    from memory, the disowned callbacks told (its prompt is to leave this node's ComfyUI).
     """
 
     def __init__(self, rows: JobRows, node: str = LOCAL_NODE):
@@ -92,6 +97,7 @@ class JobStore:
         self._companions: list[Callable[[Job, Job], list[OutboxRow]]] = []
         self._keepers: list[Callable[[str, dict | None], None]] = []
         self._movers: list[Callable[[str], None]] = []  # told of shared jobs coming and going
+        self._disowned: list[Callable[[Job], None]] = []  # told of jobs the fleet took over
         self._shared: set[str] = set()  # the shared queue's jobs held here
         # Jobs created here with credentials kept in this node's memory only: only this node
         # can send them, so they never enter the shared queue.
@@ -170,6 +176,12 @@ class JobStore:
         dispatcher's queue follows. Called outside the store's lock."""
         self._movers.append(mover)
 
+    def on_disowned(self, callback: Callable[[Job], None]) -> None:
+        """Call `callback(job)` (the copy held here, outside the store's lock) when a write
+        finds that another node took the job over: it is dropped from memory, and what it
+        left in this node's ComfyUI is the callback's to remove."""
+        self._disowned.append(callback)
+
     def watch(self, watcher: Callable[[str], None]) -> None:
         """Call `watcher(job_id)` after every change of a job, progress included (clients
         waiting on a job are woken by it); it must be cheap: it runs on every message."""
@@ -187,6 +199,26 @@ class JobStore:
         discarded: a job's credentials are bound in the step that creates it, so a submission
         that lost the race for its id never lends the winner its own."""
         self._keepers.append(keeper)
+
+    def events_for(self, old: Job, new: Job) -> list[OutboxRow]:
+        """The outbox rows a status change causes (the companions'), for a change written
+        elsewhere than through `change` (another node's job taken over)."""
+        if new.status == old.status:
+            return []
+        return [row for companion in self._companions for row in companion(old, new)]
+
+    def let_go(self, job_id: str, fence: int) -> Job | None:
+        """The fleet took this job over (its row's fence is now `fence`): drop the copy held
+        here if it is older (the disowned callbacks are not told: the caller acts); the
+        dropped copy, or None (not held, or held as it is since)."""
+        with self._stripe(job_id):
+            with self._lock:
+                current = self._jobs.get(job_id)
+                if current is None or current.fence >= fence:
+                    return None
+                self._unpublish(current)
+        self._moved(job_id)
+        return current
 
     def counts(self) -> dict[tuple[int, JobStatus], int]:
         """How many jobs each GPU has in each status."""
@@ -266,7 +298,8 @@ class JobStore:
             current = self._jobs.get(job_id)
             if current is not None and not self._in_queue(current):
                 return False  # this node's own: it knows better than any notice
-            if current is not None and (row is None or _durable(row) == _durable(current)):
+            if current is not None and (row is None or (_durable(row) == _durable(current)
+                                                        and row.fence == current.fence)):
                 return True  # known as it is: nothing to publish
             row = row if row is not None else self._db.get(job_id)
             with self._lock:
@@ -394,7 +427,9 @@ class JobStore:
             job = self._jobs.get(job_id)
             if job is None or job.prompt_id != prompt_id or job.status != JobStatus.SUBMITTING:
                 return False
-            self._db.delete(job_id)
+            if not self._db.delete(job):
+                self._disown(job)
+                return False
             with self._settled:
                 del self._jobs[job_id]
                 self._active.pop(job.prompt_id, None)
@@ -430,10 +465,7 @@ class JobStore:
                 return current
             self._place(current, new)
             if not self._persist(current, new):
-                with self._lock:  # claimed by another node: its job now, not this one's
-                    if self._jobs.get(job_id) is current:
-                        self._unpublish(current)
-                self._moved(job_id)
+                self._disown(current)  # claimed or taken over by another node: its job now
                 return None
             with self._lock:
                 if self._jobs.get(job_id) is not current:
@@ -520,13 +552,16 @@ class JobStore:
                 logger.debug("job %s: taken by another node", new.job_id)
                 return False
         elif current.status != JobStatus.HELD or new.status != JobStatus.SUBMITTING:
-            self._db.update(new, events)
+            if not self._db.update(new, events):
+                return self._fenced_out(new)
         elif not self._db.claim_held(new, events):
-            # On one host this store writes every row, so a held job whose row is not held
-            # any more was claimed by a write whose acknowledgement was lost (the database
-            # went away as it committed; nothing was sent): this claim replaces it.
+            # This node writes every row of its own, so a held job whose row is not held any
+            # more (and still of this fence) was claimed by a write whose acknowledgement was
+            # lost (the database went away as it committed; nothing was sent): this claim
+            # replaces it.
+            if not self._db.update(new, events):
+                return self._fenced_out(new)
             logger.warning("job %s: its row was claimed by an unacknowledged write", new.job_id)
-            self._db.update(new, events)
         if new.status != current.status:
             # Acceptance is already the access log's `PUT /startjob/<id> 201` line: at INFO it
             # would double the log's volume under a burst of submissions (and its cost).
@@ -535,6 +570,27 @@ class JobStore:
             logger.log(level, "job %s %s: %s -> %s", new.job_id, where,
                        current.status.value, new.status.value)
         return True
+
+    def _fenced_out(self, job: Job) -> bool:
+        """A write found the job's fence raised: another node took it over (False)."""
+        logger.warning("job %s: its row is no longer this node's (taken over by another node "
+                       "while this node's lease had ended, or removed); let go", job.job_id)
+        return False
+
+    def _disown(self, current: Job) -> None:
+        """Drop a job another node claimed or took over from memory (caller holds its stripe),
+        and tell the movers and, for a job of this node's own, the disowned callbacks."""
+        with self._lock:
+            dropped = self._jobs.get(current.job_id) is current
+            if dropped:
+                self._unpublish(current)
+        self._moved(current.job_id)
+        if dropped and not self._in_queue(current):
+            for callback in self._disowned:
+                try:
+                    callback(current)
+                except Exception:
+                    logger.exception("disowned job callback failed")
 
     def _insert(self, job: Job, workflow: bytes) -> Job | None:
         """Insert a new job's row and set its seq (caller holds its stripe and `_inserting`);
@@ -556,7 +612,7 @@ class JobStore:
             if row is not None:
                 logger.warning("job %s: replacing a row left by an unacknowledged write",
                                job.job_id)
-                self._db.delete(job.job_id)
+                self._db.delete(row)  # fenced: a row taken over meanwhile stays
             # else gone between the two reads (a discarded submission): inserted again
         raise JobIdTaken(job.job_id)
 

@@ -139,7 +139,7 @@ class Poller:
         if self.after_check is not None:
             self.after_check()
 
-    def _read_models_later(self, catalogue, client) -> None:
+    def _read_models_later(self, catalogue, gpu: Gpu) -> None:
         """Read a GPU's model files on the poller's model workers (none once stopping)."""
         with self._lock:
             self._model_reads = [f for f in self._model_reads if not f.done()]
@@ -147,7 +147,7 @@ class Poller:
                 return
             try:
                 self._model_reads.append(
-                    self._models.submit(read_models_into, catalogue, client, self._stop))
+                    self._models.submit(read_models_into, catalogue, gpu, self._stop))
             except RuntimeError:  # shut down meanwhile
                 pass
 

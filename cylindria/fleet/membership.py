@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import threading
-from typing import Iterable
+from typing import Callable, Iterable
 
 from comfy.comfyui.gpu import Gpu
 from comfy.jobs.job import JobStatus
@@ -53,9 +53,13 @@ class Membership:
     storage closes."""
 
     def __init__(self, rows: NodeRows, name: str, advertise_url: str, lease: float,
-                 gpus: list[Gpu], store: JobStore):
+                 gpus: list[Gpu], store: JobStore,
+                 on_taken_over: Callable[[], None] | None = None):
         self.rows, self.name, self.advertise_url, self.lease = rows, name, advertise_url, lease
         self.gpus, self.store = gpus, store
+        # Told when a renewal finds that the fleet took jobs from this node meanwhile (its
+        # lease had ended: the process paused, or cut off from the database).
+        self.on_taken_over = on_taken_over
         self.every = min(RENEW_EVERY, lease / RENEWALS_PER_LEASE)  # seconds between renewals
         self.keys_hash = ""
         self._first = True  # the next renewal is this start's first (started_at: now)
@@ -94,9 +98,14 @@ class Membership:
         failed: logged once, tried again at the next tick."""
         status = json.dumps(node_status(self.gpus, self.store), separators=(",", ":"))
         try:
-            self.rows.renew(self.name, self.advertise_url, self.lease, self.keys_hash, status,
-                            first=self._first)
+            taken = self.rows.renew(self.name, self.advertise_url, self.lease, self.keys_hash,
+                                    status, first=self._first)
             self._first = False
+            if taken:
+                logger.warning("node %s: its lease had ended, and the fleet took jobs from it "
+                               "meanwhile; letting go of them", self.name)
+                if self.on_taken_over is not None:
+                    self.on_taken_over()
             if not self._compared:
                 self._compared = True
                 self.compare_keys()

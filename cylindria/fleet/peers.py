@@ -46,7 +46,8 @@ class Peers:
         self.nodes, self.credential = nodes, credential
         self._local = threading.local()
 
-    def output(self, node: str, job_id: str, index: int, byte_range: str | None) -> requests.Response:
+    def output(self, node: str, job_id: str, index: int, byte_range: str | None,
+               read_timeout: float = READ_TIMEOUT) -> requests.Response:
         """The node's answer for one output of its job (headers read, body not yet), or
         NodeUnreachable. `byte_range`: a Range header Cylindria built, never a client's."""
         url = f"{self.advertise_url(node)}{OUTPUTS_PATH}/{path_part(job_id)}/{index}"
@@ -55,7 +56,7 @@ class Peers:
             headers["Range"] = byte_range
         try:
             return self._session().get(url, headers=headers, stream=True, allow_redirects=False,
-                                       timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+                                       timeout=(CONNECT_TIMEOUT, read_timeout))
         except requests.RequestException as exc:
             raise NodeUnreachable(node, exc.__class__.__name__) from None
 

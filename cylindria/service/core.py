@@ -22,11 +22,11 @@ from cylindria.fleet.credential import load_credential
 from cylindria.fleet.membership import Membership
 from cylindria.fleet.notices import CancelNotices
 from cylindria.fleet.peers import Peers
-from cylindria.storage import SchemaTooNew, Storage, StorageUnavailable, open_storage
+from cylindria.fleet.takeover import Takeover
+from cylindria.storage import ASSETS_DIR, SchemaTooNew, Storage, StorageUnavailable, open_storage
 from cylindria.webhooks.secret import BadSecret
 from cylindria.webhooks.wiring import Webhooks
 
-ASSETS_DIR = "assets"
 MIB = 1024 * 1024
 
 
@@ -50,17 +50,23 @@ class Core:
     membership: Membership | None = None  # this node's lease in the fleet
     cancels: CancelNotices | None = None  # cancels other nodes ask of this one (PostgreSQL)
     peers: Peers | None = None  # the other nodes, called with the fleet credential
+    takeover: Takeover | None = None  # failover: stranded nodes' jobs, this one's (PostgreSQL)
 
     def start_fleet(self, keys_hash: str) -> None:
-        """Take part in the fleet: the lease, and the cancels asked by other nodes."""
+        """Take part in the fleet: the lease, the cancels asked by other nodes, failover."""
         self.membership.start(keys_hash)
         if self.cancels is not None:
             self.cancels.start()
+        if self.takeover is not None:
+            self.takeover.start()
 
     def stop_fleet(self, timeout: float) -> None:
-        """Leave the fleet: stop hearing cancels, end the lease (before the storage closes)."""
+        """Leave the fleet: stop hearing cancels and taking over, end the lease (before the
+        storage closes)."""
         if self.cancels is not None:
             self.cancels.stop(timeout)
+        if self.takeover is not None:
+            self.takeover.stop(timeout)
         if self.membership is not None:
             self.membership.stop(timeout)
 
@@ -109,10 +115,14 @@ def build_core(config: Config) -> Core:
                       max_attempts=config.max_attempts, after_check=dispatcher.wake)
     dispatcher.ready = tracker.reconciled
     retention = RetentionSweep(store, storage.jobs, config.retention, assets=assets)
+    # Failover on the fleet's database only: one host's file has no other node to take over.
+    takeover = Takeover(storage.jobs, store, gpus, requeue_wait=config.requeue_wait,
+                        max_attempts=config.max_attempts, wake_sender=webhooks.outbox.wake.set) \
+        if storage.jobs.shared else None
     membership = Membership(storage.nodes, config.node, advertise_url(config), config.node_lease,
-                            gpus, store)
+                            gpus, store, on_taken_over=takeover and takeover.taken_over)
     listener = storage.cancel_listener(config.node)
     cancels = CancelNotices(listener, store, gpus) if listener is not None else None
     return Core(config, store, gpus, tracker, retention, dispatcher, JobWatch(store), assets,
                 withheld, webhooks, ModelCatalogue(gpus), storage=storage, membership=membership,
-                cancels=cancels, peers=peers)
+                cancels=cancels, peers=peers, takeover=takeover)

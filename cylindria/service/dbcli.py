@@ -12,9 +12,9 @@ from pathlib import Path
 
 from cylindria.config.options import ConfigError, default_data_dir, default_node
 from cylindria.config.values import database_url
-from cylindria.service.core import ASSETS_DIR
 from cylindria.service.instance import DataDirLock, InstanceLock, NodeLock
-from cylindria.storage import SQLITE_SCHEME, SchemaTooNew, StorageUnavailable, open_url
+from cylindria.storage import (ASSETS_DIR, SQLITE_SCHEME, SchemaTooNew, StorageUnavailable,
+                               open_url)
 from cylindria.storage.copy import Copied, CopyRefused, Side, copy_store
 
 DATA_DIR_ENV = "CYLINDRIA_DATA_DIR"
@@ -33,11 +33,15 @@ when the host moves.
 URLs as --database takes them: postgresql://user:pass@host:5432/db, libpq key=value
 parameters, sqlite:///path; a bare path is a SQLite file.
 
-Asset files stay in a data dir's assets/ folder, whatever the database. A SQLite store's
-data dir is its file's folder; a PostgreSQL store's is the other side's (a move on one host:
-the files stay where they are, nothing is copied), or $CYLINDRIA_DATA_DIR or the default
-data dir when both are PostgreSQL. --from-data-dir/--to-data-dir name them otherwise; when
-the two differ, the files the target lacks are copied.
+Asset files: a PostgreSQL store holds their bytes in the database (a fleet's nodes each
+keep a cache of them in their data dir's assets/ folder); a SQLite store's are in its data
+dir's assets/ folder. A copy to PostgreSQL writes the bytes into the database, in the same
+transaction; a copy to SQLite writes the files its folder lacks. The bytes are read from the
+source's database, or from the source's folder (a SQLite store's; a PostgreSQL database
+written before it held the bytes). A SQLite store's data dir is its file's folder; a
+PostgreSQL store's is the other side's (a move on one host: the files stay where they are),
+or $CYLINDRIA_DATA_DIR or the default data dir when both are PostgreSQL. --from-data-dir and
+--to-data-dir name them otherwise.
 
 Stop Cylindria first: the copy takes the instance lock of both data dirs (and of this
 host's node name on a PostgreSQL database) and refuses while a Cylindria holds one. The
@@ -137,7 +141,9 @@ def _node() -> str:
 
 def report(copied: Copied, source: End, target: End) -> str:
     """What was copied, as one short table."""
-    if copied.asset_files and not copied.files_copied:
+    if target.sqlite is None:
+        where = f"{copied.files_to_database} files written to the database"
+    elif copied.asset_files and not copied.files_copied:
         where = f"files kept in {target.data_dir / ASSETS_DIR}"
     else:
         where = f"{copied.files_copied} files copied to {target.data_dir / ASSETS_DIR}"

@@ -1,21 +1,28 @@
 """`cylindria db copy`: a host's whole store moved from one backend to another (SQLite to
-PostgreSQL and back, or between two of a kind), with its asset files.
+PostgreSQL and back, or between two of a kind), with its asset files' bytes.
 
 Read through each backend's WholeRows and written in one transaction on the target, so a
 copy that fails leaves the target as it was (asset files it placed are removed again).
-Everything is checked before anything is written: a target that holds rows (without
-`merge`), job ids in both stores, asset files missing from the source's folder.
+A target whose database holds the asset files' bytes (PostgreSQL) gets them in that
+transaction, a chunk at a time, their hash checked before it commits; a SQLite target gets
+them as files in its data dir's asset folder. They are read from the source's store
+(its database, or a SQLite store's asset folder), or from the source's asset folder for a
+file the database does not hold (recorded before it held bytes). Everything is checked
+before anything is written: a target that holds rows (without `merge`), job ids in both
+stores, asset files whose bytes the source has nowhere.
 """
 from __future__ import annotations
 
 import logging
 import os
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import blake3
+
+from comfy.inputs.assetfiles import file_name, read_chunks
 from comfy.private import private_dir, private_file
 from cylindria.storage import records
 from cylindria.storage.interface import Contents, Storage, WholeRows
@@ -27,6 +34,10 @@ SHOWN_IDS = 5  # clashing ids a refusal names
 
 class CopyRefused(Exception):
     """The copy cannot be made as asked; nothing was written."""
+
+
+class CopyFailed(Exception):
+    """The source's bytes of a file are not what its hash says; nothing was written."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,8 @@ class Copied:
     asset_uses: int = 0
     asset_files: int = 0
     asset_bytes: int = 0
-    files_copied: int = 0  # 0 when both stores use one folder: the files stay where they are
+    files_copied: int = 0  # to the target's folder; 0 when both stores use one folder
+    files_to_database: int = 0  # written to a target whose database holds the bytes
     events: int = 0
     pending_events: int = 0
     retired: int = 0
@@ -83,11 +95,18 @@ def copy_store(source: Side, target: Side, merge: bool = False) -> Copied:
     if merge:
         refuse_clashes(source.storage.whole, target.storage.whole, known)
     files = _held_files(source.storage.whole)
-    _check_files(files, source.assets)
-    placed = _place_files(files, source.assets, target.assets)
-    copied = Copied(files_copied=len(placed))
+    in_store = _check_files(files, source)
+    reader = _Reader(source, in_store)
+    to_database, placed = [], []
+    if target.storage.assets.holds_bytes:
+        there = target.storage.assets.stored(list(files))  # --merge: the target's own
+        to_database = [hash_text for hash_text in files if not there.get(hash_text)]
+    else:
+        placed = _place_files(files, reader, source.assets, target.assets)
+    copied = Copied(files_copied=len(placed), files_to_database=len(to_database))
     try:
-        target.storage.whole.write(_rows(source.storage.whole, copied, known), merge)
+        target.storage.whole.write(_rows(source.storage.whole, copied, known,
+                                         _chunk_rows(to_database, reader)), merge)
     except BaseException:
         _remove(placed)
         raise
@@ -133,33 +152,70 @@ def _held_files(whole: WholeRows) -> dict[str, int]:
             for hash_text, size, _ in rows if hash_text in held}
 
 
-def _check_files(files: dict[str, int], folder: Path) -> None:
-    """CopyRefused if a file the source's assets hold is not in its folder."""
-    missing = [hash_text for hash_text in files if not asset_file(folder, hash_text).is_file()]
+def _check_files(files: dict[str, int], source: Side) -> set[str]:
+    """The files whose bytes the source's store holds; CopyRefused if a file the source's
+    assets hold is neither there nor in its folder."""
+    in_store = {hash_text for hash_text, readable
+                in source.storage.assets.stored(list(files)).items() if readable}
+    missing = [hash_text for hash_text in files if hash_text not in in_store
+               and not asset_file(source.assets, hash_text).is_file()]
     if missing:
-        raise CopyRefused(f"{len(missing)} asset file(s) of the source are not in {folder} "
-                          f"(first: {missing[0]}): give the source's data dir with "
-                          "--from-data-dir; nothing was written")
+        raise CopyRefused(f"{len(missing)} asset file(s) of the source are neither in its "
+                          f"database nor in {source.assets} (first: {missing[0]}): give the "
+                          "source's data dir with --from-data-dir; nothing was written")
+    return in_store
 
 
 def asset_file(folder: Path, hash_text: str) -> Path:
-    """Where an asset's bytes are: named by the hash alone (as comfy.inputs.assets keeps them)."""
-    return folder / hash_text[len("blake3:"):]
+    """Where an asset's bytes are in an asset folder."""
+    return folder / file_name(hash_text)
 
 
-def _place_files(files: dict[str, int], source: Path, target: Path) -> list[Path]:
-    """Copy the files the target's folder lacks (none when both are one folder); the paths
-    created. Each is written under a temporary name and renamed when whole."""
-    if _same_folder(source, target):
-        return []
+class _Reader:
+    """The bytes of the source's files, a chunk at a time: from its store where it holds
+    them, else from its folder."""
+
+    def __init__(self, source: Side, in_store: set[str]):
+        self._source, self._in_store = source, in_store
+
+    def chunks(self, hash_text: str) -> Iterator[bytes]:
+        if hash_text in self._in_store:
+            yield from self._source.storage.assets.read_file(hash_text)
+            return
+        yield from read_chunks(asset_file(self._source.assets, hash_text))
+
+    def checked(self, hash_text: str) -> Iterator[bytes]:
+        """`chunks`, then CopyFailed if they do not have the file's hash (the target's
+        transaction is then rolled back)."""
+        hasher = blake3.blake3()
+        for chunk in self.chunks(hash_text):
+            hasher.update(chunk)
+            yield chunk
+        if f"blake3:{hasher.hexdigest()}" != hash_text:
+            raise CopyFailed(f"the source's bytes of {hash_text} have another hash "
+                             f"(blake3:{hasher.hexdigest()}); nothing was written")
+
+
+def _chunk_rows(hashes: list[str], reader: _Reader) -> Iterator[list[tuple]]:
+    """A batch of one (hash, n, bytes) row per chunk of these files, for a target whose
+    database holds the bytes."""
+    for hash_text in hashes:
+        for n, chunk in enumerate(reader.checked(hash_text)):
+            yield [(hash_text, n, chunk)]
+
+
+def _place_files(files: dict[str, int], reader: _Reader, source: Path,
+                 target: Path) -> list[Path]:
+    """Write the files the target's folder lacks (none when both are one folder and it has
+    them); the paths created. Each is written under a temporary name and renamed when whole."""
     private_dir(target)
-    placed = []
+    same, placed = _same_folder(source, target), []
     try:
         for hash_text, size in files.items():
             path = asset_file(target, hash_text)
-            if path.is_file() and path.stat().st_size == size:
+            if path.is_file() and (same or path.stat().st_size == size):
                 continue
-            _copy_file(asset_file(source, hash_text), path)
+            _write_file(reader.checked(hash_text), path)
             placed.append(path)
     except BaseException:
         _remove(placed)
@@ -181,26 +237,32 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
-def _copy_file(source: Path, path: Path) -> None:
-    """One file copied into place, private to its owner."""
+def _write_file(chunks: Iterator[bytes], path: Path) -> None:
+    """One file written into place from its chunks, private to its owner."""
     partial = path.with_name(f".copy-{uuid.uuid4().hex}")
     try:
-        with open(source, "rb") as reader, open(private_file(partial), "wb") as writer:
-            shutil.copyfileobj(reader, writer, 1024 * 1024)
+        with open(private_file(partial), "wb") as writer:
+            for chunk in chunks:
+                writer.write(chunk)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
 
 
-def _rows(whole: WholeRows, copied: Copied, known: _Assets | None) -> Iterator[tuple[str, list]]:
+def _rows(whole: WholeRows, copied: Copied, known: _Assets | None,
+          chunks: Iterator[list[tuple]]) -> Iterator[tuple[str, list]]:
     """Every batch of the source, kind by kind, counted in `copied` (under --merge, an asset
-    the target holds already is left out and its uses go to the target's)."""
+    the target holds already is left out and its uses go to the target's); the files' bytes
+    (`chunks`) after their rows."""
     for kind in records.WHOLE:
         for rows in whole.read(kind):
             if known is not None:
                 rows = _merged(kind, rows, known, copied)
             _count(kind, rows, copied)
             yield kind, rows
+        if kind == "asset_files":
+            for rows in chunks:
+                yield records.CHUNKS, rows
 
 
 def _merged(kind: str, rows: list[tuple], known: _Assets, copied: Copied) -> list[tuple]:

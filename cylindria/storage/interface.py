@@ -21,6 +21,14 @@ node only. A webhook event is claimed the same way before each try (`OutboxRows.
 `claimed_by`/`claimed_until`, by the database's clock, ended by the try's outcome or by
 time if its node dies mid-try), and one retention sweep runs at a time (`JobRows.sweep_turn`,
 an advisory lock).
+
+Failover: a node whose lease has ended (`NodeRows`, by the database's clock) still holding
+unfinished jobs is `stranded`; a live node `take_over`s its jobs in one transaction that
+re-checks the lease under the node's row lock (a renewal racing it either comes first, and
+nothing is taken, or waits and then learns it was taken over). Every job row carries a fence
+(Job.fence), raised by each takeover: every write of a job's owner names the fence it read,
+so a node that lost a job to the fleet (paused, cut off from the database) writes nothing
+more about it, and learns so from the write's answer (False).
 """
 from __future__ import annotations
 
@@ -29,7 +37,8 @@ import logging
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ContextManager, Iterable, Iterator, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Iterator, Protocol
 
 if TYPE_CHECKING:
     from comfy.inputs.assets import Asset
@@ -68,6 +77,24 @@ class OutboxRow:
     given_up_at: float | None = None
 
 
+@dataclass(frozen=True)
+class Taken:
+    """A job the fleet took from a node whose lease had ended (JobRows.take_over): what that
+    node, back, drops from its memory (its copy's fence is below `fence`) and from its
+    ComfyUI (`prompt_id` on GPU `gpu_id`, if the job had been sent)."""
+
+    job_id: str
+    fence: int  # the row's fence after the takeover
+    gpu_id: int | None
+    prompt_id: str | None
+
+
+# JobRows.take_over's judge: (a stranded node's unfinished job as its row reads under lock,
+# seconds since that node's lease ended) -> the job as it is to be written and the events
+# the change causes, or None to leave it as it is.
+Rework = Callable[["Job", float], "tuple[Job, list[OutboxRow]] | None"]
+
+
 class JobRows(Protocol):
     """The jobs, their workflows and the retention counters.
 
@@ -97,16 +124,18 @@ class JobRows(Protocol):
         row under its id gives way (deleted and counted in the same transaction); a live
         one raises JobIdTaken."""
 
-    def update(self, job: Job, events: Iterable[OutboxRow] = ()) -> None:
+    def update(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
         """Write the job's durable fields, and the events its change causes, in one
-        transaction: both or neither."""
+        transaction: both or neither. Fenced: written only while the row's fence is the
+        job's; False (nothing written) once it is not (taken over, or its row removed)."""
 
     def claim_held(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
         """`update`, only while the job's row is still held and no one else is claiming it;
         False (nothing written) if another claimer took it or is taking it."""
 
-    def delete(self, job_id: str) -> None:
-        """Remove a job and what depends on it (a submission ComfyUI never got)."""
+    def delete(self, job: Job) -> bool:
+        """Remove a job and what depends on it (a submission ComfyUI never got), fenced as
+        `update` is; whether it was removed."""
 
     def shared_held(self) -> list[Job]:
         """The shared queue: held GpuId=auto jobs of no node, oldest first (empty on one
@@ -146,6 +175,23 @@ class JobRows(Protocol):
         """The ids of this node's unfinished jobs whose cancel was asked for, oldest first
         (what a node missed while it was not listening)."""
 
+    def stranded(self) -> list[str]:
+        """The nodes whose lease has ended (by the database's clock) and that still hold
+        unfinished jobs, by name."""
+
+    def take_over(self, node: str, rework: Rework) -> list[tuple[Job, Job]]:
+        """If `node`'s lease has still ended (re-checked under its row's lock; skipped at once
+        if another node is taking it over or it is renewing), judge each of its unfinished
+        jobs with `rework` and write what it decides, in one transaction: the row with its
+        fence raised, the events, the job recorded as taken from `node` (`taken_from`), and a
+        job put in the shared queue notified. (before, after) of every job changed."""
+
+    def taken_from(self, node: str) -> list[Taken]:
+        """The jobs taken from this node (oldest first) that it has yet to let go of."""
+
+    def forget_taken(self, node: str, job_ids: Iterable[str]) -> None:
+        """This node has let these jobs go (dropped from memory, out of its ComfyUI)."""
+
 
 class CancelListener(Protocol):
     """A connection of its own that listens for `request_cancel`'s notices (PostgreSQL)."""
@@ -163,15 +209,34 @@ class CancelListener(Protocol):
 
 
 class AssetRows(Protocol):
-    """The assets' rows (their files stay in the asset store's folder)."""
+    """The assets' rows and their files' bytes. On PostgreSQL the database holds the bytes
+    (`holds_bytes`), a file's in rows of records.CHUNK_BYTES written in the transaction that
+    records it, so any node of a fleet reads any upload, and each node's asset folder is a
+    cache of them; on SQLite (one host) the asset folder in the data dir is their store."""
+
+    holds_bytes: bool
 
     def find(self, *, asset_id: str | None = None, hash_text: str | None = None,
              owner: str | None = None) -> Asset | None:
         """The asset with this id or hash (of `owner`, unless None: then the shared one
         first, else the oldest), or None."""
 
-    def add_file(self, hash_text: str, size_bytes: int, content_type: str) -> None:
-        """Record a file on disk by its hash (once; a second time changes nothing)."""
+    def add_file(self, hash_text: str, size_bytes: int, content_type: str,
+                 content: Path | None = None) -> None:
+        """Record a file by its hash, with its bytes where the database holds them (read from
+        the complete file `content` a chunk at a time, in the same transaction). Once: a second
+        time changes nothing, except that a recorded file whose bytes the database lacks
+        (recorded by a version that left them on its node's disk) gains them. SQLite records
+        the row: the bytes are the asset folder's file, which the asset store keeps."""
+
+    def read_file(self, hash_text: str) -> Iterator[bytes]:
+        """A recorded file's bytes in order, at most records.CHUNK_BYTES at a time (never whole
+        in memory); FileNotFoundError, once iterated, if the store has none. SQLite reads the
+        file in its asset folder."""
+
+    def stored(self, hashes: list[str]) -> dict[str, bool]:
+        """The recorded files among these hashes, each with whether `read_file` has its bytes
+        (a hash no file row names is left out)."""
 
     def add(self, asset: Asset) -> None:
         """Record an asset over a recorded file."""
@@ -183,7 +248,8 @@ class AssetRows(Protocol):
         """Whether any asset holds the file with this hash."""
 
     def remove_file(self, hash_text: str) -> None:
-        """Forget a file (unlinked already)."""
+        """Forget a file, with its bytes where the database holds them (its file in the asset
+        folder unlinked already)."""
 
     def files_unheld(self, limit: int) -> list[str]:
         """Hashes of up to `limit` recorded files no asset holds."""
@@ -285,15 +351,18 @@ class NodeRows(Protocol):
     this host's for SQLite, a fleet of one): the hosts' clocks never decide who is live."""
 
     def renew(self, name: str, advertise_url: str, lease_seconds: float, keys_hash: str,
-              status: str, first: bool = False) -> None:
+              status: str, first: bool = False) -> bool:
         """Write this node's row with its lease renewed now (added if new); `first`: the node
-        has just started (its started_at is now)."""
+        has just started (its started_at is now). Whether another node took jobs from it
+        (JobRows.take_over) since its last renewal: it then lets them go."""
 
     def all(self) -> list[NodeRow]:
         """Every node ever seen, by name, each with its lease age now."""
 
     def leave(self, name: str) -> None:
-        """A clean stop: the node's lease ends now (its row stays, shown not live)."""
+        """A clean stop: the node's lease ends now (its row stays, shown not live); its jobs
+        are taken over only one lease later (JobRows.stranded): a restart finds them as it
+        left them."""
 
 
 class WholeRows(Protocol):

@@ -12,21 +12,23 @@ import logging
 import time
 from collections import Counter
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from comfy.inputs.assetfiles import read_chunks
 from comfy.inputs.assets import Asset, SHARED
 from comfy.jobs.job import Job, JobStatus
 from cylindria.storage import records
-from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, OutboxRow, SchemaTooNew,
-                                        guarded_by)
+from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, OutboxRow, Rework,
+                                        SchemaTooNew, Taken, guarded_by)
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 5
 POOL_SIZE = (2, 10)  # connections kept open, and at most
 POOL_WAIT = 3.0  # seconds a call waits for a working connection before StorageUnavailable
 DOWN_WAIT = 0.1  # the same while the database is known to be down
@@ -55,6 +57,10 @@ _SHARED_HELD = f"(status = '{records.HELD}' AND auto)"
 # Now, in epoch seconds, by the database's clock (clock_timestamp: the time of the statement,
 # not of the transaction's start).
 _NOW = "extract(epoch FROM clock_timestamp())::double precision"
+# When a node's jobs may be taken over: its lease's end, or, for a node that stopped cleanly
+# (whose lease ends at once for every other purpose), one lease after it left: a restart
+# finds its jobs as it left them.
+_TAKEN_AFTER = "GREATEST(renewed_at, COALESCE(left_at, renewed_at)) + lease_seconds"
 # An event no node is trying: never claimed, or its claim lapsed (its node died mid-try).
 _UNCLAIMED = f"(claimed_until IS NULL OR claimed_until < {_NOW})"
 
@@ -150,6 +156,37 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE webhook_outbox ADD COLUMN claimed_by text",
         "ALTER TABLE webhook_outbox ADD COLUMN claimed_until double precision",
     ),
+    # Failover (CONTRACT "A fleet"): a job row's fence, raised by each takeover and named by
+    # every write of its owner; when a node was last taken over (its next renewal tells it)
+    # and when it stopped cleanly; the jobs taken from each node, which it drops from memory
+    # and its ComfyUI once back.
+    4: (
+        "ALTER TABLE jobs ADD COLUMN fence integer NOT NULL DEFAULT 0",
+        "ALTER TABLE nodes ADD COLUMN taken_over_at double precision",
+        "ALTER TABLE nodes ADD COLUMN left_at double precision",
+        """CREATE TABLE takeovers (
+            job_id text NOT NULL,
+            fence integer NOT NULL,
+            node text NOT NULL,
+            gpu_id integer,
+            prompt_id text,
+            taken_at double precision NOT NULL,
+            PRIMARY KEY (job_id, fence))""",
+        "CREATE INDEX takeovers_by_node ON takeovers (node)",
+    ),
+    # The asset files' bytes, so a job on any node can use an upload to any other, also once
+    # that node is gone: rows of records.CHUNK_BYTES (numbered from 0) per file, written in
+    # the transaction that records the file and deleted with its row. Stored EXTERNAL: the
+    # files are images, audio and video, already compressed, which TOAST would try again.
+    # A file recorded before (its bytes on its node's disk) gains them when that node starts.
+    5: (
+        """CREATE TABLE asset_chunks (
+            hash text NOT NULL,
+            n integer NOT NULL,
+            bytes bytea NOT NULL,
+            PRIMARY KEY (hash, n))""",
+        "ALTER TABLE asset_chunks ALTER COLUMN bytes SET STORAGE EXTERNAL",
+    ),
 }
 
 # Every statement of this backend, by name.
@@ -186,13 +223,14 @@ SQL = {
                                "body AS (INSERT INTO workflows (job_id, body) "
                                "SELECT job_id, %s FROM job ON CONFLICT (job_id) "
                                "DO UPDATE SET body = excluded.body) SELECT seq FROM job",
-    "update_job": f"UPDATE jobs SET {_SET_DURABLE} WHERE job_id = %s",
+    # Every write of a job names its fence: none lands once the fleet has taken the job over.
+    "update_job": f"UPDATE jobs SET {_SET_DURABLE} WHERE job_id = %s AND fence = %s",
     # The claim: the row locked only if no one else holds it (SKIP LOCKED: a contested
     # claim fails at once), and written only while it is still held.
     "claim_held_job": f"UPDATE jobs SET {_SET_DURABLE} FROM (SELECT seq FROM jobs "
-                      f"WHERE job_id = %s AND status = '{records.HELD}' "
+                      f"WHERE job_id = %s AND fence = %s AND status = '{records.HELD}' "
                       "FOR UPDATE SKIP LOCKED) AS held WHERE jobs.seq = held.seq",
-    "delete_job": "DELETE FROM jobs WHERE job_id = %s",
+    "delete_job": "DELETE FROM jobs WHERE job_id = %s AND fence = %s",
     # Every node's jobs, newest first: a backward walk of the primary key, filtered (a filter
     # not asked for is NULL, so one statement serves every combination).
     "page_jobs": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE seq < %(before)s "
@@ -208,6 +246,28 @@ SQL = {
     "listen_cancels": f"LISTEN {CANCEL_CHANNEL}; LISTEN {HELD_CHANNEL}; LISTEN {TAKEN_CHANNEL}",
     "cancels_requested": "SELECT job_id FROM jobs WHERE node = %s AND finished_at IS NULL "
                          f"AND cancel_requested AND {_UNFINISHED} ORDER BY seq",
+    # Failover. A node is stranded once its lease has ended with unfinished jobs (those of
+    # the jobs_by_node index); its row is locked, only while its lease has still ended, by one
+    # taker at a time (SKIP LOCKED: another taker, or its own renewal under way, is never
+    # waited for); its jobs' rows are locked for the takeover's transaction, but those locked
+    # already, skipped till the next tick: a transaction the stranded node left open (paused,
+    # or cut off as it wrote) holds its locks until its session ends, and no taker waits on it.
+    "stranded": f"SELECT name FROM nodes WHERE {_NOW} > {_TAKEN_AFTER} AND EXISTS "
+                "(SELECT 1 FROM jobs WHERE jobs.node = nodes.name AND jobs.finished_at IS NULL "
+                f"AND jobs.{_UNFINISHED}) ORDER BY name",
+    "lock_ended_node": f"SELECT {_NOW} - {_TAKEN_AFTER} FROM nodes WHERE name = %s "
+                       f"AND {_NOW} > {_TAKEN_AFTER} FOR UPDATE SKIP LOCKED",
+    "unfinished_of_node": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE node = %s "
+                          f"AND finished_at IS NULL AND {_UNFINISHED} ORDER BY seq "
+                          "FOR UPDATE SKIP LOCKED",
+    "take_job": f"UPDATE jobs SET {_SET_DURABLE}, fence = fence + 1 WHERE job_id = %s "
+                "AND fence = %s",
+    "record_taken": "INSERT INTO takeovers (job_id, fence, node, gpu_id, prompt_id, taken_at) "
+                    f"VALUES (%s, %s, %s, %s, %s, {_NOW})",
+    "mark_taken_over": f"UPDATE nodes SET taken_over_at = {_NOW} WHERE name = %s",
+    "taken_from": "SELECT job_id, fence, gpu_id, prompt_id FROM takeovers WHERE node = %s "
+                  "ORDER BY taken_at, job_id",
+    "forget_taken": "DELETE FROM takeovers WHERE node = %s AND job_id = ANY(%s::text[])",
     "delete_workflows": "DELETE FROM workflows WHERE job_id = ANY(%s::text[])",
     "workflow": "SELECT body FROM workflows WHERE job_id = %s",
     "expired": "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < %s "
@@ -241,6 +301,16 @@ SQL = {
     "remove_asset_uses": "DELETE FROM asset_uses WHERE asset_id = %s",
     "file_held": "SELECT 1 FROM assets WHERE hash = %s LIMIT 1",
     "remove_file": "DELETE FROM asset_files WHERE hash = %s",
+    # A file's bytes: whether it has them, its row locked so that two nodes adding them at
+    # once write them once (the second finds them); each chunk; in order; gone with the row.
+    "file_has_bytes": "SELECT EXISTS (SELECT 1 FROM asset_chunks AS c WHERE c.hash = f.hash) "
+                      "FROM asset_files AS f WHERE f.hash = %s FOR UPDATE",
+    "add_chunk": "INSERT INTO asset_chunks (hash, n, bytes) VALUES (%s, %s, %b) "
+                 "ON CONFLICT (hash, n) DO NOTHING",
+    "file_chunks": "SELECT bytes FROM asset_chunks WHERE hash = %s ORDER BY n",
+    "remove_chunks": "DELETE FROM asset_chunks WHERE hash = %s",
+    "files_stored": "SELECT f.hash, EXISTS (SELECT 1 FROM asset_chunks AS c WHERE c.hash = f.hash) "
+                    "FROM asset_files AS f WHERE f.hash = ANY(%s::text[])",
     "files_unheld": "SELECT hash FROM asset_files AS f WHERE NOT EXISTS "
                     "(SELECT 1 FROM assets AS a WHERE a.hash = f.hash) LIMIT %s",
     "touch_asset": "UPDATE assets SET used_at = %s WHERE id = %s",
@@ -294,17 +364,22 @@ SQL = {
     "meta_set": "INSERT INTO meta (key, value) VALUES (%s, %s) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
     # the fleet's nodes: every time by the database's clock, never a host's
+    # A renewal reads (and ends) the mark of a takeover under the row's lock: one racing it
+    # waits for the takeover's commit, then sees the mark.
+    "node_taken_over": "SELECT taken_over_at FROM nodes WHERE name = %s FOR UPDATE",
     "renew_node": f"INSERT INTO nodes (name, advertise_url, started_at, renewed_at, lease_seconds, "
                   f"keys_hash, status) SELECT %(name)s, %(url)s, now, now, %(lease)s, %(keys)s, "
                   f"%(status)s FROM (SELECT {_NOW} AS now) AS clock ON CONFLICT (name) DO UPDATE SET "
                   "advertise_url = excluded.advertise_url, renewed_at = excluded.renewed_at, "
                   "lease_seconds = excluded.lease_seconds, keys_hash = excluded.keys_hash, "
                   "status = excluded.status, started_at = CASE WHEN %(first)s "
-                  "THEN excluded.started_at ELSE nodes.started_at END",
+                  "THEN excluded.started_at ELSE nodes.started_at END, taken_over_at = NULL, "
+                  "left_at = NULL",
     "all_nodes": "SELECT name, advertise_url, started_at, renewed_at, lease_seconds, keys_hash, "
                  f"status, {_NOW} - renewed_at FROM nodes ORDER BY name",
     # A second past the lease's end: no clock's resolution can show a node that left as live.
-    "leave_node": f"UPDATE nodes SET renewed_at = {_NOW} - lease_seconds - 1 WHERE name = %s",
+    "leave_node": f"UPDATE nodes SET renewed_at = {_NOW} - lease_seconds - 1, left_at = {_NOW} "
+                  "WHERE name = %s",
 }
 
 
@@ -395,7 +470,7 @@ class PostgresStorage:
                 raise SchemaTooNew(f"the database {self.name} was written by a newer Cylindria "
                                    f"(schema version {version}; this one knows up to "
                                    f"{SCHEMA_VERSION})")
-            for target in range(version + 1, SCHEMA_VERSION + 1):
+            for target in sorted(v for v in MIGRATIONS if version < v <= SCHEMA_VERSION):
                 logger.info("database %s: schema version %d", self.name, target)
                 for statement in MIGRATIONS[target]:
                     conn.execute(statement)
@@ -524,11 +599,13 @@ class PostgresJobRows(_Rows):
         return inserted[0]
 
     @_guarded
-    def update(self, job: Job, events: Iterable[OutboxRow] = ()) -> None:
+    def update(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
         with self._pool.connection() as conn:
-            conn.execute(SQL["update_job"], _durable(job))
+            if conn.execute(SQL["update_job"], _durable(job)).rowcount != 1:
+                return False
             _insert_events(conn, events)
             _notify_shared(conn, job)  # a job put back in the shared queue
+        return True
 
     @_guarded
     def claim_held(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
@@ -545,10 +622,12 @@ class PostgresJobRows(_Rows):
         return [records.to_job(row) for row in self._all("shared_held")]
 
     @_guarded
-    def delete(self, job_id: str) -> None:
+    def delete(self, job: Job) -> bool:
         with self._pool.connection() as conn:
-            conn.execute(SQL["delete_job"], (job_id,))
-            conn.execute(SQL["delete_workflows"], ([job_id],))
+            if conn.execute(SQL["delete_job"], (job.job_id, job.fence)).rowcount != 1:
+                return False
+            conn.execute(SQL["delete_workflows"], ([job.job_id],))
+        return True
 
     @_guarded
     def workflow(self, job_id: str) -> bytes | None:
@@ -592,6 +671,42 @@ class PostgresJobRows(_Rows):
     @_guarded
     def cancels_requested(self, node: str) -> list[str]:
         return [row[0] for row in self._all("cancels_requested", (node,))]
+
+    @_guarded
+    def stranded(self) -> list[str]:
+        return [row[0] for row in self._all("stranded")]
+
+    @_guarded
+    def take_over(self, node: str, rework: Rework) -> list[tuple[Job, Job]]:
+        changed = []
+        with self._pool.connection() as conn:
+            ended = conn.execute(SQL["lock_ended_node"], (node,)).fetchone()
+            if ended is None:
+                return []  # renewed meanwhile, or another node is taking it over
+            for row in conn.execute(SQL["unfinished_of_node"], (node,)).fetchall():
+                job = records.to_job(row)
+                decided = rework(job, ended[0])
+                if decided is None:
+                    continue
+                new, events = decided
+                conn.execute(SQL["take_job"], _durable(new))  # its row is locked: it lands
+                new.fence = job.fence + 1
+                conn.execute(SQL["record_taken"], (job.job_id, new.fence, node, job.gpu_id,
+                                                   job.prompt_id))
+                _insert_events(conn, events)
+                _notify_shared(conn, new)
+                changed.append((job, new))
+            if changed:
+                conn.execute(SQL["mark_taken_over"], (node,))
+        return changed
+
+    @_guarded
+    def taken_from(self, node: str) -> list[Taken]:
+        return [Taken(*row) for row in self._all("taken_from", (node,))]
+
+    @_guarded
+    def forget_taken(self, node: str, job_ids: Iterable[str]) -> None:
+        self._run("forget_taken", (node, list(job_ids)))
 
     @contextmanager
     def sweep_turn(self) -> Iterator[bool]:
@@ -646,8 +761,8 @@ def _notify_shared(conn: psycopg.Connection, job: Job) -> None:
 
 
 def _durable(job: Job) -> list:
-    """An update's parameters: the durable fields, then the job id."""
-    return records.values(job, records.DURABLE, flags_as_int=False) + [job.job_id]
+    """An update's parameters: the durable fields, then the job id and its fence."""
+    return records.values(job, records.DURABLE, flags_as_int=False) + [job.job_id, job.fence]
 
 
 def _delete_expired(conn: psycopg.Connection, statement: str, which, cutoff: float) -> Counter:
@@ -675,7 +790,9 @@ def _insert_events(conn: psycopg.Connection, events: Iterable[OutboxRow]) -> Non
 
 
 class PostgresAssetRows(_Rows):
-    """Asset rows."""
+    """Asset rows, and their files' bytes in asset_chunks."""
+
+    holds_bytes = True
 
     @_guarded
     def find(self, *, asset_id: str | None = None, hash_text: str | None = None,
@@ -686,8 +803,37 @@ class PostgresAssetRows(_Rows):
         return None if row is None else Asset(*row)
 
     @_guarded
-    def add_file(self, hash_text: str, size_bytes: int, content_type: str) -> None:
-        self._run("add_file", (hash_text, size_bytes, content_type))
+    def add_file(self, hash_text: str, size_bytes: int, content_type: str,
+                 content: Path | None = None) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(SQL["add_file"], (hash_text, size_bytes, content_type))
+            if content is None or conn.execute(SQL["file_has_bytes"], (hash_text,)).fetchone()[0]:
+                return
+            for n, chunk in enumerate(read_chunks(content)):
+                conn.execute(SQL["add_chunk"], (hash_text, n, chunk))
+
+    def read_file(self, hash_text: str) -> Iterator[bytes]:
+        # A generator: the connection is taken at the first chunk and held until the last
+        # (one transaction, so a removal meanwhile never cuts a file short), each chunk
+        # fetched on its own from a server-side cursor, in binary (no hex copy).
+        try:
+            with self._pool.connection() as conn, \
+                    conn.cursor(name="file_chunks", binary=True) as cursor:
+                cursor.execute(SQL["file_chunks"], (hash_text,))
+                found = False
+                while (row := cursor.fetchone()) is not None:
+                    found = True
+                    yield bytes(row[0])
+        except psycopg.OperationalError as exc:
+            raise self._health.failed(exc) from exc
+        self._health.succeeded()
+        if not found:
+            raise FileNotFoundError(f"the database {self._health.name} holds no bytes of "
+                                    f"{hash_text}")
+
+    @_guarded
+    def stored(self, hashes: list[str]) -> dict[str, bool]:
+        return dict(self._all("files_stored", (list(hashes),)))
 
     @_guarded
     def add(self, asset: Asset) -> None:
@@ -706,7 +852,9 @@ class PostgresAssetRows(_Rows):
 
     @_guarded
     def remove_file(self, hash_text: str) -> None:
-        self._run("remove_file", (hash_text,))
+        with self._pool.connection() as conn:
+            conn.execute(SQL["remove_chunks"], (hash_text,))
+            conn.execute(SQL["remove_file"], (hash_text,))
 
     @_guarded
     def files_unheld(self, limit: int) -> list[str]:
@@ -801,9 +949,13 @@ class PostgresNodeRows(_Rows):
 
     @_guarded
     def renew(self, name: str, advertise_url: str, lease_seconds: float, keys_hash: str,
-              status: str, first: bool = False) -> None:
-        self._run("renew_node", {"name": name, "url": advertise_url, "lease": lease_seconds,
-                                 "keys": keys_hash, "status": status, "first": first})
+              status: str, first: bool = False) -> bool:
+        with self._pool.connection() as conn:
+            mark = conn.execute(SQL["node_taken_over"], (name,)).fetchone()
+            conn.execute(SQL["renew_node"], {"name": name, "url": advertise_url,
+                                             "lease": lease_seconds, "keys": keys_hash,
+                                             "status": status, "first": first})
+        return mark is not None and mark[0] is not None
 
     @_guarded
     def all(self) -> list[NodeRow]:

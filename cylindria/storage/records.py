@@ -10,8 +10,10 @@ from comfy.jobs.job import FINISHED, Job, JobStatus
 COLUMNS = ("job_id", "gpu_id", "prompt_id", "fingerprint", "status", "number", "submitted_at",
            "started_at", "finished_at", "error", "outputs", "warnings", "cancel_requested",
            "nodes_done", "nodes_total", "auto", "priority", "attempts", "held_at", "labels",
-           "webhook", "submitted_by", "node")
-DURABLE = COLUMNS[1:]  # what an update writes (the job id names the row)
+           "webhook", "submitted_by", "node", "fence")
+# What an update writes: the job id names the row, and the fence (Job.fence) is the row's
+# owner token, which a write names and never sets (only a takeover raises it).
+DURABLE = COLUMNS[1:-1]
 JSON_COLUMNS = frozenset({"error", "outputs", "warnings", "labels"})
 FLAGS = frozenset({"cancel_requested", "auto"})
 FINISHED_VALUES = tuple(sorted(status.value for status in FINISHED))
@@ -55,9 +57,14 @@ WHOLE = {
     "events": Kind("webhook_outbox", EVENT_COLUMNS, "created_at, id"),
     "meta": Kind("meta", ("key", "value"), "key", f"key <> '{SCHEMA_VERSION_KEY}'"),
 }
+# The bytes of the asset files, in rows of (hash, n, bytes) of at most CHUNK_BYTES each: a
+# kind of its own, outside WHOLE, since only a store whose database holds the bytes
+# (AssetRows.holds_bytes) has their rows; `db copy` reads them with AssetRows.read_file.
+CHUNKS = "asset_chunks"
+CHUNK_BYTES = 1024 * 1024
 # The statement each backend writes a copied row of a kind with (jobs and meta: by the mode).
 WHOLE_WRITES = {"workflows": "whole_workflow", "asset_files": "add_file", "assets": "add_asset",
-                "asset_uses": "add_use", "events": "whole_event"}
+                "asset_uses": "add_use", "events": "whole_event", CHUNKS: "add_chunk"}
 # What a whole store holds, in one statement for both engines (run without parameters).
 COUNT_WHOLE = ("SELECT (SELECT COUNT(*) FROM jobs), "
                f"(SELECT COUNT(*) FROM jobs WHERE status = '{HELD}'), "
@@ -109,12 +116,12 @@ def to_job(row) -> Job:
     """A row of (seq, *COLUMNS) as a Job (positionally: a start loads every row through here)."""
     (seq, job_id, gpu_id, prompt_id, fingerprint, status, number, submitted_at, started_at,
      finished_at, error, outputs, warnings, cancel_requested, nodes_done, nodes_total,
-     auto, priority, attempts, held_at, labels, webhook, submitted_by, node) = row
+     auto, priority, attempts, held_at, labels, webhook, submitted_by, node, fence) = row
     return Job(job_id, gpu_id, prompt_id, fingerprint, STATUS[status], number, submitted_at,
                started_at, finished_at, _json_or_none(error),
                tuple(json.loads(outputs)) if outputs else (), _json_or_none(warnings),
                bool(cancel_requested), nodes_done, nodes_total, bool(auto), priority, attempts,
-               held_at, _json_or_none(labels), webhook, submitted_by, node, seq)
+               held_at, _json_or_none(labels), webhook, submitted_by, node, fence, seq)
 
 
 def retired_key(gpu_id: int | None, status: str) -> str:

@@ -17,16 +17,17 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from comfy.inputs.assets import Asset, SHARED
+from comfy.inputs.assetfiles import file_name, read_chunks
+from comfy.inputs.assets import SHARED, Asset
 from comfy.jobs.job import Job
 from comfy.private import private_dir, private_file, tighten
-from cylindria.storage import records
-from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, OutboxRow,
-                                        SchemaTooNew, StorageUnavailable, guarded_by)
+from cylindria.storage import ASSETS_DIR, records
+from cylindria.storage.interface import (Contents, Health, JobIdTaken, NodeRow, OutboxRow, Rework,
+                                        SchemaTooNew, StorageUnavailable, Taken, guarded_by)
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Seconds a statement waits for SQLite's write lock held by another connection (the webhook
 # sender's one-UPDATE tries, the retention sweep's batches of 200 rows: milliseconds each).
 # The store writes under its lock and nothing retries a failed commit (the state change would
@@ -39,6 +40,9 @@ _NOT_BUSY = ("id NOT IN (SELECT value FROM json_each(:skip)) "
              "AND job_id NOT IN (SELECT value FROM json_each(:jobs)) "
              "AND url NOT IN (SELECT value FROM json_each(:urls)) "
              "AND client NOT IN (SELECT value FROM json_each(:clients))")
+_SET_DURABLE = ", ".join(f"{name} = ?" for name in records.DURABLE)
+# When a node's jobs may be taken over (see the PostgreSQL backend).
+_TAKEN_AFTER = "MAX(renewed_at, COALESCE(left_at, renewed_at)) + lease_seconds"
 
 # One row per node (see the PostgreSQL backend's nodes table).
 NODES_COLUMNS = """
@@ -77,7 +81,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     labels TEXT,
     webhook TEXT,
     submitted_by TEXT,
-    node TEXT
+    node TEXT,
+    fence INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- The workflow of every job (the request body as received, credentials left out): a held
@@ -135,10 +140,24 @@ CREATE INDEX IF NOT EXISTS webhook_outbox_due_order ON webhook_outbox (due_at, i
     WHERE due_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS webhook_outbox_job ON webhook_outbox (job_id);
 -- The fleet (CONTRACT "A fleet"): on SQLite a fleet of one node, this one.
-CREATE TABLE IF NOT EXISTS nodes ({NODES});
+CREATE TABLE IF NOT EXISTS nodes ({NODES}, taken_over_at REAL, left_at REAL);
 CREATE INDEX IF NOT EXISTS jobs_by_node ON jobs (node) WHERE finished_at IS NULL;
+-- Failover (see the PostgreSQL backend's takeovers table): here the statements' shape only, a
+-- fleet of one takes nothing from another node.
+CREATE TABLE IF NOT EXISTS takeovers ({TAKEOVERS});
+CREATE INDEX IF NOT EXISTS takeovers_by_node ON takeovers (node);
 """
-SCHEMA = SCHEMA.replace("{NODES}", NODES_COLUMNS)
+# The jobs taken from a node whose lease ended (schema 4).
+TAKEOVERS_COLUMNS = """
+    job_id TEXT NOT NULL,
+    fence INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    gpu_id INTEGER,
+    prompt_id TEXT,
+    taken_at REAL NOT NULL,
+    PRIMARY KEY (job_id, fence)
+"""
+SCHEMA = SCHEMA.replace("{NODES}", NODES_COLUMNS).replace("{TAKEOVERS}", TAKEOVERS_COLUMNS)
 _SCHEMA_STATEMENTS = [s.strip() for s in SCHEMA.split(";") if s.strip()]
 JOBS_TABLE = _SCHEMA_STATEMENTS[0]
 # Version -> the statements that bring the schema of the version before to it.
@@ -150,6 +169,12 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     # sender claims nothing: see SqliteOutboxRows.claim).
     3: ("ALTER TABLE webhook_outbox ADD COLUMN claimed_by TEXT",
         "ALTER TABLE webhook_outbox ADD COLUMN claimed_until REAL"),
+    # Failover's fence, takeover mark and taken jobs (see the PostgreSQL backend's version 4).
+    4: ("ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE nodes ADD COLUMN taken_over_at REAL",
+        "ALTER TABLE nodes ADD COLUMN left_at REAL",
+        f"CREATE TABLE takeovers ({TAKEOVERS_COLUMNS})",
+        "CREATE INDEX takeovers_by_node ON takeovers (node)"),
 }
 
 # Every statement of this backend, by name.
@@ -174,11 +199,11 @@ SQL = {
     "insert_job": f"INSERT INTO jobs ({', '.join(records.COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(records.COLUMNS))})",
     "insert_workflow": "INSERT OR REPLACE INTO workflows (job_id, body) VALUES (?, ?)",
-    "update_job": f"UPDATE jobs SET {', '.join(f'{n} = ?' for n in records.DURABLE)} "
-                  "WHERE job_id = ?",
-    "claim_held_job": f"UPDATE jobs SET {', '.join(f'{n} = ?' for n in records.DURABLE)} "
-                      f"WHERE job_id = ? AND status = '{records.HELD}'",
-    "delete_job": "DELETE FROM jobs WHERE job_id = ?",
+    # Every write of a job names its fence (see the PostgreSQL backend).
+    "update_job": f"UPDATE jobs SET {_SET_DURABLE} WHERE job_id = ? AND fence = ?",
+    "claim_held_job": f"UPDATE jobs SET {_SET_DURABLE} WHERE job_id = ? AND fence = ? "
+                      f"AND status = '{records.HELD}'",
+    "delete_job": "DELETE FROM jobs WHERE job_id = ? AND fence = ?",
     # Newest first, filtered (a filter not asked for is NULL); the in-memory page is the
     # single host's listing, this one the same over the rows (a fleet of one).
     "page_jobs": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE seq < :before "
@@ -190,6 +215,22 @@ SQL = {
                       f"AND status NOT IN ({_FINISHED})",
     "cancels_requested": "SELECT job_id FROM jobs WHERE node = ? AND finished_at IS NULL "
                          f"AND cancel_requested AND status NOT IN ({_FINISHED}) ORDER BY seq",
+    # Failover, as on PostgreSQL (one writer at a time here: BEGIN IMMEDIATE is the lock).
+    "stranded": f"SELECT name FROM nodes WHERE :now > {_TAKEN_AFTER} AND EXISTS "
+                "(SELECT 1 FROM jobs WHERE jobs.node = nodes.name AND jobs.finished_at IS NULL "
+                f"AND jobs.status NOT IN ({_FINISHED})) ORDER BY name",
+    "ended_node": f"SELECT :now - {_TAKEN_AFTER} FROM nodes WHERE name = :name "
+                  f"AND :now > {_TAKEN_AFTER}",
+    "unfinished_of_node": f"SELECT seq, {', '.join(records.COLUMNS)} FROM jobs WHERE node = ? "
+                          f"AND finished_at IS NULL AND status NOT IN ({_FINISHED}) ORDER BY seq",
+    "take_job": f"UPDATE jobs SET {_SET_DURABLE}, fence = fence + 1 WHERE job_id = ? AND fence = ?",
+    "record_taken": "INSERT INTO takeovers (job_id, fence, node, gpu_id, prompt_id, taken_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+    "mark_taken_over": "UPDATE nodes SET taken_over_at = ? WHERE name = ?",
+    "taken_from": "SELECT job_id, fence, gpu_id, prompt_id FROM takeovers WHERE node = ? "
+                  "ORDER BY taken_at, job_id",
+    "forget_taken": "DELETE FROM takeovers WHERE node = ? AND job_id IN "
+                    "(SELECT value FROM json_each(?))",
     "delete_workflow": "DELETE FROM workflows WHERE job_id = ?",
     "workflow": "SELECT body FROM workflows WHERE job_id = ?",
     "expired": "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < ? "
@@ -218,6 +259,8 @@ SQL = {
     "remove_asset": "DELETE FROM assets WHERE id = ?",
     "remove_asset_uses": "DELETE FROM asset_uses WHERE asset_id = ?",
     "file_held": "SELECT 1 FROM assets WHERE hash = ? LIMIT 1",
+    "files_recorded": "SELECT hash FROM asset_files WHERE hash IN "
+                      "(SELECT value FROM json_each(?))",
     "remove_file": "DELETE FROM asset_files WHERE hash = ?",
     "files_unheld": "SELECT hash FROM asset_files WHERE hash NOT IN (SELECT hash FROM assets) "
                     "LIMIT ?",
@@ -260,16 +303,19 @@ SQL = {
                 "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     "meta_keep": "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
     # the fleet's nodes (here a fleet of one), timed by this host's clock, given as :now
+    "node_taken_over": "SELECT taken_over_at FROM nodes WHERE name = :name",
     "renew_node": "INSERT INTO nodes (name, advertise_url, started_at, renewed_at, lease_seconds, "
                   "keys_hash, status) VALUES (:name, :url, :now, :now, :lease, :keys, :status) "
                   "ON CONFLICT(name) DO UPDATE SET advertise_url = excluded.advertise_url, "
                   "renewed_at = excluded.renewed_at, lease_seconds = excluded.lease_seconds, "
                   "keys_hash = excluded.keys_hash, status = excluded.status, started_at = "
-                  "CASE WHEN :first THEN excluded.started_at ELSE nodes.started_at END",
+                  "CASE WHEN :first THEN excluded.started_at ELSE nodes.started_at END, "
+                  "taken_over_at = NULL, left_at = NULL",
     "all_nodes": "SELECT name, advertise_url, started_at, renewed_at, lease_seconds, keys_hash, "
                  "status, ? - renewed_at FROM nodes ORDER BY name",
     # A second past the lease's end: no clock's resolution can show a node that left as live.
-    "leave_node": "UPDATE nodes SET renewed_at = ? - lease_seconds - 1 WHERE name = ?",
+    "leave_node": "UPDATE nodes SET renewed_at = :now - lease_seconds - 1, left_at = :now "
+                  "WHERE name = :name",
     # Data dirs written before schemas had versions, brought to version 1 (once).
     "table_columns": "SELECT name FROM pragma_table_info(?)",
     "drop_old_indexes": "DROP INDEX IF EXISTS jobs_finished_at; "
@@ -284,6 +330,7 @@ SQL = {
     "add_webhook": "ALTER TABLE jobs ADD COLUMN webhook TEXT",
     "add_submitted_by": "ALTER TABLE jobs ADD COLUMN submitted_by TEXT",
     "add_node": "ALTER TABLE jobs ADD COLUMN node TEXT",
+    "add_fence": "ALTER TABLE jobs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0",
     # Assets from before owners: those stored so far are the shared ones.
     "unowned_assets_aside": "ALTER TABLE assets RENAME TO assets_unowned",
     "unowned_assets_back": "INSERT OR IGNORE INTO asset_files (hash, size_bytes, content_type) "
@@ -335,7 +382,8 @@ _guarded = guarded_by(sqlite3.OperationalError)
 class SqliteStorage:
     """Storage in one SQLite file (see cylindria.storage.interface.Storage)."""
 
-    def __init__(self, path: Path, retention: float | None = None):
+    def __init__(self, path: Path, retention: float | None = None, assets: Path | None = None):
+        """`assets`: the folder holding the asset files (default: `assets` beside the file)."""
         self.path = Path(path)
         self.name = str(self.path)
         self._make_private()
@@ -348,7 +396,7 @@ class SqliteStorage:
         self._connections = [writer]
         try:
             _migrate(writer.conn)
-            sweeper, assets, outbox, nodes = (self._open() for _ in range(4))
+            sweeper, asset_rows, outbox, nodes = (self._open() for _ in range(4))
             # The sweep's batches touch few pages once: a small cache keeps a sweep of a
             # million rows from leaving 2 MiB of pages behind in a process that runs for months.
             sweeper.conn.execute("PRAGMA cache_size = -256")
@@ -358,7 +406,8 @@ class SqliteStorage:
         self.meta = SqliteMeta(writer, self._health)
         self.jobs = SqliteJobRows(writer, sweeper, self.path, retention, self._health,
                                   self._connections)
-        self.assets = SqliteAssetRows(assets, self._health)
+        self.assets = SqliteAssetRows(asset_rows, self._health,
+                                      assets or self.path.parent / ASSETS_DIR)
         self.outbox = SqliteOutboxRows(outbox, self._health)
         self.whole = SqliteWholeRows(writer, self.path, self._health)
         self.nodes = SqliteNodeRows(nodes, self._health)
@@ -431,7 +480,7 @@ def _create(conn: sqlite3.Connection) -> None:
             _script(conn, "first_jobs_aside")
             conn.execute(JOBS_TABLE)
             _script(conn, "first_jobs_back")
-        for added in ("labels", "webhook", "submitted_by", "node"):
+        for added in ("labels", "webhook", "submitted_by", "node", "fence"):
             if jobs and "held_at" in jobs and added not in jobs:
                 conn.execute(SQL[f"add_{added}"])
         if "size_bytes" in assets:
@@ -527,20 +576,21 @@ class SqliteJobRows:
         return seq
 
     @_guarded
-    def update(self, job: Job, events: Iterable[OutboxRow] = ()) -> None:
-        row = records.values(job, records.DURABLE) + [job.job_id]
+    def update(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
+        row = _durable(job)
         events = list(events)
         if not events:
             with self._writer.lock:
-                self._writer.run("update_job", row)
-            return
+                return self._writer.run("update_job", row).rowcount == 1
         with self._writer.transaction() as tx:
-            tx.run("update_job", row)
+            if tx.run("update_job", row).rowcount != 1:
+                return False
             _insert_events(tx, events)
+        return True
 
     @_guarded
     def claim_held(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
-        row = records.values(job, records.DURABLE) + [job.job_id]
+        row = _durable(job)
         with self._writer.transaction() as tx:
             if tx.run("claim_held_job", row).rowcount != 1:
                 return False
@@ -551,10 +601,12 @@ class SqliteJobRows:
         return []  # one host's file: no other node, no shared queue
 
     @_guarded
-    def delete(self, job_id: str) -> None:
+    def delete(self, job: Job) -> bool:
         with self._writer.transaction() as tx:
-            tx.run("delete_job", (job_id,))
-            tx.run("delete_workflow", (job_id,))
+            if tx.run("delete_job", (job.job_id, job.fence)).rowcount != 1:
+                return False
+            tx.run("delete_workflow", (job.job_id,))
+        return True
 
     @_guarded
     def workflow(self, job_id: str) -> bytes | None:
@@ -604,6 +656,45 @@ class SqliteJobRows:
         with self._writer.lock:
             return [row[0] for row in self._writer.run("cancels_requested", (node,))]
 
+    @_guarded
+    def stranded(self) -> list[str]:
+        with self._writer.lock:
+            return [row[0] for row in self._writer.run("stranded", {"now": time.time()})]
+
+    @_guarded
+    def take_over(self, node: str, rework: Rework) -> list[tuple[Job, Job]]:
+        changed = []
+        with self._writer.transaction() as tx:
+            now = time.time()
+            ended = tx.run("ended_node", {"now": now, "name": node}).fetchone()
+            if ended is None:
+                return []  # renewed meanwhile
+            for row in tx.run("unfinished_of_node", (node,)).fetchall():
+                job = records.to_job(row)
+                decided = rework(job, ended[0])
+                if decided is None:
+                    continue
+                new, events = decided
+                tx.run("take_job", _durable(new))
+                new.fence = job.fence + 1
+                tx.run("record_taken", (job.job_id, new.fence, node, job.gpu_id, job.prompt_id,
+                                        now))
+                _insert_events(tx, events)
+                changed.append((job, new))
+            if changed:
+                tx.run("mark_taken_over", (now, node))
+        return changed
+
+    @_guarded
+    def taken_from(self, node: str) -> list[Taken]:
+        with self._writer.lock:
+            return [Taken(*row) for row in self._writer.run("taken_from", (node,))]
+
+    @_guarded
+    def forget_taken(self, node: str, job_ids: Iterable[str]) -> None:
+        with self._writer.lock:
+            self._writer.run("forget_taken", (node, json.dumps(list(job_ids))))
+
     def sweep_turn(self) -> nullcontext:
         """Always this host's turn: one Cylindria per file (the instance lock), one sweep in it."""
         return nullcontext(True)
@@ -631,6 +722,11 @@ def _delete_expired(tx: _Connection, statement: str, which, cutoff: float) -> Co
     return deleted
 
 
+def _durable(job: Job) -> list:
+    """An update's parameters: the durable fields, then the job id and its fence."""
+    return records.values(job, records.DURABLE) + [job.job_id, job.fence]
+
+
 def _insert_events(tx: _Connection, events: list[OutboxRow]) -> None:
     """Add events inside the caller's transaction."""
     for e in events:
@@ -639,10 +735,13 @@ def _insert_events(tx: _Connection, events: list[OutboxRow]) -> None:
 
 
 class SqliteAssetRows:
-    """Asset rows on a connection of their own."""
+    """Asset rows on a connection of their own; the files' bytes are in the data dir's asset
+    folder (one host's store: the asset store writes them there, this reads them)."""
 
-    def __init__(self, connection: _Connection, health: Health):
-        self._c, self._health = connection, health
+    holds_bytes = False
+
+    def __init__(self, connection: _Connection, health: Health, folder: Path):
+        self._c, self._health, self._folder = connection, health, Path(folder)
 
     @_guarded
     def find(self, *, asset_id: str | None = None, hash_text: str | None = None,
@@ -657,9 +756,20 @@ class SqliteAssetRows:
         return None if row is None else Asset(*row)
 
     @_guarded
-    def add_file(self, hash_text: str, size_bytes: int, content_type: str) -> None:
-        with self._c.lock:
+    def add_file(self, hash_text: str, size_bytes: int, content_type: str,
+                 content: Path | None = None) -> None:
+        with self._c.lock:  # the bytes: the folder's file, which the asset store keeps
             self._c.run("add_file", (hash_text, size_bytes, content_type))
+
+    def read_file(self, hash_text: str) -> Iterator[bytes]:
+        return read_chunks(self._folder / file_name(hash_text))
+
+    @_guarded
+    def stored(self, hashes: list[str]) -> dict[str, bool]:
+        with self._c.lock:
+            recorded = [row[0] for row in self._c.run("files_recorded", (json.dumps(hashes),))]
+        return {hash_text: (self._folder / file_name(hash_text)).is_file()
+                for hash_text in recorded}
 
     @_guarded
     def add(self, asset: Asset) -> None:
@@ -801,11 +911,13 @@ class SqliteNodeRows:
 
     @_guarded
     def renew(self, name: str, advertise_url: str, lease_seconds: float, keys_hash: str,
-              status: str, first: bool = False) -> None:
-        with self._c.lock:
-            self._c.run("renew_node", {"name": name, "url": advertise_url, "now": time.time(),
-                                       "lease": lease_seconds, "keys": keys_hash,
-                                       "status": status, "first": first})
+              status: str, first: bool = False) -> bool:
+        with self._c.transaction() as tx:
+            mark = tx.run("node_taken_over", {"name": name}).fetchone()
+            tx.run("renew_node", {"name": name, "url": advertise_url, "now": time.time(),
+                                  "lease": lease_seconds, "keys": keys_hash, "status": status,
+                                  "first": first})
+        return mark is not None and mark[0] is not None
 
     @_guarded
     def all(self) -> list[NodeRow]:
@@ -815,7 +927,7 @@ class SqliteNodeRows:
     @_guarded
     def leave(self, name: str) -> None:
         with self._c.lock:
-            self._c.run("leave_node", (time.time(), name))
+            self._c.run("leave_node", {"now": time.time(), "name": name})
 
 
 class SqliteWholeRows:

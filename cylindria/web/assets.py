@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
+from comfy.inputs.assetfiles import AssetUnavailable
 from comfy.inputs.assets import SHARED, Asset, AssetTooLarge, EmptyUpload, HashMismatch, UploadCut
 from comfy.comfyui.status import iso_time
 from cylindria.web import downloads
@@ -120,8 +121,13 @@ def content(asset_id: str):
 
 def asset_file(asset: Asset):
     """The response carrying an asset's bytes (Range and conditional requests answered),
-    sent by waitress's loop (cylindria/web/downloads.py)."""
-    return downloads.send_file(ctx().assets.path(asset), mimetype=asset.content_type,
+    sent by waitress's loop (cylindria/web/downloads.py) from this node's file, fetched from
+    the database first if another node uploaded it; 409 asset_on_other_node if it cannot be."""
+    try:
+        path = ctx().assets.local(asset)
+    except AssetUnavailable as exc:
+        raise ApiError(409, "asset_on_other_node", str(exc)) from None
+    return downloads.send_file(path, mimetype=asset.content_type,
                                download_name=asset.comfy_name, conditional=True,
                                etag=asset.hash[7:])
 

@@ -169,6 +169,12 @@ class Metrics:
         self.requeues = Counter("cylindria_job_requeues", "Jobs put back in Cylindria's queue "
                                 "because their ComfyUI stopped under them", ["gpu"],
                                 registry=self.registry)
+        # Labelled with this node's name, so that a fleet-wide Prometheus shows how the shared
+        # queue's jobs were spread over the nodes (their sum: the jobs the fleet took from it).
+        self.claims = Counter("cylindria_fleet_claims", "Jobs of the fleet's shared queue this "
+                              "node took for one of its GPUs (on SQLite: none)", ["node"],
+                              registry=self.registry).labels(context.config.node)
+        self._shared = context.storage is not None and context.storage.jobs.shared
         self.webhook_latency = Histogram(
             "cylindria_webhook_delivery_seconds", "From a job's status change to the delivery "
             "of its webhook event", buckets=WEBHOOK_BUCKETS,
@@ -247,6 +253,8 @@ class Metrics:
             return
         if old.status == JobStatus.HELD and new.status == JobStatus.SUBMITTING:
             self.sends.labels(_gpu_label(new.gpu_id)).inc()
+            if self._shared and old.node is None and old.auto:  # a claim of the shared queue
+                self.claims.inc()
             if old.held_at is not None:
                 self.held_seconds.observe(max(0.0, time.time() - old.held_at))
         elif new.status == JobStatus.HELD and new.attempts == old.attempts:

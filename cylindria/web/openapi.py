@@ -312,8 +312,10 @@ def _paths(gpus: int) -> dict:
                                    "file the client may not read; details: node_id, input), "
                                    "comfy_rejected (pinned job; details: a ComfyRejection)",
                               409: "job_id_conflict: the id is taken by another workflow; "
-                                   "asset_on_other_node: an asset uploaded to another node of "
-                                   "the fleet (not usable here yet)",
+                                   "asset_on_other_node: an asset whose file only the disk of "
+                                   "the node it was uploaded to holds (kept there before the "
+                                   "fleet's database held asset files, until that node's next "
+                                   "start)",
                               429: "too_many_requests (--rate-limit, or failed authentications), or "
                                    "queue_full: Cylindria's queue holds --max-queued jobs"})}}},
         "/jobstatus/{job_id}": {"get": {
@@ -413,7 +415,11 @@ def _paths(gpus: int) -> dict:
                     "*/*": {"schema": {"type": "string", "format": "binary"}}}},
                 "304": {"description": "Not modified"},
                 "416": {"description": "Range not satisfiable"},
-                **_errors(404)}}},
+                **_errors(404, 409, 503, text={
+                    409: "asset_on_other_node: its file is only on the disk of the node it "
+                         "was uploaded to (see startjob)",
+                    503: "database_unavailable: the file is not on this node, and the "
+                         "database it is fetched from cannot be reached"})}}},
         "/fleet": {"get": {
             "summary": "Every node of the fleet (the Cylindrias sharing this database; on "
                        "SQLite, this one) with its lease, GPUs and held jobs",

@@ -8,8 +8,9 @@ import logging
 
 from flask import Response
 
+from comfy.comfyui.outputs import ASK_TIMEOUT
 from comfy.jobs.job import Job
-from cylindria.fleet.peers import NodeUnreachable, body_chunks
+from cylindria.fleet.peers import NodeUnreachable, Peers, body_chunks
 from cylindria.web import downloads
 from cylindria.web.context import ctx
 from cylindria.web.errors import ApiError
@@ -19,6 +20,9 @@ logger = logging.getLogger(__name__)
 PASSED_HEADERS = ("Content-Range", "Accept-Ranges", "Content-Disposition")
 # Headers of an owner's error answer that belong to the error (its 416's size, its 503's wait).
 ERROR_HEADERS = ("Content-Range", "Retry-After")
+# An output's first byte: the owner's answer (206, or 416 for an empty file) names the whole
+# file's size in its Content-Range, as its ComfyUI told it; no endpoint of its own needed.
+FIRST_BYTE = "bytes=0-0"
 
 
 def remote_output(job: Job, index: int, byte_range: str | None) -> Response:
@@ -52,3 +56,20 @@ def owner_error(node: str, upstream) -> Exception:
     headers = {name: upstream.headers[name] for name in ERROR_HEADERS if name in upstream.headers}
     return ApiError(upstream.status_code, body["code"], str(body.get("error", "")),
                     body.get("details"), headers=headers)
+
+
+def remote_size(peers: Peers, job: Job, index: int) -> int | None:
+    """The size in bytes of output `index` of `job`, as the node holding it reads it (waited
+    for like a ComfyUI's HEAD /view: at most ASK_TIMEOUT); None when its answer does not say.
+    NodeUnreachable (or StorageUnavailable) when that node cannot be asked now."""
+    upstream = peers.output(job.node, job.job_id, index, FIRST_BYTE, read_timeout=ASK_TIMEOUT)
+    try:
+        if upstream.status_code in (206, 416):
+            total = upstream.headers.get("Content-Range", "").rpartition("/")[2]
+        elif upstream.status_code == 200:  # the whole file, a range ignored: its length
+            total = upstream.headers.get("Content-Length", "")
+        else:
+            total = ""
+    finally:
+        upstream.close()
+    return int(total) if total.isdigit() else None

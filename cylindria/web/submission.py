@@ -15,6 +15,7 @@ from functools import partial
 from flask import request
 
 from comfy.comfyui.catalogue import check_workflow, needs_of
+from comfy.inputs.assetfiles import AssetUnavailable
 from comfy.inputs.fileinputs import FileNotAllowed, check_files, merged, owns_output
 from comfy.inputs.placing import AssetNotFound, references, resolve
 from comfy.dispatch.submit import QueueFull, hold_job
@@ -51,6 +52,8 @@ def accepting(context, job_id: str, workflow: Workflow, gpu_id: int | None = Non
             yield uses_assets
         except AssetNotFound as exc:  # deleted while this submission was under way
             raise asset_missing(exc) from None
+        except AssetUnavailable as exc:  # its bytes could not be had when it was sent
+            raise ApiError(409, "asset_on_other_node", str(exc)) from None
 
 
 def check_file_inputs(context, job_id: str, workflow: Workflow, gpu_id: int | None) -> None:
@@ -102,18 +105,19 @@ def assets_held(context, job_id: str, workflow: Workflow):
 
 
 class AssetElsewhere(AssetNotFound):
-    """An asset whose row the fleet's database has but whose file this node does not: it
-    was uploaded to another node, and files do not travel between nodes yet."""
+    """An asset whose file this node neither has nor can fetch from the database: another
+    node kept it on its own disk before the fleet's database held asset files, and has not
+    shared it yet (it does at its next start)."""
 
 
 def note_assets(context, job_id: str, workflow: Workflow) -> None:
     """Record that this submission needs the assets its references name among those the
     client may see (AssetNotFound for the first it may not use, or one deleted meanwhile;
-    AssetElsewhere for one whose file another node holds)."""
+    AssetElsewhere for one whose file is only on another node's disk)."""
     resolved = resolve(workflow.prompt, context.assets, viewer())
     for (node_id, name), asset in resolved.items():
-        # No file and still a row (not deleted meanwhile): another node's upload.
-        if not context.assets.path(asset).is_file() and context.assets.get(asset.id) is not None:
+        # No bytes to be had and still a row (not deleted meanwhile): another node's file.
+        if not context.assets.available(asset) and context.assets.get(asset.id) is not None:
             raise AssetElsewhere(node_id, name, workflow.prompt[node_id]["inputs"][name]["info"])
     gone = context.assets.use(job_id, workflow.fingerprint, resolved.values())
     for (node_id, name), asset in resolved.items():
@@ -131,14 +135,15 @@ def retried(context, job_id: str) -> bool:
 
 
 def asset_missing(exc: AssetNotFound) -> ApiError:
-    """400 asset_not_found naming the reference; 409 asset_on_other_node for an asset
-    uploaded to another node of the fleet."""
+    """400 asset_not_found naming the reference; 409 asset_on_other_node for an asset whose
+    file only another node's disk holds."""
     details = {"node_id": exc.node_id, "input": exc.input, "info": exc.info}
     if isinstance(exc, AssetElsewhere):
         return ApiError(409, "asset_on_other_node", f"node {exc.node_id} input {exc.input} "
-                        "refers to an asset uploaded to another node of the fleet: its file is "
-                        "not on this node, and assets do not move between nodes yet (upload it "
-                        "to this node, or pin the job to the node it was uploaded to)", details)
+                        "refers to an asset whose file is only on the disk of the node it was "
+                        "uploaded to (kept there before the fleet's database held asset files; "
+                        "that node writes it to the database at its next start): upload it "
+                        "again, or pin the job to that node", details)
     return ApiError(400, "asset_not_found", f"node {exc.node_id} input {exc.input} refers to an "
                     "asset Cylindria does not hold", details)
 

@@ -22,13 +22,13 @@ class EncodedViews:
         self._lock = threading.Lock()  # for writers; a read is one atomic dict lookup
 
     def body(self, job: Job, held_position: int | None, webhook: dict | None) -> bytes:
-        """The job's view as JSON."""
+        """The job's view as JSON, ending in a newline as every other JSON answer does."""
         if job.status is JobStatus.HELD or job.webhook:
-            return to_json(job_view(job, held_position, webhook))
+            return to_json(job_view(job, held_position, webhook)) + b"\n"
         kept = self._bodies.get(job.job_id)
         if kept is not None and kept[0] is job:  # the record itself, not an equal one
             return kept[1]
-        body = to_json(job_view(job))
+        body = to_json(job_view(job)) + b"\n"
         with self._lock:
             self._bodies.pop(job.job_id, None)
             if len(self._bodies) >= self.size:

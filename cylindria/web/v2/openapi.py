@@ -29,7 +29,9 @@ ERROR_TEXT = {400: "invalid_request (a field or parameter of the wrong shape), i
                    "invalid_webhook",
               401: "unauthorized: missing or wrong key (Authorization: Bearer <key>)",
               403: "forbidden", 404: "not_found (blob_not_found for from-hash)",
-              405: "method not allowed", 409: "hash_mismatch, or asset_in_use",
+              405: "method not allowed",
+              409: "hash_mismatch, asset_in_use, or asset_on_other_node (an asset whose file "
+                   "only the disk of the node it was uploaded to holds)",
               413: "payload_too_large, or asset_too_large",
               416: "range_not_satisfiable",
               422: "invalid_workflow, workflow_format_ui, missing_asset, file_not_allowed, "
@@ -235,7 +237,7 @@ def paths(prefix: str = "/api/v2") -> dict:
             "responses": {"200": {"description": "The file", "content": BINARY},
                           "206": {"description": "Part of the file", "content": BINARY},
                           "304": {"description": "Not modified"},
-                          **_errors(404, 416, 502, 503)}}},
+                          **_errors(404, 409, 416, 502, 503)}}},
         f"{prefix}/health": {"get": {
             "summary": "v2: the process is alive (no key)", "tags": ["Comfy API v2"],
             "security": [], "responses": {"200": _json("V2Health", "Alive")}}},

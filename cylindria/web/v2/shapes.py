@@ -15,8 +15,11 @@ from comfy.tracking.gone import gpu_at
 from comfy.jobs.job import Job, JobStatus
 from comfy.comfyui.outputs import content_type, kind
 from comfy.comfyui.status import iso_time
+from cylindria.fleet.peers import NodeUnreachable
+from cylindria.storage import StorageUnavailable
 from cylindria.web.context import ctx
 from cylindria.web.lookup import held_elsewhere
+from cylindria.web.remote import remote_size
 from cylindria.web.views import queue_position
 
 PREFIX = "/api/v2"
@@ -94,16 +97,25 @@ class Shapes:
     def output(self, job: Job, index: int) -> dict:
         """One output, as the job lists it and as its `output` event carries it."""
         output = job.outputs[index]
-        # Another node's output is not in this node's ComfyUI (a file of the same name there
-        # is another file): its size reads unknown here.
-        gpu = None if held_elsewhere(job, self.context) else gpu_at(self.gpus, job.gpu_id)
-        size = self.sizes.size(gpu, job.job_id, output)
+        size = self.size(job, index)
         asset_id = output_id(job.job_id, index)
         return {"node_id": str(output["node_id"]), "name": output["filename"],
                 "type": kind(output["filename"]), "content_type": content_type(output["filename"]),
                 "size_bytes": size or 0, "id": asset_id, "hash": None,
                 "url": f"{self.base}/assets/{asset_id}/content",
                 "url_expires_at": iso_time(self.expires(job)), "job_id": job.job_id}
+
+    def size(self, job: Job, index: int) -> int | None:
+        """Output `index`'s size: asked of this node's ComfyUI, or, for a job another node
+        holds, of that node (a file of the same name in this node's ComfyUI is another file);
+        None while neither can say."""
+        output = job.outputs[index]
+        if not held_elsewhere(job, self.context):
+            return self.sizes.size(gpu_at(self.gpus, job.gpu_id), job.job_id, output)
+        peers = (self.context or ctx()).peers
+        return self.sizes.asked(("node", job.node), job.job_id, output,
+                                lambda: remote_size(peers, job, index),
+                                failures=(NodeUnreachable, StorageUnavailable))
 
     def output_asset(self, job: Job, index: int) -> dict:
         """An output read as an asset (GET /assets/{id})."""
