@@ -7,7 +7,8 @@ loopback receiver.
 
 Faults under the load: ComfyUIs killed and restarted, websockets dropped, nodes SIGKILLed and
 started again (at once, within their lease; after it ran out; after the jobs pinned to them
-waited --requeue-wait too), nodes SIGSTOPped (within their lease, and past it). Throughout,
+waited --requeue-wait too), nodes SIGSTOPped (within their lease, and past it), and (--soak)
+two nodes gone at once while the third's ComfyUI dies. Throughout,
 every node answers for every acknowledged job (a client's read of one is never a 404). After
 each fault: no job stays unfinished once its prompt is gone from ComfyUI. At the end:
 every acknowledged job reached its true final status (`lost` only where a fault of a ComfyUI
@@ -26,6 +27,7 @@ import random
 import re
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 
 import requests
@@ -50,7 +52,7 @@ AUTO_SHARE = 0.6  # of fresh jobs sent GpuId=auto; the others pinned to one node
 KIND_WEIGHTS, SLOW_SECONDS = (60, 10, 20, 10), 20.0
 NODE_TIMEOUT = 5.0  # seconds a client waits for one node before it asks the next
 RETRY_PAUSE = 0.2  # seconds between a client's tries on successive nodes
-CLIENTS = {False: 10, True: 16}  # client threads (short form, --soak)
+CLIENTS = {False: 10, True: 32}  # client threads (short form, --soak)
 PAUSE = 0.2  # seconds each client waits between two operations
 SOAK_ROUNDS, SOAK_SECONDS = 3, 180.0
 GAP = {False: 4.0, True: 3.0}  # seconds of load between two faults: new jobs in every state
@@ -229,6 +231,12 @@ class FleetFaults(ComfyFaults):
             for n in self.fakes_of(name):
                 self.epoch_marks[n].append(len(self.fakes[n].prompts_received()))
 
+    def at_once(self, *faults) -> None:
+        """Several faults at the same time, each on its own thread; returns once all are over
+        (raising what any of them raised)."""
+        with ThreadPoolExecutor(len(faults)) as pool:
+            list(pool.map(lambda fault: fault(), faults))
+
     @cached_property
     def received(self) -> dict[str, list[tuple[int, str]]]:
         """job id -> (fake index, prompt id) of every prompt a fake accepted for it (read once,
@@ -286,7 +294,12 @@ def run_faults(faults: FleetFaults, soak: bool) -> None:
                       lambda: faults.pause_node(other, WITHIN_LEASE),
                       lambda: faults.kill_node(name, PAST_LEASE),
                       lambda: faults.pause_node(other, PAST_LEASE),
-                      lambda: faults.kill_node(third, PAST_REQUEUE)):
+                      lambda: faults.kill_node(third, PAST_REQUEUE),
+                      # Two nodes gone at once: the third takes both over, while its own
+                      # ComfyUI dies under it too.
+                      lambda: faults.at_once(lambda: faults.kill_node(name, PAST_LEASE),
+                                             lambda: faults.pause_node(other, PAST_LEASE),
+                                             lambda: faults.kill_comfy_of(third, 0))):
             time.sleep(GAP[soak])
             fault()
             faults.check()
@@ -389,7 +402,8 @@ def test_the_fleet_loses_nothing_and_reports_each_job_once(start_node, soak):
                   jobs_reported_twice=len(twice), untolerated_5xx=len(load.untolerated),
                   jobs_unacknowledged=len([j for j in load.sent if j in jobs
                                            and j not in load.accepted]),
-                  webhook_requests=len(receiver.received)))
+                  webhook_requests=len(receiver.received),
+                  jobs_sent_to_comfy_again=sum(len(p) > 1 for p in faults.received.values())))
     assert load.problems == []
     assert load.untolerated == []
     assert missing == [], evidence(nodes, missing)
