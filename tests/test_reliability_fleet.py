@@ -62,6 +62,7 @@ PAST_REQUEUE = LEASE + REQUEUE_WAIT + 3.0  # ... and the jobs pinned to it wait 
 LEASE_MARGIN = 1.0  # an outage this close to the lease is counted as past it (lenient)
 FINAL_WAIT = {False: 60, True: 180}  # seconds for every job, then every webhook, to end
 FINAL_EVENTS = {f"job.{status}" for status in FINAL}
+MAX_ATTEMPTS = 3  # the nodes' --max-attempts (its default)
 
 
 def gpu_param(gpu: str, node: str) -> str:
@@ -248,17 +249,23 @@ class FleetFaults(ComfyFaults):
         return found
 
     def lost_ok(self, job: dict) -> bool:
-        """`lost` only for a job that a ComfyUI it used (or was pinned to) lost by a kill after
-        the job's submission, or whose node was gone past its lease since then."""
+        """`lost` only for a job sent MAX_ATTEMPTS times, each time lost by a fault since its
+        submission (a kill of a ComfyUI that had it, its node gone past its lease), or for
+        one pinned to a node gone past its lease (and --requeue-wait) since."""
         since = epoch_seconds(job["submitted_at"]) - 1.0
         used = {n for n, _ in self.received.get(job["job_id"], [])}
-        gpu = self.load.sent.get(job["job_id"], ("", "auto"))[1]
-        if gpu != "auto":
-            node, _, index = gpu.partition(":")
-            used.add(self.index[(node, int(index))])
         nodes = {node for (node, _), n in self.index.items() if n in used}
-        return any(kill >= since for n in used for kill in self.kills[n]) or \
-            any(past and ended >= since for node in nodes for _, ended, past in self.outages[node])
+        gpu = self.load.sent.get(job["job_id"], ("", "auto"))[1]
+        pinned = None if gpu == "auto" else gpu.partition(":")[0]
+        if pinned is not None and self.gone_since(pinned, since):
+            return True
+        return job["attempts"] >= MAX_ATTEMPTS and (
+            any(kill >= since for n in used for kill in self.kills[n])
+            or any(self.gone_since(node, since) for node in nodes))
+
+    def gone_since(self, node: str, since: float) -> bool:
+        """Whether the node was gone past its lease after `since`."""
+        return any(past and ended >= since for _, ended, past in self.outages[node])
 
     def ran_twice(self) -> dict[str, list]:
         """Jobs with two prompts in lives of their ComfyUIs that no fault ended: GPU work done
