@@ -28,6 +28,7 @@ import re
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from functools import cached_property
 
 import requests
@@ -43,7 +44,8 @@ from tests.webhook_receiver import Receiver
 
 NODES, GPUS = ("a", "b", "c"), 2
 LEASE = 6.0  # seconds: long enough for a SIGKILLed node to be started again within it
-REQUEUE_WAIT = 5.0  # seconds a job pinned to a node gone past its lease waits for it
+RENEW_EVERY = 2.0  # seconds between a node's renewals: its lease ends this much sooner at most
+REQUEUE_WAIT = 8.0  # seconds a job pinned to a node whose lease ended waits for it
 FLAGS = ("--node-lease", f"{LEASE:g}s", "--requeue-wait", f"{REQUEUE_WAIT:g}",
          "--webhook-allow-private")
 AUTO_SHARE = 0.6  # of fresh jobs sent GpuId=auto; the others pinned to one node's GPU
@@ -56,10 +58,16 @@ CLIENTS = {False: 10, True: 32}  # client threads (short form, --soak)
 PAUSE = 0.2  # seconds each client waits between two operations
 SOAK_ROUNDS, SOAK_SECONDS = 3, 180.0
 GAP = {False: 4.0, True: 3.0}  # seconds of load between two faults: new jobs in every state
+BUSY = 2.0  # seconds a node's ComfyUIs hold their prompts before it is gone past its lease
 WITHIN_LEASE = 3.0  # seconds a node stays SIGSTOPped: its lease holds throughout
-PAST_LEASE = LEASE + 3.0  # seconds a node stays down or SIGSTOPped: its lease runs out
+PAST_LEASE = LEASE + 2.0  # seconds a node stays down or SIGSTOPped: its lease runs out, and
+# the jobs pinned to it still wait (their wait ends RENEW_EVERY + REQUEUE_WAIT - 2 s later)
 PAST_REQUEUE = LEASE + REQUEUE_WAIT + 3.0  # ... and the jobs pinned to it wait no longer
-LEASE_MARGIN = 1.0  # an outage this close to the lease is counted as past it (lenient)
+# How long a node must be gone (as the test measures it: from the fault to its first answer
+# after it) for its lease to have ended, and for its pinned jobs' wait too, with a second to
+# spare in the lenient direction: a shorter outage explains neither.
+LEASE_ENDS_AFTER = LEASE - RENEW_EVERY - 1.0
+PINNED_LOST_AFTER = LEASE - RENEW_EVERY + REQUEUE_WAIT - 1.0
 FINAL_WAIT = {False: 60, True: 180}  # seconds for every job, then every webhook, to end
 FINAL_EVENTS = {f"job.{status}" for status in FINAL}
 MAX_ATTEMPTS = 3  # the nodes' --max-attempts (its default)
@@ -183,7 +191,8 @@ class FleetFaults(ComfyFaults):
         self.index = {(name, gpu): n for n, (name, gpu) in enumerate(
             (name, gpu) for name, node in nodes.items() for gpu in range(len(node.fakes)))}
         super().__init__([fake for node in nodes.values() for fake in node.fakes], load)
-        self.outages: dict[str, list[tuple[float, float, bool]]] = {name: [] for name in nodes}
+        self.outages: dict[str, list[tuple[float, float]]] = {name: [] for name in nodes}
+        # ... each (when it ended, seconds it lasted)
         self.gone: list[str] = []  # each outage: node, kind, seconds (for the figures)
 
     @property
@@ -199,33 +208,51 @@ class FleetFaults(ComfyFaults):
         """Kill one node's ComfyUI and start it again (its queue and history gone)."""
         self.kill_comfy(self.index[(name, gpu)])
 
-    def kill_node(self, name: str, down_seconds: float = 0.0) -> None:
-        """SIGKILL a node mid-load; start it again under its name after `down_seconds`."""
-        node, began = self.nodes[name], time.time()
-        self.load.down.add(name)
-        node.kill()
-        time.sleep(down_seconds)
-        node.start()
-        self.back(name, began, "kill")
+    def kill_node(self, name: str, down_seconds: float = 0.0, busy: float = 0.0) -> None:
+        """SIGKILL a node mid-load (`busy`: see `held`); start it again under its name after
+        `down_seconds`."""
+        with self.held(name, busy):
+            node, began = self.nodes[name], time.time()
+            self.load.down.add(name)
+            node.kill()
+            time.sleep(down_seconds)
+            node.start()
+            self.back(name, began, "kill")
 
-    def pause_node(self, name: str, seconds: float) -> None:
-        """SIGSTOP a node mid-load (its sockets and database sessions stay open), SIGCONT it
-        after `seconds`."""
-        node, began = self.nodes[name], time.time()
-        self.load.down.add(name)
-        node.pause()
-        time.sleep(seconds)
-        node.resume()
-        wait_for(lambda: Api(node.url).get("/health", timeout=5).status_code == 200,
-                 message=f"{name} to answer again")
-        self.back(name, began, "pause")
+    def pause_node(self, name: str, seconds: float, busy: float = 0.0) -> None:
+        """SIGSTOP a node mid-load (its sockets and database sessions stay open; `busy`: see
+        `held`), SIGCONT it after `seconds`."""
+        with self.held(name, busy):
+            node, began = self.nodes[name], time.time()
+            self.load.down.add(name)
+            node.pause()
+            time.sleep(seconds)
+            node.resume()
+            wait_for(lambda: Api(node.url).get("/health", timeout=5).status_code == 200,
+                     message=f"{name} to answer again")
+            self.back(name, began, "pause")
+
+    @contextmanager
+    def held(self, name: str, seconds: float):
+        """With `seconds`, the node's ComfyUIs start nothing new from `seconds` before the
+        fault until it is over (as GPUs busy with long work): it strikes a node with jobs
+        queued, pinned and GpuId=auto alike, not one that happens to be idle."""
+        fakes = [self.fakes[n] for n in self.fakes_of(name)] if seconds else []
+        for fake in fakes:
+            fake.hold = True
+        try:
+            time.sleep(seconds)
+            yield
+        finally:
+            for fake in fakes:
+                fake.hold = False
 
     def back(self, name: str, began: float, kind: str) -> None:
         """A node is up again: note how long it was gone, and whether past its lease."""
         ended = time.time()
         self.load.down.discard(name)
-        past = ended - began > LEASE - LEASE_MARGIN
-        self.outages[name].append((began, ended, past))
+        past = ended - began > LEASE_ENDS_AFTER
+        self.outages[name].append((ended, ended - began))
         self.counts[f"node_{kind}s_{'past' if past else 'within'}_lease"] += 1
         self.gone.append(f"{name} {kind} {ended - began:.1f}s")
         if past:  # its jobs may have run elsewhere meanwhile, and on here before it learnt so
@@ -251,21 +278,23 @@ class FleetFaults(ComfyFaults):
     def lost_ok(self, job: dict) -> bool:
         """`lost` only for a job sent MAX_ATTEMPTS times, each time lost by a fault since its
         submission (a kill of a ComfyUI that had it, its node gone past its lease), or for
-        one pinned to a node gone past its lease (and --requeue-wait) since."""
+        one pinned to a node gone past its lease and --requeue-wait since."""
         since = epoch_seconds(job["submitted_at"]) - 1.0
         used = {n for n, _ in self.received.get(job["job_id"], [])}
         nodes = {node for (node, _), n in self.index.items() if n in used}
         gpu = self.load.sent.get(job["job_id"], ("", "auto"))[1]
         pinned = None if gpu == "auto" else gpu.partition(":")[0]
-        if pinned is not None and self.gone_since(pinned, since):
+        if pinned is not None and self.gone_since(pinned, since, PINNED_LOST_AFTER):
             return True
         return job["attempts"] >= MAX_ATTEMPTS and (
             any(kill >= since for n in used for kill in self.kills[n])
-            or any(self.gone_since(node, since) for node in nodes))
+            or any(self.gone_since(node, since, LEASE_ENDS_AFTER) for node in nodes))
 
-    def gone_since(self, node: str, since: float) -> bool:
-        """Whether the node was gone past its lease after `since`."""
-        return any(past and ended >= since for _, ended, past in self.outages[node])
+    def gone_since(self, node: str, since: float, longer_than: float) -> bool:
+        """Whether the node was gone for longer than that, in an outage that ended after
+        `since`."""
+        return any(ended >= since and seconds > longer_than
+                   for ended, seconds in self.outages[node])
 
     def ran_twice(self) -> dict[str, list]:
         """Jobs with two prompts in lives of their ComfyUIs that no fault ended: GPU work done
@@ -286,7 +315,7 @@ def run_faults(faults: FleetFaults, soak: bool) -> None:
     SOAK_SECONDS at least."""
     if not soak:
         for fault in (lambda: faults.kill_comfy_of("b", 1), faults.drop_websockets,
-                      lambda: faults.kill_node("c", PAST_LEASE)):
+                      lambda: faults.kill_node("c", PAST_LEASE, busy=BUSY)):
             time.sleep(GAP[soak])
             fault()
             faults.check()
@@ -299,13 +328,13 @@ def run_faults(faults: FleetFaults, soak: bool) -> None:
                       faults.drop_websockets,
                       lambda: faults.kill_node(name),
                       lambda: faults.pause_node(other, WITHIN_LEASE),
-                      lambda: faults.kill_node(name, PAST_LEASE),
-                      lambda: faults.pause_node(other, PAST_LEASE),
-                      lambda: faults.kill_node(third, PAST_REQUEUE),
+                      lambda: faults.kill_node(name, PAST_LEASE, busy=BUSY),
+                      lambda: faults.pause_node(other, PAST_LEASE, busy=BUSY),
+                      lambda: faults.kill_node(third, PAST_REQUEUE, busy=BUSY),
                       # Two nodes gone at once: the third takes both over, while its own
                       # ComfyUI dies under it too.
-                      lambda: faults.at_once(lambda: faults.kill_node(name, PAST_LEASE),
-                                             lambda: faults.pause_node(other, PAST_LEASE),
+                      lambda: faults.at_once(lambda: faults.kill_node(name, PAST_LEASE, BUSY),
+                                             lambda: faults.pause_node(other, PAST_LEASE, BUSY),
                                              lambda: faults.kill_comfy_of(third, 0))):
             time.sleep(GAP[soak])
             fault()
