@@ -211,26 +211,30 @@ class FleetFaults(ComfyFaults):
     def kill_node(self, name: str, down_seconds: float = 0.0, busy: float = 0.0) -> None:
         """SIGKILL a node mid-load (`busy`: see `held`); start it again under its name after
         `down_seconds`."""
-        with self.held(name, busy):
-            node, began = self.nodes[name], time.time()
-            self.load.down.add(name)
-            node.kill()
-            time.sleep(down_seconds)
-            node.start()
-            self.back(name, began, "kill")
+        node = self.nodes[name]
+        self.gone_for(name, "kill", node.kill, down_seconds, node.start, busy)
 
     def pause_node(self, name: str, seconds: float, busy: float = 0.0) -> None:
         """SIGSTOP a node mid-load (its sockets and database sessions stay open; `busy`: see
         `held`), SIGCONT it after `seconds`."""
-        with self.held(name, busy):
-            node, began = self.nodes[name], time.time()
-            self.load.down.add(name)
-            node.pause()
-            time.sleep(seconds)
+        node = self.nodes[name]
+
+        def resume() -> None:
             node.resume()
             wait_for(lambda: Api(node.url).get("/health", timeout=5).status_code == 200,
                      message=f"{name} to answer again")
-            self.back(name, began, "pause")
+        self.gone_for(name, "pause", node.pause, seconds, resume, busy)
+
+    def gone_for(self, name: str, kind: str, leave, seconds: float, come_back,
+                 busy: float) -> None:
+        """A node gone (`leave`) for `seconds`, then back (`come_back`), the outage noted."""
+        with self.held(name, busy):
+            began = time.time()
+            self.load.down.add(name)
+            leave()
+            time.sleep(seconds)
+            come_back()
+            self.back(name, began, kind)
 
     @contextmanager
     def held(self, name: str, seconds: float):
