@@ -14,7 +14,8 @@ each fault: no job stays unfinished once its prompt is gone from ComfyUI. At the
 every acknowledged job reached its true final status (`lost` only where a fault of a ComfyUI
 or node it used explains it), every node lists the same, each job's final webhook event came
 under one event id (at-least-once delivery may repeat that id, never send a second event),
-and no answer was a 5xx other than 503 with Retry-After.
+and no answer was a 5xx other than 503 with Retry-After (as the clients saw them, and as
+every node logged its answers, those to a client that had given up waiting included).
 
 The normal suite runs a short form (a few faults, one of a node); `pytest --soak` runs rounds
 of every fault on every node for SOAK_SECONDS at least.
@@ -35,7 +36,7 @@ import requests
 
 from tests.helpers import Api, wait_for
 from tests.processes import CylindriaProcess
-from tests.test_reliability_database import threads_alive
+from tests.test_reliability_database import DEAD_THREAD_SIGNS, threads_alive
 from tests.test_reliability_faults import UNFINISHED, ComfyFaults, duplicates_within_a_life
 from tests.test_reliability_load import (FINAL, RECONNECT_WAIT, TRUE_END, LoadRun, Target, _code,
                                          all_jobs, check_final, epoch_seconds, figures,
@@ -43,7 +44,7 @@ from tests.test_reliability_load import (FINAL, RECONNECT_WAIT, TRUE_END, LoadRu
 from tests.webhook_receiver import Receiver
 
 NODES, GPUS = ("a", "b", "c"), 2
-LEASE = 6.0  # seconds: long enough for a SIGKILLed node to be started again within it
+LEASE = 8.0  # seconds: long enough for a SIGKILLed node to be started again within it
 RENEW_EVERY = 2.0  # seconds between a node's renewals: its lease ends this much sooner at most
 REQUEUE_WAIT = 8.0  # seconds a job pinned to a node whose lease ended waits for it
 FLAGS = ("--node-lease", f"{LEASE:g}s", "--requeue-wait", f"{REQUEUE_WAIT:g}",
@@ -61,7 +62,7 @@ GAP = {False: 4.0, True: 3.0}  # seconds of load between two faults: new jobs in
 BUSY = 2.0  # seconds a node's ComfyUIs hold their prompts before it is gone past its lease
 WITHIN_LEASE = 3.0  # seconds a node stays SIGSTOPped: its lease holds throughout
 PAST_LEASE = LEASE + 2.0  # seconds a node stays down or SIGSTOPped: its lease runs out, and
-# the jobs pinned to it still wait (their wait ends RENEW_EVERY + REQUEUE_WAIT - 2 s later)
+# the jobs pinned to it still wait (REQUEUE_WAIT - RENEW_EVERY - 2 s longer at the least)
 PAST_REQUEUE = LEASE + REQUEUE_WAIT + 3.0  # ... and the jobs pinned to it wait no longer
 # How long a node must be gone (as the test measures it: from the fault to its first answer
 # after it) for its lease to have ended, and for its pinned jobs' wait too, with a second to
@@ -70,6 +71,7 @@ LEASE_ENDS_AFTER = LEASE - RENEW_EVERY - 1.0
 PINNED_LOST_AFTER = LEASE - RENEW_EVERY + REQUEUE_WAIT - 1.0
 FINAL_WAIT = {False: 60, True: 180}  # seconds for every job, then every webhook, to end
 FINAL_EVENTS = {f"job.{status}" for status in FINAL}
+ACCESS = re.compile(r"cylindria\.access: \S+ \S+ (?P<status>\d{3}) ")  # a node's access log line
 MAX_ATTEMPTS = 3  # the nodes' --max-attempts (its default)
 
 
@@ -384,6 +386,19 @@ def unacknowledged(load: FleetLoad, jobs: dict[str, dict], lost_ok) -> dict[str,
             and not (jobs[job_id]["status"] == "lost" and lost_ok(jobs[job_id]))}
 
 
+def served_badly(nodes: dict[str, CylindriaProcess]) -> list[str]:
+    """Every 5xx but 503 a node answered (its access log: also those whose client had given up
+    waiting, which the clients cannot count), and every error it logged with a traceback."""
+    found = []
+    for name, node in nodes.items():
+        for line in node.log().splitlines():
+            answer = ACCESS.search(line)
+            if answer and answer["status"] >= "500" and answer["status"] != "503" or \
+                    any(sign in line for sign in DEAD_THREAD_SIGNS):
+                found.append(f"[{name}] {line}")
+    return found
+
+
 def all_live(node: CylindriaProcess) -> bool:
     """Whether this node's /fleet shows every node of the test live."""
     listed = Api(node.url).get("/fleet").json()["nodes"]
@@ -436,16 +451,19 @@ def test_the_fleet_loses_nothing_and_reports_each_job_once(start_node, soak):
     events = final_events(receiver)
     twice = reported_twice(events, jobs)
     missing = sorted(set(load.accepted) - set(jobs))
+    badly = served_badly(nodes)
     print(figures(load, jobs, faults=dict(faults.counts), check_seconds=faults.check_seconds,
                   node_outages=faults.gone,
                   wall_seconds=round(time.monotonic() - began), jobs_missing=len(missing),
                   jobs_reported_twice=len(twice), untolerated_5xx=len(load.untolerated),
+                  logged_5xx_or_tracebacks=len(badly),
                   jobs_unacknowledged=len([j for j in load.sent if j in jobs
                                            and j not in load.accepted]),
                   webhook_requests=len(receiver.received),
                   jobs_sent_to_comfy_again=sum(len(p) > 1 for p in faults.received.values())))
     assert load.problems == []
     assert load.untolerated == []
+    assert badly == []
     assert missing == [], evidence(nodes, missing)
     wrong = check_final(load, jobs, faults.fakes, lost_ok=faults.lost_ok)
     assert wrong == [], evidence(nodes, wrong)
