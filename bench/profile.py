@@ -115,7 +115,7 @@ def phases(workflow: dict, calls: int, repeats: int) -> str:
     rows.append(("  ... and without the app's hooks (API key, metrics)",
                  cpu(lambda: cylindria(access_log=False, hooks=False))))
     with mock.patch.object(SqliteJobRows, "insert", lambda self, job, wf: 1), \
-            mock.patch.object(SqliteJobRows, "update", lambda self, job, events=(): None):
+            mock.patch.object(SqliteJobRows, "update", lambda self, job, events=(): True):
         rows.append(("  ... and without SQLite (insert + commit, update + commit)",
                      cpu(lambda: cylindria(access_log=False, hooks=False))))
         parsed = parse_workflow(body)

@@ -41,7 +41,7 @@ def generated_once(path: Path, make: Callable[[], str],
         found = read(path)
         if found:
             return found, _unshown(path).exists()
-    write_private(_unshown(path), "")  # first: a generated file is never kept without its mark
+    mark_unshown(path)  # first: a generated file is never kept without its mark
     return kept_private(path, make, read), True
 
 
@@ -55,6 +55,12 @@ def kept_private(path: Path, make: Callable[[], str], read: Callable[[Path], T])
             return found
     write_private(path, make())
     return read(path)
+
+
+def mark_unshown(path: Path) -> None:
+    """Mark the private file `path` as not shown yet (written before the file itself: a file
+    meant to be shown is never kept without its mark)."""
+    write_private(_unshown(path), "")
 
 
 def show_once(what: str, path: Path, text: str) -> None:

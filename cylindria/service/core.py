@@ -104,8 +104,9 @@ def build_core(config: Config) -> Core:
                             data_dir=config.data_dir, secret_file=config.webhook_secret_file,
                             comfy_base_url=config.comfy_base_url, gpus=config.gpus,
                             allow_private=config.webhook_allow_private,
-                            delays=config.webhook_delays, give_up_after=config.webhook_give_up)
-    except BadSecret as exc:
+                            delays=config.webhook_delays, give_up_after=config.webhook_give_up,
+                            fleet=storage.meta if storage.jobs.shared else None)
+    except (BadSecret, StorageUnavailable) as exc:
         storage.close()
         raise ConfigError(str(exc)) from None
     dispatcher = Dispatcher(gpus, store, depth=config.gpu_queue_depth,

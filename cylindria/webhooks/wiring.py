@@ -7,7 +7,7 @@ from typing import Callable
 
 from comfy.jobs.job import Job
 from comfy.jobs.store import JobStore
-from cylindria.storage import OutboxRows
+from cylindria.storage import Meta, OutboxRows
 from cylindria.webhooks.address import Target, check_webhook, comfy_endpoints
 from cylindria.webhooks.host import HostAddresses
 from cylindria.webhooks.outbox import Outbox
@@ -21,8 +21,9 @@ class Webhooks:
 
     def __init__(self, store: JobStore, rows: OutboxRows, render: Callable[[Job], dict], *,
                  data_dir: Path, secret_file: Path | None, comfy_base_url: str, gpus: int,
-                 allow_private: bool, delays: tuple, give_up_after: float):
-        self.secret: WebhookSecret = load_secret(data_dir, secret_file)
+                 allow_private: bool, delays: tuple, give_up_after: float,
+                 fleet: Meta | None = None):
+        self.secret: WebhookSecret = load_secret(data_dir, secret_file, fleet)
         self.allow_private = allow_private
         self.comfy = comfy_endpoints(comfy_base_url, gpus)
         self.host = HostAddresses()  # read at the first check, not at start
