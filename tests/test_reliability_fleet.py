@@ -8,9 +8,10 @@ loopback receiver.
 Faults under the load: ComfyUIs killed and restarted, websockets dropped, nodes SIGKILLed and
 started again (at once, within their lease; after it ran out; after the jobs pinned to them
 waited --requeue-wait too), nodes SIGSTOPped (within their lease, and past it), and (--soak)
-two nodes gone at once while the third's ComfyUI dies. Throughout,
-every node answers for every acknowledged job (a client's read of one is never a 404). After
-each fault: no job stays unfinished once its prompt is gone from ComfyUI. At the end:
+two nodes gone at once while the third's ComfyUI dies. A node gone past its lease is struck
+busy (jobs queued in its ComfyUIs). Throughout, every node answers for every acknowledged job
+(a client's read of one is never a 404). After each fault: no job stays unfinished once its
+prompt is gone from ComfyUI. At the end:
 every acknowledged job reached its true final status (`lost` only where a fault of a ComfyUI
 or node it used explains it), every node lists the same, each job's final webhook event came
 under one event id (at-least-once delivery may repeat that id, never send a second event),
