@@ -167,32 +167,34 @@ def fleet_database(postgres_cluster):
 
 @pytest.fixture
 def start_node(fleet_database, tmp_path):
-    """start_node(name, *flags): a Cylindria process of the fleet (`--node name`, a lease of
-    FLEET_LEASE, its URL advertised) in front of its own fake ComfyUI (`node.fake`); every one
-    started is stopped (and its fake closed) at the end. `start_node.many(names, *flags)`: a
-    node of each name, started at once (as a fleet's hosts may be): {name: node}."""
+    """start_node(name, *flags, gpus=1): a Cylindria process of the fleet (`--node name`, a
+    lease of FLEET_LEASE, its URL advertised) in front of its own fake ComfyUIs (`node.fakes`,
+    one per GPU; `node.fake` is GPU 0's); every one started is stopped (and its fakes closed)
+    at the end. `start_node.many(names, *flags, gpus=1)`: a node of each name, started at once
+    (as a fleet's hosts may be): {name: node}."""
     started = []
 
-    def launch(name: str, *flags: str) -> CylindriaProcess:
-        [fake] = start_fakes(1)
+    def launch(name: str, *flags: str, gpus: int = 1) -> CylindriaProcess:
+        fakes = start_fakes(gpus)
         (tmp_path / name).mkdir()
-        node = CylindriaProcess(fake.url, tmp_path / name / "data", gpus=1,
+        node = CylindriaProcess(fakes[0].url, tmp_path / name / "data", gpus=gpus,
                                 extra=("--database", fleet_database, "--node", name,
                                        "--node-lease", FLEET_LEASE, *flags))
         node.args += ["--advertise-url", node.url]
-        node.fake = fake
-        started.append((node, fake))
+        node.fake, node.fakes = fakes[0], fakes
+        started.append(node)
         return node.launch()
 
-    def start(name: str, *flags: str) -> CylindriaProcess:
-        return launch(name, *flags).wait_started()
+    def start(name: str, *flags: str, gpus: int = 1) -> CylindriaProcess:
+        return launch(name, *flags, gpus=gpus).wait_started()
 
-    def many(names, *flags: str) -> dict[str, CylindriaProcess]:
-        nodes = {name: launch(name, *flags) for name in names}
+    def many(names, *flags: str, gpus: int = 1) -> dict[str, CylindriaProcess]:
+        nodes = {name: launch(name, *flags, gpus=gpus) for name in names}
         return {name: node.wait_started() for name, node in nodes.items()}
 
     start.many = many
     yield start
-    stop_all([node for node, _ in started])
-    for _, fake in started:
-        fake.close()
+    stop_all(started)
+    for node in started:
+        for fake in node.fakes:
+            fake.close()

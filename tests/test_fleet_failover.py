@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 
@@ -163,3 +164,26 @@ def test_a_node_paused_past_its_lease_lets_go_of_what_was_taken_and_writes_nothi
         receiver.stop()
     reported_once(receiver, {running: "job.completed", queued: "job.completed",
                              pinned: "job.completed"})
+
+
+def test_a_submission_its_node_was_paused_in_answers_the_job_the_fleet_holds(start_node):
+    """Node b freezes (SIGSTOP) while its POST of a pinned job to its ComfyUI is under way;
+    a takes the job over (lost: --requeue-wait 0.1); b, woken, learns from the write of
+    ComfyUI's answer that the job is no longer its own, and answers the submission with the
+    job as the fleet holds it (seen in tests/test_reliability_fleet --soak: a 500)."""
+    a, b = start_node.many(("a", "b"), "--requeue-wait", "0.1").values()
+    b.fake.http_delay = 1.0  # b's POST is under way for a second: b freezes within it
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(Api(b.url).put, "/startjob/midway?GpuId=0",
+                             json=workflows.core("midway"), timeout=WAIT)
+        wait_for(lambda: [r for r in b.fake.requests() if r.path == "/prompt"],
+                 message="b's POST to reach its ComfyUI")
+        b.pause()
+        try:
+            Api(a.url).wait_status("midway", "lost", timeout=WAIT)
+        finally:
+            b.resume()
+        answer = answer.result()
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["status"] == "lost"
+    assert "unhandled error" not in b.log()

@@ -125,6 +125,20 @@ def test_a_stranded_nodes_jobs_are_taken_over_once(fleet):
     assert spent.node == "a"
 
 
+def test_a_takeover_is_told_the_time_since_the_lease_ended(fleet):
+    """What a pinned job's --requeue-wait is measured by: the seconds since the node's lease
+    ended, not since its last renewal (nor that plus the lease, which lost pinned jobs as soon
+    as a lease of more than half their wait ended)."""
+    fleet.pinned("pinned")
+    renewed = time.time()
+    fleet.storage.nodes.renew("a", "", 1.0, "", "{}")
+    wait_for(lambda: fleet.rows.stranded() == ["a"], message="a's lease to end")
+    told = []
+    assert fleet.rows.take_over("a", lambda job, ended_for: told.append(ended_for)) == []
+    [ended_for] = told  # the job waits (None): nothing taken
+    assert 0.0 < ended_for <= time.time() - renewed - 1.0
+
+
 def test_the_old_owners_writes_change_nothing_once_taken(fleet):
     fleet.running_auto("auto")
     fleet.pinned("pinned")

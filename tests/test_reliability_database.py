@@ -146,16 +146,18 @@ def outage(cluster, load: OutageLoad) -> None:
     load.enter("after")
 
 
-def threads_alive(cylindria: CylindriaProcess, gpus: int, load: OutageLoad) -> None:
+def threads_alive(cylindria: CylindriaProcess, gpus: int, load: LoadRun,
+                  prefix: str = "probe") -> None:
     """Evidence that every long-lived thread works after the outage: each GPU's websocket
     connected (its listener), a pinned job on each GPU and a GpuId=auto job run to their end
     (dispatcher, tracking), /ready 200 (the database answers). The probes are accepted jobs
-    of the run like the others (checked with them at the end)."""
+    of the run like the others (checked with them at the end), named `prefix`-<GPU or auto>
+    (a fleet probes each node under its own prefix)."""
     api = Api(cylindria.url)
     for gpu in range(gpus):
         wait_for(lambda: api.get(f"/serverstatus?GpuId={gpu}").json()["websocket"] == "connected",
                  timeout=RECONNECT_WAIT, interval=0.2, message=f"GPU {gpu}'s websocket")
-    probes = {f"probe-{gpu}": str(gpu) for gpu in range(gpus)} | {"probe-auto": "auto"}
+    probes = {f"{prefix}-{gpu}": str(gpu) for gpu in range(gpus)} | {f"{prefix}-auto": "auto"}
     for job_id, gpu in probes.items():
         # The load has just stopped: at full pace (--soak) it may have filled Cylindria's
         # queue (429 queue_full, nothing created), which drains now: the probe waits its turn.

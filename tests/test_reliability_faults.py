@@ -35,13 +35,19 @@ DOWN_SECONDS = 0.7  # how long a killed ComfyUI stays down: submissions meet a r
 SETTLE_TIMEOUT = 30.0
 
 
-class Faults:
-    """Injects the faults and remembers when each happened."""
+class ComfyFaults:
+    """Kills of ComfyUIs and drops of their websockets under `load`: injects them, remembers
+    when each happened, and checks the invariants after each against the Cylindria at the
+    subclass's `url` (one host, or any node of a fleet)."""
 
-    def __init__(self, fakes, load: LoadRun, data_dir, extra: tuple = ()):
-        self.fakes, self.load, self.data_dir, self.extra = fakes, load, data_dir, extra
-        self.cylindria = CylindriaProcess(fakes[0].url, data_dir, extra=extra).start()
+    # Whether each check lists every job to find an accepted one missing (the clients' own
+    # status reads find one too: 404 for an accepted id).
+    list_every_check = True
+
+    def __init__(self, fakes, load: LoadRun):
+        self.fakes, self.load = fakes, load
         self.kills: dict[int, list[float]] = {gpu: [] for gpu in range(len(fakes))}
+        # Per ComfyUI, how many prompts it had accepted when each of its lives ended.
         self.epoch_marks: dict[int, list[int]] = {gpu: [] for gpu in range(len(fakes))}
         self.counts: Counter = Counter()
         self.check_seconds: list[float] = []  # how long each check waited for the invariants
@@ -63,6 +69,33 @@ class Faults:
             fake.drop_websockets()
         self.counts["websocket_drops"] += len(self.fakes)
 
+    def check(self) -> None:
+        """The invariants that must hold after every fault."""
+        started, url = time.monotonic(), self.url
+        if self.list_every_check:
+            with self.load.lock:
+                accepted = set(self.load.accepted)
+            assert sorted(accepted - set(all_jobs(url))) == [], "accepted jobs missing from /jobs"
+        gone = gone_but_unfinished(all_jobs(url, UNFINISHED), self.fakes)
+        wait_for(lambda: not (still_unfinished(url, gone)), timeout=SETTLE_TIMEOUT, interval=0.3,
+                 message=f"jobs whose prompt left ComfyUI to end: {sorted(gone.items())[:10]}")
+        assert self.load.problems == []
+        self.check_seconds.append(round(time.monotonic() - started, 1))
+
+
+class Faults(ComfyFaults):
+    """The one-host faults: those of ComfyFaults, and Cylindria itself SIGKILLed."""
+
+    def __init__(self, fakes, load: LoadRun, data_dir, extra: tuple = ()):
+        super().__init__(fakes, load)
+        self.data_dir, self.extra = data_dir, extra
+        self.cylindria = CylindriaProcess(fakes[0].url, data_dir, extra=extra).start()
+
+    @property
+    def url(self) -> str:
+        """The one Cylindria (a new port after each kill)."""
+        return self.cylindria.url
+
     def kill_cylindria(self) -> None:
         """SIGKILL Cylindria mid-load and start it again on the same data dir."""
         self.cylindria.kill()
@@ -70,18 +103,6 @@ class Faults:
                                           extra=self.extra).start()
         self.load.target.url = self.cylindria.url
         self.counts["cylindria_kills"] += 1
-
-    def check(self) -> None:
-        """The invariants that must hold after every fault."""
-        started, url = time.monotonic(), self.cylindria.url
-        with self.load.lock:
-            accepted = set(self.load.accepted)
-        assert sorted(accepted - set(all_jobs(url))) == [], "accepted jobs missing from /jobs"
-        gone = gone_but_unfinished(all_jobs(url, UNFINISHED), self.fakes)
-        wait_for(lambda: not (still_unfinished(url, gone)), timeout=SETTLE_TIMEOUT, interval=0.3,
-                 message=f"jobs whose prompt left ComfyUI to end: {sorted(gone.items())[:10]}")
-        assert self.load.problems == []
-        self.check_seconds.append(round(time.monotonic() - started, 1))
 
     def lost_ok(self, job: dict) -> bool:
         """`lost` is true only of a job whose ComfyUI was killed after it was submitted."""
@@ -105,10 +126,11 @@ def gone_but_unfinished(jobs: dict[str, dict], fakes) -> dict[str, str]:
     Read after /jobs, so a prompt that ended in between shows up here for a moment: the
     check is that each of these prompts is soon settled, not that there are none.
     """
-    queues = [live_prompts(fake) for fake in fakes]
+    # Prompt ids are UUIDs: one set for every GPU's (and node's) queue.
+    queued = set().union(*(live_prompts(fake) or set() for fake in fakes))
     return {job_id: job["prompt_id"] for job_id, job in jobs.items()
             if job["status"] in ("queued", "running") and job["prompt_id"] is not None
-            and job["prompt_id"] not in (queues[job["gpu_id"]] or set())}
+            and job["prompt_id"] not in queued}
 
 
 def still_unfinished(url: str, gone: dict[str, str]) -> set[str]:

@@ -69,6 +69,8 @@ class Target:
 class LoadRun:
     """The clients' shared bookkeeping, and the client loop each thread runs."""
 
+    kind_weights = KIND_WEIGHTS  # how often a fresh job is of each of KINDS
+
     def __init__(self, target: Target, faults: bool = False, seed: int = 8, pause: float = 0.0):
         self.target = target
         self.faults = faults  # with faults, 503 comfy_unreachable and `lost` are legitimate
@@ -133,10 +135,14 @@ class LoadRun:
     def start_new(self, rng: random.Random, session: requests.Session) -> None:
         """A fresh job; now and then the client retries it at once as after a timeout."""
         job_id = f"c{next(self._ids)}"
-        kind = rng.choices(KINDS, KIND_WEIGHTS)[0]
-        gpu = rng.choice(("0", "1", "auto"))
+        kind = rng.choices(KINDS, self.kind_weights)[0]
+        gpu = self.pick_gpu(rng)
         if self.submit(session, job_id, kind, gpu) and rng.random() < 0.3:
             self.submit(session, job_id, kind, gpu, retry=True)
+
+    def pick_gpu(self, rng: random.Random) -> str:
+        """The GpuId of a fresh job: one of the two GPUs, or Cylindria's own queue."""
+        return rng.choice(("0", "1", "auto"))
 
     def start_shared(self, session: requests.Session) -> None:
         """Three consecutive takers share each id: concurrent retries of one job."""
@@ -148,8 +154,11 @@ class LoadRun:
         """PUT /startjob and record what it says; True when the job was accepted."""
         response = self.call(session, "PUT", f"/startjob/{job_id}", params={"GpuId": gpu},
                              json=workflow_for(kind, job_id))
-        if response is None:
-            return False
+        return response is not None and self.judge(job_id, kind, gpu, retry, response)
+
+    def judge(self, job_id: str, kind: str, gpu: str, retry: bool,
+              response: requests.Response) -> bool:
+        """Record what a startjob answered; True when the job was accepted."""
         body = response.json()
         if response.status_code in (200, 201):
             if retry and response.status_code != 200:
@@ -352,13 +361,14 @@ def epoch_seconds(iso: str | None) -> float | None:
 def check_final(load: LoadRun, jobs: dict[str, dict], fakes, lost_ok=lambda job: False) -> list:
     """Problems with the end state: missing, wrong or unfinished jobs, and refused ids left."""
     problems = []
-    outcomes = [fake_outcomes(fake) for fake in fakes]
+    # Prompt ids are UUIDs, unique across GPUs (and nodes): one table for all of them.
+    outcomes = {prompt: verdict for fake in fakes for prompt, verdict in fake_outcomes(fake).items()}
     for job_id, accepted in load.accepted.items():
         job = jobs.get(job_id)
         if job is None:
             problems.append(f"{job_id}: accepted, missing from /jobs")
             continue
-        verdict = None if job["gpu_id"] is None else outcomes[job["gpu_id"]].get(job["prompt_id"])
+        verdict = outcomes.get(job["prompt_id"])
         truth = {"success": "completed", "error": "failed"}.get(verdict, TRUE_END[accepted.kind])
         if job["status"] != truth and not (job["status"] == "lost" and lost_ok(job)):
             problems.append(f"{job_id} ({accepted.kind}): {job['status']}, truly {truth}")

@@ -92,7 +92,10 @@ def _submit_once(store: JobStore, gpus: list[Gpu], job_id: str, workflow: Workfl
               submitted_by=submitted_by)
     existing, created = store.reserve(job, workflow.source, withheld=workflow.withheld)
     if created:
-        return post(store, gpus[gpu_id], existing, workflow, assets), True
+        posted = post(store, gpus[gpu_id], existing, workflow, assets)
+        # None: another node took the job over while this one could not renew its lease
+        # (paused, or cut off, mid-POST): the client is answered with the job it holds now.
+        return posted or store.lookup(job_id), True
     if existing.fingerprint != workflow.fingerprint:
         raise JobIdConflict(existing)
     if existing.status != JobStatus.SUBMITTING:

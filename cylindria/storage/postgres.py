@@ -59,8 +59,8 @@ _SHARED_HELD = f"(status = '{records.HELD}' AND auto)"
 _NOW = "extract(epoch FROM clock_timestamp())::double precision"
 # When a node's jobs may be taken over: its lease's end, or, for a node that stopped cleanly
 # (whose lease ends at once for every other purpose), one lease after it left: a restart
-# finds its jobs as it left them.
-_TAKEN_AFTER = "GREATEST(renewed_at, COALESCE(left_at, renewed_at)) + lease_seconds"
+# finds its jobs as it left them. In parentheses: `now - _TAKEN_AFTER` is the time since then.
+_TAKEN_AFTER = "(GREATEST(renewed_at, COALESCE(left_at, renewed_at)) + lease_seconds)"
 # An event no node is trying: never claimed, or its claim lapsed (its node died mid-try).
 _UNCLAIMED = f"(claimed_until IS NULL OR claimed_until < {_NOW})"
 

@@ -42,7 +42,7 @@ _NOT_BUSY = ("id NOT IN (SELECT value FROM json_each(:skip)) "
              "AND client NOT IN (SELECT value FROM json_each(:clients))")
 _SET_DURABLE = ", ".join(f"{name} = ?" for name in records.DURABLE)
 # When a node's jobs may be taken over (see the PostgreSQL backend).
-_TAKEN_AFTER = "MAX(renewed_at, COALESCE(left_at, renewed_at)) + lease_seconds"
+_TAKEN_AFTER = "(MAX(renewed_at, COALESCE(left_at, renewed_at)) + lease_seconds)"
 
 # One row per node (see the PostgreSQL backend's nodes table).
 NODES_COLUMNS = """
