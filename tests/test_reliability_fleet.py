@@ -224,8 +224,7 @@ class FleetFaults(ComfyFaults):
 
         def resume() -> None:
             node.resume()
-            wait_for(lambda: Api(node.url).get("/health", timeout=5).status_code == 200,
-                     message=f"{name} to answer again")
+            wait_for(lambda: answers(name, node), message=f"{name} to answer again")
         self.gone_for(name, "pause", node.pause, seconds, resume, busy)
 
     def gone_for(self, name: str, kind: str, leave, seconds: float, come_back,
@@ -314,6 +313,18 @@ class FleetFaults(ComfyFaults):
                     (n, p) for p in prompt_ids
                     if not any(order[p] < mark for mark in self.epoch_marks[n]))
         return {job_id: runs for job_id, runs in undisturbed.items() if len(runs) > 1}
+
+
+def answers(name: str, node: CylindriaProcess) -> bool:
+    """Whether the node answers /health; an AssertionError naming how its process ended (the
+    signal, as -n) and its last log lines if it is gone."""
+    if node.proc.poll() is not None:
+        tail = "\n".join(node.log().splitlines()[-5:])
+        raise AssertionError(f"node {name} ended with {node.proc.returncode}; its log ends:\n{tail}")
+    try:
+        return Api(node.url).get("/health", timeout=5).status_code == 200
+    except requests.ConnectionError:
+        return False
 
 
 def run_faults(faults: FleetFaults, soak: bool) -> None:
