@@ -191,7 +191,14 @@ def test_the_old_owner_back_lets_go_of_what_was_taken(fleet):
         assert (fleet.a.get("kept").attempts, fleet.a.get("kept").node) == (2, "a")
 
 
-def test_a_renewal_racing_a_takeover_waits_and_learns_it_was_taken_over(fleet):
+def lock_waiters(database: str) -> int:
+    """Sessions of this database waiting for a lock another holds (PostgreSQL)."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND datname = current_database()").fetchone()[0]
+
+
+def test_a_renewal_racing_a_takeover_waits_and_learns_it_was_taken_over(fleet, backend):
     fleet.running_auto("auto")
     fleet.strand()
     inside, go = threading.Event(), threading.Event()
@@ -213,7 +220,11 @@ def test_a_renewal_racing_a_takeover_waits_and_learns_it_was_taken_over(fleet):
     for thread in threads:
         thread.start()
     assert inside.wait(WAIT)
-    time.sleep(0.3)  # room for the renewal and the write to reach the locks they wait for
+    if backend.database is not None:  # both wait on the rows the takeover holds
+        wait_for(lambda: lock_waiters(backend.database) >= 2,
+                 message="the renewal and the write to wait on the takeover's row locks")
+    else:  # SQLite: a writer waiting for the one write lock shows nowhere to be waited for
+        time.sleep(0.3)
     assert "renewed" not in results and "written" not in results
     go.set()
     for thread in threads:
