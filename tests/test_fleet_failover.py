@@ -61,21 +61,28 @@ def wait_delivered(api: Api, job_id: str, status: str) -> dict:
                     message=f"{job_id} {status}, its events delivered")
 
 
+def busy_node(start_node, receiver: Receiver, pinned_seconds: float, *flags: str):
+    """Node a with a GpuId=auto job running and one queued in its ComfyUI, and a job pinned to
+    its GPU 0 (of `pinned_seconds`): (a, its Api, the three job ids)."""
+    a = start_node("a", *flags)
+    a.fake.time_scale = ON_A
+    api_a = Api(a.url)
+    running, queued, pinned = (f"{kind}-{uuid.uuid4().hex[:8]}"
+                               for kind in ("running", "queued", "pinned"))
+    submit(api_a, running, "auto", receiver, 30)
+    api_a.wait_status(running, "running")
+    submit(api_a, queued, "auto", receiver, 30)
+    api_a.wait_status(queued, "queued")
+    submit(api_a, pinned, "0", receiver, pinned_seconds)
+    return a, api_a, (running, queued, pinned)
+
+
 def test_a_killed_nodes_auto_jobs_run_on_another_and_its_pinned_job_is_lost(start_node):
     receiver = Receiver().start()
     try:
         flags = ("--webhook-allow-private", "--requeue-wait", "3")
-        a = start_node("a", *flags)
-        a.fake.time_scale = ON_A
-        api_a = Api(a.url)
-        running, queued, pinned = (f"{kind}-{uuid.uuid4().hex[:8]}"
-                                   for kind in ("running", "queued", "pinned"))
-        submit(api_a, running, "auto", receiver, 30)
-        api_a.wait_status(running, "running")
-        submit(api_a, queued, "auto", receiver, 30)
-        api_a.wait_status(queued, "queued")
+        a, api_a, (running, queued, pinned) = busy_node(start_node, receiver, 30, *flags)
         assert api_a.status(queued)["prompt_id"]  # in a's ComfyUI, not the fleet's queue
-        submit(api_a, pinned, "0", receiver, 30)
         b = start_node("b", *flags)
         api_b = Api(b.url)
         a.kill()  # no clean-up: its lease just stops being renewed
@@ -127,16 +134,8 @@ def test_a_node_paused_past_its_lease_lets_go_of_what_was_taken_and_writes_nothi
     receiver = Receiver().start()
     a = None
     try:
-        a = start_node("a", "--webhook-allow-private")
-        a.fake.time_scale = ON_A
-        api_a = Api(a.url)
-        running, queued, pinned = (f"{kind}-{uuid.uuid4().hex[:8]}"
-                                   for kind in ("running", "queued", "pinned"))
-        submit(api_a, running, "auto", receiver, 30)
-        api_a.wait_status(running, "running")
-        submit(api_a, queued, "auto", receiver, 30)
-        api_a.wait_status(queued, "queued")
-        submit(api_a, pinned, "0", receiver, 0.4)
+        a, api_a, (running, queued, pinned) = busy_node(start_node, receiver, 0.4,
+                                                        "--webhook-allow-private")
         first = {job_id: api_a.status(job_id)["prompt_id"] for job_id in (running, queued)}
         b = start_node("b", "--webhook-allow-private")
         api_b = Api(b.url)
