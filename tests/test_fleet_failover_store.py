@@ -191,6 +191,19 @@ def test_the_old_owner_back_lets_go_of_what_was_taken(fleet):
         assert (fleet.a.get("kept").attempts, fleet.a.get("kept").node) == (2, "a")
 
 
+def test_a_takeover_record_goes_with_its_job_at_retention(fleet):
+    """The records of what was taken from a node that never comes back do not pile up: the
+    retention sweep deletes them with their jobs."""
+    fleet.running_auto("gone")
+    fleet.running_auto("young")
+    fleet.strand()
+    assert fleet.taker(max_attempts=1).tick() == 2  # both lost: out of attempts
+    assert [t.job_id for t in fleet.rows.taken_from("a")] == ["gone", "young"]
+    seq = fleet.row("gone").seq
+    assert fleet.rows.delete_expired([seq], time.time() + 1) == {(0, LOST): 1}
+    assert [t.job_id for t in fleet.rows.taken_from("a")] == ["young"]
+
+
 def lock_waiters(database: str) -> int:
     """Sessions of this database waiting for a lock another holds (PostgreSQL)."""
     with psycopg.connect(database, autocommit=True) as conn:

@@ -1,7 +1,13 @@
 """The PostgreSQL backend (13+): psycopg 3 with its connection pool.
 
-Every call borrows a pooled connection for one transaction (committed as the call returns,
-rolled back if it raises). The pool checks a connection before lending it and replaces the
+Every call borrows a pooled connection. The pool's connections are in autocommit: a call of
+one statement is its own transaction, one round trip (a transaction opened by the driver would
+add a BEGIN and a COMMIT, two more, to every write); a call of several statements runs them in
+one explicit transaction (`_transaction`: committed as the call returns, rolled back if it
+raises), so what it writes lands whole or not at all. A transaction of ours never waits on
+anything between its statements, so one left idle longer than IDLE_IN_TRANSACTION belongs to a
+process that froze (SIGSTOP, a paused VM) inside it: the server ends it and frees its row
+locks, which a takeover of that node's jobs would otherwise wait on. The pool checks a connection before lending it and replaces the
 broken ones in the background, so a database that went away and came back is used again
 without a restart; meanwhile every call raises StorageUnavailable within POOL_WAIT seconds,
 and within DOWN_WAIT once an outage is known (see OutagePool).
@@ -9,9 +15,10 @@ and within DOWN_WAIT once an outage is known (see OutagePool).
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections import Counter
-from contextlib import contextmanager
+from collections import Counter, OrderedDict
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -40,6 +47,10 @@ CONNECT_TIMEOUT = 5  # seconds a new connection may take (unless the URL says ot
 CHECK_AFTER_IDLE = 2.0
 MIGRATION_LOCK = 0x6379_6C69  # advisory lock key: one start migrates at a time ("cyli")
 SWEEP_LOCK = 0x6379_6C72  # advisory lock key: one retention sweep at a time in a fleet ("cylr")
+IDLE_IN_TRANSACTION = 10_000  # ms a transaction may sit idle between two statements (see above)
+# Claimed jobs' workflows kept for the read that sends them (within milliseconds): at most
+# this many, for at most this many seconds.
+CLAIMED_KEPT, CLAIMED_FOR = 64, 10.0
 
 _FINISHED, _ASSET, _EVENT = records.FINISHED_LIST, records.ASSET_FROM, records.EVENT_FROM
 _NOT_BUSY = ("id <> ALL(%(skip)s::text[]) AND job_id <> ALL(%(jobs)s::text[]) "
@@ -280,6 +291,9 @@ SQL = {
     # tried for the day the contract promises, and goes once settled (delete_settled_orphan).
     "delete_settled_events": "DELETE FROM webhook_outbox WHERE job_id = ANY(%s::text[]) "
                              "AND due_at IS NULL",
+    # A deleted job's takeover records go with it: a node that comes back later finds its
+    # row gone, which lets the job go (a fenced write) just as a record would.
+    "delete_takeovers": "DELETE FROM takeovers WHERE job_id = ANY(%s::text[])",
     "count_retired": "INSERT INTO meta (key, value) VALUES (%s, %s) ON CONFLICT (key) "
                      "DO UPDATE SET value = (meta.value::bigint + excluded.value::bigint)::text",
     "retired": f"SELECT key, value FROM meta WHERE key LIKE '{records.RETIRED_PREFIX}%%'",
@@ -382,6 +396,25 @@ SQL = {
                   "WHERE name = %s",
 }
 
+# A job's write that also tells every node of it (NOTIFY, sent as the statement commits) when
+# it lands, in the same statement: one round trip, where a second statement would need a
+# transaction around the two (three more). Its row count is the write's.
+def _announcing(statement: str, channel: str, job_id: str = "job_id", also: str = "") -> str:
+    return (f"WITH written AS ({statement} RETURNING {job_id} AS job_id) "
+            f"SELECT pg_notify('{channel}', job_id){also} FROM written")
+
+
+SQL.update({
+    "insert_held_job": SQL["insert_job_and_workflow"].replace(
+        "SELECT seq FROM job", f"SELECT seq, pg_notify('{HELD_CHANNEL}', job_id) FROM job"),
+    "update_held_job": _announcing(SQL["update_job"], HELD_CHANNEL),
+    # A node's claim of a job of the shared queue brings the job's workflow back with it: it
+    # is read next, to send the job (see PostgresJobRows.claim_held).
+    "claim_taken_job": _announcing(SQL["claim_held_job"], TAKEN_CHANNEL, "jobs.job_id",
+                                   ", (SELECT body FROM workflows AS w WHERE w.job_id = "
+                                   "written.job_id)"),
+})
+
 
 def shown(conninfo: str) -> str:
     """The database as logs and errors name it: host, port and name, never a password."""
@@ -439,9 +472,13 @@ class PostgresStorage:
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
         params.setdefault("application_name", "cylindria")
         self._conninfo = make_conninfo(**params)
-        self._pool = OutagePool(self._health, self._conninfo, min_size=pool_size[0],
-                                max_size=pool_size[1], timeout=wait, open=False,
-                                check=check_if_idle, reset=note_returned, name="cylindria")
+        self._pool = OutagePool(self._health, make_conninfo(
+            self._conninfo, options=_with_option(params.get("options"),
+                                                 "idle_in_transaction_session_timeout",
+                                                 IDLE_IN_TRANSACTION)),
+            kwargs={"autocommit": True}, min_size=pool_size[0], max_size=pool_size[1],
+            timeout=wait, open=False, check=check_if_idle, reset=note_returned,
+            name="cylindria")
         try:
             self._pool.open(wait=True, timeout=max(wait, CONNECT_TIMEOUT))
             self._migrate()
@@ -461,7 +498,7 @@ class PostgresStorage:
     def _migrate(self) -> None:
         """Create the schema or bring it to this version, one start at a time (an advisory
         lock held by the transaction); SchemaTooNew for a newer one."""
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             conn.execute(SQL["migration_lock"], (MIGRATION_LOCK,))
             conn.execute(SQL["create_meta"])
             row = conn.execute(SQL["schema_version"]).fetchone()
@@ -531,8 +568,21 @@ class PostgresCancelListener:
             conn.close()
 
 
+@contextmanager
+def _transaction(pool: ConnectionPool) -> Iterator[psycopg.Connection]:
+    """A pooled connection inside one transaction: several statements that land together."""
+    with pool.connection() as conn, conn.transaction():
+        yield conn
+
+
+def _with_option(options: str | None, name: str, value) -> str:
+    """A connection's `options` (server settings) with one more, unless the URL sets it."""
+    options = options or ""
+    return options if f"{name}=" in options else f"{options} -c {name}={value}".strip()
+
+
 class _Rows:
-    """Calls that each run in one pooled transaction."""
+    """Calls that each run in one pooled transaction (one statement: autocommit's own)."""
 
     def __init__(self, pool: ConnectionPool, health: Health):
         self._pool, self._health = pool, health
@@ -558,7 +608,7 @@ class PostgresMeta(_Rows):
 
     @_guarded
     def get(self, key: str, default: str) -> str:
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             conn.execute(SQL["meta_add"], (key, default))
             return conn.execute(SQL["meta_get"], (key,)).fetchone()[0]
 
@@ -569,6 +619,7 @@ class PostgresJobRows(_Rows):
     def __init__(self, pool: ConnectionPool, retention: float | None, health: Health):
         super().__init__(pool, health)
         self.retention = retention  # seconds a finished job is kept; None: for ever
+        self._claimed = _Claimed(CLAIMED_KEPT, CLAIMED_FOR)
 
     shared = True  # the fleet's database: other nodes write it too
 
@@ -587,34 +638,53 @@ class PostgresJobRows(_Rows):
 
     @_guarded
     def insert(self, job: Job, workflow: bytes) -> int:
-        row = records.values(job, flags_as_int=False)
+        row = [*records.values(job, flags_as_int=False), workflow]
+        statement = "insert_held_job" if _enters_queue(job) else "insert_job_and_workflow"
         with self._pool.connection() as conn:
-            inserted = conn.execute(SQL["insert_job_and_workflow"], [*row, workflow]).fetchone()
+            inserted = conn.execute(SQL[statement], row).fetchone()
+            if inserted is None:  # the id is taken: by a job past retention, it gives way
+                with conn.transaction():
+                    if _delete_expired(conn, "delete_expired_id", job.job_id, self._cutoff()):
+                        inserted = conn.execute(SQL[statement], row).fetchone()
             if inserted is None:
-                if not _delete_expired(conn, "delete_expired_id", job.job_id, self._cutoff()):
-                    raise JobIdTaken(job.job_id)
-                inserted = conn.execute(SQL["insert_job_and_workflow"],
-                                        [*row, workflow]).fetchone()
-            _notify_shared(conn, job)
+                raise JobIdTaken(job.job_id)
         return inserted[0]
 
     @_guarded
     def update(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
-        with self._pool.connection() as conn:
-            if conn.execute(SQL["update_job"], _durable(job)).rowcount != 1:
-                return False
-            _insert_events(conn, events)
-            _notify_shared(conn, job)  # a job put back in the shared queue
-        return True
+        # A job put back in the shared queue is announced to every node.
+        return self._write("update_held_job" if _enters_queue(job) else "update_job", job,
+                           events)
 
     @_guarded
     def claim_held(self, job: Job, events: Iterable[OutboxRow] = ()) -> bool:
-        with self._pool.connection() as conn:
-            if conn.execute(SQL["claim_held_job"], _durable(job)).rowcount != 1:
+        if job.node is None:
+            return self._write("claim_held_job", job, events)
+        # A job out of the shared queue (a node's now): the others drop it. Its workflow,
+        # which the claiming node reads next to send it, comes back in the same round trip
+        # and is kept for that read.
+        events = list(events)
+        with self._pool.connection() as conn, \
+                (conn.transaction() if events else nullcontext()):
+            row = conn.execute(SQL["claim_taken_job"], _durable(job)).fetchone()
+            if row is None:
                 return False
             _insert_events(conn, events)
-            if job.node is not None:  # out of the shared queue: the others drop it
-                conn.execute(SQL["notify_taken"], (job.job_id,))
+        if row[1] is not None:
+            self._claimed.put(job.job_id, bytes(row[1]))
+        return True
+
+    def _write(self, statement: str, job: Job, events: Iterable[OutboxRow]) -> bool:
+        """A fenced write of a job's row (its statement announces what it must) and, only if
+        it landed, its events with it: without events one statement, one round trip."""
+        events = list(events)
+        with self._pool.connection() as conn:
+            if not events:
+                return conn.execute(SQL[statement], _durable(job)).rowcount == 1
+            with conn.transaction():
+                if conn.execute(SQL[statement], _durable(job)).rowcount != 1:
+                    return False
+                _insert_events(conn, events)
         return True
 
     @_guarded
@@ -623,7 +693,7 @@ class PostgresJobRows(_Rows):
 
     @_guarded
     def delete(self, job: Job) -> bool:
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             if conn.execute(SQL["delete_job"], (job.job_id, job.fence)).rowcount != 1:
                 return False
             conn.execute(SQL["delete_workflows"], ([job.job_id],))
@@ -631,6 +701,9 @@ class PostgresJobRows(_Rows):
 
     @_guarded
     def workflow(self, job_id: str) -> bytes | None:
+        body = self._claimed.pop(job_id)
+        if body is not None:
+            return body
         row = self._one("workflow", (job_id,))
         return None if row is None else bytes(row[0])
 
@@ -642,7 +715,7 @@ class PostgresJobRows(_Rows):
     def delete_expired(self, seqs: list[int], cutoff: float) -> Counter:
         if not seqs:
             return Counter()
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             return _delete_expired(conn, "delete_expired_seqs", list(seqs), cutoff)
 
     @_guarded
@@ -662,7 +735,7 @@ class PostgresJobRows(_Rows):
 
     @_guarded
     def request_cancel(self, job_id: str) -> bool:
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             if conn.execute(SQL["request_cancel"], (job_id,)).rowcount != 1:
                 return False
             conn.execute(SQL["notify_cancel"], (job_id,))  # sent when this commits
@@ -679,7 +752,7 @@ class PostgresJobRows(_Rows):
     @_guarded
     def take_over(self, node: str, rework: Rework) -> list[tuple[Job, Job]]:
         changed = []
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             ended = conn.execute(SQL["lock_ended_node"], (node,)).fetchone()
             if ended is None:
                 return []  # renewed meanwhile, or another node is taking it over
@@ -711,7 +784,7 @@ class PostgresJobRows(_Rows):
     @contextmanager
     def sweep_turn(self) -> Iterator[bool]:
         """A session-level advisory lock on a connection of the pool, held for the sweep's
-        pass (committed at once: no transaction stays open meanwhile), released after."""
+        pass (in autocommit: no transaction stays open meanwhile), released after."""
         conn = self._take_sweep_lock()
         if conn is None:
             yield False
@@ -727,7 +800,6 @@ class PostgresJobRows(_Rows):
         conn = self._pool.getconn()
         try:
             ours = conn.execute(SQL["sweep_lock"], (SWEEP_LOCK,)).fetchone()[0]
-            conn.commit()
         except BaseException:
             self._pool.putconn(conn)
             raise
@@ -741,12 +813,34 @@ class PostgresJobRows(_Rows):
         return float("-inf") if self.retention is None else time.time() - self.retention
 
 
+class _Claimed:
+    """Workflows that came back with claims, by job id, until read. A claim whose job was
+    never sent (cancelled meanwhile) leaves its workflow here: the oldest go past `size`,
+    and none is used `seconds` after its claim (its job may have ended and its id been
+    taken by another workflow since)."""
+
+    def __init__(self, size: int, seconds: float):
+        self._size, self._seconds = size, seconds
+        self._bodies: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, job_id: str, body: bytes) -> None:
+        with self._lock:
+            self._bodies[job_id] = (time.monotonic() + self._seconds, body)
+            while len(self._bodies) > self._size:
+                self._bodies.popitem(last=False)
+
+    def pop(self, job_id: str) -> bytes | None:
+        with self._lock:
+            until, body = self._bodies.pop(job_id, (0.0, None))
+        return body if time.monotonic() < until else None
+
+
 def _give_back_sweep_lock(pool: ConnectionPool, conn: psycopg.Connection) -> None:
     """Release the sweep lock and return its connection; one that cannot release it is
     closed (its session's end releases the lock), never lent again still holding it."""
     try:
         conn.execute(SQL["sweep_unlock"], (SWEEP_LOCK,))
-        conn.commit()
     except psycopg.Error:
         conn.close()
     finally:
@@ -755,9 +849,15 @@ def _give_back_sweep_lock(pool: ConnectionPool, conn: psycopg.Connection) -> Non
 
 def _notify_shared(conn: psycopg.Connection, job: Job) -> None:
     """Tell every node (when the caller's transaction commits) of a job now in the shared
-    queue: held, GpuId=auto, of no node."""
-    if job.node is None and job.auto and job.status == JobStatus.HELD:
+    queue."""
+    if _enters_queue(job):
         conn.execute(SQL["notify_held"], (job.job_id,))
+
+
+def _enters_queue(job: Job) -> bool:
+    """Whether a job written as it is now is in the shared queue: held, GpuId=auto, of no
+    node (every node is told of it)."""
+    return job.node is None and job.auto and job.status == JobStatus.HELD
 
 
 def _durable(job: Job) -> list:
@@ -766,14 +866,15 @@ def _durable(job: Job) -> list:
 
 
 def _delete_expired(conn: psycopg.Connection, statement: str, which, cutoff: float) -> Counter:
-    """Delete the matching expired rows with their workflows and settled events, and add
-    them to the durable retired counts (inside the caller's transaction)."""
+    """Delete the matching expired rows with their workflows, settled events and takeover
+    records, and add them to the durable retired counts (inside the caller's transaction)."""
     rows = conn.execute(SQL[statement], (which, cutoff)).fetchall()
     if not rows:
         return Counter()
     job_ids = [job_id for _, _, job_id in rows]
     conn.execute(SQL["delete_workflows"], (job_ids,))
     conn.execute(SQL["delete_settled_events"], (job_ids,))
+    conn.execute(SQL["delete_takeovers"], (job_ids,))
     deleted = records.deleted_counts(rows)
     for (gpu, status), n in deleted.items():
         conn.execute(SQL["count_retired"], (records.retired_key(gpu, status.value), str(n)))
@@ -805,7 +906,7 @@ class PostgresAssetRows(_Rows):
     @_guarded
     def add_file(self, hash_text: str, size_bytes: int, content_type: str,
                  content: Path | None = None) -> None:
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             conn.execute(SQL["add_file"], (hash_text, size_bytes, content_type))
             if content is None or conn.execute(SQL["file_has_bytes"], (hash_text,)).fetchone()[0]:
                 return
@@ -817,7 +918,7 @@ class PostgresAssetRows(_Rows):
         # (one transaction, so a removal meanwhile never cuts a file short), each chunk
         # fetched on its own from a server-side cursor, in binary (no hex copy).
         try:
-            with self._pool.connection() as conn, \
+            with _transaction(self._pool) as conn, \
                     conn.cursor(name="file_chunks", binary=True) as cursor:
                 cursor.execute(SQL["file_chunks"], (hash_text,))
                 found = False
@@ -842,7 +943,7 @@ class PostgresAssetRows(_Rows):
 
     @_guarded
     def remove(self, asset_id: str) -> None:
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             conn.execute(SQL["remove_asset"], (asset_id,))
             conn.execute(SQL["remove_asset_uses"], (asset_id,))
 
@@ -852,7 +953,7 @@ class PostgresAssetRows(_Rows):
 
     @_guarded
     def remove_file(self, hash_text: str) -> None:
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             conn.execute(SQL["remove_chunks"], (hash_text,))
             conn.execute(SQL["remove_file"], (hash_text,))
 
@@ -926,7 +1027,7 @@ class PostgresOutboxRows(_Rows):
 
     def _settle(self, statement: str, parameters: tuple, event_id: str) -> None:
         """Record a last try; its event goes if the sweep removed its job meanwhile."""
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             conn.execute(SQL[statement], parameters)
             conn.execute(SQL["delete_settled_orphan"], (event_id,))
 
@@ -950,7 +1051,7 @@ class PostgresNodeRows(_Rows):
     @_guarded
     def renew(self, name: str, advertise_url: str, lease_seconds: float, keys_hash: str,
               status: str, first: bool = False) -> bool:
-        with self._pool.connection() as conn:
+        with _transaction(self._pool) as conn:
             mark = conn.execute(SQL["node_taken_over"], (name,)).fetchone()
             conn.execute(SQL["renew_node"], {"name": name, "url": advertise_url,
                                              "lease": lease_seconds, "keys": keys_hash,
@@ -976,13 +1077,13 @@ class PostgresWholeRows(_Rows):
             return Contents(*(int(n) for n in conn.execute(SQL["whole_contents"]).fetchone()))
 
     def read(self, kind: str, batch: int = 500) -> Iterator[list[tuple]]:
-        with self._pool.connection() as conn, conn.cursor(name=f"whole_{kind}") as cursor:
+        with _transaction(self._pool) as conn, conn.cursor(name=f"whole_{kind}") as cursor:
             cursor.execute(records.whole_select(kind))
             while rows := cursor.fetchmany(batch):
                 yield [records.portable(kind, row) for row in rows]
 
     def write(self, batches: Iterable[tuple[str, list[tuple]]], merge: bool) -> None:
-        with self._pool.connection() as conn, conn.cursor() as cursor:
+        with _transaction(self._pool) as conn, conn.cursor() as cursor:
             for kind, rows in batches:
                 for name, parameters in _whole_statements(kind, rows, merge):
                     if parameters:

@@ -243,6 +243,7 @@ SQL = {
     # A deleted job's delivered and given-up events go with it; one still due stays, to be
     # tried for the day the contract promises, and goes once settled (settled_orphan).
     "delete_settled_events": "DELETE FROM webhook_outbox WHERE job_id = ? AND due_at IS NULL",
+    "delete_takeovers": "DELETE FROM takeovers WHERE job_id = ?",  # see the PostgreSQL backend's
     "count_retired": "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) "
                      "DO UPDATE SET value = CAST(value AS INTEGER) + excluded.value",
     "retired": f"SELECT key, value FROM meta WHERE key LIKE '{records.RETIRED_PREFIX}%'",
@@ -710,12 +711,13 @@ class SqliteJobRows:
 
 
 def _delete_expired(tx: _Connection, statement: str, which, cutoff: float) -> Counter:
-    """Delete the matching expired rows with their workflows and settled events, and add
-    them to the durable retired counts (inside the caller's transaction)."""
+    """Delete the matching expired rows with their workflows, settled events and takeover
+    records, and add them to the durable retired counts (inside the caller's transaction)."""
     rows = tx.run(statement, (which, cutoff)).fetchall()
     for _, _, job_id in rows:
         tx.run("delete_workflow", (job_id,))
         tx.run("delete_settled_events", (job_id,))
+        tx.run("delete_takeovers", (job_id,))
     deleted = records.deleted_counts(rows)
     for (gpu, status), n in deleted.items():
         tx.run("count_retired", (records.retired_key(gpu, status.value), n))
