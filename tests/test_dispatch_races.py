@@ -14,8 +14,10 @@ from comfy.comfyui.catalogue import Catalogue, NodeClass
 from comfy.dispatch.dispatcher import Dispatcher
 from comfy.comfyui.errors import ComfyUnreachable
 from comfy.comfyui.gpu import Gpu
+from comfy.comfyui.listener import Listener
 from comfy.dispatch.held import cancel_held, died_under
 from comfy.jobs.job import JobStatus
+from comfy.tracking.events import finish
 from comfy.comfyui.queue import QueueItem, QueueSnapshot
 from comfy.tracking.reconcile import reconcile_gpu
 from comfy.jobs.store import JobStore
@@ -285,3 +287,81 @@ def test_a_submission_that_lost_the_race_for_its_id_lends_the_winner_no_needs(st
     assert dispatcher._needs_of(job) == needs_of(winner.prompt)
     dispatcher.forget("contested", loser.fingerprint)  # its refusal takes nothing of the winner's
     assert dispatcher._needs_of(job) == needs_of(winner.prompt)
+
+
+class GatedEnds:
+    """A store of record whose write of a job's end waits at a gate."""
+
+    def __init__(self, rows):
+        self._rows = rows
+        self.writing_end = threading.Event()
+        self.gate = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._rows, name)
+
+    def update(self, job, events=()):
+        if job.status.finished:
+            self.writing_end.set()
+            assert self.gate.wait(WAIT)
+        return self._rows.update(job, events)
+
+
+def test_a_gpu_whose_prompt_ended_takes_the_next_job_while_the_end_is_written(tmp_path):
+    """At --gpu-queue-depth 1 the next job's claim and POST run beside the write of the last
+    one's end (ComfyUI is done with it: the listener marks the GPU as having room before the
+    write), not after it; once the end is written, the GPU counts that one job, not less."""
+    rows = GatedEnds(sqlite_storage(tmp_path).jobs)
+    store = JobStore(rows)
+    comfy = GatedComfy()
+    comfy.gate.set()
+    gpu = ready_gpu(0, comfy)
+    dispatcher = Dispatcher([gpu], store, depth=1)
+    room = threading.Event()
+    listener = Listener(gpu, store, lambda index: None, on_room=room.set)
+    try:
+        for job_id in ("first", "second"):
+            hold(store, job_id)
+            dispatcher._sync(job_id)
+        assert dispatcher.dispatch_once() == 1
+        first = store.wait_settled("first", WAIT)
+        listener.handle_message(json.dumps({"type": "execution_start",
+                                            "data": {"prompt_id": first.prompt_id}}))
+        assert store.get("first").status == JobStatus.RUNNING
+        assert dispatcher.dispatch_once() == 0  # depth 1: the GPU is busy
+        ending = threading.Thread(target=listener.handle_message, args=(json.dumps(
+            {"type": "execution_success", "data": {"prompt_id": first.prompt_id}}),))
+        ending.start()
+        assert rows.writing_end.wait(WAIT) and room.is_set()
+        assert store.get("first").status == JobStatus.RUNNING  # its end not written yet
+        assert dispatcher.dispatch_once() == 1  # the next job goes meanwhile
+        assert store.wait_settled("second", WAIT).status == JobStatus.QUEUED
+        assert comfy.accepted == [first.prompt_id, store.get("second").prompt_id]
+        rows.gate.set()
+        ending.join(WAIT)
+        assert store.get("first").status == JobStatus.COMPLETED and not gpu.ending
+        assert dispatcher._load() == {0: 1}  # the second job only
+    finally:
+        rows.gate.set()
+        dispatcher.stop()
+
+
+def test_an_end_written_before_the_listener_lets_go_is_not_counted_twice(store):
+    """The end is written (the job no longer counts on its GPU) while the listener still
+    marks its prompt as ending: the GPU's load is 0, not -1 (which would send one job too
+    many)."""
+    comfy = GatedComfy()
+    comfy.gate.set()
+    gpu = ready_gpu(0, comfy)
+    dispatcher = Dispatcher([gpu], store, depth=1)
+    try:
+        hold(store, "only")
+        dispatcher._sync("only")
+        assert dispatcher.dispatch_once() == 1
+        job = store.wait_settled("only", WAIT)
+        gpu.ending.add(job.prompt_id)
+        assert dispatcher._load() == {0: 0}  # ended, its end not written: room
+        store.change("only", finish(JobStatus.COMPLETED), prompt_id=job.prompt_id)
+        assert dispatcher._load() == {0: 0}
+    finally:
+        dispatcher.stop()

@@ -46,6 +46,9 @@ class Gpu:
         self.pending = 0
         self.foreign_ahead: dict[str, float] = {}  # queue items not Cylindria's: id -> number
         self.lost_in_outage: set[str] = set()  # job ids marked lost while refusing connections
+        # Cylindria's prompts this ComfyUI said it finished with, while their end is being
+        # recorded (Listener): its queue has room for the next one already.
+        self.ending: set[str] = set()
         # Set when ComfyUI answers while the websocket is down: the listener then reconnects at
         # once instead of at the end of a backoff that grew while ComfyUI was away.
         self.wake = threading.Event()

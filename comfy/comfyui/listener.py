@@ -11,7 +11,7 @@ from typing import Callable
 
 import websocket
 
-from comfy.tracking.events import handle_message
+from comfy.tracking.events import ended_prompt, handle_message
 from comfy.comfyui.gpu import Gpu
 from comfy.jobs.store import JobStore
 from cylindria.storage import StorageUnavailable
@@ -50,10 +50,12 @@ class Listener:
 
     def __init__(self, gpu: Gpu, store: JobStore, on_change: Callable[[int], None],
                  ping_interval: float = 10.0, ping_timeout: float = 5.0,
-                 backoff_initial: float = 0.5, backoff_max: float = 10.0):
+                 backoff_initial: float = 0.5, backoff_max: float = 10.0,
+                 on_room: Callable[[], None] | None = None):
         self.gpu = gpu
         self.store = store
         self.on_change = on_change  # asks for a reconciliation of this GPU
+        self.on_room = on_room  # told when one of our prompts ends: this GPU has room now
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.backoff_initial = backoff_initial
@@ -163,11 +165,27 @@ class Listener:
             return
         if not isinstance(message, dict):
             return
+        ending = self._ending(message)
         try:
             handle_message(self.store, self.gpu.index, message)
         except StorageUnavailable:  # logged once by the storage; the poller catches up later
             logger.debug("GPU %d: a message was not recorded (database unavailable)",
                          self.gpu.index)
+        finally:
+            if ending is not None:  # recorded (or left to the poller, the GPU busy till then)
+                self.gpu.ending.discard(ending)
+
+    def _ending(self, message: dict) -> str | None:
+        """A message ending one of our prompts: the GPU counts as having room (Gpu.ending)
+        and the dispatcher is told before the end is recorded, so the next job's claim runs
+        beside that write instead of after it."""
+        prompt_id = ended_prompt(message)
+        if prompt_id is None or self.on_room is None \
+                or self.store.job_for_prompt(self.gpu.index, prompt_id) is None:
+            return None
+        self.gpu.ending.add(prompt_id)
+        self.on_room()
+        return prompt_id
 
     def check_deaf(self, now: float) -> bool:
         """Reopen a socket ComfyUI has stopped sending to; True if it did.

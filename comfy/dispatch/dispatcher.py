@@ -295,8 +295,14 @@ class Dispatcher:
         """Prompts in each ready-to-take ComfyUI: Cylindria's (counted live) plus others'."""
         ours = self.store.unfinished_per_gpu()
         now = time.monotonic()
-        return {gpu.index: ours.get(gpu.index, 0) + gpu.foreign() for gpu in self.gpus
-                if gpu.reachable is True and now >= gpu.resting_until}
+        return {gpu.index: ours.get(gpu.index, 0) - self._ending(gpu) + gpu.foreign()
+                for gpu in self.gpus if gpu.reachable is True and now >= gpu.resting_until}
+
+    def _ending(self, gpu: Gpu) -> int:
+        """Our prompts this ComfyUI finished with whose end is still being recorded: room
+        already. Read after the counts, so one recorded meanwhile is in neither."""
+        return sum(self.store.job_for_prompt(gpu.index, prompt_id) is not None
+                   for prompt_id in tuple(gpu.ending))
 
     def _can_run(self, held: Held, index: int) -> bool:
         """Whether a GpuId=auto job may go to this GPU: it has the job's node classes (a

@@ -116,6 +116,22 @@ HANDLERS: dict[str, Callable[[dict], Callable[[Job], None]]] = {
 }
 
 
+# The messages that end a prompt: ComfyUI is done with it (`executing` with no node is the
+# end marker of ComfyUIs older than execution_success, and follows it in newer ones).
+_ENDS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
+
+
+def ended_prompt(message: dict) -> str | None:
+    """The prompt id a message says ComfyUI finished with, or None."""
+    data = message.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("prompt_id"), str):
+        return None
+    kind = message.get("type")
+    if kind in _ENDS or (kind == "executing" and data.get("node") is None):
+        return data["prompt_id"]
+    return None
+
+
 def handle_message(store: JobStore, gpu_id: int, message: dict) -> Job | None:
     """Apply one decoded websocket message; messages for prompts that are not ours are ignored."""
     handler = HANDLERS.get(message.get("type"))

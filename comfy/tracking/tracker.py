@@ -23,12 +23,14 @@ class Tracker:
 
     def __init__(self, gpus: list[Gpu], store: JobStore, poll_interval: float = 5.0,
                  websocket: bool = True, max_attempts: int = MAX_ATTEMPTS,
-                 after_check: Callable[[], None] | None = None):
+                 after_check: Callable[[], None] | None = None,
+                 on_room: Callable[[], None] | None = None):
         self.gpus = gpus
         self.store = store
         self.poller = Poller(gpus, store, poll_interval, watch=self.watch,
                              max_attempts=max_attempts, after_check=after_check)
-        self.listeners = [Listener(gpu, store, self.poller.request) for gpu in gpus] \
+        self.listeners = [Listener(gpu, store, self.poller.request, on_room=on_room)
+                          for gpu in gpus] \
             if websocket else []
         self.started = False
         self.reconciled = threading.Event()  # set once start-up reconciliation is over

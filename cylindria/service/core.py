@@ -11,6 +11,7 @@ from comfy.comfyui.models import ModelCatalogue
 from comfy.comfyui.outputs import OutputSizes
 from comfy.dispatch.dispatcher import Dispatcher
 from comfy.inputs.assets import AssetStore
+from comfy.jobs.progress import ProgressWriter
 from comfy.jobs.retention import RetentionSweep
 from comfy.jobs.store import JobStore
 from comfy.jobs.view import job_view
@@ -51,6 +52,16 @@ class Core:
     cancels: CancelNotices | None = None  # cancels other nodes ask of this one (PostgreSQL)
     peers: Peers | None = None  # the other nodes, called with the fleet credential
     takeover: Takeover | None = None  # failover: stranded nodes' jobs, this one's (PostgreSQL)
+    progress: ProgressWriter | None = None  # running jobs' progress to their rows
+
+    def start_threads(self) -> None:
+        """Start writing progress, tracking, dispatching, sweeping and sending webhooks."""
+        if self.progress is not None:
+            self.progress.start()
+        self.tracker.start()
+        self.dispatcher.start()
+        self.retention.start()
+        self.webhooks.start()
 
     def start_fleet(self, keys_hash: str) -> None:
         """Take part in the fleet: the lease, the cancels asked by other nodes, failover."""
@@ -75,6 +86,8 @@ class Core:
         self.watch.close()
         self.dispatcher.stop()
         self.tracker.stop()
+        if self.progress is not None:  # after the tracker: no progress comes any more
+            self.progress.stop()
         self.retention.stop()
         self.webhooks.close()
         self.stop_fleet(0.1)
@@ -113,7 +126,8 @@ def build_core(config: Config) -> Core:
                             requeue_wait=config.requeue_wait, tick=config.poll_interval,
                             assets=assets, secrets=withheld, max_attempts=config.max_attempts)
     tracker = Tracker(gpus, store, config.poll_interval, websocket=config.websocket,
-                      max_attempts=config.max_attempts, after_check=dispatcher.wake)
+                      max_attempts=config.max_attempts, after_check=dispatcher.wake,
+                      on_room=dispatcher.wake)
     dispatcher.ready = tracker.reconciled
     retention = RetentionSweep(store, storage.jobs, config.retention, assets=assets)
     # Failover on the fleet's database only: one host's file has no other node to take over.
@@ -126,4 +140,4 @@ def build_core(config: Config) -> Core:
     cancels = CancelNotices(listener, store, gpus) if listener is not None else None
     return Core(config, store, gpus, tracker, retention, dispatcher, JobWatch(store), assets,
                 withheld, webhooks, ModelCatalogue(gpus), storage=storage, membership=membership,
-                cancels=cancels, peers=peers, takeover=takeover)
+                cancels=cancels, peers=peers, takeover=takeover, progress=ProgressWriter(store))

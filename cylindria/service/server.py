@@ -104,10 +104,7 @@ class Service:
             # (a JWKS that cannot be read costs this start FETCH_TIMEOUT, and is tried again).
             check.identify.tokens.warm(wait=True)
         announce_keys(self)
-        self.context.tracker.start()
-        self.context.dispatcher.start()
-        self.context.retention.start()
-        self.context.webhooks.start()
+        self.context.start_threads()
         self.context.start_fleet(keys_hash(self.context.keys.keys))
         self.ready.set()
         logger.info("Cylindria listening on %s:%d with %d threads, %d GPU(s) from %s",
@@ -212,6 +209,8 @@ class Service:
                 self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=STOP_TIMEOUT / 2)
             self.context.dispatcher.stop(timeout=STOP_TIMEOUT / 4)
             self.context.tracker.stop(timeout=STOP_TIMEOUT / 2)
+            if self.context.progress is not None:  # after the tracker: no progress comes any more
+                self.context.progress.stop(timeout=STOP_TIMEOUT / 8)
             self.context.retention.stop(timeout=STOP_TIMEOUT / 4)
             self.context.webhooks.stop(timeout=STOP_TIMEOUT / 8)
             self.context.webhooks.close()
