@@ -150,10 +150,11 @@ def dispatch_figures(bench: Bench) -> list[Figure]:
 
 # -- makespan and idle gaps -------------------------------------------------------------------
 
-def durations(count: int) -> list[float]:
-    """`count` log-normal job durations of mean MEAN seconds, the same every run."""
+def durations(count: int, mean: float = MEAN) -> list[float]:
+    """`count` log-normal job durations of mean `mean` seconds, the same every run (the same
+    draws whatever the mean: only their scale changes)."""
     chance = random.Random(SEED)
-    mu = math.log(MEAN) - SIGMA ** 2 / 2
+    mu = math.log(mean) - SIGMA ** 2 / 2
     return [chance.lognormvariate(mu, SIGMA) for _ in range(count)]
 
 
