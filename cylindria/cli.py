@@ -20,9 +20,12 @@ logger = logging.getLogger("cylindria")
 
 
 def _interrupt(signum, frame, service=None) -> None:
-    """SIGTERM (systemd's stop, `kill`) stops Cylindria the way Ctrl+C does."""
-    if service is not None:
-        service.stop_asked()  # the logged stop time starts here
+    """SIGTERM (systemd's stop, `kill`) stops Cylindria the way Ctrl+C does. While it serves,
+    the serving loop is asked to end: an exception raised here lands in whatever the main
+    thread runs, a finalizer too, which swallows it (the stop lost, a traceback printed).
+    Before that, KeyboardInterrupt ends the start."""
+    if service is not None and service.stop_on_signal():
+        return
     raise KeyboardInterrupt
 
 
@@ -98,10 +101,12 @@ def run(config) -> int:
         return service.exit_code
     try:
         service.serve()
-    except KeyboardInterrupt:
-        logger.info("stopped on Ctrl+C or SIGTERM")
+    except KeyboardInterrupt:  # a signal just before the loop ran
+        service.signalled = True
     finally:
         service.stop()
+    if service.signalled:
+        logger.info("stopped on Ctrl+C or SIGTERM")
     return service.exit_code  # 0, or 2 once another Cylindria took this node's name
 
 

@@ -13,8 +13,9 @@ import pytest
 from comfy.dispatch.held import claim
 from comfy.jobs.job import Job, JobStatus
 from comfy.jobs.store import JobStore
-from cylindria.storage import postgres
+from cylindria.storage import StorageUnavailable, postgres, records
 from tests.backends import Backend
+from tests.helpers import wait_for
 
 WAIT = 30
 
@@ -95,3 +96,51 @@ def test_claimed_workflows_are_few_and_short_lived(monkeypatch):
     assert kept.pop("j1") == b"body1" and kept.pop("j1") is None  # read once
     now[0] += 10.0
     assert kept.pop("j2") is None  # too old: its job may have been replaced since
+
+
+def idle_in_transaction(database: str, longer_than: float = 0.0) -> int:
+    """Sessions of this database idle inside a transaction (for longer than that)."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = "
+                            "current_database() AND state = 'idle in transaction' AND "
+                            "clock_timestamp() - state_change > make_interval(secs => %s)",
+                            (longer_than,)).fetchone()[0]
+
+
+def test_a_session_the_server_ended_is_an_outage_and_writes_nothing(backend, monkeypatch):
+    """A node that froze inside a takeover's transaction finds, woken, its session ended by
+    the server: StorageUnavailable (as for a lost connection), nothing of it written."""
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION", 300)
+    storage = backend.open()
+    JobStore(storage.jobs, "a").reserve(Job(job_id="j", gpu_id=0, prompt_id="p",
+                                            fingerprint="f"), b"{}")
+    storage.nodes.renew("a", "", 0.0, "", "{}")  # a lease of no length
+    wait_for(lambda: storage.jobs.stranded() == ["a"], message="a's lease to end")
+
+    def frozen(job: Job, lease_ended: float):
+        wait_for(lambda: idle_in_transaction(backend.database), message="the taker idle")
+        wait_for(lambda: not idle_in_transaction(backend.database), message="its session ended")
+        job.status = JobStatus.LOST
+        return job, []
+    with pytest.raises(StorageUnavailable):
+        storage.jobs.take_over("a", frozen)
+    row = storage.jobs.get("j")
+    assert (row.status, row.fence) == (JobStatus.SUBMITTING, 0)
+    assert storage.jobs.take_over("a", lambda job, ended: None) == []  # the pool works on
+
+
+def test_a_file_read_waits_on_its_reader_past_the_limit(backend, monkeypatch, tmp_path):
+    """A reading transaction locks nothing: a slow reader of an asset's bytes (or of `db
+    copy`'s source) is never cut off by IDLE_IN_TRANSACTION."""
+    monkeypatch.setattr(postgres, "IDLE_IN_TRANSACTION", 300)
+    storage = backend.open()
+    content = tmp_path / "file"
+    data = bytes(range(256)) * (2 * records.CHUNK_BYTES // 256 + 1)
+    content.write_bytes(data)
+    storage.assets.add_file("h1", len(data), "application/octet-stream", content)
+    chunks = storage.assets.read_file("h1")
+    read = [next(chunks)]
+    wait_for(lambda: idle_in_transaction(backend.database, longer_than=0.6),
+             message="the reading transaction idle past the limit")
+    read += list(chunks)
+    assert b"".join(read) == data

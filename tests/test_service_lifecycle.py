@@ -119,3 +119,22 @@ def test_sigterm_with_a_gpu_unreachable_exits_0_when_the_log_says(tmp_path, gpu0
     # The figure is the stop's real length: the process ends right after it is written, and
     # never waits for the silent GPU's timeout (generous bounds: the test host may be busy).
     assert logged <= measured + 0.01 and measured - logged < 5.0, (logged, measured)
+
+
+def test_a_signal_while_serving_asks_the_loop_to_end_and_raises_nothing(fakes, tmp_path):
+    """The handler of SIGINT/SIGTERM raises nothing while the loop serves: an exception
+    raised in a signal handler lands in whatever the main thread runs, a finalizer's
+    (which swallows it: the stop lost); the loop notices the flag and everything stops.
+    Before the loop runs, it raises KeyboardInterrupt, which ends the start."""
+    from cylindria.cli import _interrupt
+    idle = Service(make_config(fakes, tmp_path / "idle"))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _interrupt(15, None, service=idle)
+    finally:
+        idle.close()
+    service = Service(make_config(fakes, tmp_path / "serving")).serve_in_thread()
+    wait_for(lambda: service.serving, message="the loop to run")
+    assert _interrupt(15, None, service=service) is None
+    assert service._done.wait(10) and service.signalled
+    assert no_cylindria_threads()

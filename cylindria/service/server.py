@@ -54,6 +54,8 @@ class Service:
         self.bodies = BodyBudget(config.max_inflight_body_mb << 20)  # memory of bodies in flight
         self._thread: threading.Thread | None = None
         self.exit_code = 0  # the process's: NODE_TAKEN once another Cylindria took the node name
+        self.serving = False  # serve()'s loop runs: a stop is a flag it notices
+        self.signalled = False  # stopped by SIGINT or SIGTERM
 
     @property
     def port(self) -> int:
@@ -116,8 +118,23 @@ class Service:
         keeper logged the line): this one stops, and its process exits as a start refused the
         name would. Called on the keeper's thread: it asks for the stop and does not wait."""
         self.exit_code = NODE_TAKEN
+        self.ask_stop()
+
+    def ask_stop(self) -> None:
+        """Ask the serving loop to end (within LOOP_TIMEOUT) and return at once: from another
+        thread, or a signal's handler."""
         self.stop_asked()
         self._stop.set()
+
+    def stop_on_signal(self) -> bool:
+        """SIGINT or SIGTERM came: True if the serving loop will end by itself (asked to);
+        False before it runs, when the signal must interrupt the start instead."""
+        self.signalled = True
+        self.stop_asked()
+        if not self.serving:
+            return False
+        self._stop.set()
+        return True
 
     def close(self) -> None:
         """Close the core and give the instance lock back, when start() did not get to serve."""
@@ -136,6 +153,7 @@ class Service:
     def serve(self) -> None:
         """Serve until stop() (from any thread) or Ctrl+C, then shut everything down."""
         next_sweep = 0.0
+        self.serving = True
         try:
             while not self._stop.is_set():
                 wasyncore.loop(timeout=LOOP_TIMEOUT, map=self._map, count=1)
@@ -181,8 +199,7 @@ class Service:
 
     def stop(self, timeout: float = STOP_TIMEOUT + 1.0) -> bool:
         """Ask the server to stop; True once everything is down."""
-        self.stop_asked()
-        self._stop.set()
+        self.ask_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
         return self._done.wait(timeout)

@@ -280,6 +280,9 @@ SQL = {
                   "ORDER BY taken_at, job_id",
     "forget_taken": "DELETE FROM takeovers WHERE node = %s AND job_id = ANY(%s::text[])",
     "delete_workflows": "DELETE FROM workflows WHERE job_id = ANY(%s::text[])",
+    # A reading transaction locks no row: it may wait on its reader as long as that takes (a
+    # file streamed to a slow disk, `db copy` writing its target) without IDLE_IN_TRANSACTION.
+    "unhurried": "SET LOCAL idle_in_transaction_session_timeout = 0",
     "workflow": "SELECT body FROM workflows WHERE job_id = %s",
     "expired": "SELECT seq, job_id FROM jobs WHERE finished_at IS NOT NULL AND finished_at < %s "
                f"AND status IN ({_FINISHED}) ORDER BY finished_at LIMIT %s",
@@ -428,8 +431,10 @@ def shown(conninfo: str) -> str:
 
 
 # A lost or refused connection, a pool with none to lend in time (PoolTimeout and
-# PoolClosed are OperationalErrors too).
-_guarded = guarded_by(psycopg.OperationalError)
+# PoolClosed are OperationalErrors too), a session the server ended because this process
+# froze inside a transaction (IDLE_IN_TRANSACTION; rolled back: nothing of it was written).
+_UNAVAILABLE = (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout)
+_guarded = guarded_by(_UNAVAILABLE)
 
 
 class OutagePool(ConnectionPool):
@@ -920,12 +925,13 @@ class PostgresAssetRows(_Rows):
         try:
             with _transaction(self._pool) as conn, \
                     conn.cursor(name="file_chunks", binary=True) as cursor:
+                conn.execute(SQL["unhurried"])
                 cursor.execute(SQL["file_chunks"], (hash_text,))
                 found = False
                 while (row := cursor.fetchone()) is not None:
                     found = True
                     yield bytes(row[0])
-        except psycopg.OperationalError as exc:
+        except _UNAVAILABLE as exc:
             raise self._health.failed(exc) from exc
         self._health.succeeded()
         if not found:
@@ -1078,6 +1084,7 @@ class PostgresWholeRows(_Rows):
 
     def read(self, kind: str, batch: int = 500) -> Iterator[list[tuple]]:
         with _transaction(self._pool) as conn, conn.cursor(name=f"whole_{kind}") as cursor:
+            conn.execute(SQL["unhurried"])
             cursor.execute(records.whole_select(kind))
             while rows := cursor.fetchmany(batch):
                 yield [records.portable(kind, row) for row in rows]
