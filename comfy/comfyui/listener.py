@@ -41,6 +41,7 @@ def quiet_library_logs() -> None:
 
 quiet_library_logs()
 
+UNRECORDED = 1024  # prompts kept whose end is to be read from ComfyUI's history (see Listener)
 # ComfyUI sends json.dumps({"type": ..., "data": ...}), so the type is at the start of the text.
 IGNORED_PREFIXES = tuple(f'{{"type": "{kind}"' for kind in ("progress_state", "status", "feature_flags"))
 
@@ -56,6 +57,10 @@ class Listener:
         self.store = store
         self.on_change = on_change  # asks for a reconciliation of this GPU
         self.on_room = on_room  # told when one of our prompts ends: this GPU has room now
+        # Prompts some message of which could not be recorded (the database was unavailable):
+        # their end is read from ComfyUI's history, whole, not from the end message (UNRECORDED
+        # at most; forgotten at a reconnect, which reconciles every job of the GPU anyway).
+        self._unrecorded: dict[str, None] = {}
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.backoff_initial = backoff_initial
@@ -139,6 +144,7 @@ class Listener:
         self._backoff = self.backoff_initial
         self.connects += 1  # first: whoever sees the flag turn true must find this connect counted
         self.gpu.set_websocket(True)
+        self._unrecorded.clear()
         self.on_change(self.gpu.index)
 
     def handle_frame(self, ws, data, opcode=websocket.ABNF.OPCODE_TEXT, fin=True) -> None:
@@ -165,21 +171,37 @@ class Listener:
             return
         if not isinstance(message, dict):
             return
-        ending = self._ending(message)
+        ended = ended_prompt(message)
+        if ended is not None and ended in self._unrecorded:
+            # What ComfyUI said of it before is not all in the job (an output, say): ended
+            # from this message, it would show less than it made. A reconciliation reads its
+            # end from ComfyUI's history instead.
+            self.on_change(self.gpu.index)
+            return
+        ending = self._ending(ended)
         try:
             handle_message(self.store, self.gpu.index, message)
         except StorageUnavailable:  # logged once by the storage; the poller catches up later
             logger.debug("GPU %d: a message was not recorded (database unavailable)",
                          self.gpu.index)
+            self._not_recorded(message)
         finally:
             if ending is not None:  # recorded (or left to the poller, the GPU busy till then)
                 self.gpu.ending.discard(ending)
 
-    def _ending(self, message: dict) -> str | None:
-        """A message ending one of our prompts: the GPU counts as having room (Gpu.ending)
-        and the dispatcher is told before the end is recorded, so the next job's claim runs
-        beside that write instead of after it."""
-        prompt_id = ended_prompt(message)
+    def _not_recorded(self, message: dict) -> None:
+        """Remember the prompt of a message the store could not record."""
+        data = message.get("data")
+        prompt_id = data.get("prompt_id") if isinstance(data, dict) else None
+        if isinstance(prompt_id, str):
+            self._unrecorded[prompt_id] = None
+            while len(self._unrecorded) > UNRECORDED:
+                del self._unrecorded[next(iter(self._unrecorded))]
+
+    def _ending(self, prompt_id: str | None) -> str | None:
+        """A message ending one of our prompts (`prompt_id`, from ended_prompt): the GPU
+        counts as having room (Gpu.ending) and the dispatcher is told before the end is
+        recorded, so the next job's claim runs beside that write instead of after it."""
         if prompt_id is None or self.on_room is None \
                 or self.store.job_for_prompt(self.gpu.index, prompt_id) is None:
             return None
