@@ -7,6 +7,9 @@ import time
 import requests
 
 API_KEY = "test-key-0123456789abcdef"
+# seconds: how soon a test's http.server notices shutdown() (serve_forever's default, 0.5 s,
+# would be waited out at the end of every test that starts one)
+SERVE_POLL = 0.05
 
 
 def free_ports(count: int = 1) -> int:

@@ -10,6 +10,7 @@ import pytest
 
 from comfy.comfyui.client import ComfyClient
 from comfy.comfyui.errors import ComfyBadResponse
+from tests.helpers import SERVE_POLL
 
 
 class Recording(ThreadingHTTPServer):
@@ -22,7 +23,7 @@ class Recording(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.routes = routes
         self.seen: list[tuple[str, str, dict, bytes]] = []
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.serve_forever, args=(SERVE_POLL,), daemon=True)
         self.thread.start()
 
     @property

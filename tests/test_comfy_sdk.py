@@ -200,7 +200,7 @@ def test_metadata_labels_round_trip(target, client):
 
 
 def test_ten_jobs_use_both_gpus(target, client):
-    jobs = [submit_slow(client, seconds=10, steps=2) for _ in range(10)]  # 0.5 s each
+    jobs = [submit_slow(client, seconds=6, steps=2) for _ in range(10)]  # 0.3 s each
     for job in jobs:
         assert job.result().status == "succeeded"
     if target.name == "proxy":

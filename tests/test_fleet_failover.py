@@ -21,6 +21,7 @@ WAIT = 60
 # a's fake runs nodes 5 times as long as they say (b's, 1/20th): a's jobs are still under way
 # when it dies or wakes up, however slow the machine; b's end in a second or two.
 ON_A = 5.0
+AUTO_SECONDS = 10  # what the GpuId=auto jobs a runs say they take: 50 s on a, 0.5 s on b
 
 
 def submit(api: Api, job_id: str, gpu: str, receiver: Receiver, seconds: float) -> dict:
@@ -69,9 +70,9 @@ def busy_node(start_node, receiver: Receiver, pinned_seconds: float, *flags: str
     api_a = Api(a.url)
     running, queued, pinned = (f"{kind}-{uuid.uuid4().hex[:8]}"
                                for kind in ("running", "queued", "pinned"))
-    submit(api_a, running, "auto", receiver, 30)
+    submit(api_a, running, "auto", receiver, AUTO_SECONDS)
     api_a.wait_status(running, "running")
-    submit(api_a, queued, "auto", receiver, 30)
+    submit(api_a, queued, "auto", receiver, AUTO_SECONDS)
     api_a.wait_status(queued, "queued")
     submit(api_a, pinned, "0", receiver, pinned_seconds)
     return a, api_a, (running, queued, pinned)
@@ -108,7 +109,7 @@ def test_a_pinned_job_waits_for_its_node_and_runs_on_when_it_comes_back(start_no
         a.fake.time_scale = ON_A
         api_a = Api(a.url)
         auto, pinned = f"auto-{uuid.uuid4().hex[:8]}", f"pinned-{uuid.uuid4().hex[:8]}"
-        submit(api_a, auto, "auto", receiver, 30)
+        submit(api_a, auto, "auto", receiver, AUTO_SECONDS)
         api_a.wait_status(auto, "running")
         first = api_a.status(auto)["prompt_id"]
         submit(api_a, pinned, "0", receiver, 0.4)  # behind the auto job in a's ComfyUI

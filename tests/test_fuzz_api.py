@@ -3,7 +3,7 @@
 The server runs for real (waitress, tracker, two fake GPUs) and holds a completed, a failed
 and a running job under ids the generator likes to pick ("0", "A", "_"), so the 200 paths of
 jobstatus, jobresult and cancel are fuzzed too, not only their 404s. Examples are bounded:
-25 per operation in the normal suite (the suite keeps under 10 minutes on 2 cores), 300 with --soak.
+10 per operation in the normal suite (the suite keeps under 10 minutes on 2 cores), 300 with --soak.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests import workflows
 from tests.helpers import API_KEY, Api
 
 KEY = {"X-API-Key": API_KEY}
-SHORT_EXAMPLES, SOAK_EXAMPLES = 25, 300
+SHORT_EXAMPLES, SOAK_EXAMPLES = 10, 300
 SETTINGS = settings(deadline=None, database=None, suppress_health_check=list(HealthCheck))
 # Requests the document cannot judge alone, so a schema-valid one may be refused: ComfyUI
 # decides which nodes run, and an upload's bytes decide whether its expected_hash is theirs.

@@ -24,7 +24,7 @@ GIB = 1024 ** 3
 LIMIT = Config().max_body_bytes  # --max-body-mb's default
 WRONG_KEYS, SOAK_WRONG_KEYS = 10_000, 100_000
 BATCH = 250  # pipelined requests per write
-HEADER_TIMEOUT = 2.0  # seconds, in the short form (the default is 10)
+HEADER_TIMEOUT = 1.0  # seconds, in the short form (the default is 10)
 
 
 def connect(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> socket.socket:

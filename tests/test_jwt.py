@@ -20,7 +20,7 @@ from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
 from cylindria.config.options import ConfigError, load_config
-from tests.helpers import Api, free_ports
+from tests.helpers import SERVE_POLL, Api, free_ports
 from cylindria.web.auth import Client
 from cylindria.web.tokens import UNKNOWN_KID_EVERY, TokenVerifier
 
@@ -63,7 +63,7 @@ class JwksServer:
             def log_message(self, *args):
                 pass
         self.httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(SERVE_POLL,), daemon=True).start()
 
     @property
     def url(self) -> str:

@@ -1,6 +1,6 @@
 """Load: 50 concurrent clients mixing startjob / jobstatus / serverstatus against 2 fake GPUs.
 
-The normal suite runs 10 s of it; `pytest --soak` runs 60 s. Cylindria runs as a real process
+The normal suite runs 5 s of it; `pytest --soak` runs 60 s. Cylindria runs as a real process
 (its own interpreter, as in production), the clients and the fake GPUs in this one. Checked:
 no 5xx, every accepted job reaches its true final status, and each accepted job reached its
 GPU exactly once, also when clients retry the same job id (alone or several at once).
@@ -25,7 +25,7 @@ from tests.helpers import API_KEY, wait_for
 from tests.processes import CylindriaProcess
 
 CLIENTS = 50
-SHORT_SECONDS, SOAK_SECONDS = 10.0, 60.0
+SHORT_SECONDS, SOAK_SECONDS = 5.0, 60.0
 KEY = {"X-API-Key": API_KEY}
 STATUSES = {"submitting", "queued", "running", "completed", "failed", "cancelled", "lost"}
 FINAL = {"completed", "failed", "cancelled", "lost"}
@@ -389,7 +389,7 @@ def figures(load: LoadRun, jobs: dict[str, dict], **extra) -> str:
 
 # -- the test ---------------------------------------------------------------------------
 def test_fifty_clients_lose_nothing_and_run_each_job_once(fakes, tmp_path, soak, database_flags):
-    """50 clients for 10 s (60 s with --soak): no 5xx, true ends, each job on its GPU once."""
+    """50 clients for 5 s (60 s with --soak): no 5xx, true ends, each job on its GPU once."""
     cylindria = CylindriaProcess(fakes[0].url, tmp_path / "data", extra=database_flags).start()
     load = LoadRun(Target(cylindria.url)).start()
     try:

@@ -18,6 +18,7 @@ from tester.jobid import is_valid_job_id, new_job_id
 from tester.settings import Settings
 from tester.watch import MAX_CONNECTION_ERRORS, Watch, progress_percent
 from tester.workflow import WorkflowError, load_workflow
+from tests.helpers import SERVE_POLL
 
 KEY = "s3cret-key"
 FLEET = {"node": "a", "nodes": [
@@ -99,7 +100,7 @@ class Server:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
         self.httpd.daemon_threads = True
         self.httpd.received = []
-        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(SERVE_POLL,),
                                        name="test-http", daemon=True)
         self.thread.start()
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}"

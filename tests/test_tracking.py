@@ -4,6 +4,7 @@ import time
 
 import requests
 
+from comfy.comfyui import listener as listener_module
 from comfy.comfyui.gpu import Gpu
 from comfy.comfyui.status import iso_time
 from cylindria.service.server import Service
@@ -131,13 +132,15 @@ def test_stop_ends_every_thread_within_its_timeout(fakes, tmp_path):
     assert alive == []
 
 
-def test_a_job_waiting_in_a_quiet_queue_does_not_look_like_a_deaf_socket(api, service, fake):
+def test_a_job_waiting_in_a_quiet_queue_does_not_look_like_a_deaf_socket(api, service, fake,
+                                                                         monkeypatch):
+    monkeypatch.setattr(listener_module, "DEAF_AFTER", 1.0)  # 3 s in production
     listener = service.context.tracker.listeners[0]
     wait_for(lambda: listener.gpu.websocket_connected)
     connects = listener.connects
     fake.hold = True  # it waits: after ComfyUI's enqueue broadcast, nothing more is sent
     api.put("/startjob/quiet", json=workflows.core("quiet"))
-    time.sleep(4.0)  # past DEAF_AFTER and a few watchdog rounds
+    time.sleep(2.5)  # past DEAF_AFTER, and a watchdog round (every second) or two
     assert listener.connects == connects and listener.gpu.websocket_connected
 
 

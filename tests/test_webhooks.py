@@ -73,7 +73,8 @@ def test_failed_and_cancelled_jobs_send_their_own_events(hooked, receiver):
     api = Api(hooked.url)
     api.put(f"/startjob/hook-fail?webhook={receiver.url}/f", json=workflows.fail())
     api.put(f"/startjob/hook-cancel?GpuId=1&webhook={receiver.url}/c",
-            json=workflows.slow(seconds=2000, prefix="hook_cancel"))
+            json=workflows.slow(seconds=2000, steps=400, prefix="hook_cancel"))  # the fake
+    # sees an interrupt between two steps: 0.25 s apart at its time scale, not 12.5 s
     api.wait_status("hook-cancel", "running")
     assert api.delete("/job/hook-cancel").status_code in (200, 202)
     wait_for(lambda: receiver.of_type("job.failed") and receiver.of_type("job.cancelled"))

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from tests.helpers import free_ports, wait_for
+from tests.helpers import SERVE_POLL, free_ports, wait_for
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class Receiver:
 
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, args=(SERVE_POLL,), daemon=True).start()
         return self
 
     def stop(self) -> None:

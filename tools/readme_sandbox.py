@@ -301,7 +301,25 @@ def _group_alive(proc: subprocess.Popen) -> bool:
         os.killpg(proc.pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    return _runs_in(proc.pid)
+
+
+def _runs_in(group: int) -> bool:
+    """Whether a process of this group is more than a zombie. A block's program outlives its
+    bash when both get SIGTERM: it is reparented to PID 1, and once it has exited it stays in
+    the group (killpg still finds it) until PID 1 reaps it, which on some hosts takes a second
+    or two. Without Linux's /proc every process found counts."""
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        return True
+    for stat in proc_dir.glob("[0-9]*/stat"):
+        try:  # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+            state, _, pgrp = stat.read_text().rpartition(")")[2].split()[:3]
+        except (OSError, ValueError):
+            continue  # ended meanwhile
+        if int(pgrp) == group and state != "Z":
+            return True
+    return False
 
 
 def copy_checkout(source: Path, target: Path) -> None:
