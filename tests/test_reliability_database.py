@@ -1,6 +1,6 @@
-"""PostgreSQL stopped for 10 s in the middle of a load run of 50 clients (the traffic of
-tests/test_reliability_load.py) against a real Cylindria process on a fresh database of the
-run's throwaway cluster, then started again.
+"""PostgreSQL stopped for 10 s (5 s in the short form) in the middle of a load run of 50
+clients (the traffic of tests/test_reliability_load.py) against a real Cylindria process on a
+fresh database of the run's throwaway cluster, then started again.
 
 Checked: every answer is 2xx/4xx or 503 database_unavailable with Retry-After (counted per
 phase: 0 500s, no other 5xx); every job answered 201/200, before the outage or after it, is
@@ -10,7 +10,7 @@ every GPU's websocket connected again (listeners), jobs submitted after the outa
 GpuId=auto, run to their end (dispatcher, tracking), /ready is 200 again (database), and the
 log shows no thread that died of an exception nor a request that failed unhandled.
 
-The short form runs about 20 s of load; `pytest --soak` 60 s with the outage in the middle.
+The short form runs about 12 s of load; `pytest --soak` 60 s with the outage in the middle.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from tests.processes import CylindriaProcess
 from tests.test_reliability_load import (FINAL, LoadRun, Target, _code, assert_each_job_ran_once,
                                          check_final, figures, wait_all_final, workflow_for)
 
-OUTAGE_SECONDS = 10.0
+OUTAGE = {False: 5.0, True: 10.0}  # seconds PostgreSQL is down (short form, --soak)
 BEFORE = {False: 4.0, True: 25.0}  # seconds of load before the outage (short form, --soak)
-AFTER = {False: 6.0, True: 25.0}  # and after the first job accepted once it is over
+AFTER = {False: 3.0, True: 25.0}  # and after the first job accepted once it is over
 RECONNECT_WAIT = 60.0  # seconds Cylindria's pool may take to use the database again
 DEAD_THREAD_SIGNS = ("Exception in thread", "Traceback", "unhandled error while serving")
 
@@ -101,7 +101,7 @@ def test_postgresql_stopped_mid_load_loses_nothing(postgres_cluster, fakes, tmp_
     load = OutageLoad(Target(cylindria.url)).start()
     try:
         time.sleep(BEFORE[soak])
-        outage(postgres_cluster, load)
+        outage(postgres_cluster, load, OUTAGE[soak])
         reads = {phase: load.status_reads_per_second(phase, load.began[after])
                  for phase, after in (("before", "outage"), ("outage", "after"))}
         wait_for(lambda: load.accepted_in["after"], timeout=RECONNECT_WAIT, interval=0.2,
@@ -117,8 +117,8 @@ def test_postgresql_stopped_mid_load_loses_nothing(postgres_cluster, fakes, tmp_
             postgres_cluster.start()
         cylindria.stop()
         postgres_cluster.drop_database(name)
-    print(figures(load, jobs, seconds=BEFORE[soak] + OUTAGE_SECONDS + AFTER[soak],
-                  outage_seconds=OUTAGE_SECONDS, accepted_by_phase=dict(load.accepted_in),
+    print(figures(load, jobs, seconds=BEFORE[soak] + OUTAGE[soak] + AFTER[soak],
+                  outage_seconds=OUTAGE[soak], accepted_by_phase=dict(load.accepted_in),
                   answer_seconds=load.wait_figures(), status_reads_per_second=reads,
                   answers_by_phase={p: dict(sorted(c.items())) for p, c in load.by_phase.items()}))
     assert load.problems == []  # every 5xx was 503 database_unavailable with Retry-After
@@ -137,11 +137,11 @@ def test_postgresql_stopped_mid_load_loses_nothing(postgres_cluster, fakes, tmp_
     assert [sign for sign in DEAD_THREAD_SIGNS if sign in cylindria.log()] == []
 
 
-def outage(cluster, load: OutageLoad) -> None:
-    """PostgreSQL stopped (fast shutdown) for OUTAGE_SECONDS under the load, then started."""
+def outage(cluster, load: OutageLoad, seconds: float) -> None:
+    """PostgreSQL stopped (fast shutdown) for `seconds` under the load, then started."""
     cluster.stop()
     load.enter("outage")
-    time.sleep(OUTAGE_SECONDS)
+    time.sleep(seconds)
     cluster.start()
     load.enter("after")
 
