@@ -144,3 +144,14 @@ def test_a_file_read_waits_on_its_reader_past_the_limit(backend, monkeypatch, tm
              message="the reading transaction idle past the limit")
     read += list(chunks)
     assert b"".join(read) == data
+
+
+def test_a_call_that_reaches_no_database_ends_no_outage(backend):
+    """A workflow kept from its claim, or nothing to delete, touch no database: during an
+    outage they must not log it over (the next failing call would log it again)."""
+    storage = backend.open()
+    storage.jobs._health.failed(RuntimeError("down"))
+    storage.jobs._claimed.put("q", b"{}")
+    assert storage.jobs.workflow("q") == b"{}"
+    assert storage.jobs.delete_expired([], 0.0) == {}
+    assert storage.jobs._health.down

@@ -29,9 +29,10 @@ def watch(api, job_id, until=("completed", "failed", "cancelled", "lost"), timeo
 def test_job_walks_queued_running_completed_with_real_progress(api, fake):
     fake.hold = True
     api.put("/startjob/walk", json=workflows.slow(seconds=30, steps=8))  # 1.5 s at time_scale
-    assert api.status("walk")["status"] == "queued"
+    first = api.status("walk")  # read while ComfyUI holds it: the walk's first step, for sure
+    assert first["status"] == "queued"
     fake.hold = False
-    seen = watch(api, "walk")
+    seen = [first, *watch(api, "walk")]
     statuses = [s["status"] for s in seen]
     assert statuses[0] == "queued" and "running" in statuses and statuses[-1] == "completed"
     steps = [s["progress"] for s in seen if s["status"] == "running" and s["progress"]["max"] == 8]

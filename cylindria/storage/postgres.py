@@ -704,11 +704,14 @@ class PostgresJobRows(_Rows):
             conn.execute(SQL["delete_workflows"], ([job.job_id],))
         return True
 
-    @_guarded
     def workflow(self, job_id: str) -> bytes | None:
+        # Not guarded as a whole: one kept from its claim reached no database, and must not
+        # count as a call that did (it would end an outage in the log while one lasts).
         body = self._claimed.pop(job_id)
-        if body is not None:
-            return body
+        return body if body is not None else self._stored_workflow(job_id)
+
+    @_guarded
+    def _stored_workflow(self, job_id: str) -> bytes | None:
         row = self._one("workflow", (job_id,))
         return None if row is None else bytes(row[0])
 
@@ -716,12 +719,14 @@ class PostgresJobRows(_Rows):
     def expired(self, cutoff: float, limit: int) -> list[tuple[int, str]]:
         return [tuple(row) for row in self._all("expired", (cutoff, limit))]
 
-    @_guarded
     def delete_expired(self, seqs: list[int], cutoff: float) -> Counter:
-        if not seqs:
-            return Counter()
+        # Nothing to delete reaches no database (see workflow).
+        return self._delete_expired(list(seqs), cutoff) if seqs else Counter()
+
+    @_guarded
+    def _delete_expired(self, seqs: list[int], cutoff: float) -> Counter:
         with _transaction(self._pool) as conn:
-            return _delete_expired(conn, "delete_expired_seqs", list(seqs), cutoff)
+            return _delete_expired(conn, "delete_expired_seqs", seqs, cutoff)
 
     @_guarded
     def retired(self) -> Counter:
