@@ -21,7 +21,7 @@ WAIT = 60
 # a's fake runs nodes 5 times as long as they say (b's, 1/20th): a's jobs are still under way
 # when it dies or wakes up, however slow the machine; b's end in a second or two.
 ON_A = 5.0
-AUTO_SECONDS = 10  # what the GpuId=auto jobs a runs say they take: 50 s on a, 0.5 s on b
+AUTO_SECONDS = 30  # what the GpuId=auto jobs a runs say they take: 150 s on a, 1.5 s on b
 
 
 def submit(api: Api, job_id: str, gpu: str, receiver: Receiver, seconds: float) -> dict:
