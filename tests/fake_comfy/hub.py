@@ -104,7 +104,11 @@ class Hub:
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """GET /ws: register, greet with status, negotiate feature flags, read until closed."""
         ws = web.WebSocketResponse()
-        await ws.prepare(request)
+        try:
+            await ws.prepare(request)
+        except ConnectionResetError:  # the client went during the handshake: nobody to serve
+            logger.debug("websocket client gone during the handshake")
+            return ws
         sid = request.query.get("clientId", "") or uuid.uuid4().hex
         self.sockets[sid] = ws  # a second socket with the same clientId replaces the first
         self.flags[sid] = {}
