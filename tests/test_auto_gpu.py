@@ -44,16 +44,24 @@ class Timeline:
 
     def __init__(self, service: Service):
         self.store = service.context.store
+        self.gpus = service.context.gpus
         self.lock = threading.Lock()
         self.at_ends: list[tuple[int, int, dict]] = []  # (gpu that ended a job, held, per GPU)
         self.most: dict[int, int] = {}  # the most prompts each GPU held at once
         self.store.observe(self.changed)
 
+    def in_comfy(self, gpu: int, unfinished: int) -> int:
+        """What a ComfyUI holds of ours: our unfinished jobs on it, less those whose prompt it
+        said it ended while their end is still being written (Gpu.ending; read after the
+        counts, as the dispatcher does)."""
+        return unfinished - sum(self.store.job_for_prompt(gpu, prompt) is not None
+                                for prompt in tuple(self.gpus[gpu].ending))
+
     def changed(self, old, new) -> None:
         per_gpu, held = self.store.unfinished_per_gpu(), self.store.held()
         with self.lock:
             for gpu, n in per_gpu.items():
-                self.most[gpu] = max(self.most.get(gpu, 0), n)
+                self.most[gpu] = max(self.most.get(gpu, 0), self.in_comfy(gpu, n))
             if new.status.finished and new.gpu_id is not None:
                 self.at_ends.append((new.gpu_id, held, dict(per_gpu)))
 
