@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import threading
 
+from comfy.dispatch.dispatcher import ending
 from cylindria.service.server import Service
 from tests import workflows
 from tests.conftest import make_config
@@ -52,10 +53,8 @@ class Timeline:
 
     def in_comfy(self, gpu: int, unfinished: int) -> int:
         """What a ComfyUI holds of ours: our unfinished jobs on it, less those whose prompt it
-        said it ended while their end is still being written (Gpu.ending; read after the
-        counts, as the dispatcher does)."""
-        return unfinished - sum(self.store.job_for_prompt(gpu, prompt) is not None
-                                for prompt in tuple(self.gpus[gpu].ending))
+        said it ended while their end is still being written (read after the counts)."""
+        return unfinished - ending(self.store, self.gpus[gpu])
 
     def changed(self, old, new) -> None:
         per_gpu, held = self.store.unfinished_per_gpu(), self.store.held()

@@ -295,14 +295,8 @@ class Dispatcher:
         """Prompts in each ready-to-take ComfyUI: Cylindria's (counted live) plus others'."""
         ours = self.store.unfinished_per_gpu()
         now = time.monotonic()
-        return {gpu.index: ours.get(gpu.index, 0) - self._ending(gpu) + gpu.foreign()
+        return {gpu.index: ours.get(gpu.index, 0) - ending(self.store, gpu) + gpu.foreign()
                 for gpu in self.gpus if gpu.reachable is True and now >= gpu.resting_until}
-
-    def _ending(self, gpu: Gpu) -> int:
-        """Our prompts this ComfyUI finished with whose end is still being recorded: room
-        already. Read after the counts, so one recorded meanwhile is in neither."""
-        return sum(self.store.job_for_prompt(gpu.index, prompt_id) is not None
-                   for prompt_id in tuple(gpu.ending))
 
     def _can_run(self, held: Held, index: int) -> bool:
         """Whether a GpuId=auto job may go to this GPU: it has the job's node classes (a
@@ -409,6 +403,13 @@ class Dispatcher:
                 logger.warning("job %s: GPU %d did not come back in %gs; lost", held.job_id,
                                held.gpu_id, self.requeue_wait)
                 expire(self.store, job, self.requeue_wait)
+
+
+def ending(store: JobStore, gpu: Gpu) -> int:
+    """Our prompts this ComfyUI finished with whose end is still being recorded: room already.
+    Read after the store's counts, so one recorded meanwhile is in neither."""
+    return sum(store.job_for_prompt(gpu.index, prompt_id) is not None
+               for prompt_id in tuple(gpu.ending))
 
 
 class SecretsLost(Exception):
